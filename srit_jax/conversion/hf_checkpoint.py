@@ -1,0 +1,255 @@
+"""Hugging Face checkpoint directories <-> our parameter tree.
+
+Loading builds the target tree abstractly (`jax.eval_shape`), checks every tensor name and
+shape against the table in `mapping.py` before reading any data, then reads one parameter
+at a time (per-layer tensors stacked on the host) and places it straight into its target
+sharding. Only safetensors are read: pickled `.bin` checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import pathlib
+from collections.abc import Iterator
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+import tqdm
+from flax import linen as nn
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from srit_jax import model as model_lib
+from srit_jax import sharding
+from srit_jax.conversion import mapping
+from srit_jax.model_config import ModelConfig
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or does not fit the model; the message names the tensor."""
+
+
+class TensorSource(Protocol):
+  """Named tensors in Hugging Face naming and layout, read one at a time."""
+
+  def names(self) -> list[str]: ...
+
+  def shape(self, name: str) -> tuple[int, ...]: ...
+
+  def read(self, name: str) -> np.ndarray: ...
+
+  def location(self, name: str) -> str: ...
+
+
+class SafetensorsSource:
+  """`model.safetensors` or a sharded `model.safetensors.index.json` in a directory."""
+
+  def __init__(self, directory: str | pathlib.Path):
+    self.directory = pathlib.Path(directory)
+    index = self.directory / "model.safetensors.index.json"
+    single = self.directory / "model.safetensors"
+    self._handles: dict[pathlib.Path, object] = {}
+    if index.exists():
+      try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+      except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a safetensors index ({e!r})") from None
+      self._file_of = {name: self.directory / file for name, file in weight_map.items()}
+      names_in = {path: set(self._open(path).keys()) for path in set(self._file_of.values())}
+      for name, path in self._file_of.items():
+        if name not in names_in[path]:
+          raise CheckpointError(f"{index}: tensor {name!r} is listed in {path.name} but that file lacks it")
+    elif single.exists():
+      self._file_of = {name: single for name in self._open(single).keys()}
+    else:
+      pickled = sorted(p.name for p in self.directory.glob("*.bin"))
+      hint = f" ({', '.join(pickled)} are pickle files, which are never read)" if pickled else ""
+      raise CheckpointError(f"{self.directory}: no model.safetensors or model.safetensors.index.json{hint}")
+
+  def _open(self, path: pathlib.Path):
+    if path not in self._handles:
+      if not path.exists():
+        raise CheckpointError(f"{path}: file is missing")
+      try:
+        self._handles[path] = safetensors.safe_open(str(path), framework="numpy")
+      except Exception as e:  # safetensors raises its own error types for every malformed file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return self._handles[path]
+
+  def names(self) -> list[str]:
+    return list(self._file_of)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._open(self._file_of[name]).get_slice(name).get_shape())
+
+  def read(self, name: str) -> np.ndarray:
+    path = self._file_of[name]
+    try:
+      return self._open(path).get_tensor(name)
+    except Exception as e:
+      raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e})") from None
+
+  def location(self, name: str) -> str:
+    return str(self._file_of.get(name, self.directory))
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _rules_for(config: ModelConfig, boxed) -> Iterator[tuple[mapping.TensorRule, nn.Partitioned, list[str]]]:
+  """Table rows that apply to this model, with their target leaf and Hugging Face names."""
+  for rule in mapping.HF_TENSOR_TABLE:
+    try:
+      leaf = _get(boxed, rule.path)
+    except KeyError:
+      continue
+    layers = range(config.num_layers) if rule.per_layer else [None]
+    yield rule, leaf, [rule.hf_name.format(layer=i) for i in layers]
+
+
+def check_source(source: TensorSource, config: ModelConfig, where: str) -> None:
+  """Raises `CheckpointError` for any missing, unused or misshapen tensor, reading no data."""
+  boxed = model_lib.boxed_param_shapes(config)
+  available = set(source.names())
+  expected = set()
+  for rule, leaf, hf_names in _rules_for(config, boxed):
+    shape = leaf.value.shape[1:] if rule.per_layer else leaf.value.shape
+    want = mapping.hf_shape(rule.layout, shape)
+    for name in hf_names:
+      expected.add(name)
+      if name not in available:
+        raise CheckpointError(f"{where}: tensor {name!r} is missing (needed for {'/'.join(rule.path)})")
+      got = source.shape(name)
+      if got != want:
+        raise CheckpointError(f"{source.location(name)}: tensor {name!r} has shape {got}, expected {want}")
+  unused = sorted(n for n in available - expected if not n.endswith(mapping.IGNORED_HF_SUFFIXES))
+  if unused:
+    listed = ", ".join(repr(n) for n in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+    raise CheckpointError(f"{where}: unused tensor(s) {listed} do not fit a {config.model_type} model of this config")
+
+
+def load_params(
+  source: TensorSource, config: ModelConfig, mesh: Mesh | None = None, *, where: str = "checkpoint", progress=False
+):
+  """The parameter tree of `config` from `source`, one parameter on the host at a time."""
+  check_source(source, config, where)
+  boxed = model_lib.boxed_param_shapes(config)
+  if mesh is None:
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), jax.devices()[:1])
+  params: dict = {}
+  rows = list(_rules_for(config, boxed))
+  for rule, leaf, hf_names in tqdm.tqdm(rows, desc="loading parameters", disable=not progress, unit="param"):
+    shape = leaf.value.shape[1:] if rule.per_layer else leaf.value.shape
+    slices = [mapping.to_ours(rule.layout, source.read(name), shape).astype(leaf.value.dtype) for name in hf_names]
+    host = np.stack(slices) if rule.per_layer else slices[0]
+    del slices
+    target = sharding.logical_sharding(leaf.names, leaf.value.shape, mesh)
+    _set(params, rule.path, sharding.put_host_array(host, target))
+  return params
+
+
+def load_hf_checkpoint(directory: str | pathlib.Path, mesh: Mesh | None = None, progress=False, **config_overrides):
+  """(config, params) from a Hugging Face directory: config.json plus safetensors."""
+  config = ModelConfig.from_hf_config(directory, **config_overrides)
+  source = SafetensorsSource(directory)
+  return config, load_params(source, config, mesh, where=str(directory), progress=progress)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def hf_tensors(params, config: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+  """(Hugging Face name, array) for every tensor of `params`, one parameter at a time."""
+  boxed = model_lib.boxed_param_shapes(config)
+  for rule, _, hf_names in _rules_for(config, boxed):
+    ours = _to_host(_get(params, rule.path))
+    if dtype is not None:
+      ours = ours.astype(dtype)
+    if rule.per_layer:
+      for i, name in enumerate(hf_names):
+        yield name, np.ascontiguousarray(mapping.to_hf(rule.layout, ours[i]))
+    else:
+      yield hf_names[0], np.ascontiguousarray(mapping.to_hf(rule.layout, ours))
+
+
+def save_hf_checkpoint(
+  params,
+  config: ModelConfig,
+  directory: str | pathlib.Path,
+  *,
+  tokenizer=None,
+  dtype: str | None = None,
+  max_shard_bytes: int = 5 * 2**30,
+) -> pathlib.Path:
+  """Writes config.json, safetensors (sharded past `max_shard_bytes`) and tokenizer files.
+
+  Each shard is written as soon as it is full, so the host holds at most one shard.
+  """
+  directory = pathlib.Path(directory)
+  is_writer = jax.process_index() == 0
+  dtype = dtype or config.param_dtype
+  np_dtype = jnp.dtype(dtype)
+  shard_of = _plan_shards(config, np_dtype.itemsize, max_shard_bytes)
+  num_shards = max(shard_of.values()) + 1
+  tensors_in_shard = collections.Counter(shard_of.values())
+  files = [
+    "model.safetensors" if num_shards == 1 else f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
+    for i in range(num_shards)
+  ]
+  if is_writer:
+    directory.mkdir(parents=True, exist_ok=True)
+  pending: dict[str, np.ndarray] = {}
+  total_bytes = 0
+  for name, array in hf_tensors(params, config, np_dtype):
+    pending[name] = array
+    total_bytes += array.nbytes
+    shard = shard_of[name]
+    if len(pending) == tensors_in_shard[shard]:
+      if is_writer:
+        safetensors.numpy.save_file(pending, str(directory / files[shard]), metadata={"format": "pt"})
+      pending = {}
+  if not is_writer:
+    return directory
+  if num_shards > 1:
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": {n: files[i] for n, i in shard_of.items()}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+  hf_config = dict(config.to_hf_config(), torch_dtype=dtype)
+  (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(directory))
+  return directory
+
+
+def _plan_shards(config: ModelConfig, itemsize: int, max_shard_bytes: int) -> dict[str, int]:
+  """Shard index of every Hugging Face tensor, in writing order, filling shards greedily."""
+  shard_of, shard, used = {}, 0, 0
+  for rule, leaf, hf_names in _rules_for(config, model_lib.boxed_param_shapes(config)):
+    nbytes = math.prod(leaf.value.shape[1:] if rule.per_layer else leaf.value.shape) * itemsize
+    for name in hf_names:
+      if used and used + nbytes > max_shard_bytes:
+        shard, used = shard + 1, 0
+      shard_of[name] = shard
+      used += nbytes
+  return shard_of
+
+
+def parameter_count(params) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

