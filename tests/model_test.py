@@ -1,0 +1,128 @@
+"""The decoder against transformers: logits, packing, the KV cache, remat and dtypes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_HF_CONFIGS, torch_logits
+
+from srit_jax import generation
+from srit_jax import model as model_lib
+from srit_jax.conversion import hf_checkpoint
+
+
+def _tokens(batch, length, seed=0, vocab=128):
+  return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_HF_CONFIGS))
+def test_logits_match_transformers(hf_model_dir, family):
+  directory, torch_model = hf_model_dir(family)
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  tokens = _tokens(2, 13)
+  ours = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens)))
+  reference = torch_logits(torch_model, tokens)
+  assert np.abs(reference).max() > 1.0, "reference logits too small to be a meaningful comparison"
+  np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_packed_rows_equal_segments_run_separately(hf_model_dir):
+  directory, _ = hf_model_dir("mistral_sliding_window")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  lengths = [5, 7, 4]
+  segments = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
+  packed = np.concatenate(segments + [np.zeros(2, np.int32)])[None]  # two padding tokens at the end
+  segment_ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(2)])[None]
+  positions = np.concatenate([np.arange(n) for n in lengths] + [np.arange(2)])[None]
+  packed_logits = np.asarray(model_lib.forward(config, params, packed, jnp.asarray(positions, jnp.int32),
+                                               jnp.asarray(segment_ids, jnp.int32)))
+  offset = 0
+  for seg in segments:
+    alone = np.asarray(model_lib.forward(config, params, seg[None]))
+    np.testing.assert_allclose(packed_logits[0, offset : offset + len(seg)], alone[0], atol=1e-5, rtol=0)
+    offset += len(seg)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral_sliding_window", "qwen2_bias"])
+def test_kv_cache_prefill_then_steps_equal_full_forward(hf_model_dir, family):
+  directory, _ = hf_model_dir(family)
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  model = model_lib.Transformer(config)
+  # Two rows of different prompt lengths, left-padded, then 6 decode steps of given tokens.
+  prompts = [list(_tokens(1, 7, seed=1)[0]), list(_tokens(1, 4, seed=2)[0])]
+  continuation = _tokens(2, 6, seed=3)
+  tokens, mask = generation.left_pad(prompts, pad_id=0)
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  cache = model_lib.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
+  logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, method="decode")
+  step_logits = [logits[:, -1]]
+  for i in range(continuation.shape[1] - 1):
+    step_positions = positions[:, -1:] + 1 + i
+    logits, cache = model.apply(
+        {"params": params}, continuation[:, i : i + 1], step_positions, np.ones((2, 1), np.int32), cache,
+        method="decode",
+    )
+    step_logits.append(logits[:, -1])
+  assert int(cache.end) == tokens.shape[1] + continuation.shape[1] - 1
+  for row, prompt in enumerate(prompts):
+    full = np.concatenate([prompt, continuation[row, :-1]])[None]
+    reference = np.asarray(model_lib.forward(config, params, full))[0, len(prompt) - 1 :]
+    ours = np.stack([np.asarray(s[row]) for s in step_logits])
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
+
+
+def test_greedy_generate_matches_transformers(hf_model_dir):
+  import torch
+
+  directory, torch_model = hf_model_dir("llama")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  prompts = [list(_tokens(1, 9, seed=4)[0]), list(_tokens(1, 3, seed=5)[0])]
+  ours = generation.greedy_generate(config, params, prompts, 10, eos_ids=())
+  for prompt, generated in zip(prompts, ours):
+    with torch.no_grad():
+      reference = torch_model.generate(
+          torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+      )[0, len(prompt) :].tolist()
+    assert generated == reference
+
+
+def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir):
+  directory, _ = hf_model_dir("llama")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  tokens = jnp.asarray(_tokens(2, 8))
+
+  def loss(params, config):
+    return jnp.mean(model_lib.Transformer(config).apply({"params": params}, tokens) ** 2)
+
+  base_loss, base_grads = jax.value_and_grad(loss)(params, config)
+  for policy in ("full", "dots", "dots_no_batch"):
+    remat_loss, remat_grads = jax.value_and_grad(loss)(params, dataclasses.replace(config, remat_policy=policy))
+    np.testing.assert_allclose(remat_loss, base_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, base_grads)
+
+
+def test_bfloat16_compute_and_parameters_stay_close_to_float32(hf_model_dir):
+  directory, _ = hf_model_dir("qwen2_bias")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  bf16_config, bf16_params = hf_checkpoint.load_hf_checkpoint(directory, dtype="bfloat16", param_dtype="bfloat16")
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(bf16_params))
+  tokens = jnp.asarray(_tokens(2, 10))
+  full = np.asarray(model_lib.forward(config, params, tokens))
+  half = model_lib.forward(bf16_config, bf16_params, tokens)
+  assert half.dtype == jnp.bfloat16
+  scale = np.abs(full).max()
+  assert np.abs(np.asarray(half, np.float32) - full).max() < 0.05 * scale
+  assert (np.asarray(half, np.float32).argmax(-1) == full.argmax(-1)).mean() > 0.9
+
+
+def test_init_params_carry_logical_axes_and_finite_logits():
+  config = model_lib.ModelConfig("llama", 64, 32, 48, 2, 4, 2, 8)
+  boxed = model_lib.boxed_param_shapes(config)
+  names = jax.tree.leaves(jax.tree.map(lambda x: x.names, boxed, is_leaf=lambda x: hasattr(x, "names")),
+                          is_leaf=lambda x: isinstance(x, tuple))
+  assert names and all(all(isinstance(n, str) for n in leaf) for leaf in names)
+  params = model_lib.init_params(config, jax.random.key(0))
+  logits = model_lib.forward(config, params, jnp.asarray(_tokens(1, 5, vocab=64)))
+  assert np.isfinite(np.asarray(logits)).all()
