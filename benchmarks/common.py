@@ -46,4 +46,6 @@ def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
 
 def machine() -> str:
   device = jax.devices()[0]
-  return f"{platform.processor() or platform.machine()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}"
+  return (
+    f"{platform.processor() or platform.machine()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}"
+  )

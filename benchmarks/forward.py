@@ -53,7 +53,7 @@ def main(argv):
   results["load_hf_dir_s"] = time.perf_counter() - start
 
   tokens = jnp.asarray(
-      np.random.default_rng(0).integers(0, config.vocab_size, (_BATCH.value, _LENGTH.value)), jnp.int32
+    np.random.default_rng(0).integers(0, config.vocab_size, (_BATCH.value, _LENGTH.value)), jnp.int32
   )
 
   def compile_seconds(cfg, p):
@@ -71,10 +71,10 @@ def main(argv):
   n_tokens = _BATCH.value * _LENGTH.value
   peak = common.matmul_peak_flops()
   results.update(
-      ours_tokens_per_s=n_tokens / seconds,
-      ours_step_s=seconds,
-      matmul_peak_gflops=peak / 1e9,
-      ours_mfu=common.forward_flops(config, _BATCH.value, _LENGTH.value) / seconds / peak,
+    ours_tokens_per_s=n_tokens / seconds,
+    ours_step_s=seconds,
+    matmul_peak_gflops=peak / 1e9,
+    ours_mfu=common.forward_flops(config, _BATCH.value, _LENGTH.value) / seconds / peak,
   )
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -90,16 +90,16 @@ def main(argv):
 
     def torch_forward():
       with torch.no_grad():
-        reference(torch_tokens).logits
+        return reference(torch_tokens).logits
 
     torch_forward()
     torch_seconds = common.median(common.time_call(torch_forward, _REPEATS.value))
     results.update(
-        torch_tokens_per_s=n_tokens / torch_seconds,
-        torch_step_s=torch_seconds,
-        torch_threads=torch.get_num_threads(),
-        torch_attention=reference.config._attn_implementation,
-        speedup_vs_torch=torch_seconds / seconds,
+      torch_tokens_per_s=n_tokens / torch_seconds,
+      torch_step_s=torch_seconds,
+      torch_threads=torch.get_num_threads(),
+      torch_attention=reference.config._attn_implementation,
+      speedup_vs_torch=torch_seconds / seconds,
     )
 
   print(json.dumps(results, indent=2))

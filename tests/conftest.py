@@ -5,30 +5,30 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pathlib  # noqa: E402
+import pathlib
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 # Tiny random configurations, one per supported family, in transformers' own terms.
 TINY_HF_CONFIGS = {
-    "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2),
-    "llama3_scaled_rope": dict(
-        model_type="llama",
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        rope_theta=500_000.0,
-        rope_scaling=dict(
-            rope_type="llama3",
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=16,
-        ),
+  "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2),
+  "llama3_scaled_rope": dict(
+    model_type="llama",
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    rope_theta=500_000.0,
+    rope_scaling=dict(
+      rope_type="llama3",
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=16,
     ),
-    "mistral_sliding_window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, sliding_window=5),
-    "qwen2_bias": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2),
-    "tied_gqa": dict(model_type="llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
+  ),
+  "mistral_sliding_window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, sliding_window=5),
+  "qwen2_bias": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2),
+  "tied_gqa": dict(model_type="llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
 }
 
 
@@ -41,17 +41,17 @@ def make_hf_model(family: str, seed: int = 0):
   model_type = spec.pop("model_type")
   config_class = transformers.AutoConfig.for_model(model_type).__class__
   config = config_class(
-      vocab_size=128,
-      hidden_size=48,
-      intermediate_size=80,
-      num_hidden_layers=3,
-      max_position_embeddings=64,
-      rms_norm_eps=1e-5,
-      bos_token_id=1,
-      eos_token_id=2,
-      pad_token_id=0,
-      head_dim=spec.pop("head_dim", 48 // spec["num_attention_heads"]),
-      **spec,
+    vocab_size=128,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=3,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    head_dim=spec.pop("head_dim", 48 // spec["num_attention_heads"]),
+    **spec,
   )
   config._attn_implementation = "eager"
   torch.manual_seed(seed)

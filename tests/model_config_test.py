@@ -28,13 +28,13 @@ def test_qwen2_has_qkv_bias_and_mistral_keeps_its_window():
 
 
 @pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"model_type": "gemma2"}, "field 'model_type' is 'gemma2'"),
-        ({"hidden_act": "gelu"}, "field 'hidden_act' is 'gelu'"),
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'rope_scaling' has type 'yarn'"),
-        ({"attention_bias": True}, "field 'attention_bias' is true"),
-    ],
+  "change, message",
+  [
+    ({"model_type": "gemma2"}, "field 'model_type' is 'gemma2'"),
+    ({"hidden_act": "gelu"}, "field 'hidden_act' is 'gelu'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'rope_scaling' has type 'yarn'"),
+    ({"attention_bias": True}, "field 'attention_bias' is true"),
+  ],
 )
 def test_unsupported_features_are_refused(change, message):
   hf = dict(PRESETS["llama2-7b"].to_hf_config(), **change)

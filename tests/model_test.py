@@ -33,11 +33,12 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir):
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   lengths = [5, 7, 4]
   segments = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
-  packed = np.concatenate(segments + [np.zeros(2, np.int32)])[None]  # two padding tokens at the end
+  packed = np.concatenate([*segments, np.zeros(2, np.int32)])[None]  # two padding tokens at the end
   segment_ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(2)])[None]
   positions = np.concatenate([np.arange(n) for n in lengths] + [np.arange(2)])[None]
-  packed_logits = np.asarray(model_lib.forward(config, params, packed, jnp.asarray(positions, jnp.int32),
-                                               jnp.asarray(segment_ids, jnp.int32)))
+  packed_logits = np.asarray(
+    model_lib.forward(config, params, packed, jnp.asarray(positions, jnp.int32), jnp.asarray(segment_ids, jnp.int32))
+  )
   offset = 0
   for seg in segments:
     alone = np.asarray(model_lib.forward(config, params, seg[None]))
@@ -61,8 +62,12 @@ def test_kv_cache_prefill_then_steps_equal_full_forward(hf_model_dir, family):
   for i in range(continuation.shape[1] - 1):
     step_positions = positions[:, -1:] + 1 + i
     logits, cache = model.apply(
-        {"params": params}, continuation[:, i : i + 1], step_positions, np.ones((2, 1), np.int32), cache,
-        method="decode",
+      {"params": params},
+      continuation[:, i : i + 1],
+      step_positions,
+      np.ones((2, 1), np.int32),
+      cache,
+      method="decode",
     )
     step_logits.append(logits[:, -1])
   assert int(cache.end) == tokens.shape[1] + continuation.shape[1] - 1
@@ -83,7 +88,7 @@ def test_greedy_generate_matches_transformers(hf_model_dir):
   for prompt, generated in zip(prompts, ours):
     with torch.no_grad():
       reference = torch_model.generate(
-          torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+        torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
       )[0, len(prompt) :].tolist()
     assert generated == reference
 
@@ -120,8 +125,10 @@ def test_bfloat16_compute_and_parameters_stay_close_to_float32(hf_model_dir):
 def test_init_params_carry_logical_axes_and_finite_logits():
   config = model_lib.ModelConfig("llama", 64, 32, 48, 2, 4, 2, 8)
   boxed = model_lib.boxed_param_shapes(config)
-  names = jax.tree.leaves(jax.tree.map(lambda x: x.names, boxed, is_leaf=lambda x: hasattr(x, "names")),
-                          is_leaf=lambda x: isinstance(x, tuple))
+  names = jax.tree.leaves(
+    jax.tree.map(lambda x: x.names, boxed, is_leaf=lambda x: hasattr(x, "names")),
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
   assert names and all(all(isinstance(n, str) for n in leaf) for leaf in names)
   params = model_lib.init_params(config, jax.random.key(0))
   logits = model_lib.forward(config, params, jnp.asarray(_tokens(1, 5, vocab=64)))

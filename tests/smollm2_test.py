@@ -10,20 +10,20 @@ from srit_jax import generation, loading
 from srit_jax.conversion import fetch, gguf_checkpoint
 
 PROMPTS = [
-    "The capital of France is",
-    "Q: Tom has 3 apples and buys 5 more. How many apples does he have?\nA: Let's think step by step.",
-    "def fibonacci(n):\n    ",
+  "The capital of France is",
+  "Q: Tom has 3 apples and buys 5 more. How many apples does he have?\nA: Let's think step by step.",
+  "def fibonacci(n):\n    ",
 ]
 
 TEXTS = [
-    "Hello world",
-    "  leading spaces, trailing spaces   ",
-    "tabs\tand\nnewlines\n\n\nand\r\nwindows",
-    "digits 0 7 42 1234567890 3.14159 1,000,000 -12",
-    "unicode: café naïve Zürich 東京 Привет мир 🙂🚀 ∑x² → ∞",
-    "code: for (int i = 0; i < n; ++i) { x[i] *= 2; }",
-    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
-    "mixed<|endoftext|>special",
+  "Hello world",
+  "  leading spaces, trailing spaces   ",
+  "tabs\tand\nnewlines\n\n\nand\r\nwindows",
+  "digits 0 7 42 1234567890 3.14159 1,000,000 -12",
+  "unicode: café naïve Zürich 東京 Привет мир 🙂🚀 ∑x² → ∞",
+  "code: for (int i = 0; i < n; ++i) { x[i] *= 2; }",
+  "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+  "mixed<|endoftext|>special",
 ]
 
 
@@ -35,7 +35,7 @@ def _transformers_gguf(directory):
   gguf = fetch.gguf_path(directory)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf.name)
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      str(directory), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
+    str(directory), gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
   )
   return tokenizer, model.eval()
 
@@ -46,7 +46,7 @@ def smollm2(smollm2_dir):
 
 
 def test_logits_match_transformers_gguf_loader(smollm2_dir, smollm2):
-  tokenizer, reference_model = _transformers_gguf(smollm2_dir)
+  _tokenizer, reference_model = _transformers_gguf(smollm2_dir)
   for prompt in PROMPTS:
     tokens = np.asarray([smollm2.tokenizer(prompt)["input_ids"]])
     ours = np.asarray(smollm2.logits(tokens))
@@ -81,7 +81,7 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(smollm2_dir, smollm2):
   # SmolLM2's own tokenizer.json split digits off first. The two differ only where a run of
   # spaces precedes a digit, so compare against transformers with that one piece swapped in.
   reference.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-      [pre_tokenizers.Digits(individual_digits=True), reference.backend_tokenizer.pre_tokenizer]
+    [pre_tokenizers.Digits(individual_digits=True), reference.backend_tokenizer.pre_tokenizer]
   )
   assert ours.get_vocab() == reference.get_vocab()
   for text in TEXTS:
@@ -111,6 +111,6 @@ def test_greedy_generation_matches_transformers_token_for_token(smollm2_dir, smo
   for prompt, generated in zip(prompts, ours):
     with torch.no_grad():
       reference = reference_model.generate(
-          torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=2
+        torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=2
       )[0, len(prompt) :].tolist()
     assert generated == reference
