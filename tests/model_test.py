@@ -78,21 +78,6 @@ def test_kv_cache_prefill_then_steps_equal_full_forward(hf_model_dir, family):
     np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
 
 
-def test_greedy_generate_matches_transformers(hf_model_dir):
-  import torch
-
-  directory, torch_model = hf_model_dir("llama")
-  config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  prompts = [list(_tokens(1, 9, seed=4)[0]), list(_tokens(1, 3, seed=5)[0])]
-  ours = generation.greedy_generate(config, params, prompts, 10, eos_ids=())
-  for prompt, generated in zip(prompts, ours):
-    with torch.no_grad():
-      reference = torch_model.generate(
-        torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
-      )[0, len(prompt) :].tolist()
-    assert generated == reference
-
-
 def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir):
   directory, _ = hf_model_dir("llama")
   config, params = hf_checkpoint.load_hf_checkpoint(directory)

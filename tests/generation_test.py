@@ -1,0 +1,295 @@
+"""The sampler: transformers parity, seeds, distributions, sharding, buckets, stops and resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import scipy.stats
+from conftest import TINY_HF_CONFIGS, make_hf_model
+
+from srit_jax import generation, sampling, sharding
+from srit_jax import model as model_lib
+from srit_jax.conversion import hf_checkpoint
+from srit_jax.sampling import SamplingSettings
+
+
+def _prompts(lengths, seed=0, vocab=128):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(3, vocab, size=n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("family", sorted(TINY_HF_CONFIGS))
+def test_batched_greedy_equals_transformers_generate(hf_model_dir, family):
+  import torch
+
+  directory, torch_model = hf_model_dir(family)
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  prompts = _prompts([9, 3, 14, 6])
+  ours = generation.generate(config, params, prompts, max_new_tokens=12, eos_ids=())
+  for prompt, g in zip(prompts, ours):
+    with torch.no_grad():
+      reference = torch_model.generate(
+        torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+      )[0, len(prompt) :]
+    assert g.tokens == reference.tolist()
+    assert g.stop_reason == "length"
+
+
+def test_logprobs_are_the_model_log_softmax_of_the_chosen_tokens(hf_model_dir):
+  directory, _ = hf_model_dir("llama")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  prompt = _prompts([7])[0]
+  (g,) = generation.generate(config, params, [prompt], max_new_tokens=5, eos_ids=(), settings=SamplingSettings(1.0))
+  logits = np.asarray(model_lib.forward(config, params, np.asarray([prompt + g.tokens])))[0]
+  log_softmax = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
+  expected = [log_softmax[len(prompt) - 1 + i, t] for i, t in enumerate(g.tokens)]
+  np.testing.assert_allclose(g.logprobs, expected, atol=1e-4)
+
+
+@pytest.fixture
+def tiny(hf_model_dir):
+  directory, _ = hf_model_dir("llama")
+  return hf_checkpoint.load_hf_checkpoint(directory)
+
+
+def test_same_seed_same_samples_and_batching_does_not_matter(tiny):
+  config, params = tiny
+  prompts = _prompts([5, 8, 3])
+  settings = SamplingSettings(temperature=1.0, top_k=40, top_p=0.9)
+  run = lambda seed, batch_size: [
+    g.tokens
+    for g in generation.generate(
+      config,
+      params,
+      prompts,
+      max_new_tokens=10,
+      settings=settings,
+      num_samples=3,
+      seed=seed,
+      batch_size=batch_size,
+      eos_ids=(),
+    )
+  ]
+  first = run(7, 16)
+  assert first == run(7, 16)
+  assert first == run(7, 4)  # other batch composition and padding, same rows
+  assert first != run(8, 16)
+  assert len({tuple(t) for t in first[:3]}) > 1, "samples of one prompt should differ"
+
+
+def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
+  config, params = tiny
+  prompts = _prompts([5, 8])
+  greedy = [g.tokens for g in generation.generate(config, params, prompts, max_new_tokens=10, eos_ids=())]
+  for settings in (SamplingSettings(temperature=1e-6), SamplingSettings(temperature=1.0, top_k=1)):
+    sampled = generation.generate(config, params, prompts, max_new_tokens=10, settings=settings, seed=3, eos_ids=())
+    assert [g.tokens for g in sampled] == greedy
+
+
+def _nucleus(probs, top_p):
+  order = np.argsort(-probs, kind="stable")
+  mass_before = np.cumsum(probs[order]) - probs[order]
+  keep = np.zeros_like(probs, bool)
+  keep[order[mass_before < top_p]] = True
+  return keep
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
+def test_next_token_frequencies_match_the_softmax(tiny, temperature, top_p):
+  config, params = tiny
+  prompt = _prompts([6], seed=1)[0]
+  logits = np.asarray(model_lib.forward(config, params, np.asarray([prompt])), np.float64)[0, -1] / temperature
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  keep = _nucleus(probs, top_p)
+  probs = np.where(keep, probs, 0.0)
+  probs /= probs.sum()
+  draws = 6000
+  settings = SamplingSettings(temperature=temperature, top_p=top_p)
+  samples = generation.generate(
+    config, params, [prompt], max_new_tokens=1, settings=settings, num_samples=draws, batch_size=draws, eos_ids=()
+  )
+  counts = np.bincount([g.tokens[0] for g in samples], minlength=config.vocab_size)
+  assert counts[~keep].sum() == 0, "sampled a token outside the nucleus"
+  expected = probs * draws
+  big = expected >= 5  # pool the rare tokens into one bin so the chi-square approximation holds
+  observed_bins = np.append(counts[big], counts[~big].sum())
+  expected_bins = np.append(expected[big], expected[~big].sum())
+  if expected_bins[-1] == 0:
+    observed_bins, expected_bins = observed_bins[:-1], expected_bins[:-1]
+  assert scipy.stats.chisquare(observed_bins, expected_bins).pvalue > 1e-3
+
+
+def test_sharded_generation_equals_single_device(hf_model_dir):
+  directory, _ = hf_model_dir("llama")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+  _, sharded_params = hf_checkpoint.load_hf_checkpoint(directory, mesh=mesh)
+  prompts = _prompts([5, 9, 2, 7])
+  for settings in (SamplingSettings(), SamplingSettings(temperature=1.0, top_p=0.95)):
+    kwargs = dict(max_new_tokens=8, settings=settings, num_samples=2, seed=1, eos_ids=())
+    single = generation.generate(config, params, prompts, **kwargs)
+    on_mesh = generation.generate(config, sharded_params, prompts, mesh=mesh, **kwargs)
+    assert [g.tokens for g in on_mesh] == [g.tokens for g in single]
+    np.testing.assert_allclose([g.logprobs for g in on_mesh], [g.logprobs for g in single], atol=1e-5)
+
+
+def test_prompt_buckets_bound_the_number_of_compilations(tiny):
+  config, params = tiny
+  jax.clear_caches()
+  prompts = _prompts(range(2, 40, 3))
+  for i in range(0, len(prompts), 3):
+    generation.generate(config, params, prompts[i : i + 3], max_new_tokens=4, batch_size=4)
+  # Five batches, three prompt buckets: 16, 32 and 64 (clipped to 60 = context 64 - 4 new tokens).
+  assert sampling.sample._cache_size() == 3
+
+
+def test_bad_input_is_refused(tiny):
+  config, params = tiny
+  with pytest.raises(ValueError, match="no prompts"):
+    generation.generate(config, params, [], max_new_tokens=4)
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    generation.generate(config, params, [[5], []], max_new_tokens=4)
+  with pytest.raises(ValueError, match="prompt 0 has 70 tokens"):
+    generation.generate(config, params, [[5] * 70], max_new_tokens=4)
+  with pytest.raises(ValueError, match="max_new_tokens must be positive"):
+    generation.generate(config, params, [[5]], max_new_tokens=0)
+  with pytest.raises(ValueError, match="top_p"):
+    SamplingSettings(temperature=1.0, top_p=0.0)
+
+
+# --- With a tokenizer: stop strings and JSONL runs ------------------------------------------------
+
+
+@pytest.fixture
+def tiny_with_tokenizer(tmp_path, smollm2_dir):
+  """A tiny random Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer files."""
+  import transformers
+
+  torch_model = make_hf_model("llama")
+  config = torch_model.config
+  config.vocab_size = 49152
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+  directory = tmp_path / "tiny_smollm"
+  model.save_pretrained(directory, safe_serialization=True)
+  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    shutil.copy(smollm2_dir / name, directory / name)
+  return directory
+
+
+def test_stop_strings_cut_the_text_and_end_the_row(tiny_with_tokenizer):
+  from srit_jax import loading
+
+  model = loading.load_model(tiny_with_tokenizer)
+  prompt = model.tokenizer("Once upon a time")["input_ids"]
+  (free,) = generation.generate(model.config, model.params, [prompt], max_new_tokens=24, tokenizer=model.tokenizer)
+  assert free.stop_reason == "length" and len(free.tokens) == 24
+  stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 3]
+  assert stop.strip(), free.text
+  (stopped,) = generation.generate(
+    model.config, model.params, [prompt], max_new_tokens=24, tokenizer=model.tokenizer, stop_strings=[stop]
+  )
+  assert stopped.stop_reason == "stop"
+  assert stopped.text == free.text[: free.text.find(stop)]
+  assert stopped.tokens == free.tokens[: len(stopped.tokens)] and len(stopped.tokens) < 24
+
+
+def _records(n):
+  return [{"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {2 * i}?" + " Think." * (i % 4)} for i in range(n)]
+
+
+def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_path, monkeypatch):
+  from srit_jax import loading
+
+  model = loading.load_model(tiny_with_tokenizer)
+  kwargs = dict(
+    max_new_tokens=6,
+    settings=SamplingSettings(temperature=1.0),
+    num_samples=2,
+    batch_size=4,
+    seed=5,
+    progress=False,
+  )
+  reference = generation.generate_to_jsonl(
+    model.config, model.params, model.tokenizer, _records(9), tmp_path / "full.jsonl", **kwargs
+  )
+  assert len(reference.read_text().splitlines()) == 18
+
+  # Crash after two batches, leaving half a line behind as a kill during a write would.
+  real_generate, calls = generation.generate, []
+
+  def crashing_generate(*args, **kw):
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    calls.append(1)
+    return real_generate(*args, **kw)
+
+  resumed_path = tmp_path / "resumed.jsonl"
+  monkeypatch.setattr(generation, "generate", crashing_generate)
+  with pytest.raises(KeyboardInterrupt):
+    generation.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
+  monkeypatch.setattr(generation, "generate", real_generate)
+  assert len(resumed_path.read_text().splitlines()) == 8
+  with open(resumed_path, "a") as f:
+    f.write('{"index": 3, "sample": 0, "comp')
+  generation.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
+  assert resumed_path.read_bytes() == reference.read_bytes()
+
+
+def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_tokenizer, tmp_path):
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in _records(12)))
+  command = [
+    sys.executable,
+    "-m",
+    "srit_jax.main",
+    "generate",
+    "--config=configs/generate.py",
+    f"--config.model={tiny_with_tokenizer}",
+    f"--config.prompts_file={prompts}",
+    "--config.max_new_tokens=8",
+    "--config.batch_size=2",
+    "--config.temperature=1.0",
+    "--config.mesh_fsdp=1",
+  ]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  full = tmp_path / "full.jsonl"
+  subprocess.run([*command, f"--out={full}"], check=True, env=env, capture_output=True, timeout=300)
+  killed = tmp_path / "killed.jsonl"
+  process = subprocess.Popen(
+    [*command, f"--out={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if killed.exists() and killed.stat().st_size > 0:
+      break
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  lines_at_kill = len(killed.read_bytes().split(b"\n")) - 1 if killed.exists() else 0
+  assert lines_at_kill < 12, "the run finished before it could be killed"
+  subprocess.run([*command, f"--out={killed}"], check=True, env=env, capture_output=True, timeout=300)
+  assert killed.read_bytes() == full.read_bytes()
+
+
+def test_prompt_file_errors_name_file_and_line(tmp_path):
+  from srit_jax import generate_command
+
+  path = tmp_path / "p.jsonl"
+  path.write_text('{"prompt": "ok"}\n{"prompt": \n')
+  with pytest.raises(ValueError, match=r"p\.jsonl:2: not valid JSON"):
+    generate_command.read_prompts(path)
+  path.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+  with pytest.raises(ValueError, match=r"p\.jsonl:2: field 'prompt'"):
+    generate_command.read_prompts(path)
