@@ -56,10 +56,15 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width: int | None = 
 
 
 def prompt_bucket(length: int, limit: int) -> int:
-  """The padded prompt length: the next power of two (at least 16), capped at `limit`."""
+  """The padded prompt length: a power of two up to 128 (at least 16), then a multiple of 64.
+
+  Capped at `limit`. A run compiles once per bucket it meets, so at most a few times.
+  """
   bucket = MIN_PROMPT_BUCKET
-  while bucket < length:
+  while bucket < min(length, 128):
     bucket *= 2
+  if length > 128:
+    bucket = -(-length // 64) * 64
   return min(bucket, limit)
 
 

@@ -33,8 +33,9 @@ _REMAT_POLICIES = {
 class KVCache:
   """Preallocated keys and values of every layer, and what each slot holds.
 
-  keys, values: [L, B, S, K, H]; positions, segment_ids: [B, S] (segment 0 = empty slot);
-  end: int32 scalar, the number of slots written so far (shared by all rows).
+  keys, values: [L, B, K, S, H] (heads before slots, so each step's attention reads them
+  as they lie); positions, segment_ids: [B, S] (segment 0 = empty slot); end: int32 scalar,
+  the number of slots written so far (shared by all rows).
   """
 
   keys: jax.Array
@@ -44,9 +45,25 @@ class KVCache:
   end: jax.Array
 
 
+CACHE_AXES = ("layers", "batch", "act_kv_heads", "length", "head_dim")
+
+
+@flax.struct.dataclass
+class CacheView:
+  """What every layer sees of the cache: slot contents and how to attend.
+
+  mode "prefill": attend among the new tokens only (the cache must be empty) and hand back
+  their keys and values; mode "step": attend over the cache plus the new tokens.
+  """
+
+  positions: jax.Array  # [B, S], before this call's tokens are written
+  segment_ids: jax.Array  # [B, S]
+  mode: str = flax.struct.field(pytree_node=False, default="step")
+
+
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
   dtype = dtype or config.dtype
-  kv_shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+  kv_shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
   return KVCache(
     keys=jnp.zeros(kv_shape, dtype),
     values=jnp.zeros(kv_shape, dtype),
@@ -79,7 +96,7 @@ class Attention(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, kv_slots):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view):
     cfg = self.config
 
     def projection(name, heads, heads_axis):
@@ -99,29 +116,33 @@ class Attention(nn.Module):
     v_BxTxKxH = projection("v_proj", cfg.num_kv_heads, "kv_heads")
     q_BxTxNxH = sharding.constrain(q_BxTxNxH, ("batch", "length", "act_heads", "head_dim"), self.mesh)
 
-    if layer_kv is None:
-      keys, values, new_kv = k_BxTxKxH, v_BxTxKxH, None
-      kv_positions, kv_segment_ids = positions_BxT, segment_ids_BxT
+    if cache_view is None or cache_view.mode == "prefill":
+      out_BxTxNxH = attention.attend(
+        q_BxTxNxH,
+        k_BxTxKxH,
+        v_BxTxKxH,
+        q_positions_BxT=positions_BxT,
+        q_segment_ids_BxT=segment_ids_BxT,
+        kv_positions_BxS=positions_BxT,
+        kv_segment_ids_BxS=segment_ids_BxT,
+        sliding_window=cfg.sliding_window,
+      )
     else:
-      # Write this call's keys and values at slots [end, end + T) of the preallocated cache.
       cached_keys, cached_values = layer_kv
-      kv_positions, kv_segment_ids, end = kv_slots
-      start = (0, end, 0, 0)
-      keys = jax.lax.dynamic_update_slice(cached_keys, k_BxTxKxH.astype(cached_keys.dtype), start)
-      values = jax.lax.dynamic_update_slice(cached_values, v_BxTxKxH.astype(cached_values.dtype), start)
-      new_kv = (keys, values)
-      keys, values = keys.astype(cfg.dtype), values.astype(cfg.dtype)
-
-    out_BxTxNxH = attention.attend(
-      q_BxTxNxH,
-      keys,
-      values,
-      q_positions_BxT=positions_BxT,
-      q_segment_ids_BxT=segment_ids_BxT,
-      kv_positions_BxS=kv_positions,
-      kv_segment_ids_BxS=kv_segment_ids,
-      sliding_window=cfg.sliding_window,
-    )
+      out_BxTxNxH = attention.attend_cached(
+        q_BxTxNxH,
+        cached_keys.astype(cfg.dtype),
+        cached_values.astype(cfg.dtype),
+        k_BxTxKxH,
+        v_BxTxKxH,
+        q_positions_BxT=positions_BxT,
+        q_segment_ids_BxT=segment_ids_BxT,
+        cache_positions_BxS=cache_view.positions,
+        cache_segment_ids_BxS=cache_view.segment_ids,
+        sliding_window=cfg.sliding_window,
+      )
+    # Only this call's keys and values go back, as [B, K, T, H]; the caller writes them in.
+    new_kv = None if cache_view is None else (k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3))
     out_BxTxD = nn.DenseGeneral(
       features=cfg.embed_dim,
       axis=(-2, -1),
@@ -165,10 +186,10 @@ class DecoderBlock(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, kv_slots):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view):
     x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"), self.mesh)
     attn_out, new_kv = Attention(self.config, self.mesh, name="attention")(
-      RMSNorm(self.config, name="input_norm")(x_BxTxD), positions_BxT, segment_ids_BxT, layer_kv, kv_slots
+      RMSNorm(self.config, name="input_norm")(x_BxTxD), positions_BxT, segment_ids_BxT, layer_kv, cache_view
     )
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + MLP(self.config, self.mesh, name="mlp")(
@@ -226,32 +247,47 @@ class Transformer(nn.Module):
     hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None)
     return hidden
 
+  def prefill(self, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache):
+    """Runs a prompt into an empty cache; returns (logits of the last position [B, V], cache)."""
+    view = CacheView(cache.positions, cache.segment_ids, mode="prefill")
+    hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, view)
+    cache = _write(cache, new_kv, positions_BxT, segment_ids_BxT, self.mesh)
+    return self.logits_from_hidden(hidden[:, -1]), cache
+
   def decode(self, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache):
-    """Runs T new tokens against the cache (prefill or one step); returns (logits, cache)."""
-    length = tokens_BxT.shape[1]
-    start = (0, cache.end)
-    slots = (
-      jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), start),
-      jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), start),
-      cache.end,
-    )
-    hidden, (keys, values) = self._backbone(
-      tokens_BxT, positions_BxT, segment_ids_BxT, (cache.keys, cache.values), slots
-    )
-    new_cache = KVCache(keys, values, slots[0], slots[1], cache.end + length)
-    return self.logits_from_hidden(hidden), new_cache
+    """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache)."""
+    view = CacheView(cache.positions, cache.segment_ids, mode="step")
+    hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, (cache.keys, cache.values), view)
+    cache = _write(cache, new_kv, positions_BxT, segment_ids_BxT, self.mesh)
+    return self.logits_from_hidden(hidden), cache
 
   def logits_from_hidden(self, hidden_BxTxD):
     if self.config.tie_embeddings:
       logits = self.embedder.attend(hidden_BxTxD)
     else:
       logits = self.lm_head(hidden_BxTxD)
-    return sharding.constrain(logits, ("batch", "length", "act_vocab"), self.mesh)
+    axes = ("batch", "length", "act_vocab") if logits.ndim == 3 else ("batch", "act_vocab")
+    return sharding.constrain(logits, axes, self.mesh)
 
-  def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, kv_slots):
+  def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view):
     x_BxTxD = self.embedder(tokens_BxT)
-    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, kv_slots)
+    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view)
     return self.final_norm(x_BxTxD), new_kv
+
+
+def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCache:
+  """Writes new keys/values ([L, B, K, T, H]) and their slot metadata at slots [end, end + T)."""
+  new_keys, new_values = new_kv
+  at = (0, 0, 0, cache.end, 0)
+  keys = jax.lax.dynamic_update_slice(cache.keys, new_keys.astype(cache.keys.dtype), at)
+  values = jax.lax.dynamic_update_slice(cache.values, new_values.astype(cache.values.dtype), at)
+  return KVCache(
+    keys=sharding.constrain(keys, CACHE_AXES, mesh),
+    values=sharding.constrain(values, CACHE_AXES, mesh),
+    positions=jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end)),
+    segment_ids=jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), (0, cache.end)),
+    end=cache.end + positions_BxT.shape[1],
+  )
 
 
 def boxed_param_shapes(config: ModelConfig):

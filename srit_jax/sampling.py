@@ -103,16 +103,16 @@ def sample(
   cache = model_lib.init_cache(config, batch, prompt_len + max_new_tokens)
   cache = dataclasses.replace(
     cache,
-    keys=sharding.constrain(cache.keys, ("layers", "batch", "length", "act_kv_heads", "head_dim"), mesh),
-    values=sharding.constrain(cache.values, ("layers", "batch", "length", "act_kv_heads", "head_dim"), mesh),
+    keys=sharding.constrain(cache.keys, model_lib.CACHE_AXES, mesh),
+    values=sharding.constrain(cache.values, model_lib.CACHE_AXES, mesh),
   )
-  logits, cache = model.apply({"params": params}, tokens_BxP, positions_BxP, mask_BxP, cache, method="decode")
+  last_logits_BxV, cache = model.apply({"params": params}, tokens_BxP, positions_BxP, mask_BxP, cache, method="prefill")
 
   # Generated tokens sit after `stop_len` columns of -1, so the last Q tokens are one slice.
   out_BxN = jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32)
   state = dict(
     step=jnp.int32(0),
-    logits_BxV=logits[:, -1].astype(jnp.float32),
+    logits_BxV=last_logits_BxV.astype(jnp.float32),
     position_B=positions_BxP[:, -1] + 1,
     cache=cache,
     done_B=~jnp.any(mask_BxP > 0, axis=1),

@@ -47,35 +47,36 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral_sliding_window", "qwen2_bias"])
-def test_kv_cache_prefill_then_steps_equal_full_forward(hf_model_dir, family):
+def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, family):
   directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   model = model_lib.Transformer(config)
-  # Two rows of different prompt lengths, left-padded, then 6 decode steps of given tokens.
+  # Two rows of different prompt lengths, left-padded; then a 3-token chunk, then 4 single steps.
   prompts = [list(_tokens(1, 7, seed=1)[0]), list(_tokens(1, 4, seed=2)[0])]
-  continuation = _tokens(2, 6, seed=3)
+  continuation = _tokens(2, 7, seed=3)
   tokens, mask = generation.left_pad(prompts, pad_id=0)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   cache = model_lib.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
-  logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, method="decode")
-  step_logits = [logits[:, -1]]
-  for i in range(continuation.shape[1] - 1):
-    step_positions = positions[:, -1:] + 1 + i
+  last_logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, method="prefill")
+  outputs = [last_logits[:, None]]
+  chunks = [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
+  for start, stop in chunks:
+    chunk_positions = positions[:, -1:] + 1 + np.arange(start, stop)[None]
     logits, cache = model.apply(
       {"params": params},
-      continuation[:, i : i + 1],
-      step_positions,
-      np.ones((2, 1), np.int32),
+      continuation[:, start:stop],
+      chunk_positions,
+      np.ones((2, stop - start), np.int32),
       cache,
       method="decode",
     )
-    step_logits.append(logits[:, -1])
-  assert int(cache.end) == tokens.shape[1] + continuation.shape[1] - 1
+    outputs.append(logits)
+  assert int(cache.end) == tokens.shape[1] + continuation.shape[1]
+  ours_all = np.concatenate([np.asarray(o) for o in outputs], axis=1)
   for row, prompt in enumerate(prompts):
-    full = np.concatenate([prompt, continuation[row, :-1]])[None]
+    full = np.concatenate([prompt, continuation[row]])[None]
     reference = np.asarray(model_lib.forward(config, params, full))[0, len(prompt) - 1 :]
-    ours = np.stack([np.asarray(s[row]) for s in step_logits])
-    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(ours_all[row], reference, atol=2e-5, rtol=0)
 
 
 def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir):
