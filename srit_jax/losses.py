@@ -1,0 +1,44 @@
+"""Token log-probabilities and cross-entropy, computed in chunks along the sequence.
+
+The [B, T, V] float32 logits are never materialised: hidden states are projected to the
+vocabulary one chunk of C positions at a time, and the backward pass recomputes each
+chunk's logits instead of storing them.
+
+Shapes: B batch, T length, D embed, V vocab, C chunk length.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from srit_jax import model as model_lib
+
+
+def chunked_token_log_probs(
+  model: model_lib.Transformer, params, hidden_BxTxD: jax.Array, targets_BxT: jax.Array, chunk_size: int = 128
+) -> jax.Array:
+  """log p(target_t | prefix) for every position, float32 [B, T]."""
+  batch, length, dim = hidden_BxTxD.shape
+  chunk_size = min(chunk_size, length)
+  pad = -length % chunk_size
+  hidden = jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
+  num_chunks = (length + pad) // chunk_size
+  hidden_NxBxCxD = hidden.reshape(batch, num_chunks, chunk_size, dim).transpose(1, 0, 2, 3)
+  targets_NxBxC = targets.reshape(batch, num_chunks, chunk_size).transpose(1, 0, 2)
+
+  @jax.checkpoint
+  def one_chunk(args):
+    hidden_BxCxD, targets_BxC = args
+    logits = model.apply({"params": params}, hidden_BxCxD, method="logits_from_hidden").astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, targets_BxC[..., None], axis=-1)[..., 0]
+    return target_logits - jax.nn.logsumexp(logits, axis=-1)
+
+  log_probs_NxBxC = jax.lax.map(one_chunk, (hidden_NxBxCxD, targets_NxBxC))
+  return log_probs_NxBxC.transpose(1, 0, 2).reshape(batch, -1)[:, :length]
+
+
+def weighted_nll_sum(log_probs_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
+  """Sum of -log p weighted per token (0 outside the answer); divide by the batch's weight sum."""
+  return -jnp.sum(log_probs_BxT * weights_BxT.astype(jnp.float32))
