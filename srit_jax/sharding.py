@@ -43,7 +43,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Sizes of the mesh axes; one of them may be -1 to take the remaining devices."""
+  """Sizes of the mesh axes; one of them may be -1 to take the remaining devices.
+
+  Without a -1, a mesh smaller than the device count uses the first devices.
+  """
 
   data: int = 1
   fsdp: int = -1
@@ -61,6 +64,8 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
     if len(devices) % known:
       raise ValueError(f"{len(devices)} devices cannot be split as {config}")
     sizes[sizes.index(-1)] = len(devices) // known
+  if -1 not in [config.data, config.fsdp, config.tensor] and math.prod(sizes) < len(devices):
+    devices = devices[: math.prod(sizes)]  # a fully sized mesh may use the first devices only
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
   return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)

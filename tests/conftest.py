@@ -91,3 +91,21 @@ def smollm2_dir() -> pathlib.Path:
   from srit_jax.conversion import fetch
 
   return fetch.fetch_model("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def tiny_with_tokenizer(tmp_path, smollm2_dir):
+  """A tiny random Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer files."""
+  import shutil
+
+  import transformers
+
+  torch_model = make_hf_model("llama")
+  config = torch_model.config
+  config.vocab_size = 49152
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+  directory = tmp_path / "tiny_smollm"
+  model.save_pretrained(directory, safe_serialization=True)
+  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    shutil.copy(smollm2_dir / name, directory / name)
+  return directory

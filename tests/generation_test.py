@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import TINY_HF_CONFIGS, make_hf_model
+from conftest import TINY_HF_CONFIGS
 
 from srit_jax import generation, sampling, sharding
 from srit_jax import model as model_lib
@@ -170,22 +169,6 @@ def test_bad_input_is_refused(tiny):
 
 
 # --- With a tokenizer: stop strings and JSONL runs ------------------------------------------------
-
-
-@pytest.fixture
-def tiny_with_tokenizer(tmp_path, smollm2_dir):
-  """A tiny random Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer files."""
-  import transformers
-
-  torch_model = make_hf_model("llama")
-  config = torch_model.config
-  config.vocab_size = 49152
-  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-  directory = tmp_path / "tiny_smollm"
-  model.save_pretrained(directory, safe_serialization=True)
-  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-    shutil.copy(smollm2_dir / name, directory / name)
-  return directory
 
 
 def test_stop_strings_cut_the_text_and_end_the_row(tiny_with_tokenizer):

@@ -1,0 +1,62 @@
+"""Model FLOPs and device peaks, for model FLOPs utilisation (MFU) in logs and benchmarks."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from srit_jax.model_config import ModelConfig
+
+# Dense bf16 peak per chip, from the vendors' data sheets.
+_PEAK_BF16 = {
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
+}
+
+
+def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
+  """Matmul FLOPs of one forward pass: 2 per weight per token, plus causal attention."""
+  per_layer = config.embed_dim * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
+  per_layer += config.num_heads * config.head_dim * config.embed_dim + 3 * config.embed_dim * config.mlp_dim
+  weights = config.num_layers * per_layer + config.embed_dim * config.vocab_size
+  attention = config.num_layers * 2 * 2 * config.num_heads * config.head_dim * length * length / 2
+  return batch * (2 * weights * length + attention)
+
+
+def train_step_flops(config: ModelConfig, batch: int, length: int) -> float:
+  """Forward plus backward (twice the forward)."""
+  return 3 * forward_flops(config, batch, length)
+
+
+@functools.cache
+def measured_matmul_peak(size: int = 2048, dtype: str = "float32") -> float:
+  """FLOP/s of a size^3 matmul under XLA on the default device."""
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def device_peak_flops(dtype: str = "bfloat16") -> float:
+  """All local devices' peak: the data sheet for known accelerators, measured on CPU."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return measured_matmul_peak(dtype=dtype if dtype == "float32" else "float32")
+  for name, peak in _PEAK_BF16.items():
+    if device.device_kind.startswith(name):
+      return peak * jax.local_device_count() * (0.5 if dtype == "float32" else 1.0)
+  return float("nan")

@@ -1,0 +1,190 @@
+"""The instruction-tuning run: records -> packed batches -> `sft_step` -> checkpoints -> export.
+
+    srit-jax sft --config=configs/sft.py --workdir=runs/sft
+
+Resumes from the latest checkpoint in `workdir` (state and data position), so a killed run
+ends with the same parameters as an uninterrupted one. A non-finite loss or gradient stops
+the run naming the step, and the last good checkpoint is left as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from srit_jax import checkpointing, data_iterator, flops, loading, metrics, optimizer, records, sft_data, sharding
+from srit_jax import train_step as train_step_lib
+from srit_jax.conversion import fetch, hf_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class SftResult:
+  state: train_step_lib.TrainState
+  export_dir: pathlib.Path | None
+  last_metrics: dict
+
+
+def tokenize_records(tokenizer, recs, config, stats: sft_data.TokenizeStats):
+  examples = []
+  for record in recs:
+    try:
+      prompt, answer = sft_data.tokenize_example(
+        tokenizer, record.instruction, record.input, record.output, use_chat_template=config.use_chat_template
+      )
+    except sft_data.EmptyLossMaskError as e:
+      raise sft_data.EmptyLossMaskError(f"{record.source}: {e}") from None
+    example = sft_data.fit_to_length(prompt, answer, config.max_length + 1, stats=stats)
+    if example is not None:
+      examples.append(example)
+  return examples
+
+
+def _eval_loss(eval_fn, state, eval_examples, config, mesh) -> float:
+  rows = sft_data.pack_rows(eval_examples, config.max_length, pack=config.pack)
+  rows += [[]] * (-len(rows) % config.batch_size)  # whole batches; empty rows weigh nothing
+  nll, weight = 0.0, 0.0
+  for start in range(0, len(rows), config.batch_size):
+    batch = sft_data.make_batch(
+      eval_examples, rows[start : start + config.batch_size], config.max_length, config.loss_normalization
+    )
+    batch = jax.device_put(batch.as_dict(), train_step_lib.batch_shardings(mesh))
+    nll += float(eval_fn(state.params, batch))
+    weight += float(np.sum(batch["loss_weights"]))
+  return nll / max(weight, 1e-6)
+
+
+def train(config, workdir: str | pathlib.Path) -> SftResult:
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+  model = loading.load_model(
+    config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
+  )
+
+  report = records.ReadReport()
+  train_records = records.read_instruction_records(
+    config.train_file, skip_bad_records=config.skip_bad_records, report=report
+  )
+  if report.skipped:
+    log.warning("skipped %d bad records: %s", sum(report.skipped.values()), dict(report.skipped))
+  stats = sft_data.TokenizeStats()
+  examples = tokenize_records(model.tokenizer, train_records, config, stats)
+  eval_examples = []
+  if config.eval_file:
+    eval_records = records.read_instruction_records(config.eval_file, skip_bad_records=config.skip_bad_records)
+    eval_examples = tokenize_records(model.tokenizer, eval_records, config, sft_data.TokenizeStats())
+  print(
+    f"{len(examples)} training examples ({stats.prompt_truncated} prompts cut, {stats.dropped_too_long} too long "
+    f"dropped, {sum(report.skipped.values())} bad records skipped); {len(eval_examples)} held out"
+  )
+
+  tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+  state = train_step_lib.create_train_state(model.params, tx)
+  shardings = train_step_lib.state_shardings(state, model.config, mesh)
+  state = jax.device_put(state, shardings)
+  iterator = data_iterator.PackedBatchIterator(
+    examples,
+    batch_size=config.batch_size,
+    row_length=config.max_length,
+    seed=config.seed,
+    pack=config.pack,
+    normalization=config.loss_normalization,
+  )
+  checkpoints = checkpointing.CheckpointManager(
+    workdir / "checkpoints", max_to_keep=config.keep_checkpoints, async_save=config.async_checkpoints
+  )
+  start_step = checkpoints.latest_step() or 0
+  if start_step:
+    state, data_state = checkpoints.restore(start_step, state)
+    iterator.set_state(data_state)
+    print(f"resumed from the checkpoint of step {start_step}")
+  if start_step >= config.num_steps:
+    print(f"already trained {start_step} of {config.num_steps} steps")
+
+  step_fn = train_step_lib.jit_sft_step(
+    state, model.config, tx, mesh, num_microbatches=config.num_microbatches, chunk_size=config.chunk_size
+  )
+  eval_fn = jax.jit(
+    lambda params, batch: train_step_lib._microbatch_loss(
+      params, batch, config=model.config, mesh=mesh, chunk_size=config.chunk_size
+    )
+  )
+  schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
+  writer = metrics.MetricWriter(workdir, resume_step=start_step)
+  step_flops = flops.train_step_flops(model.config, config.batch_size, config.max_length)
+  peak = flops.device_peak_flops(config.dtype)
+  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, desc="sft", unit="step", disable=jax.process_index())
+  last: dict = {}
+  pending = None
+  clock = time.perf_counter()
+
+  def record(step, step_metrics):
+    # Pulls a step's metrics to the host: called after the next step is dispatched, so the
+    # time since the previous pull is this step's time on the device.
+    nonlocal last, clock
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    now = time.perf_counter()
+    seconds, clock = now - clock, now
+    if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+      checkpoints.wait()
+      latest = checkpoints.latest_step()
+      kept = (
+        f"the last good checkpoint (step {latest}) in {checkpoints.directory} is intact"
+        if latest
+        else ("no checkpoint had been saved yet")
+      )
+      raise NonFiniteLossError(
+        f"step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}; stopped, {kept}"
+      )
+    values.update(
+      learning_rate=float(schedule(step - 1)),
+      tokens_per_s=values["tokens"] / seconds,
+      mfu=step_flops / seconds / peak,
+    )
+    writer.write(step, values)
+    bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.0f}")
+    last = values
+
+  try:
+    for step in range(start_step + 1, config.num_steps + 1):
+      batch = jax.device_put(next(iterator).as_dict(), train_step_lib.batch_shardings(mesh))
+      state, step_metrics = step_fn(state, batch)
+      if pending is not None:
+        record(*pending)
+      pending = (step, step_metrics)
+      bar.update(1)
+      if step % config.save_every == 0 or step == config.num_steps:
+        record(*pending)  # never save a state whose loss was not checked
+        pending = None
+        checkpoints.save(step, state, iterator.get_state())
+      if eval_examples and config.eval_every and step % config.eval_every == 0:
+        writer.write(step, {"eval_loss": _eval_loss(eval_fn, state, eval_examples, config, mesh)})
+    if pending is not None:
+      record(*pending)
+  finally:
+    bar.close()
+    checkpoints.wait()
+    writer.close()
+
+  export_dir = None
+  if config.export:
+    export_dir = workdir / "export"
+    hf_checkpoint.save_hf_checkpoint(state.params, model.config, export_dir)
+    if model.tokenizer is not None and jax.process_index() == 0:
+      fetch.save_tokenizer(model.tokenizer, export_dir)
+    print(f"exported to {export_dir}")
+  checkpoints.close()
+  return SftResult(state, export_dir, last)

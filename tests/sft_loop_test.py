@@ -1,0 +1,203 @@
+"""The SFT run: records with errors, the data iterator, checkpoints, exact resume after kill -9,
+the NaN guard, metrics and export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from srit_jax import data_iterator, records, sft_data, sft_loop
+from srit_jax.conversion import hf_checkpoint
+
+TEACHER_FILE = "../../shared/data/teachers/chatgpt_math/math_data.json"  # shared/ lies beside the repository
+
+
+def _write_records(path, n=16):
+  with open(os.path.join(os.path.dirname(__file__), TEACHER_FILE), encoding="utf-8") as f:
+    demos = json.load(f)[:n]
+  path.write_text("".join(json.dumps({k: d[k] for k in ("instruction", "input", "output")}) + "\n" for d in demos))
+  return path
+
+
+def _config(model_dir, train_file, **overrides):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "sft_config", os.path.join(os.path.dirname(__file__), "../configs/sft.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.model, config.train_file = str(model_dir), str(train_file)
+  config.mesh.update(data=1, fsdp=4, tensor=1)  # the loop sharded over 4 of the 8 emulated devices
+  config.update(overrides)
+  return config
+
+
+# --- Records -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "line, message",
+  [
+    ('{"input": "", "output": "A."}', "line 2.*field 'instruction' is missing"),
+    ('{"instruction": 7, "output": "A."}', "field 'instruction' must be a string, got int"),
+    ('{"instruction": "Q?", "output": "  "}', "field 'output' is empty"),
+    ('{"instruction": "Q?", "output": "A."', "not valid JSON"),
+    ('["instruction", "output"]', "expected a JSON object"),
+  ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path, line, message):
+  path = tmp_path / "r.jsonl"
+  path.write_text('{"instruction": "Q?", "output": "A."}\n' + line + "\n")
+  with pytest.raises(records.RecordError, match=message.replace("line 2", r"r\.jsonl:2:")):
+    records.read_instruction_records(path)
+
+
+def test_non_utf8_bytes_are_named_and_bad_records_can_be_skipped_and_counted(tmp_path):
+  path = tmp_path / "r.jsonl"
+  path.write_bytes(b'{"instruction": "Q?", "output": "A."}\n{"instruction": "\xff\xfe", "output": "A."}\n{"x": 1}\n')
+  with pytest.raises(records.RecordError, match=r"r\.jsonl:2: bytes that are not UTF-8"):
+    records.read_instruction_records(path)
+  report = records.ReadReport()
+  kept = records.read_instruction_records(path, skip_bad_records=True, report=report)
+  assert [r.source for r in kept] == [f"{path}:1"]
+  assert report.read == 1 and sum(report.skipped.values()) == 2
+
+
+# --- Data iterator -------------------------------------------------------------------------------
+
+
+def _examples(n=20):
+  rng = np.random.default_rng(0)
+  return [
+    sft_data.TokenizedExample(rng.integers(3, 100, k).tolist(), [0, 0] + [1] * (k - 2)) for k in rng.integers(4, 12, n)
+  ]
+
+
+def test_iterator_state_restores_the_same_batches():
+  make = lambda: data_iterator.PackedBatchIterator(_examples(), batch_size=4, row_length=16, seed=3)
+  first = make()
+  for _ in range(3):
+    next(first)
+  state = first.get_state()
+  expected = [next(first).tokens for _ in range(4)]  # crosses an epoch boundary
+  second = make()
+  second.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(second).tokens, want)
+
+
+def test_each_process_gets_its_own_rows_of_the_global_batch():
+  full = data_iterator.PackedBatchIterator(
+    _examples(), batch_size=4, row_length=16, seed=3, process_count=1, process_index=0
+  )
+  global_batch = next(full).tokens
+  parts = []
+  for index in range(2):
+    it = data_iterator.PackedBatchIterator(
+      _examples(), batch_size=4, row_length=16, seed=3, process_count=2, process_index=index
+    )
+    parts.append(next(it).tokens)
+  np.testing.assert_array_equal(np.concatenate(parts), global_batch)
+
+
+# --- The run ---------------------------------------------------------------------------------------
+
+
+def test_run_writes_metrics_checkpoints_and_an_export_transformers_loads(tiny_with_tokenizer, tmp_path):
+  import transformers
+
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  config = _config(tiny_with_tokenizer, train_file, eval_file=str(train_file), eval_every=4)
+  result = sft_loop.train(config, tmp_path / "run")
+  lines = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+  steps = [line for line in lines if "loss" in line]
+  assert [line["step"] for line in steps] == list(range(1, 9))
+  assert steps[-1]["loss"] < steps[0]["loss"]
+  assert {"grad_norm", "learning_rate", "tokens_per_s", "mfu"} <= set(steps[0])
+  assert [line["step"] for line in lines if "eval_loss" in line] == [4, 8]
+  assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["4", "6", "8"]
+  assert any((tmp_path / "run/tensorboard").iterdir())
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(result.export_dir)
+  assert reloaded.config.vocab_size == 49152
+  _, exported = hf_checkpoint.load_hf_checkpoint(result.export_dir)
+  jax.tree.map(np.testing.assert_array_equal, exported, jax.device_get(result.state.params))
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_with_tokenizer, tmp_path):
+  from srit_jax import checkpointing
+
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  good = sft_loop.train(_config(tiny_with_tokenizer, train_file, num_steps=4, export=False), tmp_path / "run")
+  config = _config(tiny_with_tokenizer, train_file, num_steps=8)
+  config.optimizer.learning_rate = 1e9  # diverges within a step or two of resuming
+  with pytest.raises(
+    sft_loop.NonFiniteLossError, match=r"step [56]: loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step 4\)"
+  ):
+    sft_loop.train(config, tmp_path / "run")
+  manager = checkpointing.CheckpointManager(tmp_path / "run/checkpoints")
+  assert manager.latest_step() == 4
+  restored, _ = manager.restore(4, good.state)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params), jax.device_get(good.state.params))
+
+
+def _run_sft(command, env):
+  return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  base = [
+    sys.executable,
+    "-m",
+    "srit_jax.main",
+    "sft",
+    "--config=configs/sft.py:tiny",
+    f"--config.model={tiny_with_tokenizer}",
+    f"--config.train_file={train_file}",
+    "--config.mesh.fsdp=1",
+    "--config.num_steps=10",
+  ]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  subprocess.run([*base, f"--workdir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, timeout=600)
+
+  workdir = tmp_path / "killed"
+  checkpoints = workdir / "checkpoints"
+  moments = [
+    (
+      "during the first checkpoint save",
+      lambda: checkpoints.exists() and any("tmp" in p.name for p in checkpoints.iterdir()),
+    ),
+    ("after the checkpoint of step 4", lambda: (checkpoints / "4").exists()),
+    (
+      "between checkpoints",
+      lambda: (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 7,
+    ),
+  ]
+  killed_at = []
+  for name, ready in moments:
+    process = _run_sft([*base, f"--workdir={workdir}"], env)
+    deadline = time.time() + 300
+    while process.poll() is None and not ready() and time.time() < deadline:
+      time.sleep(0.005)
+    if process.poll() is None:
+      process.send_signal(signal.SIGKILL)
+      killed_at.append(name)
+    process.wait()
+  assert killed_at, "every run finished before it could be killed"
+  subprocess.run([*base, f"--workdir={workdir}"], check=True, env=env, capture_output=True, timeout=600)
+  full = load_file(str(tmp_path / "full/export/model.safetensors"))
+  resumed = load_file(str(workdir / "export/model.safetensors"))
+  assert full.keys() == resumed.keys()
+  for name in full:
+    np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(1, 11)), "metrics of redone steps must replace, not repeat"
