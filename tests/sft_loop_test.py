@@ -140,7 +140,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_w
   config = _config(tiny_with_tokenizer, train_file, num_steps=8)
   config.optimizer.learning_rate = 1e9  # diverges within a step or two of resuming
   with pytest.raises(
-    sft_loop.NonFiniteLossError, match=r"step [56]: loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step 4\)"
+    sft_loop.NonFiniteLossError,
+    match=r"step [56]: loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step 4\)",
   ):
     sft_loop.train(config, tmp_path / "run")
   manager = checkpointing.CheckpointManager(tmp_path / "run/checkpoints")
