@@ -1,0 +1,52 @@
+"""Real weights: SmolLM2-135M-Instruct instruction-tuned on 32 real teacher demonstrations
+(ChatGPT chain-of-thought for math word problems) overfits them."""
+
+import json
+import os
+
+import jax
+
+from srit_jax import generation, loading, sft_loop
+
+TEACHER_FILE = os.path.join(os.path.dirname(__file__), "../../shared/data/teachers/chatgpt_math/math_data.json")
+
+
+def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):
+  with open(TEACHER_FILE, encoding="utf-8") as f:
+    demos = json.load(f)[:200]
+  # The 32 shortest keep the test to a few CPU minutes.
+  demos = sorted(demos, key=lambda d: len(d["instruction"]) + len(d["output"]))[:32]
+  train_file = tmp_path / "demos.jsonl"
+  train_file.write_text(
+    "".join(json.dumps({"instruction": d["instruction"], "output": d["output"].strip()}) + "\n" for d in demos)
+  )
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "sft_config", os.path.join(os.path.dirname(__file__), "../configs/sft.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(
+    model=str(smollm2_dir),
+    train_file=str(train_file),
+    max_length=256,
+    batch_size=16,
+    num_steps=10,
+    save_every=1000,
+    export=False,
+  )
+  config.mesh.update(data=1, fsdp=8, tensor=1)
+  config.optimizer.update(learning_rate=3e-4, schedule="constant", warmup_steps=0)
+  result = sft_loop.train(config, tmp_path / "run")
+  losses = [json.loads(line)["loss"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+  assert losses[0] > 0.5 and losses[-1] < 0.05, losses
+
+  model = loading.load_model(smollm2_dir)
+  prompts = [generation.encode_prompt(model.tokenizer, {"prompt": d["instruction"]}, True, "demo") for d in demos[:4]]
+  trained = jax.device_get(result.state.params)
+  outputs = generation.generate(model.config, trained, prompts, max_new_tokens=96, tokenizer=model.tokenizer)
+  for demo, output in zip(demos[:4], outputs):
+    assert output.text.strip() == demo["output"].strip()
+    assert output.stop_reason == "eos"
