@@ -32,7 +32,6 @@ def get_config(variant: str = ""):
   config.num_steps = 100  # optimizer steps
   config.seed = 0  # data order
   config.optimizer = optimizer.default_config()  # AdamW settings (see srit_jax/optimizer.py)
-  config.log_every = 1  # metrics are written every step
   config.save_every = 50  # steps between checkpoints (and at the end)
   config.keep_checkpoints = 3  # checkpoints kept
   config.async_checkpoints = True  # save in the background

@@ -60,9 +60,8 @@ def _eval_loss(eval_fn, state, eval_examples, config, mesh) -> float:
     batch = sft_data.make_batch(
       eval_examples, rows[start : start + config.batch_size], config.max_length, config.loss_normalization
     )
-    batch = jax.device_put(batch.as_dict(), train_step_lib.batch_shardings(mesh))
-    nll += float(eval_fn(state.params, batch))
-    weight += float(np.sum(batch["loss_weights"]))
+    weight += float(np.sum(batch.loss_weights))
+    nll += float(eval_fn(state.params, train_step_lib.shard_batch(batch.as_dict(), mesh)))
   return nll / max(weight, 1e-6)
 
 
@@ -118,7 +117,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
     state, model.config, tx, mesh, num_microbatches=config.num_microbatches, chunk_size=config.chunk_size
   )
   eval_fn = jax.jit(
-    lambda params, batch: train_step_lib._microbatch_loss(
+    lambda params, batch: train_step_lib.batch_nll_sum(
       params, batch, config=model.config, mesh=mesh, chunk_size=config.chunk_size
     )
   )
@@ -160,7 +159,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
 
   try:
     for step in range(start_step + 1, config.num_steps + 1):
-      batch = jax.device_put(next(iterator).as_dict(), train_step_lib.batch_shardings(mesh))
+      batch = train_step_lib.shard_batch(next(iterator).as_dict(), mesh)
       state, step_metrics = step_fn(state, batch)
       if pending is not None:
         record(*pending)

@@ -35,8 +35,8 @@ def create_train_state(params, optimizer: optax.GradientTransformation) -> Train
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def _microbatch_loss(params, micro, *, config: ModelConfig, mesh, chunk_size: int):
-  """Weighted NLL sum of one microbatch (not yet divided by the batch's weight)."""
+def batch_nll_sum(params, micro, *, config: ModelConfig, mesh, chunk_size: int):
+  """Weighted NLL sum of a (micro)batch; the loss divides it by the whole batch's weight."""
   model = model_lib.Transformer(config, mesh)
   hidden = model.apply(
     {"params": params}, micro["tokens"], micro["positions"], micro["segment_ids"], method="hidden_states"
@@ -56,9 +56,7 @@ def sft_step(
   mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   total_weight = jnp.maximum(jnp.sum(batch["loss_weights"]), 1e-6)
-  loss_and_grad = jax.value_and_grad(
-    functools.partial(_microbatch_loss, config=config, mesh=mesh, chunk_size=chunk_size)
-  )
+  loss_and_grad = jax.value_and_grad(functools.partial(batch_nll_sum, config=config, mesh=mesh, chunk_size=chunk_size))
   if num_microbatches == 1:
     nll_sum, grads = loss_and_grad(state.params, batch)
   else:
@@ -103,6 +101,12 @@ def state_shardings(state: TrainState, config: ModelConfig, mesh: Mesh):
 def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
   spec = PartitionSpec(("data", "fsdp"), None)
   return {name: NamedSharding(mesh, spec) for name in BATCH_FIELDS}
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict[str, jax.Array]:
+  """Global batch arrays from this process's rows (all rows on a single-process run)."""
+  shardings = batch_shardings(mesh)
+  return {name: jax.make_array_from_process_local_data(shardings[name], local_batch[name]) for name in BATCH_FIELDS}
 
 
 def jit_sft_step(

@@ -10,6 +10,12 @@ import pathlib
 import numpy as np
 import pytest
 
+# Real benchmark data and teacher outputs: shared/data beside the repository checkout.
+SHARED_DATA = pathlib.Path(
+  os.environ.get("SRIT_JAX_SHARED_DATA", pathlib.Path(__file__).parents[2] / "shared" / "data")
+)
+TEACHER_MATH_FILE = SHARED_DATA / "teachers" / "chatgpt_math" / "math_data.json"
+
 # Tiny random configurations, one per supported family, in transformers' own terms.
 TINY_HF_CONFIGS = {
   "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2),

@@ -11,16 +11,15 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import TEACHER_MATH_FILE
 from safetensors.numpy import load_file
 
 from srit_jax import data_iterator, records, sft_data, sft_loop
 from srit_jax.conversion import hf_checkpoint
 
-TEACHER_FILE = "../../shared/data/teachers/chatgpt_math/math_data.json"  # shared/ lies beside the repository
-
 
 def _write_records(path, n=16):
-  with open(os.path.join(os.path.dirname(__file__), TEACHER_FILE), encoding="utf-8") as f:
+  with open(TEACHER_MATH_FILE, encoding="utf-8") as f:
     demos = json.load(f)[:n]
   path.write_text("".join(json.dumps({k: d[k] for k in ("instruction", "input", "output")}) + "\n" for d in demos))
   return path

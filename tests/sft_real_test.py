@@ -5,14 +5,13 @@ import json
 import os
 
 import jax
+from conftest import TEACHER_MATH_FILE
 
 from srit_jax import generation, loading, sft_loop
 
-TEACHER_FILE = os.path.join(os.path.dirname(__file__), "../../shared/data/teachers/chatgpt_math/math_data.json")
-
 
 def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):
-  with open(TEACHER_FILE, encoding="utf-8") as f:
+  with open(TEACHER_MATH_FILE, encoding="utf-8") as f:
     demos = json.load(f)[:200]
   # The 32 shortest keep the test to a few CPU minutes.
   demos = sorted(demos, key=lambda d: len(d["instruction"]) + len(d["output"]))[:32]

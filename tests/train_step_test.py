@@ -97,9 +97,7 @@ def test_packed_and_unpacked_batches_give_the_same_loss_and_gradients(hf_model_d
   config, params, _ = _tiny(hf_model_dir)
   model_loss = jax.jit(
     jax.value_and_grad(
-      lambda p, b: (
-        train_step._microbatch_loss(p, b, config=config, mesh=None, chunk_size=16) / jnp.sum(b["loss_weights"])
-      )
+      lambda p, b: train_step.batch_nll_sum(p, b, config=config, mesh=None, chunk_size=16) / jnp.sum(b["loss_weights"])
     )
   )
   packed = _batch(row_length=32, pack=True, normalization=normalization)
@@ -220,3 +218,14 @@ def test_plain_template_for_base_models(smollm2_tokenizer):
 def test_make_hf_model_is_deterministic():
   a, b = make_hf_model("llama", seed=3), make_hf_model("llama", seed=3)
   assert all((x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(hf_model_dir):
+  import dataclasses
+
+  config, params, _ = _tiny(hf_model_dir)
+  mixed = dataclasses.replace(config, dtype="bfloat16")
+  state, metrics = _step(mixed, params, _batch(), _optimizer())
+  _, reference = _step(config, params, _batch(), _optimizer())
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=2e-2)
