@@ -38,6 +38,7 @@ def main(argv):
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
   import common
 
+  from srit_jax import flops
   from srit_jax import model as model_lib
   from srit_jax.conversion import fetch, hf_checkpoint
 
@@ -69,12 +70,12 @@ def main(argv):
   compiled(params, tokens).block_until_ready()
   seconds = common.median(common.time_call(lambda: compiled(params, tokens).block_until_ready(), _REPEATS.value))
   n_tokens = _BATCH.value * _LENGTH.value
-  peak = common.matmul_peak_flops()
+  peak = flops.measured_matmul_peak()
   results.update(
     ours_tokens_per_s=n_tokens / seconds,
     ours_step_s=seconds,
     matmul_peak_gflops=peak / 1e9,
-    ours_mfu=common.forward_flops(config, _BATCH.value, _LENGTH.value) / seconds / peak,
+    ours_mfu=flops.forward_flops(config, _BATCH.value, _LENGTH.value) / seconds / peak,
   )
   memory = compiled.memory_analysis()
   if memory is not None:
