@@ -1,0 +1,162 @@
+"""Direct Preference Optimization: the losses and the pure `dpo_step` against a frozen reference.
+
+The losses take summed log-probabilities of whole answers (policy and reference, chosen and
+rejected) and apply beta in one place. The step runs chosen and rejected rows through the
+policy in one concatenated forward; the reference is its own argument — never donated,
+never given optimizer state — run in the same jit under `stop_gradient`, unless the batch
+carries reference log-probabilities precomputed in one pass over fixed pairs.
+
+Shapes: B pairs, L row length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from srit_jax import losses, train_step
+from srit_jax import model as model_lib
+from srit_jax.model_config import ModelConfig
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+SIDE_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
+REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def dpo_loss(
+  policy_chosen_logps_B,
+  policy_rejected_logps_B,
+  ref_chosen_logps_B,
+  ref_rejected_logps_B,
+  *,
+  beta: float,
+  loss_type: str = "sigmoid",
+  label_smoothing: float = 0.0,
+):
+  """(per-pair loss [B], chosen reward [B], rejected reward [B]).
+
+  sigmoid: -(1 - ε) log σ(β h) - ε log σ(-β h) (ε = label smoothing: robust/cDPO);
+  ipo: (h - 1 / (2β))²; hinge: max(0, 1 - β h); where h is the policy's log-ratio margin
+  minus the reference's.
+  """
+  f32 = jnp.float32
+  chosen_ratio_B = policy_chosen_logps_B.astype(f32) - ref_chosen_logps_B.astype(f32)
+  rejected_ratio_B = policy_rejected_logps_B.astype(f32) - ref_rejected_logps_B.astype(f32)
+  margin_B = chosen_ratio_B - rejected_ratio_B
+  if loss_type == "sigmoid":
+    per_pair = -(1 - label_smoothing) * jax.nn.log_sigmoid(beta * margin_B) - label_smoothing * jax.nn.log_sigmoid(
+      -beta * margin_B
+    )
+  elif loss_type == "ipo":
+    per_pair = (margin_B - 1 / (2 * beta)) ** 2
+  elif loss_type == "hinge":
+    per_pair = jax.nn.relu(1 - beta * margin_B)
+  else:
+    raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}")
+  return per_pair, beta * chosen_ratio_B, beta * rejected_ratio_B
+
+
+def sequence_log_probs(config: ModelConfig, params, side: dict, *, mesh=None, chunk_size: int = 128):
+  """Summed answer-token log-probabilities per row [B] (and answer-token counts [B])."""
+  model = model_lib.Transformer(config, mesh)
+  hidden = model.apply(
+    {"params": params}, side["tokens"], side["positions"], side["segment_ids"], method="hidden_states"
+  )
+  token_log_probs = losses.chunked_token_log_probs(model, params, hidden, side["targets"], chunk_size)
+  weights = side["loss_weights"].astype(jnp.float32)
+  return jnp.sum(token_log_probs * weights, axis=-1), jnp.sum(weights, axis=-1)
+
+
+def _concat(chosen: dict, rejected: dict) -> dict:
+  return {k: jnp.concatenate([chosen[k], rejected[k]], axis=0) for k in SIDE_FIELDS}
+
+
+def reference_log_probs(config: ModelConfig, ref_params, batch: dict, *, mesh=None, chunk_size: int = 128):
+  """(chosen, rejected) reference log-probs [B] — the one-pass precomputation over fixed pairs."""
+  logps, _ = sequence_log_probs(
+    config, ref_params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size
+  )
+  num_pairs = batch["chosen"]["tokens"].shape[0]
+  return logps[:num_pairs], logps[num_pairs:]
+
+
+def dpo_step(
+  state: train_step.TrainState,
+  ref_params,
+  batch: dict,
+  *,
+  config: ModelConfig,
+  optimizer: optax.GradientTransformation,
+  beta: float = 0.1,
+  loss_type: str = "sigmoid",
+  label_smoothing: float = 0.0,
+  nll_weight: float = 0.0,
+  chunk_size: int = 128,
+  mesh: Mesh | None = None,
+):
+  """One DPO update. `batch` = {"chosen": side, "rejected": side} (+ precomputed reference log-probs)."""
+  num_pairs = batch["chosen"]["tokens"].shape[0]
+  if all(k in batch for k in REFERENCE_FIELDS):
+    ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+  else:
+    ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
+    ref_chosen, ref_rejected = reference_log_probs(config, ref_params, batch, mesh=mesh, chunk_size=chunk_size)
+
+  def loss_fn(params):
+    logps, counts = sequence_log_probs(
+      config, params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size
+    )
+    chosen, rejected = logps[:num_pairs], logps[num_pairs:]
+    per_pair, chosen_rewards, rejected_rewards = dpo_loss(
+      chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    )
+    loss = jnp.mean(per_pair)
+    if nll_weight:
+      loss += nll_weight * -jnp.sum(chosen) / jnp.maximum(jnp.sum(counts[:num_pairs]), 1.0)
+    return loss, (chosen, rejected, chosen_rewards, rejected_rewards)
+
+  (loss, (chosen, rejected, chosen_rewards, rejected_rewards)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params
+  )
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+    "loss": loss,
+    "grad_norm": optax.tree.norm(grads),
+    "rewards/chosen": jnp.mean(chosen_rewards),
+    "rewards/rejected": jnp.mean(rejected_rewards),
+    "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
+    "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
+    "logps/chosen": jnp.mean(chosen),
+    "logps/rejected": jnp.mean(rejected),
+  }
+  return train_step.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool) -> dict:
+  rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+  side = dict.fromkeys(SIDE_FIELDS, rows)
+  shardings = {"chosen": side, "rejected": dict(side)}
+  if precomputed_reference:
+    shardings.update(dict.fromkeys(REFERENCE_FIELDS, NamedSharding(mesh, PartitionSpec(("data", "fsdp")))))
+  return shardings
+
+
+def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomputed_reference: bool, **loss_options):
+  """`dpo_step` jitted with explicit shardings: state donated, reference sharded like params, not donated."""
+  state_shardings = train_step.state_shardings(state, config, mesh)
+  step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
+  return jax.jit(
+    step,
+    in_shardings=(
+      state_shardings,
+      None if precomputed_reference else state_shardings.params,  # precomputed: no reference tree is passed
+      pair_batch_shardings(mesh, precomputed_reference),
+    ),
+    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+    donate_argnames=("state",),
+  )

@@ -1,0 +1,179 @@
+"""DPO: losses against closed forms, their properties, and the step against a frozen reference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srit_jax import dpo, optimizer, sharding, train_step
+from srit_jax.conversion import hf_checkpoint
+
+
+def _numpy_loss(pc, pr, rc, rr, beta, loss_type, ls):
+  h = (pc - rc) - (pr - rr)
+  log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+  if loss_type == "sigmoid":
+    return -(1 - ls) * log_sigmoid(beta * h) - ls * log_sigmoid(-beta * h)
+  if loss_type == "ipo":
+    return (h - 1 / (2 * beta)) ** 2
+  return np.maximum(0.0, 1 - beta * h)
+
+
+@pytest.mark.parametrize("loss_type, ls", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0), ("hinge", 0.0)])
+def test_losses_equal_closed_form(loss_type, ls):
+  rng = np.random.default_rng(0)
+  pc, pr, rc, rr = (rng.normal(-40, 10, 64) for _ in range(4))
+  for beta in (0.05, 0.1, 0.5):
+    per_pair, chosen_rewards, rejected_rewards = dpo.dpo_loss(
+      pc, pr, rc, rr, beta=beta, loss_type=loss_type, label_smoothing=ls
+    )
+    np.testing.assert_allclose(per_pair, _numpy_loss(pc, pr, rc, rr, beta, loss_type, ls), rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(chosen_rewards, beta * (pc - rc), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(rejected_rewards, beta * (pr - rr), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", dpo.LOSS_TYPES)
+def test_raising_the_chosen_log_prob_lowers_the_loss(loss_type):
+  base = dict(
+    policy_rejected_logps_B=jnp.array([-20.0]),
+    ref_chosen_logps_B=jnp.array([-15.0]),
+    ref_rejected_logps_B=jnp.array([-18.0]),
+    beta=0.1,
+    loss_type=loss_type,
+  )
+  # Margins h = -8, -3, 2: below IPO's target 1/(2 beta) = 5, past which IPO pulls back by design.
+  losses = [float(dpo.dpo_loss(jnp.array([c]), **base)[0][0]) for c in (-25.0, -20.0, -15.0)]
+  assert losses[0] > losses[1] > losses[2]
+  grad = jax.grad(lambda c: dpo.dpo_loss(c, **base)[0].sum())(jnp.array([-15.0]))
+  assert grad[0] < 0
+
+
+def test_label_smoothing_one_half_is_symmetric_in_chosen_and_rejected():
+  rng = np.random.default_rng(1)
+  pc, pr, rc, rr = (jnp.asarray(rng.normal(-30, 5, 16)) for _ in range(4))
+  forward = dpo.dpo_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=0.5)[0]
+  swapped = dpo.dpo_loss(pr, pc, rr, rc, beta=0.3, label_smoothing=0.5)[0]
+  np.testing.assert_allclose(forward, swapped, rtol=1e-6)
+
+
+def test_doubling_beta_doubles_the_rewards():
+  rng = np.random.default_rng(2)
+  pc, pr, rc, rr = (jnp.asarray(rng.normal(-30, 5, 16)) for _ in range(4))
+  _, c1, r1 = dpo.dpo_loss(pc, pr, rc, rr, beta=0.1)
+  _, c2, r2 = dpo.dpo_loss(pc, pr, rc, rr, beta=0.2)
+  np.testing.assert_allclose(c2, 2 * c1, rtol=1e-6)
+  np.testing.assert_allclose(r2, 2 * r1, rtol=1e-6)
+
+
+# --- The step on a tiny model ------------------------------------------------------------------
+
+
+def _side(rng, pairs, length, vocab=128):
+  tokens = rng.integers(3, vocab, (pairs, length + 1)).astype(np.int32)
+  weights = np.zeros((pairs, length), np.float32)
+  weights[:, length // 2 :] = 1.0  # the answer half
+  return {
+    "tokens": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (pairs, length)).copy(),
+    "segment_ids": np.ones((pairs, length), np.int32),
+    "loss_weights": weights,
+  }
+
+
+def _pairs(pairs=8, length=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"chosen": _side(rng, pairs, length), "rejected": _side(rng, pairs, length)}
+
+
+def _tx():
+  cfg = optimizer.default_config()
+  cfg.learning_rate, cfg.warmup_steps, cfg.eps = 1e-3, 0, 1e-5
+  return optimizer.make_optimizer(cfg, 10)
+
+
+@pytest.fixture
+def tiny(hf_model_dir):
+  return hf_checkpoint.load_hf_checkpoint(hf_model_dir("llama")[0])
+
+
+def _run(config, params, ref, batch, steps=1, **options):
+  tx = _tx()
+  state = train_step.create_train_state(params, tx)
+  step = jax.jit(lambda s, r, b: dpo.dpo_step(s, r, b, config=config, optimizer=tx, **options))
+  for _ in range(steps):
+    state, metrics = step(state, ref, batch)
+  return state, metrics
+
+
+def test_at_step_zero_the_sigmoid_loss_is_log_2_and_rewards_are_zero(tiny):
+  config, params = tiny
+  _, metrics = _run(config, params, params, _pairs())
+  assert float(metrics["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+  for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+    assert float(metrics[name]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_precomputed_reference_equals_in_step_reference(tiny):
+  config, params = tiny
+  ref = jax.tree.map(lambda x: x * 1.01, params)  # a reference that differs from the policy
+  batch = _pairs()
+  ref_chosen, ref_rejected = dpo.reference_log_probs(config, ref, batch)
+  precomputed = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+  state_a, metrics_a = _run(config, params, ref, batch)
+  state_b, metrics_b = _run(config, params, None, precomputed)
+  np.testing.assert_allclose(metrics_b["loss"], metrics_a["loss"], rtol=1e-6)
+  np.testing.assert_allclose(metrics_b["grad_norm"], metrics_a["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state_b.params, state_a.params)
+
+
+def test_training_raises_reward_accuracy_and_leaves_the_reference_bit_identical(tiny):
+  config, params = tiny
+  ref = jax.tree.map(jnp.copy, params)
+  before = jax.tree.map(np.asarray, ref)
+  _, first = _run(config, params, ref, _pairs(), steps=1, beta=0.5)
+  _, last = _run(config, params, ref, _pairs(), steps=8, beta=0.5)
+  assert float(last["rewards/margins"]) > float(first["rewards/margins"])
+  assert float(last["rewards/accuracies"]) == 1.0
+  assert float(last["loss"]) < math.log(2)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, ref), before)
+
+
+def test_nll_term_adds_the_chosen_token_cross_entropy(tiny):
+  config, params = tiny
+  batch = _pairs()
+  _, plain = _run(config, params, params, batch)
+  _, with_nll = _run(config, params, params, batch, nll_weight=0.5)
+  chosen_tokens = batch["chosen"]["loss_weights"].sum()
+  expected = float(plain["loss"]) + 0.5 * -float(plain["logps/chosen"]) * 8 / chosen_tokens
+  assert float(with_nll["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
+  directory = hf_model_dir("llama")[0]
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  ref = jax.tree.map(lambda x: x * 1.01, params)
+  batch = _pairs()
+  if precomputed:
+    ref_chosen, ref_rejected = dpo.reference_log_probs(config, ref, batch)
+    batch = dict(batch, ref_chosen_logps=np.asarray(ref_chosen), ref_rejected_logps=np.asarray(ref_rejected))
+  single, single_metrics = _run(config, params, None if precomputed else ref, batch, steps=2)
+
+  mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+  tx = _tx()
+  _, mesh_params = hf_checkpoint.load_hf_checkpoint(directory, mesh=mesh)
+  state = train_step.create_train_state(mesh_params, tx)
+  shardings = train_step.state_shardings(state, config, mesh)
+  state = jax.device_put(state, shardings)
+  mesh_ref = None if precomputed else jax.device_put(ref, shardings.params)
+  step = dpo.jit_dpo_step(state, config, tx, mesh, precomputed_reference=precomputed)
+  mesh_batch = jax.device_put(batch, dpo.pair_batch_shardings(mesh, precomputed))
+  for _ in range(2):
+    state, metrics = step(state, mesh_ref, mesh_batch)
+  np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.params, single.params
+  )
