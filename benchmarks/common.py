@@ -5,6 +5,8 @@ Model FLOPs and the in-run matmul peak live in `srit_jax.flops`.
 
 from __future__ import annotations
 
+import json
+import pathlib
 import platform
 import statistics
 import time
@@ -31,3 +33,10 @@ def machine() -> str:
   return (
     f"{platform.processor() or platform.machine()}, {jax.device_count()} x {device.device_kind}, jax {jax.__version__}"
   )
+
+
+def report(results: dict, out: str | None) -> None:
+  """Prints the figures as JSON, and writes them to `out` when given."""
+  print(json.dumps(results, indent=2))
+  if out:
+    pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n")

@@ -13,7 +13,6 @@ LlamaForCausalLM on the same tokens with the same thread count. MFU is against a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import sys
@@ -103,9 +102,7 @@ def main(argv):
       speedup_vs_torch=torch_seconds / seconds,
     )
 
-  print(json.dumps(results, indent=2))
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2) + "\n")
+  common.report(results, _OUT.value)
 
 
 if __name__ == "__main__":

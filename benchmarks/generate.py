@@ -139,9 +139,7 @@ def main(argv):
     results["runs"].append(run)
     print(json.dumps(run), flush=True)
 
-  print(json.dumps(results, indent=2))
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2) + "\n")
+  common.report(results, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -114,11 +114,6 @@ def tree_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   return jax.tree.map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def logical_axes_of(boxed_tree):
-  """The tree of logical axis-name tuples of a boxed tree."""
-  return jax.tree.map(lambda leaf: tuple(leaf.names), boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
 def put_host_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """Places a host array into its sharding; each process fills only its own shards."""
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

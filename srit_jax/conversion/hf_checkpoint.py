@@ -249,7 +249,3 @@ def _plan_shards(config: ModelConfig, itemsize: int, max_shard_bytes: int) -> di
       shard_of[name] = shard
       used += nbytes
   return shard_of
-
-
-def parameter_count(params) -> int:
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
