@@ -52,11 +52,16 @@ class PackedBatchIterator:
     if batch_size % self.process_count:
       raise ValueError(f"batch_size {batch_size} does not split over {self.process_count} processes")
     self.state = IteratorState()
+    self._cached_order: tuple[int, np.ndarray] | None = None
 
   def _order(self, epoch: int) -> np.ndarray:
-    if not self.shuffle:
-      return np.arange(len(self.examples))
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+    """This epoch's visiting order, drawn once per epoch."""
+    if self._cached_order is None or self._cached_order[0] != epoch:
+      order = np.arange(len(self.examples))
+      if self.shuffle:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+      self._cached_order = (epoch, order)
+    return self._cached_order[1]
 
   def next_global_batch(self) -> sft_data.Batch:
     """The next batch of all processes' rows; advances the state."""

@@ -290,8 +290,12 @@ def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCa
   )
 
 
+@functools.cache
 def boxed_param_shapes(config: ModelConfig):
-  """The parameter tree as `nn.Partitioned` shape/dtype leaves, without allocating anything."""
+  """The parameter tree as `nn.Partitioned` shape/dtype leaves, without allocating anything.
+
+  Cached per (hashable, frozen) config; callers must not mutate the returned tree.
+  """
   model = Transformer(config)
   tokens = jnp.zeros((1, 1), jnp.int32)
   return jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]

@@ -59,7 +59,8 @@ def tokenize_example(tokenizer, instruction: str, input_text: str, output: str, 
   else:
     prompt_ids = tokenizer(PLAIN_TEMPLATE.format(prompt=user))["input_ids"]
     answer_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-  if not output.strip() or not any(t not in tokenizer.all_special_ids for t in answer_ids):
+  special_ids = set(tokenizer.all_special_ids)
+  if not output.strip() or all(t in special_ids for t in answer_ids):
     raise EmptyLossMaskError(
       f"no answer token carries loss (answer {output[:40]!r} rendered as {len(answer_ids)} tokens): "
       "the chat template drops the assistant message or lacks a generation marker"

@@ -21,7 +21,7 @@ import tqdm
 
 from srit_jax import checkpointing, data_iterator, flops, loading, metrics, optimizer, records, sft_data, sharding
 from srit_jax import train_step as train_step_lib
-from srit_jax.conversion import fetch, hf_checkpoint
+from srit_jax.conversion import hf_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,21 @@ def tokenize_records(tokenizer, recs, config, stats: sft_data.TokenizeStats):
   return examples
 
 
-def _eval_loss(eval_fn, state, eval_examples, config, mesh) -> float:
+def _eval_batches(eval_examples, config) -> list[sft_data.Batch]:
+  """The held-out set as whole batches (empty rows weigh nothing), built once per run."""
   rows = sft_data.pack_rows(eval_examples, config.max_length, pack=config.pack)
-  rows += [[]] * (-len(rows) % config.batch_size)  # whole batches; empty rows weigh nothing
-  nll, weight = 0.0, 0.0
-  for start in range(0, len(rows), config.batch_size):
-    batch = sft_data.make_batch(
+  rows += [[]] * (-len(rows) % config.batch_size)
+  return [
+    sft_data.make_batch(
       eval_examples, rows[start : start + config.batch_size], config.max_length, config.loss_normalization
     )
-    weight += float(np.sum(batch.loss_weights))
-    nll += float(eval_fn(state.params, train_step_lib.shard_batch(batch.as_dict(), mesh)))
+    for start in range(0, len(rows), config.batch_size)
+  ]
+
+
+def _eval_loss(eval_fn, state, eval_batches, mesh) -> float:
+  nll = sum(float(eval_fn(state.params, train_step_lib.shard_batch(b.as_dict(), mesh))) for b in eval_batches)
+  weight = sum(float(np.sum(b.loss_weights)) for b in eval_batches)
   return nll / max(weight, 1e-6)
 
 
@@ -121,6 +126,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
       params, batch, config=model.config, mesh=mesh, chunk_size=config.chunk_size
     )
   )
+  eval_batches = _eval_batches(eval_examples, config) if eval_examples else []
   schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
   writer = metrics.MetricWriter(workdir, resume_step=start_step)
   step_flops = flops.train_step_flops(model.config, config.batch_size, config.max_length)
@@ -170,7 +176,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
         pending = None
         checkpoints.save(step, state, iterator.get_state())
       if eval_examples and config.eval_every and step % config.eval_every == 0:
-        writer.write(step, {"eval_loss": _eval_loss(eval_fn, state, eval_examples, config, mesh)})
+        writer.write(step, {"eval_loss": _eval_loss(eval_fn, state, eval_batches, mesh)})
     if pending is not None:
       record(*pending)
   finally:
@@ -181,9 +187,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
   export_dir = None
   if config.export:
     export_dir = workdir / "export"
-    hf_checkpoint.save_hf_checkpoint(state.params, model.config, export_dir)
-    if model.tokenizer is not None and jax.process_index() == 0:
-      fetch.save_tokenizer(model.tokenizer, export_dir)
+    hf_checkpoint.save_hf_checkpoint(state.params, model.config, export_dir, tokenizer=model.tokenizer)
     print(f"exported to {export_dir}")
   checkpoints.close()
   return SftResult(state, export_dir, last)

@@ -21,7 +21,7 @@ import zipfile
 
 import safetensors.numpy
 
-from srit_jax.conversion import gguf_checkpoint
+from srit_jax.conversion import gguf_checkpoint, hf_checkpoint
 
 _COMPLETE_MARKER = ".srit_jax_complete"
 
@@ -121,13 +121,4 @@ def convert_gguf_to_hf(path: pathlib.Path, directory: pathlib.Path) -> None:
   tensors = {name: source.read(name) for name in source.names()}
   safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
   (directory / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2) + "\n", encoding="utf-8")
-  save_tokenizer(gguf_checkpoint.build_tokenizer(file), directory)
-
-
-def save_tokenizer(tokenizer, directory: pathlib.Path) -> None:
-  """Saves tokenizer files that transformers 4 and 5 both load."""
-  tokenizer.save_pretrained(str(directory))
-  config_path = directory / "tokenizer_config.json"
-  config = json.loads(config_path.read_text(encoding="utf-8"))
-  config["tokenizer_class"] = "PreTrainedTokenizerFast"
-  config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+  hf_checkpoint.save_tokenizer(gguf_checkpoint.build_tokenizer(file), directory)

@@ -234,8 +234,19 @@ def save_hf_checkpoint(
   hf_config = dict(config.to_hf_config(), torch_dtype=dtype)
   (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
   if tokenizer is not None:
-    tokenizer.save_pretrained(str(directory))
+    save_tokenizer(tokenizer, directory)
   return directory
+
+
+def save_tokenizer(tokenizer, directory: str | pathlib.Path) -> None:
+  """Saves tokenizer files that transformers 4 and 5 both load."""
+  directory = pathlib.Path(directory)
+  tokenizer.save_pretrained(str(directory))
+  config_path = directory / "tokenizer_config.json"
+  config = json.loads(config_path.read_text(encoding="utf-8"))
+  # transformers 5 writes its own class name, which transformers 4 does not know.
+  config["tokenizer_class"] = "PreTrainedTokenizerFast"
+  config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _plan_shards(config: ModelConfig, itemsize: int, max_shard_bytes: int) -> dict[str, int]:
