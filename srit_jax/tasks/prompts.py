@@ -1,0 +1,59 @@
+"""Prompts in the paper's style: an instruction, the question, its options, then either the
+zero-shot-CoT trigger "Let's think step by step." or a request for the bare answer."""
+
+from __future__ import annotations
+
+from srit_jax.tasks.example import CHOICE, LATEX, LETTERS, NUMBER, Example
+
+COT_TRIGGER = "Let's think step by step."
+COT = "cot"
+DIRECT = "direct"
+STYLES = (COT, DIRECT)
+
+_INSTRUCTIONS = {
+  NUMBER: "Answer the following math word problem.",
+  CHOICE: "Choose the answer to the following question from the options {letters}.",
+  LATEX: "Solve the following math problem.",
+}
+_ANSWER_FORMATS = {
+  NUMBER: 'End with "The answer is N", where N is a number.',
+  CHOICE: 'End with "The answer is (X)", where X is the letter of the option.',
+  LATEX: "Put the final answer in \\boxed{}.",
+}
+_DIRECT_FORMATS = {
+  NUMBER: 'Reply only with "The answer is N", where N is a number, and no explanation.',
+  CHOICE: 'Reply only with "The answer is (X)", where X is the letter of the option, and no explanation.',
+  LATEX: "Reply only with the final answer in \\boxed{}, and no explanation.",
+}
+
+
+def instruction(example: Example) -> str:
+  letters = ", ".join(LETTERS[: len(example.choices)])
+  return _INSTRUCTIONS[example.answer_type].format(letters=letters)
+
+
+def question_block(example: Example) -> str:
+  text = f"Question: {example.question.strip()}"
+  if example.answer_type == CHOICE:
+    text += "\nChoices:\n" + "\n".join(f"({letter}) {c}" for letter, c in zip(LETTERS, example.choices))
+  return text
+
+
+def prompt(example: Example, style: str = COT) -> str:
+  """The user message for `example`: CoT (the trigger closes it) or direct answer."""
+  if style == COT:
+    return (
+      f"{instruction(example)}\n\n{question_block(example)}\n\n{_ANSWER_FORMATS[example.answer_type]}\n{COT_TRIGGER}"
+    )
+  if style == DIRECT:
+    return f"{instruction(example)}\n\n{question_block(example)}\n\n{_DIRECT_FORMATS[example.answer_type]}"
+  raise ValueError(f"prompt style {style!r} is not one of {STYLES}")
+
+
+def answer_sentence(example: Example, answer: str) -> str:
+  """The closing sentence the prompts ask for, for a given answer."""
+  if example.answer_type == CHOICE:
+    return f"The answer is ({answer})."
+  if example.answer_type == LATEX:
+    return f"The answer is $\\boxed{{{answer}}}$."
+  return f"The answer is {answer}."

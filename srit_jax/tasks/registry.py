@@ -1,0 +1,278 @@
+"""The task registry: where each benchmark's examples come from (local files in the layout of
+the sources, the Hugging Face hub, TFDS) and which split trains and which evaluates.
+
+>>> examples = load_examples("gsm8k", "test", data_dir="data")            # local files
+>>> examples = load_examples("csqa", "validation", source="hub")          # tau/commonsense_qa
+>>> examples = load_examples("arith", "train")                           # built in, offline
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from srit_jax.tasks import formats, synthetic
+from srit_jax.tasks.example import CHOICE, LATEX, NUMBER, Example
+from srit_jax.tasks.rows import DataError, Row, read_csv_rows, read_rows
+
+Converter = Callable[[str, Row, Any], Example]
+
+
+@dataclasses.dataclass(frozen=True)
+class HubSource:
+  path: str  # dataset id on the hub
+  name: str | None  # its config
+  splits: dict[str, str]  # our split → the hub's split
+  converter: Converter
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  answer_type: str
+  domain: str  # "math" or "commonsense": what counts as in-domain for the other tasks
+  eval_split: str
+  train_split: str | None
+  local: dict[str, tuple[str, Converter]] = dataclasses.field(default_factory=dict)  # split → (file, converter)
+  hub: HubSource | None = None
+  tfds: tuple[str, Converter] | None = None  # builder name, converter of its (decoded) rows
+  synthetic: bool = False
+
+  @property
+  def splits(self) -> list[str]:
+    if self.synthetic:
+      return sorted(synthetic.SPLIT_SIZES)
+    return sorted(set(self.local) | set(self.hub.splits if self.hub else {}))
+
+
+def _adapters(folder: str, splits: dict[str, str]) -> dict[str, tuple[str, Converter]]:
+  return {split: (f"{folder}/{file}", formats.adapters_choice) for split, file in splits.items()}
+
+
+TASKS: dict[str, Task] = {
+  t.name: t
+  for t in (
+    Task(
+      "gsm8k",
+      NUMBER,
+      "math",
+      "test",
+      "train",
+      local={"train": ("gsm8k/train.jsonl", formats.gsm8k), "test": ("gsm8k/test.jsonl", formats.gsm8k)},
+      hub=HubSource("openai/gsm8k", "main", {"train": "train", "test": "test"}, formats.gsm8k),
+    ),
+    Task(
+      "multiarith",
+      NUMBER,
+      "math",
+      "test",
+      "train",
+      local={"test": ("multiarith/MultiArith.json", formats.multiarith)},
+      hub=HubSource("ChilleD/MultiArith", None, {"train": "train", "test": "test"}, formats.multiarith_hub),
+    ),
+    Task(
+      "svamp",
+      NUMBER,
+      "math",
+      "test",
+      "train",
+      local={"test": ("svamp/SVAMP.json", formats.svamp)},
+      hub=HubSource("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, formats.svamp),
+    ),
+    Task(
+      "aqua",
+      CHOICE,
+      "math",
+      "test",
+      "train",
+      local={"test": ("aqua/test.jsonl", formats.aqua)},
+      hub=HubSource(
+        "deepmind/aqua_rat", "raw", {"train": "train", "validation": "validation", "test": "test"}, formats.aqua
+      ),
+    ),
+    Task("addsub", NUMBER, "math", "test", None, local={"test": ("addsub/test.json", formats.adapters_number)}),
+    Task("singleeq", NUMBER, "math", "test", None, local={"test": ("singleeq/test.json", formats.adapters_number)}),
+    Task("mawps", NUMBER, "math", "train", "train", local={"train": ("mawps/trainset.json", formats.mawps)}),
+    Task(
+      "csqa",
+      CHOICE,
+      "commonsense",
+      "validation",
+      "train",
+      local={
+        "train": ("csqa/train_rand_split.jsonl", formats.csqa),
+        "validation": ("csqa/dev_rand_split.jsonl", formats.csqa),
+      },
+      hub=HubSource(
+        "tau/commonsense_qa", None, {"train": "train", "validation": "validation"}, formats.labelled_choices
+      ),
+    ),
+    Task(
+      "obqa",
+      CHOICE,
+      "commonsense",
+      "test",
+      "train",
+      local=_adapters("obqa", {"train": "train.json", "test": "test.json"}),
+      hub=HubSource(
+        "allenai/openbookqa",
+        "main",
+        {"train": "train", "validation": "validation", "test": "test"},
+        formats.openbookqa_hub,
+      ),
+      tfds=("openbookqa", formats.openbookqa_tfds),
+    ),
+    Task(
+      "piqa",
+      CHOICE,
+      "commonsense",
+      "validation",
+      "train",
+      local=_adapters("piqa", {"validation": "validation.json"}),
+      hub=HubSource("ybisk/piqa", None, {"train": "train", "validation": "validation"}, formats.piqa_hub),
+      tfds=("piqa", formats.piqa_hub),
+    ),
+    Task(
+      "siqa",
+      CHOICE,
+      "commonsense",
+      "validation",
+      "train",
+      local=_adapters("siqa", {"validation": "validation.json"}),
+      hub=HubSource("allenai/social_i_qa", None, {"train": "train", "validation": "validation"}, formats.siqa_hub),
+      tfds=("social_i_qa", formats.siqa_hub),
+    ),
+    Task(
+      "arc_challenge",
+      CHOICE,
+      "commonsense",
+      "test",
+      "train",
+      local=_adapters("arc_challenge", {"test": "test.json"}),
+      hub=HubSource(
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        {"train": "train", "validation": "validation", "test": "test"},
+        formats.labelled_choices,
+      ),
+      tfds=("ai2_arc/ARC-Challenge", formats.labelled_choices),
+    ),
+    Task(
+      "mmlu",
+      CHOICE,
+      "commonsense",
+      "test",
+      None,
+      local={"dev": ("mmlu/dev/*_dev.csv", formats.mmlu_csv), "test": ("mmlu/test/*_test.csv", formats.mmlu_csv)},
+      hub=HubSource("cais/mmlu", "all", {"dev": "dev", "validation": "validation", "test": "test"}, formats.mmlu_hub),
+    ),
+    Task(
+      "math",
+      LATEX,
+      "math",
+      "test",
+      None,
+      local={"test": ("math500/test.jsonl", formats.math_solution)},
+      hub=HubSource("HuggingFaceH4/MATH-500", None, {"test": "test"}, formats.math_hub),
+    ),
+    Task("arith", NUMBER, "math", "test", "train", synthetic=True),
+    Task("arith_hard", NUMBER, "math", "test", "train", synthetic=True),
+  )
+}
+SOURCES = ("auto", "local", "hub", "tfds")
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+  return TASKS[name]
+
+
+def load_examples(
+  task_name: str,
+  split: str | None = None,
+  *,
+  source: str = "auto",
+  data_dir: str | pathlib.Path | None = None,
+  hub_path: str | None = None,
+  limit: int | None = None,
+  seed: int = 0,
+) -> list[Example]:
+  """Examples of one split (default: the task's evaluation split), at most `limit` of them.
+
+  source "auto": the built-in generator for synthetic tasks, local files when `data_dir` is
+  given, the hub otherwise. `hub_path` replaces the hub dataset id (a mirror or a local copy
+  in the hub's format). A limit keeps the first examples, so that a run and its rerun agree.
+  """
+  task = get_task(task_name)
+  split = split or task.eval_split
+  if source not in SOURCES:
+    raise ValueError(f"source {source!r} is not one of {SOURCES}")
+  if task.synthetic:
+    examples = synthetic.generate(task.name, split, size=limit, seed=seed)
+  elif source == "local" or (source == "auto" and data_dir is not None):
+    examples = _load_local(task, split, data_dir)
+  elif source == "tfds":
+    examples = _load_tfds(task, split)
+  else:
+    examples = _load_hub(task, split, hub_path)
+  return examples[:limit] if limit else examples
+
+
+def _load_local(task: Task, split: str, data_dir) -> list[Example]:
+  if data_dir is None:
+    raise ValueError(f"task {task.name}: local files need a data directory (data_dir)")
+  if split not in task.local:
+    raise ValueError(f"task {task.name}: no local {split!r} split; local splits are {sorted(task.local)}")
+  pattern, converter = task.local[split]
+  paths = sorted(pathlib.Path(data_dir).glob(pattern)) if "*" in pattern else [pathlib.Path(data_dir) / pattern]
+  if not paths or not paths[0].exists():
+    raise DataError(f"task {task.name}: {pathlib.Path(data_dir) / pattern} not found")
+  examples = []
+  for path in paths:
+    rows = read_csv_rows(path) if path.suffix == ".csv" else read_rows(path)
+    stem = path.stem.removesuffix(f"_{split}")
+    for index, (line, row) in enumerate(rows):
+      default_id = f"{stem}/{index}" if len(paths) > 1 else index
+      examples.append(converter(task.name, Row(row, f"{path}:{line}"), default_id))
+  return examples
+
+
+def _load_hub(task: Task, split: str, hub_path: str | None) -> list[Example]:
+  if task.hub is None:
+    raise ValueError(f"task {task.name}: no Hugging Face hub dataset is known; give local files (data_dir)")
+  if split not in task.hub.splits:
+    raise ValueError(f"task {task.name}: no hub split {split!r}; hub splits are {sorted(task.hub.splits)}")
+  import datasets
+
+  path = hub_path or task.hub.path
+  name = task.hub.name if hub_path is None else None
+  rows = datasets.load_dataset(path, name, split=task.hub.splits[split])
+  where = f"{path}[{task.hub.splits[split]}]"
+  return [task.hub.converter(task.name, Row(dict(row), f"{where} row {i}"), i) for i, row in enumerate(rows)]
+
+
+def _load_tfds(task: Task, split: str) -> list[Example]:
+  if task.tfds is None:
+    raise ValueError(f"task {task.name}: no TFDS builder is known; use source='hub' or local files")
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError("TFDS loading needs the tfds extra: pip install 'srit_jax[tfds]'") from e
+  builder, converter = task.tfds
+  rows = tfds.as_numpy(tfds.load(builder, split=split))
+  return [converter(task.name, Row(_decoded(row), f"tfds:{builder}[{split}] row {i}"), i) for i, row in enumerate(rows)]
+
+
+def _decoded(value):
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, dict):
+    return {k: _decoded(v) for k, v in value.items()}
+  if hasattr(value, "tolist"):
+    return _decoded(value.tolist())
+  if isinstance(value, list):
+    return [_decoded(v) for v in value]
+  return value
