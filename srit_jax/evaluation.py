@@ -1,0 +1,154 @@
+"""`srit-jax eval`: greedy accuracy of a model on a list of tasks, with chain-of-thought (and,
+optionally, direct answers), 95% Wilson intervals, per-example JSONL, summary JSON and a
+Markdown table. Generations stream to disk, so a killed evaluation resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Sequence
+
+from srit_jax import generation
+from srit_jax.sampling import SamplingSettings
+from srit_jax.tasks import answers, prompts
+from srit_jax.tasks.example import Example
+from srit_jax.tasks.registry import get_task, load_examples
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+  """The 95% Wilson score interval of a proportion (sound at 0, 1 and small n)."""
+  if total == 0:
+    return 0.0, 1.0
+  p = correct / total
+  centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_generations(examples: Sequence[Example], completions: Sequence[str], style: str) -> list[dict]:
+  rows = []
+  for example, text in zip(examples, completions, strict=True):
+    extracted = answers.extract_answer(example, text)
+    rows.append(
+      {
+        "task": example.task,
+        "id": example.id,
+        "style": style,
+        "prompt": prompts.prompt(example, style),
+        "generation": text,
+        "extracted": extracted,
+        "gold": example.gold,
+        "correct": answers.is_correct(example, extracted),
+      }
+    )
+  return rows
+
+
+def accuracy_entry(rows: list[dict]) -> dict:
+  correct = sum(r["correct"] for r in rows)
+  low, high = wilson_interval(correct, len(rows))
+  return {"n": len(rows), "correct": correct, "accuracy": correct / max(1, len(rows)), "ci95": [low, high]}
+
+
+def evaluate(
+  model,
+  examples_by_task: dict[str, list[Example]],
+  out_dir: str | pathlib.Path,
+  *,
+  styles: Sequence[str] = (prompts.COT,),
+  max_new_tokens: dict[str, int] | None = None,
+  batch_size: int = 16,
+  chat_template: bool = True,
+  stop_strings: Sequence[str] = (),
+  progress: bool = True,
+) -> dict:
+  """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  max_new_tokens = {prompts.COT: 256, prompts.DIRECT: 32, **(max_new_tokens or {})}
+  summary: dict[str, dict] = {}
+  for task, examples in examples_by_task.items():
+    for style in styles:
+      records = [{"prompt": prompts.prompt(e, style), "id": e.id} for e in examples]
+      generations_path = out_dir / f"{task}.{style}.generations.jsonl"
+      generation.generate_to_jsonl(
+        model.config,
+        model.params,
+        model.tokenizer,
+        records,
+        generations_path,
+        max_new_tokens=max_new_tokens[style],
+        settings=SamplingSettings(temperature=0.0),
+        batch_size=batch_size,
+        stop_strings=tuple(stop_strings),
+        chat_template=chat_template,
+        mesh=model.mesh,
+        progress=progress,
+      )
+      completions = [""] * len(examples)
+      for line in generations_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        completions[row["index"]] = row["completion"]
+      rows = score_generations(examples, completions, style)
+      with open(out_dir / f"{task}.{style}.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+          f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      summary.setdefault(task, {})[style] = accuracy_entry(rows)
+  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  table = results_table(summary)
+  (out_dir / "results.md").write_text(table + "\n")
+  return summary
+
+
+def results_table(summary: dict) -> str:
+  styles = sorted({style for entry in summary.values() for style in entry})
+  header = "| task | n | " + " | ".join(f"{s} accuracy (95% CI)" for s in styles) + " |"
+  lines = [header, "|---|---:|" + "---:|" * len(styles)]
+  for task, entry in summary.items():
+    n = next(iter(entry.values()))["n"]
+    cells = []
+    for s in styles:
+      if s in entry:
+        e = entry[s]
+        cells.append(f"{100 * e['accuracy']:.1f}% ({100 * e['ci95'][0]:.1f}–{100 * e['ci95'][1]:.1f})")
+      else:
+        cells.append("")
+    lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def evaluation_examples(config) -> dict[str, list[Example]]:
+  return {
+    name: load_examples(
+      name,
+      config.split or get_task(name).eval_split,
+      source=config.source,
+      data_dir=config.data_dir or None,
+      limit=config.limit or None,
+      seed=config.seed,
+    )
+    for name in config.tasks
+  }
+
+
+def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+  from srit_jax import loading, sharding
+
+  examples = evaluation_examples(config)
+  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh_data, config.mesh_fsdp, config.mesh_tensor))
+  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=progress)
+  styles = [prompts.COT] + ([prompts.DIRECT] if config.direct else [])
+  summary = evaluate(
+    model,
+    examples,
+    workdir,
+    styles=styles,
+    max_new_tokens={prompts.COT: config.max_new_tokens, prompts.DIRECT: config.max_new_tokens_direct},
+    batch_size=config.batch_size,
+    chat_template=config.chat_template,
+    stop_strings=tuple(config.stop_strings),
+    progress=progress,
+  )
+  print(results_table(summary))
+  return summary
