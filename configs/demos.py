@@ -49,7 +49,21 @@ def get_config(variant: str = ""):
   config.seed = 0  # synthetic tasks: which problems
   config.num_samples = 1  # teacher answers per question
   config.keep = "correct"  # correct | all | first_correct
-  config.teacher = teacher_config({"": "reference", "palm_csqa": "precomputed"}.get(variant, variant))
-  if variant == "palm_csqa":
-    config.teacher.reader = "palm_csqa"
+  config.teacher = teacher_config(_KINDS[variant])
+  if variant in _READERS:
+    config.teacher.reader = variant
+    config.task = _READERS[variant]
   return config
+
+
+# Variants: a teacher kind, or a precomputed reader (whose task it sets).
+_READERS = {
+  "palm_csqa": "csqa",
+  "palm_svamp": "svamp",
+  "davinci_zero_shot_cot": "",
+  "gpt3_gsm8k": "gsm8k",
+  "chatgpt_math": "",
+}
+_KINDS = {"": "reference", "reference": "reference", "local": "local", "openai": "openai"} | {
+  reader: "precomputed" for reader in _READERS
+}

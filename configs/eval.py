@@ -15,7 +15,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype
-  config.tasks = ("arith", "arith_hard")  # tasks of srit_jax.tasks.TASKS
+  config.tasks = "arith,arith_hard"  # comma-separated tasks of srit_jax.tasks.TASKS
   config.split = ""  # empty: each task's evaluation split
   config.source = "auto"  # auto | local | hub | tfds
   config.data_dir = ""  # folder of local benchmark files
@@ -27,7 +27,5 @@ def get_config():
   config.batch_size = 16  # rows per generation batch
   config.chat_template = True  # wrap prompts in the model's chat template
   config.stop_strings = ("\nQuestion:",)  # a model that starts a new question has finished
-  config.mesh_data = 1  # mesh axis sizes (one may be -1: the remaining devices)
-  config.mesh_fsdp = -1
-  config.mesh_tensor = 1
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # axis sizes; -1: the remaining devices
   return config

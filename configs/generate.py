@@ -25,7 +25,5 @@ def get_config():
   config.seed = 0  # run seed; each sample's seed derives from it and the sample's indices
   config.batch_size = 16  # rows per generation batch (prompts x samples)
   config.stop_strings = ()  # generation stops at the first of these; the text is cut before it
-  config.mesh_data = 1  # mesh axis sizes (one may be -1: the remaining devices)
-  config.mesh_fsdp = -1
-  config.mesh_tensor = 1
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # axis sizes; -1: the remaining devices
   return config

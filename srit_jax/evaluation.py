@@ -118,6 +118,12 @@ def results_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+def task_names(tasks: str | Sequence[str]) -> list[str]:
+  """ "gsm8k,multiarith" or ("gsm8k", "multiarith") → ["gsm8k", "multiarith"]."""
+  names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+  return [name.strip() for name in names if name.strip()]
+
+
 def evaluation_examples(config) -> dict[str, list[Example]]:
   return {
     name: load_examples(
@@ -128,7 +134,7 @@ def evaluation_examples(config) -> dict[str, list[Example]]:
       limit=config.limit or None,
       seed=config.seed,
     )
-    for name in config.tasks
+    for name in task_names(config.tasks)
   }
 
 
@@ -136,7 +142,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax import loading, sharding
 
   examples = evaluation_examples(config)
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh_data, config.mesh_fsdp, config.mesh_tensor))
+  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
   model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=progress)
   styles = [prompts.COT] + ([prompts.DIRECT] if config.direct else [])
   summary = evaluate(

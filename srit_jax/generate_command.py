@@ -38,7 +38,7 @@ def run(config, out: str | pathlib.Path) -> pathlib.Path:
     if config.prompts_file
     else [{"prompt": p, "id": i} for i, p in enumerate(config.prompts)]
   )
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh_data, config.mesh_fsdp, config.mesh_tensor))
+  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
   model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=True)
   settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
   path = generation.generate_to_jsonl(

@@ -38,6 +38,18 @@ TINY_HF_CONFIGS = {
 }
 
 
+def load_config(name: str, variant: str | None = None):
+  """configs/<name>.py's config (with `variant`, when given), as the command line would load it."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    f"{name}_config", pathlib.Path(__file__).parents[1] / "configs" / f"{name}.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if variant is None else module.get_config(variant)
+
+
 def make_hf_model(family: str, seed: int = 0):
   """A transformers model of a tiny config with every weight random (norms and biases too)."""
   import torch

@@ -244,7 +244,7 @@ def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_to
     "--config.max_new_tokens=8",
     "--config.batch_size=2",
     "--config.temperature=1.0",
-    "--config.mesh_fsdp=1",
+    "--config.mesh.fsdp=1",
   ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   full = tmp_path / "full.jsonl"

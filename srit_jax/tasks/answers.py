@@ -18,7 +18,9 @@ import re
 
 from srit_jax.tasks.example import CHOICE, LATEX, LETTERS, NUMBER, Example
 
-ANSWER_PHRASE = re.compile(r"answer(?:\s*\(arabic numerals\))?\s*(?:is\s*:?|:)|####|^\s*A:", re.IGNORECASE | re.MULTILINE)
+ANSWER_PHRASE = re.compile(
+  r"answer(?:\s*\(arabic numerals\))?\s*(?:is\s*:?|:)|####|^\s*A:", re.IGNORECASE | re.MULTILINE
+)
 # A number: optional sign, digits, optional decimals, optional "/denominator" (no spaces).
 NUMBER_PATTERN = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?")
 THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
