@@ -133,6 +133,7 @@ def dpo_step(
     "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
     "logps/chosen": jnp.mean(chosen),
     "logps/rejected": jnp.mean(rejected),
+    "tokens": jnp.sum(batch["chosen"]["segment_ids"] > 0) + jnp.sum(batch["rejected"]["segment_ids"] > 0),
   }
   return train_step.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -60,3 +60,9 @@ def device_peak_flops(dtype: str = "bfloat16") -> float:
     if device.device_kind.startswith(name):
       return peak * jax.local_device_count() * (0.5 if dtype == "float32" else 1.0)
   return float("nan")
+
+
+def dpo_step_flops(config: ModelConfig, pairs: int, length: int, in_step_reference: bool) -> float:
+  """Policy forward and backward over both sides, plus the reference forward when it runs in the step."""
+  flops = train_step_flops(config, 2 * pairs, length)
+  return flops + (forward_flops(config, 2 * pairs, length) if in_step_reference else 0.0)

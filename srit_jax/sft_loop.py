@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import pathlib
-import time
 
 import jax
 import numpy as np
-import tqdm
 
-from srit_jax import checkpointing, data_iterator, flops, loading, metrics, optimizer, records, sft_data, sharding
+from srit_jax import data_iterator, flops, loading, optimizer, records, sft_data, sharding, train_loop
 from srit_jax import train_step as train_step_lib
 from srit_jax.conversion import hf_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or gradient norm became NaN or infinite."""
+NonFiniteLossError = train_loop.NonFiniteLossError  # re-exported: callers catch it from here
 
 
 @dataclasses.dataclass
@@ -107,17 +101,6 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
     pack=config.pack,
     normalization=config.loss_normalization,
   )
-  checkpoints = checkpointing.CheckpointManager(
-    workdir / "checkpoints", max_to_keep=config.keep_checkpoints, async_save=config.async_checkpoints
-  )
-  start_step = checkpoints.latest_step() or 0
-  if start_step:
-    state, data_state = checkpoints.restore(start_step, state)
-    iterator.set_state(data_state)
-    print(f"resumed from the checkpoint of step {start_step}")
-  if start_step >= config.num_steps:
-    print(f"already trained {start_step} of {config.num_steps} steps")
-
   step_fn = train_step_lib.jit_sft_step(
     state, model.config, tx, mesh, num_microbatches=config.num_microbatches, chunk_size=config.chunk_size
   )
@@ -128,66 +111,39 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
   )
   eval_batches = _eval_batches(eval_examples, config) if eval_examples else []
   schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
-  writer = metrics.MetricWriter(workdir, resume_step=start_step)
   step_flops = flops.train_step_flops(model.config, config.batch_size, config.max_length)
   peak = flops.device_peak_flops(config.dtype)
-  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, desc="sft", unit="step", disable=jax.process_index())
-  last: dict = {}
-  pending = None
-  clock = time.perf_counter()
 
-  def record(step, step_metrics):
-    # Pulls a step's metrics to the host: called after the next step is dispatched, so the
-    # time since the previous pull is this step's time on the device.
-    nonlocal last, clock
-    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    now = time.perf_counter()
-    seconds, clock = now - clock, now
-    if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-      checkpoints.wait()
-      latest = checkpoints.latest_step()
-      kept = (
-        f"the last good checkpoint (step {latest}) in {checkpoints.directory} is intact"
-        if latest
-        else ("no checkpoint had been saved yet")
-      )
-      raise NonFiniteLossError(
-        f"step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}; stopped, {kept}"
-      )
-    values.update(
-      learning_rate=float(schedule(step - 1)),
-      tokens_per_s=values["tokens"] / seconds,
-      mfu=step_flops / seconds / peak,
-    )
-    writer.write(step, values)
-    bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.0f}")
-    last = values
+  def derived_metrics(step, values, seconds):
+    return {
+      "learning_rate": float(schedule(step - 1)),
+      "tokens_per_s": values["tokens"] / seconds,
+      "mfu": step_flops / seconds / peak,
+    }
 
-  try:
-    for step in range(start_step + 1, config.num_steps + 1):
-      batch = train_step_lib.shard_batch(next(iterator).as_dict(), mesh)
-      state, step_metrics = step_fn(state, batch)
-      if pending is not None:
-        record(*pending)
-      pending = (step, step_metrics)
-      bar.update(1)
-      if step % config.save_every == 0 or step == config.num_steps:
-        record(*pending)  # never save a state whose loss was not checked
-        pending = None
-        checkpoints.save(step, state, iterator.get_state())
-      if eval_examples and config.eval_every and step % config.eval_every == 0:
-        writer.write(step, {"eval_loss": _eval_loss(eval_fn, state, eval_batches, mesh)})
-    if pending is not None:
-      record(*pending)
-  finally:
-    bar.close()
-    checkpoints.wait()
-    writer.close()
+  state, last = train_loop.run_steps(
+    workdir=workdir,
+    state=state,
+    step_fn=step_fn,
+    next_batch=lambda: train_step_lib.shard_batch(next(iterator).as_dict(), mesh),
+    data_state=iterator.get_state,
+    restore_data_state=iterator.set_state,
+    num_steps=config.num_steps,
+    save_every=config.save_every,
+    keep_checkpoints=config.keep_checkpoints,
+    async_checkpoints=config.async_checkpoints,
+    derived_metrics=derived_metrics,
+    evaluate=(lambda state, step: {"eval_loss": _eval_loss(eval_fn, state, eval_batches, mesh)})
+    if eval_examples
+    else None,
+    eval_every=config.eval_every,
+    desc="sft",
+    progress_keys=("loss", "tokens_per_s"),
+  )
 
   export_dir = None
   if config.export:
     export_dir = workdir / "export"
     hf_checkpoint.save_hf_checkpoint(state.params, model.config, export_dir, tokenizer=model.tokenizer)
     print(f"exported to {export_dir}")
-  checkpoints.close()
   return SftResult(state, export_dir, last)

@@ -50,6 +50,31 @@ def load_config(name: str, variant: str | None = None):
   return module.get_config() if variant is None else module.get_config(variant)
 
 
+def kill_at_moments(command, moments, *, env=None, timeout_s=300) -> list[str]:
+  """Starts `command` once per (name, ready) moment and SIGKILLs it as soon as `ready()` holds;
+  returns the names of the moments at which a run was killed (a run may finish first)."""
+  import signal
+  import subprocess
+  import time
+
+  killed_at = []
+  for name, ready in moments:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout_s
+    while process.poll() is None and not ready() and time.time() < deadline:
+      time.sleep(0.005)
+    if process.poll() is None:
+      process.send_signal(signal.SIGKILL)
+      killed_at.append(name)
+    process.wait()
+  return killed_at
+
+
+def checkpoint_being_saved(checkpoints: pathlib.Path) -> bool:
+  """Orbax writes a checkpoint into a temporary directory and renames it when complete."""
+  return checkpoints.exists() and any("tmp" in p.name for p in checkpoints.iterdir())
+
+
 def make_hf_model(family: str, seed: int = 0):
   """A transformers model of a tiny config with every weight random (norms and biases too)."""
   import torch

@@ -3,15 +3,13 @@ the NaN guard, metrics and export."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE
+from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments
 from safetensors.numpy import load_file
 
 from srit_jax import data_iterator, records, sft_data, sft_loop
@@ -149,10 +147,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_w
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params), jax.device_get(good.state.params))
 
 
-def _run_sft(command, env):
-  return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
   train_file = _write_records(tmp_path / "demos.jsonl")
   base = [
@@ -172,26 +166,14 @@ def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokeniz
   workdir = tmp_path / "killed"
   checkpoints = workdir / "checkpoints"
   moments = [
-    (
-      "during the first checkpoint save",
-      lambda: checkpoints.exists() and any("tmp" in p.name for p in checkpoints.iterdir()),
-    ),
+    ("during the first checkpoint save", lambda: checkpoint_being_saved(checkpoints)),
     ("after the checkpoint of step 4", lambda: (checkpoints / "4").exists()),
     (
       "between checkpoints",
       lambda: (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 7,
     ),
   ]
-  killed_at = []
-  for name, ready in moments:
-    process = _run_sft([*base, f"--workdir={workdir}"], env)
-    deadline = time.time() + 300
-    while process.poll() is None and not ready() and time.time() < deadline:
-      time.sleep(0.005)
-    if process.poll() is None:
-      process.send_signal(signal.SIGKILL)
-      killed_at.append(name)
-    process.wait()
+  killed_at = kill_at_moments([*base, f"--workdir={workdir}"], moments, env=env)
   assert killed_at, "every run finished before it could be killed"
   subprocess.run([*base, f"--workdir={workdir}"], check=True, env=env, capture_output=True, timeout=600)
   full = load_file(str(tmp_path / "full/export/model.safetensors"))

@@ -1,0 +1,40 @@
+"""The whole method: demos → sft → refine → eval (untuned, SFT and self-refined students).
+
+    srit-jax pipeline --config=configs/pipeline.py --workdir=runs/pipeline
+
+Phase blocks are the phase commands' own configs (configs/demos.py, sft.py, refine.py,
+eval.py); the pipeline fills in what links them (the student, the demonstrations file, the
+SFT export). Other pipeline configs (configs/demo.py, configs/csqa_palm.py, ...) start from
+this one. Rerun with the same --workdir: finished phases are skipped, changed ones rerun.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def phase_config(name: str, variant: str | None = None):
+  """configs/<name>.py's config, so that each phase's fields are defined in one place."""
+  spec = importlib.util.spec_from_file_location(f"{name}_config", pathlib.Path(__file__).with_name(f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if variant is None else module.get_config(variant)
+
+
+def get_config(variant: str = ""):
+  del variant
+  config = ml_collections.ConfigDict()
+  config.student = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
+  config.student_family = ""  # empty: guessed from the student's name
+  config.train_task = "arith"  # the task whose training split is taught
+  config.in_domain_tasks = "arith"  # comma-separated; evaluated on their evaluation splits
+  config.out_domain_tasks = "arith_hard"
+  config.data_dir = ""  # folder of local benchmark files (empty: built-in tasks or the hub)
+  config.source = "auto"  # auto | local | hub | tfds
+  config.seed = 0
+  config.demos = phase_config("demos")  # teacher and filtering (its task is train_task)
+  config.sft = phase_config("sft")
+  config.refine = phase_config("refine")
+  config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
+  return config

@@ -1,0 +1,77 @@
+"""Self-refinement: the instructed student's own samples → preference pairs → DPO → export.
+
+    srit-jax refine --config=configs/refine.py --config.model=runs/sft/export --workdir=runs/refine
+    srit-jax refine --config=configs/refine.py:tiny ...   # few questions, short rows: CPU checks
+
+Run it again with the same --workdir to resume (sampling and DPO both pick up where they stopped).
+"""
+
+import ml_collections
+
+from srit_jax import optimizer
+
+
+def get_config(variant: str = ""):
+  config = ml_collections.ConfigDict()
+  config.model = "smollm2-135m-instruct"  # the instructed student (SFT export dir); also the frozen reference
+  config.dtype = "float32"  # compute dtype (the reference is kept in it)
+  config.param_dtype = "float32"  # master weights
+  config.remat_policy = "none"  # none | full | dots | dots_no_batch
+  # Training questions
+  config.task = "arith"  # a task of srit_jax.tasks.TASKS
+  config.split = ""  # empty: the task's training split
+  config.source = "auto"  # auto | local | hub | tfds
+  config.data_dir = ""  # folder of local benchmark files
+  config.hub_path = ""  # replaces the hub dataset id
+  config.limit = 0  # questions at most; 0 = all
+  config.seed = 0  # sampling seeds, held-out choice and pair order derive from it
+  # Sampling the student
+  config.num_cot_samples = 4  # CoT answers per question
+  config.num_direct_samples = 1  # direct answers per question (the rejected side of cot_vs_direct)
+  config.temperature = 0.7
+  config.top_k = 0  # 0 = off
+  config.top_p = 0.95  # 1 = off
+  config.max_new_tokens = 256  # CoT answers
+  config.max_new_tokens_direct = 32  # direct answers
+  config.generate_batch_size = 32  # rows per generation batch
+  config.stop_strings = ("\nQuestion:",)
+  config.use_chat_template = True  # the student's chat template (as in SFT)
+  # Pairs
+  config.strategy = "cot_vs_direct"  # cot_vs_direct | correct_vs_incorrect
+  config.max_pairs_per_question = 2  # cap per question
+  config.teacher_fallback = False  # no correct student answer: the teacher's demonstration is chosen
+  config.demos_file = ""  # demos.jsonl of the demos phase (for teacher_fallback)
+  config.heldout_fraction = 0.1  # share of questions whose pairs only measure reward accuracy
+  # DPO
+  config.beta = 0.1  # the one place beta lives
+  config.loss_type = "sigmoid"  # sigmoid | ipo | hinge
+  config.label_smoothing = 0.0  # sigmoid only: robust DPO / cDPO
+  config.nll_weight = 0.0  # weight of an NLL term on chosen answers (0 = off)
+  config.precompute_reference = True  # reference log-probs once over the fixed pairs; False: in each step
+  config.max_length = 384  # positions per side of a pair; longer prompts are cut from the left
+  config.batch_size = 8  # pairs per step
+  config.chunk_size = 128  # positions per vocabulary-projection chunk
+  config.num_steps = 50  # optimizer steps
+  config.optimizer = optimizer.default_config()
+  config.optimizer.learning_rate = 5e-6
+  config.optimizer.warmup_steps = 5
+  config.save_every = 25  # steps between checkpoints (and at the end)
+  config.keep_checkpoints = 3
+  config.async_checkpoints = True
+  config.eval_every = 10  # steps between held-out reward accuracies; 0 = start and end only
+  config.export = True  # write the refined student as an HF directory to workdir/export
+  config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # axis sizes; -1 = the rest
+  if variant == "tiny":
+    config.limit = 16
+    config.num_cot_samples = 2
+    config.max_new_tokens = 32
+    config.max_new_tokens_direct = 8
+    config.max_length = 96
+    config.batch_size = 4
+    config.num_steps = 6
+    config.save_every = 2
+    config.eval_every = 0
+    config.heldout_fraction = 0.25
+    config.optimizer.warmup_steps = 0
+    config.optimizer.learning_rate = 1e-4
+  return config

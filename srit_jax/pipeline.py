@@ -1,0 +1,176 @@
+"""`srit-jax pipeline`: the whole method — demos → sft → refine → eval of every stage.
+
+    srit-jax pipeline --config=configs/demo.py --workdir=runs/demo
+
+Each phase runs in WORKDIR/<phase> and, when it completes, writes DONE.json with a fingerprint
+of its config and of the phases it reads from. A rerun skips phases whose fingerprint matches,
+reruns (and says why) phases whose config changed — and so every phase after them — and
+resumes a phase that was interrupted. The untuned, instruction-tuned and self-refined
+students are evaluated on the in-domain and out-domain tasks; the run ends with results.json,
+results.md, accuracy.png and training_curves.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+
+from srit_jax import demos, evaluation, loading, refine, report, sft_loop, sharding
+from srit_jax.tasks.registry import load_examples
+
+STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
+
+
+def _fingerprint(*parts) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Phase:
+  """A phase directory with a completion marker keyed by a fingerprint."""
+
+  def __init__(self, workdir: pathlib.Path, name: str, fingerprint: str):
+    self.name, self.dir, self.fingerprint = name, workdir / name, fingerprint
+    self.marker = self.dir / "DONE.json"
+
+  def done(self) -> bool:
+    if not self.marker.exists():
+      if self.dir.exists():
+        print(f"[{self.name}] resuming an interrupted run in {self.dir}")
+      return False
+    if json.loads(self.marker.read_text())["fingerprint"] == self.fingerprint:
+      print(f"[{self.name}] done already, skipped")
+      return True
+    print(f"[{self.name}] its config or an earlier phase changed since it ran: running it again")
+    shutil.rmtree(self.dir)
+    return False
+
+  def finish(self, details: dict | None = None) -> None:
+    self.marker.write_text(json.dumps({"fingerprint": self.fingerprint, **(details or {})}, indent=2) + "\n")
+
+
+def _with(block, **fields):
+  block = block.copy_and_resolve_references()
+  with block.unlocked():
+    block.update(fields)
+  return block
+
+
+def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  shared = dict(data_dir=config.data_dir, source=config.source, seed=config.seed)
+
+  # Demonstrations.
+  demos_config = _with(config.demos, task=config.train_task, **shared)
+  demos_phase = Phase(workdir, "demos", _fingerprint(demos_config.to_dict()))
+  if not demos_phase.done():
+    print("[demos] teacher demonstrations")
+    summary = demos.run(demos_config, demos_phase.dir, progress=progress)
+    demos_phase.finish({"summary": summary})
+
+  # Instruction tuning.
+  sft_config = _with(config.sft, model=config.student, train_file=str(demos_phase.dir / "demos.jsonl"), export=True)
+  sft_phase = Phase(workdir, "sft", _fingerprint(sft_config.to_dict(), demos_phase.fingerprint))
+  if not sft_phase.done():
+    print("[sft] instruction tuning on the demonstrations")
+    sft_loop.train(sft_config, sft_phase.dir)
+    sft_phase.finish()
+
+  # Self-refinement.
+  refine_config = _with(
+    config.refine,
+    model=str(sft_phase.dir / "export"),
+    task=config.train_task,
+    demos_file=str(demos_phase.dir / "demos.jsonl"),
+    export=True,
+    **shared,
+  )
+  refine_phase = Phase(workdir, "refine", _fingerprint(refine_config.to_dict(), sft_phase.fingerprint))
+  if not refine_phase.done():
+    print("[refine] self-refinement: the student's samples, preference pairs, DPO")
+    summary = refine.run(refine_config, refine_phase.dir, progress=progress)
+    refine_phase.finish({"summary": summary})
+
+  # Evaluation of every stage.
+  models = {
+    "untuned": (config.student, "student"),
+    "sft": (str(sft_phase.dir / "export"), sft_phase.fingerprint),
+    "srit": (str(refine_phase.dir / "export"), refine_phase.fingerprint),
+  }
+  tasks = {name: "in-domain" for name in _names(config.in_domain_tasks)} | {
+    name: "out-domain" for name in _names(config.out_domain_tasks)
+  }
+  examples = {
+    name: load_examples(
+      name,
+      None,
+      source=config.source,
+      data_dir=config.data_dir or None,
+      limit=config.eval.limit or None,
+      seed=config.seed,
+    )
+    for name in tasks
+  }
+  results = {}
+  for stage in STAGES:
+    model_path, upstream = models[stage]
+    phase = Phase(
+      workdir / "eval",
+      stage,
+      _fingerprint(config.eval.to_dict(), sorted(tasks.items()), model_path, upstream, config.student),
+    )
+    if not phase.done():
+      print(f"[eval/{stage}] {model_path}")
+      mesh = sharding.make_mesh(
+        sharding.MeshConfig(config.eval.mesh.data, config.eval.mesh.fsdp, config.eval.mesh.tensor)
+      )
+      model = loading.load_model(model_path, mesh=mesh, dtype=config.eval.dtype, progress=progress)
+      evaluation.evaluate(
+        model,
+        examples,
+        phase.dir,
+        styles=["cot"] + (["direct"] if config.eval.direct else []),
+        max_new_tokens={"cot": config.eval.max_new_tokens, "direct": config.eval.max_new_tokens_direct},
+        batch_size=config.eval.batch_size,
+        stop_strings=tuple(config.eval.stop_strings),
+        progress=progress,
+      )
+      phase.finish()
+    results[stage] = json.loads((phase.dir / "summary.json").read_text())
+
+  teacher = json.loads(demos_phase.marker.read_text())["summary"]
+  student_family = config.student_family or loading_family(config.student)
+  out = {
+    "student": config.student,
+    "student_family": student_family,
+    "teacher": teacher["teacher"],
+    "teacher_family": teacher["family"],
+    "family": "in-family" if teacher["family"] == student_family else "out-family",
+    "train_task": config.train_task,
+    "domains": tasks,
+    "stages": results,
+    "teacher_accuracy": teacher["tasks"],
+    "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text()),
+  }
+  (workdir / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+  table = report.results_markdown(out)
+  (workdir / "results.md").write_text(table + "\n")
+  report.accuracy_chart(out, workdir / "accuracy.png")
+  report.training_curves(
+    {"sft": sft_phase.dir / "metrics.jsonl", "dpo": refine_phase.dir / "metrics.jsonl"}, workdir / "training_curves.png"
+  )
+  print(table)
+  print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
+  return out
+
+
+def _names(tasks) -> list[str]:
+  return evaluation.task_names(tasks)
+
+
+def loading_family(model: str) -> str:
+  from srit_jax.teachers.base import family_of
+
+  return family_of(str(model))

@@ -1,0 +1,79 @@
+"""`srit-jax pipeline` on a tiny model: every artifact, skipped phases on rerun, and a changed
+phase rerun with the phases after it."""
+
+import json
+
+from conftest import load_config
+
+from srit_jax import pipeline
+
+
+def _tiny_pipeline_config(model_dir):
+  config = load_config("pipeline", "")
+  config.student = str(model_dir)
+  config.demos.limit = 24
+  config.sft.update(max_length=128, batch_size=4, num_steps=3, save_every=3)
+  config.sft.optimizer.update(warmup_steps=0, learning_rate=1e-3)
+  config.sft.mesh.update(fsdp=2)
+  config.refine.update(
+    limit=12,
+    num_cot_samples=2,
+    max_new_tokens=16,
+    max_new_tokens_direct=6,
+    max_length=128,
+    batch_size=2,
+    num_steps=2,
+    save_every=2,
+    eval_every=0,
+    heldout_fraction=0.3,
+    teacher_fallback=True,
+  )
+  config.refine.optimizer.update(warmup_steps=0)
+  config.refine.mesh.update(fsdp=2)
+  config.eval.update(limit=4, max_new_tokens=12, batch_size=4, direct=True)
+  config.eval.mesh.update(fsdp=2)
+  return config
+
+
+def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_with_tokenizer, tmp_path, capsys):
+  config = _tiny_pipeline_config(tiny_with_tokenizer)
+  results = pipeline.run(config, tmp_path, progress=False)
+  first = capsys.readouterr().out
+
+  for name in ("results.json", "results.md", "accuracy.png", "training_curves.png"):
+    assert (tmp_path / name).exists(), name
+  for name in ("accuracy.png", "training_curves.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved == json.loads(json.dumps(results))
+  assert saved["domains"] == {"arith": "in-domain", "arith_hard": "out-domain"}
+  assert saved["teacher"] == "reference-solutions" and saved["family"] == "out-family"
+  assert set(saved["stages"]) == {"untuned", "sft", "srit"}
+  for stage in saved["stages"].values():
+    for task in ("arith", "arith_hard"):
+      assert stage[task]["cot"]["n"] == 4 and "direct" in stage[task]
+  table = (tmp_path / "results.md").read_text()
+  assert "| arith | in-domain | 4 |" in table and "| arith_hard | out-domain | 4 |" in table and table in first
+  for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
+    assert (tmp_path / phase / "DONE.json").exists(), phase
+  assert (tmp_path / "sft" / "export" / "model.safetensors").exists()
+  assert (tmp_path / "refine" / "export" / "model.safetensors").exists()
+
+  # A rerun does nothing again.
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "png" not in p.suffix}
+  pipeline.run(config, tmp_path, progress=False)
+  second = capsys.readouterr().out
+  for phase in ("demos", "sft", "refine", "untuned", "sft", "srit"):
+    assert f"[{phase}] done already, skipped" in second
+  changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
+  assert sorted(p.name for p in changed) == ["results.json", "results.md"]
+
+  # A changed DPO setting reruns refine and the evaluation of its student, nothing else.
+  config.refine.beta = 0.2
+  pipeline.run(config, tmp_path, progress=False)
+  third = capsys.readouterr().out
+  assert "[refine] its config or an earlier phase changed since it ran: running it again" in third
+  assert "[srit] its config or an earlier phase changed" in third
+  for phase in ("demos", "sft", "untuned"):
+    assert f"[{phase}] done already, skipped" in third
+  assert "[sft] done already, skipped" in third

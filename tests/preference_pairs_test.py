@@ -1,0 +1,122 @@
+"""Pair building: strategies, teacher fallback, caps, statistics, held-out split, and the pair
+batches the DPO step reads."""
+
+import json
+
+import numpy as np
+import pytest
+
+from srit_jax import dpo_data, preference_pairs
+from srit_jax.preference_pairs import ScoredAnswer
+from srit_jax.tasks.example import NUMBER, Example
+
+EXAMPLES = [Example("arith", str(i), f"question {i}", "7", NUMBER) for i in range(3)]
+
+
+def _answers(style, texts):
+  return [ScoredAnswer(style, i, t, None, t.endswith("7.")) for i, t in enumerate(texts)]
+
+
+SAMPLES = {
+  "cot": [
+    _answers("cot", ["3 + 4 = 7. The answer is 7.", "3 + 3 = 6. The answer is 6.", "Also 7. The answer is 7."]),
+    _answers("cot", ["2 + 2 = 4. The answer is 4.", "The answer is 5."]),  # never correct
+    _answers("cot", ["7. The answer is 7.", "7. The answer is 7."]),  # the same correct text twice
+  ],
+  "direct": [
+    _answers("direct", ["The answer is 6."]),
+    _answers("direct", ["The answer is 7."]),
+    _answers("direct", ["7. The answer is 7."]),  # identical to the chosen text: never a pair
+  ],
+}
+
+
+def test_cot_vs_direct_pairs_a_correct_cot_answer_with_a_direct_answer():
+  pairs, stats = preference_pairs.build_pairs(EXAMPLES, SAMPLES, strategy="cot_vs_direct", max_pairs_per_question=4)
+  assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [
+    ("0", "3 + 4 = 7. The answer is 7.", "The answer is 6."),
+    ("0", "Also 7. The answer is 7.", "The answer is 6."),
+  ]
+  assert all(p["prompt"].endswith("Let's think step by step.") and p["chosen_source"] == "student" for p in pairs)
+  assert stats["questions_with_correct_cot"] == 2 and stats["questions_with_pairs"] == 1 and stats["pairs"] == 2
+  assert stats["cot_correct"] == 4 and stats["cot_samples"] == 7 and stats["direct_correct"] == 2
+
+
+def test_correct_vs_incorrect_and_the_cap():
+  pairs, stats = preference_pairs.build_pairs(
+    EXAMPLES, SAMPLES, strategy="correct_vs_incorrect", max_pairs_per_question=1
+  )
+  assert [(p["id"], p["chosen_sample"], p["rejected_sample"], p["rejected_style"]) for p in pairs] == [
+    ("0", 0, 1, "cot")
+  ]
+  assert stats["pairs"] == 1
+  with pytest.raises(ValueError, match="strategy"):
+    preference_pairs.build_pairs(EXAMPLES, SAMPLES, strategy="best_vs_worst")
+
+
+def test_teacher_fallback_only_where_the_student_has_no_correct_answer():
+  demos = {("arith", "0"): "teacher says 7. The answer is 7.", ("arith", "1"): "Teacher: 3 + 4 = 7. The answer is 7."}
+  pairs, stats = preference_pairs.build_pairs(EXAMPLES, SAMPLES, strategy="correct_vs_incorrect", teacher_demos=demos)
+  by_question = {}
+  for p in pairs:
+    by_question.setdefault(p["id"], []).append(p)
+  assert {p["chosen_source"] for p in by_question["0"]} == {"student"}  # the student had correct answers
+  assert [(p["chosen"], p["chosen_source"]) for p in by_question["1"]] == [(demos[("arith", "1")], "teacher")] * 2
+  assert stats["questions_with_teacher_chosen"] == 1 and stats["pairs_teacher_chosen"] == 2
+
+
+def test_spread_visits_new_answers_first():
+  assert preference_pairs._spread(2, 3, 3) == [(0, 0), (0, 1), (1, 0)]
+  assert len(preference_pairs._spread(3, 3, 100)) == 9
+
+
+def test_held_out_split_is_by_question_and_stable():
+  pairs = [{"task": "t", "id": str(i % 50)} for i in range(200)]
+  train, held_out = preference_pairs.split_held_out(pairs, 0.2)
+  assert not {p["id"] for p in train} & {p["id"] for p in held_out}
+  assert 4 <= len({p["id"] for p in held_out}) <= 18
+  assert preference_pairs.split_held_out(pairs, 0.2) == (train, held_out)
+
+
+def test_read_pairs_names_bad_lines(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  path.write_text(
+    json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+    + "\n"
+    + json.dumps({"prompt": "p", "chosen": ""})
+    + "\n"
+  )
+  with pytest.raises(ValueError, match=r"pairs\.jsonl:2: field 'chosen' must be a non-empty string"):
+    preference_pairs.read_pairs(path)
+
+
+def _tokenized(n):
+  from srit_jax.sft_data import TokenizedExample
+
+  side = lambda k, a: TokenizedExample(list(range(1, k + 1)), [0] * (k - a) + [1] * a)
+  return [dpo_data.TokenizedPair(side(6 + i, 3), side(4 + i, 2)) for i in range(n)]
+
+
+def test_pair_batches_and_iterator_state():
+  pairs = _tokenized(5)
+  reference = (np.arange(5.0), -np.arange(5.0))
+  batch = dpo_data.make_pair_batch(pairs, [2, 0], 12, reference)
+  assert batch["chosen"]["tokens"].shape == (2, 12) and batch["rejected"]["loss_weights"][0].sum() == 2
+  np.testing.assert_array_equal(batch["chosen"]["tokens"][0, :7], np.arange(1, 8))
+  np.testing.assert_array_equal(batch["ref_chosen_logps"], [2.0, 0.0])
+  np.testing.assert_array_equal(batch["ref_rejected_logps"], [-2.0, -0.0])
+
+  iterator = dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3)
+  seen = [iterator.next_indices() for _ in range(2)]
+  state = iterator.get_state()
+  after = [iterator.next_indices() for _ in range(4)]
+  assert sorted(seen[0] + seen[1] + after[0][:1]) == list(range(5))  # one epoch visits every pair once
+  resumed = dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3)
+  resumed.set_state(state)
+  assert [resumed.next_indices() for _ in range(4)] == after
+  halves = [
+    next(dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3, process_index=i, process_count=2))
+    for i in range(2)
+  ]
+  whole = next(dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3))
+  np.testing.assert_array_equal(np.concatenate([h["chosen"]["tokens"] for h in halves]), whole["chosen"]["tokens"])

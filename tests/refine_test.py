@@ -1,0 +1,135 @@
+"""`srit-jax refine` end to end: sampling, pairs, DPO with the reference precomputed or in the
+step, kill -9 and resume, and the real SmolLM2 learning to prefer its own correct reasoning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config
+from safetensors.numpy import load_file
+
+from srit_jax import refine
+from srit_jax.tasks import synthetic
+
+
+def _demos_file(path, n=16):
+  """The reference teacher's demonstrations for the first n arith training questions."""
+  with open(path, "w") as f:
+    for example in synthetic.generate("arith", "train", size=n):
+      f.write(json.dumps({"task": "arith", "id": example.id, "output": example.solution, "correct": True}) + "\n")
+  return path
+
+
+def _tiny_config(model_dir, demos_file, **overrides):
+  config = load_config("refine", "tiny")
+  config.model = str(model_dir)
+  config.teacher_fallback, config.demos_file = True, str(demos_file)
+  config.mesh.update(data=1, fsdp=4, tensor=1)
+  config.update(overrides)
+  return config
+
+
+def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer, tmp_path):
+  demos_file = _demos_file(tmp_path / "demos.jsonl")
+  runs = {}
+  for precompute in (True, False):
+    workdir = tmp_path / f"precompute_{precompute}"
+    config = _tiny_config(tiny_with_tokenizer, demos_file, precompute_reference=precompute, num_steps=3)
+    summary = refine.run(config, workdir, progress=False)
+    stats = json.loads((workdir / "pair_stats.json").read_text())
+    # A random tiny student solves nothing: every chosen answer is the teacher's demonstration.
+    assert stats["questions"] == 16 and stats["pairs_teacher_chosen"] == stats["pairs"] > 0
+    pairs = [json.loads(line) for line in (workdir / "pairs.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (workdir / "heldout_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) + len(held_out) == stats["pairs"] and held_out
+    assert not {p["id"] for p in pairs} & {p["id"] for p in held_out}
+    assert all(p["rejected_style"] == "direct" and p["prompt"].endswith("step by step.") for p in pairs)
+    assert (workdir / "reference_logps.npz").exists() == precompute
+    assert summary["heldout_before"]["eval/rewards/margins"] == 0.0  # policy = reference at step 0
+    assert summary["heldout_before"]["eval/loss"] == pytest.approx(np.log(2))
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
+    assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "pairs_per_s", "mfu"} <= set(metrics[0])
+    runs[precompute] = load_file(str(workdir / "export" / "model.safetensors"))
+  for name, value in runs[True].items():  # the two reference paths train to the same parameters
+    np.testing.assert_allclose(runs[False][name], value, atol=2e-5, err_msg=name)
+
+
+def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
+  demos_file = _demos_file(tmp_path / "demos.jsonl")
+  base = [
+    sys.executable,
+    "-m",
+    "srit_jax.main",
+    "refine",
+    "--config=configs/refine.py:tiny",
+    f"--config.model={tiny_with_tokenizer}",
+    "--config.teacher_fallback=True",
+    f"--config.demos_file={demos_file}",
+    "--config.mesh.fsdp=1",
+    "--config.num_steps=8",
+  ]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  root = os.path.dirname(os.path.dirname(__file__))
+  subprocess.run(
+    [*base, f"--workdir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, timeout=600, cwd=root
+  )
+
+  workdir = tmp_path / "killed"
+  checkpoints = workdir / "checkpoints"
+  samples = workdir / "samples.cot.jsonl"
+  moments = [
+    ("while sampling", lambda: samples.exists() and samples.stat().st_size > 0),
+    ("during the first checkpoint save", lambda: checkpoint_being_saved(checkpoints)),
+    ("after the checkpoint of step 4", lambda: (checkpoints / "4").exists()),
+    (
+      "between checkpoints",
+      lambda: (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 5,
+    ),
+  ]
+  os.chdir(root)
+  killed_at = kill_at_moments([*base, f"--workdir={workdir}"], moments, env=env)
+  assert killed_at, "every run finished before it could be killed"
+  subprocess.run([*base, f"--workdir={workdir}"], check=True, env=env, capture_output=True, timeout=600)
+  for name in ("samples.cot.jsonl", "samples.direct.jsonl", "pairs.jsonl", "heldout_pairs.jsonl"):
+    assert (workdir / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+  full = load_file(str(tmp_path / "full/export/model.safetensors"))
+  resumed = load_file(str(workdir / "export/model.safetensors"))
+  for name in full:
+    np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, tmp_path):
+  """Pairs from SmolLM2's own CommonsenseQA samples (a correct CoT answer over a direct answer):
+  a short DPO run lifts held-out reward accuracy above 0.5 and the held-out margin grows."""
+  config = load_config("refine")
+  config.update(
+    model=str(smollm2_dir),
+    task="csqa",
+    data_dir=str(SHARED_DATA / "benchmarks"),
+    limit=48,
+    num_cot_samples=3,
+    max_new_tokens=64,
+    max_new_tokens_direct=10,
+    max_length=192,
+    batch_size=4,
+    num_steps=8,
+    save_every=8,
+    eval_every=0,
+    heldout_fraction=0.3,
+  )
+  config.optimizer.update(learning_rate=1e-5, warmup_steps=0)
+  summary = refine.run(config, tmp_path, progress=False)
+  before, after = summary["heldout_before"], summary["heldout_after"]
+  assert (
+    summary["pairs"]["heldout_pairs"] >= 4 and summary["pairs"]["pairs_student_chosen"] == summary["pairs"]["pairs"]
+  )
+  assert after["eval/rewards/accuracies"] > 0.5
+  assert after["eval/rewards/margins"] > before["eval/rewards/margins"] == 0.0
