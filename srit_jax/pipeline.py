@@ -117,12 +117,12 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for stage in STAGES:
     model_path, upstream = models[stage]
     phase = Phase(
-      workdir / "eval",
-      stage,
+      workdir,
+      f"eval/{stage}",
       _fingerprint(config.eval.to_dict(), sorted(tasks.items()), model_path, upstream, config.student),
     )
     if not phase.done():
-      print(f"[eval/{stage}] {model_path}")
+      print(f"[{phase.name}] {model_path}")
       mesh = sharding.make_mesh(
         sharding.MeshConfig(config.eval.mesh.data, config.eval.mesh.fsdp, config.eval.mesh.tensor)
       )

@@ -63,7 +63,7 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_with_tokeniz
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "png" not in p.suffix}
   pipeline.run(config, tmp_path, progress=False)
   second = capsys.readouterr().out
-  for phase in ("demos", "sft", "refine", "untuned", "sft", "srit"):
+  for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done already, skipped" in second
   changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
   assert sorted(p.name for p in changed) == ["results.json", "results.md"]
@@ -73,7 +73,6 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_with_tokeniz
   pipeline.run(config, tmp_path, progress=False)
   third = capsys.readouterr().out
   assert "[refine] its config or an earlier phase changed since it ran: running it again" in third
-  assert "[srit] its config or an earlier phase changed" in third
-  for phase in ("demos", "sft", "untuned"):
+  assert "[eval/srit] its config or an earlier phase changed" in third
+  for phase in ("demos", "sft", "eval/untuned", "eval/sft"):
     assert f"[{phase}] done already, skipped" in third
-  assert "[sft] done already, skipped" in third
