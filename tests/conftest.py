@@ -146,6 +146,7 @@ def tiny_with_tokenizer(tmp_path, smollm2_dir):
   torch_model = make_hf_model("llama")
   config = torch_model.config
   config.vocab_size = 49152
+  config.max_position_embeddings = 512  # room for task prompts and answers
   model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
   directory = tmp_path / "tiny_smollm"
   model.save_pretrained(directory, safe_serialization=True)
