@@ -28,6 +28,12 @@ _WORKDIR = flags.DEFINE_string(
   None,
   "demos / sft / refine / eval / pipeline: run directory (outputs, checkpoints, metrics); reused to resume",
 )
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "join a multi-process run (jax.distributed); on TPU pods every argument is found automatically"
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process runs off TPU: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs off TPU: how many processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs off TPU: this process's index")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
 
@@ -106,6 +112,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    import jax
+
+    if jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   handlers = {
     "fetch-model": _fetch_model,
     "complete": _complete,

@@ -84,6 +84,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
   if config.eval_file:
     eval_records = records.read_instruction_records(config.eval_file, skip_bad_records=config.skip_bad_records)
     eval_examples = tokenize_records(model.tokenizer, eval_records, config, sft_data.TokenizeStats())
+  print(f"{jax.process_count()} process(es), {jax.device_count()} device(s), mesh {dict(mesh.shape)}")
   print(
     f"{len(examples)} training examples ({stats.prompt_truncated} prompts cut, {stats.dropped_too_long} too long "
     f"dropped, {sum(report.skipped.values())} bad records skipped); {len(eval_examples)} held out"
