@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -45,12 +46,14 @@ def load_model(
   remat_policy: str = "none",
   progress: bool = False,
 ) -> LoadedModel:
-  """A model from a known name (fetched on first use), an HF directory or a `.gguf` file."""
+  """A model from a known name (fetched on first use), an HF directory, a `.gguf` file or a hub id."""
   overrides = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy)
   source_str = str(source)
   if source_str in fetch.KNOWN_MODELS and not pathlib.Path(source_str).exists():
     source = fetch.fetch_model(source_str)
   path = pathlib.Path(source)
+  if not path.exists() and is_hub_id(source_str):
+    path = download_from_hub(source_str)
   if path.suffix == ".gguf":
     config, params, tokenizer = gguf_checkpoint.load_gguf(path, mesh, progress=progress, **overrides)
     return LoadedModel(config, params, tokenizer, mesh)
@@ -60,6 +63,30 @@ def load_model(
     )
   config, params = hf_checkpoint.load_hf_checkpoint(path, mesh, progress=progress, **overrides)
   return LoadedModel(config, params, _tokenizer_in(path), mesh)
+
+
+def is_hub_id(source: str) -> bool:
+  """ "org/name" (optionally "org/name@revision"), as the Hugging Face hub names models."""
+  return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", source) is not None
+
+
+def download_from_hub(repo: str) -> pathlib.Path:
+  """The config, tokenizer and safetensors of a hub model (its local cache copy when there is one).
+
+  Only safetensors are fetched (never pickled weights); gated models need HF_TOKEN.
+  """
+  from huggingface_hub import snapshot_download
+
+  repo_id, _, revision = repo.partition("@")
+  try:
+    directory = snapshot_download(
+      repo_id,
+      revision=revision or None,
+      allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"],
+    )
+  except Exception as e:  # offline, missing, gated: say which model and why
+    raise FileNotFoundError(f"{repo}: could not be had from the Hugging Face hub or its cache: {e}") from e
+  return pathlib.Path(directory)
 
 
 def _tokenizer_in(directory: pathlib.Path):

