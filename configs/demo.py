@@ -20,31 +20,32 @@ def get_config():
   config = module.get_config()
 
   config.demos.teacher.kind = "reference"
-  config.demos.limit = 400  # demonstrations written (the SFT run sees about half of them)
+  config.demos.limit = 200  # demonstrations written (SFT sees about half of them)
 
-  config.sft.max_length = 192
-  config.sft.batch_size = 8
+  config.sft.max_length = 160
+  config.sft.batch_size = 4
   config.sft.num_steps = 24
   config.sft.save_every = 12
   config.sft.optimizer.learning_rate = 1e-4
-  config.sft.optimizer.warmup_steps = 3
+  config.sft.optimizer.warmup_steps = 2
 
-  config.refine.limit = 32  # questions the student samples
-  config.refine.num_cot_samples = 3
+  config.refine.limit = 24  # questions the student samples
+  config.refine.num_cot_samples = 2
   config.refine.num_direct_samples = 1
   config.refine.max_new_tokens = 96
   config.refine.max_new_tokens_direct = 12
   config.refine.generate_batch_size = 48
-  config.refine.max_length = 192
+  config.refine.max_length = 160
   config.refine.batch_size = 4
-  config.refine.num_steps = 8
-  config.refine.save_every = 8
+  config.refine.num_steps = 6
+  config.refine.save_every = 6
   config.refine.eval_every = 0
   config.refine.heldout_fraction = 0.25
+  config.refine.teacher_fallback = True  # questions the student never solves take the teacher's answer
   config.refine.optimizer.learning_rate = 5e-6
   config.refine.optimizer.warmup_steps = 0
 
-  config.eval.limit = 40  # test questions per task
-  config.eval.max_new_tokens = 112
-  config.eval.batch_size = 40
+  config.eval.limit = 30  # test questions per task
+  config.eval.max_new_tokens = 96
+  config.eval.batch_size = 30
   return config

@@ -18,6 +18,7 @@ def get_config(variant: str = ""):
   config.param_dtype = "float32"  # master weights
   config.remat_policy = "none"  # none | full | dots | dots_no_batch
   # Training questions
+  config.questions = "task"  # task: the task's training split; demos: the questions of demos_file
   config.task = "arith"  # a task of srit_jax.tasks.TASKS
   config.split = ""  # empty: the task's training split
   config.source = "auto"  # auto | local | hub | tfds
@@ -40,7 +41,7 @@ def get_config(variant: str = ""):
   config.strategy = "cot_vs_direct"  # cot_vs_direct | correct_vs_incorrect
   config.max_pairs_per_question = 2  # cap per question
   config.teacher_fallback = False  # no correct student answer: the teacher's demonstration is chosen
-  config.demos_file = ""  # demos.jsonl of the demos phase (for teacher_fallback)
+  config.demos_file = ""  # demos.jsonl of the demos phase (for teacher_fallback and questions="demos")
   config.heldout_fraction = 0.1  # share of questions whose pairs only measure reward accuracy
   # DPO
   config.beta = 0.1  # the one place beta lives

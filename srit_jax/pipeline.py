@@ -108,11 +108,15 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       None,
       source=config.source,
       data_dir=config.data_dir or None,
-      limit=config.eval.limit or None,
       seed=config.seed,
     )
     for name in tasks
   }
+  examples, removed = decontaminate(examples, [demos_phase.dir / "demos.jsonl", refine_phase.dir / "pairs.jsonl"])
+  examples = {task: items[: config.eval.limit or None] for task, items in examples.items()}
+  for task, count in removed.items():
+    if count:
+      print(f"[eval] {task}: {count} questions also among the training questions, left out")
   results = {}
   for stage in STAGES:
     model_path, upstream = models[stage]
@@ -153,6 +157,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "stages": results,
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text()),
+    "left_out_as_seen_in_training": removed,
   }
   (workdir / "results.json").write_text(json.dumps(out, indent=2) + "\n")
   table = report.results_markdown(out)
@@ -164,6 +169,22 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   print(table)
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
+
+
+def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, list], dict[str, int]]:
+  """Evaluation examples whose question (whitespace and case aside) any training file holds are
+  left out, so that no stage is scored on a question it was taught."""
+  from srit_jax.teachers.precomputed import question_key
+
+  seen = set()
+  for path in training_files:
+    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+      record = json.loads(line)
+      seen.add(question_key(record.get("question") or record.get("prompt", "")))
+      if "prompt" in record:  # pairs hold the whole prompt; its question line is what matters
+        seen.add(question_key(record["prompt"].split("Question: ", 1)[-1].split("\n")[0]))
+  kept = {task: [e for e in items if question_key(e.question) not in seen] for task, items in examples.items()}
+  return kept, {task: len(examples[task]) - len(kept[task]) for task in examples}
 
 
 def _names(tasks) -> list[str]:

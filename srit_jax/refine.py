@@ -29,6 +29,7 @@ from srit_jax import train_step as train_step_lib
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.sampling import SamplingSettings
 from srit_jax.tasks import prompts
+from srit_jax.tasks.example import Example
 
 
 def _teacher_demos(path: str) -> dict[tuple[str, str], str]:
@@ -40,6 +41,33 @@ def _teacher_demos(path: str) -> dict[tuple[str, str], str]:
     if record.get("correct", True):
       demos.setdefault((record["task"], str(record["id"])), record["output"])
   return demos
+
+
+def training_questions(config) -> list[Example]:
+  """The task's training split, or (questions="demos") the questions of the demonstrations file."""
+  if config.questions == "task":
+    return demos_lib.training_examples(config)
+  if config.questions != "demos":
+    raise ValueError(f"questions {config.questions!r} is not 'task' or 'demos'")
+  if not config.demos_file:
+    raise ValueError("questions='demos' needs demos_file")
+  examples, seen = [], set()
+  for line in pathlib.Path(config.demos_file).read_text(encoding="utf-8").splitlines():
+    record = json.loads(line)
+    key = (record["task"], str(record["id"]))
+    if key not in seen:
+      seen.add(key)
+      examples.append(
+        Example(
+          record["task"],
+          str(record["id"]),
+          record["question"],
+          record["gold"],
+          record["answer_type"],
+          tuple(record["choices"]),
+        )
+      )
+  return examples[: config.limit] if config.limit else examples
 
 
 def _log_prob_fn(config, mesh, chunk_size):
@@ -95,7 +123,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   )
 
   # 1. The student's own answers.
-  examples = demos_lib.training_examples(config)
+  examples = training_questions(config)
   samples = preference_pairs.sample_answers(
     model,
     examples,
