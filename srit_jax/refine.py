@@ -118,6 +118,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+  sharding.check_batch_divides(config.batch_size, mesh, "batch_size (pairs per step)")
   model = loading.load_model(
     config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
   )

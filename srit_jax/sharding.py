@@ -117,3 +117,13 @@ def tree_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
 def put_host_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """Places a host array into its sharding; each process fills only its own shards."""
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+  """Rows are split over the data and fsdp axes: say so plainly when they do not divide."""
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % rows:
+    raise ValueError(
+      f"{what} {batch_size} does not divide over the mesh's data x fsdp = {rows} devices; "
+      f"use a multiple of {rows} or a smaller mesh (--config.mesh.fsdp=...)"
+    )

@@ -50,7 +50,7 @@ def load_config(name: str, variant: str | None = None):
   return module.get_config() if variant is None else module.get_config(variant)
 
 
-def kill_at_moments(command, moments, *, env=None, timeout_s=300) -> list[str]:
+def kill_at_moments(command, moments, *, env=None, cwd=None, timeout_s=300) -> list[str]:
   """Starts `command` once per (name, ready) moment and SIGKILLs it as soon as `ready()` holds;
   returns the names of the moments at which a run was killed (a run may finish first)."""
   import signal
@@ -59,7 +59,7 @@ def kill_at_moments(command, moments, *, env=None, timeout_s=300) -> list[str]:
 
   killed_at = []
   for name, ready in moments:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + timeout_s
     while process.poll() is None and not ready() and time.time() < deadline:
       time.sleep(0.005)

@@ -91,10 +91,9 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_toke
       lambda: (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 5,
     ),
   ]
-  os.chdir(root)
-  killed_at = kill_at_moments([*base, f"--workdir={workdir}"], moments, env=env)
+  killed_at = kill_at_moments([*base, f"--workdir={workdir}"], moments, env=env, cwd=root)
   assert killed_at, "every run finished before it could be killed"
-  subprocess.run([*base, f"--workdir={workdir}"], check=True, env=env, capture_output=True, timeout=600)
+  subprocess.run([*base, f"--workdir={workdir}"], check=True, env=env, capture_output=True, timeout=600, cwd=root)
   for name in ("samples.cot.jsonl", "samples.direct.jsonl", "pairs.jsonl", "heldout_pairs.jsonl"):
     assert (workdir / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
   full = load_file(str(tmp_path / "full/export/model.safetensors"))
@@ -114,17 +113,18 @@ def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, tmp_pat
     model=str(smollm2_dir),
     task="csqa",
     data_dir=str(SHARED_DATA / "benchmarks"),
-    limit=48,
-    num_cot_samples=3,
-    max_new_tokens=64,
-    max_new_tokens_direct=10,
-    max_length=192,
+    limit=40,
+    num_cot_samples=2,
+    max_new_tokens=48,
+    max_new_tokens_direct=8,
+    max_length=160,
     batch_size=4,
     num_steps=8,
     save_every=8,
     eval_every=0,
     heldout_fraction=0.3,
   )
+  config.mesh.update(data=1, fsdp=1, tensor=1)
   config.optimizer.update(learning_rate=1e-5, warmup_steps=0)
   summary = refine.run(config, tmp_path, progress=False)
   before, after = summary["heldout_before"], summary["heldout_after"]
