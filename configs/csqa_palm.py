@@ -4,7 +4,7 @@
 
 Demonstrations: PaLM 540B's few-shot CoT rationales for CSQA train (distilling-step-by-step),
 the correct ones. In-domain: CSQA dev. Out-domain: OBQA, PIQA, SIQA, ARC-Challenge. Sized to
-run on a 2-core CPU in about an hour and a half; raise the limits on a TPU.
+run on a 2-core CPU in about an hour; raise the limits on a TPU.
 """
 
 import importlib.util
@@ -29,16 +29,16 @@ def get_config():
   config.demos.teacher.kind = "precomputed"
   config.demos.teacher.reader = "palm_csqa"
   config.demos.teacher.path = root + "/teachers/palm540b_cqa"
-  config.demos.limit = 1200  # questions (about 900 correct demonstrations)
+  config.demos.limit = 800  # questions (about 600 correct demonstrations)
 
   config.sft.max_length = 256
   config.sft.batch_size = 8
-  config.sft.num_steps = 60
+  config.sft.num_steps = 40
   config.sft.save_every = 20
   config.sft.optimizer.learning_rate = 5e-5
   config.sft.optimizer.warmup_steps = 5
 
-  config.refine.limit = 96
+  config.refine.limit = 64
   config.refine.num_cot_samples = 4
   config.refine.num_direct_samples = 1
   config.refine.max_new_tokens = 96
@@ -46,15 +46,15 @@ def get_config():
   config.refine.generate_batch_size = 64
   config.refine.max_length = 256
   config.refine.batch_size = 8
-  config.refine.num_steps = 24
-  config.refine.save_every = 12
-  config.refine.eval_every = 6
+  config.refine.num_steps = 16
+  config.refine.save_every = 8
+  config.refine.eval_every = 4
   config.refine.heldout_fraction = 0.2
   config.refine.teacher_fallback = True
   config.refine.optimizer.learning_rate = 5e-6
   config.refine.optimizer.warmup_steps = 2
 
-  config.eval.limit = 150  # questions per task
+  config.eval.limit = 100  # questions per task
   config.eval.max_new_tokens = 96
   config.eval.batch_size = 50
   return config
