@@ -19,6 +19,8 @@ import shutil
 
 from srit_jax import demos, evaluation, loading, refine, report, sft_loop, sharding
 from srit_jax.tasks.registry import load_examples
+from srit_jax.teachers.base import family_of
+from srit_jax.teachers.precomputed import question_key
 
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
 
@@ -99,8 +101,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "sft": (str(sft_phase.dir / "export"), sft_phase.fingerprint),
     "srit": (str(refine_phase.dir / "export"), refine_phase.fingerprint),
   }
-  tasks = {name: "in-domain" for name in _names(config.in_domain_tasks)} | {
-    name: "out-domain" for name in _names(config.out_domain_tasks)
+  tasks = {name: "in-domain" for name in evaluation.task_names(config.in_domain_tasks)} | {
+    name: "out-domain" for name in evaluation.task_names(config.out_domain_tasks)
   }
   examples = {
     name: load_examples(
@@ -114,6 +116,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   }
   examples, removed = decontaminate(examples, [demos_phase.dir / "demos.jsonl", refine_phase.dir / "pairs.jsonl"])
   examples = {task: items[: config.eval.limit or None] for task, items in examples.items()}
+  evaluated_ids = {task: [e.id for e in items] for task, items in examples.items()}
   for task, count in removed.items():
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
@@ -123,7 +126,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     phase = Phase(
       workdir,
       f"eval/{stage}",
-      _fingerprint(config.eval.to_dict(), sorted(tasks.items()), model_path, upstream, config.student),
+      _fingerprint(config.eval.to_dict(), tasks, evaluated_ids, model_path, upstream, config.student),
     )
     if not phase.done():
       print(f"[{phase.name}] {model_path}")
@@ -145,7 +148,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     results[stage] = json.loads((phase.dir / "summary.json").read_text())
 
   teacher = json.loads(demos_phase.marker.read_text())["summary"]
-  student_family = config.student_family or loading_family(config.student)
+  student_family = config.student_family or family_of(str(config.student))
   out = {
     "student": config.student,
     "student_family": student_family,
@@ -174,8 +177,6 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, list], dict[str, int]]:
   """Evaluation examples whose question (whitespace and case aside) any training file holds are
   left out, so that no stage is scored on a question it was taught."""
-  from srit_jax.teachers.precomputed import question_key
-
   seen = set()
   for path in training_files:
     for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
@@ -185,13 +186,3 @@ def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, 
         seen.add(question_key(record["prompt"].split("Question: ", 1)[-1].split("\n")[0]))
   kept = {task: [e for e in items if question_key(e.question) not in seen] for task, items in examples.items()}
   return kept, {task: len(examples[task]) - len(kept[task]) for task in examples}
-
-
-def _names(tasks) -> list[str]:
-  return evaluation.task_names(tasks)
-
-
-def loading_family(model: str) -> str:
-  from srit_jax.teachers.base import family_of
-
-  return family_of(str(model))
