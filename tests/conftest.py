@@ -10,6 +10,19 @@ import pathlib
 import numpy as np
 import pytest
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs_after_each_module():
+  """Compiled programs and the arrays they keep alive would otherwise pile up over the whole run."""
+  yield
+  import gc
+
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
+
+
 # Real benchmark data and teacher outputs: shared/data beside the repository checkout.
 SHARED_DATA = pathlib.Path(
   os.environ.get("SRIT_JAX_SHARED_DATA", pathlib.Path(__file__).parents[2] / "shared" / "data")
