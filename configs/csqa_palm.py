@@ -54,7 +54,7 @@ def get_config():
   config.refine.optimizer.learning_rate = 5e-6
   config.refine.optimizer.warmup_steps = 2
 
-  config.eval.limit = 100  # questions per task
+  config.eval.limit = 60  # questions per task
   config.eval.max_new_tokens = 96
-  config.eval.batch_size = 50
+  config.eval.batch_size = 60
   return config
