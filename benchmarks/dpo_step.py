@@ -87,6 +87,7 @@ def _trl_step_seconds(directory, pairs, length, repeats, precompute):
   if precompute:  # one pass over the pairs, as TRL does before training
     trainer.get_train_dataloader()
   trainer.create_optimizer_and_scheduler(num_training_steps=100)
+  trainer.current_gradient_accumulation_steps = 1  # set by `train()`, which we bypass to time one step
   batch = next(iter(trainer.get_train_dataloader()))
   assert batch["input_ids"].shape == (2 * pairs, length), batch["input_ids"].shape
   model.train()
