@@ -84,8 +84,8 @@ def pair_log_probs(log_prob_fn, params, pairs, row_length, mesh, batch_size) -> 
     indices = list(range(start, min(start + batch_size, len(pairs))))
     padded = indices + [indices[0]] * (batch_size - len(indices))  # whole batches: one compilation
     batch = dpo_data.shard_pair_batch(dpo_data.make_pair_batch(pairs, padded, row_length), mesh)
-    chosen.append(np.asarray(log_prob_fn(params, batch["chosen"]))[: len(indices)])
-    rejected.append(np.asarray(log_prob_fn(params, batch["rejected"]))[: len(indices)])
+    chosen.append(sharding.to_host(log_prob_fn(params, batch["chosen"]))[: len(indices)])
+    rejected.append(sharding.to_host(log_prob_fn(params, batch["rejected"]))[: len(indices)])
   return np.concatenate(chosen), np.concatenate(rejected)
 
 

@@ -127,3 +127,12 @@ def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size") -
       f"{what} {batch_size} does not divide over the mesh's data x fsdp = {rows} devices; "
       f"use a multiple of {rows} or a smaller mesh (--config.mesh.fsdp=...)"
     )
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) array as one NumPy array on this host."""
+  if not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))

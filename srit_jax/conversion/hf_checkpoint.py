@@ -22,7 +22,6 @@ import safetensors
 import safetensors.numpy
 import tqdm
 from flax import linen as nn
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from srit_jax import model as model_lib
@@ -170,17 +169,12 @@ def load_hf_checkpoint(directory: str | pathlib.Path, mesh: Mesh | None = None, 
   return config, load_params(source, config, mesh, where=str(directory), progress=progress)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  if not x.is_fully_addressable:
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))
-
 
 def hf_tensors(params, config: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
   """(Hugging Face name, array) for every tensor of `params`, one parameter at a time."""
   boxed = model_lib.boxed_param_shapes(config)
   for rule, _, hf_names in _rules_for(config, boxed):
-    ours = _to_host(_get(params, rule.path))
+    ours = sharding.to_host(_get(params, rule.path))
     if dtype is not None:
       ours = ours.astype(dtype)
     if rule.per_layer:
