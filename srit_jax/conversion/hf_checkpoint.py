@@ -169,7 +169,6 @@ def load_hf_checkpoint(directory: str | pathlib.Path, mesh: Mesh | None = None, 
   return config, load_params(source, config, mesh, where=str(directory), progress=progress)
 
 
-
 def hf_tensors(params, config: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
   """(Hugging Face name, array) for every tensor of `params`, one parameter at a time."""
   boxed = model_lib.boxed_param_shapes(config)
