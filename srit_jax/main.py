@@ -65,46 +65,25 @@ def _generate(args: list[str]) -> None:
   generate_command.run(_CONFIG.value, _OUT.value)
 
 
-def _sft(args: list[str]) -> None:
-  from srit_jax import sft_loop
+# Phase commands: one config and one run directory each. (module, function, example config)
+_PHASES = {
+  "demos": ("srit_jax.demos", "run", "configs/demos.py"),
+  "sft": ("srit_jax.sft_loop", "train", "configs/sft.py"),
+  "refine": ("srit_jax.refine", "run", "configs/refine.py"),
+  "eval": ("srit_jax.evaluation", "run", "configs/eval.py"),
+  "pipeline": ("srit_jax.pipeline", "run", "configs/demo.py"),
+}
 
+
+def _phase(command: str, args: list[str]) -> None:
+  import importlib
+
+  module, function, example = _PHASES[command]
   if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("sft needs --config (for example configs/sft.py) and --workdir=DIR")
-  if not _CONFIG.value.train_file:
+    raise app.UsageError(f"{command} needs --config (for example {example}) and --workdir=DIR")
+  if command == "sft" and not _CONFIG.value.train_file:
     raise app.UsageError("sft needs --config.train_file=RECORDS.jsonl")
-  sft_loop.train(_CONFIG.value, _WORKDIR.value)
-
-
-def _demos(args: list[str]) -> None:
-  from srit_jax import demos
-
-  if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("demos needs --config (for example configs/demos.py) and --workdir=DIR")
-  demos.run(_CONFIG.value, _WORKDIR.value)
-
-
-def _refine(args: list[str]) -> None:
-  from srit_jax import refine
-
-  if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("refine needs --config (for example configs/refine.py) and --workdir=DIR")
-  refine.run(_CONFIG.value, _WORKDIR.value)
-
-
-def _eval(args: list[str]) -> None:
-  from srit_jax import evaluation
-
-  if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("eval needs --config (for example configs/eval.py) and --workdir=DIR")
-  evaluation.run(_CONFIG.value, _WORKDIR.value)
-
-
-def _pipeline(args: list[str]) -> None:
-  from srit_jax import pipeline
-
-  if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("pipeline needs --config (for example configs/demo.py) and --workdir=DIR")
-  pipeline.run(_CONFIG.value, _WORKDIR.value)
+  getattr(importlib.import_module(module), function)(_CONFIG.value, _WORKDIR.value)
 
 
 def main(argv: list[str]) -> None:
@@ -118,16 +97,10 @@ def main(argv: list[str]) -> None:
     if jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  handlers = {
-    "fetch-model": _fetch_model,
-    "complete": _complete,
-    "generate": _generate,
-    "demos": _demos,
-    "sft": _sft,
-    "refine": _refine,
-    "eval": _eval,
-    "pipeline": _pipeline,
-  }
+  if argv[1] in _PHASES:
+    _phase(argv[1], argv[2:])
+    return
+  handlers = {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate}
   handlers[argv[1]](argv[2:])
 
 

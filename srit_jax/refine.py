@@ -225,9 +225,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       "mfu": step_flops / seconds / peak,
     }
 
+  held_out_metrics: dict[int, dict] = {}  # by step: the last step's is logged and reported, computed once
+
   def evaluate(state, step):
-    policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch)
-    return reward_metrics(policy, held_out_reference, config.beta)
+    if step not in held_out_metrics:
+      policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch)
+      held_out_metrics[step] = reward_metrics(policy, held_out_reference, config.beta)
+    return held_out_metrics[step]
 
   initial = evaluate(state, 0) if held_out else {}
   state, last = train_loop.run_steps(
