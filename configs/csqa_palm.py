@@ -31,30 +31,5 @@ def get_config():
   config.demos.teacher.path = root + "/teachers/palm540b_cqa"
   config.demos.limit = 800  # questions (about 600 correct demonstrations)
 
-  config.sft.max_length = 256
-  config.sft.batch_size = 8
-  config.sft.num_steps = 40
-  config.sft.save_every = 20
-  config.sft.optimizer.learning_rate = 5e-5
-  config.sft.optimizer.warmup_steps = 5
-
-  config.refine.limit = 64
-  config.refine.num_cot_samples = 4
-  config.refine.num_direct_samples = 1
-  config.refine.max_new_tokens = 96
-  config.refine.max_new_tokens_direct = 12
-  config.refine.generate_batch_size = 64
-  config.refine.max_length = 256
-  config.refine.batch_size = 8
-  config.refine.num_steps = 16
-  config.refine.save_every = 8
-  config.refine.eval_every = 4
-  config.refine.heldout_fraction = 0.2
-  config.refine.teacher_fallback = True
-  config.refine.optimizer.learning_rate = 5e-6
-  config.refine.optimizer.warmup_steps = 2
-
-  config.eval.limit = 60  # questions per task
-  config.eval.max_new_tokens = 96
-  config.eval.batch_size = 60
+  module.size_for_a_cpu_hour(config, max_new_tokens=96)
   return config

@@ -38,3 +38,27 @@ def get_config(variant: str = ""):
   config.refine = phase_config("refine")
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
   return config
+
+
+def size_for_a_cpu_hour(config, *, max_new_tokens: int) -> None:
+  """Phase sizes of the real-data configs (csqa_palm.py, svamp_palm.py): about an hour on a
+  2-core CPU for SmolLM2-135M. Raise the limits and steps on a TPU."""
+  config.sft.update(max_length=256, batch_size=8, num_steps=40, save_every=20)
+  config.sft.optimizer.update(learning_rate=5e-5, warmup_steps=5)
+  config.refine.update(
+    limit=64,
+    num_cot_samples=4,
+    num_direct_samples=1,
+    max_new_tokens=max_new_tokens,
+    max_new_tokens_direct=12,
+    generate_batch_size=64,
+    max_length=256,
+    batch_size=8,
+    num_steps=16,
+    save_every=8,
+    eval_every=4,
+    heldout_fraction=0.2,
+    teacher_fallback=True,
+  )
+  config.refine.optimizer.update(learning_rate=5e-6, warmup_steps=2)
+  config.eval.update(limit=60, max_new_tokens=max_new_tokens, batch_size=60)

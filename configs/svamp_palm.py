@@ -31,29 +31,6 @@ def get_config():
   config.demos.teacher.reader = "palm_svamp"
   config.demos.teacher.path = root + "/teachers/palm540b_svamp"
 
-  config.sft.max_length = 256
-  config.sft.batch_size = 8
-  config.sft.num_steps = 60
-  config.sft.save_every = 20
-  config.sft.optimizer.learning_rate = 5e-5
-  config.sft.optimizer.warmup_steps = 5
-
+  module.size_for_a_cpu_hour(config, max_new_tokens=128)
   config.refine.questions = "demos"  # SVAMP has no training split of its own: the teacher's questions
-  config.refine.limit = 96
-  config.refine.num_cot_samples = 4
-  config.refine.max_new_tokens = 128
-  config.refine.generate_batch_size = 64
-  config.refine.max_length = 256
-  config.refine.batch_size = 8
-  config.refine.num_steps = 24
-  config.refine.save_every = 12
-  config.refine.eval_every = 6
-  config.refine.heldout_fraction = 0.2
-  config.refine.teacher_fallback = True
-  config.refine.optimizer.learning_rate = 5e-6
-  config.refine.optimizer.warmup_steps = 2
-
-  config.eval.limit = 150
-  config.eval.max_new_tokens = 128
-  config.eval.batch_size = 50
   return config
