@@ -55,10 +55,8 @@ _MASKED = -1e30
 
 def attend_cached(
   q_BxTxNxH,
-  cached_k_BxKxSxH,
-  cached_v_BxKxSxH,
-  new_k_BxTxKxH,
-  new_v_BxTxKxH,
+  keys_BxKxHxS,
+  values_BxKxSxH,
   *,
   q_positions_BxT,
   q_segment_ids_BxT,
@@ -66,31 +64,22 @@ def attend_cached(
   cache_segment_ids_BxS,
   sliding_window: int | None = None,
 ) -> jnp.ndarray:
-  """Attention of T new queries over a KV cache plus the T new keys, with one joint softmax.
+  """Attention of T new queries over a KV cache that already holds their own keys and values.
 
-  The decode path: the cache is read where it lies and the new keys are attended separately,
-  so no step copies the cache to append to it. Cache slots holding the new tokens must still
-  be empty (segment 0); the caller writes the new keys in afterwards.
+  The decode path. Keys lie as [B, K, H, S] and values as [B, K, S, H], so both matmuls read
+  the cache where it lies; each query head group is handled against its key/value head
+  without repeating the cache. Returns [B, T, N, H] in the dtype of the queries.
   """
   batch, length, num_heads, head_dim = q_BxTxNxH.shape
-  num_kv_heads = cached_k_BxKxSxH.shape[1]
+  num_kv_heads = keys_BxKxHxS.shape[1]
   groups = num_heads // num_kv_heads
   q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
   q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
   f32 = jnp.float32
-  cache_scores = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, cached_k_BxKxSxH, preferred_element_type=f32)
-  new_scores = jnp.einsum("bkgth,bukh->bkgtu", q_BxKxGxTxH, new_k_BxTxKxH, preferred_element_type=f32)
-  cache_mask = attention_mask(
-    q_positions_BxT, q_segment_ids_BxT, cache_positions_BxS, cache_segment_ids_BxS, sliding_window
+  scores = jnp.einsum("bkgth,bkhs->bkgts", q_BxKxGxTxH, keys_BxKxHxS, preferred_element_type=f32)
+  mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, cache_positions_BxS, cache_segment_ids_BxS, sliding_window)
+  weights = jax.nn.softmax(jnp.where(mask[:, :, None], scores, _MASKED), axis=-1)
+  out = jnp.einsum(
+    "bkgts,bksh->bkgth", weights.astype(values_BxKxSxH.dtype), values_BxKxSxH, preferred_element_type=f32
   )
-  new_mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, q_positions_BxT, q_segment_ids_BxT, sliding_window)
-  cache_scores = jnp.where(cache_mask[:, :, None], cache_scores, _MASKED)
-  new_scores = jnp.where(new_mask[:, :, None], new_scores, _MASKED)
-  top = jnp.maximum(cache_scores.max(-1, keepdims=True), new_scores.max(-1, keepdims=True))
-  cache_weights, new_weights = jnp.exp(cache_scores - top), jnp.exp(new_scores - top)
-  total = cache_weights.sum(-1, keepdims=True) + new_weights.sum(-1, keepdims=True)
-  dtype = cached_v_BxKxSxH.dtype
-  out = jnp.einsum("bkgts,bksh->bkgth", cache_weights.astype(dtype), cached_v_BxKxSxH, preferred_element_type=f32)
-  out += jnp.einsum("bkgtu,bukh->bkgth", new_weights.astype(dtype), new_v_BxTxKxH, preferred_element_type=f32)
-  out = out / total
   return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim).astype(q_BxTxNxH.dtype)

@@ -56,7 +56,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width: int | None = 
 
 
 def prompt_bucket(length: int, limit: int) -> int:
-  """The padded prompt length: a power of two up to 128 (at least 16), then a multiple of 64.
+  """The padded prompt length: a power of two up to 128 (at least 16), then a multiple of 32.
 
   Capped at `limit`. A run compiles once per bucket it meets, so at most a few times.
   """
@@ -64,7 +64,7 @@ def prompt_bucket(length: int, limit: int) -> int:
   while bucket < min(length, 128):
     bucket *= 2
   if length > 128:
-    bucket = -(-length // 64) * 64
+    bucket = -(-length // 32) * 32
   return min(bucket, limit)
 
 

@@ -33,19 +33,23 @@ _REMAT_POLICIES = {
 class KVCache:
   """Preallocated keys and values of every layer, and what each slot holds.
 
-  keys, values: [L, B, K, S, H] (heads before slots, so each step's attention reads them
-  as they lie); positions, segment_ids: [B, S] (segment 0 = empty slot); end: int32 scalar,
-  the number of slots written so far (shared by all rows).
+  keys: one [B, K, H, S] array per layer, values one [B, K, S, H] array per layer: laid out
+  so that each step's two attention matmuls read them as they lie, and kept as separate
+  arrays rather than one stacked [L, ...] array, so no step copies a layer's slice out of a
+  stack. positions, segment_ids: [B, S]
+  (segment 0 = empty slot); end: int32 scalar, the number of slots written so far (shared
+  by all rows).
   """
 
-  keys: jax.Array
-  values: jax.Array
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
   positions: jax.Array
   segment_ids: jax.Array
   end: jax.Array
 
 
-CACHE_AXES = ("layers", "batch", "act_kv_heads", "length", "head_dim")
+KEY_CACHE_AXES = ("batch", "act_kv_heads", "head_dim", "length")  # each layer's keys
+VALUE_CACHE_AXES = ("batch", "act_kv_heads", "length", "head_dim")  # each layer's values
 
 
 @flax.struct.dataclass
@@ -53,20 +57,23 @@ class CacheView:
   """What every layer sees of the cache: slot contents and how to attend.
 
   mode "prefill": attend among the new tokens only (the cache must be empty) and hand back
-  their keys and values; mode "step": attend over the cache plus the new tokens.
+  their keys and values; mode "step": write the new keys and values into the layer's cache
+  at slots [end, end + T), attend over the whole cache, and hand back the layer's cache.
   """
 
-  positions: jax.Array  # [B, S], before this call's tokens are written
-  segment_ids: jax.Array  # [B, S]
+  positions: jax.Array  # [B, S], this call's tokens included (mode "step")
+  segment_ids: jax.Array  # [B, S], likewise
+  end: jax.Array  # int32 scalar: the first slot this call writes
   mode: str = flax.struct.field(pytree_node=False, default="step")
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
   dtype = dtype or config.dtype
-  kv_shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
+  key_shape = (batch_size, config.num_kv_heads, config.head_dim, max_length)
+  value_shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
   return KVCache(
-    keys=jnp.zeros(kv_shape, dtype),
-    values=jnp.zeros(kv_shape, dtype),
+    keys=tuple(jnp.zeros(key_shape, dtype) for _ in range(config.num_layers)),
+    values=tuple(jnp.zeros(value_shape, dtype) for _ in range(config.num_layers)),
     positions=jnp.zeros((batch_size, max_length), jnp.int32),
     segment_ids=jnp.zeros((batch_size, max_length), jnp.int32),
     end=jnp.zeros((), jnp.int32),
@@ -117,6 +124,8 @@ class Attention(nn.Module):
     q_BxTxNxH = sharding.constrain(q_BxTxNxH, ("batch", "length", "act_heads", "head_dim"), self.mesh)
 
     if cache_view is None or cache_view.mode == "prefill":
+      # Only this call's keys and values go back, as [B, T, K, H]; the caller writes them in.
+      new_kv = None if cache_view is None else (k_BxTxKxH, v_BxTxKxH)
       out_BxTxNxH = attention.attend(
         q_BxTxNxH,
         k_BxTxKxH,
@@ -128,21 +137,21 @@ class Attention(nn.Module):
         sliding_window=cfg.sliding_window,
       )
     else:
-      cached_keys, cached_values = layer_kv
+      # Written before they are read, so the update happens in place: the attention reads
+      # the array the write produced, never the one it replaced.
+      keys_BxKxHxS = write_keys(layer_kv[0], k_BxTxKxH, cache_view.end, self.mesh)
+      values_BxKxSxH = write_values(layer_kv[1], v_BxTxKxH, cache_view.end, self.mesh)
+      new_kv = (keys_BxKxHxS, values_BxKxSxH)
       out_BxTxNxH = attention.attend_cached(
         q_BxTxNxH,
-        cached_keys.astype(cfg.dtype),
-        cached_values.astype(cfg.dtype),
-        k_BxTxKxH,
-        v_BxTxKxH,
+        keys_BxKxHxS.astype(cfg.dtype),
+        values_BxKxSxH.astype(cfg.dtype),
         q_positions_BxT=positions_BxT,
         q_segment_ids_BxT=segment_ids_BxT,
         cache_positions_BxS=cache_view.positions,
         cache_segment_ids_BxS=cache_view.segment_ids,
         sliding_window=cfg.sliding_window,
       )
-    # Only this call's keys and values go back, as [B, K, T, H]; the caller writes them in.
-    new_kv = None if cache_view is None else (k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3))
     out_BxTxD = nn.DenseGeneral(
       features=cfg.embed_dim,
       axis=(-2, -1),
@@ -199,7 +208,7 @@ class DecoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Token ids in, logits out. `decode` runs the same network against a `KVCache`."""
+  """Token ids in, logits out. `prefill` and the module-level `decode` run it against a `KVCache`."""
 
   config: ModelConfig
   mesh: Mesh | None = None
@@ -249,17 +258,17 @@ class Transformer(nn.Module):
 
   def prefill(self, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache):
     """Runs a prompt into an empty cache; returns (logits of the last position [B, V], cache)."""
-    view = CacheView(cache.positions, cache.segment_ids, mode="prefill")
+    view = CacheView(cache.positions, cache.segment_ids, cache.end, mode="prefill")
     hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, view)
     cache = _write(cache, new_kv, positions_BxT, segment_ids_BxT, self.mesh)
     return self.logits_from_hidden(hidden[:, -1]), cache
 
-  def decode(self, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache):
-    """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache)."""
-    view = CacheView(cache.positions, cache.segment_ids, mode="step")
-    hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, (cache.keys, cache.values), view)
-    cache = _write(cache, new_kv, positions_BxT, segment_ids_BxT, self.mesh)
-    return self.logits_from_hidden(hidden), cache
+  def embed(self, tokens_BxT):
+    return self.embedder(tokens_BxT)
+
+  def head(self, x_BxTxD):
+    """Logits from the last layer's output: the final norm, then the projection to the vocabulary."""
+    return self.logits_from_hidden(self.final_norm(x_BxTxD))
 
   def logits_from_hidden(self, hidden_BxTxD):
     if self.config.tie_embeddings:
@@ -275,17 +284,71 @@ class Transformer(nn.Module):
     return self.final_norm(x_BxTxD), new_kv
 
 
+def unstack_layers(params) -> tuple:
+  """The scanned layers' parameters as one tree per layer, for `decode`.
+
+  Costs one copy of the layer parameters; made once per generation call, it spares every
+  decode step from copying each layer's slice out of the stacked arrays.
+  """
+  num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+  return tuple(jax.tree.map(lambda p, i=i: p[i], params["layers"]) for i in range(num_layers))
+
+
+def decode(
+  config: ModelConfig, params, layer_params, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache, mesh=None
+):
+  """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache).
+
+  The layers run one after another on their own parameters (`unstack_layers(params)`) and
+  cache arrays rather than under the layer scan: a decode step does little arithmetic per
+  byte, and slicing a layer out of a stack would copy its weights and cache every step.
+  """
+  model = Transformer(config, mesh)
+  block = DecoderBlock(config, mesh)
+  positions_BxS, segment_ids_BxS = _write_slots(cache, positions_BxT, segment_ids_BxT)
+  view = CacheView(positions_BxS, segment_ids_BxS, cache.end, mode="step")
+  x_BxTxD = model.apply({"params": params}, tokens_BxT, method=Transformer.embed)
+  keys, values = [], []
+  for layer, layer_kv in enumerate(zip(cache.keys, cache.values)):
+    x_BxTxD, (layer_keys, layer_values) = block.apply(
+      {"params": layer_params[layer]}, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view
+    )
+    keys.append(layer_keys)
+    values.append(layer_values)
+  logits = model.apply({"params": params}, x_BxTxD, method=Transformer.head)
+  cache = KVCache(tuple(keys), tuple(values), positions_BxS, segment_ids_BxS, cache.end + tokens_BxT.shape[1])
+  return logits, cache
+
+
+def _write_slots(cache: KVCache, positions_BxT, segment_ids_BxT):
+  """The cache's slot positions and segment ids with T new tokens written at [end, end + T)."""
+  positions = jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end))
+  segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), (0, cache.end))
+  return positions, segment_ids
+
+
+def write_keys(keys_BxKxHxS, new_BxTxKxH, end, mesh=None):
+  """A layer's key cache with T new keys written at slots [end, end + T)."""
+  new = new_BxTxKxH.transpose(0, 2, 3, 1).astype(keys_BxKxHxS.dtype)
+  return sharding.constrain(jax.lax.dynamic_update_slice(keys_BxKxHxS, new, (0, 0, 0, end)), KEY_CACHE_AXES, mesh)
+
+
+def write_values(values_BxKxSxH, new_BxTxKxH, end, mesh=None):
+  """A layer's value cache with T new values written at slots [end, end + T)."""
+  new = new_BxTxKxH.transpose(0, 2, 1, 3).astype(values_BxKxSxH.dtype)
+  return sharding.constrain(jax.lax.dynamic_update_slice(values_BxKxSxH, new, (0, 0, end, 0)), VALUE_CACHE_AXES, mesh)
+
+
 def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCache:
-  """Writes new keys/values ([L, B, K, T, H]) and their slot metadata at slots [end, end + T)."""
+  """The cache after a prefill: every layer's keys and values ([L, B, T, K, H] from the layer
+  scan) and their slot metadata written at slots [end, end + T)."""
   new_keys, new_values = new_kv
-  at = (0, 0, 0, cache.end, 0)
-  keys = jax.lax.dynamic_update_slice(cache.keys, new_keys.astype(cache.keys.dtype), at)
-  values = jax.lax.dynamic_update_slice(cache.values, new_values.astype(cache.values.dtype), at)
+  positions, segment_ids = _write_slots(cache, positions_BxT, segment_ids_BxT)
   return KVCache(
-    keys=sharding.constrain(keys, CACHE_AXES, mesh),
-    values=sharding.constrain(values, CACHE_AXES, mesh),
-    positions=jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end)),
-    segment_ids=jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), (0, cache.end)),
+    keys=tuple(write_keys(old, new, cache.end, mesh) for old, new in zip(cache.keys, new_keys)),
+    values=tuple(write_values(old, new, cache.end, mesh) for old, new in zip(cache.values, new_values)),
+    positions=positions,
+    segment_ids=segment_ids,
     end=cache.end + positions_BxT.shape[1],
   )
 

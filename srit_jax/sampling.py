@@ -62,9 +62,21 @@ def filtered_logits(logits_BxV: jax.Array, settings: SamplingSettings) -> jax.Ar
   return logits
 
 
+def greedy_tokens(logits_BxV: jax.Array) -> jax.Array:
+  """`argmax` (the first index of the largest logit) as two plain reductions.
+
+  XLA:CPU lowers `jnp.argmax`'s paired value-and-index reduction several times slower than
+  a max followed by a min over the indices that reach it.
+  """
+  vocab = logits_BxV.shape[-1]
+  top_Bx1 = logits_BxV.max(axis=-1, keepdims=True)
+  first = jnp.min(jnp.where(logits_BxV == top_Bx1, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+  return jnp.minimum(first, vocab - 1)  # a row of NaNs matches nothing; keep the index in range
+
+
 def choose_tokens(logits_BxV: jax.Array, keys_B: jax.Array, settings: SamplingSettings) -> jax.Array:
   if settings.greedy:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return greedy_tokens(logits_BxV)
   filtered = filtered_logits(logits_BxV, settings)
   return jax.vmap(jax.random.categorical)(keys_B, filtered).astype(jnp.int32)
 
@@ -103,10 +115,11 @@ def sample(
   cache = model_lib.init_cache(config, batch, prompt_len + max_new_tokens)
   cache = dataclasses.replace(
     cache,
-    keys=sharding.constrain(cache.keys, model_lib.CACHE_AXES, mesh),
-    values=sharding.constrain(cache.values, model_lib.CACHE_AXES, mesh),
+    keys=tuple(sharding.constrain(k, model_lib.KEY_CACHE_AXES, mesh) for k in cache.keys),
+    values=tuple(sharding.constrain(v, model_lib.VALUE_CACHE_AXES, mesh) for v in cache.values),
   )
   last_logits_BxV, cache = model.apply({"params": params}, tokens_BxP, positions_BxP, mask_BxP, cache, method="prefill")
+  layer_params = model_lib.unstack_layers(params)
 
   # Generated tokens sit after `stop_len` columns of -1, so the last Q tokens are one slice.
   out_BxN = jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32)
@@ -128,7 +141,8 @@ def sample(
     step = s["step"]
     keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
     token_B = choose_tokens(s["logits_BxV"], keys_B, settings)
-    logprob_B = jnp.take_along_axis(jax.nn.log_softmax(s["logits_BxV"]), token_B[:, None], axis=-1)[:, 0]
+    chosen_logit_B = jnp.take_along_axis(s["logits_BxV"], token_B[:, None], axis=-1)[:, 0]
+    logprob_B = chosen_logit_B - jax.nn.logsumexp(s["logits_BxV"], axis=-1)
     written_B = jnp.where(s["done_B"], _NO_TOKEN, token_B)
     out_BxN = jax.lax.dynamic_update_slice(s["out_BxN"], written_B[:, None], (0, stop_len + step))
     logprobs_BxN = jax.lax.dynamic_update_slice(
@@ -139,13 +153,15 @@ def sample(
     hit_stop &= ~s["done_B"] & ~hit_eos
     reason_B = jnp.where(hit_eos, STOP_EOS, jnp.where(hit_stop, STOP_SEQUENCE, s["reason_B"]))
     done_B = s["done_B"] | hit_eos | hit_stop
-    logits, cache = model.apply(
-      {"params": params},
+    logits, cache = model_lib.decode(
+      config,
+      params,
+      layer_params,
       token_B[:, None],
       s["position_B"][:, None],
       jnp.ones((batch, 1), jnp.int32),
       s["cache"],
-      method="decode",
+      mesh,
     )
     return dict(
       step=step + 1,

@@ -96,6 +96,16 @@ def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
     assert [g.tokens for g in sampled] == greedy
 
 
+def test_greedy_tokens_equal_argmax_with_ties():
+  rng = np.random.default_rng(0)
+  logits = rng.integers(-3, 4, size=(64, 1000)).astype(np.float32)  # many tied maxima per row
+  logits[5] = 0.0  # a row that is all one value
+  logits[6, [7, 900]] = 100.0
+  expected = np.argmax(logits, axis=-1)  # the first index of the largest value
+  np.testing.assert_array_equal(np.asarray(sampling.greedy_tokens(jax.numpy.asarray(logits))), expected)
+  assert int(sampling.greedy_tokens(jax.numpy.asarray(logits))[6]) == 7
+
+
 def _nucleus(probs, top_p):
   order = np.argsort(-probs, kind="stable")
   mass_before = np.cumsum(probs[order]) - probs[order]

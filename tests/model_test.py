@@ -58,17 +58,19 @@ def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, famil
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   cache = model_lib.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
   last_logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, method="prefill")
+  layer_params = model_lib.unstack_layers(params)
   outputs = [last_logits[:, None]]
   chunks = [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
   for start, stop in chunks:
     chunk_positions = positions[:, -1:] + 1 + np.arange(start, stop)[None]
-    logits, cache = model.apply(
-      {"params": params},
+    logits, cache = model_lib.decode(
+      config,
+      params,
+      layer_params,
       continuation[:, start:stop],
       chunk_positions,
       np.ones((2, stop - start), np.int32),
       cache,
-      method="decode",
     )
     outputs.append(logits)
   assert int(cache.end) == tokens.shape[1] + continuation.shape[1]
