@@ -56,15 +56,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width: int | None = 
 
 
 def prompt_bucket(length: int, limit: int) -> int:
-  """The padded prompt length: a power of two up to 128 (at least 16), then a multiple of 32.
+  """The padded prompt length: 16 for the shortest prompts, else the next multiple of 32.
 
-  Capped at `limit`. A run compiles once per bucket it meets, so at most a few times.
+  Capped at `limit`. A run compiles once per bucket it meets, so a few times for a dataset
+  whose prompts run in order of length, and pads no prompt by more than 31 tokens.
   """
-  bucket = MIN_PROMPT_BUCKET
-  while bucket < min(length, 128):
-    bucket *= 2
-  if length > 128:
-    bucket = -(-length // 32) * 32
+  bucket = MIN_PROMPT_BUCKET if length <= MIN_PROMPT_BUCKET else -(-length // 32) * 32
   return min(bucket, limit)
 
 

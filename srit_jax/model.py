@@ -208,7 +208,7 @@ class DecoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Token ids in, logits out. `prefill` and the module-level `decode` run it against a `KVCache`."""
+  """Token ids in, logits out. The module-level `prefill` and `decode` run it against a `KVCache`."""
 
   config: ModelConfig
   mesh: Mesh | None = None
@@ -256,12 +256,11 @@ class Transformer(nn.Module):
     hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None)
     return hidden
 
-  def prefill(self, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache):
-    """Runs a prompt into an empty cache; returns (logits of the last position [B, V], cache)."""
-    view = CacheView(cache.positions, cache.segment_ids, cache.end, mode="prefill")
+  def prefill_kv(self, tokens_BxT, positions_BxT, segment_ids_BxT):
+    """Runs a prompt; returns (logits of the last position [B, V], (keys, values) [L, B, T, K, H])."""
+    view = CacheView(positions_BxT, segment_ids_BxT, jnp.zeros((), jnp.int32), mode="prefill")
     hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, view)
-    cache = _write(cache, new_kv, positions_BxT, segment_ids_BxT, self.mesh)
-    return self.logits_from_hidden(hidden[:, -1]), cache
+    return self.logits_from_hidden(hidden[:, -1]), new_kv
 
   def embed(self, tokens_BxT):
     return self.embedder(tokens_BxT)
@@ -292,6 +291,43 @@ def unstack_layers(params) -> tuple:
   """
   num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
   return tuple(jax.tree.map(lambda p, i=i: p[i], params["layers"]) for i in range(num_layers))
+
+
+def prefill(
+  config: ModelConfig,
+  params,
+  tokens_BxT,
+  positions_BxT,
+  segment_ids_BxT,
+  cache: KVCache,
+  mesh=None,
+  rows_per_chunk: int | None = None,
+):
+  """Runs prompts into an empty cache; returns (logits of each row's last position [B, V], cache).
+
+  With `rows_per_chunk`, the rows go through the network that many at a time (a `lax.map`
+  over row chunks): on CPU a few rows' activations stay in the processor's cache, which runs
+  a large batch's prefill faster than one pass over all rows does. The batch must divide.
+  """
+  model = Transformer(config, mesh)
+  batch = tokens_BxT.shape[0]
+  rows = rows_per_chunk or batch
+  if batch % rows:
+    raise ValueError(f"rows_per_chunk={rows} does not divide the batch of {batch}")
+
+  def run(chunk):
+    return model.apply({"params": params}, *chunk, method=Transformer.prefill_kv)
+
+  if rows == batch:
+    last_logits_BxV, new_kv = run((tokens_BxT, positions_BxT, segment_ids_BxT))
+  else:
+    split = lambda x: x.reshape(batch // rows, rows, *x.shape[1:])
+    logits_CxRxV, kv_CxLxRxTxKxH = jax.lax.map(run, tuple(map(split, (tokens_BxT, positions_BxT, segment_ids_BxT))))
+    last_logits_BxV = logits_CxRxV.reshape(batch, -1)
+    new_kv = tuple(
+      kv.swapaxes(0, 1).reshape(kv.shape[1], batch, *kv.shape[3:]) for kv in kv_CxLxRxTxKxH
+    )  # [L, B, T, K, H]
+  return last_logits_BxV, _write(cache, new_kv, positions_BxT, segment_ids_BxT, mesh)
 
 
 def decode(

@@ -22,6 +22,7 @@ from srit_jax.model_config import ModelConfig
 
 STOP_LENGTH, STOP_EOS, STOP_SEQUENCE = 0, 1, 2  # why a row stopped
 _NO_TOKEN = -1
+_CPU_PREFILL_ROWS = 8  # rows per prefill chunk on CPU (measured: 64 x 160 tokens 14.2 s vs. 16.3 s at once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,6 @@ def sample(
 
   Returns (tokens [B, N] with -1 after the stop, log-probs [B, N], stop reason [B]).
   """
-  model = model_lib.Transformer(config, mesh)
   batch, prompt_len = tokens_BxP.shape
   stop_len = stops_MxQ.shape[1]
   row_keys = jax.vmap(jax.random.key)(seeds_B)
@@ -118,7 +118,11 @@ def sample(
     keys=tuple(sharding.constrain(k, model_lib.KEY_CACHE_AXES, mesh) for k in cache.keys),
     values=tuple(sharding.constrain(v, model_lib.VALUE_CACHE_AXES, mesh) for v in cache.values),
   )
-  last_logits_BxV, cache = model.apply({"params": params}, tokens_BxP, positions_BxP, mask_BxP, cache, method="prefill")
+  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
+  rows = (
+    _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None
+  )
+  last_logits_BxV, cache = model_lib.prefill(config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows)
   layer_params = model_lib.unstack_layers(params)
 
   # Generated tokens sit after `stop_len` columns of -1, so the last Q tokens are one slice.

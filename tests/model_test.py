@@ -46,18 +46,19 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir):
     offset += len(seg)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral_sliding_window", "qwen2_bias"])
-def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, family):
+@pytest.mark.parametrize(
+  "family, rows_per_chunk", [("llama", None), ("llama", 1), ("mistral_sliding_window", None), ("qwen2_bias", 1)]
+)
+def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, family, rows_per_chunk):
   directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  model = model_lib.Transformer(config)
   # Two rows of different prompt lengths, left-padded; then a 3-token chunk, then 4 single steps.
   prompts = [list(_tokens(1, 7, seed=1)[0]), list(_tokens(1, 4, seed=2)[0])]
   continuation = _tokens(2, 7, seed=3)
   tokens, mask = generation.left_pad(prompts, pad_id=0)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   cache = model_lib.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
-  last_logits, cache = model.apply({"params": params}, tokens, positions, mask, cache, method="prefill")
+  last_logits, cache = model_lib.prefill(config, params, tokens, positions, mask, cache, rows_per_chunk=rows_per_chunk)
   layer_params = model_lib.unstack_layers(params)
   outputs = [last_logits[:, None]]
   chunks = [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
