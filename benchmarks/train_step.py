@@ -105,7 +105,7 @@ def main(argv):
     batch_size, length = map(int, size.split("x"))
     batch = _batch(batch_size, length, model.config.vocab_size)
     tokens = batch_size * length
-    torch_seconds = _torch_step_seconds(directory, batch, _REPEATS.value) if _TORCH.value else None
+    runs = []
     for microbatches in map(int, _MICROBATCHES.value):
       state = train_step.create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
       step = jax.jit(
@@ -129,11 +129,14 @@ def main(argv):
         "ours_temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
         "ours_argument_bytes": int(memory.argument_size_in_bytes) if memory else None,
       }
+      runs.append(run)
+    torch_seconds = _torch_step_seconds(directory, batch, _REPEATS.value) if _TORCH.value else None
+    for run in runs:
       if torch_seconds is not None:
         run.update(
           torch_step_s=torch_seconds,
           torch_tokens_per_s=tokens / torch_seconds,
-          speedup_vs_torch=torch_seconds / seconds,
+          speedup_vs_torch=torch_seconds / run["ours_step_s"],
         )
       results["runs"].append(run)
       print(json.dumps(run), flush=True)
