@@ -51,6 +51,7 @@ def get_config(variant: str = ""):
   config.precompute_reference = True  # reference log-probs once over the fixed pairs; False: in each step
   config.max_length = 384  # positions per side of a pair; longer prompts are cut from the left
   config.batch_size = 8  # pairs per step
+  config.num_microbatches = 1  # gradient accumulation inside the step (the same update, less memory)
   config.chunk_size = 128  # positions per vocabulary-projection chunk
   config.num_steps = 50  # optimizer steps
   config.optimizer = optimizer.default_config()

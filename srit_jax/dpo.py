@@ -95,33 +95,54 @@ def dpo_step(
   loss_type: str = "sigmoid",
   label_smoothing: float = 0.0,
   nll_weight: float = 0.0,
+  num_microbatches: int = 1,
   chunk_size: int = 128,
   mesh: Mesh | None = None,
 ):
-  """One DPO update. `batch` = {"chosen": side, "rejected": side} (+ precomputed reference log-probs)."""
-  num_pairs = batch["chosen"]["tokens"].shape[0]
-  if all(k in batch for k in REFERENCE_FIELDS):
-    ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-  else:
-    ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
-    ref_chosen, ref_rejected = reference_log_probs(config, ref_params, batch, mesh=mesh, chunk_size=chunk_size)
+  """One DPO update. `batch` = {"chosen": side, "rejected": side} (+ precomputed reference log-probs).
 
-  def loss_fn(params):
-    logps, counts = sequence_log_probs(
-      config, params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size
+  With `num_microbatches` > 1 the pairs go through the policy (and the reference) in that many
+  slices inside the step and their gradients are summed: the same update as one pass, with a
+  fraction of the activation memory.
+  """
+  num_pairs = batch["chosen"]["tokens"].shape[0]
+  chosen_weight = jnp.maximum(jnp.sum(batch["chosen"]["loss_weights"].astype(jnp.float32)), 1.0)
+  precomputed = all(k in batch for k in REFERENCE_FIELDS)
+  if not precomputed:
+    ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
+
+  def loss_fn(params, micro):
+    """This slice's share of the batch loss: its pairs' losses over the whole batch's count."""
+    if precomputed:
+      ref_chosen, ref_rejected = micro["ref_chosen_logps"], micro["ref_rejected_logps"]
+    else:
+      ref_chosen, ref_rejected = reference_log_probs(config, ref_params, micro, mesh=mesh, chunk_size=chunk_size)
+    logps, _ = sequence_log_probs(
+      config, params, _concat(micro["chosen"], micro["rejected"]), mesh=mesh, chunk_size=chunk_size
     )
-    chosen, rejected = logps[:num_pairs], logps[num_pairs:]
+    chosen, rejected = jnp.split(logps, 2)
     per_pair, chosen_rewards, rejected_rewards = dpo_loss(
       chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
     )
-    loss = jnp.mean(per_pair)
+    loss = jnp.sum(per_pair) / num_pairs
     if nll_weight:
-      loss += nll_weight * -jnp.sum(chosen) / jnp.maximum(jnp.sum(counts[:num_pairs]), 1.0)
+      loss += nll_weight * -jnp.sum(chosen) / chosen_weight
     return loss, (chosen, rejected, chosen_rewards, rejected_rewards)
 
-  (loss, (chosen, rejected, chosen_rewards, rejected_rewards)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params
-  )
+  loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_microbatches == 1:
+    (loss, per_pair_values), grads = loss_and_grad(state.params, batch)
+  else:
+    micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
+
+    def accumulate(carry, one):
+      (loss, values), grads = loss_and_grad(state.params, one)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), values
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+    (loss, grads), per_pair_values = jax.lax.scan(accumulate, zeros, micro)
+    per_pair_values = jax.tree.map(lambda x: x.reshape(num_pairs), per_pair_values)  # pair order kept
+  chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {

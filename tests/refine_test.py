@@ -37,7 +37,15 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer,
   runs = {}
   for precompute in (True, False):
     workdir = tmp_path / f"precompute_{precompute}"
-    config = _tiny_config(tiny_with_tokenizer, demos_file, precompute_reference=precompute, num_steps=3)
+    # The in-step run also accumulates its 8 pairs over 2 microbatches: the same update.
+    config = _tiny_config(
+      tiny_with_tokenizer,
+      demos_file,
+      precompute_reference=precompute,
+      num_steps=3,
+      batch_size=8,
+      num_microbatches=1 if precompute else 2,
+    )
     summary = refine.run(config, workdir, progress=False)
     stats = json.loads((workdir / "pair_stats.json").read_text())
     # A random tiny student solves nothing: every chosen answer is the teacher's demonstration.
@@ -55,7 +63,7 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer,
     assert metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
     assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "pairs_per_s", "mfu"} <= set(metrics[0])
     runs[precompute] = load_file(str(workdir / "export" / "model.safetensors"))
-  for name, value in runs[True].items():  # the two reference paths train to the same parameters
+  for name, value in runs[True].items():  # the two runs train to the same parameters
     np.testing.assert_allclose(runs[False][name], value, atol=2e-5, err_msg=name)
 
 
