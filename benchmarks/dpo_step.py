@@ -2,6 +2,7 @@
 
     python benchmarks/dpo_step.py                       # 8 pairs x 256 positions per side, float32
     python benchmarks/dpo_step.py --sizes=4x512 --no_trl
+    python benchmarks/dpo_step.py --sizes=4x256 --microbatches=2   # ours accumulating over 2 slices
 
 Ours: `dpo_step` (chosen and rejected in one concatenated policy forward, chunked log-probs,
 sigmoid loss, AdamW with clipping, state donated), jitted once, in two forms: the frozen
@@ -28,6 +29,7 @@ from absl import app, flags
 _SIZES = flags.DEFINE_list("sizes", ["8x256"], "pairs x positions per side")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed steps")
 _TRL = flags.DEFINE_bool("trl", True, "also time TRL's DPOTrainer")
+_MICROBATCHES = flags.DEFINE_integer("microbatches", 1, "ours: gradient accumulation over this many slices of pairs")
 _OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -132,7 +134,7 @@ def main(argv):
       "rejected": _side(pairs, length, model.config.vocab_size, 1),
     }
     reference = jax.tree.map(lambda x: x.copy(), model.params)
-    run = {"pairs": pairs, "length_per_side": length}
+    run = {"pairs": pairs, "length_per_side": length, "microbatches": _MICROBATCHES.value}
     for name, precomputed in (("in_step_reference", False), ("precomputed_reference", True)):
       step_batch = dict(batch)
       if precomputed:
@@ -140,7 +142,10 @@ def main(argv):
         step_batch.update(ref_chosen_logps=np.asarray(chosen), ref_rejected_logps=np.asarray(rejected))
       state = train_step.create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
       step = jax.jit(
-        lambda s, r, b: dpo.dpo_step(s, r, b, config=model.config, optimizer=tx, beta=0.1), donate_argnums=(0,)
+        lambda s, r, b: dpo.dpo_step(
+          s, r, b, config=model.config, optimizer=tx, beta=0.1, num_microbatches=_MICROBATCHES.value
+        ),
+        donate_argnums=(0,),
       )
       ref_arg = None if precomputed else reference
       start = time.perf_counter()
