@@ -130,18 +130,9 @@ def dpo_step(
     return loss, (chosen, rejected, chosen_rewards, rejected_rewards)
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-  if num_microbatches == 1:
-    (loss, per_pair_values), grads = loss_and_grad(state.params, batch)
-  else:
-    micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
-
-    def accumulate(carry, one):
-      (loss, values), grads = loss_and_grad(state.params, one)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), values
-
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), per_pair_values = jax.lax.scan(accumulate, zeros, micro)
-    per_pair_values = jax.tree.map(lambda x: x.reshape(num_pairs), per_pair_values)  # pair order kept
+  (loss, per_pair_values), grads = train_step.accumulated_value_and_grad(
+    loss_and_grad, state.params, batch, num_microbatches
+  )
   chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

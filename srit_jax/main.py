@@ -65,24 +65,26 @@ def _generate(args: list[str]) -> None:
   generate_command.run(_CONFIG.value, _OUT.value)
 
 
-# Phase commands: one config and one run directory each. (module, function, example config)
+# Phase commands: one config and one run directory each.
+# (module, function, example config, {config field with no usable default: example value})
 _PHASES = {
-  "demos": ("srit_jax.demos", "run", "configs/demos.py"),
-  "sft": ("srit_jax.sft_loop", "train", "configs/sft.py"),
-  "refine": ("srit_jax.refine", "run", "configs/refine.py"),
-  "eval": ("srit_jax.evaluation", "run", "configs/eval.py"),
-  "pipeline": ("srit_jax.pipeline", "run", "configs/demo.py"),
+  "demos": ("srit_jax.demos", "run", "configs/demos.py", {}),
+  "sft": ("srit_jax.sft_loop", "train", "configs/sft.py", {"train_file": "RECORDS.jsonl"}),
+  "refine": ("srit_jax.refine", "run", "configs/refine.py", {}),
+  "eval": ("srit_jax.evaluation", "run", "configs/eval.py", {}),
+  "pipeline": ("srit_jax.pipeline", "run", "configs/demo.py", {}),
 }
 
 
 def _phase(command: str, args: list[str]) -> None:
   import importlib
 
-  module, function, example = _PHASES[command]
+  module, function, example, required = _PHASES[command]
   if args or _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError(f"{command} needs --config (for example {example}) and --workdir=DIR")
-  if command == "sft" and not _CONFIG.value.train_file:
-    raise app.UsageError("sft needs --config.train_file=RECORDS.jsonl")
+  for field, example_value in required.items():
+    if not _CONFIG.value[field]:
+      raise app.UsageError(f"{command} needs --config.{field}={example_value}")
   getattr(importlib.import_module(module), function)(_CONFIG.value, _WORKDIR.value)
 
 

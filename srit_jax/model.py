@@ -67,13 +67,16 @@ class CacheView:
   mode: str = flax.struct.field(pytree_node=False, default="step")
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None, mesh=None) -> KVCache:
+  """An empty cache; on a mesh, each layer's keys and values laid out by their logical axes."""
   dtype = dtype or config.dtype
   key_shape = (batch_size, config.num_kv_heads, config.head_dim, max_length)
   value_shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
   return KVCache(
-    keys=tuple(jnp.zeros(key_shape, dtype) for _ in range(config.num_layers)),
-    values=tuple(jnp.zeros(value_shape, dtype) for _ in range(config.num_layers)),
+    keys=tuple(sharding.constrain(jnp.zeros(key_shape, dtype), KEY_CACHE_AXES, mesh) for _ in range(config.num_layers)),
+    values=tuple(
+      sharding.constrain(jnp.zeros(value_shape, dtype), VALUE_CACHE_AXES, mesh) for _ in range(config.num_layers)
+    ),
     positions=jnp.zeros((batch_size, max_length), jnp.int32),
     segment_ids=jnp.zeros((batch_size, max_length), jnp.int32),
     end=jnp.zeros((), jnp.int32),

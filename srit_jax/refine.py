@@ -118,9 +118,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-  if config.batch_size % config.num_microbatches:
-    raise ValueError(f"batch_size={config.batch_size} pairs do not split into {config.num_microbatches} microbatches")
-  sharding.check_batch_divides(config.batch_size // config.num_microbatches, mesh, "pairs per microbatch")
+  sharding.check_batch_divides(config.batch_size, mesh, "batch_size (pairs per step)", config.num_microbatches)
   model = loading.load_model(
     config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
   )

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from srit_jax import model as model_lib
-from srit_jax import sharding
 from srit_jax.model_config import ModelConfig
 
 STOP_LENGTH, STOP_EOS, STOP_SEQUENCE = 0, 1, 2  # why a row stopped
@@ -112,12 +111,7 @@ def sample(
   row_keys = jax.vmap(jax.random.key)(seeds_B)
 
   positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
-  cache = model_lib.init_cache(config, batch, prompt_len + max_new_tokens)
-  cache = dataclasses.replace(
-    cache,
-    keys=tuple(sharding.constrain(k, model_lib.KEY_CACHE_AXES, mesh) for k in cache.keys),
-    values=tuple(sharding.constrain(v, model_lib.VALUE_CACHE_AXES, mesh) for v in cache.values),
-  )
+  cache = model_lib.init_cache(config, batch, prompt_len + max_new_tokens, mesh=mesh)
   # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
   rows = (
     _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None

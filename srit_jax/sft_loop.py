@@ -68,7 +68,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-  sharding.check_batch_divides(config.batch_size // config.num_microbatches, mesh, "batch_size per microbatch")
+  sharding.check_batch_divides(config.batch_size, mesh, "batch_size", config.num_microbatches)
   model = loading.load_model(
     config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
   )

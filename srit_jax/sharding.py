@@ -119,8 +119,13 @@ def put_host_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-  """Rows are split over the data and fsdp axes: say so plainly when they do not divide."""
+def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size", num_microbatches: int = 1) -> None:
+  """Rows are cut into `num_microbatches` slices, each split over the data and fsdp axes: say
+  so plainly when they do not divide."""
+  if batch_size % num_microbatches:
+    raise ValueError(f"{what} {batch_size} does not split into num_microbatches={num_microbatches} slices")
+  batch_size //= num_microbatches
+  what = f"{what} per microbatch" if num_microbatches > 1 else what
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % rows:
     raise ValueError(

@@ -45,6 +45,28 @@ def batch_nll_sum(params, micro, *, config: ModelConfig, mesh, chunk_size: int):
   return losses.weighted_nll_sum(log_probs, micro["loss_weights"])
 
 
+def accumulated_value_and_grad(loss_and_grad, params, batch, num_microbatches: int):
+  """((loss, aux), grads) of `loss_and_grad(params, micro) -> ((loss, aux), grads)` over the batch.
+
+  With `num_microbatches` > 1 every array of `batch` is cut into that many slices along its
+  first axis, which run one after another inside the step (a `lax.scan`): losses and
+  gradients are summed, and aux values (per-row) are put back in row order. Each slice's
+  loss must already be its share of the whole batch's loss.
+  """
+  if num_microbatches == 1:
+    return loss_and_grad(params, batch)
+  micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
+
+  def accumulate(carry, one):
+    (loss, aux), grads = loss_and_grad(params, one)
+    return jax.tree.map(jnp.add, carry, (loss, grads)), aux
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), aux = jax.lax.scan(accumulate, zeros, micro)
+  aux = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), aux)
+  return (loss, aux), grads
+
+
 def sft_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -56,18 +78,12 @@ def sft_step(
   mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   total_weight = jnp.maximum(jnp.sum(batch["loss_weights"]), 1e-6)
-  loss_and_grad = jax.value_and_grad(functools.partial(batch_nll_sum, config=config, mesh=mesh, chunk_size=chunk_size))
-  if num_microbatches == 1:
-    nll_sum, grads = loss_and_grad(state.params, batch)
-  else:
-    micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
 
-    def accumulate(carry, one):
-      nll_sum, grads = loss_and_grad(state.params, one)
-      return jax.tree.map(jnp.add, carry, (nll_sum, grads)), None
+  def nll_sum_and_nothing(params, micro):
+    return batch_nll_sum(params, micro, config=config, mesh=mesh, chunk_size=chunk_size), ()
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (nll_sum, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+  loss_and_grad = jax.value_and_grad(nll_sum_and_nothing, has_aux=True)
+  (nll_sum, _), grads = accumulated_value_and_grad(loss_and_grad, state.params, batch, num_microbatches)
   loss = nll_sum / total_weight
   grads = jax.tree.map(lambda g: (g / total_weight).astype(g.dtype), grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
