@@ -1,0 +1,1 @@
+"""Host-side data: records, tokenised examples and batches, preference pairs, run files."""

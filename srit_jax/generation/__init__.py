@@ -1,0 +1,1 @@
+"""Generation: the jitted sampler, batching and stop strings, streaming to JSONL."""

@@ -1,0 +1,1 @@
+"""The decoder: architecture config, Flax modules, attention kernels, rotary embeddings."""

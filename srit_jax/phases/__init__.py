@@ -1,0 +1,1 @@
+"""The phases a user runs (demos, sft, refine, eval, pipeline, generate, complete, plan)."""

@@ -1,0 +1,1 @@
+"""Training: state, the SFT and DPO steps, losses, optimizer, the run loop and the run layer."""
