@@ -119,8 +119,10 @@ def main(argv):
   import jax
   import numpy as np
 
-  from srit_jax import dpo, flops, loading, optimizer, train_step
-  from srit_jax.conversion import fetch
+  from srit_jax.conversion import fetch, loading
+  from srit_jax.training import dpo_step as dpo
+  from srit_jax.training import flops, optimizer
+  from srit_jax.training import sft_step as train_step
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)

@@ -37,9 +37,9 @@ def main(argv):
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
   import common
 
-  from srit_jax import flops
-  from srit_jax import model as model_lib
   from srit_jax.conversion import fetch, hf_checkpoint
+  from srit_jax.model import decoder as model_lib
+  from srit_jax.training import flops
 
   results = {"machine": common.machine(), "batch": _BATCH.value, "length": _LENGTH.value, "dtype": "float32"}
   directory = fetch.fetch_model("smollm2-135m-instruct")

@@ -38,7 +38,7 @@ def _ours(model, tokens, mask, new_tokens):
   import jax.numpy as jnp
   import numpy as np
 
-  from srit_jax import sampling
+  from srit_jax.generation import sampler as sampling
 
   out = sampling.sample(
     model.config,
@@ -72,8 +72,8 @@ def main(argv):
   del argv
   import common
 
-  from srit_jax import generation, loading
-  from srit_jax.conversion import fetch
+  from srit_jax.conversion import fetch, loading
+  from srit_jax.generation import batched as generation
 
   model = loading.load_model("smollm2-135m-instruct")
   with open(_DATA.value, encoding="utf-8") as f:

@@ -92,8 +92,9 @@ def main(argv):
   import common
   import jax
 
-  from srit_jax import flops, loading, optimizer, train_step
-  from srit_jax.conversion import fetch
+  from srit_jax.conversion import fetch, loading
+  from srit_jax.training import flops, optimizer
+  from srit_jax.training import sft_step as train_step
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)

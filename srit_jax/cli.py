@@ -50,7 +50,7 @@ def _fetch_model(args: list[str]) -> None:
 
 
 def _complete(args: list[str]) -> None:
-  from srit_jax import complete
+  from srit_jax.phases import complete
 
   if _CONFIG.value is None:
     raise app.UsageError("complete needs --config (for example configs/complete.py)")
@@ -58,7 +58,7 @@ def _complete(args: list[str]) -> None:
 
 
 def _generate(args: list[str]) -> None:
-  from srit_jax import generate_command
+  from srit_jax.phases import generate as generate_command
 
   if args or _CONFIG.value is None or not _OUT.value:
     raise app.UsageError("generate needs --config (for example configs/generate.py) and --out=FILE.jsonl")
@@ -68,11 +68,11 @@ def _generate(args: list[str]) -> None:
 # Phase commands: one config and one run directory each.
 # (module, function, example config, {config field with no usable default: example value})
 _PHASES = {
-  "demos": ("srit_jax.demos", "run", "configs/demos.py", {}),
-  "sft": ("srit_jax.sft_loop", "train", "configs/sft.py", {"train_file": "RECORDS.jsonl"}),
-  "refine": ("srit_jax.refine", "run", "configs/refine.py", {}),
-  "eval": ("srit_jax.evaluation", "run", "configs/eval.py", {}),
-  "pipeline": ("srit_jax.pipeline", "run", "configs/demo.py", {}),
+  "demos": ("srit_jax.phases.demos", "run", "configs/demos.py", {}),
+  "sft": ("srit_jax.phases.sft", "train", "configs/sft.py", {"train_file": "RECORDS.jsonl"}),
+  "refine": ("srit_jax.phases.refine", "run", "configs/refine.py", {}),
+  "eval": ("srit_jax.phases.evaluate", "run", "configs/eval.py", {}),
+  "pipeline": ("srit_jax.phases.pipeline", "run", "configs/demo.py", {}),
 }
 
 

@@ -51,16 +51,11 @@ TINY_HF_CONFIGS = {
 }
 
 
-def load_config(name: str, variant: str | None = None):
+def load_config(name: str, variant: str = ""):
   """configs/<name>.py's config (with `variant`, when given), as the command line would load it."""
-  import importlib.util
+  from srit_jax import configs
 
-  spec = importlib.util.spec_from_file_location(
-    f"{name}_config", pathlib.Path(__file__).parents[1] / "configs" / f"{name}.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if variant is None else module.get_config(variant)
+  return configs.load(name, variant)
 
 
 def kill_at_moments(command, moments, *, env=None, cwd=None, timeout_s=300) -> list[str]:

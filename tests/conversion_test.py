@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import make_hf_model, torch_logits
 
-from srit_jax import model as model_lib
 from srit_jax.conversion import gguf_checkpoint, hf_checkpoint
-from srit_jax.model_config import ModelConfig, UnsupportedModelError
+from srit_jax.model import decoder as model_lib
+from srit_jax.model.config import ModelConfig, UnsupportedModelError
 
 TOKENS = np.random.default_rng(0).integers(3, 128, size=(2, 11)).astype(np.int32)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import TINY_HF_CONFIGS, torch_logits
 
-from srit_jax import generation
-from srit_jax import model as model_lib
 from srit_jax.conversion import hf_checkpoint
+from srit_jax.generation import batched as generation
+from srit_jax.model import decoder as model_lib
 
 
 def _tokens(batch, length, seed=0, vocab=128):

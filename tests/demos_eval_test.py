@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import SHARED_DATA, load_config
 
-from srit_jax import demos, evaluation
+from srit_jax.phases import demos
+from srit_jax.phases import evaluate as evaluation
 from srit_jax.tasks import answers
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.teachers.reference import ReferenceSolutionTeacher
@@ -49,7 +50,7 @@ def test_filters_keep_what_they_say():
 
 
 def test_demos_from_a_precomputed_teacher_train_the_sft_reader(tmp_path):
-  from srit_jax import records
+  from srit_jax.data import records
 
   config = load_config("demos", "palm_csqa")
   config.teacher.path = str(SHARED_DATA / "teachers" / "palm540b_cqa")
@@ -92,7 +93,7 @@ def test_eval_command_end_to_end(smollm2_dir, tmp_path):
   command = [
     sys.executable,
     "-m",
-    "srit_jax.main",
+    "srit_jax.cli",
     "eval",
     "--config=configs/eval.py",
     f"--config.model={smollm2_dir}",

@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srit_jax import dpo, optimizer, sharding, train_step
+from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
+from srit_jax.training import dpo_step as dpo
+from srit_jax.training import optimizer
+from srit_jax.training import sft_step as train_step
 
 
 def _numpy_loss(pc, pr, rc, rr, beta, loss_type, ls):

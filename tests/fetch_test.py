@@ -10,7 +10,7 @@ from srit_jax.conversion import fetch
 
 def _cli(*args, env=None):
   return subprocess.run(
-    [sys.executable, "-m", "srit_jax.main", *args], capture_output=True, text=True, env=env, check=False, timeout=300
+    [sys.executable, "-m", "srit_jax.cli", *args], capture_output=True, text=True, env=env, check=False, timeout=300
   )
 
 

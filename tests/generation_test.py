@@ -13,10 +13,12 @@ import pytest
 import scipy.stats
 from conftest import TINY_HF_CONFIGS
 
-from srit_jax import generation, sampling, sharding
-from srit_jax import model as model_lib
+from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
-from srit_jax.sampling import SamplingSettings
+from srit_jax.generation import batched as generation
+from srit_jax.generation import sampler as sampling
+from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.model import decoder as model_lib
 
 
 def _prompts(lengths, seed=0, vocab=128):
@@ -182,7 +184,7 @@ def test_bad_input_is_refused(tiny):
 
 
 def test_stop_strings_cut_the_text_and_end_the_row(tiny_with_tokenizer):
-  from srit_jax import loading
+  from srit_jax.conversion import loading
 
   model = loading.load_model(tiny_with_tokenizer)
   prompt = model.tokenizer("Once upon a time")["input_ids"]
@@ -203,7 +205,7 @@ def _records(n):
 
 
 def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_path, monkeypatch):
-  from srit_jax import loading
+  from srit_jax.conversion import loading
 
   model = loading.load_model(tiny_with_tokenizer)
   kwargs = dict(
@@ -246,7 +248,7 @@ def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_to
   command = [
     sys.executable,
     "-m",
-    "srit_jax.main",
+    "srit_jax.cli",
     "generate",
     "--config=configs/generate.py",
     f"--config.model={tiny_with_tokenizer}",
@@ -277,7 +279,7 @@ def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_to
 
 
 def test_prompt_file_errors_name_file_and_line(tmp_path):
-  from srit_jax import generate_command
+  from srit_jax.phases import generate as generate_command
 
   path = tmp_path / "p.jsonl"
   path.write_text('{"prompt": "ok"}\n{"prompt": \n')

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import torch_logits
 
-from srit_jax import loading
+from srit_jax.conversion import loading
 
 
 def test_hub_ids_are_recognised():

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from srit_jax.model_config import PRESETS, ModelConfig, RopeScaling, UnsupportedModelError, get_preset
+from srit_jax.model.config import PRESETS, ModelConfig, RopeScaling, UnsupportedModelError, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -29,7 +29,7 @@ def test_two_processes_train_like_one(tiny_with_tokenizer, tmp_path):
   base = [
     sys.executable,
     "-m",
-    "srit_jax.main",
+    "srit_jax.cli",
     "sft",
     "--config=configs/sft.py:tiny",
     f"--config.model={tiny_with_tokenizer}",

@@ -5,7 +5,7 @@ import json
 
 from conftest import load_config
 
-from srit_jax import pipeline
+from srit_jax.phases import pipeline
 
 
 def _tiny_pipeline_config(model_dir):

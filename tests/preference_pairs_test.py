@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from srit_jax import dpo_data, preference_pairs
-from srit_jax.preference_pairs import ScoredAnswer
+from srit_jax.data import pair_batches as dpo_data
+from srit_jax.data import preference_pairs
+from srit_jax.data.preference_pairs import ScoredAnswer
 from srit_jax.tasks.example import NUMBER, Example
 
 EXAMPLES = [Example("arith", str(i), f"question {i}", "7", NUMBER) for i in range(3)]
@@ -91,7 +92,7 @@ def test_read_pairs_names_bad_lines(tmp_path):
 
 
 def _tokenized(n):
-  from srit_jax.sft_data import TokenizedExample
+  from srit_jax.data.sft_examples import TokenizedExample
 
   side = lambda k, a: TokenizedExample(list(range(1, k + 1)), [0] * (k - a) + [1] * a)
   return [dpo_data.TokenizedPair(side(6 + i, 3), side(4 + i, 2)) for i in range(n)]

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config
 from safetensors.numpy import load_file
 
-from srit_jax import refine
+from srit_jax.phases import refine
 from srit_jax.tasks import synthetic
 
 
@@ -72,7 +72,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_toke
   base = [
     sys.executable,
     "-m",
-    "srit_jax.main",
+    "srit_jax.cli",
     "refine",
     "--config=configs/refine.py:tiny",
     f"--config.model={tiny_with_tokenizer}",

@@ -2,12 +2,13 @@
 (ChatGPT chain-of-thought for math word problems) overfits them."""
 
 import json
-import os
 
 import jax
-from conftest import TEACHER_MATH_FILE
+from conftest import TEACHER_MATH_FILE, load_config
 
-from srit_jax import generation, loading, sft_loop
+from srit_jax.conversion import loading
+from srit_jax.generation import batched as generation
+from srit_jax.phases import sft as sft_loop
 
 
 def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):
@@ -19,14 +20,7 @@ def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):
   train_file.write_text(
     "".join(json.dumps({"instruction": d["instruction"], "output": d["output"].strip()}) + "\n" for d in demos)
   )
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "sft_config", os.path.join(os.path.dirname(__file__), "../configs/sft.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config("sft")
   config.update(
     model=str(smollm2_dir),
     train_file=str(train_file),

@@ -7,9 +7,12 @@ import optax
 import pytest
 from conftest import make_hf_model
 
-from srit_jax import losses, optimizer, sft_data, sharding, train_step
-from srit_jax import model as model_lib
+from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
+from srit_jax.data import sft_examples as sft_data
+from srit_jax.model import decoder as model_lib
+from srit_jax.training import losses, optimizer
+from srit_jax.training import sft_step as train_step
 
 
 def _examples(lengths, prompt_lengths, seed=0, vocab=128):

@@ -9,11 +9,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments
+from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments, load_config
 from safetensors.numpy import load_file
 
-from srit_jax import data_iterator, records, sft_data, sft_loop
 from srit_jax.conversion import hf_checkpoint
+from srit_jax.data import records
+from srit_jax.data import sft_batches as data_iterator
+from srit_jax.data import sft_examples as sft_data
+from srit_jax.phases import sft as sft_loop
 
 
 def _write_records(path, n=16):
@@ -24,14 +27,7 @@ def _write_records(path, n=16):
 
 
 def _config(model_dir, train_file, **overrides):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "sft_config", os.path.join(os.path.dirname(__file__), "../configs/sft.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = load_config("sft", "tiny")
   config.model, config.train_file = str(model_dir), str(train_file)
   config.mesh.update(data=1, fsdp=4, tensor=1)  # the loop sharded over 4 of the 8 emulated devices
   config.update(overrides)
@@ -130,7 +126,7 @@ def test_run_writes_metrics_checkpoints_and_an_export_transformers_loads(tiny_wi
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_with_tokenizer, tmp_path):
-  from srit_jax import checkpointing
+  from srit_jax.training import checkpointing
 
   train_file = _write_records(tmp_path / "demos.jsonl")
   good = sft_loop.train(_config(tiny_with_tokenizer, train_file, num_steps=4, export=False), tmp_path / "run")
@@ -152,7 +148,7 @@ def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokeniz
   base = [
     sys.executable,
     "-m",
-    "srit_jax.main",
+    "srit_jax.cli",
     "sft",
     "--config=configs/sft.py:tiny",
     f"--config.model={tiny_with_tokenizer}",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import torch_logits
 
-from srit_jax import generation, loading
-from srit_jax.conversion import fetch, gguf_checkpoint
+from srit_jax.conversion import fetch, gguf_checkpoint, loading
+from srit_jax.generation import batched as generation
 
 PROMPTS = [
   "The capital of France is",

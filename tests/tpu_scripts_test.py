@@ -91,5 +91,5 @@ def test_paper_configs_fill_their_slices(student, tpu_slice, chips, hosts):
     assert phase.dtype == "bfloat16" and phase.param_dtype == "float32"
   assert config.eval.mesh.fsdp == chips
   assert "/" in config.student and config.demos.teacher.kind == "openai"
-  with pytest.raises(ValueError, match="student,slice"):
+  with pytest.raises(ValueError, match="unknown variant 'gpt2'; variants: 'llama2_7b'"):
     load_config("paper", "gpt2,v4-8")

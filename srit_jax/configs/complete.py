@@ -6,8 +6,11 @@ srit-jax complete --config=configs/complete.py --config.max_new_tokens=64
 
 import ml_collections
 
+from srit_jax.configs import variants
 
-def get_config():
+
+def get_config(variant: str = ""):
+  variants(variant, "complete", ("",))
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype: float32 or bfloat16

@@ -7,17 +7,14 @@ the correct ones. In-domain: CSQA dev. Out-domain: OBQA, PIQA, SIQA, ARC-Challen
 run on a 2-core CPU in about an hour; raise the limits on a TPU.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from srit_jax.configs import pipeline, variants
 
-def get_config():
-  spec = importlib.util.spec_from_file_location("pipeline_config", pathlib.Path(__file__).with_name("pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+
+def get_config(variant: str = ""):
+  variants(variant, "csqa_palm", ("",))
+  config = pipeline.get_config()
 
   root = ml_collections.FieldReference("../shared/data")
   config.data_root = root  # the folder holding benchmarks/ and teachers/ (see its MANIFEST.md)
@@ -31,5 +28,5 @@ def get_config():
   config.demos.teacher.path = root + "/teachers/palm540b_cqa"
   config.demos.limit = 800  # questions (about 600 correct demonstrations)
 
-  module.size_for_a_cpu_hour(config, max_new_tokens=96)
+  pipeline.size_for_a_cpu_hour(config, max_new_tokens=96)
   return config

@@ -9,15 +9,12 @@ Teacher: the task's own worked solutions (offline, always correct). The table it
 what each stage does to CoT accuracy, with 95% intervals, on questions no phase trained on.
 """
 
-import importlib.util
-import pathlib
+from srit_jax.configs import pipeline, variants
 
 
-def get_config():
-  spec = importlib.util.spec_from_file_location("pipeline_config", pathlib.Path(__file__).with_name("pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+def get_config(variant: str = ""):
+  variants(variant, "demo", ("",))
+  config = pipeline.get_config()
 
   config.demos.teacher.kind = "reference"
   config.demos.limit = 200  # demonstrations written (SFT sees about half of them)

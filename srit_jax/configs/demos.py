@@ -11,6 +11,8 @@ Writes WORKDIR/demos.jsonl (the SFT phase's train_file), all_answers.jsonl and s
 
 import ml_collections
 
+from srit_jax.configs import variants
+
 
 def teacher_config(kind: str = "reference"):
   teacher = ml_collections.ConfigDict()
@@ -39,6 +41,7 @@ def teacher_config(kind: str = "reference"):
 
 
 def get_config(variant: str = ""):
+  (variant,) = variants(variant, "demos", tuple(_KINDS))
   config = ml_collections.ConfigDict()
   config.task = "arith"  # a task of srit_jax.tasks.TASKS; a precomputed teacher brings its own questions
   config.split = ""  # empty: the task's training split

@@ -10,8 +10,11 @@ summary.json and results.md (accuracy with 95% intervals). A rerun resumes.
 
 import ml_collections
 
+from srit_jax.configs import variants
 
-def get_config():
+
+def get_config(variant: str = ""):
+  variants(variant, "eval", ("",))
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype

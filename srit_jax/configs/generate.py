@@ -9,8 +9,11 @@ one prompt per line. A killed run started again with the same --out continues wh
 
 import ml_collections
 
+from srit_jax.configs import variants
 
-def get_config():
+
+def get_config(variant: str = ""):
+  variants(variant, "generate", ("",))
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype: float32 or bfloat16

@@ -11,8 +11,7 @@ demos.teacher.kind="precomputed" to use the PaLM 540B files for CSQA (out-family
 The mesh puts parameters and optimizer states across chips (FSDP) and data across hosts.
 """
 
-import importlib.util
-import pathlib
+from srit_jax.configs import pipeline, variants
 
 STUDENTS = {
   # name: (hub id, teacher model served behind the OpenAI-compatible endpoint)
@@ -31,16 +30,11 @@ SLICES = {
 }
 
 
-def get_config(variant: str = "llama2_7b,v4-8"):
-  student, slice_name = [*variant.split(","), "v4-8"][:2]
-  if student not in STUDENTS or slice_name not in SLICES:
-    raise ValueError(f"variant 'student,slice' with student in {sorted(STUDENTS)} and slice in {sorted(SLICES)}")
+def get_config(variant: str = ""):
+  student, slice_name = variants(variant, "paper", tuple(STUDENTS), tuple(SLICES))
   hub_id, teacher_model = STUDENTS[student]
   chips, hosts = SLICES[slice_name]
-  spec = importlib.util.spec_from_file_location("pipeline_config", pathlib.Path(__file__).with_name("pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = pipeline.get_config()
 
   config.student = hub_id
   config.train_task = "gsm8k"

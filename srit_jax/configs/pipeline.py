@@ -8,22 +8,18 @@ SFT export). Other pipeline configs (configs/demo.py, configs/csqa_palm.py, ...)
 this one. Rerun with the same --workdir: finished phases are skipped, changed ones rerun.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from srit_jax.configs import load, variants
 
-def phase_config(name: str, variant: str | None = None):
+
+def phase_config(name: str):
   """configs/<name>.py's config, so that each phase's fields are defined in one place."""
-  spec = importlib.util.spec_from_file_location(f"{name}_config", pathlib.Path(__file__).with_name(f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if variant is None else module.get_config(variant)
+  return load(name)
 
 
 def get_config(variant: str = ""):
-  del variant
+  variants(variant, "pipeline", ("",))
   config = ml_collections.ConfigDict()
   config.student = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.student_family = ""  # empty: guessed from the student's name

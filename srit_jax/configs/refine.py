@@ -8,10 +8,12 @@ Run it again with the same --workdir to resume (sampling and DPO both pick up wh
 
 import ml_collections
 
-from srit_jax import optimizer
+from srit_jax.configs import variants
+from srit_jax.training import optimizer
 
 
 def get_config(variant: str = ""):
+  (variant,) = variants(variant, "refine", ("", "tiny"))
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # the instructed student (SFT export dir); also the frozen reference
   config.dtype = "float32"  # compute dtype (the reference is kept in it)

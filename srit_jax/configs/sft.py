@@ -9,10 +9,12 @@ chain-of-thought answer). Run it again with the same --workdir to resume.
 
 import ml_collections
 
-from srit_jax import optimizer
+from srit_jax.configs import variants
+from srit_jax.training import optimizer
 
 
 def get_config(variant: str = ""):
+  (variant,) = variants(variant, "sft", ("", "tiny"))
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype: float32, or bfloat16 on TPU/GPU

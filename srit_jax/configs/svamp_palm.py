@@ -8,17 +8,14 @@ In-domain: the SVAMP questions left after removing those 800. Out-domain: MultiA
 SingleEq, GSM8K.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from srit_jax.configs import pipeline, variants
 
-def get_config():
-  spec = importlib.util.spec_from_file_location("pipeline_config", pathlib.Path(__file__).with_name("pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+
+def get_config(variant: str = ""):
+  variants(variant, "svamp_palm", ("",))
+  config = pipeline.get_config()
 
   root = ml_collections.FieldReference("../shared/data")
   config.data_root = root  # the folder holding benchmarks/ and teachers/ (see its MANIFEST.md)
@@ -31,6 +28,6 @@ def get_config():
   config.demos.teacher.reader = "palm_svamp"
   config.demos.teacher.path = root + "/teachers/palm540b_svamp"
 
-  module.size_for_a_cpu_hour(config, max_new_tokens=128)
+  pipeline.size_for_a_cpu_hour(config, max_new_tokens=128)
   config.refine.questions = "demos"  # SVAMP has no training split of its own: the teacher's questions
   return config

@@ -24,10 +24,10 @@ import tqdm
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from srit_jax import model as model_lib
 from srit_jax import sharding
 from srit_jax.conversion import mapping
-from srit_jax.model_config import ModelConfig
+from srit_jax.model import decoder as model_lib
+from srit_jax.model.config import ModelConfig
 
 
 class CheckpointError(ValueError):

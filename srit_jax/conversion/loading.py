@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from srit_jax import model as model_lib
 from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
-from srit_jax.model_config import ModelConfig
+from srit_jax.model import decoder as model_lib
+from srit_jax.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from srit_jax import dpo, sft_data
+from srit_jax.data import sft_examples as sft_data
+from srit_jax.training import dpo_step as dpo
 
 
 @dataclasses.dataclass(frozen=True)

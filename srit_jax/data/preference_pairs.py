@@ -23,8 +23,8 @@ import json
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax import generation
-from srit_jax.sampling import SamplingSettings
+from srit_jax.generation import batched as generation
+from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 

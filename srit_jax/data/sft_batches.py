@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from srit_jax import sft_data
+from srit_jax.data import sft_examples as sft_data
 
 
 @dataclasses.dataclass

@@ -21,9 +21,10 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from srit_jax import sampling, sharding
-from srit_jax.model_config import ModelConfig
-from srit_jax.sampling import SamplingSettings
+from srit_jax import sharding
+from srit_jax.generation import sampler as sampling
+from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.model.config import ModelConfig
 
 STOP_REASONS = {sampling.STOP_LENGTH: "length", sampling.STOP_EOS: "eos", sampling.STOP_SEQUENCE: "stop"}
 MIN_PROMPT_BUCKET = 16

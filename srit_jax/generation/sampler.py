@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from srit_jax import model as model_lib
-from srit_jax.model_config import ModelConfig
+from srit_jax.model import decoder as model_lib
+from srit_jax.model.config import ModelConfig
 
 STOP_LENGTH, STOP_EOS, STOP_SEQUENCE = 0, 1, 2  # why a row stopped
 _NO_TOKEN = -1

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from srit_jax import attention, rotary, sharding
-from srit_jax.model_config import ModelConfig
+from srit_jax import sharding
+from srit_jax.model import attention, rotary
+from srit_jax.model.config import ModelConfig
 
 _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from srit_jax import generation, loading
+from srit_jax.conversion import loading
+from srit_jax.generation import batched as generation
 
 
 def run(config) -> list[str]:

@@ -9,8 +9,8 @@ import math
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax import generation
-from srit_jax.sampling import SamplingSettings
+from srit_jax.generation import batched as generation
+from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import get_task, load_examples
@@ -139,7 +139,8 @@ def evaluation_examples(config) -> dict[str, list[Example]]:
 
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
-  from srit_jax import loading, sharding
+  from srit_jax import sharding
+  from srit_jax.conversion import loading
 
   examples = evaluation_examples(config)
   mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))

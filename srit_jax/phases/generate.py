@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import generation, loading, sharding
-from srit_jax.sampling import SamplingSettings
+from srit_jax import sharding
+from srit_jax.conversion import loading
+from srit_jax.generation import batched as generation
+from srit_jax.generation.sampler import SamplingSettings
 
 
 def read_prompts(path: str | pathlib.Path) -> list[dict]:

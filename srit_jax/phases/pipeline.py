@@ -17,7 +17,11 @@ import json
 import pathlib
 import shutil
 
-from srit_jax import demos, evaluation, loading, refine, report, sft_loop, sharding
+from srit_jax import sharding
+from srit_jax.conversion import loading
+from srit_jax.phases import demos, refine, report
+from srit_jax.phases import evaluate as evaluation
+from srit_jax.phases import sft as sft_loop
 from srit_jax.tasks.registry import load_examples
 from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key

@@ -23,13 +23,19 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import demos as demos_lib
-from srit_jax import dpo, dpo_data, flops, loading, optimizer, preference_pairs, sft_data, sharding, train_loop
-from srit_jax import train_step as train_step_lib
-from srit_jax.conversion import hf_checkpoint
-from srit_jax.sampling import SamplingSettings
+from srit_jax import sharding
+from srit_jax.conversion import hf_checkpoint, loading
+from srit_jax.data import pair_batches as dpo_data
+from srit_jax.data import preference_pairs
+from srit_jax.data import sft_examples as sft_data
+from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.phases import demos as demos_lib
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
+from srit_jax.training import dpo_step as dpo
+from srit_jax.training import flops, optimizer
+from srit_jax.training import loop as train_loop
+from srit_jax.training import sft_step as train_step_lib
 
 
 def _teacher_demos(path: str) -> dict[tuple[str, str], str]:

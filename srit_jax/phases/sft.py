@@ -16,9 +16,14 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import data_iterator, flops, loading, optimizer, records, sft_data, sharding, train_loop
-from srit_jax import train_step as train_step_lib
-from srit_jax.conversion import hf_checkpoint
+from srit_jax import sharding
+from srit_jax.conversion import hf_checkpoint, loading
+from srit_jax.data import records
+from srit_jax.data import sft_batches as data_iterator
+from srit_jax.data import sft_examples as sft_data
+from srit_jax.training import flops, optimizer
+from srit_jax.training import loop as train_loop
+from srit_jax.training import sft_step as train_step_lib
 
 log = logging.getLogger(__name__)
 NonFiniteLossError = train_loop.NonFiniteLossError  # re-exported: callers catch it from here

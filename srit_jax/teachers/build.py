@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from srit_jax.sampling import SamplingSettings
+from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.teachers.base import Teacher
 
 KINDS = ("local", "openai", "precomputed", "reference")

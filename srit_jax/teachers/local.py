@@ -8,8 +8,9 @@ import pathlib
 import tempfile
 from collections.abc import Sequence
 
-from srit_jax import generation, loading
-from srit_jax.sampling import SamplingSettings
+from srit_jax.conversion import loading
+from srit_jax.generation import batched as generation
+from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.teachers.base import Teacher, family_of

@@ -8,7 +8,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from srit_jax.model_config import ModelConfig
+from srit_jax.model.config import ModelConfig
 
 # Dense bf16 peak per chip, from the vendors' data sheets.
 _PEAK_BF16 = {

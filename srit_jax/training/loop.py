@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import tqdm
 
-from srit_jax import checkpointing, metrics
+from srit_jax.training import checkpointing, metrics
 
 
 class NonFiniteLossError(FloatingPointError):

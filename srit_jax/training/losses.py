@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from srit_jax import model as model_lib
+from srit_jax.model import decoder as model_lib
 
 
 def chunked_token_log_probs(

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from srit_jax import losses, sharding
-from srit_jax import model as model_lib
-from srit_jax.model_config import ModelConfig
+from srit_jax import sharding
+from srit_jax.model import decoder as model_lib
+from srit_jax.model.config import ModelConfig
+from srit_jax.training import losses
 
 BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
 
