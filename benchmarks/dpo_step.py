@@ -123,6 +123,7 @@ def main(argv):
   from srit_jax.training import dpo_step as dpo
   from srit_jax.training import flops, optimizer
   from srit_jax.training import sft_step as train_step
+  from srit_jax.training.state import create_train_state
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)
@@ -142,7 +143,7 @@ def main(argv):
       if precomputed:
         chosen, rejected = jax.jit(lambda p, b: dpo.reference_log_probs(model.config, p, b))(reference, batch)
         step_batch.update(ref_chosen_logps=np.asarray(chosen), ref_rejected_logps=np.asarray(rejected))
-      state = train_step.create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
+      state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
       step = jax.jit(
         lambda s, r, b: dpo.dpo_step(
           s, r, b, config=model.config, optimizer=tx, beta=0.1, num_microbatches=_MICROBATCHES.value
@@ -173,7 +174,7 @@ def main(argv):
       print(json.dumps({name: run[name]}), flush=True)
     # The SFT step on the same rows (2 x pairs), for the memory comparison of the issue.
     sft_batch = {k: np.concatenate([batch["chosen"][k], batch["rejected"][k]]) for k in batch["chosen"]}
-    state = train_step.create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
+    state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
     sft = jax.jit(lambda s, b: train_step.sft_step(s, b, config=model.config, optimizer=tx), donate_argnums=(0,))
     memory = sft.lower(state, sft_batch).compile().memory_analysis()
     run["sft_step_same_rows_temp_bytes"] = int(memory.temp_size_in_bytes) if memory else None

@@ -74,11 +74,12 @@ def main(argv):
 
   from srit_jax.conversion import fetch, loading
   from srit_jax.generation import batched as generation
+  from srit_jax.generation import jsonl
 
   model = loading.load_model("smollm2-135m-instruct")
   with open(_DATA.value, encoding="utf-8") as f:
     questions = [json.loads(line)["question"] for line in f]
-  prompts = [generation.encode_prompt(model.tokenizer, {"prompt": q}, True, "gsm8k") for q in questions]
+  prompts = [jsonl.encode_prompt(model.tokenizer, {"prompt": q}, True, "gsm8k") for q in questions]
   limit = model.config.max_position_embeddings - _NEW_TOKENS.value
   batch_widths = {
     generation.prompt_bucket(max(len(p) for p in prompts[i : i + 16]), limit) for i in range(0, len(prompts), 16)

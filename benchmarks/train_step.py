@@ -95,6 +95,7 @@ def main(argv):
   from srit_jax.conversion import fetch, loading
   from srit_jax.training import flops, optimizer
   from srit_jax.training import sft_step as train_step
+  from srit_jax.training.state import create_train_state
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)
@@ -108,7 +109,7 @@ def main(argv):
     tokens = batch_size * length
     runs = []
     for microbatches in map(int, _MICROBATCHES.value):
-      state = train_step.create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
+      state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
       step = jax.jit(
         lambda s, b, k=microbatches: train_step.sft_step(s, b, config=model.config, optimizer=tx, num_microbatches=k),
         donate_argnums=(0,),

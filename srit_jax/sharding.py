@@ -71,6 +71,11 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
   return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)
 
 
+def mesh_from_config(block) -> Mesh:
+  """The mesh of a config's `mesh` block (data, fsdp, tensor sizes; -1 takes the remaining devices)."""
+  return make_mesh(MeshConfig(block.data, block.fsdp, block.tensor))
+
+
 def logical_to_spec(
   logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=LOGICAL_AXIS_RULES
 ) -> PartitionSpec:
@@ -134,10 +139,13 @@ def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size", n
     )
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-host) array as one NumPy array on this host."""
-  if not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
+def row_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Rows (the first axis) split over the data and fsdp axes, the rest whole."""
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))
+
+def shard_rows(local_tree, mesh: Mesh):
+  """Global arrays from this process's block of rows of every array in a tree (all rows on one process)."""
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(row_sharding(mesh, np.ndim(x)), np.asarray(x)), local_tree
+  )

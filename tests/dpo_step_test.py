@@ -11,7 +11,7 @@ from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.training import dpo_step as dpo
 from srit_jax.training import optimizer
-from srit_jax.training import sft_step as train_step
+from srit_jax.training.state import create_train_state, state_shardings
 
 
 def _numpy_loss(pc, pr, rc, rr, beta, loss_type, ls):
@@ -104,7 +104,7 @@ def tiny(hf_model_dir):
 
 def _run(config, params, ref, batch, steps=1, **options):
   tx = _tx()
-  state = train_step.create_train_state(params, tx)
+  state = create_train_state(params, tx)
   step = jax.jit(lambda s, r, b: dpo.dpo_step(s, r, b, config=config, optimizer=tx, **options))
   for _ in range(steps):
     state, metrics = step(state, ref, batch)
@@ -188,8 +188,8 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
   tx = _tx()
   _, mesh_params = hf_checkpoint.load_hf_checkpoint(directory, mesh=mesh)
-  state = train_step.create_train_state(mesh_params, tx)
-  shardings = train_step.state_shardings(state, config, mesh)
+  state = create_train_state(mesh_params, tx)
+  shardings = state_shardings(state, config, mesh)
   state = jax.device_put(state, shardings)
   mesh_ref = None if precomputed else jax.device_put(ref, shardings.params)
   step = dpo.jit_dpo_step(state, config, tx, mesh, precomputed_reference=precomputed)

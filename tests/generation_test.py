@@ -16,6 +16,7 @@ from conftest import TINY_HF_CONFIGS
 from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.generation import batched as generation
+from srit_jax.generation import jsonl
 from srit_jax.generation import sampler as sampling
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.model import decoder as model_lib
@@ -216,13 +217,13 @@ def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_pat
     seed=5,
     progress=False,
   )
-  reference = generation.generate_to_jsonl(
+  reference = jsonl.generate_to_jsonl(
     model.config, model.params, model.tokenizer, _records(9), tmp_path / "full.jsonl", **kwargs
   )
   assert len(reference.read_text().splitlines()) == 18
 
   # Crash after two batches, leaving half a line behind as a kill during a write would.
-  real_generate, calls = generation.generate, []
+  real_generate, calls = jsonl.generate, []
 
   def crashing_generate(*args, **kw):
     if len(calls) == 2:
@@ -231,14 +232,14 @@ def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_pat
     return real_generate(*args, **kw)
 
   resumed_path = tmp_path / "resumed.jsonl"
-  monkeypatch.setattr(generation, "generate", crashing_generate)
+  monkeypatch.setattr(jsonl, "generate", crashing_generate)
   with pytest.raises(KeyboardInterrupt):
-    generation.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
-  monkeypatch.setattr(generation, "generate", real_generate)
+    jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
+  monkeypatch.setattr(jsonl, "generate", real_generate)
   assert len(resumed_path.read_text().splitlines()) == 8
   with open(resumed_path, "a") as f:
     f.write('{"index": 3, "sample": 0, "comp')
-  generation.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
+  jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
   assert resumed_path.read_bytes() == reference.read_bytes()
 
 

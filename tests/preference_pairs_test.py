@@ -87,7 +87,7 @@ def test_read_pairs_names_bad_lines(tmp_path):
     + json.dumps({"prompt": "p", "chosen": ""})
     + "\n"
   )
-  with pytest.raises(ValueError, match=r"pairs\.jsonl:2: field 'chosen' must be a non-empty string"):
+  with pytest.raises(ValueError, match=r"pairs\.jsonl:2: field 'chosen' is empty"):
     preference_pairs.read_pairs(path)
 
 

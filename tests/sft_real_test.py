@@ -8,6 +8,7 @@ from conftest import TEACHER_MATH_FILE, load_config
 
 from srit_jax.conversion import loading
 from srit_jax.generation import batched as generation
+from srit_jax.generation import jsonl
 from srit_jax.phases import sft as sft_loop
 
 
@@ -37,7 +38,7 @@ def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):
   assert losses[0] > 0.5 and losses[-1] < 0.05, losses
 
   model = loading.load_model(smollm2_dir)
-  prompts = [generation.encode_prompt(model.tokenizer, {"prompt": d["instruction"]}, True, "demo") for d in demos[:4]]
+  prompts = [jsonl.encode_prompt(model.tokenizer, {"prompt": d["instruction"]}, True, "demo") for d in demos[:4]]
   trained = jax.device_get(result.state.params)
   outputs = generation.generate(model.config, trained, prompts, max_new_tokens=96, tokenizer=model.tokenizer)
   for demo, output in zip(demos[:4], outputs):

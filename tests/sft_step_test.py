@@ -13,6 +13,7 @@ from srit_jax.data import sft_examples as sft_data
 from srit_jax.model import decoder as model_lib
 from srit_jax.training import losses, optimizer
 from srit_jax.training import sft_step as train_step
+from srit_jax.training.state import create_train_state, state_shardings
 
 
 def _examples(lengths, prompt_lengths, seed=0, vocab=128):
@@ -44,7 +45,7 @@ def _batch(examples=EXAMPLES, row_length=16, pack=False, normalization="token"):
 
 
 def _step(config, params, batch, tx, **kwargs):
-  state = train_step.create_train_state(params, tx)
+  state = create_train_state(params, tx)
   step = jax.jit(lambda s, b: train_step.sft_step(s, b, config=config, optimizer=tx, **kwargs))
   return step(state, batch)
 
@@ -134,13 +135,13 @@ def test_sharded_steps_equal_single_device_steps(hf_model_dir, mesh_config):
   # AdamW divides each gradient by its own magnitude, so an element whose gradient is ~1e-9 turns
   # summation-order noise into a full-size step; eps=1e-5 keeps such elements comparable.
   tx = _optimizer(lr=1e-3, eps=1e-5)
-  single = train_step.create_train_state(params, tx)
+  single = create_train_state(params, tx)
   single_step = jax.jit(lambda s, b: train_step.sft_step(s, b, config=config, optimizer=tx))
   mesh = sharding.make_mesh(mesh_config)
   directory = hf_model_dir("llama")[0]
   _, sharded_params = hf_checkpoint.load_hf_checkpoint(directory, mesh=mesh)
-  sharded = train_step.create_train_state(sharded_params, tx)
-  sharded = jax.device_put(sharded, train_step.state_shardings(sharded, config, mesh))
+  sharded = create_train_state(sharded_params, tx)
+  sharded = jax.device_put(sharded, state_shardings(sharded, config, mesh))
   sharded_step = train_step.jit_sft_step(sharded, config, tx, mesh)
   batch_on_mesh = jax.device_put(batch, train_step.batch_shardings(mesh))
   for _ in range(3):

@@ -17,6 +17,7 @@ from srit_jax.data import records
 from srit_jax.data import sft_batches as data_iterator
 from srit_jax.data import sft_examples as sft_data
 from srit_jax.phases import sft as sft_loop
+from srit_jax.training.loop import NonFiniteLossError
 
 
 def _write_records(path, n=16):
@@ -133,7 +134,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_w
   config = _config(tiny_with_tokenizer, train_file, num_steps=8)
   config.optimizer.learning_rate = 1e9  # diverges within a step or two of resuming
   with pytest.raises(
-    sft_loop.NonFiniteLossError,
+    NonFiniteLossError,
     match=r"step [56]: loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step 4\)",
   ):
     sft_loop.train(config, tmp_path / "run")

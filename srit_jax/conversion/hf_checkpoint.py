@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from srit_jax import sharding
 from srit_jax.conversion import mapping
+from srit_jax.data import io
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
 
@@ -173,7 +174,7 @@ def hf_tensors(params, config: ModelConfig, dtype=None) -> Iterator[tuple[str, n
   """(Hugging Face name, array) for every tensor of `params`, one parameter at a time."""
   boxed = model_lib.boxed_param_shapes(config)
   for rule, _, hf_names in _rules_for(config, boxed):
-    ours = sharding.to_host(_get(params, rule.path))
+    ours = io.to_host(_get(params, rule.path))
     if dtype is not None:
       ours = ours.astype(dtype)
     if rule.per_layer:
@@ -197,7 +198,7 @@ def save_hf_checkpoint(
   Each shard is written as soon as it is full, so the host holds at most one shard.
   """
   directory = pathlib.Path(directory)
-  is_writer = jax.process_index() == 0
+  is_writer = io.is_writer()
   dtype = dtype or config.param_dtype
   np_dtype = jnp.dtype(dtype)
   shard_of = _plan_shards(config, np_dtype.itemsize, max_shard_bytes)
@@ -219,8 +220,14 @@ def save_hf_checkpoint(
       if is_writer:
         safetensors.numpy.save_file(pending, str(directory / files[shard]), metadata={"format": "pt"})
       pending = {}
-  if not is_writer:
-    return directory
+  if is_writer:
+    _write_metadata(directory, config, dtype, tokenizer, files, shard_of, total_bytes)
+  io.barrier(f"export {directory}")  # no process reads the export before it is whole
+  return directory
+
+
+def _write_metadata(directory, config: ModelConfig, dtype: str, tokenizer, files, shard_of, total_bytes) -> None:
+  num_shards = len(files)
   if num_shards > 1:
     index = {"metadata": {"total_size": total_bytes}, "weight_map": {n: files[i] for n, i in shard_of.items()}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -228,7 +235,6 @@ def save_hf_checkpoint(
   (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
   if tokenizer is not None:
     save_tokenizer(tokenizer, directory)
-  return directory
 
 
 def save_tokenizer(tokenizer, directory: str | pathlib.Path) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import re
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
+from srit_jax.data import fingerprint
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
 
@@ -28,6 +30,12 @@ class LoadedModel:
   params: Any
   tokenizer: Any  # a transformers tokenizer, or None when the source has none
   mesh: Mesh | None = None
+  source: str = ""  # the file or directory it was read from
+
+  @functools.cached_property
+  def identity(self) -> str:
+    """A digest of the files it was read from (for fingerprints of what it generates)."""
+    return fingerprint.source_digest(self.source) if self.source else ""
 
   def logits(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> jax.Array:
     """Logits [B, T, V] for token ids (a list of ids or a [B, T] array)."""
@@ -56,13 +64,13 @@ def load_model(
     path = download_from_hub(source_str)
   if path.suffix == ".gguf":
     config, params, tokenizer = gguf_checkpoint.load_gguf(path, mesh, progress=progress, **overrides)
-    return LoadedModel(config, params, tokenizer, mesh)
+    return LoadedModel(config, params, tokenizer, mesh, str(path))
   if not path.is_dir():
     raise FileNotFoundError(
       f"{path}: not a directory, a .gguf file or a known model name ({', '.join(fetch.KNOWN_MODELS)})"
     )
   config, params = hf_checkpoint.load_hf_checkpoint(path, mesh, progress=progress, **overrides)
-  return LoadedModel(config, params, _tokenizer_in(path), mesh)
+  return LoadedModel(config, params, _tokenizer_in(path), mesh, str(path))
 
 
 def is_hub_id(source: str) -> bool:

@@ -8,10 +8,8 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from srit_jax.data import sft_examples as sft_data
-from srit_jax.training import dpo_step as dpo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +47,6 @@ def make_pair_batch(pairs: Sequence[TokenizedPair], indices: Sequence[int], row_
     batch["ref_chosen_logps"] = reference[0][np.asarray(indices)]
     batch["ref_rejected_logps"] = reference[1][np.asarray(indices)]
   return batch
-
-
-def shard_pair_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Global arrays from this process's rows of a pair batch."""
-  shardings = dpo.pair_batch_shardings(mesh, "ref_chosen_logps" in local_batch)
-  return jax.tree.map(lambda s, x: jax.make_array_from_process_local_data(s, x), shardings, local_batch)
 
 
 class PairBatchIterator:

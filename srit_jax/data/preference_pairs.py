@@ -19,12 +19,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax.generation import batched as generation
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.data import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 
@@ -38,52 +36,6 @@ class ScoredAnswer:
   text: str
   extracted: str | None
   correct: bool
-
-
-def sample_answers(
-  model,
-  examples: Sequence[Example],
-  out_dir: str | pathlib.Path,
-  *,
-  num_samples: dict[str, int],
-  max_new_tokens: dict[str, int],
-  settings: SamplingSettings,
-  batch_size: int = 16,
-  seed: int = 0,
-  chat_template: bool = True,
-  stop_strings: Sequence[str] = (),
-  progress: bool = True,
-) -> dict[str, list[list[ScoredAnswer]]]:
-  """Scored samples per style and example; generations stream to out_dir/samples.{style}.jsonl."""
-  out_dir = pathlib.Path(out_dir)
-  scored: dict[str, list[list[ScoredAnswer]]] = {}
-  for style, count in num_samples.items():
-    if count <= 0:
-      scored[style] = [[] for _ in examples]
-      continue
-    path = out_dir / f"samples.{style}.jsonl"
-    generation.generate_to_jsonl(
-      model.config,
-      model.params,
-      model.tokenizer,
-      [{"prompt": prompts.prompt(e, style), "id": f"{e.task}/{e.id}"} for e in examples],
-      path,
-      max_new_tokens=max_new_tokens[style],
-      settings=settings,
-      num_samples=count,
-      seed=seed,
-      batch_size=batch_size,
-      stop_strings=tuple(stop_strings),
-      chat_template=chat_template,
-      mesh=model.mesh,
-      progress=progress,
-    )
-    texts = [[""] * count for _ in examples]
-    for line in path.read_text(encoding="utf-8").splitlines():
-      row = json.loads(line)
-      texts[row["index"]][row["sample"]] = row["completion"]
-    scored[style] = [score_answers(e, t, style) for e, t in zip(examples, texts)]
-  return scored
 
 
 def score_answers(example: Example, texts: Sequence[str], style: str) -> list[ScoredAnswer]:
@@ -195,17 +147,4 @@ def split_held_out(pairs: list[dict], fraction: float, seed: int = 0) -> tuple[l
 
 def read_pairs(path: str | pathlib.Path) -> list[dict]:
   """Pairs from JSONL; an error names the file, line and field."""
-  path = pathlib.Path(path)
-  pairs = []
-  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      pair = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-    for field in ("prompt", "chosen", "rejected"):
-      if not isinstance(pair.get(field), str) or not pair[field].strip():
-        raise ValueError(f"{path}:{number}: field {field!r} must be a non-empty string")
-    pairs.append(pair)
-  return pairs
+  return [pair for _, pair in io.read_records(path, required={"prompt": str, "chosen": str, "rejected": str})]

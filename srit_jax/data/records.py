@@ -8,6 +8,8 @@ import dataclasses
 import json
 import pathlib
 
+from srit_jax.data import io
+
 
 class RecordError(ValueError):
   """A malformed record; the message names file, line and field."""
@@ -75,3 +77,21 @@ def read_instruction_records(
           raise
         report.skipped[str(e).split(": ", 1)[1]] += 1
   return records
+
+
+# Fields of a demos.jsonl line (the demos phase's output) and the types they must have.
+DEMONSTRATION_FIELDS = {
+  "task": str,
+  "id": (str, int),
+  "question": str,
+  "gold": str,
+  "answer_type": str,
+  "choices": list,
+  "output": str,
+}
+
+
+def read_demonstrations(path: str | pathlib.Path, fields=tuple(DEMONSTRATION_FIELDS)) -> list[dict]:
+  """The lines of a demos.jsonl file, each with `fields`; a missing or mistyped field names
+  file, line and field."""
+  return [obj for _, obj in io.read_records(path, required={f: DEMONSTRATION_FIELDS[f] for f in fields})]

@@ -1,32 +1,27 @@
 """Batched generation on the host side: padding and buckets, n samples, stop strings, JSONL runs.
 
-`generate` turns token-id prompts into `Generation`s through `sampling.sample`; prompt
+`generate` turns token-id prompts into `Generation`s through `sampler.sample`; prompt
 length and batch are padded to a few bucket sizes so a run compiles a bounded number of
-times. `generate_to_jsonl` streams a dataset of prompts to a JSONL file in whole batches and
-resumes a killed run where it stopped, with the same result as an uninterrupted one.
+times. On a multi-process run every process passes the same prompts; each fills its own
+shards of the batch and every process gets every row's output back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import pathlib
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import Mesh
 
 from srit_jax import sharding
-from srit_jax.generation import sampler as sampling
+from srit_jax.data import io
+from srit_jax.generation import sampler
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.model.config import ModelConfig
 
-STOP_REASONS = {sampling.STOP_LENGTH: "length", sampling.STOP_EOS: "eos", sampling.STOP_SEQUENCE: "stop"}
+STOP_REASONS = {sampler.STOP_LENGTH: "length", sampler.STOP_EOS: "eos", sampler.STOP_SEQUENCE: "stop"}
 MIN_PROMPT_BUCKET = 16
 
 
@@ -163,22 +158,22 @@ def generate(
     mask = np.pad(mask, ((0, idle), (0, 0)))
     seeds = np.asarray([row_seed(seed, p, s) for p, s, _ in chunk] + [0] * idle, np.int32)
     args = [tokens, mask, seeds]
-    if mesh is not None:
+    if mesh is not None:  # each process fills the shards it holds
       args = [
-        jax.device_put(a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, mesh)) for a in args
+        sharding.put_host_array(a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, mesh))
+        for a in args
       ]
-    out, logprobs, reasons = jax.device_get(
-      sampling.sample(
-        config,
-        params,
-        *args,
-        jnp.asarray(eos),
-        jnp.asarray(stops),
-        settings=settings,
-        max_new_tokens=max_new_tokens,
-        mesh=mesh,
-      )
+    outputs = sampler.sample(
+      config,
+      params,
+      *args,
+      jnp.asarray(eos),
+      jnp.asarray(stops),
+      settings=settings,
+      max_new_tokens=max_new_tokens,
+      mesh=mesh,
     )
+    out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
     batch_results = []
     for row, (prompt_index, sample_index, _) in enumerate(chunk):
       length = int((out[row] >= 0).sum())
@@ -202,114 +197,3 @@ def greedy_generate(config, params, prompts, max_new_tokens, *, eos_ids=None, me
   """New token ids per prompt under greedy decoding, up to and including the first EOS."""
   generations = generate(config, params, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, mesh=mesh)
   return [g.tokens for g in generations]
-
-
-# --- Streaming a dataset of prompts to JSONL ---------------------------------------------------
-
-
-def _complete_lines(path: pathlib.Path) -> list[bytes]:
-  """The newline-terminated lines of a file; a last line cut short by a kill is left out."""
-  if not path.exists():
-    return []
-  return path.read_bytes().split(b"\n")[:-1]
-
-
-def generate_to_jsonl(
-  config: ModelConfig,
-  params,
-  tokenizer,
-  records: Iterable[dict[str, Any]],
-  out_path: str | pathlib.Path,
-  *,
-  max_new_tokens: int,
-  settings: SamplingSettings | None = None,
-  num_samples: int = 1,
-  seed: int = 0,
-  batch_size: int = 16,
-  stop_strings: Sequence[str] = (),
-  chat_template: bool = True,
-  mesh: Mesh | None = None,
-  progress: bool = True,
-) -> pathlib.Path:
-  """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
-
-  Prompts run in order of token length, in whole batches; each batch's lines are written and
-  synced together. A restarted run keeps the whole batches already written, drops a batch cut
-  short by a kill, and continues, so its file equals that of an uninterrupted run.
-  """
-  out_path = pathlib.Path(out_path)
-  records = list(records)
-  if not records:
-    raise ValueError("no prompts to generate from")
-  prompts = [encode_prompt(tokenizer, r, chat_template, where=f"record {i}") for i, r in enumerate(records)]
-  order = sorted(range(len(records)), key=lambda i: (len(prompts[i]), i))
-  rows_per_batch = max(1, batch_size // num_samples)
-  batches = [order[i : i + rows_per_batch] for i in range(0, len(order), rows_per_batch)]
-
-  lines = _complete_lines(out_path)
-  done_batches, kept = 0, 0
-  for batch in batches:
-    if kept + len(batch) * num_samples > len(lines):
-      break
-    expected = [(i, s) for i in batch for s in range(num_samples)]
-    written = [json.loads(line) for line in lines[kept : kept + len(batch) * num_samples]]
-    if [(w["index"], w["sample"]) for w in written] != expected:
-      raise ValueError(f"{out_path}: holds lines of another run (line {kept + 1} onward); move it away to start over")
-    kept += len(batch) * num_samples
-    done_batches += 1
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  with open(out_path, "a+b") as f:
-    f.truncate(sum(len(line) + 1 for line in lines[:kept]))
-
-  bar = tqdm.tqdm(
-    total=len(records), initial=kept // num_samples, desc="generating", unit="prompt", disable=not progress
-  )
-  with open(out_path, "a", encoding="utf-8") as f:
-
-    def write(generations: list[Generation]):
-      for g in generations:
-        record = records[g.prompt_index]
-        line = {
-          "index": g.prompt_index,
-          "id": record.get("id", g.prompt_index),
-          "sample": g.sample_index,
-          "seed": g.seed,
-          "prompt": record["prompt"],
-          "completion": g.text,
-          "stop_reason": g.stop_reason,
-          "tokens": g.tokens,
-          "logprobs": [round(x, 6) for x in g.logprobs],
-        }
-        f.write(json.dumps(line, ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-      bar.update(len(generations) // num_samples)
-
-    for batch in batches[done_batches:]:
-      generate(
-        config,
-        params,
-        [prompts[i] for i in batch],
-        max_new_tokens=max_new_tokens,
-        settings=settings,
-        num_samples=num_samples,
-        seed=seed,
-        batch_size=batch_size,
-        stop_strings=stop_strings,
-        tokenizer=tokenizer,
-        mesh=mesh,
-        prompt_indices=batch,
-        on_batch=write,
-      )
-  bar.close()
-  return out_path
-
-
-def encode_prompt(tokenizer, record: dict[str, Any], chat_template: bool, where: str) -> list[int]:
-  prompt = record.get("prompt")
-  if not isinstance(prompt, str) or not prompt:
-    raise ValueError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
-  if chat_template:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-  return tokenizer(prompt)["input_ids"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import pathlib
 from collections.abc import Sequence
 
+from srit_jax.data import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
-from srit_jax.tasks.registry import get_task, load_examples
+from srit_jax.tasks.registry import load_training_examples
 from srit_jax.teachers.base import Teacher
 
 KEEP = ("correct", "all", "first_correct")
@@ -109,42 +109,34 @@ def summary_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def write_jsonl(path: pathlib.Path, records: list[dict]) -> None:
-  """Written beside and renamed into place, so a kill never leaves half a file."""
-  partial = path.with_suffix(path.suffix + ".partial")
-  with open(partial, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  partial.replace(path)
-
-
-def training_examples(config) -> list[Example]:
-  task = get_task(config.task)
-  split = config.split or task.train_split
-  if split is None:
-    raise ValueError(f"task {task.name} has no training split; name one with --config.split")
-  return load_examples(
-    task.name,
-    split,
-    source=config.source,
-    data_dir=config.data_dir or None,
-    hub_path=config.hub_path or None,
-    limit=config.limit or None,
-    seed=config.seed,
-  )
-
-
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax.teachers.build import make_teacher
 
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if io.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
   teacher = make_teacher(config.teacher, workdir, progress=progress)
+  if not (io.is_writer() or teacher.needs_all_processes):
+    io.barrier(f"demos {workdir}")  # process 0 asks the teacher and writes the files
+    return json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
+  summary = _ask(teacher, config, workdir)
+  if not teacher.needs_all_processes:
+    io.barrier(f"demos {workdir}")
+  return summary
+
+
+def _ask(teacher, config, workdir: pathlib.Path) -> dict:
   examples = teacher.examples()
   if examples is None:
-    examples = training_examples(config)
+    examples = load_training_examples(
+      config.task,
+      config.split,
+      source=config.source,
+      data_dir=config.data_dir or None,
+      hub_path=config.hub_path or None,
+      limit=config.limit or None,
+      seed=config.seed,
+    )
   elif config.limit:
     examples = examples[: config.limit]
   rationales = teacher.rationales(examples, config.num_samples)
@@ -152,10 +144,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   kept = filter_records(records, config.keep)
   if not kept:
     raise ValueError(f"no demonstration kept (keep={config.keep!r}) of {len(records)} teacher answers")
-  write_jsonl(workdir / "all_answers.jsonl", records)
-  write_jsonl(workdir / "demos.jsonl", kept)
+  io.write_jsonl(workdir / "all_answers.jsonl", records)
+  io.write_jsonl(workdir / "demos.jsonl", kept)
   summary = summarize(records, kept, teacher)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  io.write_json(workdir / "summary.json", summary)
   print(summary_table(summary))
   print(workdir / "demos.jsonl")
   return summary

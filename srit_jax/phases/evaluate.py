@@ -4,12 +4,12 @@ Markdown table. Generations stream to disk, so a killed evaluation resumes."""
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax.generation import batched as generation
+from srit_jax.data import io
+from srit_jax.generation.jsonl import generate_texts
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
@@ -65,39 +65,27 @@ def evaluate(
 ) -> dict:
   """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md."""
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   max_new_tokens = {prompts.COT: 256, prompts.DIRECT: 32, **(max_new_tokens or {})}
   summary: dict[str, dict] = {}
   for task, examples in examples_by_task.items():
     for style in styles:
       records = [{"prompt": prompts.prompt(e, style), "id": e.id} for e in examples]
-      generations_path = out_dir / f"{task}.{style}.generations.jsonl"
-      generation.generate_to_jsonl(
-        model.config,
-        model.params,
-        model.tokenizer,
+      completions = generate_texts(
+        model,
         records,
-        generations_path,
+        out_dir / f"{task}.{style}.generations.jsonl",
         max_new_tokens=max_new_tokens[style],
         settings=SamplingSettings(temperature=0.0),
         batch_size=batch_size,
         stop_strings=tuple(stop_strings),
         chat_template=chat_template,
-        mesh=model.mesh,
         progress=progress,
       )
-      completions = [""] * len(examples)
-      for line in generations_path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        completions[row["index"]] = row["completion"]
-      rows = score_generations(examples, completions, style)
-      with open(out_dir / f"{task}.{style}.jsonl", "w", encoding="utf-8") as f:
-        for r in rows:
-          f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      rows = score_generations(examples, [samples[0] for samples in completions], style)
+      io.write_jsonl(out_dir / f"{task}.{style}.jsonl", rows)
       summary.setdefault(task, {})[style] = accuracy_entry(rows)
-  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  table = results_table(summary)
-  (out_dir / "results.md").write_text(table + "\n")
+  io.write_json(out_dir / "summary.json", summary)
+  io.write_text(out_dir / "results.md", results_table(summary) + "\n")
   return summary
 
 
@@ -143,7 +131,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax.conversion import loading
 
   examples = evaluation_examples(config)
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+  mesh = sharding.mesh_from_config(config.mesh)
   model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=progress)
   styles = [prompts.COT] + ([prompts.DIRECT] if config.direct else [])
   summary = evaluate(

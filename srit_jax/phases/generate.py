@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from srit_jax import sharding
 from srit_jax.conversion import loading
-from srit_jax.generation import batched as generation
+from srit_jax.data import io
+from srit_jax.generation.jsonl import generate_to_jsonl
 from srit_jax.generation.sampler import SamplingSettings
 
 
 def read_prompts(path: str | pathlib.Path) -> list[dict]:
-  """Records with a "prompt" field from a JSONL file, or one prompt per line of a text file."""
+  """Records with a "prompt" field from a .jsonl or .json file, else one prompt per line of text."""
   path = pathlib.Path(path)
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      if path.suffix != ".jsonl":
-        records.append({"prompt": line.rstrip("\n"), "id": number})
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
-        raise ValueError(f"{path}:{number}: field 'prompt' must be a non-empty string")
-      records.append(record)
+  if path.suffix in (".jsonl", ".json"):
+    records = [record for _, record in io.read_records(path, required={"prompt": str})]
+  else:
+    lines = io.read_text(path).split("\n")
+    records = [{"prompt": line, "id": number} for number, line in enumerate(lines, start=1) if line.strip()]
   if not records:
-    raise ValueError(f"{path}: holds no prompts")
+    raise io.DataError(f"{path}: holds no prompts")
   return records
 
 
@@ -40,10 +30,12 @@ def run(config, out: str | pathlib.Path) -> pathlib.Path:
     if config.prompts_file
     else [{"prompt": p, "id": i} for i, p in enumerate(config.prompts)]
   )
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+  mesh = sharding.mesh_from_config(config.mesh)
   model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=True)
   settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
-  path = generation.generate_to_jsonl(
+  if model.tokenizer is None:
+    raise ValueError(f"{config.model}: has no tokenizer (tokenizer.json or tokenizer.model) to encode prompts")
+  path = generate_to_jsonl(
     model.config,
     model.params,
     model.tokenizer,
@@ -57,6 +49,8 @@ def run(config, out: str | pathlib.Path) -> pathlib.Path:
     stop_strings=tuple(config.stop_strings),
     chat_template=config.chat_template,
     mesh=mesh,
+    model_identity=model.identity,
+    on_change="error",
   )
   print(path)
   return path

@@ -12,13 +12,12 @@ results.md, accuracy.png and training_curves.png.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
-import shutil
 
 from srit_jax import sharding
 from srit_jax.conversion import loading
+from srit_jax.data import fingerprint, io
 from srit_jax.phases import demos, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
@@ -29,15 +28,12 @@ from srit_jax.teachers.precomputed import question_key
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
 
 
-def _fingerprint(*parts) -> str:
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Phase:
-  """A phase directory with a completion marker keyed by a fingerprint."""
+  """A phase directory with a completion marker keyed by a fingerprint of its inputs."""
 
-  def __init__(self, workdir: pathlib.Path, name: str, fingerprint: str):
-    self.name, self.dir, self.fingerprint = name, workdir / name, fingerprint
+  def __init__(self, workdir: pathlib.Path, name: str, *inputs):
+    self.name, self.dir = name, workdir / name
+    self.fingerprint = fingerprint.digest(fingerprint.portable(list(inputs), workdir))
     self.marker = self.dir / "DONE.json"
 
   def done(self) -> bool:
@@ -45,15 +41,16 @@ class Phase:
       if self.dir.exists():
         print(f"[{self.name}] resuming an interrupted run in {self.dir}")
       return False
-    if json.loads(self.marker.read_text())["fingerprint"] == self.fingerprint:
+    if json.loads(self.marker.read_text(encoding="utf-8"))["fingerprint"] == self.fingerprint:
       print(f"[{self.name}] done already, skipped")
       return True
     print(f"[{self.name}] its config or an earlier phase changed since it ran: running it again")
-    shutil.rmtree(self.dir)
+    io.reset_directory(self.dir)
     return False
 
   def finish(self, details: dict | None = None) -> None:
-    self.marker.write_text(json.dumps({"fingerprint": self.fingerprint, **(details or {})}, indent=2) + "\n")
+    io.write_json(self.marker, {"fingerprint": self.fingerprint, **(details or {})})
+    io.barrier(f"finished {self.marker}")
 
 
 def _with(block, **fields):
@@ -65,12 +62,13 @@ def _with(block, **fields):
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if io.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
   shared = dict(data_dir=config.data_dir, source=config.source, seed=config.seed)
 
   # Demonstrations.
   demos_config = _with(config.demos, task=config.train_task, **shared)
-  demos_phase = Phase(workdir, "demos", _fingerprint(demos_config.to_dict()))
+  demos_phase = Phase(workdir, "demos", demos_config.to_dict())
   if not demos_phase.done():
     print("[demos] teacher demonstrations")
     summary = demos.run(demos_config, demos_phase.dir, progress=progress)
@@ -78,7 +76,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Instruction tuning.
   sft_config = _with(config.sft, model=config.student, train_file=str(demos_phase.dir / "demos.jsonl"), export=True)
-  sft_phase = Phase(workdir, "sft", _fingerprint(sft_config.to_dict(), demos_phase.fingerprint))
+  sft_phase = Phase(workdir, "sft", sft_config.to_dict(), demos_phase.fingerprint)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
     sft_loop.train(sft_config, sft_phase.dir)
@@ -93,7 +91,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     export=True,
     **shared,
   )
-  refine_phase = Phase(workdir, "refine", _fingerprint(refine_config.to_dict(), sft_phase.fingerprint))
+  refine_phase = Phase(workdir, "refine", refine_config.to_dict(), sft_phase.fingerprint)
   if not refine_phase.done():
     print("[refine] self-refinement: the student's samples, preference pairs, DPO")
     summary = refine.run(refine_config, refine_phase.dir, progress=progress)
@@ -128,15 +126,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for stage in STAGES:
     model_path, upstream = models[stage]
     phase = Phase(
-      workdir,
-      f"eval/{stage}",
-      _fingerprint(config.eval.to_dict(), tasks, evaluated_ids, model_path, upstream, config.student),
+      workdir, f"eval/{stage}", config.eval.to_dict(), tasks, evaluated_ids, model_path, upstream, config.student
     )
     if not phase.done():
       print(f"[{phase.name}] {model_path}")
-      mesh = sharding.make_mesh(
-        sharding.MeshConfig(config.eval.mesh.data, config.eval.mesh.fsdp, config.eval.mesh.tensor)
-      )
+      mesh = sharding.mesh_from_config(config.eval.mesh)
       model = loading.load_model(model_path, mesh=mesh, dtype=config.eval.dtype, progress=progress)
       evaluation.evaluate(
         model,
@@ -149,9 +143,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         progress=progress,
       )
       phase.finish()
-    results[stage] = json.loads((phase.dir / "summary.json").read_text())
+    results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
 
-  teacher = json.loads(demos_phase.marker.read_text())["summary"]
+  teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
   student_family = config.student_family or family_of(str(config.student))
   out = {
     "student": config.student,
@@ -163,16 +157,18 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "domains": tasks,
     "stages": results,
     "teacher_accuracy": teacher["tasks"],
-    "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text()),
+    "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
     "left_out_as_seen_in_training": removed,
   }
-  (workdir / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+  io.write_json(workdir / "results.json", out)
   table = report.results_markdown(out)
-  (workdir / "results.md").write_text(table + "\n")
-  report.accuracy_chart(out, workdir / "accuracy.png")
-  report.training_curves(
-    {"sft": sft_phase.dir / "metrics.jsonl", "dpo": refine_phase.dir / "metrics.jsonl"}, workdir / "training_curves.png"
-  )
+  io.write_text(workdir / "results.md", table + "\n")
+  if io.is_writer():
+    report.accuracy_chart(out, workdir / "accuracy.png")
+    report.training_curves(
+      {"sft": sft_phase.dir / "metrics.jsonl", "dpo": refine_phase.dir / "metrics.jsonl"},
+      workdir / "training_curves.png",
+    )
   print(table)
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
@@ -183,8 +179,7 @@ def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, 
   left out, so that no stage is scored on a question it was taught."""
   seen = set()
   for path in training_files:
-    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
-      record = json.loads(line)
+    for _, record in io.read_records(path):
       seen.add(question_key(record.get("question") or record.get("prompt", "")))
       if "prompt" in record:  # pairs hold the whole prompt; its question line is what matters
         seen.add(question_key(record["prompt"].split("Question: ", 1)[-1].split("\n")[0]))

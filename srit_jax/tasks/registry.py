@@ -221,6 +221,15 @@ def load_examples(
   return examples[:limit] if limit else examples
 
 
+def load_training_examples(task_name: str, split: str = "", **options) -> list[Example]:
+  """The task's training split (or `split`), with the options of `load_examples`."""
+  task = get_task(task_name)
+  split = split or task.train_split
+  if split is None:
+    raise ValueError(f"task {task.name} has no training split; name one with --config.split")
+  return load_examples(task.name, split, **options)
+
+
 def _load_local(task: Task, split: str, data_dir) -> list[Example]:
   if data_dir is None:
     raise ValueError(f"task {task.name}: local files need a data directory (data_dir)")

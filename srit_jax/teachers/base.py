@@ -34,6 +34,9 @@ class TeacherError(RuntimeError):
 class Teacher(abc.ABC):
   name: str  # what wrote the rationales, as recorded in every demonstration
   family: str  # model family, for in-family / out-family labels
+  # Whether every process of a multi-process run must take part (a model sharded over all
+  # devices); otherwise process 0 asks alone and the others wait for its files.
+  needs_all_processes: bool = False
 
   @abc.abstractmethod
   def rationales(self, examples: Sequence[Example], num_samples: int) -> list[list[str]]:

@@ -3,13 +3,12 @@ through our batched sampler; its generations stream to a JSONL file, so a killed
 
 from __future__ import annotations
 
-import json
 import pathlib
 import tempfile
 from collections.abc import Sequence
 
 from srit_jax.conversion import loading
-from srit_jax.generation import batched as generation
+from srit_jax.generation.jsonl import generate_texts
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
@@ -17,6 +16,8 @@ from srit_jax.teachers.base import Teacher, family_of
 
 
 class LocalModelTeacher(Teacher):
+  needs_all_processes = True  # its model generates on every device of the run
+
   def __init__(
     self,
     model: str | loading.LoadedModel,
@@ -54,24 +55,15 @@ class LocalModelTeacher(Teacher):
     model = self._loaded()
     records = [{"prompt": prompts.prompt(e, prompts.COT), "id": f"{e.task}/{e.id}"} for e in examples]
     with tempfile.TemporaryDirectory() as scratch:
-      path = pathlib.Path(self.generations_path or pathlib.Path(scratch) / "generations.jsonl")
-      generation.generate_to_jsonl(
-        model.config,
-        model.params,
-        model.tokenizer,
+      return generate_texts(
+        model,
         records,
-        path,
+        self.generations_path or pathlib.Path(scratch) / "generations.jsonl",
         max_new_tokens=self.max_new_tokens,
         settings=self.settings,
         num_samples=num_samples,
         seed=self.seed,
         batch_size=self.batch_size,
         chat_template=self.chat_template,
-        mesh=model.mesh,
         progress=self.progress,
       )
-      answers: list[list[str]] = [[""] * num_samples for _ in examples]
-      for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        answers[row["index"]][row["sample"]] = row["completion"]
-    return answers

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from srit_jax.model import decoder as model_lib
+from srit_jax import sharding
+from srit_jax.model import decoder
 from srit_jax.model.config import ModelConfig
 from srit_jax.training import losses
-from srit_jax.training import sft_step as train_step
+from srit_jax.training.state import TrainState, accumulated_value_and_grad, apply_gradients, state_shardings
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 SIDE_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
@@ -61,9 +62,21 @@ def dpo_loss(
   return per_pair, beta * chosen_ratio_B, beta * rejected_ratio_B
 
 
+def pair_metrics(per_pair_B, chosen_rewards_B, rejected_rewards_B) -> dict:
+  """Mean loss and rewards of a set of pairs (the step's metrics and the held-out ones)."""
+  margins_B = chosen_rewards_B - rejected_rewards_B
+  return {
+    "loss": jnp.mean(per_pair_B),
+    "rewards/chosen": jnp.mean(chosen_rewards_B),
+    "rewards/rejected": jnp.mean(rejected_rewards_B),
+    "rewards/margins": jnp.mean(margins_B),
+    "rewards/accuracies": jnp.mean((margins_B > 0).astype(jnp.float32)),
+  }
+
+
 def sequence_log_probs(config: ModelConfig, params, side: dict, *, mesh=None, chunk_size: int = 128):
   """Summed answer-token log-probabilities per row [B] (and answer-token counts [B])."""
-  model = model_lib.Transformer(config, mesh)
+  model = decoder.Transformer(config, mesh)
   hidden = model.apply(
     {"params": params}, side["tokens"], side["positions"], side["segment_ids"], method="hidden_states"
   )
@@ -86,7 +99,7 @@ def reference_log_probs(config: ModelConfig, ref_params, batch: dict, *, mesh=No
 
 
 def dpo_step(
-  state: train_step.TrainState,
+  state: TrainState,
   ref_params,
   batch: dict,
   *,
@@ -128,49 +141,40 @@ def dpo_step(
     loss = jnp.sum(per_pair) / num_pairs
     if nll_weight:
       loss += nll_weight * -jnp.sum(chosen) / chosen_weight
-    return loss, (chosen, rejected, chosen_rewards, rejected_rewards)
+    return loss, (per_pair, chosen, rejected, chosen_rewards, rejected_rewards)
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, per_pair_values), grads = train_step.accumulated_value_and_grad(
-    loss_and_grad, state.params, batch, num_microbatches
-  )
-  chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {
-    "loss": loss,
+  (loss, per_pair_values), grads = accumulated_value_and_grad(loss_and_grad, state.params, batch, num_microbatches)
+  per_pair, chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
+  metrics = pair_metrics(per_pair, chosen_rewards, rejected_rewards) | {
+    "loss": loss,  # with the NLL term, when there is one
     "grad_norm": optax.tree.norm(grads),
-    "rewards/chosen": jnp.mean(chosen_rewards),
-    "rewards/rejected": jnp.mean(rejected_rewards),
-    "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-    "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
     "logps/chosen": jnp.mean(chosen),
     "logps/rejected": jnp.mean(rejected),
     "tokens": jnp.sum(batch["chosen"]["segment_ids"] > 0) + jnp.sum(batch["rejected"]["segment_ids"] > 0),
   }
-  return train_step.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return apply_gradients(state, grads, optimizer), metrics
 
 
 def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool) -> dict:
-  rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
-  side = dict.fromkeys(SIDE_FIELDS, rows)
+  side = dict.fromkeys(SIDE_FIELDS, sharding.row_sharding(mesh, 2))
   shardings = {"chosen": side, "rejected": dict(side)}
   if precomputed_reference:
-    shardings.update(dict.fromkeys(REFERENCE_FIELDS, NamedSharding(mesh, PartitionSpec(("data", "fsdp")))))
+    shardings.update(dict.fromkeys(REFERENCE_FIELDS, sharding.row_sharding(mesh, 1)))
   return shardings
 
 
 def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomputed_reference: bool, **loss_options):
   """`dpo_step` jitted with explicit shardings: state donated, reference sharded like params, not donated."""
-  state_shardings = train_step.state_shardings(state, config, mesh)
+  shardings = state_shardings(state, config, mesh)
   step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
   return jax.jit(
     step,
     in_shardings=(
-      state_shardings,
-      None if precomputed_reference else state_shardings.params,  # precomputed: no reference tree is passed
+      shardings,
+      None if precomputed_reference else shardings.params,  # precomputed: no reference tree is passed
       pair_batch_shardings(mesh, precomputed_reference),
     ),
-    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+    out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
     donate_argnames=("state",),
   )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -51,15 +52,26 @@ def measured_matmul_peak(size: int = 2048, dtype: str = "float32") -> float:
   return 2 * size**3 / best
 
 
-def device_peak_flops(dtype: str = "bfloat16") -> float:
-  """All local devices' peak: the data sheet for known accelerators, measured on CPU."""
+def per_device_peak_flops(dtype: str = "bfloat16") -> float:
+  """One device's peak FLOP/s: the data sheet for known accelerators, measured on CPU.
+
+  On CPU the emulated devices share the processor, so each is given an equal share of the
+  matmul speed measured in this process ($SRIT_JAX_CPU_PEAK_FLOPS replaces the measurement).
+  """
   device = jax.devices()[0]
   if device.platform == "cpu":
-    return measured_matmul_peak(dtype="float32")  # bf16 on XLA:CPU is slower, not a higher peak
+    measured = float(os.environ.get("SRIT_JAX_CPU_PEAK_FLOPS") or measured_matmul_peak(dtype="float32"))
+    return measured / jax.local_device_count()  # bf16 on XLA:CPU is slower, not a higher peak
   for name, peak in _PEAK_BF16.items():
     if device.device_kind.startswith(name):
-      return peak * jax.local_device_count() * (0.5 if dtype == "float32" else 1.0)
+      return peak * (0.5 if dtype == "float32" else 1.0)
   return float("nan")
+
+
+def peak_flops(dtype: str = "bfloat16") -> float:
+  """The peak FLOP/s of every device of the run, all processes together: the MFU denominator
+  for a step whose FLOPs count the global batch."""
+  return per_device_peak_flops(dtype) * jax.device_count()
 
 
 def dpo_step_flops(config: ModelConfig, pairs: int, length: int, in_step_reference: bool) -> float:

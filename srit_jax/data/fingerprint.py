@@ -1,0 +1,68 @@
+"""Fingerprints of what an output was made from, so that no output is reused for other inputs.
+
+Values are hashed as canonical JSON. Paths inside a run directory are hashed relative to it
+and files by content, so a finished workdir copied elsewhere keeps its fingerprints. Large
+files (model weights) are hashed by their size and a few sampled blocks: fast, content-based,
+and changed by any re-export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+_BLOCK = 1 << 20  # bytes per sampled block
+_SAMPLES = 8  # blocks sampled across a large file
+
+
+def digest(*parts: Any) -> str:
+  """A short hex digest of JSON-serialisable parts (sets and tuples as lists, other objects by str)."""
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode()).hexdigest()[:16]
+
+
+def _jsonable(obj):
+  if isinstance(obj, set | frozenset):
+    return sorted(obj, key=str)
+  return str(obj)
+
+
+def file_digest(path: str | pathlib.Path) -> str:
+  """Content digest of a file: whole below 8 MiB, else its size and 8 sampled 1 MiB blocks."""
+  path = pathlib.Path(path)
+  size = path.stat().st_size
+  h = hashlib.sha256(str(size).encode())
+  with open(path, "rb") as f:
+    if size <= _SAMPLES * _BLOCK:
+      h.update(f.read())
+    else:
+      for i in range(_SAMPLES):
+        f.seek((size - _BLOCK) * i // (_SAMPLES - 1))
+        h.update(f.read(_BLOCK))
+  return h.hexdigest()[:16]
+
+
+def source_digest(source: str | pathlib.Path) -> str:
+  """What a model or data source is: a file or directory by content, anything else by its name."""
+  path = pathlib.Path(str(source))
+  if path.is_file():
+    return file_digest(path)
+  if path.is_dir():
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return digest({str(p.relative_to(path)): file_digest(p) for p in files})
+  return digest(str(source))
+
+
+def portable(value: Any, root: str | pathlib.Path) -> Any:
+  """`value` with every string that is a path under `root` made relative to it (recursively)."""
+  root = str(pathlib.Path(root).absolute())
+  if isinstance(value, dict):
+    return {k: portable(v, root) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [portable(v, root) for v in value]
+  if isinstance(value, str) and value:
+    absolute = str(pathlib.Path(value).absolute())
+    if absolute == root or absolute.startswith(root + "/"):
+      return "$WORKDIR" + absolute[len(root) :]
+  return value

@@ -1,0 +1,228 @@
+"""Files of a run directory: atomic writes, resumable appends, reads that name file, line and field.
+
+On a multi-process run (a TPU pod) every process runs the same code over one shared workdir.
+Every file is written by exactly one process, process 0 (`is_writer()`); the others compute
+the same values and wait at a `barrier` wherever they are about to read what it wrote.
+
+- `write_json` / `write_jsonl` / `write_text`: written beside the target and renamed into
+  place, so a kill never leaves half a file.
+- `JsonlAppender`: whole batches of lines, flushed and synced together; `complete_lines`
+  drops a last line that a kill cut short, so a resumed run can trust what it finds.
+- `read_records`: the objects of a JSON Lines file or a JSON list, each error naming file:line
+  and field.
+- `to_host`: a (possibly multi-host) array as one NumPy array on every process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class DataError(ValueError):
+  """A file that cannot be used as it is; the message names the file, line and field."""
+
+
+def read_text(path: str | pathlib.Path) -> str:
+  """A UTF-8 text file; bytes that are not UTF-8 are named by line and column."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: no such file")
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    raise DataError(f"{path}:{line}: bytes that are not UTF-8 at column {column}") from None
+
+
+def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
+  """(line, row) for every object of a JSON list or a JSON Lines file, whichever it holds."""
+  path = pathlib.Path(path)
+  text = read_text(path)
+  decoder = json.JSONDecoder()
+  stripped = text.lstrip()
+  if stripped.startswith("["):
+    position = len(text) - len(stripped) + 1
+    line, counted = 1, 0  # `line` is the line of offset `counted`
+
+    def line_at(offset):
+      nonlocal line, counted
+      line += text.count("\n", counted, offset)
+      counted = offset
+      return line
+
+    while True:
+      position = _skip(text, position, " \t\r\n")
+      if position < len(text) and text[position] == "]":
+        return
+      start_line = line_at(position)
+      try:
+        row, position = decoder.raw_decode(text, position)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_at(e.pos)}: not valid JSON ({e.msg})") from None
+      yield start_line, _object(row, path, start_line)
+      position = _skip(text, position, " \t\r\n")
+      if position < len(text) and text[position] == ",":
+        position += 1
+      elif position >= len(text) or text[position] != "]":
+        raise DataError(f"{path}:{line_at(position)}: expected ',' or ']' between list items")
+  else:
+    for line, raw in enumerate(text.split("\n"), start=1):
+      if not raw.strip():
+        continue
+      try:
+        row = json.loads(raw)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})") from None
+      yield line, _object(row, path, line)
+
+
+def _skip(text: str, position: int, characters: str) -> int:
+  while position < len(text) and text[position] in characters:
+    position += 1
+  return position
+
+
+def _object(row: Any, path, line) -> dict:
+  if not isinstance(row, dict):
+    raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+  return row
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files (process 0)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """All processes meet here (a no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(path.name + ".partial")
+  with open(partial, "w", encoding="utf-8") as f:
+    write(f)
+    f.flush()
+    os.fsync(f.fileno())
+  partial.replace(path)
+
+
+def write_text(path: str | pathlib.Path, text: str) -> None:
+  """`text` to `path` atomically, by the writing process only."""
+  if is_writer():
+    _atomic_write(pathlib.Path(path), lambda f: f.write(text))
+
+
+def write_json(path: str | pathlib.Path, obj: Any) -> None:
+  """`obj` as indented JSON, atomically, by the writing process only."""
+  write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | pathlib.Path, records: Iterable[dict]) -> None:
+  """One JSON object per line, atomically, by the writing process only."""
+  if is_writer():
+    _atomic_write(pathlib.Path(path), lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def reset_directory(path: str | pathlib.Path) -> None:
+  """Removes `path` (by the writing process, once) and makes every process wait until it is gone."""
+  if is_writer():
+    shutil.rmtree(path, ignore_errors=True)
+  barrier(f"reset {path}")
+
+
+def complete_lines(path: str | pathlib.Path) -> list[bytes]:
+  """The newline-terminated lines of a file; a last line cut short by a kill is left out."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  return path.read_bytes().split(b"\n")[:-1]
+
+
+class JsonlAppender:
+  """Appends whole batches of JSON lines to a file that holds `keep_lines` trusted lines.
+
+  Opening truncates the file to those lines (what a kill left after them is dropped); each
+  `append` writes a batch, flushes and syncs it. Only the writing process touches the file.
+  """
+
+  def __init__(self, path: str | pathlib.Path, keep_lines: Sequence[bytes] = ()):
+    self.path = pathlib.Path(path)
+    self._file = None
+    if not is_writer():
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(self.path, "a+b") as f:
+      f.truncate(sum(len(line) + 1 for line in keep_lines))
+    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+  def append(self, records: Iterable[dict]) -> None:
+    if self._file is None:
+      return
+    self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def read_records(
+  path: str | pathlib.Path, *, required: dict[str, type | tuple[type, ...]] | None = None
+) -> list[tuple[int, dict]]:
+  """(line, object) for every object of a JSON Lines file or a JSON list.
+
+  `required` maps field names to the types they must have (a str field must also be
+  non-empty). Encoding errors, items that are not JSON objects and missing or mistyped
+  fields raise `DataError` naming file:line and field.
+  """
+  rows = []
+  for line, obj in read_rows(path):
+    for field, kind in (required or {}).items():
+      check_field(obj, field, kind, f"{path}:{line}")
+    rows.append((line, obj))
+  return rows
+
+
+def check_field(obj: dict, field: str, kind: type | tuple[type, ...], where: str) -> None:
+  """Raises `DataError` naming `where` and `field` unless obj[field] has type `kind`."""
+  if field not in obj or obj[field] is None:
+    raise DataError(f"{where}: field {field!r} is missing")
+  value = obj[field]
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+    names = " or ".join(k.__name__ for k in kinds)
+    raise DataError(f"{where}: field {field!r} must be {names}, got {type(value).__name__}")
+  if isinstance(value, str) and not value.strip():
+    raise DataError(f"{where}: field {field!r} is empty")
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) array as one NumPy array on this process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))

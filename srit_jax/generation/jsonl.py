@@ -1,0 +1,206 @@
+"""Generation for a dataset of prompts, streamed to a JSONL file that a killed run resumes.
+
+`generate_to_jsonl` writes one line per (prompt, sample) in whole batches, each batch synced
+as it completes; a restarted run keeps the whole batches already written, drops a batch cut
+short by a kill and continues, so its file equals that of an uninterrupted run. Beside the
+file, `<file>.meta.json` holds a fingerprint of the model, prompts and settings: a run with
+other inputs never continues a file made from different ones — it starts over, saying so, or
+(`on_change="error"`) stops and says how to start over.
+
+`generate_texts` is the generate-then-read-back step that evaluation, the student's
+self-samples and the local teacher share: the completions per prompt and sample.
+
+On a multi-process run every process generates every row (each on its own shards) and only
+process 0 writes the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import tqdm
+from jax.sharding import Mesh
+
+from srit_jax.data import fingerprint, io
+from srit_jax.generation.batched import Generation, generate
+from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.model.config import ModelConfig
+
+ON_CHANGE = ("restart", "error")
+
+
+class StaleOutputError(ValueError):
+  """An output file was made from other inputs or settings than the run asks for."""
+
+
+def encode_prompt(tokenizer, record: dict[str, Any], chat_template: bool, where: str) -> list[int]:
+  """Token ids of a record's "prompt" (through the chat template when asked)."""
+  prompt = record.get("prompt")
+  if not isinstance(prompt, str) or not prompt:
+    raise ValueError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
+  if chat_template:
+    if not getattr(tokenizer, "chat_template", None):
+      raise ValueError(f"{where}: the tokenizer has no chat template; set chat_template=False to send plain prompts")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+  return tokenizer(prompt)["input_ids"]
+
+
+def _meta_path(out_path: pathlib.Path) -> pathlib.Path:
+  return out_path.with_name(out_path.name + ".meta.json")
+
+
+def _trusted_lines(out_path: pathlib.Path, inputs: str, on_change: str) -> list[bytes]:
+  """The lines of an earlier run with the same inputs, or none (after starting over, or an error)."""
+  lines = io.complete_lines(out_path)
+  meta = _meta_path(out_path)
+  saved = json.loads(meta.read_text(encoding="utf-8")).get("inputs") if meta.exists() else None
+  if not lines or saved == inputs:
+    return lines
+  if on_change == "error":
+    raise StaleOutputError(
+      f"{out_path}: holds generations made from other prompts, model or settings than this run's; "
+      f"remove it (and {meta.name}) or choose another output file"
+    )
+  print(f"{out_path}: made from other prompts, model or settings; starting it over")
+  return []
+
+
+def generate_to_jsonl(
+  config: ModelConfig,
+  params,
+  tokenizer,
+  records: Sequence[dict[str, Any]],
+  out_path: str | pathlib.Path,
+  *,
+  max_new_tokens: int,
+  settings: SamplingSettings | None = None,
+  num_samples: int = 1,
+  seed: int = 0,
+  batch_size: int = 16,
+  stop_strings: Sequence[str] = (),
+  chat_template: bool = True,
+  mesh: Mesh | None = None,
+  model_identity: str = "",
+  on_change: str = "restart",
+  progress: bool = True,
+) -> pathlib.Path:
+  """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
+
+  Prompts run in order of token length, in whole batches. `model_identity` (a digest of the
+  model's files) joins the fingerprint of the inputs; `on_change` says what happens to a file
+  made from other inputs: "restart" or "error".
+  """
+  if on_change not in ON_CHANGE:
+    raise ValueError(f"on_change {on_change!r} is not one of {ON_CHANGE}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+  out_path = pathlib.Path(out_path)
+  records = list(records)
+  if not records:
+    raise ValueError("no prompts to generate from")
+  settings = settings or SamplingSettings()
+  prompts = [encode_prompt(tokenizer, r, chat_template, where=f"record {i}") for i, r in enumerate(records)]
+  inputs = fingerprint.digest(
+    model_identity,
+    [[r["prompt"], r.get("id")] for r in records],
+    dataclasses.asdict(settings),
+    max_new_tokens,
+    num_samples,
+    seed,
+    batch_size,
+    list(stop_strings),
+    chat_template,
+  )
+  order = sorted(range(len(records)), key=lambda i: (len(prompts[i]), i))
+  rows_per_batch = max(1, batch_size // num_samples)
+  batches = [order[i : i + rows_per_batch] for i in range(0, len(order), rows_per_batch)]
+
+  lines = _trusted_lines(out_path, inputs, on_change)
+  done_batches, kept = 0, 0
+  for batch in batches:
+    if kept + len(batch) * num_samples > len(lines):
+      break
+    expected = [(i, s) for i in batch for s in range(num_samples)]
+    written = [json.loads(line) for line in lines[kept : kept + len(batch) * num_samples]]
+    if [(w["index"], w["sample"]) for w in written] != expected:
+      raise StaleOutputError(f"{out_path}: line {kept + 1} onward is not what this run writes there; remove the file")
+    kept += len(batch) * num_samples
+    done_batches += 1
+  io.barrier(f"read {out_path}")  # every process has read the file before process 0 truncates it
+  io.write_json(_meta_path(out_path), {"inputs": inputs, "records": len(records), "num_samples": num_samples})
+
+  bar = tqdm.tqdm(
+    total=len(records),
+    initial=kept // num_samples,
+    desc="generating",
+    unit="prompt",
+    disable=not progress or not io.is_writer(),
+  )
+  with io.JsonlAppender(out_path, keep_lines=lines[:kept]) as appender:
+
+    def write(generations: list[Generation]):
+      appender.append(
+        {
+          "index": g.prompt_index,
+          "id": records[g.prompt_index].get("id", g.prompt_index),
+          "sample": g.sample_index,
+          "seed": g.seed,
+          "prompt": records[g.prompt_index]["prompt"],
+          "completion": g.text,
+          "stop_reason": g.stop_reason,
+          "tokens": g.tokens,
+          "logprobs": [round(x, 6) for x in g.logprobs],
+        }
+        for g in generations
+      )
+      bar.update(len(generations) // num_samples)
+
+    for batch in batches[done_batches:]:
+      generate(
+        config,
+        params,
+        [prompts[i] for i in batch],
+        max_new_tokens=max_new_tokens,
+        settings=settings,
+        num_samples=num_samples,
+        seed=seed,
+        batch_size=batch_size,
+        stop_strings=stop_strings,
+        tokenizer=tokenizer,
+        mesh=mesh,
+        prompt_indices=batch,
+        on_batch=write,
+      )
+  bar.close()
+  io.barrier(f"wrote {out_path}")
+  return out_path
+
+
+def read_generations(out_path: str | pathlib.Path, num_records: int, num_samples: int) -> list[list[dict]]:
+  """The lines of a finished generation file as [record][sample]."""
+  rows: list[list[dict | None]] = [[None] * num_samples for _ in range(num_records)]
+  for _, row in io.read_records(out_path):
+    rows[row["index"]][row["sample"]] = row
+  missing = [i for i, samples in enumerate(rows) if any(s is None for s in samples)]
+  if missing:
+    raise StaleOutputError(f"{out_path}: has no line for record {missing[0]} ({len(missing)} records incomplete)")
+  return rows
+
+
+def generate_texts(model, records: Sequence[dict[str, Any]], out_path: str | pathlib.Path, **options) -> list[list]:
+  """Completions [record][sample] of a loaded model for `records`, through a resumable file.
+
+  `options` are those of `generate_to_jsonl`; the model's identity joins the fingerprint.
+  """
+  if model.tokenizer is None:
+    where = model.source or "the model"
+    raise ValueError(f"{where}: has no tokenizer (tokenizer.json or tokenizer.model) to encode prompts")
+  options.setdefault("model_identity", model.identity)
+  generate_to_jsonl(model.config, model.params, model.tokenizer, records, out_path, mesh=model.mesh, **options)
+  generations = read_generations(out_path, len(records), options.get("num_samples", 1))
+  return [[row["completion"] for row in samples] for samples in generations]

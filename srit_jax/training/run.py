@@ -1,0 +1,156 @@
+"""One training run, written once for SFT and DPO: mesh → model → state and its shardings →
+the jitted step → the shared loop (resume, NaN guard, checkpoints, metrics) → export.
+
+A phase adds only what is its own — its data and its step:
+
+    run = TrainingRun.start(config, workdir)          # mesh, model, optimizer
+    examples = ...tokenise with run.model.tokenizer...
+    state = run.init_state()                          # sharded train state
+    step = jit_sft_step(state, run.model.config, run.optimizer, run.mesh, ...)
+    run.fit(step, batches, step_flops=...)            # the loop, until num_steps
+    run.export()                                      # WORKDIR/export, an HF directory
+
+The config block must hold: model, dtype, param_dtype, remat_policy, mesh, batch_size,
+num_microbatches, num_steps, optimizer, save_every, keep_checkpoints, async_checkpoints,
+eval_every, export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from srit_jax import sharding
+from srit_jax.conversion import hf_checkpoint, loading
+from srit_jax.data import io
+from srit_jax.training import flops, loop, optimizer
+from srit_jax.training.state import TrainState, create_train_state, state_shardings
+
+
+class DeviceBatches:
+  """Batches for the loop: a host iterator (with get_state/set_state for checkpoints) and the
+  function that turns its host batch into global device arrays."""
+
+  def __init__(self, host_iterator, to_device: Callable[[Any], Any]):
+    self.host_iterator, self.to_device = host_iterator, to_device
+
+  def __next__(self):
+    return self.to_device(next(self.host_iterator))
+
+  def get_state(self) -> dict:
+    return self.host_iterator.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.host_iterator.set_state(state)
+
+
+@dataclasses.dataclass
+class TrainingRun:
+  config: Any  # the phase's config block
+  workdir: pathlib.Path
+  mesh: Mesh
+  model: loading.LoadedModel
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  state: TrainState | None = None
+
+  @classmethod
+  def start(cls, config, workdir: str | pathlib.Path, *, batch_name: str = "batch_size") -> TrainingRun:
+    """The mesh, the batch checked against it, the model loaded into its shardings, the optimizer."""
+    workdir = pathlib.Path(workdir)
+    if io.is_writer():
+      workdir.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.mesh_from_config(config.mesh)
+    sharding.check_batch_divides(config.batch_size, mesh, batch_name, config.num_microbatches)
+    model = loading.load_model(
+      config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
+    )
+    return cls(
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      model=model,
+      optimizer=optimizer.make_optimizer(config.optimizer, config.num_steps),
+      schedule=optimizer.learning_rate_schedule(config.optimizer, config.num_steps),
+    )
+
+  def init_state(self) -> TrainState:
+    """The train state over the model's parameters, laid out by their logical axes."""
+    state = create_train_state(self.model.params, self.optimizer)
+    self.state = jax.device_put(state, state_shardings(state, self.model.config, self.mesh))
+    return self.state
+
+  def fit(
+    self,
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    batches: DeviceBatches,
+    *,
+    step_flops: float,
+    evaluate: Callable[[TrainState, int], dict] | None = None,
+    rates: Callable[[dict, float], dict] | None = None,
+    desc: str = "train",
+    progress_keys: tuple[str, ...] = ("loss",),
+  ) -> dict:
+    """Trains from the latest checkpoint to `num_steps`; returns the last step's metrics.
+
+    `step_flops` are the model FLOPs of one global step; MFU divides them by the step time
+    and the peak of all devices of the run. `rates(values, seconds)` adds per-second figures
+    of the phase's own (pairs per second).
+    """
+    config = self.config
+    peak = flops.peak_flops(config.dtype)
+    io.write_json(
+      self.workdir / "run.json",
+      {
+        "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "mesh": dict(self.mesh.shape),
+        "batch_size": config.batch_size,
+        "num_microbatches": config.num_microbatches,
+        "model_flops_per_step": step_flops,
+        "peak_flops": peak,
+      },
+    )
+    print(f"{jax.process_count()} process(es), {jax.device_count()} device(s), mesh {dict(self.mesh.shape)}")
+
+    def derived_metrics(step, values, seconds):
+      return {
+        "learning_rate": float(self.schedule(step - 1)),
+        "tokens_per_s": values["tokens"] / seconds,
+        "mfu": step_flops / seconds / peak,
+        **(rates(values, seconds) if rates else {}),
+      }
+
+    self.state, last = loop.run_steps(
+      workdir=self.workdir,
+      state=self.state,
+      step_fn=step_fn,
+      next_batch=lambda: next(batches),
+      data_state=batches.get_state,
+      restore_data_state=batches.set_state,
+      num_steps=config.num_steps,
+      save_every=config.save_every,
+      keep_checkpoints=config.keep_checkpoints,
+      async_checkpoints=config.async_checkpoints,
+      derived_metrics=derived_metrics,
+      evaluate=evaluate,
+      eval_every=config.eval_every,
+      desc=desc,
+      progress_keys=progress_keys,
+    )
+    return last
+
+  def export(self) -> pathlib.Path | None:
+    """The trained parameters as an HF directory in WORKDIR/export (when the config asks for it)."""
+    if not self.config.export:
+      return None
+    export_dir = self.workdir / "export"
+    hf_checkpoint.save_hf_checkpoint(self.state.params, self.model.config, export_dir, tokenizer=self.model.tokenizer)
+    print(f"exported to {export_dir}")
+    return export_dir
