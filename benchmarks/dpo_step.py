@@ -119,6 +119,7 @@ def main(argv):
   import jax
   import numpy as np
 
+  from srit_jax import configs
   from srit_jax.conversion import fetch, loading
   from srit_jax.training import dpo_step as dpo
   from srit_jax.training import flops, optimizer
@@ -127,7 +128,7 @@ def main(argv):
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)
-  tx = optimizer.make_optimizer(optimizer.default_config(), total_steps=1000)
+  tx = optimizer.make_optimizer(configs.load("optimizer"), total_steps=1000)
   peak = flops.measured_matmul_peak()
   results = {"machine": common.machine(), "dtype": "float32", "matmul_peak_gflops": peak / 1e9, "runs": []}
   for size in _SIZES.value:

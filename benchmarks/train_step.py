@@ -92,6 +92,7 @@ def main(argv):
   import common
   import jax
 
+  from srit_jax import configs
   from srit_jax.conversion import fetch, loading
   from srit_jax.training import flops, optimizer
   from srit_jax.training import sft_step as train_step
@@ -99,7 +100,7 @@ def main(argv):
 
   directory = fetch.fetch_model("smollm2-135m-instruct")
   model = loading.load_model(directory)
-  config = optimizer.default_config()
+  config = configs.load("optimizer")
   tx = optimizer.make_optimizer(config, total_steps=1000)
   peak = flops.measured_matmul_peak()
   results = {"machine": common.machine(), "dtype": "float32", "matmul_peak_gflops": peak / 1e9, "runs": []}

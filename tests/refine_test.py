@@ -67,6 +67,7 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer,
     np.testing.assert_allclose(runs[False][name], value, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   base = [

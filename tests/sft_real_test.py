@@ -4,12 +4,15 @@
 import json
 
 import jax
+import pytest
 from conftest import TEACHER_MATH_FILE, load_config
 
 from srit_jax.conversion import loading
 from srit_jax.generation import batched as generation
 from srit_jax.generation import jsonl
 from srit_jax.phases import sft as sft_loop
+
+pytestmark = pytest.mark.slow  # the real SmolLM2 weights
 
 
 def test_smollm2_overfits_32_teacher_demonstrations(smollm2_dir, tmp_path):

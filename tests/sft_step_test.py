@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_hf_model
+from conftest import TINY_TOKENIZER, make_hf_model
 
-from srit_jax import sharding
+from srit_jax import configs, sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.data import sft_examples as sft_data
 from srit_jax.model import decoder as model_lib
@@ -34,7 +34,7 @@ def _tiny(hf_model_dir, family="llama"):
 
 
 def _optimizer(lr=1e-2, clip=1.0, eps=1e-8):
-  cfg = optimizer.default_config()
+  cfg = configs.load("optimizer")
   cfg.learning_rate, cfg.warmup_steps, cfg.clip_norm, cfg.weight_decay, cfg.eps = lr, 0, clip, 0.01, eps
   return optimizer.make_optimizer(cfg, total_steps=10)
 
@@ -164,7 +164,7 @@ def test_weight_decay_skips_norms_and_biases(hf_model_dir):
 
 
 def test_schedules_warm_up_then_decay():
-  cfg = optimizer.default_config()
+  cfg = configs.load("optimizer")
   cfg.learning_rate, cfg.warmup_steps, cfg.end_lr_fraction = 1.0, 4, 0.1
   for kind in optimizer.SCHEDULES:
     cfg.schedule = kind
@@ -177,27 +177,28 @@ def test_schedules_warm_up_then_decay():
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer(smollm2_dir):
+def chat_tokenizer():
+  """A byte-level BPE with a ChatML template, like SmolLM2's (tests/testdata/tiny_tokenizer)."""
   from transformers import AutoTokenizer
 
-  return AutoTokenizer.from_pretrained(str(smollm2_dir))
+  return AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
 
 
-def test_prompt_tokens_carry_no_loss(smollm2_tokenizer):
+def test_prompt_tokens_carry_no_loss(chat_tokenizer):
   prompt, answer = sft_data.tokenize_example(
-    smollm2_tokenizer, "Add the numbers.", "2 and 3", "2 + 3 = 5. The answer is 5."
+    chat_tokenizer, "Add the numbers.", "2 and 3", "2 + 3 = 5. The answer is 5."
   )
   example = sft_data.fit_to_length(prompt, answer, 256)
   masked = [t for t, m in zip(example.tokens, example.loss_mask) if m]
   unmasked = [t for t, m in zip(example.tokens, example.loss_mask) if not m]
-  assert smollm2_tokenizer.decode(masked) == "2 + 3 = 5. The answer is 5.<|im_end|>\n"
-  assert smollm2_tokenizer.decode(unmasked).endswith("Add the numbers.\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n")
+  assert chat_tokenizer.decode(masked) == "2 + 3 = 5. The answer is 5.<|im_end|>\n"
+  assert chat_tokenizer.decode(unmasked).endswith("Add the numbers.\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_a_template_that_drops_the_answer_is_an_error(smollm2_tokenizer):
+def test_a_template_that_drops_the_answer_is_an_error(chat_tokenizer):
   import copy
 
-  tokenizer = copy.deepcopy(smollm2_tokenizer)
+  tokenizer = copy.deepcopy(chat_tokenizer)
   tokenizer.chat_template = (
     "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
   )
@@ -213,10 +214,10 @@ def test_long_prompts_are_cut_from_the_left_and_long_answers_dropped_and_counted
   assert (stats.kept, stats.prompt_truncated, stats.dropped_too_long) == (1, 1, 1)
 
 
-def test_plain_template_for_base_models(smollm2_tokenizer):
-  prompt, answer = sft_data.tokenize_example(smollm2_tokenizer, "Q?", "", "A.", use_chat_template=False)
-  assert smollm2_tokenizer.decode(prompt) == "### Instruction:\nQ?\n\n### Response:\n"
-  assert answer[-1] == smollm2_tokenizer.eos_token_id
+def test_plain_template_for_base_models(chat_tokenizer):
+  prompt, answer = sft_data.tokenize_example(chat_tokenizer, "Q?", "", "A.", use_chat_template=False)
+  assert chat_tokenizer.decode(prompt) == "### Instruction:\nQ?\n\n### Response:\n"
+  assert answer[-1] == chat_tokenizer.eos_token_id
 
 
 def test_make_hf_model_is_deterministic():

@@ -26,6 +26,8 @@ TEXTS = [
   "mixed<|endoftext|>special",
 ]
 
+pytestmark = pytest.mark.slow  # the real SmolLM2 weights
+
 
 @functools.cache
 def _transformers_gguf(directory):

@@ -11,9 +11,11 @@ what each stage does to CoT accuracy, with 95% intervals, on questions no phase 
 
 from srit_jax.configs import pipeline, variants
 
+VARIANTS = (("",),)
+
 
 def get_config(variant: str = ""):
-  variants(variant, "demo", ("",))
+  variants(variant, __file__, *VARIANTS)
   config = pipeline.get_config()
 
   config.demos.teacher.kind = "reference"

@@ -40,8 +40,22 @@ def teacher_config(kind: str = "reference"):
   return teacher
 
 
+# Variants: a teacher kind, or a precomputed reader (whose task it sets).
+_READERS = {
+  "palm_csqa": "csqa",
+  "palm_svamp": "svamp",
+  "davinci_zero_shot_cot": "",
+  "gpt3_gsm8k": "gsm8k",
+  "chatgpt_math": "",
+}
+_KINDS = {"": "reference", "reference": "reference", "local": "local", "openai": "openai"} | {
+  reader: "precomputed" for reader in _READERS
+}
+VARIANTS = (tuple(_KINDS),)  # a teacher kind, or a precomputed reader (whose task it sets)
+
+
 def get_config(variant: str = ""):
-  (variant,) = variants(variant, "demos", tuple(_KINDS))
+  (variant,) = variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.task = "arith"  # a task of srit_jax.tasks.TASKS; a precomputed teacher brings its own questions
   config.split = ""  # empty: the task's training split
@@ -57,16 +71,3 @@ def get_config(variant: str = ""):
     config.teacher.reader = variant
     config.task = _READERS[variant]
   return config
-
-
-# Variants: a teacher kind, or a precomputed reader (whose task it sets).
-_READERS = {
-  "palm_csqa": "csqa",
-  "palm_svamp": "svamp",
-  "davinci_zero_shot_cot": "",
-  "gpt3_gsm8k": "gsm8k",
-  "chatgpt_math": "",
-}
-_KINDS = {"": "reference", "reference": "reference", "local": "local", "openai": "openai"} | {
-  reader: "precomputed" for reader in _READERS
-}

@@ -11,9 +11,11 @@ import ml_collections
 
 from srit_jax.configs import variants
 
+VARIANTS = (("",),)
+
 
 def get_config(variant: str = ""):
-  variants(variant, "generate", ("",))
+  variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype: float32 or bfloat16

@@ -30,8 +30,11 @@ SLICES = {
 }
 
 
+VARIANTS = (tuple(STUDENTS), tuple(SLICES))  # student,slice
+
+
 def get_config(variant: str = ""):
-  student, slice_name = variants(variant, "paper", tuple(STUDENTS), tuple(SLICES))
+  student, slice_name = variants(variant, __file__, *VARIANTS)
   hub_id, teacher_model = STUDENTS[student]
   chips, hosts = SLICES[slice_name]
   config = pipeline.get_config()

@@ -18,8 +18,11 @@ def phase_config(name: str):
   return load(name)
 
 
+VARIANTS = (("",),)
+
+
 def get_config(variant: str = ""):
-  variants(variant, "pipeline", ("",))
+  variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.student = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.student_family = ""  # empty: guessed from the student's name

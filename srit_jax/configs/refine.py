@@ -8,12 +8,13 @@ Run it again with the same --workdir to resume (sampling and DPO both pick up wh
 
 import ml_collections
 
-from srit_jax.configs import variants
-from srit_jax.training import optimizer
+from srit_jax.configs import optimizer, variants
+
+VARIANTS = (("", "tiny"),)
 
 
 def get_config(variant: str = ""):
-  (variant,) = variants(variant, "refine", ("", "tiny"))
+  (variant,) = variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # the instructed student (SFT export dir); also the frozen reference
   config.dtype = "float32"  # compute dtype (the reference is kept in it)
@@ -56,7 +57,7 @@ def get_config(variant: str = ""):
   config.num_microbatches = 1  # gradient accumulation inside the step (the same update, less memory)
   config.chunk_size = 128  # positions per vocabulary-projection chunk
   config.num_steps = 50  # optimizer steps
-  config.optimizer = optimizer.default_config()
+  config.optimizer = optimizer.get_config()
   config.optimizer.learning_rate = 5e-6
   config.optimizer.warmup_steps = 5
   config.save_every = 25  # steps between checkpoints (and at the end)

@@ -9,12 +9,13 @@ chain-of-thought answer). Run it again with the same --workdir to resume.
 
 import ml_collections
 
-from srit_jax.configs import variants
-from srit_jax.training import optimizer
+from srit_jax.configs import optimizer, variants
+
+VARIANTS = (("", "tiny"),)
 
 
 def get_config(variant: str = ""):
-  (variant,) = variants(variant, "sft", ("", "tiny"))
+  (variant,) = variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype: float32, or bfloat16 on TPU/GPU
@@ -33,7 +34,7 @@ def get_config(variant: str = ""):
   config.chunk_size = 128  # positions per vocabulary-projection chunk of the loss
   config.num_steps = 100  # optimizer steps
   config.seed = 0  # data order
-  config.optimizer = optimizer.default_config()  # AdamW settings (see srit_jax/optimizer.py)
+  config.optimizer = optimizer.get_config()  # AdamW settings (see srit_jax/optimizer.py)
   config.save_every = 50  # steps between checkpoints (and at the end)
   config.keep_checkpoints = 3  # checkpoints kept
   config.async_checkpoints = True  # save in the background

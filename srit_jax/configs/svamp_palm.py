@@ -12,9 +12,11 @@ import ml_collections
 
 from srit_jax.configs import pipeline, variants
 
+VARIANTS = (("",),)
+
 
 def get_config(variant: str = ""):
-  variants(variant, "svamp_palm", ("",))
+  variants(variant, __file__, *VARIANTS)
   config = pipeline.get_config()
 
   root = ml_collections.FieldReference("../shared/data")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.generation import batched as generation
 
 
 def run(config) -> list[str]:
+  checks.check(config, "complete")
   """Loads `config.model`, answers each of `config.prompts` greedily and prints the answers."""
   start = time.perf_counter()
   model = loading.load_model(config.model, dtype=config.dtype, progress=True)

@@ -14,6 +14,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from srit_jax.configs import checks
 from srit_jax.data import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
@@ -112,6 +113,7 @@ def summary_table(summary: dict) -> str:
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax.teachers.build import make_teacher
 
+  checks.check(config, "demos")
   workdir = pathlib.Path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)

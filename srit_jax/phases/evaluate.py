@@ -128,8 +128,10 @@ def evaluation_examples(config) -> dict[str, list[Example]]:
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax import sharding
+  from srit_jax.configs import checks
   from srit_jax.conversion import loading
 
+  checks.check(config, "eval")
   examples = evaluation_examples(config)
   mesh = sharding.mesh_from_config(config.mesh)
   model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=progress)

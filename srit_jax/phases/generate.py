@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from srit_jax import sharding
+from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import io
 from srit_jax.generation.jsonl import generate_to_jsonl
@@ -25,6 +26,7 @@ def read_prompts(path: str | pathlib.Path) -> list[dict]:
 
 
 def run(config, out: str | pathlib.Path) -> pathlib.Path:
+  checks.check(config, "generate")
   records = (
     read_prompts(config.prompts_file)
     if config.prompts_file

@@ -16,6 +16,7 @@ import json
 import pathlib
 
 from srit_jax import sharding
+from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint, io
 from srit_jax.phases import demos, refine, report
@@ -61,6 +62,7 @@ def _with(block, **fields):
 
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+  checks.check(config, "pipeline")
   workdir = pathlib.Path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)

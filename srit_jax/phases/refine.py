@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from srit_jax import sharding
+from srit_jax.configs import checks
 from srit_jax.data import fingerprint, io, pair_batches, preference_pairs, records
 from srit_jax.data.sft_examples import TokenizeStats
 from srit_jax.generation.jsonl import generate_texts
@@ -133,6 +134,7 @@ def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray
 
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+  checks.check(config, "refine")
   run = TrainingRun.start(config, workdir, batch_name="batch_size (pairs per step)")
   workdir, model, mesh = run.workdir, run.model, run.mesh
   if model.tokenizer is None:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from srit_jax import sharding
+from srit_jax.configs import checks
 from srit_jax.data import records, sft_batches, sft_examples
 from srit_jax.training import flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
@@ -67,6 +68,7 @@ def _this_process_rows(batch: dict) -> dict:
 
 
 def train(config, workdir: str | pathlib.Path) -> SftResult:
+  checks.check(config, "sft")
   run = TrainingRun.start(config, workdir)
   tokenizer = run.model.tokenizer
   if tokenizer is None:

@@ -56,17 +56,3 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
     )
   )
   return optax.chain(*parts)
-
-
-def default_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.learning_rate = 2e-5  # peak learning rate
-  config.schedule = "cosine"  # cosine | linear | constant, after warmup
-  config.warmup_steps = 10  # linear warmup from 0
-  config.end_lr_fraction = 0.1  # final learning rate as a fraction of the peak
-  config.weight_decay = 0.0  # AdamW decay on kernels and embeddings only
-  config.b1 = 0.9
-  config.b2 = 0.999
-  config.eps = 1e-8
-  config.clip_norm = 1.0  # global gradient-norm clip; <= 0 disables
-  return config

@@ -1,0 +1,279 @@
+"""One validation pass over a run config before any work: every problem at once, each naming
+the field, the value and what is allowed.
+
+    check(config, "sft")   # raises ConfigError listing every problem
+
+Fields are checked by name wherever they sit (a phase config, or a phase block of a pipeline
+config): sizes and steps are positive, rates and counts non-negative, probabilities in range,
+enumerations one of their values, mesh axes sizes or -1, a batch divisible into its
+microbatches. Then what the command itself needs: the files it reads exist, the tasks are
+known, the model is something that can be loaded.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Callable
+
+from ml_collections import ConfigDict
+
+COMMANDS = ("demos", "sft", "refine", "eval", "pipeline", "generate", "complete", "plan")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """Settings that cannot run; `problems` holds one line per problem."""
+
+  def __init__(self, problems: list[str]):
+    self.problems = problems
+    super().__init__("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _number(low=None, high=None, *, low_open=False, high_open=False, integer=False) -> Callable:
+  def check(value):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+      return f"must be {'an integer' if integer else 'a number'}"
+    if low is not None and (value <= low if low_open else value < low):
+      return f"must be {'>' if low_open else '>='} {low}"
+    if high is not None and (value >= high if high_open else value > high):
+      return f"must be {'<' if high_open else '<='} {high}"
+    return None
+
+  return check
+
+
+def _one_of(*allowed) -> Callable:
+  return lambda value: None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
+
+
+POSITIVE_INT = _number(1, integer=True)
+NON_NEGATIVE_INT = _number(0, integer=True)
+NON_NEGATIVE = _number(0)
+PROBABILITY = _number(0, 1)
+
+
+def _rules() -> dict[str, Callable]:
+  """Checks by field name (the last part of its path); a dotted key matches a path's end."""
+  from srit_jax.data import preference_pairs
+  from srit_jax.model.config import REMAT_POLICIES
+  from srit_jax.phases import demos, refine
+  from srit_jax.tasks.registry import SOURCES
+  from srit_jax.teachers import build, precomputed
+  from srit_jax.training import dpo_step, optimizer
+
+  return {
+    **dict.fromkeys(
+      (
+        "batch_size",
+        "num_steps",
+        "max_length",
+        "save_every",
+        "keep_checkpoints",
+        "num_microbatches",
+        "chunk_size",
+        "max_new_tokens",
+        "max_new_tokens_direct",
+        "generate_batch_size",
+        "num_samples",
+        "max_pairs_per_question",
+        "concurrency",
+      ),
+      POSITIVE_INT,
+    ),
+    **dict.fromkeys(
+      ("limit", "eval_every", "warmup_steps", "num_cot_samples", "num_direct_samples", "top_k", "seed", "max_retries"),
+      NON_NEGATIVE_INT,
+    ),
+    **dict.fromkeys(("weight_decay", "nll_weight", "temperature"), NON_NEGATIVE),
+    "learning_rate": _number(0, low_open=True),
+    "beta": _number(0, low_open=True),
+    "eps": _number(0, low_open=True),
+    "timeout_s": _number(0, low_open=True),
+    "label_smoothing": _number(0, 0.5),
+    "top_p": _number(0, 1, low_open=True),
+    "heldout_fraction": _number(0, 1, high_open=True),
+    "end_lr_fraction": PROBABILITY,
+    "b1": _number(0, 1, high_open=True),
+    "b2": _number(0, 1, high_open=True),
+    "clip_norm": _number(),
+    "dtype": _one_of(*DTYPES),
+    "param_dtype": _one_of(*DTYPES),
+    "remat_policy": _one_of(*REMAT_POLICIES),
+    "loss_type": _one_of(*dpo_step.LOSS_TYPES),
+    "loss_normalization": _one_of("token", "sequence"),
+    "strategy": _one_of(*preference_pairs.STRATEGIES),
+    "keep": _one_of(*demos.KEEP),
+    "questions": _one_of(*refine.QUESTIONS),
+    "source": _one_of(*SOURCES),
+    "schedule": _one_of(*optimizer.SCHEDULES),
+    "teacher.kind": _one_of(*build.KINDS),
+    "teacher.reader": _one_of(*precomputed.READERS),
+    "teacher.split": _one_of("train", "test"),
+  }
+
+
+def _leaves(config: ConfigDict, prefix: str = ""):
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ConfigDict):
+      yield from _leaves(value, path + ".")
+    else:
+      yield path, value
+
+
+def _rule_for(path: str, rules: dict[str, Callable]) -> Callable | None:
+  parts = path.split(".")
+  for start in range(max(len(parts) - 2, 0), len(parts)):  # "teacher.kind" before "kind"
+    rule = rules.get(".".join(parts[start:]))
+    if rule is not None:
+      return rule
+  return None
+
+
+def _blocks(config: ConfigDict, prefix: str = ""):
+  """(path prefix, block) of the config and every nested block."""
+  yield prefix, config
+  for key, value in config.items():
+    if isinstance(value, ConfigDict):
+      yield from _blocks(value, f"{prefix}{key}.")
+
+
+def field_problems(config: ConfigDict) -> list[str]:
+  """Ranges and enumerations of every field, mesh blocks, batch divisibility."""
+  rules = _rules()
+  problems = []
+  for path, value in _leaves(config):
+    rule = _rule_for(path, rules)
+    message = rule(value) if rule else None
+    if message:
+      problems.append(f"{path} = {value!r}: {message}")
+  for prefix, block in _blocks(config):
+    if prefix.endswith("mesh."):
+      sizes = {axis: block.get(axis) for axis in ("data", "fsdp", "tensor")}
+      for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+          problems.append(f"{prefix}{axis} = {size!r}: must be a positive integer or -1 (the remaining devices)")
+      if list(sizes.values()).count(-1) > 1:
+        problems.append(f"{prefix[:-1]}: at most one axis may be -1, got {sizes}")
+    batch, micro = block.get("batch_size"), block.get("num_microbatches")
+    if isinstance(batch, int) and isinstance(micro, int) and batch > 0 and micro > 0 and batch % micro:
+      problems.append(f"{prefix}batch_size = {batch}: does not split into {prefix}num_microbatches = {micro} slices")
+  return problems
+
+
+def _exists(path: str, field: str, problems: list[str], kind: str = "file") -> None:
+  p = pathlib.Path(path)
+  if not (p.is_file() if kind == "file" else p.is_dir()):
+    problems.append(f"{field} = {path!r}: no such {kind}")
+
+
+def _model_problem(model: str, field: str) -> str | None:
+  from srit_jax.conversion import fetch, loading
+
+  if pathlib.Path(model).exists() or model in fetch.KNOWN_MODELS or loading.is_hub_id(model):
+    return None
+  return (
+    f"{field} = {model!r}: not a directory, a .gguf file, a known model ({', '.join(fetch.KNOWN_MODELS)}) "
+    "or a hub id (org/name)"
+  )
+
+
+def _task_problems(names: str, field: str, *, required: bool = True) -> list[str]:
+  from srit_jax.tasks.registry import TASKS
+
+  listed = [n.strip() for n in str(names).split(",") if n.strip()]
+  if required and not listed:
+    return [f"{field} = {names!r}: name at least one task"]
+  return [f"{field}: unknown task {name!r}; tasks: {', '.join(sorted(TASKS))}" for name in listed if name not in TASKS]
+
+
+def command_problems(config: ConfigDict, command: str, prefix: str = "", *, linked: tuple[str, ...] = ()) -> list[str]:
+  """What `command` needs of its block: files that exist, known tasks, a loadable model.
+
+  `linked` names fields a pipeline fills in itself (they are not checked).
+  """
+  problems: list[str] = []
+
+  def field(name):
+    return f"{prefix}{name}"
+
+  def wanted(name):
+    return name in config and name not in linked
+
+  if wanted("model") and isinstance(config.model, str):
+    problem = _model_problem(config.model, field("model"))
+    if problem:
+      problems.append(problem)
+  if wanted("data_dir") and config.data_dir:
+    _exists(config.data_dir, field("data_dir"), problems, "directory")
+  if command == "sft":
+    if wanted("train_file"):
+      if not config.train_file:
+        problems.append(f"{field('train_file')}: required (JSONL instruction records, e.g. DIR/demos.jsonl)")
+      else:
+        _exists(config.train_file, field("train_file"), problems)
+    if config.eval_file:
+      _exists(config.eval_file, field("eval_file"), problems)
+  if command == "refine":
+    if wanted("task"):
+      problems += _task_problems(config.task, field("task"))
+    needs_demos = config.questions == "demos" or config.teacher_fallback
+    if wanted("demos_file"):
+      if needs_demos and not config.demos_file:
+        problems.append(f"{field('demos_file')}: required by questions='demos' or teacher_fallback=True")
+      elif config.demos_file:
+        _exists(config.demos_file, field("demos_file"), problems)
+  if command == "eval" and wanted("tasks"):
+    problems += _task_problems(config.tasks, field("tasks"))
+  if command == "demos":
+    teacher = config.teacher
+    if teacher.kind != "precomputed" and wanted("task"):
+      problems += _task_problems(config.task, field("task"))
+    if teacher.kind == "precomputed":
+      if not teacher.path:
+        problems.append(f"{field('teacher.path')}: required by teacher.kind='precomputed'")
+      elif not pathlib.Path(teacher.path).exists():
+        problems.append(f"{field('teacher.path')} = {teacher.path!r}: no such file or directory")
+    if teacher.kind == "local":
+      problem = _model_problem(teacher.model, field("teacher.model"))
+      if problem:
+        problems.append(problem)
+    if teacher.kind == "openai" and not re.match(r"https?://", teacher.base_url):
+      problems.append(f"{field('teacher.base_url')} = {teacher.base_url!r}: must be an http(s) URL")
+  if command == "generate":
+    if config.prompts_file:
+      _exists(config.prompts_file, field("prompts_file"), problems)
+    elif not config.prompts:
+      problems.append(f"{field('prompts')}: empty, and no prompts_file given")
+  if command == "complete" and not config.prompts:
+    problems.append(f"{field('prompts')}: give at least one prompt")
+  return problems
+
+
+def problems(config: ConfigDict, command: str) -> list[str]:
+  """Every problem of `config` for `command`."""
+  found = field_problems(config)
+  if command == "pipeline":
+    problem = _model_problem(config.student, "student")
+    if problem:
+      found.append(problem)
+    found += _task_problems(config.train_task, "train_task")
+    found += _task_problems(config.in_domain_tasks, "in_domain_tasks")
+    found += _task_problems(config.out_domain_tasks, "out_domain_tasks", required=False)
+    if config.data_dir:
+      _exists(config.data_dir, "data_dir", found, "directory")
+    found += command_problems(config.demos, "demos", "demos.", linked=("task", "data_dir"))
+    found += command_problems(config.sft, "sft", "sft.", linked=("model", "train_file"))
+    found += command_problems(config.refine, "refine", "refine.", linked=("model", "task", "demos_file", "data_dir"))
+    found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir"))
+  elif command in COMMANDS:
+    found += command_problems(config, command)
+  return found
+
+
+def check(config: ConfigDict, command: str) -> None:
+  """Raises ConfigError naming every problem of `config` for `command`."""
+  found = problems(config, command)
+  if found:
+    raise ConfigError(found)
