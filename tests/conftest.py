@@ -58,6 +58,19 @@ def load_config(name: str, variant: str = ""):
   return configs.load(name, variant)
 
 
+TINY_PIPELINE_CONFIG = pathlib.Path(__file__).parent / "testdata" / "tiny_pipeline.py"
+
+
+def load_tiny_pipeline_config():
+  """tests/testdata/tiny_pipeline.py's config, as --config=tests/testdata/tiny_pipeline.py loads it."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("tiny_pipeline", TINY_PIPELINE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def kill_at_moments(command, moments, *, env=None, cwd=None, timeout_s=300) -> list[str]:
   """Starts `command` once per (name, ready) moment and SIGKILLs it as soon as `ready()` holds;
   returns the names of the moments at which a run was killed (a run may finish first)."""

@@ -1,15 +1,22 @@
-"""The multi-host path on CPU: two processes joined by a local jax.distributed coordinator run
-SFT steps to the same losses as one process holding both devices."""
+"""The multi-host path on CPU: processes joined by a local jax.distributed coordinator, sharing
+one workdir, behave like one process holding all devices — and only process 0 writes files."""
 
 import json
 import os
+import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE
+from conftest import TEACHER_MATH_FILE, TINY_PIPELINE_CONFIG
+from safetensors.numpy import load_file
+
+ROOT = pathlib.Path(__file__).parents[1]
+pytestmark = pytest.mark.slow  # several processes each
 
 
 def _free_port() -> int:
@@ -24,14 +31,58 @@ def _records(path, n=24):
   return path
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tiny_with_tokenizer, tmp_path):
+def _env(devices: int) -> dict:
+  # A fixed peak per device, so that MFU's denominator is a formula here rather than a measurement.
+  return dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", SRIT_JAX_DEVICE_PEAK_FLOPS="1e11"
+  )
+
+
+def _one_process(args: list[str]) -> subprocess.CompletedProcess:
+  result = subprocess.run(
+    [sys.executable, "-m", "srit_jax.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=900, env=_env(2)
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _start_two_processes(args: list[str], audit: tuple[pathlib.Path, pathlib.Path] | None = None):
+  """Two processes of one device each; with `audit` (log prefix, directory), each under the
+  write audit, process i logging to <prefix>.<i>.log."""
+  port = _free_port()
+  processes = []
+  for i in range(2):
+    command = [sys.executable, "-m", "srit_jax.cli"]
+    if audit:
+      log = f"{audit[0]}.{i}.log"
+      command = [sys.executable, str(ROOT / "tests" / "write_audit.py"), log, str(audit[1])]
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+    processes.append(
+      subprocess.Popen(
+        [*command, *args, *flags], cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
+    )
+  return processes
+
+
+def _two_processes(args: list[str], **kwargs) -> list[str]:
+  processes = _start_two_processes(args, **kwargs)
+  outputs = [p.communicate(timeout=900) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
+def _assert_same_parameters(a_dir, b_dir, atol):
+  a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_allclose(b[name], a[name], atol=atol, err_msg=name)
+
+
+def test_two_processes_train_like_one_with_the_same_mfu_terms(tiny_with_tokenizer, tmp_path):
   train_file = _records(tmp_path / "demos.jsonl")
-  root = os.path.dirname(os.path.dirname(__file__))
   base = [
-    sys.executable,
-    "-m",
-    "srit_jax.cli",
     "sft",
     "--config=configs/sft.py:tiny",
     f"--config.model={tiny_with_tokenizer}",
@@ -40,39 +91,9 @@ def test_two_processes_train_like_one(tiny_with_tokenizer, tmp_path):
     "--config.save_every=2",
     "--config.mesh.fsdp=-1",
   ]
-  one = subprocess.run(
-    [*base, f"--workdir={tmp_path / 'one'}"],
-    cwd=root,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-  )
-  assert one.returncode == 0, one.stderr[-3000:]
-
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  processes = [
-    subprocess.Popen(
-      [
-        *base,
-        f"--workdir={tmp_path / 'two'}",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={i}",
-      ],
-      cwd=root,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outputs = [p.communicate(timeout=600) for p in processes]
-  for p, (_, err) in zip(processes, outputs):
-    assert p.returncode == 0, err[-3000:]
-  assert "2 process(es), 2 device(s)" in outputs[0][0]
+  one = _one_process([*base, f"--workdir={tmp_path / 'one'}"])
+  outputs = _two_processes([*base, f"--workdir={tmp_path / 'two'}"])
+  assert "2 process(es), 2 device(s)" in outputs[0]
   assert "1 process(es), 2 device(s)" in one.stdout
 
   def losses(workdir):
@@ -80,9 +101,57 @@ def test_two_processes_train_like_one(tiny_with_tokenizer, tmp_path):
 
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-6)
   assert len(losses(tmp_path / "two")) == 4
-  from safetensors.numpy import load_file
+  _assert_same_parameters(tmp_path / "one/export", tmp_path / "two/export", atol=1e-6)
 
-  a = load_file(str(tmp_path / "one/export/model.safetensors"))
-  b = load_file(str(tmp_path / "two/export/model.safetensors"))
-  for name in a:
-    np.testing.assert_allclose(b[name], a[name], atol=1e-6, err_msg=name)
+  # MFU = global model FLOPs / (step time x every device's peak): the same terms either way.
+  runs = {n: json.loads((tmp_path / n / "run.json").read_text()) for n in ("one", "two")}
+  assert (runs["one"]["processes"], runs["two"]["processes"]) == (1, 2)
+  assert runs["one"]["devices"] == runs["two"]["devices"] == 2
+  assert runs["one"]["model_flops_per_step"] == runs["two"]["model_flops_per_step"] > 0
+  assert runs["one"]["peak_flops"] == runs["two"]["peak_flops"] == pytest.approx(2e11)
+
+
+def _pipeline_args(model_dir, workdir) -> list[str]:
+  return ["pipeline", f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={model_dir}", f"--workdir={workdir}"]
+
+
+ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.jsonl", "refine/pair_stats.json")
+
+
+def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_with_tokenizer, tmp_path):
+  one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+  _one_process(_pipeline_args(tiny_with_tokenizer, one))
+  _two_processes(_pipeline_args(tiny_with_tokenizer, two), audit=(tmp_path / "writes", two))
+
+  for name in ARTIFACTS:
+    assert (two / name).read_bytes() == (one / name).read_bytes(), name
+  results = {n: json.loads((d / "results.json").read_text()) for n, d in (("one", one), ("two", two))}
+  assert results["two"]["stages"] == results["one"]["stages"]
+  for stage in ("sft", "refine"):
+    _assert_same_parameters(one / stage / "export", two / stage / "export", atol=1e-5)
+  # Process 1 opened no file of the workdir for writing (Orbax's own shard files aside);
+  # process 0's log shows that the audit sees the writes.
+  writes = [(tmp_path / f"writes.{i}.log").read_text().splitlines() for i in range(2)]
+  assert any(w.endswith("/results.json.partial") for w in writes[0])
+  assert [w for w in writes[1] if "/checkpoints/" not in w] == []
+
+  # Both processes killed during refine; the same command again resumes and ends the same.
+  refine = killed / "refine"
+  for ready in (
+    lambda: (refine / "samples.cot.jsonl").exists() and (refine / "samples.cot.jsonl").stat().st_size > 0,
+    lambda: (refine / "checkpoints" / "2").exists(),
+  ):
+    processes = _start_two_processes(_pipeline_args(tiny_with_tokenizer, killed))
+    deadline = time.time() + 600
+    while not ready() and all(p.poll() is None for p in processes) and time.time() < deadline:
+      time.sleep(0.01)
+    for p in processes:
+      if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+      p.communicate()
+  assert not (refine / "DONE.json").exists(), "the runs finished before they could be killed"
+  _two_processes(_pipeline_args(tiny_with_tokenizer, killed))
+  for name in ARTIFACTS:
+    assert (killed / name).read_bytes() == (two / name).read_bytes(), name
+  assert json.loads((killed / "results.json").read_text())["stages"] == results["two"]["stages"]
+  _assert_same_parameters(two / "refine/export", killed / "refine/export", atol=1e-6)

@@ -3,35 +3,14 @@ phase rerun with the phases after it."""
 
 import json
 
-from conftest import load_config
+from conftest import load_tiny_pipeline_config
 
 from srit_jax.phases import pipeline
 
 
 def _tiny_pipeline_config(model_dir):
-  config = load_config("pipeline", "")
+  config = load_tiny_pipeline_config()
   config.student = str(model_dir)
-  config.demos.limit = 24
-  config.sft.update(max_length=128, batch_size=4, num_steps=3, save_every=3)
-  config.sft.optimizer.update(warmup_steps=0, learning_rate=1e-3)
-  config.sft.mesh.update(fsdp=2)
-  config.refine.update(
-    limit=12,
-    num_cot_samples=2,
-    max_new_tokens=16,
-    max_new_tokens_direct=6,
-    max_length=128,
-    batch_size=2,
-    num_steps=2,
-    save_every=2,
-    eval_every=0,
-    heldout_fraction=0.3,
-    teacher_fallback=True,
-  )
-  config.refine.optimizer.update(warmup_steps=0)
-  config.refine.mesh.update(fsdp=2)
-  config.eval.update(limit=4, max_new_tokens=12, batch_size=4, direct=True)
-  config.eval.mesh.update(fsdp=2)
   return config
 
 

@@ -67,6 +67,32 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer,
     np.testing.assert_allclose(runs[False][name], value, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("loss_type,label_smoothing", [("ipo", 0.0), ("sigmoid", 0.2), ("hinge", 0.0)])
+def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
+  rng = np.random.default_rng(0)
+  policy, reference = rng.normal(-20, 3, (2, 16)), rng.normal(-20, 3, (2, 16))
+  beta = 0.3
+  metrics = refine.reward_metrics(policy, reference, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+  # By hand: h is the policy's log-ratio margin over the reference's.
+  h = (policy[0] - reference[0]) - (policy[1] - reference[1])
+  log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+  expected = {
+    "ipo": (h - 1 / (2 * beta)) ** 2,
+    "sigmoid": -(1 - label_smoothing) * log_sigmoid(beta * h) - label_smoothing * log_sigmoid(-beta * h),
+    "hinge": np.maximum(0.0, 1 - beta * h),
+  }[loss_type]
+  np.testing.assert_allclose(metrics["eval/loss"], expected.mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["eval/rewards/margins"], beta * h.mean(), rtol=1e-5)
+  assert metrics["eval/rewards/accuracies"] == pytest.approx(np.mean(h > 0))
+
+
+def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_with_tokenizer, tmp_path):
+  config = _tiny_config(tiny_with_tokenizer, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
+  summary = refine.run(config, tmp_path / "run", progress=False)
+  # The policy is the reference: every margin is 0 and IPO's loss is (0 - 1/(2 beta))^2.
+  assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
+
+
 @pytest.mark.slow
 def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")

@@ -118,6 +118,13 @@ def pair_log_probs(log_prob_fn, params, pairs, row_length, mesh, batch_size) -> 
   return np.concatenate(chosen), np.concatenate(rejected)
 
 
+def reward_metrics(policy, reference, **loss_options) -> dict:
+  """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference:
+  the run's own DPO loss (its loss_type, label_smoothing and beta), reward accuracy and margin."""
+  values = dpo_step.pair_metrics(*dpo_step.dpo_loss(*policy, *reference, **loss_options))
+  return {f"eval/{name}": float(value) for name, value in values.items()}
+
+
 def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray, np.ndarray]:
   """Read from `path` when it was made for `key` (pairs and model), else computed and saved."""
   if path.exists():
@@ -218,8 +225,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   def evaluate(state, step):
     if step not in held_out_metrics:
       policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch)
-      values = dpo_step.pair_metrics(*dpo_step.dpo_loss(*policy, *held_out_reference, **loss_options))
-      held_out_metrics[step] = {f"eval/{name}": float(value) for name, value in values.items()}
+      held_out_metrics[step] = reward_metrics(policy, held_out_reference, **loss_options)
     return held_out_metrics[step]
 
   initial = evaluate(run.state, 0) if held_out else {}

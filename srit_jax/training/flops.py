@@ -56,12 +56,15 @@ def per_device_peak_flops(dtype: str = "bfloat16") -> float:
   """One device's peak FLOP/s: the data sheet for known accelerators, measured on CPU.
 
   On CPU the emulated devices share the processor, so each is given an equal share of the
-  matmul speed measured in this process ($SRIT_JAX_CPU_PEAK_FLOPS replaces the measurement).
+  matmul speed measured in this process. $SRIT_JAX_DEVICE_PEAK_FLOPS, when set, replaces
+  both (for accelerators missing from the table, or a fixed figure).
   """
+  if os.environ.get("SRIT_JAX_DEVICE_PEAK_FLOPS"):
+    return float(os.environ["SRIT_JAX_DEVICE_PEAK_FLOPS"])
   device = jax.devices()[0]
   if device.platform == "cpu":
-    measured = float(os.environ.get("SRIT_JAX_CPU_PEAK_FLOPS") or measured_matmul_peak(dtype="float32"))
-    return measured / jax.local_device_count()  # bf16 on XLA:CPU is slower, not a higher peak
+    # bf16 on XLA:CPU is slower, not a higher peak: float32 is the CPU's peak.
+    return measured_matmul_peak(dtype="float32") / jax.local_device_count()
   for name, peak in _PEAK_BF16.items():
     if device.device_kind.startswith(name):
       return peak * (0.5 if dtype == "float32" else 1.0)
