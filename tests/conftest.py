@@ -160,26 +160,63 @@ def smollm2_dir() -> pathlib.Path:
 TINY_TOKENIZER = pathlib.Path(__file__).parent / "testdata" / "tiny_tokenizer"
 
 
-def save_tiny_model(directory: pathlib.Path, family: str = "llama", seed: int = 0) -> pathlib.Path:
+def save_tiny_model(
+  directory: pathlib.Path, family: str = "llama", seed: int = 0, eos_probability: float | None = None
+) -> pathlib.Path:
   """A tiny random model over the 512-token test tokenizer (tests/testdata/tiny_tokenizer), saved
-  with that tokenizer and its chat template: fast, and needs no download."""
+  with that tokenizer and its chat template: fast, and needs no download.
+
+  With `eos_probability`, the model ends its answer at each step with about that probability
+  (random text of random length otherwise), as a trained model's answers end: one residual
+  dimension carries a constant that only the end-of-text logit reads.
+  """
   import shutil
 
-  model = make_hf_model(family, seed)
-  config = model.config
+  import torch
+  import transformers
+
+  config = make_hf_model(family, seed).config
   config.vocab_size = 512
   config.max_position_embeddings = 512  # room for task prompts and answers
   config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 2
-  import transformers
-
+  torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+  if eos_probability is not None:
+    _make_answers_end(model, eos_probability, seed)
   model.save_pretrained(directory, safe_serialization=True)
   for path in TINY_TOKENIZER.iterdir():
     shutil.copy(path, directory / path.name)
   return directory
 
 
+def _make_answers_end(model, eos_probability: float, seed: int) -> None:
+  import torch
+
+  with torch.no_grad():
+    inner = model.model
+    inner.embed_tokens.weight[:, 0] = 4.0  # residual dimension 0: a constant no layer reads or writes
+    for layer in inner.layers:
+      layer.input_layernorm.weight[0] = 0.0
+      layer.post_attention_layernorm.weight[0] = 0.0
+      layer.self_attn.o_proj.weight[0, :] = 0.0
+      layer.mlp.down_proj.weight[0, :] = 0.0
+    model.lm_head.weight[:, 0] = 0.0
+    tokens = torch.randint(3, 512, (8, 24), generator=torch.Generator().manual_seed(seed))
+    low, high = -20.0, 20.0  # the end-of-text weight that gives the wanted mean probability
+    for _ in range(40):
+      weight = (low + high) / 2
+      model.lm_head.weight[2, 0] = weight
+      probability = torch.softmax(model(tokens).logits.float(), -1)[..., 2].mean().item()
+      low, high = (weight, high) if probability < eos_probability else (low, weight)
+
+
 @pytest.fixture
 def tiny_with_tokenizer(tmp_path):
   """A tiny random Llama with a real byte-level BPE tokenizer and a ChatML template."""
   return save_tiny_model(tmp_path / "tiny_model")
+
+
+@pytest.fixture
+def tiny_student(tmp_path):
+  """The tiny model, its answers ending after a few tokens (a quarter of the steps end one)."""
+  return save_tiny_model(tmp_path / "tiny_student", eos_probability=0.25)

@@ -10,24 +10,9 @@ import pytest
 from conftest import SHARED_DATA, load_config
 
 from srit_jax.phases import demos
-from srit_jax.phases import evaluate as evaluation
 from srit_jax.tasks import answers
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.teachers.reference import ReferenceSolutionTeacher
-
-
-def test_wilson_interval():
-  """The bounds are the two p where the observed proportion sits exactly z standard errors away:
-  (x/n - p)^2 = z^2 p (1 - p) / n, a quadratic in p."""
-  import numpy as np
-
-  z = 1.959964
-  for correct, total in ((472, 600), (3, 8), (1, 3)):
-    phat = correct / total
-    roots = np.sort(np.roots([1 + z * z / total, -(2 * phat + z * z / total), phat * phat]).real)
-    assert evaluation.wilson_interval(correct, total) == pytest.approx(tuple(roots), abs=1e-9)
-  assert evaluation.wilson_interval(0, 8)[0] == 0.0 and evaluation.wilson_interval(8, 8)[1] == 1.0
-  assert evaluation.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_filters_keep_what_they_say():

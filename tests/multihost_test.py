@@ -118,10 +118,10 @@ def _pipeline_args(model_dir, workdir) -> list[str]:
 ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.jsonl", "refine/pair_stats.json")
 
 
-def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_with_tokenizer, tmp_path):
+def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_student, tmp_path):
   one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
-  _one_process(_pipeline_args(tiny_with_tokenizer, one))
-  _two_processes(_pipeline_args(tiny_with_tokenizer, two), audit=(tmp_path / "writes", two))
+  _one_process(_pipeline_args(tiny_student, one))
+  _two_processes(_pipeline_args(tiny_student, two), audit=(tmp_path / "writes", two))
 
   for name in ARTIFACTS:
     assert (two / name).read_bytes() == (one / name).read_bytes(), name
@@ -141,7 +141,7 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are
     lambda: (refine / "samples.cot.jsonl").exists() and (refine / "samples.cot.jsonl").stat().st_size > 0,
     lambda: (refine / "checkpoints" / "2").exists(),
   ):
-    processes = _start_two_processes(_pipeline_args(tiny_with_tokenizer, killed))
+    processes = _start_two_processes(_pipeline_args(tiny_student, killed))
     deadline = time.time() + 600
     while not ready() and all(p.poll() is None for p in processes) and time.time() < deadline:
       time.sleep(0.01)
@@ -150,7 +150,7 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are
         p.send_signal(signal.SIGKILL)
       p.communicate()
   assert not (refine / "DONE.json").exists(), "the runs finished before they could be killed"
-  _two_processes(_pipeline_args(tiny_with_tokenizer, killed))
+  _two_processes(_pipeline_args(tiny_student, killed))
   for name in ARTIFACTS:
     assert (killed / name).read_bytes() == (two / name).read_bytes(), name
   assert json.loads((killed / "results.json").read_text())["stages"] == results["two"]["stages"]

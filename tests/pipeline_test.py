@@ -14,8 +14,8 @@ def _tiny_pipeline_config(model_dir):
   return config
 
 
-def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_with_tokenizer, tmp_path, capsys):
-  config = _tiny_pipeline_config(tiny_with_tokenizer)
+def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys):
+  config = _tiny_pipeline_config(tiny_student)
   results = pipeline.run(config, tmp_path, progress=False)
   first = capsys.readouterr().out
 
@@ -31,7 +31,28 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_with_tokeniz
   for stage in saved["stages"].values():
     for task in ("arith", "arith_hard"):
       assert stage[task]["cot"]["n"] == 4 and "direct" in stage[task]
+  # Paired statistics of every two stages, on the same questions, from the per-question files.
+  for task in ("arith", "arith_hard"):
+    per_question = {
+      stage: {
+        json.loads(line)["id"]: json.loads(line)["correct"]
+        for line in (tmp_path / "eval" / stage / f"{task}.cot.jsonl").read_text().splitlines()
+      }
+      for stage in ("untuned", "sft", "srit")
+    }
+    comparison = saved["paired"][task]["srit_vs_sft"]
+    assert comparison["n"] == 4
+    assert comparison["only_first_correct"] == sum(
+      per_question["sft"][i] and not per_question["srit"][i] for i in per_question["sft"]
+    )
+    assert comparison["only_second_correct"] == sum(
+      per_question["srit"][i] and not per_question["sft"][i] for i in per_question["sft"]
+    )
+    assert 0 <= comparison["mcnemar_p"] <= 1 and comparison["resolves_5_points"] is False
+    assert set(saved["paired"][task]) == {"srit_vs_sft", "sft_vs_untuned", "srit_vs_untuned"}
   table = (tmp_path / "results.md").read_text()
+  assert "SRIT − SFT, paired on the same questions" in table and "McNemar p" in table
+  assert "n is too small to resolve a 5-point difference" in table
   assert "| arith | in-domain | 4 |" in table and "| arith_hard | out-domain | 4 |" in table and table in first
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert (tmp_path / phase / "DONE.json").exists(), phase

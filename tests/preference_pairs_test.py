@@ -66,6 +66,53 @@ def test_teacher_fallback_only_where_the_student_has_no_correct_answer():
   assert stats["questions_with_teacher_chosen"] == 1 and stats["pairs_teacher_chosen"] == 2
 
 
+def _scored(style, text, correct, stop="eos"):
+  extracted = text.rsplit("is ", 1)[-1].rstrip(".") if "The answer is " in text and text.endswith(".") else None
+  return ScoredAnswer(style, 0, text, extracted, correct, stop)
+
+
+def test_rejected_answers_cut_by_length_or_prefixes_of_the_chosen_are_left_out_and_counted():
+  chosen = "Omar starts with 17 coins. After giving 5 away, Omar has 17 - 5 = 12. The answer is 12."
+  samples = {
+    "cot": [[_scored("cot", chosen, True)]],
+    "direct": [
+      [
+        _scored("direct", "Omar starts with 17 coins. After giving ", False, stop="length"),  # cut: never rejected
+        _scored("direct", "Omar starts with 17 coins.", False),  # a prefix of the chosen text
+        _scored("direct", "The answer is 15.", False),  # a flat answer: the one real pair
+      ]
+    ],
+  }
+  examples = [Example("arith", "0", "question", "12", NUMBER)]
+  pairs, stats = preference_pairs.build_pairs(examples, samples, strategy="cot_vs_direct", max_pairs_per_question=4)
+  assert [p["rejected"] for p in pairs] == ["The answer is 15."]
+  assert stats["rejected_cut_by_length_left_out"] == 1 and stats["rejected_prefix_of_chosen_left_out"] == 1
+  assert stats["direct_cut_by_length"] == 1
+  assert stats["rejected_stop_reasons"] == {"eos": 1} and stats["rejected_with_stated_answer"] == 1.0
+  assert stats["chosen_to_rejected_length_ratio"] == pytest.approx(len(chosen) / len("The answer is 15."))
+
+
+def test_warnings_name_degenerate_pairs():
+  samples = {
+    "cot": [[_scored("cot", "5 + 7 = 12. The answer is 12.", True)] for _ in range(3)],
+    "direct": [[_scored("direct", "Let me see", False)] for _ in range(3)],  # answers that state nothing
+  }
+  examples = [Example("arith", str(i), f"q{i}", "12", NUMBER) for i in range(3)]
+  _, stats = preference_pairs.build_pairs(examples, samples, strategy="cot_vs_direct")
+  assert any("only 3 pairs" in w for w in stats["warnings"])
+  assert any("0% of rejected answers state an answer" in w for w in stats["warnings"])
+  _, none = preference_pairs.build_pairs(examples, {"cot": [[]] * 3, "direct": [[]] * 3})
+  assert none["warnings"] == [
+    "no pair was built: the student never answered correctly and no teacher demonstration stood in"
+  ]
+
+
+def test_mixed_strategy_shares_the_cap_between_both_kinds():
+  pairs, stats = preference_pairs.build_pairs(EXAMPLES, SAMPLES, strategy="mixed", max_pairs_per_question=2)
+  assert [(p["id"], p["kind"]) for p in pairs] == [("0", "cot_vs_direct"), ("0", "correct_vs_incorrect")]
+  assert stats["pairs_cot_vs_direct"] == stats["pairs_correct_vs_incorrect"] == 1
+
+
 def test_spread_visits_new_answers_first():
   assert preference_pairs._spread(2, 3, 3) == [(0, 0), (0, 1), (1, 0)]
   assert len(preference_pairs._spread(3, 3, 100)) == 9

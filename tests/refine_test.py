@@ -32,14 +32,14 @@ def _tiny_config(model_dir, demos_file, **overrides):
   return config
 
 
-def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer, tmp_path):
+def test_refine_runs_with_precomputed_and_in_step_reference(tiny_student, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   runs = {}
   for precompute in (True, False):
     workdir = tmp_path / f"precompute_{precompute}"
     # The in-step run also accumulates its 8 pairs over 2 microbatches: the same update.
     config = _tiny_config(
-      tiny_with_tokenizer,
+      tiny_student,
       demos_file,
       precompute_reference=precompute,
       num_steps=3,
@@ -55,6 +55,10 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_with_tokenizer,
     assert len(pairs) + len(held_out) == stats["pairs"] and held_out
     assert not {p["id"] for p in pairs} & {p["id"] for p in held_out}
     assert all(p["rejected_style"] == "direct" and p["prompt"].endswith("step by step.") for p in pairs)
+    # Direct answers open with the answer phrase and none was cut by the length limit.
+    assert all(p["rejected"].startswith("The answer is") and p["rejected_stop_reason"] != "length" for p in pairs)
+    direct = [json.loads(line) for line in (workdir / "samples.direct.jsonl").read_text().splitlines()]
+    assert {d["response_prefix"] for d in direct} == {"The answer is"}
     assert (workdir / "reference_logps.npz").exists() == precompute
     assert summary["heldout_before"]["eval/rewards/margins"] == 0.0  # policy = reference at step 0
     assert summary["heldout_before"]["eval/loss"] == pytest.approx(np.log(2))
@@ -86,15 +90,15 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   assert metrics["eval/rewards/accuracies"] == pytest.approx(np.mean(h > 0))
 
 
-def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_with_tokenizer, tmp_path):
-  config = _tiny_config(tiny_with_tokenizer, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
+def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
   summary = refine.run(config, tmp_path / "run", progress=False)
   # The policy is the reference: every margin is 0 and IPO's loss is (0 - 1/(2 beta))^2.
   assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
 
 
 @pytest.mark.slow
-def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_tokenizer, tmp_path):
+def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   base = [
     sys.executable,
@@ -102,7 +106,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_with_toke
     "srit_jax.cli",
     "refine",
     "--config=configs/refine.py:tiny",
-    f"--config.model={tiny_with_tokenizer}",
+    f"--config.model={tiny_student}",
     "--config.teacher_fallback=True",
     f"--config.demos_file={demos_file}",
     "--config.mesh.fsdp=1",

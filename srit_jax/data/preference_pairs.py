@@ -1,21 +1,29 @@
 """Preference pairs from the student's own samples: the data of the self-refinement phase.
 
 The instructed student answers each training question n times with the CoT prompt and m times
-with the direct-answer prompt; answers are scored against gold; pairs are built by a named
-strategy, all under the CoT prompt (the behaviour being refined):
+with the direct-answer prompt — its answer opened with the answer phrase ("The answer is"), so
+that a direct answer is an answer, not the start of a chain of thought cut by the length
+limit. Answers are scored against gold; pairs are built by a named strategy, all under the
+CoT prompt (the behaviour being refined):
 
 - `cot_vs_direct` — chosen: a CoT answer that reaches the gold answer; rejected: a direct
   answer (no reasoning). Our reading of the paper: it prefers reasoning that arrives over a
   flat answer.
 - `correct_vs_incorrect` — chosen: a correct CoT answer; rejected: a wrong CoT answer.
+- `mixed` — both kinds, the per-question cap shared between them.
 
-With `teacher_fallback`, a question the student never answers correctly takes the teacher's
-demonstration as chosen. At most `max_pairs_per_question` pairs per question, spread over
-different chosen and rejected answers; identical chosen and rejected texts never pair.
+A rejected answer never was cut by the length limit and is never a prefix of its chosen
+answer (such pairs teach "do not stop mid-sentence", not reasoning); identical texts never
+pair. With `teacher_fallback`, a question the student never answers correctly takes the
+teacher's demonstration as chosen. At most `max_pairs_per_question` pairs per question,
+spread over different chosen and rejected answers. The statistics say what the rejected side
+is made of (stop reasons, stated answers, length against the chosen side) and
+`warnings(stats)` names pairs that look degenerate.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -26,7 +34,7 @@ from srit_jax.data import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 
-STRATEGIES = ("cot_vs_direct", "correct_vs_incorrect")
+STRATEGIES = ("cot_vs_direct", "correct_vs_incorrect", "mixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +44,16 @@ class ScoredAnswer:
   text: str
   extracted: str | None
   correct: bool
+  stop_reason: str = "eos"  # "eos", "stop" or "length" (cut by the length limit)
 
 
-def score_answers(example: Example, texts: Sequence[str], style: str) -> list[ScoredAnswer]:
+def score_answers(example: Example, completions: Sequence, style: str) -> list[ScoredAnswer]:
+  """Scored samples from completions (text and stop reason) or plain texts."""
   out = []
-  for sample, text in enumerate(texts):
+  for sample, completion in enumerate(completions):
+    text, stop = (completion, "eos") if isinstance(completion, str) else (completion.text, completion.stop_reason)
     extracted = answers.extract_answer(example, text)
-    out.append(ScoredAnswer(style, sample, text, extracted, answers.is_correct(example, extracted)))
+    out.append(ScoredAnswer(style, sample, text, extracted, answers.is_correct(example, extracted), stop))
   return out
 
 
@@ -50,6 +61,29 @@ def _spread(num_chosen: int, num_rejected: int, cap: int) -> list[tuple[int, int
   """Up to `cap` (chosen, rejected) index pairs, visiting new answers on both sides first."""
   order = sorted(itertools.product(range(num_chosen), range(num_rejected)), key=lambda ij: (max(ij), ij[0] + ij[1], ij))
   return order[:cap]
+
+
+def _unique(answers_: list[ScoredAnswer]) -> list[ScoredAnswer]:
+  seen, out = set(), []
+  for answer in answers_:
+    if answer.text.strip() not in seen:
+      seen.add(answer.text.strip())
+      out.append(answer)
+  return out
+
+
+def _rejected_candidates(kind: str, cot: list[ScoredAnswer], direct: list[ScoredAnswer], stats: dict):
+  """Answers that may be rejected for a pair of `kind`; those cut by the length limit are counted and left out."""
+  pool = [a for a in direct] if kind == "cot_vs_direct" else [a for a in cot if not a.correct]
+  usable = []
+  for answer in pool:
+    if not answer.text.strip():
+      continue
+    if answer.stop_reason == "length":
+      stats["rejected_cut_by_length_left_out"] += 1
+      continue
+    usable.append(answer)
+  return _unique(usable)
 
 
 def build_pairs(
@@ -63,74 +97,105 @@ def build_pairs(
   """(pairs, statistics). `teacher_demos` maps (task, id) to a demonstration for the fallback."""
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
-  stats = {
-    "strategy": strategy,
-    "questions": len(examples),
-    "questions_with_correct_cot": 0,
-    "questions_with_teacher_chosen": 0,
-    "questions_with_pairs": 0,
-    "pairs": 0,
-    "pairs_student_chosen": 0,
-    "pairs_teacher_chosen": 0,
-    "cot_samples": 0,
-    "cot_correct": 0,
-    "direct_samples": 0,
-    "direct_correct": 0,
-  }
+  kinds = ("cot_vs_direct", "correct_vs_incorrect") if strategy == "mixed" else (strategy,)
+  stats = collections.Counter(questions=len(examples))
+  rejected_stops: collections.Counter = collections.Counter()
+  length_ratios, stated = [], 0
   pairs = []
   for index, example in enumerate(examples):
     cot = samples.get(prompts.COT, [[]] * len(examples))[index]
     direct = samples.get(prompts.DIRECT, [[]] * len(examples))[index]
     stats["cot_samples"] += len(cot)
     stats["cot_correct"] += sum(a.correct for a in cot)
+    stats["cot_cut_by_length"] += sum(a.stop_reason == "length" for a in cot)
     stats["direct_samples"] += len(direct)
     stats["direct_correct"] += sum(a.correct for a in direct)
-    chosen = _unique([(a.text, "student", a.sample) for a in cot if a.correct and a.text.strip()])
+    stats["direct_with_answer"] += sum(a.extracted is not None for a in direct)
+    stats["direct_cut_by_length"] += sum(a.stop_reason == "length" for a in direct)
+    chosen = [(a.text, "student", a.sample) for a in _unique([a for a in cot if a.correct and a.text.strip()])]
     if chosen:
       stats["questions_with_correct_cot"] += 1
     elif teacher_demos and (example.task, example.id) in teacher_demos:
       chosen = [(teacher_demos[(example.task, example.id)], "teacher", -1)]
       stats["questions_with_teacher_chosen"] += 1
-    if strategy == "cot_vs_direct":
-      rejected = _unique([(a.text, "direct", a.sample) for a in direct if a.text.strip()])
-    else:
-      rejected = _unique([(a.text, "cot", a.sample) for a in cot if not a.correct and a.text.strip()])
     made = 0
-    for i, j in _spread(len(chosen), len(rejected), max_pairs_per_question * 4):
-      if made == max_pairs_per_question:
-        break
-      (chosen_text, source, chosen_sample), (rejected_text, rejected_style, rejected_sample) = chosen[i], rejected[j]
-      if chosen_text.strip() == rejected_text.strip():
-        continue
-      pairs.append(
-        {
-          "task": example.task,
-          "id": example.id,
-          "prompt": prompts.prompt(example, prompts.COT),
-          "chosen": chosen_text,
-          "rejected": rejected_text,
-          "kind": strategy,
-          "chosen_source": source,
-          "chosen_sample": chosen_sample,
-          "rejected_style": rejected_style,
-          "rejected_sample": rejected_sample,
-          "gold": example.gold,
-        }
-      )
-      made += 1
-      stats[f"pairs_{source}_chosen"] += 1
+    for k, kind in enumerate(kinds):
+      cap = (max_pairs_per_question - made) // (len(kinds) - k)  # the cap shared between the kinds
+      rejected = _rejected_candidates(kind, cot, direct, stats)
+      made_of_kind = 0
+      for i, j in _spread(len(chosen), len(rejected), cap * 4):
+        if made_of_kind == cap:
+          break
+        (chosen_text, source, chosen_sample), answer = chosen[i], rejected[j]
+        if chosen_text.strip() == answer.text.strip():
+          continue
+        if chosen_text.strip().startswith(answer.text.strip()):
+          stats["rejected_prefix_of_chosen_left_out"] += 1
+          continue
+        pairs.append(
+          {
+            "task": example.task,
+            "id": example.id,
+            "prompt": prompts.prompt(example, prompts.COT),
+            "chosen": chosen_text,
+            "rejected": answer.text,
+            "kind": kind,
+            "chosen_source": source,
+            "chosen_sample": chosen_sample,
+            "rejected_style": answer.style,
+            "rejected_sample": answer.sample,
+            "rejected_stop_reason": answer.stop_reason,
+            "rejected_correct": answer.correct,
+            "gold": example.gold,
+          }
+        )
+        rejected_stops[answer.stop_reason] += 1
+        stated += answer.extracted is not None
+        length_ratios.append(len(chosen_text) / max(len(answer.text), 1))
+        stats[f"pairs_{source}_chosen"] += 1
+        stats[f"pairs_{kind}"] += 1
+        made_of_kind += 1
+      made += made_of_kind
     stats["pairs"] += made
     stats["questions_with_pairs"] += made > 0
-  return pairs, stats
+  out = {"strategy": strategy, **dict(stats)}
+  for key in (
+    "pairs", "pairs_student_chosen", "pairs_teacher_chosen", "questions_with_correct_cot",
+    "questions_with_teacher_chosen", "questions_with_pairs", "cot_samples", "cot_correct", "direct_samples",
+    "direct_correct",
+  ):  # fmt: skip
+    out.setdefault(key, 0)
+  out["rejected_stop_reasons"] = dict(rejected_stops)
+  out["rejected_with_stated_answer"] = stated / max(len(pairs), 1)
+  out["chosen_to_rejected_length_ratio"] = sum(length_ratios) / max(len(length_ratios), 1)
+  out["warnings"] = warnings(out)
+  return pairs, out
 
 
-def _unique(items: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-  seen, out = set(), []
-  for item in items:
-    if item[0].strip() not in seen:
-      seen.add(item[0].strip())
-      out.append(item)
-  return out
+def warnings(stats: dict) -> list[str]:
+  """What makes a set of pairs look degenerate: what they would teach is not reasoning."""
+  found = []
+  if not stats["pairs"]:
+    found.append("no pair was built: the student never answered correctly and no teacher demonstration stood in")
+    return found
+  if stats["pairs"] < 8:
+    found.append(f"only {stats['pairs']} pairs: too few to move the student; sample more questions")
+  left_out = stats.get("rejected_cut_by_length_left_out", 0)
+  if left_out and left_out >= stats["pairs"]:
+    found.append(
+      f"{left_out} rejected samples were cut by the length limit and left out: raise max_new_tokens_direct "
+      "(direct answers) or max_new_tokens (CoT)"
+    )
+  if stats.get("rejected_prefix_of_chosen_left_out", 0) >= stats["pairs"]:
+    found.append(f"{stats['rejected_prefix_of_chosen_left_out']} rejected answers were prefixes of their chosen one")
+  if stats["rejected_with_stated_answer"] < 0.5:
+    found.append(
+      f"only {100 * stats['rejected_with_stated_answer']:.0f}% of rejected answers state an answer: "
+      "the pairs oppose answers to non-answers"
+    )
+  if stats.get("pairs_teacher_chosen", 0) > 0.9 * stats["pairs"]:
+    found.append("nearly every chosen answer is the teacher's: the student rarely solves the questions")
+  return found
 
 
 def is_held_out(task: str, identifier: str, fraction: float, seed: int = 0) -> bool:

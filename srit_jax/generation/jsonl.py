@@ -37,8 +37,15 @@ class StaleOutputError(ValueError):
   """An output file was made from other inputs or settings than the run asks for."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  text: str  # the answer: the record's response prefix, then what the model generated
+  stop_reason: str  # "eos", "stop" (a stop string) or "length" (cut by max_new_tokens)
+
+
 def encode_prompt(tokenizer, record: dict[str, Any], chat_template: bool, where: str) -> list[int]:
-  """Token ids of a record's "prompt" (through the chat template when asked)."""
+  """Token ids of a record's "prompt" (through the chat template when asked), followed by its
+  optional "response_prefix": the words the answer starts with, which generation continues."""
   prompt = record.get("prompt")
   if not isinstance(prompt, str) or not prompt:
     raise ValueError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
@@ -46,8 +53,11 @@ def encode_prompt(tokenizer, record: dict[str, Any], chat_template: bool, where:
     if not getattr(tokenizer, "chat_template", None):
       raise ValueError(f"{where}: the tokenizer has no chat template; set chat_template=False to send plain prompts")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-  return tokenizer(prompt)["input_ids"]
+    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+  else:
+    ids = tokenizer(prompt)["input_ids"]
+  prefix = record.get("response_prefix") or ""
+  return ids + (tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
 
 
 def _meta_path(out_path: pathlib.Path) -> pathlib.Path:
@@ -107,7 +117,7 @@ def generate_to_jsonl(
   prompts = [encode_prompt(tokenizer, r, chat_template, where=f"record {i}") for i, r in enumerate(records)]
   inputs = fingerprint.digest(
     model_identity,
-    [[r["prompt"], r.get("id")] for r in records],
+    [[r["prompt"], r.get("id"), r.get("response_prefix", "")] for r in records],
     dataclasses.asdict(settings),
     max_new_tokens,
     num_samples,
@@ -151,6 +161,7 @@ def generate_to_jsonl(
           "sample": g.sample_index,
           "seed": g.seed,
           "prompt": records[g.prompt_index]["prompt"],
+          "response_prefix": records[g.prompt_index].get("response_prefix", ""),
           "completion": g.text,
           "stop_reason": g.stop_reason,
           "tokens": g.tokens,
@@ -192,7 +203,9 @@ def read_generations(out_path: str | pathlib.Path, num_records: int, num_samples
   return rows
 
 
-def generate_texts(model, records: Sequence[dict[str, Any]], out_path: str | pathlib.Path, **options) -> list[list]:
+def generate_texts(
+  model, records: Sequence[dict[str, Any]], out_path: str | pathlib.Path, **options
+) -> list[list[Completion]]:
   """Completions [record][sample] of a loaded model for `records`, through a resumable file.
 
   `options` are those of `generate_to_jsonl`; the model's identity joins the fingerprint.
@@ -203,4 +216,7 @@ def generate_texts(model, records: Sequence[dict[str, Any]], out_path: str | pat
   options.setdefault("model_identity", model.identity)
   generate_to_jsonl(model.config, model.params, model.tokenizer, records, out_path, mesh=model.mesh, **options)
   generations = read_generations(out_path, len(records), options.get("num_samples", 1))
-  return [[row["completion"] for row in samples] for samples in generations]
+  return [
+    [Completion(row.get("response_prefix", "") + row["completion"], row["stop_reason"]) for row in samples]
+    for samples in generations
+  ]

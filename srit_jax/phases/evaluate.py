@@ -4,31 +4,22 @@ Markdown table. Generations stream to disk, so a killed evaluation resumes."""
 
 from __future__ import annotations
 
-import math
 import pathlib
 from collections.abc import Sequence
 
 from srit_jax.data import io
-from srit_jax.generation.jsonl import generate_texts
+from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.statistics import wilson_interval
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import get_task, load_examples
 
 
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-  """The 95% Wilson score interval of a proportion (sound at 0, 1 and small n)."""
-  if total == 0:
-    return 0.0, 1.0
-  p = correct / total
-  centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-  return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def score_generations(examples: Sequence[Example], completions: Sequence[str], style: str) -> list[dict]:
+def score_generations(examples: Sequence[Example], completions: Sequence[Completion], style: str) -> list[dict]:
   rows = []
-  for example, text in zip(examples, completions, strict=True):
+  for example, completion in zip(examples, completions, strict=True):
+    text = completion.text
     extracted = answers.extract_answer(example, text)
     rows.append(
       {
@@ -37,6 +28,7 @@ def score_generations(examples: Sequence[Example], completions: Sequence[str], s
         "style": style,
         "prompt": prompts.prompt(example, style),
         "generation": text,
+        "stop_reason": completion.stop_reason,
         "extracted": extracted,
         "gold": example.gold,
         "correct": answers.is_correct(example, extracted),
@@ -69,7 +61,10 @@ def evaluate(
   summary: dict[str, dict] = {}
   for task, examples in examples_by_task.items():
     for style in styles:
-      records = [{"prompt": prompts.prompt(e, style), "id": e.id} for e in examples]
+      records = [
+        {"prompt": prompts.prompt(e, style), "response_prefix": prompts.response_prefix(e, style), "id": e.id}
+        for e in examples
+      ]
       completions = generate_texts(
         model,
         records,
@@ -77,7 +72,7 @@ def evaluate(
         max_new_tokens=max_new_tokens[style],
         settings=SamplingSettings(temperature=0.0),
         batch_size=batch_size,
-        stop_strings=tuple(stop_strings),
+        stop_strings=tuple(stop_strings) + (("\n",) if style == prompts.DIRECT else ()),
         chat_template=chat_template,
         progress=progress,
       )

@@ -22,11 +22,13 @@ from srit_jax.data import fingerprint, io
 from srit_jax.phases import demos, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
+from srit_jax.statistics import paired_comparison
 from srit_jax.tasks.registry import load_examples
 from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key
 
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
+COMPARISONS = (("sft", "srit"), ("untuned", "sft"), ("untuned", "srit"))  # (first, second): second − first
 
 
 class Phase:
@@ -124,7 +126,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for task, count in removed.items():
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
-  results = {}
+  results, outcomes = {}, {}
   for stage in STAGES:
     model_path, upstream = models[stage]
     phase = Phase(
@@ -146,6 +148,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       )
       phase.finish()
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
+    outcomes[stage] = {
+      task: {str(row["id"]): row["correct"] for _, row in io.read_records(phase.dir / f"{task}.cot.jsonl")}
+      for task in tasks
+    }
 
   teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
   student_family = config.student_family or family_of(str(config.student))
@@ -158,6 +164,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "train_task": config.train_task,
     "domains": tasks,
     "stages": results,
+    "paired": {
+      task: {
+        f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=config.seed)
+        for first, second in COMPARISONS
+      }
+      for task in tasks
+    },
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
     "left_out_as_seen_in_training": removed,

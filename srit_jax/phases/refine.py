@@ -87,20 +87,29 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
     if count <= 0:
       scored[style] = [[] for _ in examples]
       continue
-    texts = generate_texts(
+    records = [
+      {
+        "prompt": prompts.prompt(e, style),
+        "response_prefix": prompts.response_prefix(e, style),
+        "id": f"{e.task}/{e.id}",
+      }
+      for e in examples
+    ]
+    completions = generate_texts(
       model,
-      [{"prompt": prompts.prompt(e, style), "id": f"{e.task}/{e.id}"} for e in examples],
+      records,
       workdir / f"samples.{style}.jsonl",
       max_new_tokens=lengths[style],
       settings=settings,
       num_samples=count,
       seed=config.seed,
       batch_size=config.generate_batch_size,
-      stop_strings=tuple(config.stop_strings),
+      # A direct answer ends with its line.
+      stop_strings=tuple(config.stop_strings) + (("\n",) if style == prompts.DIRECT else ()),
       chat_template=config.use_chat_template,
       progress=progress,
     )
-    scored[style] = [preference_pairs.score_answers(e, t, style) for e, t in zip(examples, texts)]
+    scored[style] = [preference_pairs.score_answers(e, c, style) for e, c in zip(examples, completions)]
   return scored
 
 
@@ -169,6 +178,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     f"(CoT {stats['cot_correct']}/{stats['cot_samples']}, direct {stats['direct_correct']}/{stats['direct_samples']} "
     f"correct); {len(train_pairs)} training pairs, {len(held_out_pairs)} held out ({config.strategy})"
   )
+  for warning in stats["warnings"]:
+    print(f"warning: the preference pairs look degenerate: {warning}")
 
   # 3. DPO.
   token_stats = TokenizeStats()

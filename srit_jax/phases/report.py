@@ -40,6 +40,7 @@ def results_markdown(results: dict) -> str:
   if direct:
     lines += ["", "Direct-answer accuracy, %:", ""]
     lines += [f"- {task}, {STAGE_LABELS.get(s, s)}: {_cell(e)}" for task, s, e in direct]
+  lines += paired_markdown(results)
   pairs = results.get("pairs")
   if pairs:
     lines += [
@@ -51,6 +52,54 @@ def results_markdown(results: dict) -> str:
   return "\n".join(lines)
 
 
+def _points(value: float) -> str:
+  return f"{100 * value:+.1f}"
+
+
+def paired_markdown(results: dict) -> list[str]:
+  """Paired tables (same questions): SRIT against SFT, and SFT against the untuned student, with a
+  plain verdict on whether self-refinement's difference is significant."""
+  paired = results.get("paired")
+  if not paired:
+    return []
+  lines = []
+  for key, first, second in (("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")):
+    lines += [
+      "",
+      f"{second} − {first}, paired on the same questions (CoT accuracy points, 95% bootstrap interval; "
+      "exact McNemar test):",
+      "",
+      f"| task | domain | n | {second} − {first} | {first} right, {second} wrong | {second} right, {first} wrong "
+      "| McNemar p |",
+      "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for task, domain in results["domains"].items():
+      c = paired[task][key]
+      low, high = c["ci95"]
+      lines.append(
+        f"| {task} | {domain} | {c['n']} | {_points(c['difference'])} ({_points(low)} to {_points(high)}) "
+        f"| {c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |"
+      )
+  significant = [t for t in results["domains"] if paired[t]["srit_vs_sft"]["mcnemar_p"] < 0.05]
+  better = [t for t in significant if paired[t]["srit_vs_sft"]["difference"] > 0]
+  worse = [t for t in significant if paired[t]["srit_vs_sft"]["difference"] < 0]
+  unresolved = [t for t in results["domains"] if not paired[t]["srit_vs_sft"]["resolves_5_points"]]
+  verdict = (
+    f"SRIT beats SFT significantly (p < 0.05) on {', '.join(better)}"
+    if better
+    else "SRIT does not beat SFT significantly (p < 0.05) on any task"
+  )
+  if worse:
+    verdict += f"; it is significantly worse on {', '.join(worse)}"
+  lines += ["", verdict + "."]
+  if unresolved:
+    lines.append(
+      f"n is too small to resolve a 5-point difference (it could not reach p < 0.05 with this many "
+      f"questions and disagreements) on {', '.join(unresolved)}."
+    )
+  return lines
+
+
 def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
   import matplotlib
 
@@ -59,7 +108,9 @@ def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
 
   stages = list(results["stages"])
   domains = [d for d in ("in-domain", "out-domain") if d in results["domains"].values()]
-  fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.8), squeeze=False)
+  paired = results.get("paired")
+  panels = len(domains) + (1 if paired else 0)
+  fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8), squeeze=False)
   width = 0.8 / len(stages)
   for ax, domain in zip(axes[0], domains):
     tasks = [t for t, d in results["domains"].items() if d == domain]
@@ -77,6 +128,21 @@ def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
     ax.set_ylabel("CoT accuracy (%)")
     ax.set_title(domain)
   axes[0][0].legend(fontsize=8, loc="upper left")
+  if paired:
+    ax = axes[0][-1]
+    tasks = list(results["domains"])
+    comparisons = [paired[t]["srit_vs_sft"] for t in tasks]
+    values = [100 * c["difference"] for c in comparisons]
+    errors = [
+      [100 * (c["difference"] - c["ci95"][0]) for c in comparisons],
+      [100 * (c["ci95"][1] - c["difference"]) for c in comparisons],
+    ]
+    colors = ["tab:green" if c["mcnemar_p"] < 0.05 and c["difference"] > 0 else "tab:gray" for c in comparisons]
+    ax.bar(range(len(tasks)), values, 0.6, yerr=errors, capsize=3, color=colors)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
+    ax.set_ylabel("SRIT − SFT (points)")
+    ax.set_title("self-refinement's difference, paired (95% CI)")
   fig.suptitle(f"{results['student']} taught by {results['teacher']} ({results['family']})", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -50,6 +50,17 @@ def prompt(example: Example, style: str = COT) -> str:
   raise ValueError(f"prompt style {style!r} is not one of {STYLES}")
 
 
+# The assistant turn of a direct answer opens with these words, so that the model answers at
+# once instead of starting a chain of thought that the length limit would cut.
+_DIRECT_OPENINGS = {NUMBER: "The answer is", CHOICE: "The answer is (", LATEX: "The answer is $\\boxed{"}
+
+
+def response_prefix(example: Example, style: str = COT) -> str:
+  """Text the assistant's answer starts with (generation continues it): "" for CoT, the answer
+  phrase for direct answers."""
+  return _DIRECT_OPENINGS[example.answer_type] if style == DIRECT else ""
+
+
 def answer_sentence(example: Example, answer: str) -> str:
   """The closing sentence the prompts ask for, for a given answer."""
   if example.answer_type == CHOICE:

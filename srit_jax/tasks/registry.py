@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from srit_jax.tasks import formats, synthetic
+from srit_jax.tasks import formats, synthetic, word_problems
 from srit_jax.tasks.example import CHOICE, LATEX, NUMBER, Example
 from srit_jax.tasks.rows import DataError, Row, read_csv_rows, read_rows
 
@@ -38,12 +38,18 @@ class Task:
   local: dict[str, tuple[str, Converter]] = dataclasses.field(default_factory=dict)  # split → (file, converter)
   hub: HubSource | None = None
   tfds: tuple[str, Converter] | None = None  # builder name, converter of its (decoded) rows
-  synthetic: bool = False
+  generator: str = ""  # "synthetic" or "word_problems": written by the project, offline
+
+  @property
+  def synthetic(self) -> bool:
+    return bool(self.generator)
 
   @property
   def splits(self) -> list[str]:
-    if self.synthetic:
+    if self.generator == "synthetic":
       return sorted(synthetic.SPLIT_SIZES)
+    if self.generator == "word_problems":
+      return sorted(word_problems.SPLIT_SIZES[self.name])
     return sorted(set(self.local) | set(self.hub.splits if self.hub else {}))
 
 
@@ -177,8 +183,11 @@ TASKS: dict[str, Task] = {
       local={"test": ("math500/test.jsonl", formats.math_solution)},
       hub=HubSource("HuggingFaceH4/MATH-500", None, {"test": "test"}, formats.math_hub),
     ),
-    Task("arith", NUMBER, "math", "test", "train", synthetic=True),
-    Task("arith_hard", NUMBER, "math", "test", "train", synthetic=True),
+    Task("arith", NUMBER, "math", "test", "train", generator="synthetic"),
+    Task("arith_hard", NUMBER, "math", "test", "train", generator="synthetic"),
+    Task("wordmath", NUMBER, "math", "test", "train", generator="word_problems"),
+    Task("wordmath_ood", NUMBER, "math", "test", None, generator="word_problems"),
+    Task("wordmath_hard", NUMBER, "math", "test", None, generator="word_problems"),
   )
 }
 SOURCES = ("auto", "local", "hub", "tfds")
@@ -210,8 +219,9 @@ def load_examples(
   split = split or task.eval_split
   if source not in SOURCES:
     raise ValueError(f"source {source!r} is not one of {SOURCES}")
-  if task.synthetic:
-    examples = synthetic.generate(task.name, split, size=limit, seed=seed)
+  if task.generator:
+    generate = {"synthetic": synthetic.generate, "word_problems": word_problems.generate}[task.generator]
+    examples = generate(task.name, split, size=limit, seed=seed)
   elif source == "local" or (source == "auto" and data_dir is not None):
     examples = _load_local(task, split, data_dir)
   elif source == "tfds":

@@ -55,7 +55,7 @@ class LocalModelTeacher(Teacher):
     model = self._loaded()
     records = [{"prompt": prompts.prompt(e, prompts.COT), "id": f"{e.task}/{e.id}"} for e in examples]
     with tempfile.TemporaryDirectory() as scratch:
-      return generate_texts(
+      completions = generate_texts(
         model,
         records,
         self.generations_path or pathlib.Path(scratch) / "generations.jsonl",
@@ -67,3 +67,4 @@ class LocalModelTeacher(Teacher):
         chat_template=self.chat_template,
         progress=self.progress,
       )
+    return [[c.text for c in samples] for samples in completions]

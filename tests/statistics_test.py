@@ -1,0 +1,74 @@
+"""Intervals and paired tests against values computed by hand, including the edges where every
+question agrees and where every question disagrees."""
+
+import numpy as np
+import pytest
+
+from srit_jax import statistics
+
+
+def test_wilson_interval():
+  """The bounds are the two p where the observed proportion sits exactly z standard errors away:
+  (x/n - p)^2 = z^2 p (1 - p) / n, a quadratic in p."""
+  import numpy as np
+
+  z = 1.959964
+  for correct, total in ((472, 600), (3, 8), (1, 3)):
+    phat = correct / total
+    roots = np.sort(np.roots([1 + z * z / total, -(2 * phat + z * z / total), phat * phat]).real)
+    assert statistics.wilson_interval(correct, total) == pytest.approx(tuple(roots), abs=1e-9)
+  assert statistics.wilson_interval(0, 8)[0] == 0.0 and statistics.wilson_interval(8, 8)[1] == 1.0
+  assert statistics.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+  "only_first,only_second,expected",
+  [
+    (0, 0, 1.0),  # every question agrees
+    (1, 0, 1.0),  # n = 1: 2 · P[X <= 0] = 2 · 1/2
+    (0, 6, 2 / 64),  # n = 6: 2 · C(6,0) / 2^6
+    (2, 8, 2 * (1 + 10 + 45) / 1024),  # n = 10: 2 · (C(10,0) + C(10,1) + C(10,2)) / 2^10
+    (5, 5, 1.0),  # symmetric: capped at 1
+    (10, 0, 2 / 1024),  # every question disagrees, all one way
+  ],
+)
+def test_exact_mcnemar_p_values(only_first, only_second, expected):
+  assert statistics.mcnemar_exact(only_first, only_second) == pytest.approx(expected, rel=1e-12)
+  assert statistics.mcnemar_exact(only_second, only_first) == pytest.approx(expected, rel=1e-12)
+
+
+def test_bootstrap_interval_of_the_difference():
+  ones, zeros = np.ones(20), np.zeros(20)
+  assert statistics.bootstrap_difference(ones, ones) == (0.0, 0.0, 0.0)  # all agree
+  assert statistics.bootstrap_difference(zeros, ones) == (1.0, 1.0, 1.0)  # all disagree, second right
+  assert statistics.bootstrap_difference(ones, zeros) == (-1.0, -1.0, -1.0)
+  # Two questions, each stage right on one: resampled differences are -1, 0, 1 with
+  # probabilities 1/4, 1/2, 1/4, so the 95% percentile interval is [-1, 1].
+  difference, low, high = statistics.bootstrap_difference(np.array([1, 0]), np.array([0, 1]))
+  assert (difference, low, high) == (0.0, -1.0, 1.0)
+  # A large sample: the interval is centred on the difference with the normal half-width.
+  rng = np.random.default_rng(1)
+  a, b = rng.random(2000) < 0.4, rng.random(2000) < 0.5
+  difference, low, high = statistics.bootstrap_difference(a, b)
+  half = 1.96 * np.std(b.astype(float) - a.astype(float)) / np.sqrt(2000)
+  assert low < difference < high and (high - low) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_paired_comparison_counts_by_question():
+  first = {"a": True, "b": True, "c": False, "d": False, "e": True}
+  second = {"a": True, "b": False, "c": True, "d": True, "f": True}  # e and f are not shared
+  c = statistics.paired_comparison(first, second)
+  assert c["n"] == 4 and (c["first_correct"], c["second_correct"]) == (2, 3)
+  assert (c["both_correct"], c["neither_correct"], c["only_first_correct"], c["only_second_correct"]) == (1, 0, 1, 2)
+  assert c["difference"] == pytest.approx(0.25)
+  assert c["mcnemar_p"] == pytest.approx(statistics.mcnemar_exact(1, 2))
+  assert c["resolves_5_points"] is False  # four questions cannot tell five points from none
+
+
+def test_whether_an_evaluation_can_resolve_five_points():
+  # Best case, every disagreement one way: 5 points of n questions need 6 of them (p = 2/64 < 0.05).
+  assert not statistics.resolves(100, 0) and statistics.resolves(120, 0)
+  # 300 questions: 15 more on one side, significant only if the stages disagree rarely enough.
+  assert statistics.resolves(300, 40)  # 13 against 28: p < 0.05
+  assert not statistics.resolves(300, 60)  # 23 against 38: p > 0.05
+  assert statistics.mcnemar_exact(13, 28) < 0.05 < statistics.mcnemar_exact(23, 38)
