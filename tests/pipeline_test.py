@@ -76,3 +76,15 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert "[eval/srit] its config or an earlier phase changed" in third
   for phase in ("demos", "sft", "eval/untuned", "eval/sft"):
     assert f"[{phase}] done already, skipped" in third
+
+  # A second round of refinement from the refined student, its reference still the SFT
+  # student: round 1 is kept, round 2 starts where the policy already differs from it.
+  config.refine_iterations = 2
+  results = pipeline.run(config, tmp_path, progress=False)
+  fourth = capsys.readouterr().out
+  assert "[refine] done already, skipped" in fourth and "[refine_2] self-refinement" in fourth
+  second_round = json.loads((tmp_path / "refine_2" / "DONE.json").read_text())["summary"]
+  assert second_round["heldout_before"]["eval/rewards/margins"] != 0.0
+  first_samples = (tmp_path / "refine" / "samples.cot.jsonl").read_text()
+  assert (tmp_path / "refine_2" / "samples.cot.jsonl").read_text() != first_samples  # new samples
+  assert results["stages"]["srit"] == json.loads((tmp_path / "eval/srit/summary.json").read_text())

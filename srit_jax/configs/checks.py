@@ -78,6 +78,7 @@ def _rules() -> dict[str, Callable]:
         "num_samples",
         "max_pairs_per_question",
         "concurrency",
+        "round",
       ),
       POSITIVE_INT,
     ),
@@ -216,6 +217,10 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
     if config.eval_file:
       _exists(config.eval_file, field("eval_file"), problems)
   if command == "refine":
+    if wanted("reference_model") and config.reference_model:
+      problem = _model_problem(config.reference_model, field("reference_model"))
+      if problem:
+        problems.append(problem)
     if wanted("task"):
       problems += _task_problems(config.task, field("task"))
     needs_demos = config.questions == "demos" or config.teacher_fallback
@@ -265,7 +270,13 @@ def problems(config: ConfigDict, command: str) -> list[str]:
       _exists(config.data_dir, "data_dir", found, "directory")
     found += command_problems(config.demos, "demos", "demos.", linked=("task", "data_dir"))
     found += command_problems(config.sft, "sft", "sft.", linked=("model", "train_file"))
-    found += command_problems(config.refine, "refine", "refine.", linked=("model", "task", "demos_file", "data_dir"))
+    found += command_problems(
+      config.refine, "refine", "refine.", linked=("model", "reference_model", "task", "demos_file", "data_dir")
+    )
+    if not isinstance(config.refine_iterations, int) or config.refine_iterations < 1:
+      found.append(f"refine_iterations = {config.refine_iterations!r}: must be an integer >= 1")
+    if config.refine_reference not in ("sft", "previous"):
+      found.append(f"refine_reference = {config.refine_reference!r}: must be one of sft, previous")
     found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir"))
   elif command in COMMANDS:
     found += command_problems(config, command)

@@ -35,6 +35,8 @@ def get_config(variant: str = ""):
   config.demos = phase_config("demos")  # teacher and filtering (its task is train_task)
   config.sft = phase_config("sft")
   config.refine = phase_config("refine")
+  config.refine_iterations = 1  # rounds of sample -> pairs -> DPO, each from the policy the last one left
+  config.refine_reference = "sft"  # the reference of every round: sft (the SFT student) | previous (its own start)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
   return config
 

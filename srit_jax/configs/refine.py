@@ -17,6 +17,7 @@ def get_config(variant: str = ""):
   (variant,) = variants(variant, __file__, *VARIANTS)
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # the instructed student (SFT export dir); also the frozen reference
+  config.reference_model = ""  # empty: the reference is `model` itself; else another (the SFT student, iterating)
   config.dtype = "float32"  # compute dtype (the reference is kept in it)
   config.param_dtype = "float32"  # master weights
   config.remat_policy = "none"  # none | full | dots | dots_no_batch
@@ -29,6 +30,7 @@ def get_config(variant: str = ""):
   config.hub_path = ""  # replaces the hub dataset id
   config.limit = 0  # questions at most; 0 = all
   config.seed = 0  # sampling seeds, held-out choice and pair order derive from it
+  config.round = 1  # round of an iterated refinement: each round samples with other seeds
   # Sampling the student
   config.num_cot_samples = 4  # CoT answers per question
   config.num_direct_samples = 1  # direct answers per question (the rejected side of cot_vs_direct)
@@ -36,7 +38,7 @@ def get_config(variant: str = ""):
   config.top_k = 0  # 0 = off
   config.top_p = 0.95  # 1 = off
   config.max_new_tokens = 256  # CoT answers
-  config.max_new_tokens_direct = 32  # direct answers
+  config.max_new_tokens_direct = 16  # direct answers, after their opening "The answer is"; a line ends them
   config.generate_batch_size = 32  # rows per generation batch
   config.stop_strings = ("\nQuestion:",)
   config.use_chat_template = True  # the student's chat template (as in SFT)

@@ -86,20 +86,28 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     sft_loop.train(sft_config, sft_phase.dir)
     sft_phase.finish()
 
-  # Self-refinement.
-  refine_config = _with(
-    config.refine,
-    model=str(sft_phase.dir / "export"),
-    task=config.train_task,
-    demos_file=str(demos_phase.dir / "demos.jsonl"),
-    export=True,
-    **shared,
-  )
-  refine_phase = Phase(workdir, "refine", refine_config.to_dict(), sft_phase.fingerprint)
-  if not refine_phase.done():
-    print("[refine] self-refinement: the student's samples, preference pairs, DPO")
-    summary = refine.run(refine_config, refine_phase.dir, progress=progress)
-    refine_phase.finish({"summary": summary})
+  # Self-refinement, in one or more rounds.
+  refine_phases = []
+  for round_ in range(1, config.refine_iterations + 1):
+    previous = refine_phases[-1] if refine_phases else sft_phase
+    refine_config = _with(
+      config.refine,
+      model=str(previous.dir / "export"),
+      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / "export"),
+      task=config.train_task,
+      demos_file=str(demos_phase.dir / "demos.jsonl"),
+      export=True,
+      round=round_,
+      **shared,
+    )
+    name = "refine" if round_ == 1 else f"refine_{round_}"
+    refine_phase = Phase(workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint)
+    if not refine_phase.done():
+      print(f"[{name}] self-refinement: the student's samples, preference pairs, DPO")
+      summary = refine.run(refine_config, refine_phase.dir, progress=progress)
+      refine_phase.finish({"summary": summary})
+    refine_phases.append(refine_phase)
+  refine_phase = refine_phases[-1]
 
   # Evaluation of every stage.
   models = {
@@ -120,7 +128,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     )
     for name in tasks
   }
-  examples, removed = decontaminate(examples, [demos_phase.dir / "demos.jsonl", refine_phase.dir / "pairs.jsonl"])
+  examples, removed = decontaminate(
+    examples, [demos_phase.dir / "demos.jsonl", *(phase.dir / "pairs.jsonl" for phase in refine_phases)]
+  )
   examples = {task: items[: config.eval.limit or None] for task, items in examples.items()}
   evaluated_ids = {task: [e.id for e in items] for task, items in examples.items()}
   for task, count in removed.items():

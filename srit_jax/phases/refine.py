@@ -25,6 +25,7 @@ import numpy as np
 
 from srit_jax import sharding
 from srit_jax.configs import checks
+from srit_jax.conversion import loading
 from srit_jax.data import fingerprint, io, pair_batches, preference_pairs, records
 from srit_jax.data.sft_examples import TokenizeStats
 from srit_jax.generation.jsonl import generate_texts
@@ -102,7 +103,7 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       max_new_tokens=lengths[style],
       settings=settings,
       num_samples=count,
-      seed=config.seed,
+      seed=config.seed + 1000 * (config.round - 1),
       batch_size=config.generate_batch_size,
       # A direct answer ends with its line.
       stop_strings=tuple(config.stop_strings) + (("\n",) if style == prompts.DIRECT else ()),
@@ -147,6 +148,17 @@ def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray
     partial.replace(path)
   io.barrier(f"wrote {path}")
   return chosen, rejected
+
+
+def _reference(config, model, mesh):
+  """(parameters, identity) of the frozen reference in the compute dtype: the loaded student
+  itself, or `reference_model` (the SFT student, when refinement iterates from a later policy)."""
+  if config.reference_model:
+    reference = loading.load_model(config.reference_model, mesh=mesh, dtype=config.dtype, param_dtype=config.dtype)
+    if reference.config.vocab_size != model.config.vocab_size:
+      raise ValueError(f"reference_model {config.reference_model}: another vocabulary than model {config.model}")
+    return reference.params, reference.identity
+  return jax.tree.map(lambda x: x.astype(model.config.dtype).copy(), model.params), model.identity
 
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
@@ -196,9 +208,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     lambda params, side: dpo_step.sequence_log_probs(model_config, params, side, mesh=mesh, chunk_size=chunk_size)[0]
   )
   eval_batch = max(config.batch_size, 2 * mesh.devices.size)
-  key = fingerprint.digest(model.identity, config.max_length, train_pairs, held_out_pairs)
-
-  reference_params = jax.tree.map(lambda x: x.astype(model_config.dtype).copy(), model.params)
+  reference_params, reference_identity = _reference(config, model, mesh)
+  key = fingerprint.digest(reference_identity, config.max_length, train_pairs, held_out_pairs)
   reference = held_out_reference = None
   if config.precompute_reference:
     reference = _cached_log_probs(
