@@ -3,6 +3,7 @@ the NaN guard, metrics and export."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -127,21 +128,71 @@ def test_run_writes_metrics_checkpoints_and_an_export_transformers_loads(tiny_wi
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_with_tokenizer, tmp_path):
+  import re
+
   from srit_jax.training import checkpointing
 
   train_file = _write_records(tmp_path / "demos.jsonl")
-  good = sft_loop.train(_config(tiny_with_tokenizer, train_file, num_steps=4, export=False), tmp_path / "run")
-  config = _config(tiny_with_tokenizer, train_file, num_steps=8)
-  config.optimizer.learning_rate = 1e9  # diverges within a step or two of resuming
-  with pytest.raises(
-    NonFiniteLossError,
-    match=r"step [56]: loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step 4\)",
-  ):
-    sft_loop.train(config, tmp_path / "run")
+
+  def config(num_steps):
+    c = _config(tiny_with_tokenizer, train_file, num_steps=num_steps, save_every=1, export=False)
+    c.optimizer.update(learning_rate=1e9, schedule="constant", warmup_steps=0)  # diverges within a step or two
+    return c
+
+  with pytest.raises(NonFiniteLossError) as error:
+    sft_loop.train(config(8), tmp_path / "run")
+  match = re.search(
+    r"step (\d+): loss \S+, gradient norm (nan|inf).*the last good checkpoint \(step (\d+)\)", str(error.value)
+  )
+  assert match, str(error.value)
+  failed, kept = int(match.group(1)), int(match.group(3))
+  assert kept == failed - 1 >= 1
+  # The checkpoint left is the state of a run that stopped at that step of its own accord.
+  good = sft_loop.train(config(kept), tmp_path / "good")
   manager = checkpointing.CheckpointManager(tmp_path / "run/checkpoints")
-  assert manager.latest_step() == 4
-  restored, _ = manager.restore(4, good.state)
+  assert manager.latest_step() == kept
+  restored, _ = manager.restore(kept, good.state)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params), jax.device_get(good.state.params))
+
+
+def test_a_rerun_with_other_settings_does_not_resume_checkpoints_it_did_not_make(tiny_with_tokenizer, tmp_path):
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  sft_loop.train(_config(tiny_with_tokenizer, train_file, num_steps=2, save_every=2, export=False), tmp_path / "run")
+  before = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+  changed = _config(tiny_with_tokenizer, train_file, num_steps=2, save_every=1)
+  changed.optimizer.learning_rate = 3e-3
+  with pytest.raises(ValueError, match=r"checkpoints of a run with other optimizer; resume with the same settings"):
+    sft_loop.train(changed, tmp_path / "run")
+  assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == before  # nothing lost
+  other_data = tmp_path / "other.jsonl"
+  other_data.write_text(train_file.read_text().replace("a", "b"))
+  same_settings = _config(tiny_with_tokenizer, other_data, num_steps=2, save_every=1)
+  with pytest.raises(ValueError, match=r"checkpoints of a run with other data"):
+    sft_loop.train(same_settings, tmp_path / "run")
+  # Settings that do not change what is trained (how often to save, export) may change.
+  sft_loop.train(_config(tiny_with_tokenizer, train_file, num_steps=2, save_every=1, export=False), tmp_path / "run")
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_and_the_run_ends_as_an_uninterrupted_one(
+  tiny_with_tokenizer, tmp_path, capsys
+):
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  config = _config(tiny_with_tokenizer, train_file, num_steps=6, save_every=2)
+  full = sft_loop.train(config, tmp_path / "full")
+  sft_loop.train(config, tmp_path / "run")
+  # A run killed before its last save, whose newest checkpoint (step 4) was then damaged:
+  # every data file of its state cut in half.
+  shutil.rmtree(tmp_path / "run/checkpoints/6")
+  damaged = [p for p in (tmp_path / "run/checkpoints/4/state").rglob("*") if p.is_file() and p.stat().st_size > 64]
+  assert damaged
+  for path in damaged:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  resumed = sft_loop.train(config, tmp_path / "run")
+  out = capsys.readouterr().out
+  assert "checkpoint 4 in" in out and "does not restore" in out and "moved to 4.damaged" in out
+  assert "resumed from the checkpoint of step 2" in out
+  assert (tmp_path / "run/checkpoints/4.damaged").is_dir()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state.params), jax.device_get(full.state.params))
 
 
 @pytest.mark.slow

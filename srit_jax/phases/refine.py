@@ -255,6 +255,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     lambda state, batch: jitted(state, reference_params, batch),
     DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch, mesh)),
     step_flops=flops.dpo_step_flops(model_config, config.batch_size, config.max_length, reference_params is not None),
+    data_identity=key,
     evaluate=evaluate if held_out else None,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
     desc="dpo",

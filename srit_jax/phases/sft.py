@@ -18,7 +18,7 @@ import numpy as np
 
 from srit_jax import sharding
 from srit_jax.configs import checks
-from srit_jax.data import records, sft_batches, sft_examples
+from srit_jax.data import fingerprint, records, sft_batches, sft_examples
 from srit_jax.training import flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 from srit_jax.training.sft_step import batch_nll_sum, jit_sft_step
@@ -129,6 +129,7 @@ def train(config, workdir: str | pathlib.Path) -> SftResult:
     step_fn,
     batches,
     step_flops=flops.train_step_flops(model_config, config.batch_size, config.max_length),
+    data_identity=fingerprint.file_digest(config.train_file),
     evaluate=evaluate,
     desc="sft",
     progress_keys=("loss", "tokens_per_s"),

@@ -1,7 +1,9 @@
 """Orbax checkpoints of a training run: the train state and the data iterator's position.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
-complete), so a run killed during a save resumes from the previous checkpoint.
+complete), so a run killed during a save resumes from the previous checkpoint. A checkpoint
+damaged afterwards (a truncated or lost file) is skipped at resume: `restore_latest` names it
+and why, moves it aside to `<step>.damaged`, and resumes from the newest one that restores.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from srit_jax.data import io
 
 
 class CheckpointManager:
@@ -37,6 +42,30 @@ class CheckpointManager:
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
     )
     return restored["state"], restored["data"]
+
+  def restore_latest(self, abstract_state, *, log=print):
+    """(step, state, data_state) of the newest checkpoint that restores with finite values, or
+    None; each newer one that does not is named, with the reason, and moved aside."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, data_state = self.restore(step, abstract_state)
+        bad = [
+          jax.tree_util.keystr(path)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+          if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(leaf)))
+        ]
+        if bad:
+          raise ValueError(f"non-finite values in {bad[0]}")
+        return step, state, data_state
+      except Exception as e:  # a damaged checkpoint: say which and why, then try the one before
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        aside = self.directory / f"{step}.damaged"
+        if io.is_writer():
+          (self.directory / str(step)).rename(aside)
+        io.barrier(f"set aside checkpoint {step}")
+        log(f"checkpoint {step} in {self.directory} does not restore ({reason}); moved to {aside.name}")
+        self._manager.reload()
+    return None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

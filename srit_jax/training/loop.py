@@ -52,9 +52,10 @@ def run_steps(
   checkpoints = checkpointing.CheckpointManager(
     workdir / "checkpoints", max_to_keep=keep_checkpoints, async_save=async_checkpoints
   )
-  start_step = checkpoints.latest_step() or 0
-  if start_step:
-    state, saved_data_state = checkpoints.restore(start_step, state)
+  start_step = 0
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    start_step, state, saved_data_state = restored
     restore_data_state(saved_data_state)
     print(f"resumed from the checkpoint of step {start_step}")
   if start_step >= num_steps:

@@ -18,6 +18,7 @@ eval_every, export.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,19 @@ from srit_jax.conversion import hf_checkpoint, loading
 from srit_jax.data import io
 from srit_jax.training import flops, loop, optimizer
 from srit_jax.training.state import TrainState, create_train_state, state_shardings
+
+# Settings that do not change what a run trains (how often it saves, where files lie: the model
+# and the data are compared by content): a resumed run may change them.
+RESUMABLE_CHANGES = frozenset(
+  {
+    "save_every", "keep_checkpoints", "async_checkpoints", "eval_every", "export", "mesh", "eval_file", "model",
+    "reference_model", "train_file", "demos_file", "data_dir",
+  }
+)  # fmt: skip
+
+
+class StaleCheckpointError(ValueError):
+  """The workdir's checkpoints were made from other settings or data than this run's."""
 
 
 class DeviceBatches:
@@ -71,7 +85,7 @@ class TrainingRun:
     model = loading.load_model(
       config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
     )
-    return cls(
+    run = cls(
       config=config,
       workdir=workdir,
       mesh=mesh,
@@ -79,6 +93,8 @@ class TrainingRun:
       optimizer=optimizer.make_optimizer(config.optimizer, config.num_steps),
       schedule=optimizer.learning_rate_schedule(config.optimizer, config.num_steps),
     )
+    run._check_inputs(None)
+    return run
 
   def init_state(self) -> TrainState:
     """The train state over the model's parameters, laid out by their logical axes."""
@@ -92,6 +108,7 @@ class TrainingRun:
     batches: DeviceBatches,
     *,
     step_flops: float,
+    data_identity: str,
     evaluate: Callable[[TrainState, int], dict] | None = None,
     rates: Callable[[dict, float], dict] | None = None,
     desc: str = "train",
@@ -101,9 +118,11 @@ class TrainingRun:
 
     `step_flops` are the model FLOPs of one global step; MFU divides them by the step time
     and the peak of all devices of the run. `rates(values, seconds)` adds per-second figures
-    of the phase's own (pairs per second).
+    of the phase's own (pairs per second). `data_identity` (a digest of the training data)
+    joins the settings in the fingerprint that checkpoints must share to be resumed.
     """
     config = self.config
+    self._check_inputs(data_identity)
     peak = flops.peak_flops(config.dtype)
     io.write_json(
       self.workdir / "run.json",
@@ -145,6 +164,29 @@ class TrainingRun:
       progress_keys=progress_keys,
     )
     return last
+
+  def _check_inputs(self, data_identity: str | None) -> None:
+    """Checkpoints are resumed only by a run of the same settings, model and data; otherwise
+    the run stops and names what differs. Checked once at the start (settings and model,
+    before any other work) and again with the data before training, when the fingerprint is
+    written."""
+    settings = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    inputs = {"settings": settings, "model": self.model.identity, "data": data_identity}
+    path = self.workdir / "train_inputs.json"
+    checkpoints = self.workdir / "checkpoints"
+    has_checkpoints = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if has_checkpoints and path.exists():
+      saved = json.loads(path.read_text(encoding="utf-8"))
+      changed = sorted(k for k in set(saved["settings"]) | set(settings) if saved["settings"].get(k) != settings.get(k))
+      changed += [what for what in ("model", "data") if inputs[what] is not None and saved[what] != inputs[what]]
+      if changed:
+        raise StaleCheckpointError(
+          f"{checkpoints}: checkpoints of a run with other {', '.join(changed)}; resume with the same settings, "
+          "or use another --workdir (or remove its checkpoints to start over)"
+        )
+    if data_identity is not None:
+      io.write_json(path, inputs)
 
   def export(self) -> pathlib.Path | None:
     """The trained parameters as an HF directory in WORKDIR/export (when the config asks for it)."""
