@@ -1,9 +1,11 @@
 """TPU scripts: shellcheck-clean, --help, and --dry-run printing the gcloud commands they would
 run; paper-scale configs build for every student and slice."""
 
+import os
 import pathlib
 import shutil
 import subprocess
+import time
 
 import pytest
 from conftest import load_config
@@ -93,3 +95,71 @@ def test_paper_configs_fill_their_slices(student, tpu_slice, chips, hosts):
   assert "/" in config.student and config.demos.teacher.kind == "openai"
   with pytest.raises(ValueError, match="unknown variant 'gpt2'; variants: 'llama2_7b'"):
     load_config("paper", "gpt2,v4-8")
+
+
+HOSTILE = '~/runs/my run; touch PWNED "quoted" $(id) `id`'
+
+
+def _remote_command(dry_run_stdout: str) -> str:
+  """The --command=... of the gcloud ssh line a --dry-run printed (each argument %q-quoted)."""
+  import shlex
+
+  line = next(line for line in dry_run_stdout.splitlines() if " ssh " in line)
+  return next(a.split("=", 1)[1] for a in shlex.split(line[2:]) if a.startswith("--command="))
+
+
+def _run_remotely(command: str, home: pathlib.Path, stubs: dict[str, str]):
+  """Runs a remote command in bash as a worker would, with HOME=home and stub programs."""
+  bin_dir = home / "bin"
+  bin_dir.mkdir(parents=True, exist_ok=True)
+  for name, body in stubs.items():
+    path = home / name if "/" in name else bin_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+  env = dict(os.environ, HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}")
+  return subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_hostile_values_reach_the_workers_as_one_word_each(tmp_path):
+  home = tmp_path / "home"
+  record = 'for a in "$@"; do printf "%s\\n" "$a"; done > "$HOME/args.txt"\n'
+  launch = _run(
+    SCRIPTS / "launch.sh", "--name", "s", "--zone", "z", "--phase", "sft", "--config", "~/srit/configs/sft.py:tiny",
+    "--workdir", HOSTILE, "--foreground", "--dry-run", "--", "--config.model=my model; x",
+  )  # fmt: skip
+  assert launch.returncode == 0, launch.stderr
+  result = _run_remotely(_remote_command(launch.stdout), home, {"srit/venv/bin/srit-jax": record})
+  assert result.returncode == 0, result.stderr
+  args = (home / "args.txt").read_text().splitlines()
+  assert args == [
+    "sft",
+    f"--config={home}/srit/configs/sft.py:tiny",
+    f"--workdir={home}/{HOSTILE[2:]}",
+    "--distributed",
+    "--config.model=my model; x",
+  ]
+  assert not list(home.rglob("PWNED")) and not list(tmp_path.rglob("PWNED"))
+
+  # In the background: the log beside the workdir, its folder made first.
+  background = _run(
+    SCRIPTS / "launch.sh", "--name", "s", "--zone", "z", "--phase", "sft", "--config", "c.py", "--workdir", HOSTILE,
+    "--dry-run",
+  )  # fmt: skip
+  _run_remotely(_remote_command(background.stdout), home, {"srit/venv/bin/srit-jax": "echo ran\n"})
+  log = home / f"{HOSTILE[2:]}.log"
+  for _ in range(100):
+    if log.exists() and log.read_text():
+      break
+    time.sleep(0.05)
+  assert log.read_text() == "ran\n" and not list(home.rglob("PWNED"))
+
+  fetch = _run(SCRIPTS / "fetch_results.sh", "--name", "s", "--zone", "z", "--workdir", HOSTILE, "--dry-run")
+  result = _run_remotely(_remote_command(fetch.stdout), home, {"tar": record})
+  assert result.returncode == 0 and f"{home}/{HOSTILE[2:]}" in (home / "args.txt").read_text().splitlines()
+
+  setup = _run(SCRIPTS / "setup.sh", "--name", "s", "--zone", "z", "--bucket", "b; touch PWNED", "--dry-run")
+  bucket_line = next(line for line in setup.stdout.splitlines() if "gcsfuse" in line)
+  result = _run_remotely(_remote_command(bucket_line), home, {"gcsfuse": record})
+  assert result.returncode == 0 and (home / "args.txt").read_text().splitlines()[1] == "b; touch PWNED"
+  assert not list(home.rglob("PWNED"))

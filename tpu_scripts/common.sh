@@ -14,6 +14,19 @@ run() {
   fi
 }
 
+# quote VALUE: VALUE as exactly one word of a command run by a remote shell (printf %q), so
+# that spaces, quotes and ';' in it stay data. A leading "~/" becomes "$HOME"/, which the
+# remote shell expands to the worker's home (a quoted ~ would not expand).
+quote() {
+  local value="$1"
+  # shellcheck disable=SC2088,SC2016  # a literal "~/" is matched, and "$HOME" is for the remote shell
+  if [[ "${value}" == "~/"* ]]; then
+    printf '"$HOME"/%q' "${value#"~/"}"
+  else
+    printf '%q' "${value}"
+  fi
+}
+
 die() {
   echo "error: $*" >&2
   exit 2

@@ -42,7 +42,7 @@ common=(--zone="${ZONE}")
 exclude="--exclude=*/checkpoints/* --exclude=*/tensorboard/*"
 [[ "${WITH_MODEL}" == 0 ]] && exclude+=" --exclude=*/export/*"
 run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=0 "${common[@]}" \
-  --command="tar -czf /tmp/srit_results.tgz ${exclude} -C ${WORKDIR} ."
+  --command="tar -czf /tmp/srit_results.tgz ${exclude} -C $(quote "${WORKDIR}") ."
 run mkdir -p "${OUT}"
 run gcloud compute tpus tpu-vm scp "${NAME}:/tmp/srit_results.tgz" "${OUT}/results.tgz" --worker=0 "${common[@]}"
 run tar -xzf "${OUT}/results.tgz" -C "${OUT}"

@@ -51,13 +51,15 @@ esac
 common=(--zone="${ZONE}")
 [[ -n "${PROJECT}" ]] && common+=(--project="${PROJECT}")
 
-job="\$HOME/srit/venv/bin/srit-jax ${PHASE} --config=${CONFIG} --workdir=${WORKDIR} --distributed"
+# Every user value is one quoted word of the remote command.
+workdir="$(quote "${WORKDIR}")"
+job="\$HOME/srit/venv/bin/srit-jax ${PHASE} --config=$(quote "${CONFIG}") --workdir=${workdir} --distributed"
 for flag in "${EXTRA[@]}"; do
-  job+=" $(printf '%q' "${flag}")"
+  job+=" $(quote "${flag}")"
 done
 if [[ "${FOREGROUND}" == 1 ]]; then
   command="cd \$HOME/srit && ${job}"
 else
-  command="cd \$HOME/srit && mkdir -p \$(dirname ${WORKDIR}) && nohup ${job} > ${WORKDIR}.log 2>&1 &"
+  command="cd \$HOME/srit && mkdir -p -- \"\$(dirname -- ${workdir})\" && nohup ${job} > $(quote "${WORKDIR}.log") 2>&1 &"
 fi
 run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" --command="${command}"

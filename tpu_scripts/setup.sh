@@ -50,12 +50,12 @@ if [[ -z "${SOURCE}" ]]; then
   # shellcheck disable=SC2016
   install='mkdir -p ~/srit/src && tar -xzf ~/srit_jax_src.tgz -C ~/srit/src && ~/srit/venv/bin/pip install -q "$HOME/srit/src[tpu]"'
 else
-  install="\$HOME/srit/venv/bin/pip install -q '${SOURCE}' 'jax[tpu]'"
+  install="\$HOME/srit/venv/bin/pip install -q $(quote "${SOURCE}") 'jax[tpu]'"
 fi
 run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" \
   --command="python3 -m venv ~/srit/venv && ~/srit/venv/bin/pip install -q -U pip && ${install}"
 run gcloud compute tpus tpu-vm scp --recurse "${CONFIGS}" "${NAME}:~/srit/" --worker=all "${common[@]}"
 if [[ -n "${BUCKET}" ]]; then
   run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" \
-    --command="mkdir -p ~/srit/shared && gcsfuse --implicit-dirs ${BUCKET} ~/srit/shared"
+    --command="mkdir -p ~/srit/shared && gcsfuse --implicit-dirs $(quote "${BUCKET}") ~/srit/shared"
 fi
