@@ -134,7 +134,13 @@ def _config_name(argv: list[str]) -> str | None:
 
 
 def _parse(argv: list[str]) -> list[str]:
-  """Parses flags; every mistake in them becomes one UsageError line."""
+  """Parses flags; every mistake in them becomes one UsageError line. Parses afresh each time,
+  so that `main` can run several command lines in one process."""
+  if flags.FLAGS.is_parsed():
+    flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # overrides of an earlier config
+    delattr(flags.FLAGS, name)
+  saved_argv, sys.argv = sys.argv, argv  # the config flag reads its overrides from sys.argv
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
@@ -145,6 +151,8 @@ def _parse(argv: list[str]) -> list[str]:
     raise UsageError(message) from None
   except AttributeError as e:  # an override of a field the config does not have
     raise UsageError(_unknown_field(argv, str(e))) from None
+  finally:
+    sys.argv = saved_argv
   if _CONFIG.value is not None:
     try:
       _CONFIG.value.keys()  # a config file that failed to load says so only when used
