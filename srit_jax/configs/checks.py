@@ -56,7 +56,7 @@ PROBABILITY = _number(0, 1)
 def _rules() -> dict[str, Callable]:
   """Checks by field name (the last part of its path); a dotted key matches a path's end."""
   from srit_jax.data import preference_pairs
-  from srit_jax.model.config import REMAT_POLICIES
+  from srit_jax.model.config import ATTENTION_KERNELS, REMAT_POLICIES
   from srit_jax.phases import demos, refine
   from srit_jax.tasks.registry import SOURCES
   from srit_jax.teachers import build, precomputed
@@ -101,6 +101,7 @@ def _rules() -> dict[str, Callable]:
     "dtype": _one_of(*DTYPES),
     "param_dtype": _one_of(*DTYPES),
     "remat_policy": _one_of(*REMAT_POLICIES),
+    "attention": _one_of(*ATTENTION_KERNELS),
     "loss_type": _one_of(*dpo_step.LOSS_TYPES),
     "loss_normalization": _one_of("token", "sequence"),
     "strategy": _one_of(*preference_pairs.STRATEGIES),

@@ -20,6 +20,7 @@ def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.model = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.dtype = "float32"  # compute dtype
+  config.attention = "auto"  # auto (by platform) | xla | splash | blockwise | cudnn
   config.tasks = "arith,arith_hard"  # comma-separated tasks of srit_jax.tasks.TASKS
   config.split = ""  # empty: each task's evaluation split
   config.source = "auto"  # auto | local | hub | tfds

@@ -21,6 +21,7 @@ def get_config(variant: str = ""):
   config.dtype = "float32"  # compute dtype (the reference is kept in it)
   config.param_dtype = "float32"  # master weights
   config.remat_policy = "none"  # none | full | dots | dots_no_batch
+  config.attention = "auto"  # auto (splash on TPU, cuDNN/blockwise on GPU, XLA on CPU) | xla | splash | blockwise
   # Training questions
   config.questions = "task"  # task: the task's training split; demos: the questions of demos_file
   config.task = "arith"  # a task of srit_jax.tasks.TASKS

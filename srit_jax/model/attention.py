@@ -1,15 +1,56 @@
-"""The one attention function of the model, built on `jax.nn.dot_product_attention`.
+"""The one attention function of the model; its kernel is chosen in one place, `choose_kernel`.
 
-Masking is described by positions and segment ids rather than a ready-made mask, so that a
-kernel that takes segment ids directly (TPU splash attention) can slot in behind this call.
+Masking is described by positions and segment ids (0 = padding), never by a ready-made
+[B, T, S] mask, so that every kernel can take it its own way:
 
-Shapes: B batch, T query length, S key length, N query heads, K key/value heads, H head dim.
+- "splash" (TPU): the Pallas splash-attention kernel — causal, packed segments, sliding
+  window, grouped-query heads — per device under `shard_map`. Its backward pass keeps no
+  [T, S] scores. Sequences must be whole 128-position blocks.
+- "blockwise" (any backend; GPU in float32): online-softmax attention over key blocks with
+  each block rematerialised in the backward pass, so no [B, N, T, S] scores are kept.
+- "cudnn" (GPU, half precision): `jax.nn.dot_product_attention`'s cuDNN kernel.
+- "xla" (CPU): `jax.nn.dot_product_attention` on XLA, scores materialised (fast for short rows).
+
+`choose_kernel(requested, platform, dtype, length)` turns "auto" into one of these by the
+platform the program is compiled for (the mesh's devices, which for an ahead-of-time TPU
+plan are TPU devices on a CPU host), so every caller — training, generation, `srit-jax plan`
+— reports and uses the same choice.
+
+Shapes: B batch, T query length, S key length, N query heads, K key/value heads, G = N / K,
+H head dim.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from srit_jax.model.config import ATTENTION_KERNELS as KERNELS
+
+SPLASH_BLOCK = 128  # sequences for the splash kernel are whole blocks of this many positions
+_MASKED = -1e30
+
+
+def platform_of(mesh) -> str:
+  """The platform a program runs on: its mesh's devices, else JAX's default backend."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
+def choose_kernel(requested: str, platform: str, dtype, length: int) -> str:
+  """The kernel for queries of `length` positions: `requested`, or for "auto" the platform's own."""
+  if requested not in KERNELS:
+    raise ValueError(f"attention kernel {requested!r} is not one of {KERNELS}")
+  if requested != "auto":
+    return requested
+  if platform == "tpu":
+    return "splash" if length % SPLASH_BLOCK == 0 else "xla"
+  if platform == "gpu":
+    return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "blockwise"
+  return "xla"
 
 
 def attention_mask(
@@ -25,13 +66,6 @@ def attention_mask(
   return mask[:, None, :, :]
 
 
-def _implementation(dtype) -> str:
-  # cuDNN's fused kernel takes half precision only; XLA everywhere else.
-  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-    return "cudnn"
-  return "xla"
-
-
 def attend(
   q_BxTxNxH,
   k_BxSxKxH,
@@ -42,15 +76,155 @@ def attend(
   kv_positions_BxS,
   kv_segment_ids_BxS,
   sliding_window: int | None = None,
+  kernel: str = "auto",
+  mesh=None,
 ) -> jnp.ndarray:
-  """Grouped-query attention; returns [B, T, N, H] in the dtype of the queries."""
+  """Grouped-query attention of a whole (possibly packed) sequence; [B, T, N, H] in q's dtype.
+
+  The splash kernel assumes what holds for training rows and prompts: queries and keys are
+  the same positions, and inside a segment positions count up by one.
+  """
+  kernel = choose_kernel(kernel, platform_of(mesh), q_BxTxNxH.dtype, q_BxTxNxH.shape[1])
+  if kernel == "splash":
+    return _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids_BxT, sliding_window, mesh)
+  if kernel == "blockwise":
+    return blockwise_attend(
+      q_BxTxNxH,
+      k_BxSxKxH,
+      v_BxSxKxH,
+      q_positions_BxT=q_positions_BxT,
+      q_segment_ids_BxT=q_segment_ids_BxT,
+      kv_positions_BxS=kv_positions_BxS,
+      kv_segment_ids_BxS=kv_segment_ids_BxS,
+      sliding_window=sliding_window,
+    )
   mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window)
-  return jax.nn.dot_product_attention(
-    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, implementation=_implementation(q_BxTxNxH.dtype)
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, implementation=kernel)
+
+
+# --- Splash attention (TPU) -------------------------------------------------------------------
+
+
+@functools.cache
+def _splash_kernel(length: int, groups: int, sliding_window: int | None, interpret: bool):
+  """A grouped-query splash kernel for [G, T, H] queries against one key/value head."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+  if sliding_window is None:
+    one = masks.CausalMask((length, length))
+  else:  # causal, and at most sliding_window - 1 positions back
+    one = masks.LocalMask((length, length), window_size=(sliding_window - 1, 0), offset=0)
+  return splash.make_splash_mqa_single_device(masks.MultiHeadMask([one] * groups), interpret=interpret)
+
+
+def _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxT, sliding_window, mesh):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+
+  from srit_jax import sharding
+
+  length, head_dim = q_BxTxNxH.shape[1], q_BxTxNxH.shape[3]
+  if length % SPLASH_BLOCK:
+    raise ValueError(f"the splash kernel needs whole blocks of {SPLASH_BLOCK} positions, got {length}")
+  interpret = platform_of(mesh) != "tpu"  # tests on CPU run the kernel in Pallas's interpreter
+  scale = jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
+
+  def per_device(q, k, v, segments):
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    kernel = _splash_kernel(t, n // kv_heads, sliding_window, interpret)
+    q_BxKxGxTxH = (q * scale).reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
+    k_BxKxTxH, v_BxKxTxH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def one_row(q_KxGxTxH, k_KxTxH, v_KxTxH, segment_T):
+      ids = splash.SegmentIds(q=segment_T, kv=segment_T)
+      return jax.vmap(lambda qg, kk, vv: kernel(qg, kk, vv, segment_ids=ids))(q_KxGxTxH, k_KxTxH, v_KxTxH)
+
+    out_BxKxGxTxH = jax.vmap(one_row)(q_BxKxGxTxH, k_BxKxTxH, v_BxKxTxH, segments)
+    return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
+
+  if mesh is None:
+    return per_device(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxT)
+  q_spec = sharding.logical_to_spec(("batch", "length", "act_heads", "head_dim"), q_BxTxNxH.shape, mesh)
+  kv_spec = sharding.logical_to_spec(("batch", "length", "act_kv_heads", "head_dim"), k_BxSxKxH.shape, mesh)
+  if q_spec[2] != kv_spec[2]:  # query and key heads must split alike to keep their groups together
+    q_spec = jax.sharding.PartitionSpec(q_spec[0], None, None, None)
+    kv_spec = jax.sharding.PartitionSpec(kv_spec[0], None, None, None)
+  segment_spec = jax.sharding.PartitionSpec(q_spec[0], None)
+  return jax.shard_map(
+    per_device,
+    mesh=mesh,
+    in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
+    out_specs=q_spec,
+    check_vma=False,
+  )(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxT)
+
+
+# --- Blockwise attention (any backend) --------------------------------------------------------
+
+
+def blockwise_attend(
+  q_BxTxNxH,
+  k_BxSxKxH,
+  v_BxSxKxH,
+  *,
+  q_positions_BxT,
+  q_segment_ids_BxT,
+  kv_positions_BxS,
+  kv_segment_ids_BxS,
+  sliding_window: int | None = None,
+  block: int = 512,
+) -> jnp.ndarray:
+  """Attention over key blocks of `block` positions with a running (online) softmax.
+
+  Each block's scores are recomputed in the backward pass (`jax.checkpoint`), so memory holds
+  one block's scores at a time and the per-block running statistics, never [B, N, T, S].
+  Scores and the running sums are float32 whatever the inputs' dtype.
+  """
+  batch, length, num_heads, head_dim = q_BxTxNxH.shape
+  keys = k_BxSxKxH.shape[1]
+  num_kv_heads = k_BxSxKxH.shape[2]
+  groups = num_heads // num_kv_heads
+  block = min(block, keys)
+  pad = -keys % block
+  if pad:  # padded keys carry segment 0: nothing attends to them
+    k_BxSxKxH, v_BxSxKxH = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (k_BxSxKxH, v_BxSxKxH))
+    kv_positions_BxS = jnp.pad(kv_positions_BxS, ((0, 0), (0, pad)))
+    kv_segment_ids_BxS = jnp.pad(kv_segment_ids_BxS, ((0, 0), (0, pad)))
+  num_blocks = (keys + pad) // block
+  f32 = jnp.float32
+  q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+  q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
+
+  def blocks(x):  # [B, S, ...] -> [num_blocks, B, block, ...]
+    return x.reshape(batch, num_blocks, block, *x.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def step(carry, kv_block):
+    out_BxKxGxTxH, max_BxKxGxT, sum_BxKxGxT = carry
+    k_blk, v_blk, pos_blk, seg_blk = kv_block
+    scores = jnp.einsum("bkgth,bskh->bkgts", q_BxKxGxTxH, k_blk, preferred_element_type=f32)
+    mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, pos_blk, seg_blk, sliding_window)[:, :, None]
+    scores = jnp.where(mask, scores, _MASKED)
+    new_max = jnp.maximum(max_BxKxGxT, scores.max(-1))
+    correction = jnp.exp(max_BxKxGxT - new_max)
+    weights = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+    values = jnp.einsum("bkgts,bskh->bkgth", weights.astype(v_blk.dtype), v_blk, preferred_element_type=f32)
+    out = out_BxKxGxTxH * correction[..., None] + values
+    return (out, new_max, sum_BxKxGxT * correction + weights.sum(-1)), None
+
+  init = (
+    jnp.zeros((batch, num_kv_heads, groups, length, head_dim), f32),
+    jnp.full((batch, num_kv_heads, groups, length), _MASKED, f32),
+    jnp.zeros((batch, num_kv_heads, groups, length), f32),
   )
+  xs = (blocks(k_BxSxKxH), blocks(v_BxSxKxH), blocks(kv_positions_BxS), blocks(kv_segment_ids_BxS))
+  (out, _, total), _ = jax.lax.scan(step, init, xs)
+  out = out / jnp.maximum(total, 1e-30)[..., None]  # a query that sees no key (padding) gives 0
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim).astype(q_BxTxNxH.dtype)
 
 
-_MASKED = -1e30
+# --- Decoding against a KV cache --------------------------------------------------------------
 
 
 def attend_cached(

@@ -14,6 +14,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_KERNELS = ("auto", "xla", "splash", "blockwise", "cudnn")
 
 
 class UnsupportedModelError(ValueError):
@@ -57,6 +58,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"  # one of REMAT_POLICIES
+  attention: str = "auto"  # one of ATTENTION_KERNELS; "auto": by platform (see srit_jax/model/attention.py)
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -67,6 +69,8 @@ class ModelConfig:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION_KERNELS}")
 
   @classmethod
   def from_hf_config(cls, source: str | pathlib.Path | dict[str, Any], **overrides) -> ModelConfig:

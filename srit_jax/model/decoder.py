@@ -139,6 +139,8 @@ class Attention(nn.Module):
         kv_positions_BxS=positions_BxT,
         kv_segment_ids_BxS=segment_ids_BxT,
         sliding_window=cfg.sliding_window,
+        kernel=cfg.attention,
+        mesh=self.mesh,
       )
     else:
       # Written before they are read, so the update happens in place: the attention reads

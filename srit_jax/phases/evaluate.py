@@ -129,7 +129,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "eval")
   examples = evaluation_examples(config)
   mesh = sharding.mesh_from_config(config.mesh)
-  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=progress)
+  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, attention=config.attention, progress=progress)
   styles = [prompts.COT] + ([prompts.DIRECT] if config.direct else [])
   summary = evaluate(
     model,

@@ -145,7 +145,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     if not phase.done():
       print(f"[{phase.name}] {model_path}")
       mesh = sharding.mesh_from_config(config.eval.mesh)
-      model = loading.load_model(model_path, mesh=mesh, dtype=config.eval.dtype, progress=progress)
+      model = loading.load_model(
+        model_path, mesh=mesh, dtype=config.eval.dtype, attention=config.eval.attention, progress=progress
+      )
       evaluation.evaluate(
         model,
         examples,

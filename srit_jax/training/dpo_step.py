@@ -22,7 +22,13 @@ from srit_jax import sharding
 from srit_jax.model import decoder
 from srit_jax.model.config import ModelConfig
 from srit_jax.training import losses
-from srit_jax.training.state import TrainState, accumulated_value_and_grad, apply_gradients, state_shardings
+from srit_jax.training.state import (
+  TrainState,
+  accumulated_value_and_grad,
+  apply_gradients,
+  param_shardings,
+  state_shardings,
+)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 SIDE_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
@@ -144,7 +150,9 @@ def dpo_step(
     return loss, (per_pair, chosen, rejected, chosen_rewards, rejected_rewards)
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, per_pair_values), grads = accumulated_value_and_grad(loss_and_grad, state.params, batch, num_microbatches)
+  (loss, per_pair_values), grads = accumulated_value_and_grad(
+    loss_and_grad, state.params, batch, num_microbatches, param_shardings(config, mesh)
+  )
   per_pair, chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
   metrics = pair_metrics(per_pair, chosen_rewards, rejected_rewards) | {
     "loss": loss,  # with the NLL term, when there is one

@@ -10,7 +10,7 @@ A phase adds only what is its own — its data and its step:
     run.fit(step, batches, step_flops=...)            # the loop, until num_steps
     run.export()                                      # WORKDIR/export, an HF directory
 
-The config block must hold: model, dtype, param_dtype, remat_policy, mesh, batch_size,
+The config block must hold: model, dtype, param_dtype, remat_policy, attention, mesh, batch_size,
 num_microbatches, num_steps, optimizer, save_every, keep_checkpoints, async_checkpoints,
 eval_every, export.
 """
@@ -83,7 +83,12 @@ class TrainingRun:
     mesh = sharding.mesh_from_config(config.mesh)
     sharding.check_batch_divides(config.batch_size, mesh, batch_name, config.num_microbatches)
     model = loading.load_model(
-      config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.param_dtype, remat_policy=config.remat_policy
+      config.model,
+      mesh=mesh,
+      dtype=config.dtype,
+      param_dtype=config.param_dtype,
+      remat_policy=config.remat_policy,
+      attention=config.attention,
     )
     run = cls(
       config=config,

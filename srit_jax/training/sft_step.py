@@ -20,7 +20,13 @@ from srit_jax import sharding
 from srit_jax.model import decoder
 from srit_jax.model.config import ModelConfig
 from srit_jax.training import losses
-from srit_jax.training.state import TrainState, accumulated_value_and_grad, apply_gradients, state_shardings
+from srit_jax.training.state import (
+  TrainState,
+  accumulated_value_and_grad,
+  apply_gradients,
+  param_shardings,
+  state_shardings,
+)
 
 BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
 
@@ -51,7 +57,9 @@ def sft_step(
     return batch_nll_sum(params, micro, config=config, mesh=mesh, chunk_size=chunk_size), ()
 
   loss_and_grad = jax.value_and_grad(nll_sum_and_nothing, has_aux=True)
-  (nll_sum, _), grads = accumulated_value_and_grad(loss_and_grad, state.params, batch, num_microbatches)
+  (nll_sum, _), grads = accumulated_value_and_grad(
+    loss_and_grad, state.params, batch, num_microbatches, param_shardings(config, mesh)
+  )
   grads = jax.tree.map(lambda g: (g / total_weight).astype(g.dtype), grads)
   metrics = {
     "loss": nll_sum / total_weight,

@@ -45,25 +45,41 @@ def state_shardings(state: TrainState, config: ModelConfig, mesh: Mesh) -> Train
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
 
 
-def accumulated_value_and_grad(loss_and_grad, params, batch, num_microbatches: int):
+def param_shardings(config: ModelConfig, mesh: Mesh | None):
+  """The parameters' shardings by their logical axes (None without a mesh)."""
+  return None if mesh is None else sharding.tree_shardings(decoder.boxed_param_shapes(config), mesh)
+
+
+def accumulated_value_and_grad(loss_and_grad, params, batch, num_microbatches: int, grad_shardings=None):
   """((loss, aux), grads) of `loss_and_grad(params, micro) -> ((loss, aux), grads)` over the batch.
 
-  With `num_microbatches` > 1 every array of `batch` is cut into that many slices along its
-  first axis, which run one after another inside the step (a `lax.scan`): losses and
-  gradients are summed, and aux values (per-row) are put back in row order. Each slice's
-  loss must already be its share of the whole batch's loss.
+  With `num_microbatches` = k > 1 the rows of `batch` are dealt into k slices (slice m takes
+  rows m, m + k, m + 2k, ...: a slice of a batch split over devices is split over all of
+  them alike, so no slice moves between devices), which run one after another inside the
+  step (a `lax.scan`): losses and gradients are summed, and aux values (per-row) are put
+  back in row order. Each slice's loss must already be its share of the whole batch's loss.
+  `grad_shardings` (the parameters' shardings) keep the running sum sharded like them.
   """
   if num_microbatches == 1:
     return loss_and_grad(params, batch)
-  micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
+  constrain = (
+    (lambda tree: jax.lax.with_sharding_constraint(tree, grad_shardings))
+    if grad_shardings is not None
+    else (lambda x: x)
+  )
+  micro = jax.tree.map(lambda x: x.reshape(-1, num_microbatches, *x.shape[1:]).swapaxes(0, 1), batch)
 
   def accumulate(carry, one):
-    (loss, aux), grads = loss_and_grad(params, one)
-    return jax.tree.map(jnp.add, carry, (loss, grads)), aux
+    # The barrier ties the parameters to this slice's data, so XLA cannot hoist their
+    # all-gathers out of the loop (which would hold every layer gathered at once).
+    params_now, one = jax.lax.optimization_barrier((params, one))
+    (loss, aux), grads = loss_and_grad(params_now, one)
+    total_loss, total_grads = carry
+    return (total_loss + loss, constrain(jax.tree.map(jnp.add, total_grads, constrain(grads)))), aux
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  zeros = (jnp.zeros((), jnp.float32), constrain(jax.tree.map(jnp.zeros_like, params)))
   (loss, grads), aux = jax.lax.scan(accumulate, zeros, micro)
-  aux = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), aux)
+  aux = jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), aux)
   return (loss, aux), grads
 
 

@@ -1,0 +1,91 @@
+"""Cloud TPU slices by name, as devices a CPU host can compile for (libtpu's topology
+description; nothing runs), and what each device holds.
+
+    devices, hbm_bytes = topology.tpu_devices("v5e-8")    # or the raw "v5e:2x4"
+
+Names are the slice names of `gcloud` (v4-8, v5e-16, v5p-8, v6e-8, ...); v4 and v5p chips run
+as one device each (megacore), v5e and v6e have one core per chip. The HBM figures are what
+XLA reports as available per device for programs (a little under the chip's HBM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  topology: str  # libtpu's name: "v5e:2x4"
+  chip_config: str  # "megacore" (v4, v5p: two cores as one device) or "default"
+  hosts: int
+  hbm_bytes: int  # per device, as XLA reports it available
+
+
+# HBM available to a program per device, by device kind (XLA's "available HBM" in its
+# out-of-memory reports: v4 megacore 30.75 GiB, v5e 15.75, v5p 95.74, v6e 31.25).
+HBM_BY_KIND = {"TPU v4": 30.75 * GIB, "TPU v5 lite": 15.75 * GIB, "TPU v5": 95.74 * GIB, "TPU v6 lite": 31.25 * GIB}
+
+SLICES = {
+  "v4-8": Slice("v4:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v4"])),
+  "v4-16": Slice("v4:2x2x2", "megacore", 2, int(HBM_BY_KIND["TPU v4"])),
+  "v4-32": Slice("v4:2x2x4", "megacore", 4, int(HBM_BY_KIND["TPU v4"])),
+  "v5e-8": Slice("v5e:2x4", "default", 1, int(HBM_BY_KIND["TPU v5 lite"])),
+  "v5e-16": Slice("v5e:4x4", "default", 4, int(HBM_BY_KIND["TPU v5 lite"])),
+  "v5e-32": Slice("v5e:4x8", "default", 8, int(HBM_BY_KIND["TPU v5 lite"])),
+  "v5p-8": Slice("v5:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v5"])),
+  "v6e-8": Slice("v6e:2x4", "default", 1, int(HBM_BY_KIND["TPU v6 lite"])),
+}
+_RAW = re.compile(r"^(v4|v5e|v5|v5p|v6e):\d+(x\d+){1,2}$")
+
+
+class TopologyError(ValueError):
+  """A topology name that is not a known slice or a libtpu topology."""
+
+
+def resolve(name: str) -> Slice:
+  """The slice `name` (a slice name or a raw "v5e:2x4" topology)."""
+  if name in SLICES:
+    return SLICES[name]
+  if _RAW.match(name):
+    generation = name.split(":")[0].replace("v5p", "v5")
+    kind = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5": "TPU v5", "v6e": "TPU v6 lite"}[generation]
+    megacore = generation in ("v4", "v5")
+    return Slice(name.replace("v5p:", "v5:"), "megacore" if megacore else "default", 1, int(HBM_BY_KIND[kind]))
+  raise TopologyError(
+    f"unknown topology {name!r}; slices: {', '.join(SLICES)}, or a raw topology such as v5e:2x4 or v4:2x2x2"
+  )
+
+
+def tpu_devices(name: str):
+  """(devices, HBM bytes per device) of slice `name`, compile-only (libtpu on any host)."""
+  spec = resolve(name)
+  try:
+    from jax.experimental import topologies
+  except ImportError as e:  # pragma: no cover - jax always has it
+    raise TopologyError(f"this JAX cannot describe TPU topologies: {e}") from None
+  try:
+    description = topologies.get_topology_desc(
+      platform="tpu",
+      topology_name=spec.topology,
+      chip_config_name=spec.chip_config,
+      chips_per_host_bounds=(2, 2, 1),
+      num_slices=1,
+      wrap=(False, False, False),
+    )
+  except Exception as e:  # libtpu missing, or a topology it does not know
+    raise TopologyError(
+      f"cannot describe TPU topology {spec.topology} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+      "the TPU compiler comes with the tpu extra: pip install 'srit_jax[tpu]'"
+    ) from None
+  return list(description.devices), spec.hbm_bytes
+
+
+def hbm_bytes(device) -> float:
+  """HBM available per device of a device's kind (NaN when unknown)."""
+  for kind, size in sorted(HBM_BY_KIND.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(kind):
+      return size
+  return float("nan")

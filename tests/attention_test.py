@@ -1,0 +1,125 @@
+"""Every attention kernel against the XLA path: the TPU splash kernel (run by Pallas's
+interpreter on CPU) and the blockwise kernel, forward and gradients, on causal, packed,
+sliding-window and grouped-query cases; and the one place that picks kernels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srit_jax import sharding
+from srit_jax.model import attention
+
+LENGTH = 256  # two splash blocks
+
+
+def _inputs(case: str, heads: int, kv_heads: int, head_dim: int, dtype, batch: int = 2, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  q = jnp.asarray(rng.normal(size=(batch, LENGTH, heads, head_dim)), dtype)
+  k = jnp.asarray(rng.normal(size=(batch, LENGTH, kv_heads, head_dim)), dtype)
+  v = jnp.asarray(rng.normal(size=(batch, LENGTH, kv_heads, head_dim)), dtype)
+  if case == "packed":  # three segments per row, the last one followed by padding
+    lengths = [100, 90, 50]
+    segments = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(LENGTH - 240)])
+    positions = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(LENGTH - 240)])
+  else:
+    segments, positions = np.ones(LENGTH), np.arange(LENGTH)
+  tile = lambda x: jnp.asarray(np.tile(x, (batch, 1)), jnp.int32)
+  return q, k, v, tile(positions), tile(segments)
+
+
+def _attend(kernel, q, k, v, positions, segments, window=None, mesh=None):
+  return attention.attend(
+    q,
+    k,
+    v,
+    q_positions_BxT=positions,
+    q_segment_ids_BxT=segments,
+    kv_positions_BxS=positions,
+    kv_segment_ids_BxS=segments,
+    sliding_window=window,
+    kernel=kernel,
+    mesh=mesh,
+  )
+
+
+def _compare(kernel, case, heads, kv_heads, head_dim, dtype, window=None, gradients=True):
+  q, k, v, positions, segments = _inputs(case, heads, kv_heads, head_dim, dtype)
+  real = np.asarray(segments)[..., None, None] > 0  # padded queries' outputs are not used
+
+  def loss(kernel_name):
+    def f(q, k, v):
+      out = _attend(kernel_name, q, k, v, positions, segments, window).astype(jnp.float32)
+      return jnp.sum(jnp.where(real, out, 0.0) ** 2)
+
+    return f
+
+  ours = _attend(kernel, q, k, v, positions, segments, window).astype(jnp.float32)
+  reference = _attend("xla", q, k, v, positions, segments, window).astype(jnp.float32)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.where(real, ours, 0), np.where(real, reference, 0), atol=tolerance, rtol=tolerance)
+  if gradients:
+    ours_grads = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)
+    reference_grads = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", ours_grads, reference_grads):
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      scale = np.max(np.abs(b))
+      np.testing.assert_allclose(a / scale, b / scale, atol=tolerance, err_msg=f"d{name}")
+
+
+CASES = [
+  # (case, heads, kv heads, head dim, sliding window)
+  ("causal", 4, 4, 64, None),
+  ("packed", 4, 2, 64, None),
+  ("causal", 4, 2, 128, 48),
+  ("packed", 6, 2, 128, 64),
+]
+
+
+@pytest.mark.parametrize("kernel", ["splash", "blockwise"])
+def test_kernels_equal_the_xla_path_on_packed_grouped_queries(kernel):
+  _compare(kernel, "packed", 4, 2, 64, jnp.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["splash", "blockwise"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case,heads,kv_heads,head_dim,window", CASES)
+def test_kernels_equal_the_xla_path(kernel, dtype, case, heads, kv_heads, head_dim, window):
+  _compare(kernel, case, heads, kv_heads, head_dim, dtype, window)
+
+
+def test_blockwise_takes_key_lengths_that_are_not_whole_blocks():
+  q, k, v, positions, segments = _inputs("packed", 4, 2, 64, jnp.float32)
+  out = attention.blockwise_attend(
+    q,
+    k,
+    v,
+    q_positions_BxT=positions,
+    q_segment_ids_BxT=segments,
+    kv_positions_BxS=positions,
+    kv_segment_ids_BxS=segments,
+    block=96,  # 256 keys: two blocks and a padded third
+  )
+  real = np.asarray(segments)[..., None, None] > 0
+  reference = _attend("xla", q, k, v, positions, segments)
+  np.testing.assert_allclose(np.where(real, out, 0), np.where(real, reference, 0), atol=1e-5)
+
+
+def test_splash_on_a_mesh_equals_one_device():
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+  q, k, v, positions, segments = _inputs("packed", 4, 2, 64, jnp.float32, batch=4)
+  on_mesh = jax.jit(lambda *a: _attend("splash", *a, mesh=mesh))(q, k, v, positions, segments)
+  alone = _attend("splash", q, k, v, positions, segments)
+  np.testing.assert_allclose(on_mesh, alone, atol=1e-6)
+
+
+def test_the_kernel_is_chosen_by_platform_dtype_and_length():
+  assert attention.choose_kernel("auto", "tpu", jnp.bfloat16, 1024) == "splash"
+  assert attention.choose_kernel("auto", "tpu", jnp.float32, 1000) == "xla"  # not whole splash blocks
+  assert attention.choose_kernel("auto", "gpu", jnp.bfloat16, 1024) == "cudnn"
+  assert attention.choose_kernel("auto", "gpu", jnp.float32, 1024) == "blockwise"  # no fp32 scores kept
+  assert attention.choose_kernel("auto", "cpu", jnp.float32, 1024) == "xla"
+  assert attention.choose_kernel("blockwise", "cpu", jnp.float32, 7) == "blockwise"
+  with pytest.raises(ValueError, match="attention kernel 'flash3' is not one of"):
+    attention.choose_kernel("flash3", "cpu", jnp.float32, 8)
