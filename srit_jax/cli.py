@@ -71,10 +71,18 @@ _PHASE = flags.DEFINE_enum(
   "phase", None, ["sft", "refine", "eval", "pipeline"], "plan: whose programs (default: what the config is for)"
 )
 _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "plan: prompt tokens the samplers are compiled for")
+_COMPILATION_CACHE = flags.DEFINE_string(
+  "compilation_cache",
+  None,
+  "folder of compiled programs kept between runs, so reruns and resumes do not recompile "
+  "(default: $SRIT_JAX_CACHE/xla; 'none' turns it off)",
+)
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the whole traceback, not just the message")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:VARIANT])", lock_config=True)
 
-_COMMON_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id", "traceback")
+_COMMON_FLAGS = (
+  "distributed", "coordinator_address", "num_processes", "process_id", "compilation_cache", "traceback"
+)  # fmt: skip
 
 
 class UsageError(Exception):
@@ -189,6 +197,21 @@ def _unknown_field(argv: list[str], error: str) -> str:
   )
 
 
+def _use_compilation_cache() -> None:
+  """Compiled programs persist in a folder, so that a rerun or a resumed run skips compiling."""
+  import os
+
+  import jax
+
+  folder = _COMPILATION_CACHE.value
+  if folder == "none":
+    return
+  if folder is None:
+    folder = os.path.join(os.environ.get("SRIT_JAX_CACHE", os.path.expanduser("~/.cache/srit_jax")), "xla")
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def _initialize_distributed() -> None:
   import jax
 
@@ -270,6 +293,7 @@ def _check_and_call(name: str, *args) -> None:
     checks.check(_CONFIG.value, name)
   except checks.ConfigError as e:
     raise UsageError(str(e)) from None
+  _use_compilation_cache()
   command = COMMANDS[name]
   getattr(importlib.import_module(command.module), command.function)(_CONFIG.value, *args)
 

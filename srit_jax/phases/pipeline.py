@@ -19,7 +19,7 @@ from srit_jax import sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint, io
-from srit_jax.phases import demos, refine, report
+from srit_jax.phases import demos, plan, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
 from srit_jax.statistics import paired_comparison
@@ -65,6 +65,7 @@ def _with(block, **fields):
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "pipeline")
+  plan.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
   workdir = pathlib.Path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   sft_phase = Phase(workdir, "sft", sft_config.to_dict(), demos_phase.fingerprint)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
-    sft_loop.train(sft_config, sft_phase.dir)
+    sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
     sft_phase.finish()
 
   # Self-refinement, in one or more rounds.
@@ -104,7 +105,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     refine_phase = Phase(workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint)
     if not refine_phase.done():
       print(f"[{name}] self-refinement: the student's samples, preference pairs, DPO")
-      summary = refine.run(refine_config, refine_phase.dir, progress=progress)
+      summary = refine.run(refine_config, refine_phase.dir, progress=progress, check_memory=False)
       refine_phase.finish({"summary": summary})
     refine_phases.append(refine_phase)
   refine_phase = refine_phases[-1]

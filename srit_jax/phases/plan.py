@@ -340,6 +340,10 @@ def suggestions(plan: ProgramPlan, hbm: float, block) -> list[str]:
   return tips
 
 
+def _gb(size: float) -> str:
+  return f"{size / GB:.2f}" if size >= 0.01 * GB else f"{size / GB:.2g}"
+
+
 def report(plans: list[ProgramPlan], hbm: float) -> str:
   lines = [
     f"per chip, HBM {hbm / GB:.2f} GB",
@@ -354,10 +358,7 @@ def report(plans: list[ProgramPlan], hbm: float) -> str:
       sizes = "| – | – | – | – | – "
     else:
       fits = "yes" if p.total <= hbm else f"no (+{(p.total - hbm) / GB:.2f} GB)"
-      sizes = (
-        f"| {p.arguments / GB:.2f} | {p.temporaries / GB:.2f} | {p.outputs / GB:.2f} | {p.aliased / GB:.2f} "
-        f"| {p.total / GB:.2f} "
-      )
+      sizes = "".join(f"| {_gb(x)} " for x in (p.arguments, p.temporaries, p.outputs, p.aliased, p.total))
     lines.append(
       f"| {p.phase} | {p.name} | {p.attention} {sizes}| {fits} | {p.compiled_flops / 1e12:.3g} "
       f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f} |"

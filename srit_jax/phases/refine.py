@@ -30,6 +30,7 @@ from srit_jax.data import fingerprint, io, pair_batches, preference_pairs, recor
 from srit_jax.data.sft_examples import TokenizeStats
 from srit_jax.generation.jsonl import generate_texts
 from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.phases import plan
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
@@ -161,8 +162,11 @@ def _reference(config, model, mesh):
   return jax.tree.map(lambda x: x.astype(model.config.dtype).copy(), model.params), model.identity
 
 
-def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
+def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_memory: bool = True) -> dict:
+  """Self-refinement; on TPU its programs are first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "refine")
+  if check_memory:
+    plan.check_fits(config, "refine")
   run = TrainingRun.start(config, workdir, batch_name="batch_size (pairs per step)")
   workdir, model, mesh = run.workdir, run.model, run.mesh
   if model.tokenizer is None:

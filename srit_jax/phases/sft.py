@@ -19,6 +19,7 @@ import numpy as np
 from srit_jax import sharding
 from srit_jax.configs import checks
 from srit_jax.data import fingerprint, records, sft_batches, sft_examples
+from srit_jax.phases import plan
 from srit_jax.training import flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 from srit_jax.training.sft_step import batch_nll_sum, jit_sft_step
@@ -67,8 +68,11 @@ def _this_process_rows(batch: dict) -> dict:
   return {k: v[jax.process_index() * rows : (jax.process_index() + 1) * rows] for k, v in batch.items()}
 
 
-def train(config, workdir: str | pathlib.Path) -> SftResult:
+def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> SftResult:
+  """Instruction tuning; on TPU its step is first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "sft")
+  if check_memory:
+    plan.check_fits(config, "sft")
   run = TrainingRun.start(config, workdir)
   tokenizer = run.model.tokenizer
   if tokenizer is None:
