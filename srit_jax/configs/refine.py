@@ -8,7 +8,7 @@ Run it again with the same --workdir to resume (sampling and DPO both pick up wh
 
 import ml_collections
 
-from srit_jax.configs import optimizer, variants
+from srit_jax.configs import lora, optimizer, variants
 
 VARIANTS = (("", "tiny"),)
 
@@ -61,6 +61,7 @@ def get_config(variant: str = ""):
   config.chunk_size = 128  # positions per vocabulary-projection chunk
   config.num_steps = 50  # optimizer steps
   config.optimizer = optimizer.get_config()
+  config.lora = lora.get_config()  # LoRA / QLoRA adapters (rank 0: every parameter trains)
   config.optimizer.learning_rate = 5e-6
   config.optimizer.warmup_steps = 5
   config.save_every = 25  # steps between checkpoints (and at the end)

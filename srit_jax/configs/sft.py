@@ -9,7 +9,7 @@ chain-of-thought answer). Run it again with the same --workdir to resume.
 
 import ml_collections
 
-from srit_jax.configs import optimizer, variants
+from srit_jax.configs import lora, optimizer, variants
 
 VARIANTS = (("", "tiny"),)
 
@@ -36,6 +36,7 @@ def get_config(variant: str = ""):
   config.num_steps = 100  # optimizer steps
   config.seed = 0  # data order
   config.optimizer = optimizer.get_config()  # AdamW settings (see srit_jax/optimizer.py)
+  config.lora = lora.get_config()  # LoRA / QLoRA adapters (rank 0: every parameter trains)
   config.save_every = 50  # steps between checkpoints (and at the end)
   config.keep_checkpoints = 3  # checkpoints kept
   config.async_checkpoints = True  # save in the background

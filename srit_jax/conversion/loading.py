@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from srit_jax import sharding
 from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
 from srit_jax.data import fingerprint
 from srit_jax.model import decoder as model_lib
@@ -31,18 +32,25 @@ class LoadedModel:
   tokenizer: Any  # a transformers tokenizer, or None when the source has none
   mesh: Mesh | None = None
   source: str = ""  # the file or directory it was read from
+  adapters: Any = None  # LoRA adapters over `params` (then a frozen base), or None
+  adapter_source: str = ""  # the PEFT adapter directory they were read from, if any
 
   @functools.cached_property
   def identity(self) -> str:
     """A digest of the files it was read from (for fingerprints of what it generates)."""
-    return fingerprint.source_digest(self.source) if self.source else ""
+    parts = [fingerprint.source_digest(self.source) if self.source else ""]
+    if self.adapters is not None:  # fresh adapters are the base; read ones are their files
+      parts.append(fingerprint.source_digest(self.adapter_source) if self.adapter_source else "fresh adapters")
+    return parts[0] if len(parts) == 1 else fingerprint.digest(*parts)
 
   def logits(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None) -> jax.Array:
     """Logits [B, T, V] for token ids (a list of ids or a [B, T] array)."""
     tokens = np.asarray(tokens_BxT, np.int32)
     if tokens.ndim == 1:
       tokens = tokens[None]
-    return model_lib.forward(self.config, self.params, jnp.asarray(tokens), positions_BxT, segment_ids_BxT, self.mesh)
+    return model_lib.forward(
+      self.config, self.params, jnp.asarray(tokens), positions_BxT, segment_ids_BxT, self.mesh, self.adapters
+    )
 
 
 def load_model(
@@ -53,10 +61,60 @@ def load_model(
   param_dtype: str = "float32",
   remat_policy: str = "none",
   attention: str = "auto",
+  lora=None,
   progress: bool = False,
 ) -> LoadedModel:
-  """A model from a known name (fetched on first use), an HF directory, a `.gguf` file or a hub id."""
+  """A model from a known name (fetched on first use), an HF directory, a `.gguf` file or a hub id.
+
+  With `lora` (a config's `lora` block with rank > 0) the model is a frozen base — stored in
+  `lora.base_dtype`, quantized by `lora.base_quantization` — under LoRA adapters: fresh ones
+  (B = 0), or `lora.init_adapter`'s (a PEFT adapter directory, whose rank, alpha and targets
+  then apply).
+  """
   overrides = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy, attention=attention)
+  settings = lora_settings(lora)
+  if settings:
+    overrides["param_dtype"] = settings.get("base_dtype") or param_dtype  # the base is read in its storage dtype
+  config, params, tokenizer, path = _load_plain(source, mesh, progress, overrides)
+  if not settings:
+    return LoadedModel(config, params, tokenizer, mesh, str(path))
+  from srit_jax.conversion import peft
+  from srit_jax.model import decoder
+  from srit_jax.model import lora as lora_lib
+
+  init_adapter = settings.pop("init_adapter", "")
+  if init_adapter:
+    found = peft.read_adapter_config(init_adapter)
+    settings.update(lora_rank=found["rank"], lora_alpha=found["alpha"], lora_targets=found["targets"])
+  config = dataclasses.replace(config, param_dtype=param_dtype, **settings)
+  if config.base_quantization != "none":
+    shardings = sharding.tree_shardings(decoder.boxed_param_shapes(config), mesh) if mesh is not None else None
+    params = jax.jit(lambda p: lora_lib.quantize_base(p, config), out_shardings=shardings)(params)
+  if init_adapter:
+    adapters = peft.load_peft_adapter(init_adapter, config, mesh)
+  else:
+    adapters = decoder.init_adapters(config, jax.random.key(0), mesh)
+  return LoadedModel(config, params, tokenizer, mesh, str(path), adapters, str(init_adapter))
+
+
+def lora_settings(lora) -> dict:
+  """ModelConfig fields of a config's `lora` block ({} when it asks for no adapters)."""
+  if lora is None or not lora.get("rank"):
+    return {}
+  targets = lora.targets if not isinstance(lora.targets, str) else lora.targets.split(",")
+  return {
+    "lora_rank": int(lora.rank),
+    "lora_alpha": float(lora.alpha),
+    "lora_targets": tuple(t.strip() for t in targets if t.strip()),
+    "lora_dropout": float(lora.dropout),
+    "base_dtype": lora.base_dtype,
+    "base_quantization": lora.base_quantization,
+    "init_adapter": lora.get("init_adapter", ""),
+  }
+
+
+def _load_plain(source, mesh, progress, overrides):
+  """(config, params, tokenizer, path) of a model as its checkpoint holds it."""
   source_str = str(source)
   if source_str in fetch.KNOWN_MODELS and not pathlib.Path(source_str).exists():
     source = fetch.fetch_model(source_str)
@@ -65,13 +123,13 @@ def load_model(
     path = download_from_hub(source_str)
   if path.suffix == ".gguf":
     config, params, tokenizer = gguf_checkpoint.load_gguf(path, mesh, progress=progress, **overrides)
-    return LoadedModel(config, params, tokenizer, mesh, str(path))
+    return config, params, tokenizer, path
   if not path.is_dir():
     raise FileNotFoundError(
       f"{path}: not a directory, a .gguf file or a known model name ({', '.join(fetch.KNOWN_MODELS)})"
     )
   config, params = hf_checkpoint.load_hf_checkpoint(path, mesh, progress=progress, **overrides)
-  return LoadedModel(config, params, _tokenizer_in(path), mesh, str(path))
+  return config, params, _tokenizer_in(path), path
 
 
 # Architectures of well-known hub models and the known PyPI name, so that planning a run (which

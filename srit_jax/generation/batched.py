@@ -118,11 +118,13 @@ def generate(
   mesh: Mesh | None = None,
   prompt_indices: Sequence[int] | None = None,
   on_batch: Callable[[list[Generation]], None] | None = None,
+  adapters=None,
 ) -> list[Generation]:
   """`num_samples` generations per prompt, in prompt order then sample order.
 
   Rows are run in batches of `batch_size` (default: all rows at once, rounded up to a power
-  of two); a final short batch is padded with idle rows so its shape repeats.
+  of two); a final short batch is padded with idle rows so its shape repeats. `adapters`:
+  LoRA adapters over `params` (the base).
   """
   settings = settings or SamplingSettings()
   if max_new_tokens <= 0:
@@ -172,6 +174,7 @@ def generate(
       settings=settings,
       max_new_tokens=max_new_tokens,
       mesh=mesh,
+      adapters=adapters,
     )
     out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
     batch_results = []

@@ -98,6 +98,7 @@ def generate_to_jsonl(
   model_identity: str = "",
   on_change: str = "restart",
   progress: bool = True,
+  adapters=None,
 ) -> pathlib.Path:
   """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
 
@@ -186,6 +187,7 @@ def generate_to_jsonl(
         mesh=mesh,
         prompt_indices=batch,
         on_batch=write,
+        adapters=adapters,
       )
   bar.close()
   io.barrier(f"wrote {out_path}")
@@ -214,7 +216,9 @@ def generate_texts(
     where = model.source or "the model"
     raise ValueError(f"{where}: has no tokenizer (tokenizer.json or tokenizer.model) to encode prompts")
   options.setdefault("model_identity", model.identity)
-  generate_to_jsonl(model.config, model.params, model.tokenizer, records, out_path, mesh=model.mesh, **options)
+  generate_to_jsonl(
+    model.config, model.params, model.tokenizer, records, out_path, mesh=model.mesh, adapters=model.adapters, **options
+  )
   generations = read_generations(out_path, len(records), options.get("num_samples", 1))
   return [
     [Completion(row.get("response_prefix", "") + row["completion"], row["stop_reason"]) for row in samples]

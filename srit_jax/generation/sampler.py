@@ -101,6 +101,7 @@ def sample(
   settings: SamplingSettings,
   max_new_tokens: int,
   mesh: Mesh | None = None,
+  adapters=None,
 ):
   """Generates up to `max_new_tokens` per left-padded row; rows with an all-zero mask are idle.
 
@@ -116,8 +117,11 @@ def sample(
   rows = (
     _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None
   )
-  last_logits_BxV, cache = model_lib.prefill(config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows)
+  last_logits_BxV, cache = model_lib.prefill(
+    config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows, adapters=adapters
+  )
   layer_params = model_lib.unstack_layers(params)
+  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
 
   # Generated tokens sit after `stop_len` columns of -1, so the last Q tokens are one slice.
   out_BxN = jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32)
@@ -160,6 +164,7 @@ def sample(
       jnp.ones((batch, 1), jnp.int32),
       s["cache"],
       mesh,
+      layer_adapters,
     )
     return dict(
       step=step + 1,

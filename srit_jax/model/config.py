@@ -15,6 +15,8 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_KERNELS = ("auto", "xla", "splash", "blockwise", "cudnn")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections an adapter may sit on
+BASE_QUANTIZATIONS = ("none", "int8", "nf4")
 
 
 class UnsupportedModelError(ValueError):
@@ -59,6 +61,15 @@ class ModelConfig:
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"  # one of REMAT_POLICIES
   attention: str = "auto"  # one of ATTENTION_KERNELS; "auto": by platform (see srit_jax/model/attention.py)
+  # Parameter-efficient tuning (srit_jax/model/lora.py): adapters of `lora_rank` on `lora_targets`
+  # over a frozen base stored in `base_dtype` (empty: param_dtype), optionally quantized.
+  lora_rank: int = 0  # 0: no adapters (full fine-tuning)
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+  lora_dropout: float = 0.0
+  base_dtype: str = ""
+  base_quantization: str = "none"  # none | int8 | nf4 (QLoRA)
+  quantization_block: int = 64  # inputs per quantization scale
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -71,6 +82,47 @@ class ModelConfig:
       raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
     if self.attention not in ATTENTION_KERNELS:
       raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION_KERNELS}")
+    self._check_lora()
+
+  def _check_lora(self) -> None:
+    if self.lora_rank < 0:
+      raise ValueError(f"lora rank must be >= 0, got {self.lora_rank}")
+    unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+    if unknown:
+      raise ValueError(f"lora targets {unknown} are not projections of this model; targets: {', '.join(LORA_TARGETS)}")
+    if self.base_quantization not in BASE_QUANTIZATIONS:
+      raise ValueError(f"base_quantization {self.base_quantization!r} is not one of {BASE_QUANTIZATIONS}")
+    if self.base_quantization != "none" and not self.lora_rank:
+      raise ValueError(f"a {self.base_quantization} base trains only through adapters: set a lora rank above 0")
+    if self.lora_rank:
+      for target in self.lora_targets:
+        rows, columns = self.projection_shape(target)
+        if self.lora_rank > min(rows, columns):
+          raise ValueError(
+            f"lora rank {self.lora_rank} exceeds the smaller side of the {target} projection ({rows} x {columns})"
+          )
+
+  def projection_shape(self, target: str) -> tuple[int, int]:
+    """(inputs, outputs) of a projection."""
+    q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+    return {
+      "q": (self.embed_dim, q),
+      "k": (self.embed_dim, kv),
+      "v": (self.embed_dim, kv),
+      "o": (q, self.embed_dim),
+      "gate": (self.embed_dim, self.mlp_dim),
+      "up": (self.embed_dim, self.mlp_dim),
+      "down": (self.mlp_dim, self.embed_dim),
+    }[target]
+
+  @property
+  def base_param_dtype(self) -> str:
+    """The storage dtype of the base parameters (frozen under LoRA)."""
+    return self.base_dtype or self.param_dtype
+
+  def without_adapters(self) -> ModelConfig:
+    """The same network as one plain model: no adapters, an unquantized base in param_dtype."""
+    return dataclasses.replace(self, lora_rank=0, base_quantization="none", base_dtype="")
 
   @classmethod
   def from_hf_config(cls, source: str | pathlib.Path | dict[str, Any], **overrides) -> ModelConfig:

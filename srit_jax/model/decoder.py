@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from srit_jax import sharding
 from srit_jax.model import attention, rotary
 from srit_jax.model.config import ModelConfig
+from srit_jax.model.lora import Projection, _kernel_init, _param
 
 _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,
@@ -84,19 +85,12 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
   )
 
 
-def _param(init, *axes):
-  return nn.with_logical_partitioning(init, axes)
-
-
-_kernel_init = nn.initializers.normal(stddev=0.02)
-
-
 class RMSNorm(nn.Module):
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", _param(nn.initializers.ones, "norm"), (x.shape[-1],), self.config.param_dtype)
+    scale = self.param("scale", _param(nn.initializers.ones, "norm"), (x.shape[-1],), self.config.base_param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
     return normed.astype(self.config.dtype) * scale.astype(self.config.dtype)
@@ -107,24 +101,24 @@ class Attention(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, deterministic=True):
     cfg = self.config
 
-    def projection(name, heads, heads_axis):
-      return nn.DenseGeneral(
+    def projection(target, heads, heads_axis):
+      return Projection(
+        cfg,
+        target,
         features=(heads, cfg.head_dim),
+        num_inputs=1,
+        axes=("embed", heads_axis, "head_dim"),
         use_bias=cfg.qkv_bias,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=_param(_kernel_init, "embed", heads_axis, "head_dim"),
-        bias_init=_param(nn.initializers.zeros, heads_axis, "head_dim"),
-        name=name,
-      )(x_BxTxD)
+        name=f"{target}_proj",
+      )(x_BxTxD, deterministic)
 
     inv_freq = rotary.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    q_BxTxNxH = rotary.apply_rotary(projection("q_proj", cfg.num_heads, "q_heads"), positions_BxT, inv_freq)
-    k_BxTxKxH = rotary.apply_rotary(projection("k_proj", cfg.num_kv_heads, "kv_heads"), positions_BxT, inv_freq)
-    v_BxTxKxH = projection("v_proj", cfg.num_kv_heads, "kv_heads")
+    q_BxTxNxH = rotary.apply_rotary(projection("q", cfg.num_heads, "q_heads"), positions_BxT, inv_freq)
+    k_BxTxKxH = rotary.apply_rotary(projection("k", cfg.num_kv_heads, "kv_heads"), positions_BxT, inv_freq)
+    v_BxTxKxH = projection("v", cfg.num_kv_heads, "kv_heads")
     q_BxTxNxH = sharding.constrain(q_BxTxNxH, ("batch", "length", "act_heads", "head_dim"), self.mesh)
 
     if cache_view is None or cache_view.mode == "prefill":
@@ -158,15 +152,9 @@ class Attention(nn.Module):
         cache_segment_ids_BxS=cache_view.segment_ids,
         sliding_window=cfg.sliding_window,
       )
-    out_BxTxD = nn.DenseGeneral(
-      features=cfg.embed_dim,
-      axis=(-2, -1),
-      use_bias=False,
-      dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype,
-      kernel_init=_param(_kernel_init, "q_heads", "head_dim", "embed"),
-      name="o_proj",
-    )(out_BxTxNxH)
+    out_BxTxD = Projection(
+      cfg, "o", features=(cfg.embed_dim,), num_inputs=2, axes=("q_heads", "head_dim", "embed"), name="o_proj"
+    )(out_BxTxNxH, deterministic)
     return out_BxTxD, new_kv
 
 
@@ -175,23 +163,18 @@ class MLP(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD):
+  def __call__(self, x_BxTxD, deterministic=True):
     cfg = self.config
 
-    def dense(name, features, axes):
-      return nn.DenseGeneral(
-        features=features,
-        use_bias=False,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=_param(_kernel_init, *axes),
-        name=name,
+    def dense(target, features, axes, x):
+      return Projection(cfg, target, features=(features,), num_inputs=1, axes=axes, name=f"{target}_proj")(
+        x, deterministic
       )
 
-    gate_BxTxF = dense("gate_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
-    up_BxTxF = dense("up_proj", cfg.mlp_dim, ("embed", "mlp"))(x_BxTxD)
+    gate_BxTxF = dense("gate", cfg.mlp_dim, ("embed", "mlp"), x_BxTxD)
+    up_BxTxF = dense("up", cfg.mlp_dim, ("embed", "mlp"), x_BxTxD)
     hidden_BxTxF = sharding.constrain(nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"), self.mesh)
-    return dense("down_proj", cfg.embed_dim, ("mlp", "embed"))(hidden_BxTxF)
+    return dense("down", cfg.embed_dim, ("mlp", "embed"), hidden_BxTxF)
 
 
 class DecoderBlock(nn.Module):
@@ -201,14 +184,19 @@ class DecoderBlock(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, deterministic=True):
     x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"), self.mesh)
     attn_out, new_kv = Attention(self.config, self.mesh, name="attention")(
-      RMSNorm(self.config, name="input_norm")(x_BxTxD), positions_BxT, segment_ids_BxT, layer_kv, cache_view
+      RMSNorm(self.config, name="input_norm")(x_BxTxD),
+      positions_BxT,
+      segment_ids_BxT,
+      layer_kv,
+      cache_view,
+      deterministic,
     )
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + MLP(self.config, self.mesh, name="mlp")(
-      RMSNorm(self.config, name="post_attention_norm")(x_BxTxD)
+      RMSNorm(self.config, name="post_attention_norm")(x_BxTxD), deterministic
     )
     return x_BxTxD, new_kv
 
@@ -225,7 +213,7 @@ class Transformer(nn.Module):
       num_embeddings=cfg.vocab_size,
       features=cfg.embed_dim,
       dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype,
+      param_dtype=cfg.base_param_dtype,
       embedding_init=_param(nn.initializers.normal(stddev=0.02), "vocab", "embed"),
     )
     block = DecoderBlock
@@ -233,9 +221,9 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     self.layers = nn.scan(
       block,
-      variable_axes={"params": 0},
-      split_rngs={"params": True},
-      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+      variable_axes={"params": 0, "lora": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
       length=cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, self.mesh)
@@ -245,7 +233,7 @@ class Transformer(nn.Module):
         features=cfg.vocab_size,
         use_bias=False,
         dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
+        param_dtype=cfg.base_param_dtype,
         kernel_init=_param(_kernel_init, "embed", "vocab"),
       )
 
@@ -253,13 +241,16 @@ class Transformer(nn.Module):
     """Logits [B, T, V] of a full (possibly packed) sequence, in the compute dtype."""
     return self.logits_from_hidden(self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT))
 
-  def hidden_states(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None):
-    """Final-normed hidden states [B, T, D], for losses that project to the vocabulary in chunks."""
+  def hidden_states(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, deterministic=True):
+    """Final-normed hidden states [B, T, D], for losses that project to the vocabulary in chunks.
+
+    `deterministic=False` applies adapter dropout (it needs a "dropout" rng).
+    """
     if segment_ids_BxT is None:
       segment_ids_BxT = jnp.ones_like(tokens_BxT, jnp.int32)
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32), tokens_BxT.shape)
-    hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None)
+    hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None, deterministic)
     return hidden
 
   def prefill_kv(self, tokens_BxT, positions_BxT, segment_ids_BxT):
@@ -283,20 +274,31 @@ class Transformer(nn.Module):
     axes = ("batch", "length", "act_vocab") if logits.ndim == 3 else ("batch", "act_vocab")
     return sharding.constrain(logits, axes, self.mesh)
 
-  def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view):
+  def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic=True):
     x_BxTxD = self.embedder(tokens_BxT)
-    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view)
+    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic)
     return self.final_norm(x_BxTxD), new_kv
 
 
-def unstack_layers(params) -> tuple:
-  """The scanned layers' parameters as one tree per layer, for `decode`.
+def variables(params, adapters=None) -> dict:
+  """The variables of `Transformer.apply`: the (base) parameters, and LoRA adapters if any."""
+  return {"params": params} if adapters is None else {"params": params, "lora": adapters}
+
+
+def trained_variables(trainable, base=None) -> dict:
+  """The variables of a model being trained: the trained tree alone (full fine-tuning), or the
+  frozen `base` with the trained tree as its LoRA adapters."""
+  return variables(trainable) if base is None else variables(base, trainable)
+
+
+def unstack_layers(tree) -> tuple:
+  """The scanned layers of a parameter or adapter tree as one tree per layer, for `decode`.
 
   Costs one copy of the layer parameters; made once per generation call, it spares every
   decode step from copying each layer's slice out of the stacked arrays.
   """
-  num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
-  return tuple(jax.tree.map(lambda p, i=i: p[i], params["layers"]) for i in range(num_layers))
+  num_layers = jax.tree.leaves(tree["layers"])[0].shape[0]
+  return tuple(jax.tree.map(lambda p, i=i: p[i], tree["layers"]) for i in range(num_layers))
 
 
 def prefill(
@@ -308,6 +310,7 @@ def prefill(
   cache: KVCache,
   mesh=None,
   rows_per_chunk: int | None = None,
+  adapters=None,
 ):
   """Runs prompts into an empty cache; returns (logits of each row's last position [B, V], cache).
 
@@ -322,7 +325,7 @@ def prefill(
     raise ValueError(f"rows_per_chunk={rows} does not divide the batch of {batch}")
 
   def run(chunk):
-    return model.apply({"params": params}, *chunk, method=Transformer.prefill_kv)
+    return model.apply(variables(params, adapters), *chunk, method=Transformer.prefill_kv)
 
   if rows == batch:
     last_logits_BxV, new_kv = run((tokens_BxT, positions_BxT, segment_ids_BxT))
@@ -337,13 +340,22 @@ def prefill(
 
 
 def decode(
-  config: ModelConfig, params, layer_params, tokens_BxT, positions_BxT, segment_ids_BxT, cache: KVCache, mesh=None
+  config: ModelConfig,
+  params,
+  layer_params,
+  tokens_BxT,
+  positions_BxT,
+  segment_ids_BxT,
+  cache: KVCache,
+  mesh=None,
+  layer_adapters=None,
 ):
   """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache).
 
-  The layers run one after another on their own parameters (`unstack_layers(params)`) and
-  cache arrays rather than under the layer scan: a decode step does little arithmetic per
-  byte, and slicing a layer out of a stack would copy its weights and cache every step.
+  The layers run one after another on their own parameters (`unstack_layers(params)`, and
+  `unstack_layers(adapters)` with LoRA) and cache arrays rather than under the layer scan: a
+  decode step does little arithmetic per byte, and slicing a layer out of a stack would copy
+  its weights and cache every step.
   """
   model = Transformer(config, mesh)
   block = DecoderBlock(config, mesh)
@@ -352,8 +364,9 @@ def decode(
   x_BxTxD = model.apply({"params": params}, tokens_BxT, method=Transformer.embed)
   keys, values = [], []
   for layer, layer_kv in enumerate(zip(cache.keys, cache.values)):
+    layer_variables = variables(layer_params[layer], layer_adapters[layer] if layer_adapters else None)
     x_BxTxD, (layer_keys, layer_values) = block.apply(
-      {"params": layer_params[layer]}, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view
+      layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view
     )
     keys.append(layer_keys)
     values.append(layer_values)
@@ -396,31 +409,51 @@ def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCa
 
 
 @functools.cache
+def _boxed_variables(config: ModelConfig) -> dict:
+  model = Transformer(config)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return jax.eval_shape(model.init, jax.random.key(0), tokens)
+
+
 def boxed_param_shapes(config: ModelConfig):
-  """The parameter tree as `nn.Partitioned` shape/dtype leaves, without allocating anything.
+  """The (base) parameter tree as `nn.Partitioned` shape/dtype leaves, without allocating anything.
 
   Cached per (hashable, frozen) config; callers must not mutate the returned tree.
   """
-  model = Transformer(config)
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  return jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
+  return _boxed_variables(config)["params"]
 
 
-def init_params(config: ModelConfig, rng: jax.Array, mesh: Mesh | None = None):
-  """Randomly initialised parameters, created directly in their shardings when a mesh is given."""
+def boxed_adapter_shapes(config: ModelConfig):
+  """The LoRA adapter tree ("lora" collection) as `nn.Partitioned` leaves; empty without adapters."""
+  return _boxed_variables(config).get("lora", {})
+
+
+def _init(config: ModelConfig, rng: jax.Array, mesh: Mesh | None, collection: str):
   model = Transformer(config)
   tokens = jnp.zeros((1, 1), jnp.int32)
 
   def init(rng):
-    return nn.unbox(model.init(rng, tokens)["params"])
+    return nn.unbox(model.init(rng, tokens)[collection])
 
   if mesh is None:
     return jax.jit(init)(rng)
-  shardings = sharding.tree_shardings(boxed_param_shapes(config), mesh)
+  shardings = sharding.tree_shardings(_boxed_variables(config)[collection], mesh)
   return jax.jit(init, out_shardings=shardings)(rng)
 
 
+def init_params(config: ModelConfig, rng: jax.Array, mesh: Mesh | None = None):
+  """Randomly initialised parameters, created directly in their shardings when a mesh is given."""
+  return _init(config, rng, mesh, "params")
+
+
+def init_adapters(config: ModelConfig, rng: jax.Array, mesh: Mesh | None = None):
+  """Fresh LoRA adapters (B = 0: the adapted model is the base), in their shardings."""
+  return _init(config, rng, mesh, "lora")
+
+
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))
-def forward(config: ModelConfig, params, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, mesh=None):
+def forward(
+  config: ModelConfig, params, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, mesh=None, adapters=None
+):
   """Jitted logits of a batch; `config` and `mesh` are static."""
-  return Transformer(config, mesh).apply({"params": params}, tokens_BxT, positions_BxT, segment_ids_BxT)
+  return Transformer(config, mesh).apply(variables(params, adapters), tokens_BxT, positions_BxT, segment_ids_BxT)

@@ -89,18 +89,25 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Self-refinement, in one or more rounds.
   refine_phases = []
+  # With LoRA in SFT, every round keeps the student's base and the SFT settings: its policy
+  # starts from the previous adapters, its reference is the SFT adapters (or its own start).
+  adapted = bool(config.sft.lora.rank)
+  output = "export_adapter" if adapted else "export"
   for round_ in range(1, config.refine_iterations + 1):
     previous = refine_phases[-1] if refine_phases else sft_phase
     refine_config = _with(
       config.refine,
-      model=str(previous.dir / "export"),
-      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / "export"),
+      model=config.student if adapted else str(previous.dir / "export"),
+      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / output),
       task=config.train_task,
       demos_file=str(demos_phase.dir / "demos.jsonl"),
       export=True,
       round=round_,
       **shared,
     )
+    if adapted:
+      with refine_config.unlocked():
+        refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
     name = "refine" if round_ == 1 else f"refine_{round_}"
     refine_phase = Phase(workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint)
     if not refine_phase.done():

@@ -65,22 +65,33 @@ def _abstract(tree, shardings):
 
 
 def _model_config(block, model_source: str, param_dtype: str | None = None):
+  lora = {k: v for k, v in loading.lora_settings(block.get("lora")).items() if k != "init_adapter"}
   return loading.model_config_of(
     model_source,
     dtype=block.dtype,
     param_dtype=param_dtype or block.get("param_dtype", "float32"),
     remat_policy=block.get("remat_policy", "none"),
     attention=block.get("attention", "auto"),
+    **lora,
   )
 
 
-def _params(model_config, mesh, dtype=None):
-  """Abstract parameters laid out by their logical axes (in `dtype` when given)."""
-  boxed = decoder.boxed_param_shapes(model_config)
+def _params(model_config, mesh, dtype=None, collection: str = "params"):
+  """Abstract parameters (or LoRA adapters) laid out by their logical axes (in `dtype` when given)."""
+  boxed = (
+    decoder.boxed_param_shapes(model_config) if collection == "params" else decoder.boxed_adapter_shapes(model_config)
+  )
   shapes = nn.unbox(boxed)
   if dtype is not None:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), shapes)
   return _abstract(shapes, sharding.tree_shardings(boxed, mesh))
+
+
+def _trained_and_base(model_config, mesh):
+  """(trained tree, frozen base or None), abstract: the adapters over the base under LoRA."""
+  if model_config.lora_rank:
+    return _params(model_config, mesh, collection="lora"), _params(model_config, mesh)
+  return _params(model_config, mesh), None
 
 
 def _per_device_bytes(tree) -> int:
@@ -125,8 +136,8 @@ def sft_program(block, model_source: str, devices) -> ProgramPlan:
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "sft batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  params = _params(model_config, mesh)
-  state = jax.eval_shape(lambda p: create_train_state(p, tx), params)
+  trained, base = _trained_and_base(model_config, mesh)
+  state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
   state = _abstract(state, state_shardings(state, model_config, mesh))
   step = sft_step.jit_sft_step(
     state, model_config, tx, mesh, num_microbatches=block.num_microbatches, chunk_size=block.chunk_size
@@ -142,7 +153,7 @@ def sft_program(block, model_source: str, devices) -> ProgramPlan:
     attention.choose_kernel(model_config.attention, "tpu" if _is_tpu(devices) else "cpu", model_config.dtype, rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
-  return _measure(plan, lambda: step.lower(state, batch), (state, batch))
+  return _measure(plan, lambda: step.lower(state, batch, base), (state, batch, base))
 
 
 def _is_tpu(devices) -> bool:
@@ -166,11 +177,13 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  params = _params(model_config, mesh)
-  state = jax.eval_shape(lambda p: create_train_state(p, tx), params)
+  trained, base = _trained_and_base(model_config, mesh)
+  state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
   state = _abstract(state, state_shardings(state, model_config, mesh))
   precomputed = bool(block.precompute_reference)
-  reference = None if precomputed else _params(model_config, mesh, model_config.dtype)
+  reference = None
+  if not precomputed:  # the frozen reference: a model copy, or under LoRA the reference adapters
+    reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
   step = dpo_step.jit_dpo_step(
     state,
     model_config,
@@ -198,16 +211,18 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
         model_flops=flops.dpo_step_flops(model_config, block.batch_size, block.max_length, not precomputed)
         / len(devices),
       ),
-      lambda: step.lower(state, reference, batch),
-      (state, reference, batch),
+      lambda: step.lower(state, reference, batch, base),
+      (state, reference, batch, base),
     )
   ]
   if precomputed:
     rows = max(block.batch_size, 2 * len(devices))
     log_probs = jax.jit(
-      lambda p, side: dpo_step.sequence_log_probs(model_config, p, side, mesh=mesh, chunk_size=block.chunk_size)[0]
+      lambda p, side, base: dpo_step.sequence_log_probs(
+        model_config, p, side, mesh=mesh, chunk_size=block.chunk_size, base=base
+      )[0]
     )
-    reference = _params(model_config, mesh, model_config.dtype)
+    reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
     side = _pair_batch(mesh, rows, block.max_length, False)["chosen"]
     plans.append(
       _measure(
@@ -217,8 +232,8 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
           kernel,
           model_flops=flops.forward_flops(model_config, rows, block.max_length) / len(devices),
         ),
-        lambda: log_probs.lower(reference, side),
-        (reference, side),
+        lambda: log_probs.lower(reference, side, base),
+        (reference, side, base),
       )
     )
   return plans
@@ -234,7 +249,8 @@ def sampler_program(
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   batch = -(-batch // rows) * rows  # generation pads the batch to split over the mesh
   width = batched.prompt_bucket(prompt_length, model_config.max_position_embeddings - max_new_tokens)
-  params = _params(model_config, mesh)
+  trained, base = _trained_and_base(model_config, mesh)
+  params, adapters = (base, trained) if base is not None else (trained, None)
   row = lambda shape, dtype: jax.ShapeDtypeStruct(
     shape, dtype, sharding=sharding.logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
   )
@@ -257,9 +273,9 @@ def sampler_program(
   return _measure(
     plan,
     lambda: sampler.sample.lower(
-      model_config, params, *args, settings=settings, max_new_tokens=max_new_tokens, mesh=mesh
+      model_config, params, *args, settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters
     ),
-    (params, args),
+    (params, adapters, args),
   )
 
 

@@ -115,8 +115,11 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
   return scored
 
 
-def pair_log_probs(log_prob_fn, params, pairs, row_length, mesh, batch_size) -> tuple[np.ndarray, np.ndarray]:
-  """(chosen, rejected) summed answer log-probs of every pair under `params`, in pair order."""
+def pair_log_probs(
+  log_prob_fn, params, pairs, row_length, mesh, batch_size, base=None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(chosen, rejected) summed answer log-probs of every pair under `params` (adapters over
+  `base` under LoRA), in pair order."""
   chosen, rejected = [], []
   per_process = batch_size // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
@@ -124,8 +127,8 @@ def pair_log_probs(log_prob_fn, params, pairs, row_length, mesh, batch_size) -> 
     indices = list(range(start, min(start + batch_size, len(pairs))))
     padded = indices + [indices[0]] * (batch_size - len(indices))  # whole batches: one compilation
     batch = sharding.shard_rows(pair_batches.make_pair_batch(pairs, padded[mine], row_length), mesh)
-    chosen.append(io.to_host(log_prob_fn(params, batch["chosen"]))[: len(indices)])
-    rejected.append(io.to_host(log_prob_fn(params, batch["rejected"]))[: len(indices)])
+    chosen.append(io.to_host(log_prob_fn(params, batch["chosen"], base))[: len(indices)])
+    rejected.append(io.to_host(log_prob_fn(params, batch["rejected"], base))[: len(indices)])
   return np.concatenate(chosen), np.concatenate(rejected)
 
 
@@ -152,8 +155,17 @@ def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray
 
 
 def _reference(config, model, mesh):
-  """(parameters, identity) of the frozen reference in the compute dtype: the loaded student
-  itself, or `reference_model` (the SFT student, when refinement iterates from a later policy)."""
+  """(tree, identity) of the frozen reference: the loaded student itself (its parameters in the
+  compute dtype; under LoRA its adapters, over the shared base), or `reference_model` (the SFT
+  student, when refinement iterates from a later policy: a model, or under LoRA an adapter)."""
+  if model.adapters is not None:
+    if config.reference_model:
+      from srit_jax.conversion import peft
+
+      return peft.load_peft_adapter(config.reference_model, model.config, mesh), fingerprint.digest(
+        model.identity, fingerprint.source_digest(config.reference_model)
+      )
+    return jax.tree.map(lambda x: x.copy(), model.adapters), model.identity
   if config.reference_model:
     reference = loading.load_model(config.reference_model, mesh=mesh, dtype=config.dtype, param_dtype=config.dtype)
     if reference.config.vocab_size != model.config.vocab_size:
@@ -209,8 +221,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     )
   model_config, chunk_size = model.config, config.chunk_size
   log_prob_fn = jax.jit(
-    lambda params, side: dpo_step.sequence_log_probs(model_config, params, side, mesh=mesh, chunk_size=chunk_size)[0]
+    lambda params, side, base: dpo_step.sequence_log_probs(
+      model_config, params, side, mesh=mesh, chunk_size=chunk_size, base=base
+    )[0]
   )
+  base = run.base
   eval_batch = max(config.batch_size, 2 * mesh.devices.size)
   reference_params, reference_identity = _reference(config, model, mesh)
   key = fingerprint.digest(reference_identity, config.max_length, train_pairs, held_out_pairs)
@@ -219,13 +234,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     reference = _cached_log_probs(
       workdir / "reference_logps.npz",
       key,
-      lambda: pair_log_probs(log_prob_fn, reference_params, tokenized, config.max_length, mesh, eval_batch),
+      lambda: pair_log_probs(log_prob_fn, reference_params, tokenized, config.max_length, mesh, eval_batch, base),
     )
   if held_out:
     held_out_reference = _cached_log_probs(
       workdir / "heldout_reference_logps.npz",
       key,
-      lambda: pair_log_probs(log_prob_fn, reference_params, held_out, config.max_length, mesh, eval_batch),
+      lambda: pair_log_probs(log_prob_fn, reference_params, held_out, config.max_length, mesh, eval_batch, base),
     )
   if config.precompute_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are
@@ -250,13 +265,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
 
   def evaluate(state, step):
     if step not in held_out_metrics:
-      policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch)
+      policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch, base)
       held_out_metrics[step] = reward_metrics(policy, held_out_reference, **loss_options)
     return held_out_metrics[step]
 
   initial = evaluate(run.state, 0) if held_out else {}
   last = run.fit(
-    lambda state, batch: jitted(state, reference_params, batch),
+    lambda state, batch: jitted(state, reference_params, batch, base),
     DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch, mesh)),
     step_flops=flops.dpo_step_flops(model_config, config.batch_size, config.max_length, reference_params is not None),
     data_identity=key,

@@ -102,9 +102,14 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
 
   state = run.init_state()
   model_config, mesh = run.model.config, run.mesh
-  step_fn = jit_sft_step(
+  jitted = jit_sft_step(
     state, model_config, run.optimizer, mesh, num_microbatches=config.num_microbatches, chunk_size=config.chunk_size
   )
+  base = run.base
+
+  def step_fn(state, batch):
+    return jitted(state, batch, base)
+
   iterator = sft_batches.PackedBatchIterator(
     examples,
     batch_size=config.batch_size,
@@ -119,13 +124,16 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   if eval_examples:
     eval_batches = _eval_batches(eval_examples, config)
     nll_fn = jax.jit(
-      lambda params, batch: batch_nll_sum(params, batch, config=model_config, mesh=mesh, chunk_size=config.chunk_size)
+      lambda params, batch, base: batch_nll_sum(
+        params, batch, config=model_config, mesh=mesh, chunk_size=config.chunk_size, base=base
+      )
     )
     weight = sum(float(np.sum(b.loss_weights)) for b in eval_batches)
 
     def evaluate(state, step):
       nll = sum(
-        float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh))) for b in eval_batches
+        float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh), base))
+        for b in eval_batches
       )
       return {"eval_loss": nll / max(weight, 1e-6)}
 

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from srit_jax import sharding
 from srit_jax.model import decoder
 from srit_jax.model.config import ModelConfig
-from srit_jax.training import losses
+from srit_jax.training import losses, sft_step
 from srit_jax.training.state import (
   TrainState,
   accumulated_value_and_grad,
@@ -80,13 +80,24 @@ def pair_metrics(per_pair_B, chosen_rewards_B, rejected_rewards_B) -> dict:
   }
 
 
-def sequence_log_probs(config: ModelConfig, params, side: dict, *, mesh=None, chunk_size: int = 128):
-  """Summed answer-token log-probabilities per row [B] (and answer-token counts [B])."""
+def sequence_log_probs(
+  config: ModelConfig, params, side: dict, *, mesh=None, chunk_size: int = 128, base=None, dropout_rng=None
+):
+  """Summed answer-token log-probabilities per row [B] (and answer-token counts [B]).
+
+  `params`: all parameters, or LoRA adapters over `base`.
+  """
   model = decoder.Transformer(config, mesh)
   hidden = model.apply(
-    {"params": params}, side["tokens"], side["positions"], side["segment_ids"], method="hidden_states"
+    decoder.trained_variables(params, base),
+    side["tokens"],
+    side["positions"],
+    side["segment_ids"],
+    dropout_rng is None,
+    method="hidden_states",
+    rngs={} if dropout_rng is None else {"dropout": dropout_rng},
   )
-  token_log_probs = losses.chunked_token_log_probs(model, params, hidden, side["targets"], chunk_size)
+  token_log_probs = losses.chunked_token_log_probs(model, params, hidden, side["targets"], chunk_size, base)
   weights = side["loss_weights"].astype(jnp.float32)
   return jnp.sum(token_log_probs * weights, axis=-1), jnp.sum(weights, axis=-1)
 
@@ -95,10 +106,13 @@ def _concat(chosen: dict, rejected: dict) -> dict:
   return {k: jnp.concatenate([chosen[k], rejected[k]], axis=0) for k in SIDE_FIELDS}
 
 
-def reference_log_probs(config: ModelConfig, ref_params, batch: dict, *, mesh=None, chunk_size: int = 128):
-  """(chosen, rejected) reference log-probs [B] — the one-pass precomputation over fixed pairs."""
+def reference_log_probs(config: ModelConfig, ref_params, batch: dict, *, mesh=None, chunk_size: int = 128, base=None):
+  """(chosen, rejected) reference log-probs [B] — the one-pass precomputation over fixed pairs.
+
+  Under LoRA the reference is its adapters (`ref_params`) over the one shared `base`.
+  """
   logps, _ = sequence_log_probs(
-    config, ref_params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size
+    config, ref_params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size, base=base
   )
   num_pairs = batch["chosen"]["tokens"].shape[0]
   return logps[:num_pairs], logps[num_pairs:]
@@ -108,6 +122,7 @@ def dpo_step(
   state: TrainState,
   ref_params,
   batch: dict,
+  base=None,
   *,
   config: ModelConfig,
   optimizer: optax.GradientTransformation,
@@ -121,6 +136,9 @@ def dpo_step(
 ):
   """One DPO update. `batch` = {"chosen": side, "rejected": side} (+ precomputed reference log-probs).
 
+  In full fine-tuning `ref_params` is the frozen reference model; under LoRA it is the frozen
+  reference adapters (the SFT student's), over the same frozen `base` as the policy's.
+
   With `num_microbatches` > 1 the pairs go through the policy (and the reference) in that many
   slices inside the step and their gradients are summed: the same update as one pass, with a
   fraction of the activation memory.
@@ -130,15 +148,24 @@ def dpo_step(
   precomputed = all(k in batch for k in REFERENCE_FIELDS)
   if not precomputed:
     ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
+  rng = sft_step.dropout_rng(config, state.step)
 
   def loss_fn(params, micro):
     """This slice's share of the batch loss: its pairs' losses over the whole batch's count."""
     if precomputed:
       ref_chosen, ref_rejected = micro["ref_chosen_logps"], micro["ref_rejected_logps"]
     else:
-      ref_chosen, ref_rejected = reference_log_probs(config, ref_params, micro, mesh=mesh, chunk_size=chunk_size)
+      ref_chosen, ref_rejected = reference_log_probs(
+        config, ref_params, micro, mesh=mesh, chunk_size=chunk_size, base=base
+      )
     logps, _ = sequence_log_probs(
-      config, params, _concat(micro["chosen"], micro["rejected"]), mesh=mesh, chunk_size=chunk_size
+      config,
+      params,
+      _concat(micro["chosen"], micro["rejected"]),
+      mesh=mesh,
+      chunk_size=chunk_size,
+      base=base,
+      dropout_rng=rng,
     )
     chosen, rejected = jnp.split(logps, 2)
     per_pair, chosen_rewards, rejected_rewards = dpo_loss(
@@ -173,7 +200,8 @@ def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool) -> dict:
 
 
 def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomputed_reference: bool, **loss_options):
-  """`dpo_step` jitted with explicit shardings: state donated, reference sharded like params, not donated."""
+  """`dpo_step(state, reference, batch, base)` jitted with explicit shardings: the state donated; the
+  reference (sharded like the trained tree) and the LoRA base never donated."""
   shardings = state_shardings(state, config, mesh)
   step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
   return jax.jit(
@@ -182,6 +210,7 @@ def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomput
       shardings,
       None if precomputed_reference else shardings.params,  # precomputed: no reference tree is passed
       pair_batch_shardings(mesh, precomputed_reference),
+      sft_step.base_shardings(config, mesh),
     ),
     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
     donate_argnames=("state",),

@@ -16,9 +16,14 @@ from srit_jax.model import decoder as model_lib
 
 
 def chunked_token_log_probs(
-  model: model_lib.Transformer, params, hidden_BxTxD: jax.Array, targets_BxT: jax.Array, chunk_size: int = 128
+  model: model_lib.Transformer,
+  params,
+  hidden_BxTxD: jax.Array,
+  targets_BxT: jax.Array,
+  chunk_size: int = 128,
+  base=None,
 ) -> jax.Array:
-  """log p(target_t | prefix) for every position, float32 [B, T]."""
+  """log p(target_t | prefix) for every position, float32 [B, T] (`params` trained over `base`)."""
   batch, length, dim = hidden_BxTxD.shape
   chunk_size = min(chunk_size, length)
   pad = -length % chunk_size
@@ -31,7 +36,9 @@ def chunked_token_log_probs(
   @jax.checkpoint
   def one_chunk(args):
     hidden_BxCxD, targets_BxC = args
-    logits = model.apply({"params": params}, hidden_BxCxD, method="logits_from_hidden").astype(jnp.float32)
+    logits = model.apply(model_lib.trained_variables(params, base), hidden_BxCxD, method="logits_from_hidden").astype(
+      jnp.float32
+    )
     target_logits = jnp.take_along_axis(logits, targets_BxC[..., None], axis=-1)[..., 0]
     return target_logits - jax.nn.logsumexp(logits, axis=-1)
 

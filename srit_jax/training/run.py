@@ -28,8 +28,9 @@ import optax
 from jax.sharding import Mesh
 
 from srit_jax import sharding
-from srit_jax.conversion import hf_checkpoint, loading
+from srit_jax.conversion import hf_checkpoint, loading, peft
 from srit_jax.data import io
+from srit_jax.model import decoder, lora
 from srit_jax.training import flops, loop, optimizer
 from srit_jax.training.state import TrainState, create_train_state, state_shardings
 
@@ -89,6 +90,7 @@ class TrainingRun:
       param_dtype=config.param_dtype,
       remat_policy=config.remat_policy,
       attention=config.attention,
+      lora=config.get("lora"),
     )
     run = cls(
       config=config,
@@ -101,9 +103,20 @@ class TrainingRun:
     run._check_inputs(None)
     return run
 
+  @property
+  def base(self):
+    """The frozen base under LoRA (the steps' `base` argument), else None."""
+    return self.model.params if self.model.adapters is not None else None
+
+  @property
+  def trainable(self):
+    """What trains: the LoRA adapters, or every parameter."""
+    return self.model.adapters if self.model.adapters is not None else self.model.params
+
   def init_state(self) -> TrainState:
-    """The train state over the model's parameters, laid out by their logical axes."""
-    state = create_train_state(self.model.params, self.optimizer)
+    """The train state over what trains (adapters or parameters), laid out by logical axes;
+    optimizer moments exist only for it."""
+    state = create_train_state(self.trainable, self.optimizer)
     self.state = jax.device_put(state, state_shardings(state, self.model.config, self.mesh))
     return self.state
 
@@ -194,10 +207,23 @@ class TrainingRun:
       io.write_json(path, inputs)
 
   def export(self) -> pathlib.Path | None:
-    """The trained parameters as an HF directory in WORKDIR/export (when the config asks for it)."""
+    """WORKDIR/export: the trained model as an HF directory (under LoRA the base with the
+    adapters merged in), and under LoRA WORKDIR/export_adapter: the adapters for PEFT."""
     if not self.config.export:
       return None
     export_dir = self.workdir / "export"
-    hf_checkpoint.save_hf_checkpoint(self.state.params, self.model.config, export_dir, tokenizer=self.model.tokenizer)
+    config = self.model.config
+    if self.model.adapters is None:
+      hf_checkpoint.save_hf_checkpoint(self.state.params, config, export_dir, tokenizer=self.model.tokenizer)
+    else:
+      plain = config.without_adapters()
+      shardings = sharding.tree_shardings(decoder.boxed_param_shapes(plain), self.mesh)
+      merged = jax.jit(lambda base, adapters: lora.merge_adapters(base, adapters, config), out_shardings=shardings)(
+        self.base, self.state.params
+      )
+      hf_checkpoint.save_hf_checkpoint(merged, plain, export_dir, tokenizer=self.model.tokenizer)
+      peft.save_peft_adapter(
+        self.state.params, config, self.workdir / "export_adapter", base_model=str(self.config.model)
+      )
     print(f"exported to {export_dir}")
     return export_dir

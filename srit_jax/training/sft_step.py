@@ -31,19 +31,35 @@ from srit_jax.training.state import (
 BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
 
 
-def batch_nll_sum(params, micro, *, config: ModelConfig, mesh, chunk_size: int):
-  """Weighted NLL sum of a (micro)batch; the loss divides it by the whole batch's weight."""
+def batch_nll_sum(params, micro, *, config: ModelConfig, mesh, chunk_size: int, base=None, dropout_rng=None):
+  """Weighted NLL sum of a (micro)batch; the loss divides it by the whole batch's weight.
+
+  `params` is the trained tree: all parameters, or LoRA adapters over `base`. With
+  `dropout_rng`, adapter dropout is on.
+  """
   model = decoder.Transformer(config, mesh)
   hidden = model.apply(
-    {"params": params}, micro["tokens"], micro["positions"], micro["segment_ids"], method="hidden_states"
+    decoder.trained_variables(params, base),
+    micro["tokens"],
+    micro["positions"],
+    micro["segment_ids"],
+    dropout_rng is None,
+    method="hidden_states",
+    rngs={} if dropout_rng is None else {"dropout": dropout_rng},
   )
-  log_probs = losses.chunked_token_log_probs(model, params, hidden, micro["targets"], chunk_size)
+  log_probs = losses.chunked_token_log_probs(model, params, hidden, micro["targets"], chunk_size, base)
   return losses.weighted_nll_sum(log_probs, micro["loss_weights"])
+
+
+def dropout_rng(config: ModelConfig, step):
+  """The step's key for adapter dropout (None when there is none to apply)."""
+  return jax.random.fold_in(jax.random.key(0), step) if config.lora_rank and config.lora_dropout else None
 
 
 def sft_step(
   state: TrainState,
   batch: dict[str, jax.Array],
+  base=None,
   *,
   config: ModelConfig,
   optimizer: optax.GradientTransformation,
@@ -53,8 +69,11 @@ def sft_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   total_weight = jnp.maximum(jnp.sum(batch["loss_weights"]), 1e-6)
 
+  rng = dropout_rng(config, state.step)
+
   def nll_sum_and_nothing(params, micro):
-    return batch_nll_sum(params, micro, config=config, mesh=mesh, chunk_size=chunk_size), ()
+    nll = batch_nll_sum(params, micro, config=config, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=rng)
+    return nll, ()
 
   loss_and_grad = jax.value_and_grad(nll_sum_and_nothing, has_aux=True)
   (nll_sum, _), grads = accumulated_value_and_grad(
@@ -74,6 +93,11 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
   return {name: sharding.row_sharding(mesh, 2) for name in BATCH_FIELDS}
 
 
+def base_shardings(config: ModelConfig, mesh: Mesh):
+  """The frozen base's shardings under LoRA (None in full fine-tuning: there is no base argument)."""
+  return sharding.tree_shardings(decoder.boxed_param_shapes(config), mesh) if config.lora_rank else None
+
+
 def jit_sft_step(
   state: TrainState,
   config: ModelConfig,
@@ -83,14 +107,15 @@ def jit_sft_step(
   num_microbatches: int = 1,
   chunk_size: int = 128,
 ):
-  """`sft_step` jitted with explicit in/out shardings and a donated state."""
+  """`sft_step(state, batch, base)` jitted with explicit in/out shardings and a donated state; the
+  frozen LoRA base (None in full fine-tuning) is its own argument, never donated."""
   shardings = state_shardings(state, config, mesh)
   step = functools.partial(
     sft_step, config=config, optimizer=optimizer, num_microbatches=num_microbatches, chunk_size=chunk_size, mesh=mesh
   )
   return jax.jit(
     step,
-    in_shardings=(shardings, batch_shardings(mesh)),
+    in_shardings=(shardings, batch_shardings(mesh), base_shardings(config, mesh)),
     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
     donate_argnames=("state",),
   )

@@ -28,9 +28,14 @@ def create_train_state(params, optimizer: optax.GradientTransformation) -> Train
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+def trainable_boxed_shapes(config: ModelConfig):
+  """The trained tree's logical shapes: the LoRA adapters when there are any, else the parameters."""
+  return decoder.boxed_adapter_shapes(config) if config.lora_rank else decoder.boxed_param_shapes(config)
+
+
 def state_shardings(state: TrainState, config: ModelConfig, mesh: Mesh) -> TrainState:
-  """Shardings of a state: parameters and their optimizer moments by logical axes."""
-  param_shardings = sharding.tree_shardings(decoder.boxed_param_shapes(config), mesh)
+  """Shardings of a state: the trained tree and its optimizer moments by logical axes."""
+  param_shardings = sharding.tree_shardings(trainable_boxed_shapes(config), mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def like_params(subtree):
@@ -46,8 +51,8 @@ def state_shardings(state: TrainState, config: ModelConfig, mesh: Mesh) -> Train
 
 
 def param_shardings(config: ModelConfig, mesh: Mesh | None):
-  """The parameters' shardings by their logical axes (None without a mesh)."""
-  return None if mesh is None else sharding.tree_shardings(decoder.boxed_param_shapes(config), mesh)
+  """The trained tree's shardings by their logical axes (None without a mesh)."""
+  return None if mesh is None else sharding.tree_shardings(trainable_boxed_shapes(config), mesh)
 
 
 def accumulated_value_and_grad(loss_and_grad, params, batch, num_microbatches: int, grad_shardings=None):
