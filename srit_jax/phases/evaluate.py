@@ -72,7 +72,7 @@ def evaluate(
         max_new_tokens=max_new_tokens[style],
         settings=SamplingSettings(temperature=0.0),
         batch_size=batch_size,
-        stop_strings=tuple(stop_strings) + (("\n",) if style == prompts.DIRECT else ()),
+        stop_strings=prompts.stop_strings(style, stop_strings),
         chat_template=chat_template,
         progress=progress,
       )

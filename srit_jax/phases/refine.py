@@ -107,7 +107,7 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       seed=config.seed + 1000 * (config.round - 1),
       batch_size=config.generate_batch_size,
       # A direct answer ends with its line.
-      stop_strings=tuple(config.stop_strings) + (("\n",) if style == prompts.DIRECT else ()),
+      stop_strings=prompts.stop_strings(style, config.stop_strings),
       chat_template=config.use_chat_template,
       progress=progress,
     )

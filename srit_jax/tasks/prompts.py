@@ -61,6 +61,17 @@ def response_prefix(example: Example, style: str = COT) -> str:
   return _DIRECT_OPENINGS[example.answer_type] if style == DIRECT else ""
 
 
+# A direct answer is its first sentence: an instructed student that goes on after "The answer
+# is 42." (into the reasoning it was taught to give) has answered by then.
+_DIRECT_STOPS = ("\n", ". ")
+
+
+def stop_strings(style: str, configured=()) -> tuple[str, ...]:
+  """Where generation of a `style` answer ends: the configured stop strings, and for direct
+  answers the end of their first sentence."""
+  return tuple(configured) + (_DIRECT_STOPS if style == DIRECT else ())
+
+
 def answer_sentence(example: Example, answer: str) -> str:
   """The closing sentence the prompts ask for, for a given answer."""
   if example.answer_type == CHOICE:
