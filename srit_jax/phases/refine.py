@@ -106,7 +106,6 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       num_samples=count,
       seed=config.seed + 1000 * (config.round - 1),
       batch_size=config.generate_batch_size,
-      # A direct answer ends with its line.
       stop_strings=prompts.stop_strings(style, config.stop_strings),
       chat_template=config.use_chat_template,
       progress=progress,
