@@ -229,6 +229,13 @@ def _fetch_model(args: list[str]) -> None:
 
 
 def _plan(args: list[str]) -> int:
+  import os
+
+  if _TOPOLOGY.value:
+    # Planning for a slice compiles for its devices and runs nothing: stay on the CPU, and let
+    # other JAX processes of this host keep libtpu (compile-only use needs no exclusive lock).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from srit_jax.configs import checks
   from srit_jax.phases import plan
 

@@ -22,6 +22,7 @@ class Slice:
   chip_config: str  # "megacore" (v4, v5p: two cores as one device) or "default"
   hosts: int
   hbm_bytes: int  # per device, as XLA reports it available
+  devices: int = 0  # JAX devices (chips) of the slice
 
 
 # HBM available to a program per device, by device kind (XLA's "available HBM" in its
@@ -29,14 +30,14 @@ class Slice:
 HBM_BY_KIND = {"TPU v4": 30.75 * GIB, "TPU v5 lite": 15.75 * GIB, "TPU v5": 95.74 * GIB, "TPU v6 lite": 31.25 * GIB}
 
 SLICES = {
-  "v4-8": Slice("v4:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v4"])),
-  "v4-16": Slice("v4:2x2x2", "megacore", 2, int(HBM_BY_KIND["TPU v4"])),
-  "v4-32": Slice("v4:2x2x4", "megacore", 4, int(HBM_BY_KIND["TPU v4"])),
-  "v5e-8": Slice("v5e:2x4", "default", 1, int(HBM_BY_KIND["TPU v5 lite"])),
-  "v5e-16": Slice("v5e:4x4", "default", 4, int(HBM_BY_KIND["TPU v5 lite"])),
-  "v5e-32": Slice("v5e:4x8", "default", 8, int(HBM_BY_KIND["TPU v5 lite"])),
-  "v5p-8": Slice("v5:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v5"])),
-  "v6e-8": Slice("v6e:2x4", "default", 1, int(HBM_BY_KIND["TPU v6 lite"])),
+  "v4-8": Slice("v4:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v4"]), 4),
+  "v4-16": Slice("v4:2x2x2", "megacore", 2, int(HBM_BY_KIND["TPU v4"]), 8),
+  "v4-32": Slice("v4:2x2x4", "megacore", 4, int(HBM_BY_KIND["TPU v4"]), 16),
+  "v5e-8": Slice("v5e:2x4", "default", 1, int(HBM_BY_KIND["TPU v5 lite"]), 8),
+  "v5e-16": Slice("v5e:4x4", "default", 4, int(HBM_BY_KIND["TPU v5 lite"]), 16),
+  "v5e-32": Slice("v5e:4x8", "default", 8, int(HBM_BY_KIND["TPU v5 lite"]), 32),
+  "v5p-8": Slice("v5:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v5"]), 4),
+  "v6e-8": Slice("v6e:2x4", "default", 1, int(HBM_BY_KIND["TPU v6 lite"]), 8),
 }
 _RAW = re.compile(r"^(v4|v5e|v5|v5p|v6e):\d+(x\d+){1,2}$")
 
@@ -76,10 +77,9 @@ def tpu_devices(name: str):
       wrap=(False, False, False),
     )
   except Exception as e:  # libtpu missing, or a topology it does not know
-    raise TopologyError(
-      f"cannot describe TPU topology {spec.topology} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-      "the TPU compiler comes with the tpu extra: pip install 'srit_jax[tpu]'"
-    ) from None
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    hint = "" if "lockfile" in reason else "; the TPU compiler comes with the tpu extra: pip install 'srit_jax[tpu]'"
+    raise TopologyError(f"cannot describe TPU topology {spec.topology} ({reason}){hint}") from None
   return list(description.devices), spec.hbm_bytes
 
 

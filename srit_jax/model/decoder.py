@@ -365,6 +365,10 @@ def decode(
   keys, values = [], []
   for layer, layer_kv in enumerate(zip(cache.keys, cache.values)):
     layer_variables = variables(layer_params[layer], layer_adapters[layer] if layer_adapters else None)
+    if mesh is not None:
+      # Each layer's weights wait for the layer before it: on a mesh their gathers then happen one
+      # layer at a time, instead of all of them at once ahead of the first layer.
+      x_BxTxD, layer_variables = jax.lax.optimization_barrier((x_BxTxD, layer_variables))
     x_BxTxD, (layer_keys, layer_values) = block.apply(
       layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view
     )

@@ -13,7 +13,7 @@ def run(config) -> list[str]:
   checks.check(config, "complete")
   """Loads `config.model`, answers each of `config.prompts` greedily and prints the answers."""
   start = time.perf_counter()
-  model = loading.load_model(config.model, dtype=config.dtype, progress=True)
+  model = loading.load_model(config.model, dtype=config.dtype, param_dtype=config.dtype, progress=True)
   print(f"loaded {config.model} in {time.perf_counter() - start:.1f}s")
   prompts = []
   for prompt in config.prompts:

@@ -129,7 +129,14 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "eval")
   examples = evaluation_examples(config)
   mesh = sharding.mesh_from_config(config.mesh)
-  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, attention=config.attention, progress=progress)
+  model = loading.load_model(
+    config.model,
+    mesh=mesh,
+    dtype=config.dtype,
+    param_dtype=config.dtype,  # evaluation trains nothing: no master weights
+    attention=config.attention,
+    progress=progress,
+  )
   styles = [prompts.COT] + ([prompts.DIRECT] if config.direct else [])
   summary = evaluate(
     model,

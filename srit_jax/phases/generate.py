@@ -33,7 +33,7 @@ def run(config, out: str | pathlib.Path) -> pathlib.Path:
     else [{"prompt": p, "id": i} for i, p in enumerate(config.prompts)]
   )
   mesh = sharding.mesh_from_config(config.mesh)
-  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, progress=True)
+  model = loading.load_model(config.model, mesh=mesh, dtype=config.dtype, param_dtype=config.dtype, progress=True)
   settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
   if model.tokenizer is None:
     raise ValueError(f"{config.model}: has no tokenizer (tokenizer.json or tokenizer.model) to encode prompts")

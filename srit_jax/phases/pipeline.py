@@ -154,7 +154,12 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       print(f"[{phase.name}] {model_path}")
       mesh = sharding.mesh_from_config(config.eval.mesh)
       model = loading.load_model(
-        model_path, mesh=mesh, dtype=config.eval.dtype, attention=config.eval.attention, progress=progress
+        model_path,
+        mesh=mesh,
+        dtype=config.eval.dtype,
+        param_dtype=config.eval.dtype,  # evaluation trains nothing: no master weights
+        attention=config.eval.attention,
+        progress=progress,
       )
       evaluation.evaluate(
         model,

@@ -318,6 +318,9 @@ def _refine_programs(block, student, devices, prompt_length):
 
 
 def _eval_program(block, student, devices, prompt_length):
+  block = block.copy_and_resolve_references()
+  with block.unlocked():
+    block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
   return sampler_program(
     "eval",
     block,
