@@ -1,108 +1,85 @@
-"""Forward-pass throughput and compile time of SmolLM2-135M, beside transformers (PyTorch) in the same run.
+"""Forward-pass throughput and compile time, beside `transformers` on the same tokens.
 
-    python benchmarks/forward.py                        # batch 8 x 512, float32
-    python benchmarks/forward.py --batch=1 --length=128
+    python benchmarks/forward.py                                             # SmolLM2-135M, CPU, 8 x 512
+    python benchmarks/forward.py --preset=tinyllama-1.1b --dtype=bfloat16 --baseline=torch_eager
 
-Reports: conversion time (GGUF -> HF directory, HF directory -> parameters), compile time of
-the 30-layer model and of a 2-layer one (layers are scanned, so it should not grow with
-depth), steady-state tokens/s and MFU of our forward, and tokens/s of `transformers`'
-LlamaForCausalLM on the same tokens with the same thread count. MFU is against a float32
-2048^3 matmul measured under XLA in the same run on CPU.
+Reports tokens/s and MFU of our jitted forward over every local device, its compile time beside
+that of a 2-layer (1 when it has 2) model of the same width (layers are scanned, so compile time should not grow
+with depth), and `torch_eager`: `transformers` (SDPA) under `no_grad` on the same architecture.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
-import sys
-import tempfile
 import time
 
+import common
 from absl import app, flags
 
 _BATCH = flags.DEFINE_integer("batch", 8, "rows per forward")
 _LENGTH = flags.DEFINE_integer("length", 512, "tokens per row")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls after warm-up")
-_TORCH = flags.DEFINE_bool("torch", True, "also time transformers (PyTorch) on the same input")
-_OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
+
+
+def _compile_seconds(config, params, tokens, mesh) -> float:
+  from srit_jax.model import decoder
+
+  start = time.perf_counter()
+  decoder.forward.lower(config, params, tokens, mesh=mesh).compile()
+  return time.perf_counter() - start
 
 
 def main(argv):
   del argv
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
-  sys.path.insert(0, str(pathlib.Path(__file__).parent))
-  import common
-
-  from srit_jax.conversion import fetch, hf_checkpoint
-  from srit_jax.model import decoder as model_lib
+  from srit_jax import sharding
+  from srit_jax.model import decoder
   from srit_jax.training import flops
 
-  results = {"machine": common.machine(), "batch": _BATCH.value, "length": _LENGTH.value, "dtype": "float32"}
-  directory = fetch.fetch_model("smollm2-135m-instruct")
-  with tempfile.TemporaryDirectory() as scratch:
-    start = time.perf_counter()
-    fetch.convert_gguf_to_hf(fetch.gguf_path(directory), pathlib.Path(scratch))
-    results["convert_gguf_to_hf_s"] = time.perf_counter() - start
-  start = time.perf_counter()
-  config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  jax.block_until_ready(params)
-  results["load_hf_dir_s"] = time.perf_counter() - start
-
-  tokens = jnp.asarray(
-    np.random.default_rng(0).integers(0, config.vocab_size, (_BATCH.value, _LENGTH.value)), jnp.int32
+  baselines = common.baselines(("torch_eager",))
+  model = common.model()
+  rows, length = _BATCH.value, _LENGTH.value
+  tokens = np.random.default_rng(0).integers(3, model.config.vocab_size, (rows, length)).astype(np.int32)
+  on_mesh = sharding.shard_rows(tokens, model.mesh)
+  shallow = dataclasses.replace(model.config, num_layers=1 if model.config.num_layers <= 2 else 2)
+  shallow_params = decoder.init_params(shallow, jax.random.key(1), model.mesh)
+  results = {
+    "machine": common.machine(),
+    "batch": rows,
+    "length": length,
+    "compile_s": _compile_seconds(model.config, model.params, on_mesh, model.mesh),
+    "layers": model.config.num_layers,
+    "compile_s_shallow": _compile_seconds(shallow, shallow_params, on_mesh, model.mesh),
+    "shallow_layers": shallow.num_layers,
+  }
+  seconds = common.median_seconds(
+    lambda: jax.block_until_ready(decoder.forward(model.config, model.params, on_mesh, mesh=model.mesh))
   )
-
-  def compile_seconds(cfg, p):
-    start = time.perf_counter()
-    compiled = model_lib.forward.lower(cfg, p, tokens).compile()
-    return time.perf_counter() - start, compiled
-
-  results["compile_30_layers_s"], compiled = compile_seconds(config, params)
-  shallow = dataclasses.replace(config, num_layers=2)
-  shallow_params = jax.tree.map(lambda x: x[:2] if x.ndim and x.shape[0] == config.num_layers else x, params)
-  results["compile_2_layers_s"], _ = compile_seconds(shallow, shallow_params)
-
-  compiled(params, tokens).block_until_ready()
-  seconds = common.median(common.time_call(lambda: compiled(params, tokens).block_until_ready(), _REPEATS.value))
-  n_tokens = _BATCH.value * _LENGTH.value
-  peak = flops.measured_matmul_peak()
-  results.update(
-    ours_tokens_per_s=n_tokens / seconds,
-    ours_step_s=seconds,
-    matmul_peak_gflops=peak / 1e9,
-    ours_mfu=flops.forward_flops(config, _BATCH.value, _LENGTH.value) / seconds / peak,
-  )
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    results["ours_temp_bytes"] = int(memory.temp_size_in_bytes)
-
-  if _TORCH.value:
+  peak = common.peak_flops()
+  results["ours"] = {
+    "step_s": seconds,
+    "tokens_per_s": rows * length / seconds,
+    "mfu": flops.forward_flops(model.config, rows, length) / seconds / peak,
+  }
+  for baseline in baselines:
     import torch
-    import transformers
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-    torch_tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    torch_model = common.torch_model(model.config).eval()
+    ids = torch.as_tensor(tokens, dtype=torch.long, device=common.torch_device())
 
-    def torch_forward():
-      with torch.no_grad():
-        return reference(torch_tokens).logits
+    def call(torch_model=torch_model, ids=ids):
+      with torch.no_grad(), common.torch_autocast():
+        torch_model(ids)
+      common.torch_sync()
 
-    torch_forward()
-    torch_seconds = common.median(common.time_call(torch_forward, _REPEATS.value))
-    results.update(
-      torch_tokens_per_s=n_tokens / torch_seconds,
-      torch_step_s=torch_seconds,
-      torch_threads=torch.get_num_threads(),
-      torch_attention=reference.config._attn_implementation,
-      speedup_vs_torch=torch_seconds / seconds,
-    )
-
-  common.report(results, _OUT.value)
+    torch_seconds = common.median_seconds(call)
+    results[baseline] = {
+      "step_s": torch_seconds,
+      "tokens_per_s": rows * length / torch_seconds,
+      "ours_speedup": torch_seconds / seconds,
+    }
+  common.report(results)
 
 
 if __name__ == "__main__":

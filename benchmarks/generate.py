@@ -1,152 +1,117 @@
-"""Generation throughput of SmolLM2-135M-Instruct, beside transformers `generate` in the same run.
+"""Greedy decoding throughput beside `transformers` generate, and against the memory roofline.
 
-    python benchmarks/generate.py                       # batches 1, 8, 64; 64 new tokens; float32
-    python benchmarks/generate.py --batches=64 --new_tokens=128
+    python benchmarks/generate.py                                            # SmolLM2-135M, CPU
+    python benchmarks/generate.py --preset=tinyllama-1.1b --dtype=bfloat16 --param_dtype=bfloat16 \\
+        --batches=64,256 --prompt=128 --new_tokens=128 --baseline=hf_generate  # on a GPU
 
-Prompts are real GSM8K test questions in the chat template (left-padded; our prompt bucket is
-the next power of two). Both sides decode greedily for exactly `new_tokens` tokens (EOS off),
-on the same thread count. Time to first token is a separate run with one new token.
-Tokens/s = batch x new tokens / wall time of the whole call, prefill included; decode-only
-tokens/s = batch x (new tokens - 1) / (that wall time - time to first token).
-Also reports how many compilations a whole GSM8K test pass would need under bucketing.
+Random prompt tokens of `prompt` positions, every row decoding exactly `new_tokens` tokens (EOS
+off), greedy, on both sides. Ours: `generation.generate` (prefill + a `lax.while_loop` of
+decode steps, one jitted program) over every local device. Time to first token is a run with
+one new token; tokens/s counts every new token over the whole call, prefill included, and
+decode-only tokens/s the tokens after the first over the time after it. On accelerators the
+decode roofline is the time to read the weights and the KV cache once per step at the device's
+HBM bandwidth; the report gives the fraction of it reached.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import pathlib
-import sys
 import time
 
+import common
 from absl import app, flags
 
-_BATCHES = flags.DEFINE_list("batches", ["1", "8", "64"], "batch sizes")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "tokens generated per row")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "timed calls per measurement")
-_TORCH = flags.DEFINE_bool("torch", True, "also time transformers generate")
-_DATA = flags.DEFINE_string(
-  "data", str(pathlib.Path(__file__).parents[2] / "shared/data/benchmarks/gsm8k/test.jsonl"), "GSM8K test JSONL"
-)
-_OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+_BATCHES = flags.DEFINE_list("batches", ["1", "8"], "batch sizes")
+_PROMPT = flags.DEFINE_integer("prompt", 96, "prompt positions")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "tokens generated per row")
 
 
-def _ours(model, tokens, mask, new_tokens):
-  import jax.numpy as jnp
+def _prompts(batch, length, vocab):
   import numpy as np
 
-  from srit_jax.generation import sampler as sampling
-
-  out = sampling.sample(
-    model.config,
-    model.params,
-    tokens,
-    mask,
-    np.zeros(len(tokens), np.int32),
-    jnp.asarray([-1], jnp.int32),
-    jnp.full((1, 1), -1, jnp.int32),
-    settings=sampling.SamplingSettings(),
-    max_new_tokens=new_tokens,
-  )
-  return out[0].block_until_ready()
+  return np.random.default_rng(0).integers(3, vocab, (batch, length)).tolist()
 
 
-def _theirs(reference, input_ids, attention_mask, pad_id, new_tokens):
+def ours(model, prompts, new_tokens: int) -> float:
+  import jax
+
+  from srit_jax.generation import batched
+
+  def call():
+    out = batched.generate(model.config, model.params, prompts, max_new_tokens=new_tokens, eos_ids=(), mesh=model.mesh)
+    jax.block_until_ready(out[0].tokens)
+
+  return common.median_seconds(call)
+
+
+def hf_generate(config, prompts, new_tokens: int) -> float:
   import torch
 
-  with torch.no_grad():
-    return reference.generate(
-      input_ids=input_ids,
-      attention_mask=attention_mask,
-      max_new_tokens=new_tokens,
-      min_new_tokens=new_tokens,
-      do_sample=False,
-      pad_token_id=pad_id,
-    )
+  model = common.torch_model(config).eval()
+  if common.DTYPE.value == "bfloat16":
+    model = model.to(torch.bfloat16)
+  ids = torch.as_tensor(prompts, dtype=torch.long, device=common.torch_device())
+
+  def call():
+    with torch.no_grad():
+      model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+      )
+    common.torch_sync()
+
+  return common.median_seconds(call)
+
+
+def roofline_step_s(model, batch: int, length: int) -> float | None:
+  """Seconds one decode step needs to read the weights and a `length`-position KV cache."""
+  import jax
+
+  bandwidth = common.hbm_bandwidth()
+  if bandwidth is None:
+    return None
+  config = model.config
+  weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
+  cache_bytes = 2 * config.num_layers * config.num_kv_heads * config.head_dim * length * batch * 2  # bfloat16
+  return (weight_bytes + cache_bytes) / (bandwidth * jax.device_count())
+
+
+def _figures(batch, first_s, call_s, new_tokens) -> dict:
+  decode_s = max(call_s - first_s, 1e-9)
+  return {
+    "call_s": call_s,
+    "first_token_s": first_s,
+    "tokens_per_s": batch * new_tokens / call_s,
+    "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
+  }
 
 
 def main(argv):
   del argv
-  import common
-
-  from srit_jax.conversion import fetch, loading
-  from srit_jax.generation import batched as generation
-  from srit_jax.generation import jsonl
-
-  model = loading.load_model("smollm2-135m-instruct")
-  with open(_DATA.value, encoding="utf-8") as f:
-    questions = [json.loads(line)["question"] for line in f]
-  prompts = [jsonl.encode_prompt(model.tokenizer, {"prompt": q}, True, "gsm8k") for q in questions]
-  limit = model.config.max_position_embeddings - _NEW_TOKENS.value
-  batch_widths = {
-    generation.prompt_bucket(max(len(p) for p in prompts[i : i + 16]), limit) for i in range(0, len(prompts), 16)
-  }
-  results = {
-    "machine": common.machine(),
-    "new_tokens": _NEW_TOKENS.value,
-    "dtype": "float32",
-    "gsm8k_test_prompts": len(prompts),
-    "gsm8k_compilations_at_batch_16": len(batch_widths),
-    "runs": [],
-  }
-  reference = None
-  if _TORCH.value:
-    import torch
-    import transformers
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-      str(fetch.fetch_model("smollm2-135m-instruct")), dtype=torch.float32
-    ).eval()
-
+  baselines = common.baselines(("hf_generate",))
+  model = common.model()
+  new = _NEW_TOKENS.value
+  results = {"machine": common.machine(), "prompt": _PROMPT.value, "new_tokens": new, "runs": []}
   for batch in map(int, _BATCHES.value):
-    rows = prompts[:batch]
-    width = generation.prompt_bucket(max(len(p) for p in rows), limit)
-    tokens, mask = generation.left_pad(rows, model.config.pad_token_id, width)
-    ours = functools.partial(_ours, model, tokens, mask)
+    prompts = _prompts(batch, _PROMPT.value, model.config.vocab_size)
     start = time.perf_counter()
-    ours(_NEW_TOKENS.value)
-    first_call = time.perf_counter() - start
-    ours(1)
-    seconds = common.median(common.time_call(functools.partial(ours, _NEW_TOKENS.value), _REPEATS.value))
-    ttft = common.median(common.time_call(functools.partial(ours, 1), _REPEATS.value))
-    run = {
-      "batch": batch,
-      "prompt_tokens_max": max(len(p) for p in rows),
-      "prompt_bucket": width,
-      "ours_tokens_per_s": batch * _NEW_TOKENS.value / seconds,
-      "ours_decode_tokens_per_s": batch * (_NEW_TOKENS.value - 1) / (seconds - ttft),
-      "ours_ttft_s": ttft,
-      "ours_first_call_s": first_call,
-    }
-    if reference is not None:
-      import torch
-
-      exact_tokens, exact_mask = generation.left_pad(rows, model.config.pad_token_id)
-      theirs = functools.partial(
-        _theirs,
-        reference,
-        torch.as_tensor(exact_tokens, dtype=torch.long),
-        torch.as_tensor(exact_mask, dtype=torch.long),
-        model.config.pad_token_id,
-      )
-      theirs(2)
-      torch_seconds = common.median(common.time_call(functools.partial(theirs, _NEW_TOKENS.value), _REPEATS.value))
-      torch_ttft = common.median(common.time_call(functools.partial(theirs, 1), _REPEATS.value))
-      run.update(
-        torch_tokens_per_s=batch * _NEW_TOKENS.value / torch_seconds,
-        torch_decode_tokens_per_s=batch * (_NEW_TOKENS.value - 1) / (torch_seconds - torch_ttft),
-        torch_ttft_s=torch_ttft,
-        speedup_vs_torch=torch_seconds / seconds,
-        decode_speedup_vs_torch=(torch_seconds - torch_ttft) / (seconds - ttft),
-      )
+    ours(model, prompts, 1)
+    compile_s = time.perf_counter() - start  # warm-up and timing included: an upper bound
+    run = {"batch": batch, "ours": _figures(batch, ours(model, prompts, 1), ours(model, prompts, new), new)}
+    run["ours"]["first_call_s"] = compile_s
+    step = roofline_step_s(model, batch, _PROMPT.value + new // 2)
+    if step is not None:
+      measured_step = (run["ours"]["call_s"] - run["ours"]["first_token_s"]) / max(new - 1, 1)
+      run["ours"].update(roofline_step_s=step, fraction_of_roofline=step / measured_step)
+    for baseline in baselines:
+      figures = _figures(batch, hf_generate(model.config, prompts, 1), hf_generate(model.config, prompts, new), new)
+      figures["ours_speedup"] = figures["call_s"] / run["ours"]["call_s"]
+      run[baseline] = figures
     results["runs"].append(run)
-    print(json.dumps(run), flush=True)
-
-  common.report(results, _OUT.value)
+  common.report(results)
 
 
 if __name__ == "__main__":

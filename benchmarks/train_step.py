@@ -1,37 +1,28 @@
-"""SFT step throughput, MFU, compile time and memory for SmolLM2-135M, beside a PyTorch step.
+"""SFT step throughput, MFU, compile time and memory, beside PyTorch steps on the same batch.
 
-    python benchmarks/train_step.py                      # 8 x 256 and 8 x 512, float32
-    python benchmarks/train_step.py --sizes=4x1024
-    python benchmarks/train_step.py --sizes=8x256 --microbatches=1,4   # also with accumulation
+    python benchmarks/train_step.py                                         # SmolLM2-135M, CPU, float32
+    python benchmarks/train_step.py --preset=tinyllama-1.1b --dtype=bfloat16 --sizes=8x2048 \\
+        --baseline=torch_eager,torch_compile                                 # on a GPU
+    python benchmarks/train_step.py --sizes=8x256 --microbatches=1,4        # with accumulation
 
-Ours: `sft_step` (chunked cross-entropy on every token, AdamW with clipping and the decay
-mask, state donated), jitted once; compile time from `.lower().compile()`, memory from the
-compiled executable's memory analysis. Baseline: `transformers` LlamaForCausalLM on the same
-token ids, `loss = model(ids, labels=ids).loss`, `loss.backward()`, `clip_grad_norm_`,
-`torch.optim.AdamW` step, float32, same thread count. Step time is the median of `repeats`
-steps after two warm-up steps. MFU counts 3x the forward's matmul FLOPs against a 2048^3
-float32 matmul timed under XLA in the same run.
+Ours: `sft_step` (chunked cross-entropy on every token, AdamW with clipping, state donated),
+jitted once over every local device; compile time from `.lower().compile()`, step memory from
+the compiled program's memory analysis. Baselines on the same random tokens and architecture:
+`torch_eager` — `transformers` with SDPA attention, bfloat16 autocast when ours computes in
+bfloat16, `loss.backward()`, `clip_grad_norm_`, AdamW (fused on CUDA); `torch_compile` — the
+same model under `torch.compile`. MFU: 3x the forward's matmul FLOPs against every device's
+peak (the data sheet on accelerators; a 2048^3 matmul timed in this run on CPU).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import sys
 import time
 
+import common
 from absl import app, flags
 
-_SIZES = flags.DEFINE_list("sizes", ["8x256", "8x512"], "batch x length")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed steps")
-_MICROBATCHES = flags.DEFINE_list(
-  "microbatches", ["1"], "gradient-accumulation microbatches per step to time ours with (same batch, same update)"
-)
-_TORCH = flags.DEFINE_bool("torch", True, "also time the PyTorch step")
-_OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+_SIZES = flags.DEFINE_list("sizes", ["8x256"], "batch x length")
+_MICROBATCHES = flags.DEFINE_list("microbatches", ["1"], "gradient-accumulation microbatches to time ours with")
 
 
 def _batch(batch, length, vocab):
@@ -48,102 +39,92 @@ def _batch(batch, length, vocab):
   }
 
 
-def _torch_step_seconds(directory, batch, repeats):
-  import common
+def ours(model, batch, microbatches: int) -> dict:
+  import jax
+
+  from srit_jax import configs, sharding
+  from srit_jax.training import optimizer, sft_step
+  from srit_jax.training.state import create_train_state, state_shardings
+
+  tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
+  state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
+  state = jax.device_put(state, state_shardings(state, model.config, model.mesh))
+  step = sft_step.jit_sft_step(state, model.config, tx, model.mesh, num_microbatches=microbatches)
+  on_mesh = sharding.shard_rows(batch, model.mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, on_mesh, None).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+
+  def one():
+    nonlocal state
+    state, metrics = compiled(state, on_mesh, None)
+    jax.block_until_ready(metrics)
+
+  return {"step_s": common.median_seconds(one), "compile_s": compile_s, "temp_bytes": int(memory.temp_size_in_bytes)}
+
+
+def torch_step(config, batch, compiled: bool) -> dict:
   import torch
-  import transformers
 
-  torch.set_num_threads(os.cpu_count() or 1)
-  model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+  device = common.torch_device()
+  model = common.torch_model(config)
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-  ids = torch.as_tensor(batch["tokens"], dtype=torch.long)
-  labels = torch.as_tensor(batch["targets"], dtype=torch.long)
+  fused = device.type == "cuda"
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=fused)
+  ids = torch.as_tensor(batch["tokens"], dtype=torch.long, device=device)
+  labels = torch.as_tensor(batch["targets"], dtype=torch.long, device=device)
+  forward = torch.compile(model) if compiled else model
 
-  def step():
-    opt.zero_grad(set_to_none=True)
-    logits = model(ids).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+  def one():
+    with common.torch_autocast():
+      logits = forward(ids).logits
+      loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    opt.zero_grad(set_to_none=True)
+    common.torch_sync()
 
-  step()
-  step()
-  return common.median(common.time_call(step, repeats))
-
-
-def _time_ours(compiled, state, batch, repeats):
-  import common
-  import jax
-
-  def one_step():
-    nonlocal state
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-
-  one_step()
-  one_step()
-  return common.median(common.time_call(one_step, repeats))
+  start = time.perf_counter()
+  one()  # the first step compiles under torch.compile
+  first_s = time.perf_counter() - start
+  return {
+    "step_s": common.median_seconds(one),
+    "first_step_s": first_s,
+    "peak_memory_bytes": common.torch_peak_memory(),
+  }
 
 
 def main(argv):
   del argv
-  import common
-  import jax
+  from srit_jax.training import flops
 
-  from srit_jax import configs
-  from srit_jax.conversion import fetch, loading
-  from srit_jax.training import flops, optimizer
-  from srit_jax.training import sft_step as train_step
-  from srit_jax.training.state import create_train_state
-
-  directory = fetch.fetch_model("smollm2-135m-instruct")
-  model = loading.load_model(directory)
-  config = configs.load("optimizer")
-  tx = optimizer.make_optimizer(config, total_steps=1000)
-  peak = flops.measured_matmul_peak()
-  results = {"machine": common.machine(), "dtype": "float32", "matmul_peak_gflops": peak / 1e9, "runs": []}
+  baselines = common.baselines(
+    (
+      "torch_eager",
+      "torch_compile",
+    )
+  )
+  model = common.model()
+  peak = common.peak_flops()
+  results = {"machine": common.machine(), "peak_tflops": peak / 1e12, "runs": []}
   for size in _SIZES.value:
-    batch_size, length = map(int, size.split("x"))
-    batch = _batch(batch_size, length, model.config.vocab_size)
-    tokens = batch_size * length
-    runs = []
-    for microbatches in map(int, _MICROBATCHES.value):
-      state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
-      step = jax.jit(
-        lambda s, b, k=microbatches: train_step.sft_step(s, b, config=model.config, optimizer=tx, num_microbatches=k),
-        donate_argnums=(0,),
-      )
-      start = time.perf_counter()
-      compiled = step.lower(state, batch).compile()
-      compile_s = time.perf_counter() - start
-      memory = compiled.memory_analysis()
-
-      seconds = _time_ours(compiled, state, batch, _REPEATS.value)
-      run = {
-        "batch": batch_size,
-        "length": length,
-        "microbatches": microbatches,
-        "ours_step_s": seconds,
-        "ours_tokens_per_s": tokens / seconds,
-        "ours_mfu": flops.train_step_flops(model.config, batch_size, length) / seconds / peak,
-        "ours_compile_s": compile_s,
-        "ours_temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
-        "ours_argument_bytes": int(memory.argument_size_in_bytes) if memory else None,
-      }
-      runs.append(run)
-    torch_seconds = _torch_step_seconds(directory, batch, _REPEATS.value) if _TORCH.value else None
-    for run in runs:
-      if torch_seconds is not None:
-        run.update(
-          torch_step_s=torch_seconds,
-          torch_tokens_per_s=tokens / torch_seconds,
-          speedup_vs_torch=torch_seconds / run["ours_step_s"],
-        )
-      results["runs"].append(run)
-      print(json.dumps(run), flush=True)
-  common.report(results, _OUT.value)
+    rows, length = map(int, size.split("x"))
+    batch = _batch(rows, length, model.config.vocab_size)
+    step_flops = flops.train_step_flops(model.config, rows, length)
+    run = {"batch": rows, "length": length}
+    for k in map(int, _MICROBATCHES.value):
+      figures = ours(model, batch, k)
+      figures.update(tokens_per_s=rows * length / figures["step_s"], mfu=step_flops / figures["step_s"] / peak)
+      run["ours" if k == 1 else f"ours_{k}_microbatches"] = figures
+    for baseline in baselines:
+      figures = torch_step(model.config, batch, compiled=baseline == "torch_compile")
+      figures.update(tokens_per_s=rows * length / figures["step_s"], mfu=step_flops / figures["step_s"] / peak)
+      figures["ours_speedup"] = figures["step_s"] / run["ours"]["step_s"]
+      run[baseline] = figures
+    results["runs"].append(run)
+  common.report(results)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,8 @@ _LLAMA3_1_SCALING = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
 _LLAMA3_2_SCALING = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
 
 PRESETS: dict[str, ModelConfig] = {
+  # Seconds on any machine: the benchmarks' and examples' smoke model (random weights only).
+  "tiny": ModelConfig("llama", 512, 64, 128, 2, 4, 2, 16, max_position_embeddings=2048),
   "smollm2-135m": ModelConfig(
     "llama",
     49152,

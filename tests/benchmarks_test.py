@@ -1,0 +1,98 @@
+"""Every benchmark runs end to end on the tiny preset, with its PyTorch baseline, and reports
+figures that are numbers (timing itself is not asserted: speed is measured, not tested)."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, script, *flags):
+  out = tmp_path / "figures.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one device, as a user runs it
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / script),
+      "--preset=tiny",
+      "--warmup=0",
+      "--repeats=1",
+      f"--out={out}",
+      *flags,
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(out.read_text())
+
+
+def _positive(value):
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_train_step_times_ours_with_accumulation_and_torch(tmp_path):
+  figures = _run(tmp_path, "train_step.py", "--sizes=4x64", "--microbatches=1,2", "--baseline=torch_eager")
+  (run,) = figures["runs"]
+  assert (run["batch"], run["length"]) == (4, 64)
+  for side in ("ours", "ours_2_microbatches", "torch_eager"):
+    assert _positive(run[side]["step_s"]) and _positive(run[side]["tokens_per_s"]) and _positive(run[side]["mfu"])
+  assert run["ours"]["tokens_per_s"] == pytest.approx(4 * 64 / run["ours"]["step_s"])
+  assert run["torch_eager"]["ours_speedup"] == pytest.approx(run["torch_eager"]["step_s"] / run["ours"]["step_s"])
+  assert run["ours"]["temp_bytes"] > 0
+  assert figures["machine"]["model"] == "tiny"
+
+
+def test_dpo_step_times_both_reference_forms_and_torch(tmp_path):
+  figures = _run(tmp_path, "dpo_step.py", "--sizes=2x64", "--baseline=torch_eager")
+  (run,) = figures["runs"]
+  for side in ("in_step_reference", "precomputed_reference", "torch_eager"):
+    assert _positive(run[side]["pairs_per_s"]) and _positive(run[side]["mfu"])
+  # The precomputed form holds no reference weights among its arguments.
+  assert run["precomputed_reference"]["argument_bytes"] < run["in_step_reference"]["argument_bytes"]
+
+
+def test_forward_compares_depths_and_torch(tmp_path):
+  figures = _run(tmp_path, "forward.py", "--batch=2", "--length=64", "--baseline=torch_eager")
+  assert figures["shallow_layers"] < figures["layers"]
+  assert _positive(figures["compile_s"]) and _positive(figures["compile_s_shallow"])
+  assert _positive(figures["ours"]["tokens_per_s"]) and _positive(figures["torch_eager"]["tokens_per_s"])
+
+
+def test_generate_times_ours_and_hf_generate(tmp_path):
+  figures = _run(tmp_path, "generate.py", "--batches=1,2", "--new_tokens=8", "--baseline=hf_generate")
+  assert [run["batch"] for run in figures["runs"]] == [1, 2]
+  for run in figures["runs"]:
+    for side in ("ours", "hf_generate"):
+      assert _positive(run[side]["call_s"]) and _positive(run[side]["tokens_per_s"])
+    assert run["ours"]["tokens_per_s"] == pytest.approx(run["batch"] * 8 / run["ours"]["call_s"])
+
+
+def test_unknown_baseline_is_refused_by_name(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / "forward.py"),
+      "--preset=tiny",
+      "--batch=1",
+      "--length=8",
+      "--baseline=tensorflow",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert result.returncode != 0 and "tensorflow" in result.stderr
