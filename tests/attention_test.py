@@ -28,7 +28,7 @@ def _inputs(case: str, heads: int, kv_heads: int, head_dim: int, dtype, batch: i
   return q, k, v, tile(positions), tile(segments)
 
 
-def _attend(kernel, q, k, v, positions, segments, window=None, mesh=None):
+def _attend(kernel, q, k, v, positions, segments, window=None, mesh=None, **how):
   return attention.attend(
     q,
     k,
@@ -40,22 +40,23 @@ def _attend(kernel, q, k, v, positions, segments, window=None, mesh=None):
     sliding_window=window,
     kernel=kernel,
     mesh=mesh,
+    **how,
   )
 
 
-def _compare(kernel, case, heads, kv_heads, head_dim, dtype, window=None, gradients=True):
+def _compare(kernel, case, heads, kv_heads, head_dim, dtype, window=None, gradients=True, **how):
   q, k, v, positions, segments = _inputs(case, heads, kv_heads, head_dim, dtype)
   real = np.asarray(segments)[..., None, None] > 0  # padded queries' outputs are not used
 
   def loss(kernel_name):
     def f(q, k, v):
-      out = _attend(kernel_name, q, k, v, positions, segments, window).astype(jnp.float32)
+      out = _attend(kernel_name, q, k, v, positions, segments, window, **how).astype(jnp.float32)
       return jnp.sum(jnp.where(real, out, 0.0) ** 2)
 
     return f
 
-  ours = _attend(kernel, q, k, v, positions, segments, window).astype(jnp.float32)
-  reference = _attend("xla", q, k, v, positions, segments, window).astype(jnp.float32)
+  ours = _attend(kernel, q, k, v, positions, segments, window, **how).astype(jnp.float32)
+  reference = _attend("xla", q, k, v, positions, segments, window, **how).astype(jnp.float32)
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(np.where(real, ours, 0), np.where(real, reference, 0), atol=tolerance, rtol=tolerance)
   if gradients:
@@ -87,6 +88,34 @@ def test_kernels_equal_the_xla_path_on_packed_grouped_queries(kernel):
 @pytest.mark.parametrize("case,heads,kv_heads,head_dim,window", CASES)
 def test_kernels_equal_the_xla_path(kernel, dtype, case, heads, kv_heads, head_dim, window):
   _compare(kernel, case, heads, kv_heads, head_dim, dtype, window)
+
+
+@pytest.mark.parametrize("kernel", ["splash", "blockwise"])
+def test_kernels_soft_cap_and_scale_like_the_xla_path(kernel):
+  # Gemma 2's attention: scores scaled by a query scalar other than H^-1/2, then soft-capped.
+  _compare(kernel, "packed", 4, 2, 64, jnp.float32, window=48, scale=0.2, logit_softcap=5.0)
+
+
+def test_soft_cap_is_cap_times_tanh_of_the_scaled_scores():
+  q, k, v, positions, segments = _inputs("causal", 2, 2, 16, jnp.float32, batch=1)
+  ours = _attend("xla", q, k, v, positions, segments, scale=0.5, logit_softcap=1.5)
+  scores = np.einsum("btnh,bsnh->bnts", q, k) * 0.5
+  scores = 1.5 * np.tanh(scores / 1.5)
+  scores = np.where(np.tril(np.ones((LENGTH, LENGTH), bool)), scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  np.testing.assert_allclose(ours, np.einsum("bnts,bsnh->btnh", weights, v), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "splash", "blockwise"])
+def test_a_traced_window_switch_picks_the_windowed_or_global_form(kernel):
+  # Under the layer scan, Gemma's sliding and global layers differ by a traced flag.
+  q, k, v, positions, segments = _inputs("packed", 4, 2, 64, jnp.float32)
+  for on in (True, False):
+    switched = jax.jit(lambda flag, q=q: _attend(kernel, q, k, v, positions, segments, 48, window_on=flag))(on)
+    fixed = _attend("xla", q, k, v, positions, segments, 48 if on else None)
+    real = np.asarray(segments)[..., None, None] > 0
+    np.testing.assert_allclose(np.where(real, switched, 0), np.where(real, fixed, 0), atol=1e-5)
 
 
 def test_blockwise_takes_key_lengths_that_are_not_whole_blocks():
@@ -123,3 +152,8 @@ def test_the_kernel_is_chosen_by_platform_dtype_and_length():
   assert attention.choose_kernel("blockwise", "cpu", jnp.float32, 7) == "blockwise"
   with pytest.raises(ValueError, match="attention kernel 'flash3' is not one of"):
     attention.choose_kernel("flash3", "cpu", jnp.float32, 8)
+  # Soft-capping (Gemma 2): cuDNN cannot, so "auto" falls back and an explicit request is refused.
+  assert attention.choose_kernel("auto", "gpu", jnp.bfloat16, 1024, logit_softcap=50.0) == "blockwise"
+  assert attention.choose_kernel("auto", "tpu", jnp.bfloat16, 1024, logit_softcap=50.0) == "splash"
+  with pytest.raises(ValueError, match=r"attention='cudnn' cannot soft-cap.*attn_logit_softcap is 50\.0"):
+    attention.choose_kernel("cudnn", "gpu", jnp.bfloat16, 1024, logit_softcap=50.0)

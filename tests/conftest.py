@@ -49,6 +49,32 @@ TINY_HF_CONFIGS = {
   "mistral_sliding_window": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, sliding_window=5),
   "qwen2_bias": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2),
   "tied_gqa": dict(model_type="llama", num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
+  # Gemma 2: GeGLU, (1 + w) norms, sandwich norms, scaled embeddings, a query scalar other than
+  # head_dim, soft-caps small enough to bend these logits, sliding/global layers alternating.
+  "gemma2": dict(
+    model_type="gemma2",
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    query_pre_attn_scalar=20,
+    attn_logit_softcapping=2.0,
+    final_logit_softcapping=3.0,
+    sliding_window=4,
+  ),
+  # Gemma 3: q/k norms, two local layers (window 4, rotary base 10k) and a global one (base 1M,
+  # linear scaling), no soft-caps.
+  "gemma3": dict(
+    model_type="gemma3_text",
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    sliding_window=4,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    rope_parameters={
+      "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+      "full_attention": {"rope_type": "linear", "rope_theta": 1_000_000.0, "factor": 8.0},
+    },
+  ),
+  "qwen3": dict(model_type="qwen3", num_attention_heads=4, num_key_value_heads=2),
+  "phi3": dict(model_type="phi3", num_attention_heads=4, num_key_value_heads=2, sliding_window=6),
 }
 
 

@@ -20,7 +20,7 @@ def _logits(config, params):
   return np.asarray(model_lib.forward(config, params, jnp.asarray(TOKENS)))
 
 
-@pytest.mark.parametrize("family", ["qwen2_bias", "tied_gqa"])
+@pytest.mark.parametrize("family", ["qwen2_bias", "tied_gqa", "gemma2", "gemma3", "qwen3", "phi3"])
 def test_export_round_trip_loads_in_transformers(hf_model_dir, tmp_path, family):
   import transformers
 
@@ -32,6 +32,59 @@ def test_export_round_trip_loads_in_transformers(hf_model_dir, tmp_path, family)
   config2, params2 = hf_checkpoint.load_hf_checkpoint(exported)
   assert config2 == config
   jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_phi3_fused_tensors_split_on_load_and_fuse_back_bit_exactly(hf_model_dir, tmp_path):
+  import safetensors.numpy
+
+  directory, _ = hf_model_dir("phi3")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  q = params["layers"]["attention"]["q_proj"]["kernel"]  # split: [L, D, N, H]
+  assert q.shape == (config.num_layers, config.embed_dim, config.num_heads, config.head_dim)
+  original = safetensors.numpy.load_file(directory / "model.safetensors")
+  assert "model.layers.0.self_attn.qkv_proj.weight" in original
+  for max_shard_bytes in (5 * 2**30, 30_000):  # one file, and fused tensors spread over shards
+    exported = hf_checkpoint.save_hf_checkpoint(
+      params, config, tmp_path / str(max_shard_bytes), max_shard_bytes=max_shard_bytes
+    )
+    again = {}
+    for file in exported.glob("*.safetensors"):
+      again.update(safetensors.numpy.load_file(file))
+    assert sorted(again) == sorted(original)
+    for name, tensor in original.items():
+      np.testing.assert_array_equal(again[name], tensor, err_msg=name)
+
+
+def test_a_fused_tensor_of_the_wrong_size_is_named(hf_model_dir, tmp_path):
+  import safetensors.numpy
+
+  directory, _ = hf_model_dir("phi3")
+  tensors = safetensors.numpy.load_file(directory / "model.safetensors")
+  name = "model.layers.1.self_attn.qkv_proj.weight"
+  tensors[name] = tensors[name][:-4]
+  safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+  with pytest.raises(hf_checkpoint.CheckpointError, match=f"fused tensor '{name}' has 92 rows, expected 96"):
+    hf_checkpoint.load_hf_checkpoint(directory)
+
+
+def test_multimodal_gemma3_loads_its_language_model(hf_model_dir, tmp_path):
+  import safetensors.numpy
+
+  directory, torch_model = hf_model_dir("gemma3")
+  text = json.loads((directory / "config.json").read_text())
+  multimodal = tmp_path / "gemma3_multimodal"
+  multimodal.mkdir()
+  config = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text}
+  (multimodal / "config.json").write_text(json.dumps(config))
+  tensors = {
+    name.replace("model.", "model.language_model.", 1): t
+    for name, t in safetensors.numpy.load_file(directory / "model.safetensors").items()
+  }
+  tensors["model.vision_tower.patch_embedding.weight"] = np.zeros((4, 3), np.float32)
+  safetensors.numpy.save_file(tensors, str(multimodal / "model.safetensors"), metadata={"format": "pt"})
+  config, params = hf_checkpoint.load_hf_checkpoint(multimodal)
+  assert config.model_type == "gemma3_text"
+  np.testing.assert_allclose(_logits(config, params), torch_logits(torch_model, TOKENS), atol=1e-4, rtol=0)
 
 
 def test_sharded_checkpoint_with_index_loads_the_same(hf_model_dir, tmp_path):
@@ -66,12 +119,12 @@ def test_qk_unpermute_inverts_llama_cpp_permute():
   np.testing.assert_array_equal(gguf_checkpoint.unpermute_qk(permuted, num_heads=8), weight)
 
 
-def _write_gguf(torch_model, path):
-  """Writes a float32 GGUF the way llama.cpp's converter does, q/k rows permuted."""
+def _write_gguf(torch_model, path, architecture="llama"):
+  """Writes a float32 GGUF the way llama.cpp's converter does, q/k rows permuted for Llama."""
   import gguf
 
   cfg = torch_model.config
-  writer = gguf.GGUFWriter(str(path), "llama")
+  writer = gguf.GGUFWriter(str(path), architecture)
   writer.add_name("tiny")
   writer.add_block_count(cfg.num_hidden_layers)
   writer.add_context_length(cfg.max_position_embeddings)
@@ -82,7 +135,9 @@ def _write_gguf(torch_model, path):
   writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
   writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
   writer.add_vocab_size(cfg.vocab_size)
-  writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+  writer.add_rope_dimension_count(cfg.head_dim)
+  writer.add_key_length(cfg.head_dim)
+  writer.add_value_length(cfg.head_dim)
   writer.add_tokenizer_model("gpt2")
   writer.add_tokenizer_pre("gpt2")
   tokens = [chr(ord("A") + i) if i < 26 else f"t{i}" for i in range(cfg.vocab_size)]
@@ -95,7 +150,9 @@ def _write_gguf(torch_model, path):
   inverse = {hf: g for g in _gguf_names(cfg.num_hidden_layers) if (hf := gguf_checkpoint.hf_name(g))}
   for name, param in torch_model.state_dict().items():
     array = param.float().numpy()
-    if ".q_proj." in name:
+    if architecture != "llama":
+      pass
+    elif ".q_proj." in name:
       array = gguf_checkpoint.permute_qk(array, cfg.num_attention_heads)
     elif ".k_proj." in name:
       array = gguf_checkpoint.permute_qk(array, cfg.num_key_value_heads)
@@ -114,6 +171,8 @@ def _gguf_names(num_layers):
       "attn_q",
       "attn_k",
       "attn_v",
+      "attn_q_norm",
+      "attn_k_norm",
       "attn_output",
       "ffn_norm",
       "ffn_gate",
@@ -139,6 +198,15 @@ def test_gguf_with_permuted_qk_loads_to_transformers_logits(tmp_path):
   ).eval()
   np.testing.assert_allclose(torch_logits(theirs, TOKENS), _logits(config, params), atol=1e-4, rtol=0)
   assert tokenizer.encode("DEF") == [26, 5]
+
+
+def test_qwen3_gguf_with_qk_norms_loads_to_transformers_logits(tmp_path):
+  torch_model = make_hf_model("qwen3")
+  path = tmp_path / "tiny-qwen3.gguf"
+  _write_gguf(torch_model, path, architecture="qwen3")
+  config, params, _ = gguf_checkpoint.load_gguf(path)
+  assert config.model_type == "qwen3" and config.qk_norm
+  np.testing.assert_allclose(_logits(config, params), torch_logits(torch_model, TOKENS), atol=1e-4, rtol=0)
 
 
 def test_gguf_that_is_not_gguf_is_an_error(tmp_path):

@@ -28,8 +28,9 @@ def test_logits_match_transformers(hf_model_dir, family):
   np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
 
 
-def test_packed_rows_equal_segments_run_separately(hf_model_dir):
-  directory, _ = hf_model_dir("mistral_sliding_window")
+@pytest.mark.parametrize("family", ["mistral_sliding_window", "gemma2", "gemma3"])
+def test_packed_rows_equal_segments_run_separately(hf_model_dir, family):
+  directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   lengths = [5, 7, 4]
   segments = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
@@ -47,7 +48,17 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir):
 
 
 @pytest.mark.parametrize(
-  "family, rows_per_chunk", [("llama", None), ("llama", 1), ("mistral_sliding_window", None), ("qwen2_bias", 1)]
+  "family, rows_per_chunk",
+  [
+    ("llama", None),
+    ("llama", 1),
+    ("mistral_sliding_window", None),
+    ("qwen2_bias", 1),
+    ("gemma2", None),
+    ("gemma3", 1),
+    ("qwen3", None),
+    ("phi3", None),
+  ],
 )
 def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, family, rows_per_chunk):
   directory, _ = hf_model_dir(family)
@@ -82,8 +93,21 @@ def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, famil
     np.testing.assert_allclose(ours_all[row], reference, atol=2e-5, rtol=0)
 
 
-def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir):
-  directory, _ = hf_model_dir("llama")
+@pytest.mark.parametrize("kernel", ["splash", "blockwise"])
+def test_gemma_layers_under_other_kernels_equal_the_xla_path(hf_model_dir, kernel):
+  # Sliding and global layers alternate under the layer scan (a traced switch per layer), with
+  # soft-capped scores: every kernel takes both; splash needs whole 128-position rows.
+  directory, _ = hf_model_dir("gemma2")
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  tokens = jnp.asarray(_tokens(1, 128))
+  reference = np.asarray(model_lib.forward(dataclasses.replace(config, attention="xla"), params, tokens))
+  ours = np.asarray(model_lib.forward(dataclasses.replace(config, attention=kernel), params, tokens))
+  np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir, family):
+  directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   tokens = jnp.asarray(_tokens(2, 8))
 

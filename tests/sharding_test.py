@@ -13,10 +13,18 @@ from srit_jax.model import decoder as model_lib
 TOKENS = np.random.default_rng(0).integers(3, 128, size=(8, 12)).astype(np.int32)
 
 
-@pytest.mark.parametrize("mesh_config", [sharding.MeshConfig(2, 2, 2), sharding.MeshConfig(1, 8, 1)])
-def test_sharded_load_gives_single_device_logits(hf_model_dir, mesh_config):
+@pytest.mark.parametrize(
+  "family, mesh_config",
+  [
+    ("llama", sharding.MeshConfig(2, 2, 2)),
+    ("llama", sharding.MeshConfig(1, 8, 1)),
+    ("gemma2", sharding.MeshConfig(2, 2, 2)),
+    ("qwen3", sharding.MeshConfig(2, 2, 2)),
+  ],
+)
+def test_sharded_load_gives_single_device_logits(hf_model_dir, family, mesh_config):
   assert jax.device_count() == 8
-  directory, _ = hf_model_dir("llama")
+  directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   mesh = sharding.make_mesh(mesh_config)
   _, sharded = hf_checkpoint.load_hf_checkpoint(directory, mesh=mesh)

@@ -82,19 +82,35 @@ def test_dry_runs_print_the_commands():
   assert fetch.returncode == 0 and "--worker=0" in fetch.stdout and "export" in fetch.stdout
 
 
-@pytest.mark.parametrize("student", ["llama2_7b", "llama2_13b", "mistral_7b"])
-@pytest.mark.parametrize(
-  "tpu_slice,chips,hosts", [("v4-8", 4, 1), ("v4-32", 16, 4), ("v5e-8", 8, 1), ("v5e-16", 16, 4)]
-)
-def test_paper_configs_fill_their_slices(student, tpu_slice, chips, hosts):
+@pytest.mark.parametrize("student", ["llama2_7b", "llama2_13b", "mistral_7b", "gemma2_9b", "qwen3_8b"])
+@pytest.mark.parametrize("tpu_slice,chips", [("v4-8", 4), ("v4-32", 16), ("v5e-8", 8), ("v5e-16", 16), ("v5p-8", 4)])
+def test_paper_configs_fill_their_slices(student, tpu_slice, chips):
+  from srit_jax.configs import paper
+  from srit_jax.conversion import loading
+
   config = load_config("paper", f"{student},{tpu_slice}")
+  own_method = paper.SIZES[(student, tpu_slice)][0]
   for phase in (config.sft, config.refine):
-    assert phase.mesh.data == hosts and phase.mesh.data * phase.mesh.fsdp * phase.mesh.tensor == chips
-    assert phase.dtype == "bfloat16" and phase.param_dtype == "float32"
+    # Parameters and optimizer state shard over every chip; each host feeds its own rows.
+    assert (phase.mesh.data, phase.mesh.fsdp, phase.mesh.tensor) == (1, chips, 1)
+    assert phase.dtype == "bfloat16" and phase.param_dtype == "float32" and phase.remat_policy == "full"
+    assert phase.lora.rank == (0 if own_method == "full" else 8)
+  assert config.sft.batch_size % chips == 0 and config.refine.batch_size >= chips
   assert config.eval.mesh.fsdp == chips
   assert "/" in config.student and config.demos.teacher.kind == "openai"
+  # Planning needs the student's architecture offline: every paper student is a known hub id.
+  assert config.student in loading.PRESET_OF_SOURCE
+  qlora = load_config("paper", f"{student},{tpu_slice},qlora")
+  assert qlora.sft.lora.base_quantization == "nf4" and qlora.refine.lora.rank == 8
   with pytest.raises(ValueError, match="unknown variant 'gpt2'; variants: 'llama2_7b'"):
     load_config("paper", "gpt2,v4-8")
+
+
+def test_every_student_has_a_size_on_every_slice():
+  from srit_jax.configs import paper
+
+  assert set(paper.SIZES) == {(s, t) for s in paper.STUDENTS for t in paper.SLICES}
+  assert {method for method, _, _ in paper.SIZES.values()} <= {"full", "lora", "qlora"}
 
 
 HOSTILE = '~/runs/my run; touch PWNED "quoted" $(id) `id`'

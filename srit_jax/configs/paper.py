@@ -1,4 +1,5 @@
-"""Paper-scale runs on Cloud TPU: Llama-2-7B/13B or Mistral-7B students, the whole pipeline,
+"""Paper-scale runs on Cloud TPU: Llama-2-7B/13B or Mistral-7B students (the paper's), or
+Gemma-2-9B and Qwen3-8B (what TPU users pick today), the whole pipeline,
 sized so that every program fits its slice (checked by `srit-jax plan`; see docs/tpu.md).
 
     srit-jax plan --config=configs/paper.py:llama2_7b,v5e-8 --topology=v5e-8
@@ -30,6 +31,8 @@ STUDENTS = {
   "llama2_7b": ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-70b-chat-hf"),
   "llama2_13b": ("meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-70b-chat-hf"),
   "mistral_7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+  "gemma2_9b": ("google/gemma-2-9b", "google/gemma-2-27b-it"),
+  "qwen3_8b": ("Qwen/Qwen3-8B-Base", "Qwen/Qwen3-32B"),
 }
 SLICES = ("v4-8", "v4-16", "v4-32", "v5e-8", "v5e-16", "v5e-32", "v5p-8", "v6e-8")
 METHODS = ("", "full", "lora", "qlora")
@@ -62,6 +65,24 @@ SIZES = {
   ("llama2_13b", "v5e-32"): ("full", 1, 4),
   ("llama2_13b", "v5p-8"): ("full", 2, 4),
   ("llama2_13b", "v6e-8"): ("lora", 1, 4),
+  # 9.2B parameters, a 256k vocabulary (logits of a 1024-position row: 1 GB in float32).
+  ("gemma2_9b", "v4-8"): ("lora", 1, 2),
+  ("gemma2_9b", "v4-16"): ("full", 1, 4),
+  ("gemma2_9b", "v4-32"): ("full", 2, 4),
+  ("gemma2_9b", "v5e-8"): ("lora", 1, 2),
+  ("gemma2_9b", "v5e-16"): ("full", 1, 4),
+  ("gemma2_9b", "v5e-32"): ("full", 2, 4),
+  ("gemma2_9b", "v5p-8"): ("full", 2, 4),
+  ("gemma2_9b", "v6e-8"): ("full", 1, 4),
+  # 8.2B parameters, a 152k vocabulary.
+  ("qwen3_8b", "v4-8"): ("lora", 1, 4),
+  ("qwen3_8b", "v4-16"): ("full", 1, 4),
+  ("qwen3_8b", "v4-32"): ("full", 2, 4),
+  ("qwen3_8b", "v5e-8"): ("lora", 1, 4),
+  ("qwen3_8b", "v5e-16"): ("full", 1, 4),
+  ("qwen3_8b", "v5e-32"): ("full", 2, 4),
+  ("qwen3_8b", "v5p-8"): ("full", 2, 8),
+  ("qwen3_8b", "v6e-8"): ("full", 1, 4),
 }
 
 VARIANTS = (tuple(STUDENTS), SLICES, METHODS)  # student,slice[,method]

@@ -30,6 +30,8 @@ _LAYER_NAMES = {
   "attn_q.bias": "self_attn.q_proj.bias",
   "attn_k.bias": "self_attn.k_proj.bias",
   "attn_v.bias": "self_attn.v_proj.bias",
+  "attn_q_norm.weight": "self_attn.q_norm.weight",
+  "attn_k_norm.weight": "self_attn.k_norm.weight",
   "attn_output.weight": "self_attn.o_proj.weight",
   "ffn_norm.weight": "post_attention_layernorm.weight",
   "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -39,7 +41,8 @@ _LAYER_NAMES = {
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
 # llama.cpp permutes q/k rows only for these architectures.
 _PERMUTED_ARCHITECTURES = ("llama",)
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
+# Gemma's GGUF files carry a SentencePiece vocabulary, which `build_tokenizer` does not build.
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -111,6 +114,7 @@ class GgufFile:
       max_position_embeddings=int(self.arch_field("context_length", 4096)),
       tie_embeddings="output.weight" not in tensor_names,
       qkv_bias="blk.0.attn_q.bias" in tensor_names,
+      qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
       bos_token_id=self.field("tokenizer.ggml.bos_token_id", required=False),
       eos_token_ids=(int(eos),) if eos is not None else (),
       pad_token_id=self.field("tokenizer.ggml.padding_token_id", required=False),

@@ -95,8 +95,72 @@ class SafetensorsSource:
     except Exception as e:
       raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e})") from None
 
+  def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a tensor, reading only those."""
+    path = self._file_of[name]
+    try:
+      return self._open(path).get_slice(name)[start:stop]
+    except Exception as e:
+      raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e})") from None
+
   def location(self, name: str) -> str:
     return str(self._file_of.get(name, self.directory))
+
+
+class TableNames:
+  """A `TensorSource` under the names of the table: a multimodal checkpoint's language-model
+  prefix removed (its other tensors left out), Phi-3's fused tensors seen as their parts."""
+
+  def __init__(self, source: TensorSource, config: ModelConfig, where: str):
+    self.source = source
+    self._origin: dict[str, tuple[str, int, int]] = {}  # table name -> (source name, first row, end row)
+    for name in source.names():
+      if name.startswith(mapping.NON_TEXT_PREFIXES):
+        continue
+      renamed = name
+      for prefix, replacement in mapping.LANGUAGE_MODEL_PREFIXES.items():
+        if name.startswith(prefix):
+          renamed = replacement + name[len(prefix) :]
+      per_layer = mapping.layer_suffix(renamed)
+      parts = mapping.FUSED_HF_TENSORS.get(per_layer[1]) if per_layer and config.fused_projections else None
+      if parts is None:
+        self._origin[renamed] = (name, 0, -1)
+        continue
+      sizes = _fused_rows(config, parts)
+      rows = source.shape(name)[0]
+      if rows != sum(sizes):
+        raise CheckpointError(
+          f"{source.location(name)}: fused tensor {name!r} has {rows} rows, expected {sum(sizes)} "
+          f"({' + '.join(map(str, sizes))} for {', '.join(parts)})"
+        )
+      start = 0
+      for part, size in zip(parts, sizes):
+        self._origin[f"model.layers.{per_layer[0]}.{part}"] = (name, start, start + size)
+        start += size
+
+  def names(self) -> list[str]:
+    return list(self._origin)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    origin, start, stop = self._origin[name]
+    shape = self.source.shape(origin)
+    return shape if stop < 0 else (stop - start, *shape[1:])
+
+  def read(self, name: str) -> np.ndarray:
+    origin, start, stop = self._origin[name]
+    if stop < 0:
+      return self.source.read(origin)
+    if hasattr(self.source, "read_rows"):
+      return self.source.read_rows(origin, start, stop)
+    return self.source.read(origin)[start:stop]
+
+  def location(self, name: str) -> str:
+    return self.source.location(self._origin.get(name, (name,))[0])
+
+
+def _fused_rows(config: ModelConfig, parts: tuple[str, ...]) -> list[int]:
+  """Rows of a fused tensor that each part takes: its projection's outputs."""
+  return [config.projection_shape(part.split(".")[1].removesuffix("_proj"))[1] for part in parts]
 
 
 def _get(tree, path):
@@ -123,7 +187,9 @@ def _rules_for(config: ModelConfig, boxed) -> Iterator[tuple[mapping.TensorRule,
 
 
 def check_source(source: TensorSource, config: ModelConfig, where: str) -> None:
-  """Raises `CheckpointError` for any missing, unused or misshapen tensor, reading no data."""
+  """Raises `CheckpointError` for any missing, unused or misshapen tensor, reading no data.
+
+  `source` is under the table's names (`TableNames`)."""
   boxed = model_lib.boxed_param_shapes(config)
   available = set(source.names())
   expected = set()
@@ -147,6 +213,7 @@ def load_params(
   source: TensorSource, config: ModelConfig, mesh: Mesh | None = None, *, where: str = "checkpoint", progress=False
 ):
   """The parameter tree of `config` from `source`, one parameter on the host at a time."""
+  source = TableNames(source, config, where)
   check_source(source, config, where)
   boxed = model_lib.boxed_param_shapes(config)
   if mesh is None:
@@ -170,18 +237,42 @@ def load_hf_checkpoint(directory: str | pathlib.Path, mesh: Mesh | None = None, 
   return config, load_params(source, config, mesh, where=str(directory), progress=progress)
 
 
+def _export_layout(config: ModelConfig) -> list[tuple[str, list[tuple[mapping.TensorRule, nn.Partitioned, int]]]]:
+  """(Hugging Face name, [(rule, leaf, layer or -1)]) of every tensor an export writes, in
+  writing order; a fused tensor (Phi-3) lists its parts, whose rows it stacks."""
+  rules = list(_rules_for(config, model_lib.boxed_param_shapes(config)))
+  fused_of = {}
+  if config.fused_projections:
+    fused_of = {part: fused for fused, parts in mapping.FUSED_HF_TENSORS.items() for part in parts}
+  layout, written = [], set()
+  for rule, leaf, hf_names in rules:
+    suffix = rule.hf_name.removeprefix("model.layers.{layer}.")
+    fused = fused_of.get(suffix)
+    if fused is None:
+      layout += [(name, [(rule, leaf, i if rule.per_layer else -1)]) for i, name in enumerate(hf_names)]
+    elif fused not in written:
+      written.add(fused)
+      parts = [next(r for r in rules if r[0].hf_name.endswith("." + p)) for p in mapping.FUSED_HF_TENSORS[fused]]
+      for i in range(config.num_layers):
+        layout.append((f"model.layers.{i}.{fused}", [(r, leaf_, i) for r, leaf_, _ in parts]))
+  return layout
+
+
 def hf_tensors(params, config: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-  """(Hugging Face name, array) for every tensor of `params`, one parameter at a time."""
-  boxed = model_lib.boxed_param_shapes(config)
-  for rule, _, hf_names in _rules_for(config, boxed):
-    ours = io.to_host(_get(params, rule.path))
-    if dtype is not None:
-      ours = ours.astype(dtype)
-    if rule.per_layer:
-      for i, name in enumerate(hf_names):
-        yield name, np.ascontiguousarray(mapping.to_hf(rule.layout, ours[i]))
-    else:
-      yield hf_names[0], np.ascontiguousarray(mapping.to_hf(rule.layout, ours))
+  """(Hugging Face name, array) for every tensor of `params`; on the host one parameter at a
+  time (the parts of a fused tensor together)."""
+  host: dict[tuple[str, ...], np.ndarray] = {}
+  for name, parts in _export_layout(config):
+    paths = {rule.path for rule, _, _ in parts}
+    host = {path: array for path, array in host.items() if path in paths}
+    arrays = []
+    for rule, _, layer in parts:
+      if rule.path not in host:
+        ours = io.to_host(_get(params, rule.path))
+        host[rule.path] = ours if dtype is None else ours.astype(dtype)
+      ours = host[rule.path]
+      arrays.append(mapping.to_hf(rule.layout, ours if layer < 0 else ours[layer]))
+    yield name, np.ascontiguousarray(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
 
 
 def save_hf_checkpoint(
@@ -251,11 +342,11 @@ def save_tokenizer(tokenizer, directory: str | pathlib.Path) -> None:
 def _plan_shards(config: ModelConfig, itemsize: int, max_shard_bytes: int) -> dict[str, int]:
   """Shard index of every Hugging Face tensor, in writing order, filling shards greedily."""
   shard_of, shard, used = {}, 0, 0
-  for rule, leaf, hf_names in _rules_for(config, model_lib.boxed_param_shapes(config)):
-    nbytes = math.prod(leaf.value.shape[1:] if rule.per_layer else leaf.value.shape) * itemsize
-    for name in hf_names:
-      if used and used + nbytes > max_shard_bytes:
-        shard, used = shard + 1, 0
-      shard_of[name] = shard
-      used += nbytes
+  for name, parts in _export_layout(config):
+    nbytes = sum(math.prod(leaf.value.shape[1:] if layer >= 0 else leaf.value.shape) for _, leaf, layer in parts)
+    nbytes *= itemsize
+    if used and used + nbytes > max_shard_bytes:
+      shard, used = shard + 1, 0
+    shard_of[name] = shard
+    used += nbytes
   return shard_of

@@ -149,6 +149,19 @@ PRESET_OF_SOURCE = {
   "mistralai/Mistral-7B-v0.1": "mistral-7b",
   "Qwen/Qwen2.5-0.5B-Instruct": "qwen2.5-0.5b",
   "Qwen/Qwen2.5-7B-Instruct": "qwen2.5-7b",
+  "Qwen/Qwen3-0.6B": "qwen3-0.6b",
+  "Qwen/Qwen3-1.7B": "qwen3-1.7b",
+  "Qwen/Qwen3-8B": "qwen3-8b",
+  "Qwen/Qwen3-8B-Base": "qwen3-8b",
+  "microsoft/Phi-3-mini-4k-instruct": "phi-3-mini",
+  "google/gemma-2-2b": "gemma-2-2b",
+  "google/gemma-2-2b-it": "gemma-2-2b",
+  "google/gemma-2-9b": "gemma-2-9b",
+  "google/gemma-2-9b-it": "gemma-2-9b",
+  "google/gemma-3-1b-it": "gemma-3-1b",
+  "google/gemma-3-1b-pt": "gemma-3-1b",
+  "google/gemma-3-4b-it": "gemma-3-4b",
+  "google/gemma-3-4b-pt": "gemma-3-4b",
 }
 
 

@@ -40,6 +40,11 @@ def _name(layer: int, block: str, target: str, which: str) -> str:
 def save_peft_adapter(adapters, config: ModelConfig, directory: str | pathlib.Path, *, base_model: str) -> pathlib.Path:
   """Writes `adapters` as a PEFT LoRA adapter of `base_model` (process 0 writes)."""
   directory = pathlib.Path(directory)
+  if config.fused_projections:
+    raise AdapterError(
+      f"{directory}: a {config.model_type} checkpoint fuses q/k/v and gate/up, so adapters on its separate "
+      "projections have no PEFT names; export the merged model instead"
+    )
   tensors = {}
   for block, target, _ in PROJECTIONS:
     if target not in config.lora_targets:

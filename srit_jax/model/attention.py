@@ -4,17 +4,24 @@ Masking is described by positions and segment ids (0 = padding), never by a read
 [B, T, S] mask, so that every kernel can take it its own way:
 
 - "splash" (TPU): the Pallas splash-attention kernel — causal, packed segments, sliding
-  window, grouped-query heads — per device under `shard_map`. Its backward pass keeps no
-  [T, S] scores. Sequences must be whole 128-position blocks.
+  window, grouped-query heads, logit soft-capping — per device under `shard_map`. Its
+  backward pass keeps no [T, S] scores. Sequences must be whole 128-position blocks.
 - "blockwise" (any backend; GPU in float32): online-softmax attention over key blocks with
   each block rematerialised in the backward pass, so no [B, N, T, S] scores are kept.
-- "cudnn" (GPU, half precision): `jax.nn.dot_product_attention`'s cuDNN kernel.
-- "xla" (CPU): `jax.nn.dot_product_attention` on XLA, scores materialised (fast for short rows).
+- "cudnn" (GPU, half precision): `jax.nn.dot_product_attention`'s cuDNN kernel; it cannot
+  soft-cap scores.
+- "xla" (CPU): `jax.nn.dot_product_attention` on XLA, scores materialised (fast for short
+  rows); with soft-capping, the same computation written out.
 
-`choose_kernel(requested, platform, dtype, length)` turns "auto" into one of these by the
-platform the program is compiled for (the mesh's devices, which for an ahead-of-time TPU
-plan are TPU devices on a CPU host), so every caller — training, generation, `srit-jax plan`
-— reports and uses the same choice.
+`choose_kernel(requested, platform, dtype, length, logit_softcap)` turns "auto" into one of
+these by the platform the program is compiled for (the mesh's devices, which for an
+ahead-of-time TPU plan are TPU devices on a CPU host) and refuses a kernel that cannot do
+what the model asks, so every caller — training, generation, `srit-jax plan` — reports and
+uses the same choice; `kernel_for(config, platform, length)` asks it for a model.
+
+Layers that differ in their window (Gemma 2/3) run under the layer scan with a traced
+`window_on` flag: the materialised kernels mask by it, the others switch between their
+windowed and global forms with `lax.cond`.
 
 Shapes: B batch, T query length, S key length, N query heads, K key/value heads, G = N / K,
 H head dim.
@@ -40,17 +47,33 @@ def platform_of(mesh) -> str:
   return jax.default_backend()
 
 
-def choose_kernel(requested: str, platform: str, dtype, length: int) -> str:
-  """The kernel for queries of `length` positions: `requested`, or for "auto" the platform's own."""
+CANNOT_SOFTCAP = ("cudnn",)
+
+
+def choose_kernel(requested: str, platform: str, dtype, length: int, logit_softcap: float | None = None) -> str:
+  """The kernel for queries of `length` positions: `requested`, or for "auto" the platform's own
+  that can do what is asked (with soft-capping, cuDNN gives way to the blockwise kernel)."""
   if requested not in KERNELS:
     raise ValueError(f"attention kernel {requested!r} is not one of {KERNELS}")
   if requested != "auto":
+    if logit_softcap is not None and requested in CANNOT_SOFTCAP:
+      raise ValueError(
+        f"attention={requested!r} cannot soft-cap attention logits (the model's attn_logit_softcap is "
+        f"{logit_softcap}); use attention='auto' or one of "
+        f"{', '.join(k for k in KERNELS if k not in CANNOT_SOFTCAP and k != 'auto')}"
+      )
     return requested
   if platform == "tpu":
     return "splash" if length % SPLASH_BLOCK == 0 else "xla"
   if platform == "gpu":
-    return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "blockwise"
+    half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if half and logit_softcap is None else "blockwise"
   return "xla"
+
+
+def kernel_for(config, platform: str, length: int) -> str:
+  """`choose_kernel` for a model config's attention setting, dtype and soft-cap."""
+  return choose_kernel(config.attention, platform, config.dtype, length, config.attn_logit_softcap)
 
 
 def attention_mask(
@@ -76,17 +99,42 @@ def attend(
   kv_positions_BxS,
   kv_segment_ids_BxS,
   sliding_window: int | None = None,
+  window_on=None,
+  scale: float | None = None,
+  logit_softcap: float | None = None,
   kernel: str = "auto",
   mesh=None,
 ) -> jnp.ndarray:
   """Grouped-query attention of a whole (possibly packed) sequence; [B, T, N, H] in q's dtype.
 
+  Scores are q·k times `scale` (default H^-1/2), soft-capped when `logit_softcap` is set. The
+  window applies where the traced flag `window_on` is true (always when it is None).
   The splash kernel assumes what holds for training rows and prompts: queries and keys are
   the same positions, and inside a segment positions count up by one.
   """
-  kernel = choose_kernel(kernel, platform_of(mesh), q_BxTxNxH.dtype, q_BxTxNxH.shape[1])
+  kernel = choose_kernel(kernel, platform_of(mesh), q_BxTxNxH.dtype, q_BxTxNxH.shape[1], logit_softcap)
+  scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
+  if window_on is not None and sliding_window is not None:
+    if kernel == "xla":  # the mask takes a traced window
+      sliding_window = jnp.where(window_on, sliding_window, jnp.iinfo(jnp.int32).max)
+    else:
+      one = functools.partial(
+        attend,
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        q_positions_BxT=q_positions_BxT,
+        q_segment_ids_BxT=q_segment_ids_BxT,
+        kv_positions_BxS=kv_positions_BxS,
+        kv_segment_ids_BxS=kv_segment_ids_BxS,
+        scale=scale,
+        logit_softcap=logit_softcap,
+        kernel=kernel,
+        mesh=mesh,
+      )
+      return jax.lax.cond(window_on, lambda: one(sliding_window=sliding_window), lambda: one(sliding_window=None))
   if kernel == "splash":
-    return _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids_BxT, sliding_window, mesh)
+    return _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids_BxT, sliding_window, scale, logit_softcap, mesh)
   if kernel == "blockwise":
     return blockwise_attend(
       q_BxTxNxH,
@@ -97,16 +145,37 @@ def attend(
       kv_positions_BxS=kv_positions_BxS,
       kv_segment_ids_BxS=kv_segment_ids_BxS,
       sliding_window=sliding_window,
+      scale=scale,
+      logit_softcap=logit_softcap,
     )
   mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window)
-  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, implementation=kernel)
+  if logit_softcap is not None:
+    return _materialized(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale, logit_softcap)
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale, implementation=kernel)
+
+
+def _softcap(scores, cap: float | None):
+  return scores if cap is None else cap * jnp.tanh(scores / cap)
+
+
+def _materialized(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS, scale, logit_softcap):
+  """Scores, soft-cap, mask, softmax and values written out: XLA attention with soft-capping."""
+  batch, length, num_heads, head_dim = q_BxTxNxH.shape
+  num_kv_heads = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
+  f32 = jnp.float32
+  scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=f32) * scale
+  scores = jnp.where(mask_Bx1xTxS[:, :, None], _softcap(scores, logit_softcap), _MASKED)
+  weights = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum("bkgts,bskh->btkgh", weights.astype(v_BxSxKxH.dtype), v_BxSxKxH, preferred_element_type=f32)
+  return out.reshape(batch, length, num_heads, head_dim).astype(q_BxTxNxH.dtype)
 
 
 # --- Splash attention (TPU) -------------------------------------------------------------------
 
 
 @functools.cache
-def _splash_kernel(length: int, groups: int, sliding_window: int | None, interpret: bool):
+def _splash_kernel(length: int, groups: int, sliding_window: int | None, logit_softcap, interpret: bool):
   """A grouped-query splash kernel for [G, T, H] queries against one key/value head."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -115,24 +184,29 @@ def _splash_kernel(length: int, groups: int, sliding_window: int | None, interpr
     one = masks.CausalMask((length, length))
   else:  # causal, and at most sliding_window - 1 positions back
     one = masks.LocalMask((length, length), window_size=(sliding_window - 1, 0), offset=0)
-  return splash.make_splash_mqa_single_device(masks.MultiHeadMask([one] * groups), interpret=interpret)
+  # Built eagerly even when first asked for inside a trace: the cached kernel holds its mask
+  # arrays, which must be constants rather than one trace's values.
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mqa_single_device(
+      masks.MultiHeadMask([one] * groups), attn_logits_soft_cap=logit_softcap, interpret=interpret
+    )
 
 
-def _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxT, sliding_window, mesh):
+def _splash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, segment_ids_BxT, sliding_window, scale, logit_softcap, mesh):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
   from srit_jax import sharding
 
-  length, head_dim = q_BxTxNxH.shape[1], q_BxTxNxH.shape[3]
+  length = q_BxTxNxH.shape[1]
   if length % SPLASH_BLOCK:
     raise ValueError(f"the splash kernel needs whole blocks of {SPLASH_BLOCK} positions, got {length}")
   interpret = platform_of(mesh) != "tpu"  # tests on CPU run the kernel in Pallas's interpreter
-  scale = jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
+  scale = jnp.asarray(scale, q_BxTxNxH.dtype)
 
   def per_device(q, k, v, segments):
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
-    kernel = _splash_kernel(t, n // kv_heads, sliding_window, interpret)
+    kernel = _splash_kernel(t, n // kv_heads, sliding_window, logit_softcap, interpret)
     q_BxKxGxTxH = (q * scale).reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
     k_BxKxTxH, v_BxKxTxH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
@@ -173,6 +247,8 @@ def blockwise_attend(
   kv_positions_BxS,
   kv_segment_ids_BxS,
   sliding_window: int | None = None,
+  scale: float | None = None,
+  logit_softcap: float | None = None,
   block: int = 512,
 ) -> jnp.ndarray:
   """Attention over key blocks of `block` positions with a running (online) softmax.
@@ -194,7 +270,7 @@ def blockwise_attend(
   num_blocks = (keys + pad) // block
   f32 = jnp.float32
   q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-  q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
+  q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5 if scale is None else scale, q_BxTxNxH.dtype)
 
   def blocks(x):  # [B, S, ...] -> [num_blocks, B, block, ...]
     return x.reshape(batch, num_blocks, block, *x.shape[2:]).swapaxes(0, 1)
@@ -203,7 +279,7 @@ def blockwise_attend(
   def step(carry, kv_block):
     out_BxKxGxTxH, max_BxKxGxT, sum_BxKxGxT = carry
     k_blk, v_blk, pos_blk, seg_blk = kv_block
-    scores = jnp.einsum("bkgth,bskh->bkgts", q_BxKxGxTxH, k_blk, preferred_element_type=f32)
+    scores = _softcap(jnp.einsum("bkgth,bskh->bkgts", q_BxKxGxTxH, k_blk, preferred_element_type=f32), logit_softcap)
     mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, pos_blk, seg_blk, sliding_window)[:, :, None]
     scores = jnp.where(mask, scores, _MASKED)
     new_max = jnp.maximum(max_BxKxGxT, scores.max(-1))
@@ -237,6 +313,9 @@ def attend_cached(
   cache_positions_BxS,
   cache_segment_ids_BxS,
   sliding_window: int | None = None,
+  window_on=None,
+  scale: float | None = None,
+  logit_softcap: float | None = None,
 ) -> jnp.ndarray:
   """Attention of T new queries over a KV cache that already holds their own keys and values.
 
@@ -248,9 +327,12 @@ def attend_cached(
   num_kv_heads = keys_BxKxHxS.shape[1]
   groups = num_heads // num_kv_heads
   q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-  q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5, q_BxTxNxH.dtype)
+  q_BxKxGxTxH = q_BxKxGxTxH * jnp.asarray(head_dim**-0.5 if scale is None else scale, q_BxTxNxH.dtype)
+  if window_on is not None and sliding_window is not None:
+    sliding_window = jnp.where(window_on, sliding_window, jnp.iinfo(jnp.int32).max)
   f32 = jnp.float32
   scores = jnp.einsum("bkgth,bkhs->bkgts", q_BxKxGxTxH, keys_BxKxHxS, preferred_element_type=f32)
+  scores = _softcap(scores, logit_softcap)
   mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, cache_positions_BxS, cache_segment_ids_BxS, sliding_window)
   weights = jax.nn.softmax(jnp.where(mask[:, :, None], scores, _MASKED), axis=-1)
   out = jnp.einsum(

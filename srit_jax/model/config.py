@@ -1,6 +1,7 @@
-"""Architecture of a Llama-family decoder: one frozen dataclass, named presets, HF config I/O.
+"""Architecture of the decoder: one frozen dataclass, named presets, HF config I/O.
 
-`ModelConfig` says what the network is (sizes, rotary settings, bias and tying); numerics
+`ModelConfig` says what the network is (sizes, rotary settings, bias and tying, and the
+switches by which Gemma 2/3, Qwen3 and Phi-3 differ from Llama); numerics
 (`dtype`, `param_dtype`) and the rematerialisation policy ride along because every caller
 that builds the model needs them, and `dataclasses.replace` changes them per run.
 """
@@ -12,7 +13,18 @@ import json
 import pathlib
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+ARCHITECTURES = {
+  "llama": "LlamaForCausalLM",
+  "mistral": "MistralForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "qwen3": "Qwen3ForCausalLM",
+  "phi3": "Phi3ForCausalLM",
+  "gemma2": "Gemma2ForCausalLM",
+  "gemma3_text": "Gemma3ForCausalLM",
+}
+HIDDEN_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # HF name -> ours
+LAYER_TYPES = ("full_attention", "sliding_attention")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_KERNELS = ("auto", "xla", "splash", "blockwise", "cudnn")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections an adapter may sit on
@@ -36,9 +48,13 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """A Llama-family decoder: RMSNorm, rotary, grouped-query attention, SwiGLU."""
+  """A pre-norm decoder: RMSNorm, rotary, grouped-query attention, a gated MLP.
 
-  model_type: str  # "llama" | "mistral" | "qwen2": the HF family, kept for export.
+  Llama is the plain case; each way another family differs is one field below, read from
+  and written to its `config.json`.
+  """
+
+  model_type: str  # one of SUPPORTED_MODEL_TYPES: the HF family, kept for export.
   vocab_size: int
   embed_dim: int
   mlp_dim: int
@@ -56,6 +72,19 @@ class ModelConfig:
   bos_token_id: int | None = 1
   eos_token_ids: tuple[int, ...] = (2,)
   pad_token_id: int | None = None
+  # How Gemma 2/3, Qwen3 and Phi-3 differ from Llama.
+  hidden_activation: str = "silu"  # of the MLP's gate: "silu" (SwiGLU) | "gelu_tanh" (GeGLU)
+  norm_weight_offset: float = 0.0  # RMSNorm multiplies by (offset + weight); Gemma: 1
+  scale_embeddings: bool = False  # embeddings times sqrt(embed_dim) in the compute dtype (Gemma)
+  sandwich_norms: bool = False  # attention and MLP outputs normed before their residual (Gemma 2/3)
+  qk_norm: bool = False  # RMSNorm over each query and key head before rotary (Qwen3, Gemma 3)
+  query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power; None: head_dim
+  attn_logit_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+  final_logit_softcap: float | None = None  # likewise for the output logits (Gemma 2)
+  # Per layer "sliding_attention" or "full_attention" (Gemma 2/3 alternate them); empty: every
+  # layer slides when sliding_window is set.
+  layer_types: tuple[str, ...] = ()
+  local_rope_theta: float | None = None  # rotary base of sliding layers, unscaled (Gemma 3)
   # Numerics and memory, not architecture.
   dtype: str = "float32"  # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of the parameters
@@ -82,6 +111,22 @@ class ModelConfig:
       raise ValueError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
     if self.attention not in ATTENTION_KERNELS:
       raise ValueError(f"attention {self.attention!r} is not one of {ATTENTION_KERNELS}")
+    if self.hidden_activation not in HIDDEN_ACTIVATIONS.values():
+      raise ValueError(
+        f"hidden_activation {self.hidden_activation!r} is not one of {tuple(HIDDEN_ACTIVATIONS.values())}"
+      )
+    if self.layer_types:
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+      unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+      if unknown:
+        raise ValueError(f"layer_types {unknown} are not among {LAYER_TYPES}")
+      if "sliding_attention" in self.layer_types and not self.sliding_window:
+        raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
+    for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar", "sliding_window"):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive or None, got {value}")
     self._check_lora()
 
   def _check_lora(self) -> None:
@@ -115,6 +160,26 @@ class ModelConfig:
       "down": (self.mlp_dim, self.embed_dim),
     }[target]
 
+  def is_sliding(self, layer: int) -> bool:
+    """Whether `layer` attends within the sliding window."""
+    if self.sliding_window is None:
+      return False
+    return not self.layer_types or self.layer_types[layer] == "sliding_attention"
+
+  @property
+  def mixed_layers(self) -> bool:
+    """Whether layers differ in window or rotary base (then the layer scan carries which is which)."""
+    return len({self.is_sliding(i) for i in range(self.num_layers)}) > 1
+
+  @property
+  def query_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  @property
+  def fused_projections(self) -> bool:
+    """Whether the HF checkpoint fuses q/k/v and gate/up into one tensor each (Phi-3)."""
+    return self.model_type == "phi3"
+
   @property
   def base_param_dtype(self) -> str:
     """The storage dtype of the base parameters (frozen under LoRA)."""
@@ -145,9 +210,9 @@ class ModelConfig:
 
   def to_hf_config(self) -> dict[str, Any]:
     """The `config.json` that `transformers` loads into the matching `*ForCausalLM`."""
-    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    activation = {ours: hf for hf, ours in HIDDEN_ACTIVATIONS.items()}[self.hidden_activation]
     hf = {
-      "architectures": [architecture[self.model_type]],
+      "architectures": [ARCHITECTURES[self.model_type]],
       "model_type": self.model_type,
       "vocab_size": self.vocab_size,
       "hidden_size": self.embed_dim,
@@ -156,7 +221,7 @@ class ModelConfig:
       "num_attention_heads": self.num_heads,
       "num_key_value_heads": self.num_kv_heads,
       "head_dim": self.head_dim,
-      "hidden_act": "silu",
+      "hidden_act": activation,
       "rms_norm_eps": self.rms_norm_eps,
       "rope_theta": self.rope_theta,
       "rope_scaling": _rope_scaling_to_hf(self.rope_scaling),
@@ -167,16 +232,60 @@ class ModelConfig:
       "pad_token_id": self.pad_token_id,
       "torch_dtype": self.param_dtype,
     }
+    layer_types = ["sliding_attention" if self.is_sliding(i) else "full_attention" for i in range(self.num_layers)]
     if self.model_type == "llama":
       hf.update(attention_bias=False, mlp_bias=False)
-    if self.model_type == "mistral":
+    if self.model_type in ("mistral", "phi3"):
       hf["sliding_window"] = self.sliding_window
-    if self.model_type == "qwen2":
-      hf.update(use_sliding_window=self.sliding_window is not None, sliding_window=self.sliding_window)
+    if self.model_type in ("qwen2", "qwen3"):
+      hf.update(
+        use_sliding_window=self.sliding_window is not None,
+        sliding_window=self.sliding_window,
+        max_window_layers=next((i for i in range(self.num_layers) if self.is_sliding(i)), self.num_layers),
+        layer_types=layer_types,
+      )
+    if self.model_type == "qwen3":
+      hf["attention_bias"] = False
+    if self.model_type == "phi3":
+      hf.update(original_max_position_embeddings=self.max_position_embeddings, partial_rotary_factor=1.0)
+    if self.model_type in ("gemma2", "gemma3_text"):
+      hf.update(
+        hidden_activation=activation,
+        query_pre_attn_scalar=_int_if_whole(self.query_pre_attn_scalar or self.head_dim),
+        attn_logit_softcapping=self.attn_logit_softcap,
+        final_logit_softcapping=self.final_logit_softcap,
+        sliding_window=self.sliding_window,
+        layer_types=layer_types,
+        attention_bias=False,
+      )
+    if self.model_type == "gemma3_text":
+      full = {"rope_type": "default", "rope_theta": self.rope_theta, **(_rope_scaling_to_hf(self.rope_scaling) or {})}
+      local = {"rope_type": "default", "rope_theta": self.local_rope_theta or self.rope_theta}
+      hf.update(
+        rope_parameters={"full_attention": full, "sliding_attention": local},
+        rope_local_base_freq=local["rope_theta"],
+        use_bidirectional_attention=False,
+      )
     return hf
 
 
+_GEMMA = ("gemma2", "gemma3_text")
+
+
+def _int_if_whole(x: float) -> int | float:
+  return int(x) if float(x).is_integer() else x
+
+
+def text_config(hf: dict[str, Any]) -> dict[str, Any]:
+  """The language model's config of a multimodal Gemma 3 checkpoint (`text_config`), else `hf`."""
+  if hf.get("model_type") == "gemma3" and isinstance(hf.get("text_config"), dict):
+    return {"model_type": "gemma3_text", **hf["text_config"]}
+  return hf
+
+
 def _fields_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
+  hf = text_config(hf)
+
   def need(key):
     if key not in hf:
       raise ValueError(f"{where}: field {key!r} is missing")
@@ -188,33 +297,63 @@ def _fields_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
       f"{where}: field 'model_type' is {model_type!r} (architectures {hf.get('architectures')}); "
       f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
     )
-  if hf.get("hidden_act", "silu") != "silu":
-    raise UnsupportedModelError(f"{where}: field 'hidden_act' is {hf['hidden_act']!r}; only 'silu' is supported")
+  activation_field = "hidden_activation" if model_type in _GEMMA and "hidden_activation" in hf else "hidden_act"
+  activation = hf.get(activation_field) or ("gelu_pytorch_tanh" if model_type in _GEMMA else "silu")
+  if activation not in HIDDEN_ACTIVATIONS:
+    raise UnsupportedModelError(
+      f"{where}: field {activation_field!r} is {activation!r}; supported: {', '.join(HIDDEN_ACTIVATIONS)}"
+    )
   if hf.get("mlp_bias"):
     raise UnsupportedModelError(f"{where}: field 'mlp_bias' is true; MLP biases are not supported")
-  if model_type == "llama" and hf.get("attention_bias"):
+  if model_type != "qwen2" and hf.get("attention_bias"):
     raise UnsupportedModelError(
-      f"{where}: field 'attention_bias' is true; Llama output-projection bias is not supported"
+      f"{where}: field 'attention_bias' is true; attention biases are supported for qwen2 only"
+    )
+  if model_type in _GEMMA and hf.get("use_bidirectional_attention"):
+    raise UnsupportedModelError(
+      f"{where}: field 'use_bidirectional_attention' is true; only causal attention is supported"
     )
 
   num_heads = need("num_attention_heads")
   embed_dim = need("hidden_size")
-  # transformers 5 nests rope settings under `rope_parameters`; older configs keep them flat.
+  # transformers 5 nests rope settings under `rope_parameters` (per layer type for Gemma 3);
+  # older configs keep them flat.
   rope = hf.get("rope_parameters") or {}
+  local_rope = rope.get("sliding_attention") if isinstance(rope.get("sliding_attention"), dict) else None
+  rope = rope.get("full_attention", rope) if isinstance(rope.get("full_attention"), dict) else rope
   rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
   scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+  if float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+    raise UnsupportedModelError(f"{where}: field 'partial_rotary_factor' is below 1; only full rotary is supported")
 
+  num_layers = need("num_hidden_layers")
   sliding_window = None
-  if model_type == "mistral" or (model_type == "qwen2" and hf.get("use_sliding_window")):
+  if model_type in ("mistral", "phi3", *_GEMMA) or (model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window")):
     sliding_window = hf.get("sliding_window")
+  layer_types = ()
+  if sliding_window is not None and model_type in ("qwen2", "qwen3", *_GEMMA):
+    layer_types = tuple(hf.get("layer_types") or _default_layer_types(hf, model_type, num_layers))
+    if len(layer_types) != num_layers or set(layer_types) - set(LAYER_TYPES):
+      raise UnsupportedModelError(
+        f"{where}: field 'layer_types' must list {num_layers} of {', '.join(LAYER_TYPES)}, got {list(layer_types)}"
+      )
+    if "sliding_attention" not in layer_types:
+      sliding_window, layer_types = None, ()
+    elif "full_attention" not in layer_types:
+      layer_types = ()
 
+  local_rope_theta = None
+  if model_type == "gemma3_text":
+    local_rope_theta = float((local_rope or {}).get("rope_theta", hf.get("rope_local_base_freq", 10_000.0)))
+
+  gemma = model_type in _GEMMA
   eos = hf.get("eos_token_id", 2)
   return dict(
     model_type=model_type,
     vocab_size=need("vocab_size"),
     embed_dim=embed_dim,
     mlp_dim=need("intermediate_size"),
-    num_layers=need("num_hidden_layers"),
+    num_layers=num_layers,
     num_heads=num_heads,
     num_kv_heads=hf.get("num_key_value_heads") or num_heads,
     head_dim=hf.get("head_dim") or embed_dim // num_heads,
@@ -222,13 +361,41 @@ def _fields_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
     rope_theta=float(rope_theta),
     rope_scaling=_rope_scaling_from_hf(scaling, where),
     max_position_embeddings=hf.get("max_position_embeddings", 4096),
-    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
     qkv_bias=model_type == "qwen2",
     sliding_window=sliding_window,
     bos_token_id=hf.get("bos_token_id"),
     eos_token_ids=tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ()),
     pad_token_id=hf.get("pad_token_id"),
+    hidden_activation=HIDDEN_ACTIVATIONS[activation],
+    norm_weight_offset=1.0 if gemma else 0.0,
+    scale_embeddings=gemma,
+    sandwich_norms=gemma,
+    qk_norm=model_type in ("qwen3", "gemma3_text"),
+    query_pre_attn_scalar=float(hf["query_pre_attn_scalar"]) if gemma and hf.get("query_pre_attn_scalar") else None,
+    attn_logit_softcap=_positive_or_none(hf, "attn_logit_softcapping", where) if gemma else None,
+    final_logit_softcap=_positive_or_none(hf, "final_logit_softcapping", where) if gemma else None,
+    layer_types=layer_types,
+    local_rope_theta=local_rope_theta,
   )
+
+
+def _default_layer_types(hf: dict[str, Any], model_type: str, num_layers: int) -> list[str]:
+  """Layer types of configs written before transformers listed them."""
+  if model_type in ("qwen2", "qwen3"):  # sliding from layer max_window_layers on
+    first = hf.get("max_window_layers", num_layers)
+    return ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+  period = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", 6)  # every period-th layer is global
+  return ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(num_layers)]
+
+
+def _positive_or_none(hf: dict[str, Any], key: str, where: str) -> float | None:
+  value = hf.get(key)
+  if value is None:
+    return None
+  if not isinstance(value, (int, float)) or value <= 0:
+    raise UnsupportedModelError(f"{where}: field {key!r} is {value!r}; expected a positive number or null")
+  return float(value)
 
 
 def _rope_scaling_from_hf(scaling: dict[str, Any] | None, where: str) -> RopeScaling | None:
@@ -266,6 +433,83 @@ def _rope_scaling_to_hf(scaling: RopeScaling | None) -> dict[str, Any] | None:
 
 _LLAMA3_1_SCALING = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
 _LLAMA3_2_SCALING = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
+
+
+def _qwen3(embed_dim: int, mlp_dim: int, num_layers: int, num_heads: int, tie_embeddings: bool) -> ModelConfig:
+  return ModelConfig(
+    "qwen3",
+    151936,
+    embed_dim,
+    mlp_dim,
+    num_layers,
+    num_heads,
+    8,
+    128,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    max_position_embeddings=40960,
+    tie_embeddings=tie_embeddings,
+    qk_norm=True,
+    bos_token_id=151643,
+    eos_token_ids=(151645, 151643),
+    pad_token_id=151643,
+  )
+
+
+_GEMMA_COMMON = dict(
+  rms_norm_eps=1e-6,
+  tie_embeddings=True,
+  hidden_activation="gelu_tanh",
+  norm_weight_offset=1.0,
+  scale_embeddings=True,
+  sandwich_norms=True,
+  query_pre_attn_scalar=256.0,
+  bos_token_id=2,
+  pad_token_id=0,
+)
+
+
+def _gemma2(embed_dim: int, mlp_dim: int, num_layers: int, num_heads: int, num_kv_heads: int) -> ModelConfig:
+  return ModelConfig(
+    "gemma2",
+    256000,
+    embed_dim,
+    mlp_dim,
+    num_layers,
+    num_heads,
+    num_kv_heads,
+    256,
+    max_position_embeddings=8192,
+    sliding_window=4096,
+    layer_types=tuple("full_attention" if i % 2 else "sliding_attention" for i in range(num_layers)),
+    attn_logit_softcap=50.0,
+    final_logit_softcap=30.0,
+    eos_token_ids=(1, 107),
+    **_GEMMA_COMMON,
+  )
+
+
+def _gemma3(vocab, embed_dim, mlp_dim, num_layers, num_heads, num_kv_heads, window, scaling, max_positions):
+  return ModelConfig(
+    "gemma3_text",
+    vocab,
+    embed_dim,
+    mlp_dim,
+    num_layers,
+    num_heads,
+    num_kv_heads,
+    256,
+    rope_theta=1_000_000.0,
+    rope_scaling=scaling,
+    max_position_embeddings=max_positions,
+    sliding_window=window,
+    layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(num_layers)),
+    local_rope_theta=10_000.0,
+    qk_norm=True,
+    eos_token_ids=(1, 106),
+    **_GEMMA_COMMON,
+  )
+
 
 PRESETS: dict[str, ModelConfig] = {
   # Seconds on any machine: the benchmarks' and examples' smoke model (random weights only).
@@ -396,6 +640,28 @@ PRESETS: dict[str, ModelConfig] = {
     eos_token_ids=(151645,),
     pad_token_id=151643,
   ),
+  "qwen3-0.6b": _qwen3(1024, 3072, 28, 16, tie_embeddings=True),
+  "qwen3-1.7b": _qwen3(2048, 6144, 28, 16, tie_embeddings=True),
+  "qwen3-8b": _qwen3(4096, 12288, 36, 32, tie_embeddings=False),
+  "phi-3-mini": ModelConfig(
+    "phi3",
+    32064,
+    3072,
+    8192,
+    32,
+    32,
+    32,
+    96,
+    max_position_embeddings=4096,
+    sliding_window=2047,
+    bos_token_id=1,
+    eos_token_ids=(32000, 32001, 32007),
+    pad_token_id=32000,
+  ),
+  "gemma-2-2b": _gemma2(2304, 9216, 26, 8, 4),
+  "gemma-2-9b": _gemma2(3584, 14336, 42, 16, 8),
+  "gemma-3-1b": _gemma3(262144, 1152, 6912, 26, 4, 1, 512, None, 32768),
+  "gemma-3-4b": _gemma3(262208, 2560, 10240, 34, 8, 4, 1024, RopeScaling("linear", 8.0), 131072),
 }
 
 

@@ -1,9 +1,10 @@
-"""The Llama-family decoder in Flax linen, with a KV-cache path for generation.
+"""The decoder in Flax linen, with a KV-cache path for generation.
 
-One module covers Llama 2/3.x, Mistral, Qwen2/2.5, SmolLM2 and TinyLlama (see `ModelConfig`).
-Layers run under `nn.scan` so compile time does not grow with depth. Rows may be packed:
-`segment_ids` (0 = padding) keep segments from attending to each other and `positions`
-restart inside each segment.
+One module covers Llama 2/3.x, Mistral, Qwen2/2.5/3, Phi-3, Gemma 2/3, SmolLM2 and TinyLlama:
+each way a family differs is a `ModelConfig` switch (see there). Layers run under `nn.scan`
+so compile time does not grow with depth; where layers differ (Gemma's sliding and global
+layers) the scan carries a per-layer flag. Rows may be packed: `segment_ids` (0 = padding)
+keep segments from attending to each other and `positions` restart inside each segment.
 
 Shapes: B batch, T length, S cache length, D embed, N query heads, K key/value heads,
 H head dim, F MLP hidden, V vocab, L layers.
@@ -86,14 +87,38 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
 
 
 class RMSNorm(nn.Module):
+  """Over the last axis, in float32; times the weight (Llama) or (offset + weight) (Gemma)."""
+
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", _param(nn.initializers.ones, "norm"), (x.shape[-1],), self.config.base_param_dtype)
+    cfg = self.config
+    init = nn.initializers.zeros if cfg.norm_weight_offset == 1.0 else nn.initializers.ones  # a unit scale at start
+    scale = self.param("scale", _param(init, "norm"), (x.shape[-1],), cfg.base_param_dtype)
     x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
-    return normed.astype(self.config.dtype) * scale.astype(self.config.dtype)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    if cfg.norm_weight_offset:  # Gemma multiplies in float32, then casts
+      return (normed * (cfg.norm_weight_offset + scale.astype(jnp.float32))).astype(cfg.dtype)
+    return normed.astype(cfg.dtype) * scale.astype(cfg.dtype)
+
+
+def softcap(x, cap: float | None):
+  """cap * tanh(x / cap) in float32, in x's dtype; x itself without a cap."""
+  if cap is None:
+    return x
+  return (cap * jnp.tanh(x.astype(jnp.float32) / cap)).astype(x.dtype)
+
+
+def _rotary_frequencies(cfg: ModelConfig, is_sliding):
+  """The layer's inverse frequencies: Gemma 3's sliding layers have their own unscaled base."""
+  global_ = rotary.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  if cfg.local_rope_theta is None:
+    return global_
+  local = rotary.inverse_frequencies(cfg.head_dim, cfg.local_rope_theta, None)
+  if isinstance(is_sliding, bool):
+    return local if is_sliding else global_
+  return jnp.where(is_sliding, local, global_)
 
 
 class Attention(nn.Module):
@@ -101,7 +126,9 @@ class Attention(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, deterministic=True):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True):
+    """`is_sliding`: whether this layer attends within the window — a Python bool, or a traced
+    flag under the layer scan when layers differ."""
     cfg = self.config
 
     def projection(target, heads, heads_axis):
@@ -115,10 +142,24 @@ class Attention(nn.Module):
         name=f"{target}_proj",
       )(x_BxTxD, deterministic)
 
-    inv_freq = rotary.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    q_BxTxNxH = rotary.apply_rotary(projection("q", cfg.num_heads, "q_heads"), positions_BxT, inv_freq)
-    k_BxTxKxH = rotary.apply_rotary(projection("k", cfg.num_kv_heads, "kv_heads"), positions_BxT, inv_freq)
+    q_BxTxNxH = projection("q", cfg.num_heads, "q_heads")
+    k_BxTxKxH = projection("k", cfg.num_kv_heads, "kv_heads")
     v_BxTxKxH = projection("v", cfg.num_kv_heads, "kv_heads")
+    if cfg.qk_norm:
+      q_BxTxNxH = RMSNorm(cfg, name="q_norm")(q_BxTxNxH)
+      k_BxTxKxH = RMSNorm(cfg, name="k_norm")(k_BxTxKxH)
+    inv_freq = _rotary_frequencies(cfg, is_sliding)
+    q_BxTxNxH = rotary.apply_rotary(q_BxTxNxH, positions_BxT, inv_freq)
+    k_BxTxKxH = rotary.apply_rotary(k_BxTxKxH, positions_BxT, inv_freq)
+    # A static layer gets its window or none; a traced flag switches the window on per layer.
+    traced = not isinstance(is_sliding, bool)
+    window = cfg.sliding_window if traced or is_sliding else None
+    how = dict(
+      sliding_window=window,
+      window_on=is_sliding if traced else None,
+      scale=cfg.query_scale,
+      logit_softcap=cfg.attn_logit_softcap,
+    )
     q_BxTxNxH = sharding.constrain(q_BxTxNxH, ("batch", "length", "act_heads", "head_dim"), self.mesh)
 
     if cache_view is None or cache_view.mode == "prefill":
@@ -132,9 +173,9 @@ class Attention(nn.Module):
         q_segment_ids_BxT=segment_ids_BxT,
         kv_positions_BxS=positions_BxT,
         kv_segment_ids_BxS=segment_ids_BxT,
-        sliding_window=cfg.sliding_window,
         kernel=cfg.attention,
         mesh=self.mesh,
+        **how,
       )
     else:
       # Written before they are read, so the update happens in place: the attention reads
@@ -150,7 +191,7 @@ class Attention(nn.Module):
         q_segment_ids_BxT=segment_ids_BxT,
         cache_positions_BxS=cache_view.positions,
         cache_segment_ids_BxS=cache_view.segment_ids,
-        sliding_window=cfg.sliding_window,
+        **how,
       )
     out_BxTxD = Projection(
       cfg, "o", features=(cfg.embed_dim,), num_inputs=2, axes=("q_heads", "head_dim", "embed"), name="o_proj"
@@ -171,34 +212,47 @@ class MLP(nn.Module):
         x, deterministic
       )
 
+    activation = nn.silu if cfg.hidden_activation == "silu" else functools.partial(nn.gelu, approximate=True)
     gate_BxTxF = dense("gate", cfg.mlp_dim, ("embed", "mlp"), x_BxTxD)
     up_BxTxF = dense("up", cfg.mlp_dim, ("embed", "mlp"), x_BxTxD)
-    hidden_BxTxF = sharding.constrain(nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"), self.mesh)
+    hidden_BxTxF = sharding.constrain(activation(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"), self.mesh)
     return dense("down", cfg.embed_dim, ("mlp", "embed"), hidden_BxTxF)
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm attention and SwiGLU MLP, each with a residual; the body of the layer scan."""
+  """Pre-norm attention and gated MLP, each with a residual; the body of the layer scan.
+
+  With sandwich norms (Gemma 2/3) each block's output is normed too before its residual:
+  then `post_attention_norm` norms the attention output (as Gemma's post_attention_layernorm
+  does) and `pre_mlp_norm` the MLP input; otherwise `post_attention_norm` is the MLP's input
+  norm (Llama's post_attention_layernorm).
+  """
 
   config: ModelConfig
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, deterministic=True):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True):
+    cfg = self.config
+    if is_sliding is None:  # every layer alike
+      is_sliding = cfg.is_sliding(0)
     x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"), self.mesh)
-    attn_out, new_kv = Attention(self.config, self.mesh, name="attention")(
-      RMSNorm(self.config, name="input_norm")(x_BxTxD),
+    attn_out, new_kv = Attention(cfg, self.mesh, name="attention")(
+      RMSNorm(cfg, name="input_norm")(x_BxTxD),
       positions_BxT,
       segment_ids_BxT,
       layer_kv,
       cache_view,
+      is_sliding,
       deterministic,
     )
+    mlp = MLP(cfg, self.mesh, name="mlp")
+    if cfg.sandwich_norms:
+      x_BxTxD = x_BxTxD + RMSNorm(cfg, name="post_attention_norm")(attn_out)
+      mlp_out = mlp(RMSNorm(cfg, name="pre_mlp_norm")(x_BxTxD), deterministic)
+      return x_BxTxD + RMSNorm(cfg, name="post_mlp_norm")(mlp_out), new_kv
     x_BxTxD = x_BxTxD + attn_out
-    x_BxTxD = x_BxTxD + MLP(self.config, self.mesh, name="mlp")(
-      RMSNorm(self.config, name="post_attention_norm")(x_BxTxD), deterministic
-    )
-    return x_BxTxD, new_kv
+    return x_BxTxD + mlp(RMSNorm(cfg, name="post_attention_norm")(x_BxTxD), deterministic), new_kv
 
 
 class Transformer(nn.Module):
@@ -223,7 +277,8 @@ class Transformer(nn.Module):
       block,
       variable_axes={"params": 0, "lora": 0},
       split_rngs={"params": True, "dropout": True},
-      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+      # positions, segment ids, per-layer cache, cache view, per-layer sliding flag, deterministic
+      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0 if cfg.mixed_layers else nn.broadcast, nn.broadcast),
       length=cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, self.mesh)
@@ -260,7 +315,10 @@ class Transformer(nn.Module):
     return self.logits_from_hidden(hidden[:, -1]), new_kv
 
   def embed(self, tokens_BxT):
-    return self.embedder(tokens_BxT)
+    x_BxTxD = self.embedder(tokens_BxT)
+    if self.config.scale_embeddings:  # Gemma: by sqrt(D) rounded to the compute dtype
+      x_BxTxD = x_BxTxD * jnp.asarray(self.config.embed_dim**0.5, self.config.dtype)
+    return x_BxTxD
 
   def head(self, x_BxTxD):
     """Logits from the last layer's output: the final norm, then the projection to the vocabulary."""
@@ -272,11 +330,13 @@ class Transformer(nn.Module):
     else:
       logits = self.lm_head(hidden_BxTxD)
     axes = ("batch", "length", "act_vocab") if logits.ndim == 3 else ("batch", "act_vocab")
-    return sharding.constrain(logits, axes, self.mesh)
+    return sharding.constrain(softcap(logits, self.config.final_logit_softcap), axes, self.mesh)
 
   def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic=True):
-    x_BxTxD = self.embedder(tokens_BxT)
-    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic)
+    cfg = self.config
+    is_sliding_L = jnp.asarray([cfg.is_sliding(i) for i in range(cfg.num_layers)]) if cfg.mixed_layers else None
+    x_BxTxD = self.embed(tokens_BxT)
+    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view, is_sliding_L, deterministic)
     return self.final_norm(x_BxTxD), new_kv
 
 
@@ -370,7 +430,7 @@ def decode(
       # layer at a time, instead of all of them at once ahead of the first layer.
       x_BxTxD, layer_variables = jax.lax.optimization_barrier((x_BxTxD, layer_variables))
     x_BxTxD, (layer_keys, layer_values) = block.apply(
-      layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view
+      layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view, config.is_sliding(layer)
     )
     keys.append(layer_keys)
     values.append(layer_values)

@@ -150,7 +150,7 @@ def sft_program(block, model_source: str, devices) -> ProgramPlan:
   plan = ProgramPlan(
     "sft",
     "SFT step",
-    attention.choose_kernel(model_config.attention, "tpu" if _is_tpu(devices) else "cpu", model_config.dtype, rows[1]),
+    attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
   return _measure(plan, lambda: step.lower(state, batch, base), (state, batch, base))
@@ -197,9 +197,7 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
     num_microbatches=block.num_microbatches,
     chunk_size=block.chunk_size,
   )
-  kernel = attention.choose_kernel(
-    model_config.attention, "tpu" if _is_tpu(devices) else "cpu", model_config.dtype, block.max_length
-  )
+  kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", block.max_length)
   mode = "reference precomputed" if precomputed else "reference in the step"
   batch = _pair_batch(mesh, block.batch_size, block.max_length, precomputed)
   plans = [
@@ -266,7 +264,7 @@ def sampler_program(
   plan = ProgramPlan(
     phase,
     f"sampler ({batch} rows, {width}-token prompts, {max_new_tokens} new; decode loop counted once)",
-    attention.choose_kernel(model_config.attention, "tpu" if _is_tpu(devices) else "cpu", model_config.dtype, width),
+    attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", width),
     model_flops=(flops.forward_flops(model_config, batch, width) + flops.forward_flops(model_config, batch, 1))
     / len(devices),
   )

@@ -222,8 +222,11 @@ class TrainingRun:
         self.base, self.state.params
       )
       hf_checkpoint.save_hf_checkpoint(merged, plain, export_dir, tokenizer=self.model.tokenizer)
-      peft.save_peft_adapter(
-        self.state.params, config, self.workdir / "export_adapter", base_model=str(self.config.model)
-      )
+      if config.fused_projections:
+        print(f"no PEFT adapter: {config.model_type} fuses q/k/v and gate/up, which separate adapters do not fit")
+      else:
+        peft.save_peft_adapter(
+          self.state.params, config, self.workdir / "export_adapter", base_model=str(self.config.model)
+        )
     print(f"exported to {export_dir}")
     return export_dir
