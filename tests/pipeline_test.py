@@ -68,14 +68,25 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
   assert sorted(p.name for p in changed) == ["results.json", "results.md"]
 
-  # A changed DPO setting reruns refine and the evaluation of its student, nothing else.
+  # A changed DPO setting reruns refine and the evaluation of its student, nothing else; the
+  # student's samples, made by the same model with the same settings, are kept as they are.
+  samples = {name: (tmp_path / "refine" / name).read_bytes() for name in ("samples.cot.jsonl", "samples.direct.jsonl")}
+  sample_times = {name: (tmp_path / "refine" / name).stat().st_mtime_ns for name in samples}
   config.refine.beta = 0.2
   pipeline.run(config, tmp_path, progress=False)
   third = capsys.readouterr().out
-  assert "[refine] its config or an earlier phase changed since it ran: running it again" in third
+  assert "[refine] its config or an earlier phase changed since it ran: running it again (keeping" in third
   assert "[eval/srit] its config or an earlier phase changed" in third
   for phase in ("demos", "sft", "eval/untuned", "eval/sft"):
     assert f"[{phase}] done already, skipped" in third
+  for name, content in samples.items():
+    assert (tmp_path / "refine" / name).stat().st_mtime_ns == sample_times[name], name
+    assert (tmp_path / "refine" / name).read_bytes() == content
+  # A changed sampling setting remakes the samples it touches.
+  config.refine.temperature = 0.9
+  pipeline.run(config, tmp_path, progress=False)
+  capsys.readouterr()
+  assert (tmp_path / "refine" / "samples.cot.jsonl").read_bytes() != samples["samples.cot.jsonl"]
 
   # A second round of refinement from the refined student, its reference still the SFT
   # student: round 1 is kept, round 2 starts where the policy already differs from it.

@@ -138,10 +138,20 @@ def write_jsonl(path: str | pathlib.Path, records: Iterable[dict]) -> None:
     _atomic_write(pathlib.Path(path), lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def reset_directory(path: str | pathlib.Path) -> None:
-  """Removes `path` (by the writing process, once) and makes every process wait until it is gone."""
-  if is_writer():
-    shutil.rmtree(path, ignore_errors=True)
+def reset_directory(path: str | pathlib.Path, keep: tuple[str, ...] = ()) -> None:
+  """Empties `path` but for the files named in `keep` (by the writing process, once) and makes
+  every process wait until it is done."""
+  path = pathlib.Path(path)
+  if is_writer() and path.exists():
+    for child in path.iterdir():
+      if child.name in keep:
+        continue
+      if child.is_dir() and not child.is_symlink():
+        shutil.rmtree(child, ignore_errors=True)
+      else:
+        child.unlink(missing_ok=True)
+    if not keep:
+      path.rmdir()
   barrier(f"reset {path}")
 
 

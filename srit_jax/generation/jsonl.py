@@ -143,6 +143,8 @@ def generate_to_jsonl(
     kept += len(batch) * num_samples
     done_batches += 1
   io.barrier(f"read {out_path}")  # every process has read the file before process 0 truncates it
+  if done_batches == len(batches) and kept == len(lines):
+    return out_path  # complete, and made from these inputs: left as it is
   io.write_json(_meta_path(out_path), {"inputs": inputs, "records": len(records), "num_samples": num_samples})
 
   bar = tqdm.tqdm(

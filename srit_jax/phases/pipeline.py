@@ -32,12 +32,17 @@ COMPARISONS = (("sft", "srit"), ("untuned", "sft"), ("untuned", "srit"))  # (fir
 
 
 class Phase:
-  """A phase directory with a completion marker keyed by a fingerprint of its inputs."""
+  """A phase directory with a completion marker keyed by a fingerprint of its inputs.
 
-  def __init__(self, workdir: pathlib.Path, name: str, *inputs):
+  When the inputs change, the directory is emptied but for `keep`: files that carry their own
+  fingerprint and are remade when theirs no longer matches (the student's samples, which a
+  change of DPO settings leaves valid)."""
+
+  def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
     self.fingerprint = fingerprint.digest(fingerprint.portable(list(inputs), workdir))
     self.marker = self.dir / "DONE.json"
+    self.keep = keep
 
   def done(self) -> bool:
     if not self.marker.exists():
@@ -47,8 +52,12 @@ class Phase:
     if json.loads(self.marker.read_text(encoding="utf-8"))["fingerprint"] == self.fingerprint:
       print(f"[{self.name}] done already, skipped")
       return True
-    print(f"[{self.name}] its config or an earlier phase changed since it ran: running it again")
-    io.reset_directory(self.dir)
+    kept = sorted(name for name in self.keep if (self.dir / name).exists())
+    print(
+      f"[{self.name}] its config or an earlier phase changed since it ran: running it again"
+      + (f" (keeping {', '.join(kept)}, remade if stale)" if kept else "")
+    )
+    io.reset_directory(self.dir, keep=self.keep)
     return False
 
   def finish(self, details: dict | None = None) -> None:
@@ -109,7 +118,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       with refine_config.unlocked():
         refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
     name = "refine" if round_ == 1 else f"refine_{round_}"
-    refine_phase = Phase(workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint)
+    refine_phase = Phase(
+      workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint, keep=refine.SAMPLE_FILES
+    )
     if not refine_phase.done():
       print(f"[{name}] self-refinement: the student's samples, preference pairs, DPO")
       summary = refine.run(refine_config, refine_phase.dir, progress=progress, check_memory=False)

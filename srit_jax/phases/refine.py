@@ -40,6 +40,17 @@ from srit_jax.training.run import DeviceBatches, TrainingRun
 QUESTIONS = ("task", "demos")
 
 
+def samples_file(style: str) -> str:
+  return f"samples.{style}.jsonl"
+
+
+# The student's samples and their fingerprints: each file is remade when its own fingerprint
+# (model, prompts, sampling settings) no longer matches, so a rerun with other DPO settings keeps them.
+SAMPLE_FILES = tuple(
+  name for style in (prompts.COT, prompts.DIRECT) for name in (samples_file(style), samples_file(style) + ".meta.json")
+)
+
+
 def training_questions(config) -> list[Example]:
   """The task's training split, or (questions="demos") the questions of the demonstrations file."""
   if config.questions == "task":
@@ -100,7 +111,7 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
     completions = generate_texts(
       model,
       records,
-      workdir / f"samples.{style}.jsonl",
+      workdir / samples_file(style),
       max_new_tokens=lengths[style],
       settings=settings,
       num_samples=count,
