@@ -33,7 +33,10 @@ CONFIG = "configs/wordmath.py"
 # name: (what it changes, config overrides)
 VARIANTS = {
   "base": ("the base recipe: CoT over direct answers, beta 0.1, lr 5e-6, 20 steps", []),
-  "correct_vs_incorrect": ("pairs: a correct CoT answer over an incorrect one", ["refine.strategy=correct_vs_incorrect"]),
+  "correct_vs_incorrect": (
+    "pairs: a correct CoT answer over an incorrect one",
+    ["refine.strategy=correct_vs_incorrect"],
+  ),
   "mixed": ("pairs: both kinds, the cap of 2 per question shared", ["refine.strategy=mixed"]),
   "lr_2e-5": ("4x the learning rate", ["refine.optimizer.learning_rate=2e-5"]),
   "nll_1": ("an NLL term on the chosen answers (weight 1)", ["refine.nll_weight=1.0"]),
