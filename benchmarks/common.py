@@ -8,8 +8,10 @@ Every benchmark takes these flags:
   --warmup, --repeats timing: median of `repeats` calls after `warmup` untimed ones
   --baseline=a,b      PyTorch baselines to time in the same run (each needs torch)
   --out=FILE          the figures as JSON
+  --profile=DIR       a jax.profiler trace of one more call of ours (read it with trace_summary.py)
 Ours runs on every local device of JAX's default backend (FSDP over them); the PyTorch
-baselines on CUDA when it is there, else the CPU, on the same architecture and batch.
+baselines on CUDA when it is there, else the CPU, on the same architecture and batch. Training
+baselines run first and give their memory back before ours runs (JAX keeps what it allocated).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ WARMUP = flags.DEFINE_integer("warmup", 2, "untimed calls first")
 REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls (the median is reported)")
 BASELINES = flags.DEFINE_list("baseline", [], "PyTorch baselines to time beside ours")
 OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
+PROFILE = flags.DEFINE_string("profile", None, "trace one more call of ours into this folder (perfetto_trace.json.gz)")
 
 # HBM bandwidth per device, for the decode roofline.
 HBM_BYTES_PER_S = {"NVIDIA H100": 3.35e12, "NVIDIA H200": 4.8e12, "NVIDIA A100": 2.0e12, "TPU v5 lite": 0.82e12}
@@ -92,6 +95,16 @@ def median_seconds(fn, *, warmup: int | None = None, repeats: int | None = None)
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def profile(fn) -> None:
+  """One more call of `fn` under `jax.profiler.trace` when --profile is given (a folder per call)."""
+  if not PROFILE.value:
+    return
+  import jax
+
+  with jax.profiler.trace(PROFILE.value, create_perfetto_trace=True):
+    fn()
 
 
 def machine() -> dict:
@@ -160,6 +173,19 @@ def torch_peak_memory() -> int | None:
   import torch
 
   return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def release_torch(figures: dict) -> dict:
+  """After a baseline: its memory goes back to the device, for ours (which runs after it) to use."""
+  import gc
+
+  import torch
+
+  gc.collect()
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+  return figures
 
 
 def report(results: dict) -> None:

@@ -71,8 +71,10 @@ def ours(model, batch, precomputed: bool) -> dict:
     state, metrics = compiled(state, reference, on_mesh, None)
     jax.block_until_ready(metrics)
 
+  step_s = common.median_seconds(one)
+  common.profile(one)
   return {
-    "step_s": common.median_seconds(one),
+    "step_s": step_s,
     "compile_s": compile_s,
     "temp_bytes": int(memory.temp_size_in_bytes),
     "argument_bytes": int(memory.argument_size_in_bytes),
@@ -132,13 +134,13 @@ def main(argv):
       "rejected": _side(pairs, length, model.config.vocab_size, 1),
     }
     run = {"pairs": pairs, "length_per_side": length, "microbatches": _MICROBATCHES.value}
+    theirs = {baseline: common.release_torch(torch_step(model.config, batch)) for baseline in baselines}
     for name, precomputed in (("in_step_reference", False), ("precomputed_reference", True)):
       figures = ours(model, batch, precomputed)
       step_flops = flops.dpo_step_flops(model.config, pairs, length, not precomputed)
       figures.update(pairs_per_s=pairs / figures["step_s"], mfu=step_flops / figures["step_s"] / peak)
       run[name] = figures
-    for baseline in baselines:
-      figures = torch_step(model.config, batch)
+    for baseline, figures in theirs.items():
       figures.update(
         pairs_per_s=pairs / figures["step_s"],
         ours_speedup=figures["step_s"] / run["in_step_reference"]["step_s"],

@@ -96,3 +96,27 @@ def test_unknown_baseline_is_refused_by_name(tmp_path):
     timeout=600,
   )
   assert result.returncode != 0 and "tensorflow" in result.stderr
+
+
+def test_attention_kernels_agree_with_xla_and_a_missing_kernel_is_reported(tmp_path):
+  figures = _run(tmp_path, "attention.py", "--sizes=2x128", "--segments=3", "--kernels=xla,blockwise,cudnn")
+  (run,) = figures["runs"]
+  assert run["xla"]["max_error_out"] < 1e-5 and _positive(run["xla"]["seconds"])
+  assert run["blockwise"]["max_error_out"] < 1e-4 and run["blockwise"]["max_error_grads"] < 1e-4
+  assert "cuDNN" in run["cudnn"]["error"]  # no GPU here: the kernel says so instead of stopping the run
+
+
+def test_a_profiled_step_is_summarized_by_kernel(tmp_path):
+  _run(tmp_path, "train_step.py", "--sizes=2x64", f"--profile={tmp_path / 'trace'}")
+  summary = tmp_path / "kernels.json"
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "benchmarks" / "trace_summary.py"), str(tmp_path / "trace"), f"--out={summary}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  (trace,) = json.loads(summary.read_text())
+  assert _positive(trace["busy_ms"]) and trace["kernels"]
+  assert sum(trace["kinds_ms"].values()) == pytest.approx(trace["busy_ms"])
+  assert all(0 < kernel["share"] <= 1 for kernel in trace["kernels"])

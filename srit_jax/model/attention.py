@@ -8,8 +8,9 @@ Masking is described by positions and segment ids (0 = padding), never by a read
   backward pass keeps no [T, S] scores. Sequences must be whole 128-position blocks.
 - "blockwise" (any backend; GPU in float32): online-softmax attention over key blocks with
   each block rematerialised in the backward pass, so no [B, N, T, S] scores are kept.
-- "cudnn" (GPU, half precision): `jax.nn.dot_product_attention`'s cuDNN kernel; it cannot
-  soft-cap scores.
+- "cudnn" (GPU, half precision): cuDNN's fused attention in its causal mode (it skips the key
+  blocks above the diagonal), with packed segments and padding as a [B, 1, T, S] mask that it
+  adds as a bias; it cannot soft-cap scores.
 - "xla" (CPU): `jax.nn.dot_product_attention` on XLA, scores materialised (fast for short
   rows); with soft-capping, the same computation written out.
 
@@ -109,8 +110,8 @@ def attend(
 
   Scores are q·k times `scale` (default H^-1/2), soft-capped when `logit_softcap` is set. The
   window applies where the traced flag `window_on` is true (always when it is None).
-  The splash kernel assumes what holds for training rows and prompts: queries and keys are
-  the same positions, and inside a segment positions count up by one.
+  The splash and cuDNN kernels assume what holds for training rows and prompts: queries and
+  keys are the same positions (in order), and inside a segment positions count up by one.
   """
   kernel = choose_kernel(kernel, platform_of(mesh), q_BxTxNxH.dtype, q_BxTxNxH.shape[1], logit_softcap)
   scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
@@ -151,7 +152,11 @@ def attend(
   mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window)
   if logit_softcap is not None:
     return _materialized(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale, logit_softcap)
-  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale, implementation=kernel)
+  # cuDNN's causal mode is exact here: queries and keys are the same positions, in order.
+  causal = kernel == "cudnn"
+  return jax.nn.dot_product_attention(
+    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale, is_causal=causal, implementation=kernel
+  )
 
 
 def _softcap(scores, cap: float | None):
