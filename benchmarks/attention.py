@@ -71,7 +71,14 @@ def kernel_fn(name: str, scale: float):
     )
   if name == "cudnn":
     return lambda q, k, v, s, p: attention.attend(
-      q, k, v, q_positions_BxT=p, q_segment_ids_BxT=s, kv_positions_BxS=p, kv_segment_ids_BxS=s, scale=scale,
+      q,
+      k,
+      v,
+      q_positions_BxT=p,
+      q_segment_ids_BxT=s,
+      kv_positions_BxS=p,
+      kv_segment_ids_BxS=s,
+      scale=scale,
       kernel=name,
     )
   if name == "cudnn_causal":
@@ -127,7 +134,7 @@ def main(argv):
     q, k, v, cotangent, segments, positions = inputs
     xla = kernel_fn("xla", q.shape[-1] ** -0.5)
 
-    def loss(q, k, v):
+    def loss(q, k, v, xla=xla, segments=segments, positions=positions, cotangent=cotangent):
       out = xla(q, k, v, segments, positions)
       return jnp.sum(out * cotangent), out
 

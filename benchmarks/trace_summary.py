@@ -49,7 +49,8 @@ def device_events(events: list[dict]) -> list[dict]:
 
 
 def summarize(path: pathlib.Path, top: int) -> dict:
-  data = json.loads(gzip.open(path).read())
+  with gzip.open(path) as file:
+    data = json.loads(file.read())
   events = device_events(data["traceEvents"] if isinstance(data, dict) else data)
   by_name = collections.defaultdict(lambda: [0.0, 0])
   for event in events:
@@ -76,7 +77,8 @@ def print_summary(summary: dict) -> None:
   print(f"\n{summary['trace']}: device busy {summary['busy_ms']:.2f} ms")
   print("  by kind: " + ", ".join(f"{kind} {ms:.2f} ms" for kind, ms in summary["kinds_ms"].items()))
   for kernel in summary["kernels"]:
-    print(f"  {kernel['ms']:9.3f} ms {100 * kernel['share']:5.1f}% x{kernel['calls']:<5d} {kernel['kind']:<13s} {kernel['name'][:90]}")
+    share = f"{kernel['ms']:9.3f} ms {100 * kernel['share']:5.1f}% x{kernel['calls']:<5d}"
+    print(f"  {share} {kernel['kind']:<13s} {kernel['name'][:90]}")
 
 
 def main(argv):
