@@ -87,6 +87,7 @@ def _records(path: pathlib.Path, n=16) -> pathlib.Path:
   return path
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_workdir_stops_at_once_and_the_first_is_unaffected(tiny_with_tokenizer, tmp_path):
   train_file = _records(tmp_path / "demos.jsonl")
   workdir = tmp_path / "run"

@@ -105,6 +105,7 @@ def test_gemma_layers_under_other_kernels_equal_the_xla_path(hf_model_dir, kerne
   np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir, family):
   directory, _ = hf_model_dir(family)

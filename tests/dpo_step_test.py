@@ -154,6 +154,7 @@ def test_nll_term_adds_the_chosen_token_cross_entropy(tiny):
   assert float(with_nll["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precomputed", [False, True])
 def test_microbatched_step_equals_one_pass(tiny, precomputed):
   config, params = tiny
@@ -174,6 +175,7 @@ def test_microbatched_step_equals_one_pass(tiny, precomputed):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-6), state.params, whole_state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precomputed", [False, True])
 def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   directory = hf_model_dir("llama")[0]

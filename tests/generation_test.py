@@ -143,6 +143,7 @@ def test_next_token_frequencies_match_the_softmax(tiny, temperature, top_p):
   assert scipy.stats.chisquare(observed_bins, expected_bins).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_sharded_generation_equals_single_device(hf_model_dir):
   directory, _ = hf_model_dir("llama")
   config, params = hf_checkpoint.load_hf_checkpoint(directory)

@@ -147,6 +147,7 @@ def test_qlora_forward_is_the_base_within_quantization_error(hf_model_dir, kind,
   assert metrics["loss"] < _train(quantized, steps=1)[1]["loss"]
 
 
+@pytest.mark.slow
 def test_dpo_with_lora_starts_at_log_2_against_base_plus_sft_adapters(hf_model_dir, tmp_path):
   directory, _ = hf_model_dir("llama")
   model = loading.load_model(directory, lora=_lora())
@@ -176,6 +177,7 @@ def test_dpo_with_lora_starts_at_log_2_against_base_plus_sft_adapters(hf_model_d
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.params), base_before)
 
 
+@pytest.mark.slow
 def test_sharded_lora_steps_equal_one_device(hf_model_dir):
   directory, _ = hf_model_dir("llama")
   alone = loading.load_model(directory, lora=_lora(quantization="int8"))
@@ -259,6 +261,7 @@ def test_the_configs_lora_block_reaches_sft(tiny_with_tokenizer, tmp_path):
   assert all(jax.tree.leaves(jax.tree.map(lambda x: 4 in x.shape, result.state.params)))  # adapters only
 
 
+@pytest.mark.slow
 def test_the_pipeline_refines_the_sft_adapters_against_themselves(tiny_student, tmp_path):
   from conftest import load_tiny_pipeline_config
 

@@ -3,6 +3,7 @@ phase rerun with the phases after it."""
 
 import json
 
+import pytest
 from conftest import load_tiny_pipeline_config
 
 from srit_jax.phases import pipeline
@@ -14,6 +15,7 @@ def _tiny_pipeline_config(model_dir):
   return config
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys):
   config = _tiny_pipeline_config(tiny_student)
   results = pipeline.run(config, tmp_path, progress=False)

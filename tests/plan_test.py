@@ -29,6 +29,7 @@ def _rows(stdout: str) -> list[list[str]]:
   return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("| ")][1:]
 
 
+@pytest.mark.slow
 def test_a_tiny_pipeline_fits_a_v5e_8_and_every_program_is_listed(tiny_with_tokenizer):
   result = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]

@@ -32,6 +32,7 @@ def _tiny_config(model_dir, demos_file, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_refine_runs_with_precomputed_and_in_step_reference(tiny_student, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   runs = {}
