@@ -31,7 +31,7 @@ _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "prompt tokens the s
 
 
 def all_variants() -> list[str]:
-  """Each student on each slice with its own method, and LoRA and QLoRA on the 8-chip v4 and v5e."""
+  """Each student on each slice with its own method, and the other methods on the 8-chip v4 and v5e."""
   from srit_jax.configs import paper
 
   own = [f"{s},{t}" for s in paper.STUDENTS for t in paper.SLICES]
@@ -39,7 +39,7 @@ def all_variants() -> list[str]:
     f"{s},{t},{m}"
     for s in paper.STUDENTS
     for t in ("v4-8", "v5e-8")
-    for m in ("lora", "qlora")
+    for m in ("full", "lora", "qlora")
     if paper.SIZES[(s, t)][0] != m
   ]
   return own + extra

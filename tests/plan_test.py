@@ -47,6 +47,18 @@ def test_a_tiny_pipeline_fits_a_v5e_8_and_every_program_is_listed(tiny_with_toke
   assert "every program fits" in result.stdout
 
 
+@pytest.mark.slow
+def test_a_paper_variant_fits_its_slice_in_every_phase():
+  """One paper-scale run (Llama-2-7B, full fine-tuning on v4-32) as `plan` sees it: every program
+  compiled for the slice fits its chips (the other variants: benchmarks/tpu_plan.py, docs/tpu.md)."""
+  result = _plan("--config=configs/paper.py:llama2_7b,v4-32", "--topology=v4-32", timeout=1500)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  rows = _rows(result.stdout)
+  assert {(r[0], r[1].split(" (")[0]) for r in rows} >= {("sft", "SFT step"), ("refine", "DPO step")}
+  assert all(r[8] == "yes" for r in rows) and all(r[2] == "splash" for r in rows if "step" in r[1])
+  assert "every program fits" in result.stdout
+
+
 def test_an_oversized_step_is_named_with_its_shortfall_and_what_would_fit(tiny_with_tokenizer):
   result = _plan(
     "--config=configs/sft.py",
