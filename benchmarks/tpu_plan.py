@@ -142,8 +142,8 @@ def write_doc(results: dict) -> None:
   lines += [
     "",
     f"Measured {time.strftime('%Y-%m-%d')} with jax and libtpu of the tpu extra on {platform.machine()} "
-    f"({sum(r['seconds'] for r in results.values()) / 60:.0f} minutes of wall time for {len(results)} variants, on a 2-core host "
-    "shared with other work).",
+    f"({sum(r['seconds'] for r in results.values()) / 60:.0f} minutes of wall time for {len(results)} variants, "
+    "on a 2-core host shared with other work).",
     "",
     "What the table shows:",
     "",
