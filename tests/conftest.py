@@ -2,7 +2,13 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Eight devices share two cores: a collective's participants can arrive far apart, so XLA:CPU's
+# rendezvous waits long instead of aborting the process after its default timeout.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "")
+  + " --xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=900"
+  + " --xla_cpu_collective_timeout_seconds=900"
+).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
 
