@@ -1,5 +1,5 @@
 #!/bin/bash
-# Every GPU figure of benchmarks/RESULTS.md in one run (about 8 minutes on one H100/H200), each
+# Every GPU figure of benchmarks/RESULTS.md in one run (about 10 minutes on one H100/H200), each
 # beside its PyTorch baseline in the same process; JSON, logs and kernel-time summaries of the
 # profiled calls go to $OUT (default /tmp/gpu_suite).
 #
