@@ -19,7 +19,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from srit_jax import sharding
-from srit_jax.model import decoder
 from srit_jax.model.config import ModelConfig
 from srit_jax.training import losses, sft_step
 from srit_jax.training.state import (
@@ -87,17 +86,9 @@ def sequence_log_probs(
 
   `params`: all parameters, or LoRA adapters over `base`.
   """
-  model = decoder.Transformer(config, mesh)
-  hidden = model.apply(
-    decoder.trained_variables(params, base),
-    side["tokens"],
-    side["positions"],
-    side["segment_ids"],
-    dropout_rng is None,
-    method="hidden_states",
-    rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+  token_log_probs = losses.token_log_probs(
+    config, params, side, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng
   )
-  token_log_probs = losses.chunked_token_log_probs(model, params, hidden, side["targets"], chunk_size, base)
   weights = side["loss_weights"].astype(jnp.float32)
   return jnp.sum(token_log_probs * weights, axis=-1), jnp.sum(weights, axis=-1)
 

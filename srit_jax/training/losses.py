@@ -46,6 +46,26 @@ def chunked_token_log_probs(
   return log_probs_NxBxC.transpose(1, 0, 2).reshape(batch, -1)[:, :length]
 
 
+def token_log_probs(config, params, rows: dict, *, mesh=None, chunk_size: int = 128, base=None, dropout_rng=None):
+  """log p(target_t | prefix) of every position of `rows` (tokens, positions, segment ids, targets),
+  float32 [B, T]: the model's forward to its last hidden state, then the chunked output layer.
+
+  `params` is the trained tree: all parameters, or LoRA adapters over `base`. With
+  `dropout_rng`, adapter dropout is on.
+  """
+  model = model_lib.Transformer(config, mesh)
+  hidden = model.apply(
+    model_lib.trained_variables(params, base),
+    rows["tokens"],
+    rows["positions"],
+    rows["segment_ids"],
+    dropout_rng is None,
+    method="hidden_states",
+    rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+  )
+  return chunked_token_log_probs(model, params, hidden, rows["targets"], chunk_size, base)
+
+
 def weighted_nll_sum(log_probs_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
   """Sum of -log p weighted per token (0 outside the answer); divide by the batch's weight sum."""
   return -jnp.sum(log_probs_BxT * weights_BxT.astype(jnp.float32))

@@ -37,17 +37,9 @@ def batch_nll_sum(params, micro, *, config: ModelConfig, mesh, chunk_size: int, 
   `params` is the trained tree: all parameters, or LoRA adapters over `base`. With
   `dropout_rng`, adapter dropout is on.
   """
-  model = decoder.Transformer(config, mesh)
-  hidden = model.apply(
-    decoder.trained_variables(params, base),
-    micro["tokens"],
-    micro["positions"],
-    micro["segment_ids"],
-    dropout_rng is None,
-    method="hidden_states",
-    rngs={} if dropout_rng is None else {"dropout": dropout_rng},
+  log_probs = losses.token_log_probs(
+    config, params, micro, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng
   )
-  log_probs = losses.chunked_token_log_probs(model, params, hidden, micro["targets"], chunk_size, base)
   return losses.weighted_nll_sum(log_probs, micro["loss_weights"])
 
 
