@@ -9,17 +9,15 @@ each segment, nothing across segments — and is timed as one jitted forward + b
 gradient of a random projection of its output with respect to q, k and v). Errors are the
 largest |difference| of output and gradients from float32 XLA attention on the same inputs,
 over the positions that belong to a segment (padding's outputs get no gradient). Kernels:
-  xla           `jax.nn.dot_product_attention` on XLA, the [B, T, S] mask materialised
-  blockwise     our online-softmax kernel over key blocks (any backend)
-  cudnn         the model's cuDNN kernel (`attention.attend`): causal mode plus the segment mask
+  xla           the model's XLA kernel (`attention.attend`): the [B, T, S] mask materialised
+  blockwise     the model's online-softmax kernel over key blocks (any backend)
+  cudnn         the model's cuDNN kernel: causal mode plus the segment mask
   cudnn_mask    cuDNN given the dense [B, 1, T, S] mask alone (it takes it as a bias)
   cudnn_causal  cuDNN causal over whole rows, ignoring segments: the speed bound, wrong on
                 packed rows (its error is reported)
 """
 
 from __future__ import annotations
-
-import functools
 
 import common
 from absl import app, flags
@@ -57,19 +55,7 @@ def kernel_fn(name: str, scale: float):
 
   from srit_jax.model import attention
 
-  def masked(q, k, v, segments, positions, implementation):
-    mask = attention.attention_mask(positions, segments, positions, segments)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
-
-  if name == "xla":
-    return functools.partial(masked, implementation="xla")
-  if name == "cudnn_mask":
-    return functools.partial(masked, implementation="cudnn")
-  if name == "blockwise":
-    return lambda q, k, v, s, p: attention.blockwise_attend(
-      q, k, v, q_positions_BxT=p, q_segment_ids_BxT=s, kv_positions_BxS=p, kv_segment_ids_BxS=s, scale=scale
-    )
-  if name == "cudnn":
+  if name in ("xla", "blockwise", "cudnn"):  # the model's own kernels, as it calls them
     return lambda q, k, v, s, p: attention.attend(
       q,
       k,
@@ -80,6 +66,10 @@ def kernel_fn(name: str, scale: float):
       kv_segment_ids_BxS=s,
       scale=scale,
       kernel=name,
+    )
+  if name == "cudnn_mask":
+    return lambda q, k, v, s, p: jax.nn.dot_product_attention(
+      q, k, v, mask=attention.attention_mask(p, s, p, s), scale=scale, implementation="cudnn"
     )
   if name == "cudnn_causal":
     return lambda q, k, v, s, p: jax.nn.dot_product_attention(

@@ -150,11 +150,9 @@ def _write_gguf(torch_model, path, architecture="llama"):
   inverse = {hf: g for g in _gguf_names(cfg.num_hidden_layers) if (hf := gguf_checkpoint.hf_name(g))}
   for name, param in torch_model.state_dict().items():
     array = param.float().numpy()
-    if architecture != "llama":
-      pass
-    elif ".q_proj." in name:
+    if architecture == "llama" and ".q_proj." in name:
       array = gguf_checkpoint.permute_qk(array, cfg.num_attention_heads)
-    elif ".k_proj." in name:
+    elif architecture == "llama" and ".k_proj." in name:
       array = gguf_checkpoint.permute_qk(array, cfg.num_key_value_heads)
     writer.add_tensor(inverse[name], np.ascontiguousarray(array))
   writer.write_header_to_file()
