@@ -50,6 +50,7 @@ class Model:
   config: object  # ModelConfig
   params: object
   mesh: object
+  tokenizer: object = None  # a real checkpoint's
 
 
 def baselines(known: tuple[str, ...]) -> list[str]:
@@ -73,7 +74,7 @@ def model() -> Model:
   numerics = dict(dtype=DTYPE.value, param_dtype=PARAM_DTYPE.value, remat_policy=REMAT.value, attention=ATTENTION.value)
   if MODEL.value:
     loaded = loading.load_model(MODEL.value, mesh=mesh, **numerics)
-    return Model(loaded.config, loaded.params, mesh)
+    return Model(loaded.config, loaded.params, mesh, loaded.tokenizer)
   config = model_config.get_preset(PRESET.value, **numerics)
   return Model(config, decoder.init_params(config, jax.random.key(0), mesh), mesh)
 

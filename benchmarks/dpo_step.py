@@ -1,16 +1,27 @@
-"""DPO step throughput (pairs per second), MFU, compile time and memory, beside a PyTorch step.
+"""DPO step throughput (pairs per second), MFU, compile time and memory, beside a PyTorch step;
+and on real pairs, each way of laying them out in rows.
 
     python benchmarks/dpo_step.py                                            # SmolLM2-135M, CPU
     python benchmarks/dpo_step.py --preset=tinyllama-1.1b --dtype=bfloat16 --sizes=8x1024 \\
         --baseline=torch_eager                                                # on a GPU
+    python benchmarks/dpo_step.py --model=smollm2-135m-instruct \\
+        --pairs_file=runs/study/base/refine/pairs.jsonl --max_length=224    # packings on real pairs
 
 Ours: `dpo_step` (sigmoid loss, beta 0.1, AdamW with clipping, state donated), jitted once over
 every local device, in two forms: the frozen reference run inside the step, and reference
 log-probabilities precomputed (the step then runs the policy only). Baseline `torch_eager`: the
 same loss in `transformers` — reference forward under `no_grad`, policy forward over chosen and
 rejected rows, summed answer log-probs, `-logsigmoid(beta * margin)`, backward, clip, AdamW —
-with bfloat16 autocast when ours computes in bfloat16. A pair is two rows of `length` positions
-(the second half of each row is its answer). MFU as in train_step.py, on 2 x pairs rows.
+with bfloat16 autocast when ours computes in bfloat16. With --sizes a pair is two rows of
+`length` positions (the first half of each row is its prompt, shared by both sides, the second
+its answer). MFU as in train_step.py, on the step's rows.
+
+With --pairs_file (pairs.jsonl of a refine run) the pairs are tokenized with the model's chat
+template as refine does, and each --packings layout (one row per side, packed sides, shared
+prompts; rows as long as --pack_lengths times max_length) trains on the same batches of
+--batch_size pairs — successive batches of a seeded epoch, one per timed call — with the
+reference precomputed, as refine's default. Reported per layout: pairs per second, rows and
+positions per step, and the padding share (positions that hold no token).
 """
 
 from __future__ import annotations
@@ -22,62 +33,127 @@ from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["4x256"], "pairs x positions per side")
 _MICROBATCHES = flags.DEFINE_integer("microbatches", 1, "gradient accumulation of ours")
+_PAIRS_FILE = flags.DEFINE_string("pairs_file", None, "real pairs (a refine run's pairs.jsonl): time each packing")
+_PACKINGS = flags.DEFINE_list("packings", ["none", "sides", "shared_prompt"], "layouts to time on --pairs_file")
+_PACK_LENGTHS = flags.DEFINE_list("pack_lengths", ["1", "2", "4"], "packed row lengths, as multiples of max_length")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 224, "positions per side (refine's max_length)")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "pairs per step on --pairs_file")
 
 
-def _side(pairs, length, vocab, seed):
+def _random_pairs(pairs, length, vocab):
+  """`pairs` pairs of two `length`-position sides: a shared prompt half, then each side's answer."""
   import numpy as np
 
-  tokens = np.random.default_rng(seed).integers(0, vocab, (pairs, length + 1)).astype(np.int32)
-  weights = np.zeros((pairs, length), np.float32)
-  weights[:, length // 2 :] = 1.0
-  return {
-    "tokens": tokens[:, :-1],
-    "targets": tokens[:, 1:],
-    "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (pairs, length)).copy(),
-    "segment_ids": np.ones((pairs, length), np.int32),
-    "loss_weights": weights,
-  }
+  from srit_jax.data import pair_batches
+  from srit_jax.data.sft_examples import TokenizedExample
+
+  rng = np.random.default_rng(0)
+  half = length // 2
+  side = lambda prompt: TokenizedExample(
+    prompt + list(rng.integers(0, vocab, length + 1 - half)), [0] * half + [1] * (length + 1 - half)
+  )
+  out = []
+  for _ in range(pairs):
+    prompt = list(rng.integers(0, vocab, half))
+    out.append(pair_batches.TokenizedPair(side(prompt), side(prompt)))
+  return out
 
 
-def ours(model, batch, precomputed: bool) -> dict:
+def ours(model, batches, layout, precomputed: bool, rows: int) -> dict:
+  """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`."""
+  import itertools
+
   import jax
 
   from srit_jax import configs, sharding
+  from srit_jax.data import pair_batches
   from srit_jax.training import dpo_step, optimizer
   from srit_jax.training.state import create_train_state, state_shardings
 
+  pairs, index_lists = batches
+  k = _MICROBATCHES.value
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
   reference = jax.tree.map(lambda x: x.astype(model.config.dtype), model.params)
-  batch = dict(batch)
+  host = [pair_batches.make_pair_batch(pairs, indices, layout, rows, num_microbatches=k) for indices in index_lists]
   if precomputed:  # one pass over the pairs, before training
-    chosen, rejected = jax.jit(lambda p, b: dpo_step.reference_log_probs(model.config, p, b, mesh=model.mesh))(
-      reference, sharding.shard_rows(batch, model.mesh)
-    )
-    batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
+    score = jax.jit(lambda p, b: dpo_step.pair_log_probs(model.config, p, b, mesh=model.mesh))
+    for batch in host:
+      chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
+      batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
     reference = None
   state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
   state = jax.device_put(state, state_shardings(state, model.config, model.mesh))
+  branched = layout.packing == "shared_prompt"
   step = dpo_step.jit_dpo_step(
-    state, model.config, tx, model.mesh, precomputed_reference=precomputed, num_microbatches=_MICROBATCHES.value
+    state, model.config, tx, model.mesh, precomputed_reference=precomputed, num_microbatches=k, branched=branched
   )
-  on_mesh = sharding.shard_rows(batch, model.mesh)
+  on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
   start = time.perf_counter()
-  compiled = step.lower(state, reference, on_mesh, None).compile()
+  compiled = step.lower(state, reference, on_mesh[0], None).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
+  cycle = itertools.cycle(on_mesh)
 
   def one():
     nonlocal state
-    state, metrics = compiled(state, reference, on_mesh, None)
+    state, metrics = compiled(state, reference, next(cycle), None)
     jax.block_until_ready(metrics)
 
   step_s = common.median_seconds(one)
   common.profile(one)
+  tokens = sum(int((b["rows"]["segment_ids"] > 0).sum()) for b in host) / len(host)
+  positions = host[0]["rows"]["tokens"].size
   return {
     "step_s": step_s,
     "compile_s": compile_s,
     "temp_bytes": int(memory.temp_size_in_bytes),
     "argument_bytes": int(memory.argument_size_in_bytes),
+    "rows": rows * k,
+    "row_length": layout.row_length,
+    "positions_per_step": positions,
+    "padding_share": 1 - tokens / positions,
+  }
+
+
+def on_real_pairs(model, peak) -> dict:
+  """Each packing on the same batches of real pairs, the reference precomputed."""
+  from srit_jax.data import pair_batches, preference_pairs
+  from srit_jax.training import flops
+
+  records = preference_pairs.read_pairs(_PAIRS_FILE.value)
+  pairs = pair_batches.tokenize_pairs(model.tokenizer, records, _MAX_LENGTH.value)
+  steps = common.WARMUP.value + common.REPEATS.value
+  runs = []
+  for packing in _PACKINGS.value:
+    for factor in [1] if packing == "none" else map(int, _PACK_LENGTHS.value):
+      layout = pair_batches.PairLayout(packing, factor * _MAX_LENGTH.value)
+      iterator = pair_batches.PairBatchIterator(
+        pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
+      )
+      rows = iterator.rows_for_steps(steps)
+      index_lists = [iterator.next_indices() for _ in range(steps)]
+      figures = ours(model, (pairs, index_lists), layout, True, rows)
+      step_flops = flops.dpo_step_flops(model.config, figures["rows"], layout.row_length, False)
+      figures.update(
+        packing=packing,
+        pairs_per_s=_BATCH_SIZE.value / figures["step_s"],
+        mfu=step_flops / figures["step_s"] / peak,
+      )
+      runs.append(figures)
+      print(f"{packing} x{factor}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")
+  unpacked = next((r for r in runs if r["packing"] == "none"), None)
+  for run in runs:
+    if unpacked:
+      run["speedup_over_one_row_per_side"] = unpacked["step_s"] / run["step_s"]
+  lengths = [(len(p.chosen.tokens), len(p.rejected.tokens), p.shared_prefix()) for p in pairs]
+  mean = lambda i: sum(x[i] for x in lengths) / len(lengths)
+  return {
+    "pairs_file": _PAIRS_FILE.value,
+    "pairs": len(pairs),
+    "batch_size": _BATCH_SIZE.value,
+    "max_length": _MAX_LENGTH.value,
+    "mean_tokens": {"chosen_side": mean(0), "rejected_side": mean(1), "shared_prompt": mean(2)},
+    "runs": runs,
   }
 
 
@@ -92,23 +168,25 @@ def torch_step(config, batch, beta: float = 0.1) -> dict:
   reference = copy.deepcopy(policy).eval().requires_grad_(False)
   policy.train()
   opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0, fused=device.type == "cuda")
-  tensor = lambda x, dtype=torch.long: torch.as_tensor(x, dtype=dtype, device=device)
-  both = lambda field: np.concatenate([batch["chosen"][field], batch["rejected"][field]])
-  ids, labels = tensor(both("tokens")), tensor(both("targets"))
-  weights = tensor(both("loss_weights"), torch.float32)
+  tensor = lambda x, dtype=torch.long: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+  rows = batch["rows"]  # one row per side
+  ids, labels = tensor(rows["tokens"]), tensor(rows["targets"])
+  weights, slots = tensor(rows["loss_weights"], torch.float32), tensor(rows["answer_slots"]).flatten()
+  pairs = len(batch["chosen_lengths"])
 
   def answer_log_probs(model):
+    """(chosen, rejected) summed answer log-probs per pair."""
     with common.torch_autocast():
       logits = model(ids).logits.float()
     per_token = torch.gather(logits.log_softmax(-1), 2, labels[..., None])[..., 0]
-    return (per_token * weights).sum(-1)
+    sums = torch.zeros(2 * pairs + 1, device=device).index_add(0, slots, (per_token * weights).flatten())
+    return sums[0 : 2 * pairs : 2], sums[1 : 2 * pairs : 2]
 
   def one():
     with torch.no_grad():
       ref = answer_log_probs(reference)
     logps = answer_log_probs(policy)
-    pairs = logps.shape[0] // 2
-    margin = (logps[:pairs] - ref[:pairs]) - (logps[pairs:] - ref[pairs:])
+    margin = (logps[0] - ref[0]) - (logps[1] - ref[1])
     loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -121,30 +199,37 @@ def torch_step(config, batch, beta: float = 0.1) -> dict:
 
 def main(argv):
   del argv
+  from srit_jax.data import pair_batches
   from srit_jax.training import flops
 
   baselines = common.baselines(("torch_eager",))
+  if _PAIRS_FILE.value and not common.MODEL.value:
+    raise app.UsageError("--pairs_file needs --model (its tokenizer renders the pairs)")
   model = common.model()
   peak = common.peak_flops()
   results = {"machine": common.machine(), "peak_tflops": peak / 1e12, "runs": []}
+  if _PAIRS_FILE.value:
+    results["real_pairs"] = on_real_pairs(model, peak)
+    common.report(results)
+    return
   for size in _SIZES.value:
     pairs, length = map(int, size.split("x"))
-    batch = {
-      "chosen": _side(pairs, length, model.config.vocab_size, 0),
-      "rejected": _side(pairs, length, model.config.vocab_size, 1),
-    }
+    tokenized = _random_pairs(pairs, length, model.config.vocab_size)
+    layout = pair_batches.PairLayout("none", length)
+    batch = pair_batches.make_pair_batch(tokenized, range(pairs), layout, 2 * pairs)
     run = {"pairs": pairs, "length_per_side": length, "microbatches": _MICROBATCHES.value}
     theirs = {baseline: common.release_torch(torch_step(model.config, batch)) for baseline in baselines}
+    rows_per_microbatch = 2 * pairs // _MICROBATCHES.value
     for name, precomputed in (("in_step_reference", False), ("precomputed_reference", True)):
-      figures = ours(model, batch, precomputed)
-      step_flops = flops.dpo_step_flops(model.config, pairs, length, not precomputed)
+      figures = ours(model, (tokenized, [list(range(pairs))]), layout, precomputed, rows_per_microbatch)
+      step_flops = flops.dpo_step_flops(model.config, 2 * pairs, length, not precomputed)
       figures.update(pairs_per_s=pairs / figures["step_s"], mfu=step_flops / figures["step_s"] / peak)
       run[name] = figures
     for baseline, figures in theirs.items():
       figures.update(
         pairs_per_s=pairs / figures["step_s"],
         ours_speedup=figures["step_s"] / run["in_step_reference"]["step_s"],
-        mfu=flops.dpo_step_flops(model.config, pairs, length, True) / figures["step_s"] / peak,
+        mfu=flops.dpo_step_flops(model.config, 2 * pairs, length, True) / figures["step_s"] / peak,
       )
       run[baseline] = figures
     results["runs"].append(run)

@@ -135,6 +135,55 @@ def test_blockwise_takes_key_lengths_that_are_not_whole_blocks():
   np.testing.assert_allclose(np.where(real, out, 0), np.where(real, reference, 0), atol=1e-5)
 
 
+def _branched_row(trunk=40, first=30, second=25):
+  """Positions, segments and branch ids of one segment: a trunk and two branches after it."""
+  positions = np.concatenate([np.arange(trunk), trunk + np.arange(first), trunk + np.arange(second)])
+  branches = np.concatenate([np.zeros(trunk), np.ones(first), np.full(second, 2)])
+  pad = LENGTH - len(positions)
+  segments = np.concatenate([np.ones(len(positions)), np.zeros(pad)])
+  as_rows = lambda x: jnp.asarray(np.concatenate([x, np.zeros(pad)])[None], jnp.int32)
+  return as_rows(positions), jnp.asarray(segments[None], jnp.int32), as_rows(branches)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "blockwise"])
+def test_each_branch_attends_as_if_trunk_and_branch_were_alone(kernel):
+  trunk, first, second = 40, 30, 25
+  q, k, v, _, _ = _inputs("causal", 4, 2, 64, jnp.float32, batch=1)
+  positions, segments, branches = _branched_row(trunk, first, second)
+  branched = _attend(kernel, q, k, v, positions, segments, q_branch_ids_BxT=branches, kv_branch_ids_BxS=branches)
+  for start, n in ((trunk, first), (trunk + first, second)):
+    alone = np.r_[0:trunk, start : start + n]  # the trunk, then this branch only
+    pick = lambda x, alone=alone: x[:, alone]
+    ids = jnp.ones((1, len(alone)), jnp.int32)
+    reference = _attend("xla", pick(q), pick(k), pick(v), pick(positions), ids)
+    np.testing.assert_allclose(pick(branched), reference, atol=1e-5)
+
+
+def test_blockwise_equals_the_xla_path_on_branched_segments():
+  positions, segments, branches = _branched_row()
+  q, k, v, _, _ = _inputs("causal", 4, 2, 64, jnp.float32, batch=1)
+  real = np.asarray(segments)[..., None, None] > 0
+  how = dict(q_branch_ids_BxT=branches, kv_branch_ids_BxS=branches)
+  for name in ("blockwise", "xla"):
+    out = _attend(name, q, k, v, positions, segments, **how)
+    grads = jax.grad(
+      lambda q, k, v, name=name: jnp.sum(jnp.where(real, _attend(name, q, k, v, positions, segments, **how), 0) ** 2),
+      argnums=(0, 1, 2),
+    )(q, k, v)
+    if name == "blockwise":
+      blockwise = (out, grads)
+  np.testing.assert_allclose(np.where(real, blockwise[0], 0), np.where(real, out, 0), atol=1e-5)
+  for a, b in zip(blockwise[1], grads):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_splash_refuses_branched_segments():
+  positions, segments, branches = _branched_row()
+  q, k, v, _, _ = _inputs("causal", 4, 2, 64, jnp.float32, batch=1)
+  with pytest.raises(ValueError, match="cannot attend within branched segments"):
+    _attend("splash", q, k, v, positions, segments, q_branch_ids_BxT=branches, kv_branch_ids_BxS=branches)
+
+
 def test_splash_on_a_mesh_equals_one_device():
   mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
   q, k, v, positions, segments = _inputs("packed", 4, 2, 64, jnp.float32, batch=4)

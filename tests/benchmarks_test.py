@@ -120,3 +120,30 @@ def test_a_profiled_step_is_summarized_by_kernel(tmp_path):
   assert _positive(trace["busy_ms"]) and trace["kernels"]
   assert sum(trace["kinds_ms"].values()) == pytest.approx(trace["busy_ms"])
   assert all(0 < kernel["share"] <= 1 for kernel in trace["kernels"])
+
+
+def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenizer):
+  pairs = tmp_path / "pairs.jsonl"
+  with open(pairs, "w") as f:
+    for i in range(6):
+      prompt = f"Question {i}: what is {i} plus {i}? Let's think step by step."
+      f.write(json.dumps({"prompt": prompt, "chosen": f"{i} plus {i} is {2 * i}. " * 3, "rejected": f"{i}."}) + "\n")
+  figures = _run(
+    tmp_path,
+    "dpo_step.py",
+    f"--model={tiny_with_tokenizer}",
+    f"--pairs_file={pairs}",
+    "--packings=none,sides,shared_prompt",
+    "--pack_lengths=2",
+    "--max_length=96",
+    "--batch_size=2",
+  )
+  real = figures["real_pairs"]
+  assert real["pairs"] == 6 and real["mean_tokens"]["shared_prompt"] > 10
+  by_packing = {run["packing"]: run for run in real["runs"]}
+  assert set(by_packing) == {"none", "sides", "shared_prompt"}
+  for run in real["runs"]:
+    assert _positive(run["pairs_per_s"]) and 0 <= run["padding_share"] < 1
+  # One row per side holds the most positions; sharing the prompt the fewest.
+  positions = {name: run["positions_per_step"] for name, run in by_packing.items()}
+  assert positions["none"] >= positions["sides"] > positions["shared_prompt"]

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_pairs import pair_batch, random_pairs
 
 from srit_jax import configs, sharding
 from srit_jax.conversion import hf_checkpoint
@@ -45,6 +46,7 @@ def test_raising_the_chosen_log_prob_lowers_the_loss(loss_type):
     ref_rejected_logps_B=jnp.array([-18.0]),
     beta=0.1,
     loss_type=loss_type,
+    chosen_lengths_B=jnp.array([6.0]),  # the nll loss type's normaliser
   )
   # Margins h = -8, -3, 2: below IPO's target 1/(2 beta) = 5, past which IPO pulls back by design.
   losses = [float(dpo.dpo_loss(jnp.array([c]), **base)[0][0]) for c in (-25.0, -20.0, -15.0)]
@@ -73,22 +75,8 @@ def test_doubling_beta_doubles_the_rewards():
 # --- The step on a tiny model ------------------------------------------------------------------
 
 
-def _side(rng, pairs, length, vocab=128):
-  tokens = rng.integers(3, vocab, (pairs, length + 1)).astype(np.int32)
-  weights = np.zeros((pairs, length), np.float32)
-  weights[:, length // 2 :] = 1.0  # the answer half
-  return {
-    "tokens": tokens[:, :-1],
-    "targets": tokens[:, 1:],
-    "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (pairs, length)).copy(),
-    "segment_ids": np.ones((pairs, length), np.int32),
-    "loss_weights": weights,
-  }
-
-
-def _pairs(pairs=8, length=12, seed=0):
-  rng = np.random.default_rng(seed)
-  return {"chosen": _side(rng, pairs, length), "rejected": _side(rng, pairs, length)}
+def _pairs(pairs=8, seed=0, packing="none", **options):
+  return pair_batch(random_pairs(pairs, seed=seed), packing, **options)
 
 
 def _tx():
@@ -123,7 +111,7 @@ def test_precomputed_reference_equals_in_step_reference(tiny):
   config, params = tiny
   ref = jax.tree.map(lambda x: x * 1.01, params)  # a reference that differs from the policy
   batch = _pairs()
-  ref_chosen, ref_rejected = dpo.reference_log_probs(config, ref, batch)
+  ref_chosen, ref_rejected = dpo.pair_log_probs(config, ref, batch)
   precomputed = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
   state_a, metrics_a = _run(config, params, ref, batch)
   state_b, metrics_b = _run(config, params, None, precomputed)
@@ -144,14 +132,39 @@ def test_training_raises_reward_accuracy_and_leaves_the_reference_bit_identical(
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, ref), before)
 
 
-def test_nll_term_adds_the_chosen_token_cross_entropy(tiny):
+def test_nll_term_adds_each_chosen_answers_length_normalised_cross_entropy(tiny):
   config, params = tiny
   batch = _pairs()
+  chosen, _ = dpo.pair_log_probs(config, params, batch)
+  # RPO's term: the mean over pairs of -log p(chosen) / |chosen|, pairs of uneven answer lengths.
+  expected_nll = np.mean(-np.asarray(chosen) / batch["chosen_lengths"])
+  assert len(set(batch["chosen_lengths"])) > 2
   _, plain = _run(config, params, params, batch)
+  _, zero = _run(config, params, params, batch, nll_weight=0.0)
   _, with_nll = _run(config, params, params, batch, nll_weight=0.5)
-  chosen_tokens = batch["chosen"]["loss_weights"].sum()
-  expected = float(plain["loss"]) + 0.5 * -float(plain["logps/chosen"]) * 8 / chosen_tokens
-  assert float(with_nll["loss"]) == pytest.approx(expected, rel=1e-5)
+  assert float(zero["loss"]) == float(plain["loss"]) and float(zero["grad_norm"]) == float(plain["grad_norm"])
+  assert float(with_nll["loss"]) == pytest.approx(float(plain["loss"]) + 0.5 * expected_nll, rel=1e-5)
+  assert float(plain["nll/chosen"]) == pytest.approx(expected_nll, rel=1e-5)
+  _, alone = _run(config, params, params, batch, loss_type="nll")
+  assert float(alone["loss"]) == pytest.approx(expected_nll, rel=1e-5)
+
+
+def test_the_nll_loss_type_is_cross_entropy_on_the_chosen_answers_only(tiny):
+  config, params = tiny
+  batch = _pairs()
+  grads = {}
+  for name, other_rejected in (("a", 0), ("b", 1)):
+    changed = jax.tree.map(np.copy, batch)
+    rows = changed["rows"]
+    rejected = rows["answer_slots"] % 2 == 1
+    rows["tokens"][rejected] = (rows["tokens"][rejected] + 7 * other_rejected) % 128
+    loss = lambda p, b=changed: dpo.dpo_loss(
+      *dpo.pair_log_probs(config, p, b), *dpo.pair_log_probs(config, params, b), beta=0.1, loss_type="nll",
+      chosen_lengths_B=b["chosen_lengths"],
+    )[0].mean()  # fmt: skip
+    grads[name] = jax.grad(loss)(params)
+  # The rejected answers' tokens changed, the gradient did not: only the chosen answers count.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), grads["a"], grads["b"])
 
 
 @pytest.mark.slow
@@ -159,16 +172,18 @@ def test_nll_term_adds_the_chosen_token_cross_entropy(tiny):
 def test_microbatched_step_equals_one_pass(tiny, precomputed):
   config, params = tiny
   ref = jax.tree.map(lambda x: x * 1.01, params)
-  batch = _pairs(pairs=8)
-  batch["chosen"]["loss_weights"][:2, :9] = 0.0  # uneven answer lengths: the NLL term's count is global
+  batch = _pairs(pairs=8, packing="shared_prompt", row_length=24, num_microbatches=1)
   if precomputed:
-    ref_chosen, ref_rejected = dpo.reference_log_probs(config, ref, batch)
+    ref_chosen, ref_rejected = dpo.pair_log_probs(config, ref, batch)
     batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
     ref = None
   options = dict(steps=2, nll_weight=0.3, beta=0.5)
   whole_state, whole = _run(config, params, ref, batch, **options)
   for k in (2, 4):
-    state, metrics = _run(config, params, ref, batch, num_microbatches=k, **options)
+    dealt = _pairs(pairs=8, packing="shared_prompt", row_length=24, num_microbatches=k)
+    if precomputed:
+      dealt.update(ref_chosen_logps=batch["ref_chosen_logps"], ref_rejected_logps=batch["ref_rejected_logps"])
+    state, metrics = _run(config, params, ref, dealt, num_microbatches=k, **options)
     for name, value in whole.items():
       np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=f"{name}, {k} microbatches")
     # Two Adam steps (eps 1e-5) magnify the summation-order differences of near-zero gradients.
@@ -183,7 +198,7 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   ref = jax.tree.map(lambda x: x * 1.01, params)
   batch = _pairs()
   if precomputed:
-    ref_chosen, ref_rejected = dpo.reference_log_probs(config, ref, batch)
+    ref_chosen, ref_rejected = dpo.pair_log_probs(config, ref, batch)
     batch = dict(batch, ref_chosen_logps=np.asarray(ref_chosen), ref_rejected_logps=np.asarray(ref_rejected))
   single, single_metrics = _run(config, params, None if precomputed else ref, batch, steps=2)
 
@@ -196,6 +211,7 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   mesh_ref = None if precomputed else jax.device_put(ref, shardings.params)
   step = dpo.jit_dpo_step(state, config, tx, mesh, precomputed_reference=precomputed)
   mesh_batch = jax.device_put(batch, dpo.pair_batch_shardings(mesh, precomputed))
+  assert mesh_batch["rows"]["tokens"].shape[0] % 4 == 0
   for _ in range(2):
     state, metrics = step(state, mesh_ref, mesh_batch, None)
   np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-5)

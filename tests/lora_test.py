@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load_config, torch_logits
+from random_pairs import pair_batch, random_pairs
 
 from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
@@ -158,11 +159,11 @@ def test_dpo_with_lora_starts_at_log_2_against_base_plus_sft_adapters(hf_model_d
 
   student = loading.load_model(directory, lora=_lora(init_adapter=str(tmp_path / "sft_adapter")))
   reference = jax.tree.map(lambda x: x.copy(), student.adapters)  # base + SFT adapters, no second base
-  pairs = {"chosen": _batch(seed=1), "rejected": _batch(seed=2)}
+  pairs = pair_batch(random_pairs(4, seed=1), "shared_prompt", 24)
   # The reference's log-probs equal those of the SFT export run as a whole model.
-  ours = dpo_step.reference_log_probs(student.config, reference, pairs, base=student.params)
+  ours = dpo_step.pair_log_probs(student.config, reference, pairs, base=student.params)
   export = loading.load_model(tmp_path / "sft_export")
-  full = dpo_step.reference_log_probs(export.config, export.params, pairs)
+  full = dpo_step.pair_log_probs(export.config, export.params, pairs)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(full), atol=1e-4)
 
   tx = _tx(1e-3)
@@ -197,7 +198,7 @@ def test_sharded_lora_steps_equal_one_device(hf_model_dir):
     lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.params, single.params
   )
   # DPO on the mesh, reference adapters in the step, equals one device too.
-  pairs = {"chosen": _batch(rows=8, seed=1), "rejected": _batch(rows=8, seed=2)}
+  pairs = pair_batch(random_pairs(8, seed=1), "shared_prompt", 24, rows=8)
   dpo_tx = _tx(1e-3)
   results = []
   for model, m in ((alone, None), (on_mesh, mesh)):
@@ -208,8 +209,8 @@ def test_sharded_lora_steps_equal_one_device(hf_model_dir):
       args = pairs
     else:
       st = jax.device_put(st, state_shardings(st, model.config, m))
-      fn = dpo_step.jit_dpo_step(st, model.config, dpo_tx, m, precomputed_reference=False)
-      args = jax.device_put(pairs, dpo_step.pair_batch_shardings(m, False))
+      fn = dpo_step.jit_dpo_step(st, model.config, dpo_tx, m, precomputed_reference=False, branched=True)
+      args = jax.device_put(pairs, dpo_step.pair_batch_shardings(m, False, branched=True))
     for _ in range(2):
       st, dpo_metrics = fn(st, ref, args, model.params)
     results.append((st, dpo_metrics))

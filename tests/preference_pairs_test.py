@@ -3,10 +3,8 @@ batches the DPO step reads."""
 
 import json
 
-import numpy as np
 import pytest
 
-from srit_jax.data import pair_batches as dpo_data
 from srit_jax.data import preference_pairs
 from srit_jax.data.preference_pairs import ScoredAnswer
 from srit_jax.tasks.example import NUMBER, Example
@@ -136,35 +134,3 @@ def test_read_pairs_names_bad_lines(tmp_path):
   )
   with pytest.raises(ValueError, match=r"pairs\.jsonl:2: field 'chosen' is empty"):
     preference_pairs.read_pairs(path)
-
-
-def _tokenized(n):
-  from srit_jax.data.sft_examples import TokenizedExample
-
-  side = lambda k, a: TokenizedExample(list(range(1, k + 1)), [0] * (k - a) + [1] * a)
-  return [dpo_data.TokenizedPair(side(6 + i, 3), side(4 + i, 2)) for i in range(n)]
-
-
-def test_pair_batches_and_iterator_state():
-  pairs = _tokenized(5)
-  reference = (np.arange(5.0), -np.arange(5.0))
-  batch = dpo_data.make_pair_batch(pairs, [2, 0], 12, reference)
-  assert batch["chosen"]["tokens"].shape == (2, 12) and batch["rejected"]["loss_weights"][0].sum() == 2
-  np.testing.assert_array_equal(batch["chosen"]["tokens"][0, :7], np.arange(1, 8))
-  np.testing.assert_array_equal(batch["ref_chosen_logps"], [2.0, 0.0])
-  np.testing.assert_array_equal(batch["ref_rejected_logps"], [-2.0, -0.0])
-
-  iterator = dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3)
-  seen = [iterator.next_indices() for _ in range(2)]
-  state = iterator.get_state()
-  after = [iterator.next_indices() for _ in range(4)]
-  assert sorted(seen[0] + seen[1] + after[0][:1]) == list(range(5))  # one epoch visits every pair once
-  resumed = dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3)
-  resumed.set_state(state)
-  assert [resumed.next_indices() for _ in range(4)] == after
-  halves = [
-    next(dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3, process_index=i, process_count=2))
-    for i in range(2)
-  ]
-  whole = next(dpo_data.PairBatchIterator(pairs, batch_size=2, row_length=12, seed=3))
-  np.testing.assert_array_equal(np.concatenate([h["chosen"]["tokens"] for h in halves]), whole["chosen"]["tokens"])

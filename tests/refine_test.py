@@ -36,18 +36,25 @@ def _tiny_config(model_dir, demos_file, **overrides):
 def test_refine_runs_with_precomputed_and_in_step_reference(tiny_student, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   runs = {}
-  for precompute in (True, False):
-    workdir = tmp_path / f"precompute_{precompute}"
-    # The in-step run also accumulates its 8 pairs over 2 microbatches: the same update.
+  # The in-step run also accumulates its 8 pairs over 2 microbatches, and a third lays out one
+  # row per side instead of shared-prompt rows: each the same update.
+  for name, precompute, microbatches, packing in (
+    ("precomputed", True, 1, "auto"),
+    ("in_step", False, 2, "auto"),
+    ("one_row_per_side", True, 1, "none"),
+  ):
+    workdir = tmp_path / name
     config = _tiny_config(
       tiny_student,
       demos_file,
       precompute_reference=precompute,
       num_steps=3,
       batch_size=8,
-      num_microbatches=1 if precompute else 2,
+      num_microbatches=microbatches,
+      pair_packing=packing,
     )
     summary = refine.run(config, workdir, progress=False)
+    assert summary["layout"]["packing"] == ("shared_prompt" if packing == "auto" else "none")
     stats = json.loads((workdir / "pair_stats.json").read_text())
     # A random tiny student solves nothing: every chosen answer is the teacher's demonstration.
     assert stats["questions"] == 16 and stats["pairs_teacher_chosen"] == stats["pairs"] > 0
@@ -67,9 +74,10 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_student, tmp_pa
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
     assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "pairs_per_s", "mfu"} <= set(metrics[0])
-    runs[precompute] = load_file(str(workdir / "export" / "model.safetensors"))
-  for name, value in runs[True].items():  # the two runs train to the same parameters
-    np.testing.assert_allclose(runs[False][name], value, atol=2e-5, err_msg=name)
+    runs[name] = load_file(str(workdir / "export" / "model.safetensors"))
+  for other in ("in_step", "one_row_per_side"):  # the runs train to the same parameters
+    for name, value in runs["precomputed"].items():
+      np.testing.assert_allclose(runs[other][name], value, atol=2e-5, err_msg=f"{other}: {name}")
 
 
 @pytest.mark.parametrize("loss_type,label_smoothing", [("ipo", 0.0), ("sigmoid", 0.2), ("hinge", 0.0)])
@@ -77,7 +85,10 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   rng = np.random.default_rng(0)
   policy, reference = rng.normal(-20, 3, (2, 16)), rng.normal(-20, 3, (2, 16))
   beta = 0.3
-  metrics = refine.reward_metrics(policy, reference, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+  lengths = rng.integers(3, 40, 16).astype(np.float32)
+  metrics = refine.reward_metrics(
+    policy, reference, lengths, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+  )
   # By hand: h is the policy's log-ratio margin over the reference's.
   h = (policy[0] - reference[0]) - (policy[1] - reference[1])
   log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
@@ -89,6 +100,12 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   np.testing.assert_allclose(metrics["eval/loss"], expected.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["eval/rewards/margins"], beta * h.mean(), rtol=1e-5)
   assert metrics["eval/rewards/accuracies"] == pytest.approx(np.mean(h > 0))
+  nll = np.mean(-policy[0] / lengths)
+  np.testing.assert_allclose(metrics["eval/nll/chosen"], nll, rtol=1e-5)
+  with_nll = refine.reward_metrics(
+    policy, reference, lengths, nll_weight=0.5, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+  )
+  np.testing.assert_allclose(with_nll["eval/loss"], expected.mean() + 0.5 * nll, rtol=1e-5)
 
 
 def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):
@@ -96,6 +113,37 @@ def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_pat
   summary = refine.run(config, tmp_path / "run", progress=False)
   # The policy is the reference: every margin is 0 and IPO's loss is (0 - 1/(2 beta))^2.
   assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
+
+
+def test_new_questions_are_training_questions_no_demonstration_answers(tmp_path):
+  config = load_config("refine")
+  config.update(task="arith", limit=8, new_questions=5, demos_file=str(_demos_file(tmp_path / "demos.jsonl", n=16)))
+  questions = refine.training_questions(config)
+  taught = [e.id for e in synthetic.generate("arith", "train", size=16)]
+  assert [q.id for q in questions[:8]] == taught[:8]
+  new = [q.id for q in questions[8:]]
+  assert len(new) == 5 and not set(new) & set(taught)
+  config.new_questions = 0
+  assert len(refine.training_questions(config)) == 8
+
+
+def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_student, tmp_path):
+  config = _tiny_config(
+    tiny_student,
+    _demos_file(tmp_path / "demos.jsonl"),
+    num_steps=4,
+    eval_every=1,
+    select_checkpoint="best_heldout",
+    nll_weight=1.0,
+  )
+  config.optimizer.learning_rate = 3e-2  # big steps: the held-out loss moves, not always down
+  summary = refine.run(config, tmp_path / "run", progress=False)
+  curve = {int(step): values["eval/loss"] for step, values in summary["heldout_curve"].items()}
+  assert sorted(curve) == [0, 1, 2, 3, 4]
+  best = min(curve, key=curve.get)
+  assert summary["selected"] == {"step": best, "heldout_loss": curve[best]}
+  # The exported student is that step's: its held-out loss, measured again, is the best one.
+  assert summary["heldout_after"]["eval/loss"] == pytest.approx(curve[best], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -83,7 +83,18 @@ def _rules() -> dict[str, Callable]:
       POSITIVE_INT,
     ),
     **dict.fromkeys(
-      ("limit", "eval_every", "warmup_steps", "num_cot_samples", "num_direct_samples", "top_k", "seed", "max_retries"),
+      (
+        "limit",
+        "eval_every",
+        "warmup_steps",
+        "num_cot_samples",
+        "num_direct_samples",
+        "top_k",
+        "seed",
+        "max_retries",
+        "new_questions",
+        "pack_length",
+      ),
       NON_NEGATIVE_INT,
     ),
     **dict.fromkeys(("weight_decay", "nll_weight", "temperature"), NON_NEGATIVE),
@@ -107,6 +118,8 @@ def _rules() -> dict[str, Callable]:
     "strategy": _one_of(*preference_pairs.STRATEGIES),
     "keep": _one_of(*demos.KEEP),
     "questions": _one_of(*refine.QUESTIONS),
+    "pair_packing": _one_of(*dpo_step.PAIR_PACKINGS),
+    "select_checkpoint": _one_of(*refine.SELECT_CHECKPOINT),
     "source": _one_of(*SOURCES),
     "schedule": _one_of(*optimizer.SCHEDULES),
     "teacher.kind": _one_of(*build.KINDS),
@@ -224,12 +237,16 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         problems.append(problem)
     if wanted("task"):
       problems += _task_problems(config.task, field("task"))
-    needs_demos = config.questions == "demos" or config.teacher_fallback
+    needs_demos = config.questions == "demos" or config.teacher_fallback or config.new_questions
     if wanted("demos_file"):
       if needs_demos and not config.demos_file:
-        problems.append(f"{field('demos_file')}: required by questions='demos' or teacher_fallback=True")
+        problems.append(f"{field('demos_file')}: required by questions='demos', teacher_fallback=True or new_questions")
       elif config.demos_file:
         _exists(config.demos_file, field("demos_file"), problems)
+    if config.loss_type == "nll" and config.nll_weight:
+      problems.append(
+        f"{field('nll_weight')} = {config.nll_weight}: the loss type 'nll' is the NLL term alone; set it to 0"
+      )
   if command == "eval" and wanted("tasks"):
     problems += _task_problems(config.tasks, field("tasks"))
   if command == "demos":

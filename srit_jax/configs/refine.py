@@ -24,6 +24,7 @@ def get_config(variant: str = ""):
   config.attention = "auto"  # auto (splash on TPU, cuDNN/blockwise on GPU, XLA on CPU) | xla | splash | blockwise
   # Training questions
   config.questions = "task"  # task: the task's training split; demos: the questions of demos_file
+  config.new_questions = 0  # more training questions of the task that demos_file does not hold (scored by gold)
   config.task = "arith"  # a task of srit_jax.tasks.TASKS
   config.split = ""  # empty: the task's training split
   config.source = "auto"  # auto | local | hub | tfds
@@ -51,11 +52,15 @@ def get_config(variant: str = ""):
   config.heldout_fraction = 0.1  # share of questions whose pairs only measure reward accuracy
   # DPO
   config.beta = 0.1  # the one place beta lives
-  config.loss_type = "sigmoid"  # sigmoid | ipo | hinge
+  config.loss_type = "sigmoid"  # sigmoid | ipo | hinge | nll (the NLL term alone: fine-tuning on chosen answers)
   config.label_smoothing = 0.0  # sigmoid only: robust DPO / cDPO
-  config.nll_weight = 0.0  # weight of an NLL term on chosen answers (0 = off)
+  config.nll_weight = 0.0  # weight of a length-normalised NLL term on chosen answers (RPO; 0 = off)
   config.precompute_reference = True  # reference log-probs once over the fixed pairs; False: in each step
   config.max_length = 384  # positions per side of a pair; longer prompts are cut from the left
+  config.pair_packing = (
+    "auto"  # auto (shared_prompt; sides under splash) | shared_prompt | sides | none (a row per side)
+  )
+  config.pack_length = 0  # positions per packed row; 0 = 2 x max_length (shared_prompt) or max_length (sides)
   config.batch_size = 8  # pairs per step
   config.num_microbatches = 1  # gradient accumulation inside the step (the same update, less memory)
   config.chunk_size = 128  # positions per vocabulary-projection chunk
@@ -68,6 +73,7 @@ def get_config(variant: str = ""):
   config.keep_checkpoints = 3
   config.async_checkpoints = True
   config.eval_every = 10  # steps between held-out reward accuracies; 0 = start and end only
+  config.select_checkpoint = "last"  # last | best_heldout (the evaluated step of lowest held-out loss is exported)
   config.export = True  # write the refined student as an HF directory to workdir/export
   config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # axis sizes; -1 = the rest
   if variant == "tiny":

@@ -1,5 +1,27 @@
-"""Preference pairs as token ids and batches: each side (chosen, rejected) of a pair is one row,
-the prompt rendered through the chat template as in SFT, loss weight on answer tokens only."""
+"""Preference pairs as token ids and batches of rows, one side per row or packed.
+
+Each side (chosen, rejected) of a pair is its prompt rendered through the chat template as in
+SFT, then the answer, with loss weight on answer tokens only. A batch holds a fixed number of
+pairs laid out in rows by one of three packings:
+
+- "none": one row of `max_length` positions per side (the layout every DPO trainer uses).
+- "sides": every side is a segment of its own; segments are packed first-fit into rows.
+- "shared_prompt": the prompt once, then both answers as two branches of one segment, each
+  answer attending to the prompt and to itself only (branch ids; positions of the second
+  answer restart where the prompt ends), so a pair costs prompt + chosen + rejected positions
+  instead of twice the prompt. A pair whose sides do not share their prompt (cut differently
+  to fit) goes as two segments in one row; one whose shared form does not fit a row (only when
+  rows are shorter than 2 x max_length) as two sides packed like any others.
+
+Every position carries the answer slot its target belongs to (2p: chosen side of pair p, 2p + 1:
+its rejected side), so the step sums answer log-probs per slot whatever the layout. With k
+microbatches, pair i of a process goes to microbatch i mod k, and microbatch m's rows are
+rows m, m + k, m + 2k, ... — the slices `accumulated_value_and_grad` deals — so no pair is
+split between microbatches. The number of rows is fixed for a run (one compilation): the most
+any of its batches needs, found by laying out the run's batches ahead (`rows_per_microbatch`).
+
+Shapes: R rows, L row length, P pairs.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +33,29 @@ import numpy as np
 
 from srit_jax.data import sft_examples as sft_data
 
+PACKINGS = ("none", "sides", "shared_prompt")
+ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights", "answer_slots")
+BRANCH_FIELD = "branch_ids"  # in rows of shared-prompt pairs only
+LENGTH_FIELDS = ("chosen_lengths", "rejected_lengths")  # answer tokens per pair [P]
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedPair:
   chosen: sft_data.TokenizedExample
   rejected: sft_data.TokenizedExample
+
+  def shared_prefix(self) -> int:
+    """How many leading tokens both sides share with no loss on either (the rendered prompt)."""
+    limit = min(len(self.chosen.tokens), len(self.rejected.tokens))
+    n = 0
+    while (
+      n < limit
+      and self.chosen.tokens[n] == self.rejected.tokens[n]
+      and not self.chosen.loss_mask[n]
+      and not self.rejected.loss_mask[n]
+    ):
+      n += 1
+    return n
 
 
 def tokenize_pairs(
@@ -36,13 +76,155 @@ def tokenize_pairs(
   return out
 
 
-def make_pair_batch(pairs: Sequence[TokenizedPair], indices: Sequence[int], row_length: int, reference=None) -> dict:
-  """{"chosen": side, "rejected": side} for the given pairs (+ their precomputed reference log-probs)."""
-  rows = [[i] for i in range(len(indices))]
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+  """Consecutive positions of one segment: inputs tokens[start:stop - 1] predicting tokens[start + 1:stop]."""
+
+  example: sft_data.TokenizedExample
+  start: int
+  branch: int
+  slot: int  # answer slot of its targets; -1: none (a shared prompt)
+
+  @property
+  def size(self) -> int:
+    return len(self.example.tokens) - 1 - self.start
+
+
+# A segment is pieces laid out one after another; a unit is segments that share one row.
+_Segment = list[_Piece]
+_Unit = list[_Segment]
+
+
+def _units(pair: TokenizedPair, slot: int, packing: str, row_length: int) -> list[_Unit]:
+  """The units of pair `slot`."""
+  chosen, rejected = [_Piece(pair.chosen, 0, 0, 2 * slot)], [_Piece(pair.rejected, 0, 0, 2 * slot + 1)]
+  if packing != "shared_prompt":
+    return [[chosen], [rejected]]
+  prefix = pair.shared_prefix()
+  if prefix < 2:  # nothing to share (the last prompt token starts each answer's branch): one row, two segments
+    both = [chosen, rejected]
+    return [both] if _unit_size(both) <= row_length else [[chosen], [rejected]]
+  trunk = sft_data.TokenizedExample(pair.chosen.tokens[:prefix], pair.chosen.loss_mask[:prefix])
+  shared = [
+    _Piece(trunk, 0, 0, -1),
+    _Piece(pair.chosen, prefix - 1, 1, 2 * slot),
+    _Piece(pair.rejected, prefix - 1, 2, 2 * slot + 1),
+  ]
+  return [[shared]] if _unit_size([shared]) <= row_length else [[chosen], [rejected]]
+
+
+def _unit_size(unit: _Unit) -> int:
+  return sum(piece.size for segment in unit for piece in segment)
+
+
+def _pack(units: list[_Unit], row_length: int, packing: str) -> list[list[_Segment]]:
+  """Segments per row: one unit per row ("none"), else units first-fit in decreasing size."""
+  if packing == "none":
+    return units
+  rows: list[list[_Segment]] = []
+  room: list[int] = []
+  for unit in sorted(units, key=_unit_size, reverse=True):
+    size = _unit_size(unit)
+    if size > row_length:
+      raise ValueError(f"a side of {size} positions does not fit rows of {row_length}")
+    target = next((r for r, free in enumerate(room) if free >= size), None)
+    if target is None:
+      rows.append([])
+      room.append(row_length)
+      target = len(rows) - 1
+    rows[target].extend(unit)
+    room[target] -= size
+  return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLayout:
+  """How pairs become rows: the packing and the row length (`max_length` for "none")."""
+
+  packing: str = "none"
+  row_length: int = 384
+
+  def __post_init__(self):
+    if self.packing not in PACKINGS:
+      raise ValueError(f"pair packing {self.packing!r} is not one of {PACKINGS}")
+
+  def rows(self, pairs: Sequence[TokenizedPair], indices: Sequence[int]) -> list[list[_Segment]]:
+    units = [
+      unit for slot, index in enumerate(indices) for unit in _units(pairs[index], slot, self.packing, self.row_length)
+    ]
+    return _pack(units, self.row_length, self.packing)
+
+  def max_rows(self, num_pairs: int, max_length: int) -> int:
+    """Rows that `num_pairs` pairs of sides up to `max_length` positions can need at most."""
+    one_per_pair = self.packing == "shared_prompt" and self.row_length >= 2 * max_length
+    return num_pairs if one_per_pair else 2 * num_pairs
+
+  def rows_needed(self, pairs: Sequence[TokenizedPair], indices: Sequence[int], num_microbatches: int = 1) -> int:
+    """Rows per microbatch that these pairs (one process's share of a batch) need."""
+    return max(len(self.rows(pairs, indices[m::num_microbatches])) for m in range(min(num_microbatches, len(indices))))
+
+
+def make_pair_batch(
+  pairs: Sequence[TokenizedPair],
+  indices: Sequence[int],
+  layout: PairLayout,
+  rows_per_microbatch: int,
+  *,
+  num_microbatches: int = 1,
+  first_slot: int = 0,
+  slots_per_microbatch: int | None = None,
+  reference=None,
+) -> dict:
+  """{"rows": [R, L] arrays, "chosen_lengths" / "rejected_lengths": [P]} for the given pairs (this
+  process's share of a batch; + their precomputed reference log-probs).
+
+  Local pair i goes to microbatch i mod k as slot `first_slot` + i // k of that microbatch
+  (processes before this one hold the slots below `first_slot`); `slots_per_microbatch` (the
+  whole batch's pairs / k; default this share's) sizes the slot range, one more slot for
+  positions that belong to no answer.
+  """
+  k = num_microbatches
+  if len(indices) % k:
+    raise ValueError(f"{len(indices)} pairs do not split into {k} microbatches")
+  slots = len(indices) // k if slots_per_microbatch is None else slots_per_microbatch
+  num_rows, length = rows_per_microbatch * k, layout.row_length
+  tokens, targets, positions, segments, branches = (np.zeros((num_rows, length), np.int32) for _ in range(5))
+  weights = np.zeros((num_rows, length), np.float32)
+  answer_slots = np.full((num_rows, length), 2 * slots, np.int32)  # the slot of no answer
+  for m in range(k):
+    rows = layout.rows(pairs, indices[m::k])
+    if len(rows) > rows_per_microbatch:
+      raise ValueError(f"these pairs need {len(rows)} rows of {length} per microbatch, more than {rows_per_microbatch}")
+    for r, segments_of_row in enumerate(rows):
+      row, offset = r * k + m, 0
+      for segment, pieces in enumerate(segments_of_row, start=1):
+        for piece in pieces:
+          n, example = piece.size, piece.example
+          span = slice(offset, offset + n)
+          tokens[row, span] = example.tokens[piece.start : -1]
+          targets[row, span] = example.tokens[piece.start + 1 :]
+          positions[row, span] = np.arange(piece.start, piece.start + n)
+          segments[row, span] = segment
+          branches[row, span] = piece.branch
+          weights[row, span] = example.loss_mask[piece.start + 1 :]
+          if piece.slot >= 0:
+            answer_slots[row, span] = 2 * first_slot + piece.slot
+          offset += n
+  lengths = np.asarray([[sum(pairs[i].chosen.loss_mask), sum(pairs[i].rejected.loss_mask)] for i in indices])
   batch = {
-    "chosen": sft_data.make_batch([pairs[i].chosen for i in indices], rows, row_length).as_dict(),
-    "rejected": sft_data.make_batch([pairs[i].rejected for i in indices], rows, row_length).as_dict(),
+    "rows": {
+      "tokens": tokens,
+      "targets": targets,
+      "positions": positions,
+      "segment_ids": segments,
+      "loss_weights": weights,
+      "answer_slots": answer_slots,
+    },
+    "chosen_lengths": lengths[:, 0].astype(np.float32),
+    "rejected_lengths": lengths[:, 1].astype(np.float32),
   }
+  if layout.packing == "shared_prompt":
+    batch["rows"][BRANCH_FIELD] = branches
   if reference is not None:
     batch["ref_chosen_logps"] = reference[0][np.asarray(indices)]
     batch["ref_rejected_logps"] = reference[1][np.asarray(indices)]
@@ -50,20 +232,34 @@ def make_pair_batch(pairs: Sequence[TokenizedPair], indices: Sequence[int], row_
 
 
 class PairBatchIterator:
-  """Seeded per-epoch shuffling of pairs, `batch_size` pairs per batch; state (epoch, index)
-  saved with each checkpoint; each process keeps its block of the global batch."""
+  """Seeded per-epoch shuffling of pairs, `batch_size` pairs per batch laid out by `layout`; state
+  (epoch, index) saved with each checkpoint; each process keeps its block of the global batch."""
 
   def __init__(
-    self, pairs, *, batch_size: int, row_length: int, seed: int, reference=None, process_index=None, process_count=None
+    self,
+    pairs,
+    *,
+    batch_size: int,
+    layout: PairLayout,
+    seed: int,
+    num_microbatches: int = 1,
+    rows_per_microbatch: int | None = None,
+    reference=None,
+    process_index=None,
+    process_count=None,
   ):
     if not pairs:
       raise ValueError("no preference pairs to train on")
-    self.pairs, self.batch_size, self.row_length, self.seed = pairs, batch_size, row_length, seed
-    self.reference = reference
+    self.pairs, self.batch_size, self.layout, self.seed = pairs, batch_size, layout, seed
+    self.num_microbatches, self.reference = num_microbatches, reference
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % self.process_count:
-      raise ValueError(f"batch_size {batch_size} does not split over {self.process_count} processes")
+    if batch_size % (self.process_count * num_microbatches):
+      raise ValueError(
+        f"batch_size {batch_size} does not split over {self.process_count} processes x {num_microbatches} microbatches"
+      )
+    self.per_process = batch_size // self.process_count
+    self.rows_per_microbatch = rows_per_microbatch or 2 * self.per_process // num_microbatches
     self.epoch, self.index = 0, 0
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -80,11 +276,34 @@ class PairBatchIterator:
       self.index += 1
     return indices
 
+  def _share(self, indices: list[int], process: int) -> list[int]:
+    return indices[process * self.per_process : (process + 1) * self.per_process]
+
+  def rows_for_steps(self, num_steps: int) -> int:
+    """Rows per microbatch that the first `num_steps` batches need at most (on any process)."""
+    state = self.get_state()
+    self.set_state({"epoch": 0, "index": 0})
+    most = 1
+    for _ in range(num_steps):
+      indices = self.next_indices()
+      for process in range(self.process_count):
+        most = max(most, self.layout.rows_needed(self.pairs, self._share(indices, process), self.num_microbatches))
+    self.set_state(state)
+    return most
+
   def __next__(self) -> dict:
-    indices = self.next_indices()
-    per_process = self.batch_size // self.process_count
-    mine = indices[self.process_index * per_process : (self.process_index + 1) * per_process]
-    return make_pair_batch(self.pairs, mine, self.row_length, self.reference)
+    mine = self._share(self.next_indices(), self.process_index)
+    per_microbatch = self.per_process // self.num_microbatches
+    return make_pair_batch(
+      self.pairs,
+      mine,
+      self.layout,
+      self.rows_per_microbatch,
+      num_microbatches=self.num_microbatches,
+      first_slot=self.process_index * per_microbatch,
+      slots_per_microbatch=self.batch_size // self.num_microbatches,
+      reference=self.reference,
+    )
 
   def get_state(self) -> dict:
     return {"epoch": self.epoch, "index": self.index}

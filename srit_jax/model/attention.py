@@ -1,7 +1,10 @@
 """The one attention function of the model; its kernel is chosen in one place, `choose_kernel`.
 
 Masking is described by positions and segment ids (0 = padding), never by a ready-made
-[B, T, S] mask, so that every kernel can take it its own way:
+[B, T, S] mask, so that every kernel can take it its own way. Optional branch ids describe a
+tree inside a segment (shared-prompt preference pairs): a key of branch 0 (the trunk) is seen
+by every query of its segment, a key of branch b > 0 only by queries of branch b; all kernels
+but splash take them.
 
 - "splash" (TPU): the Pallas splash-attention kernel — causal, packed segments, sliding
   window, grouped-query heads, logit soft-capping — per device under `shard_map`. Its
@@ -77,16 +80,29 @@ def kernel_for(config, platform: str, length: int) -> str:
   return choose_kernel(config.attention, platform, config.dtype, length, config.attn_logit_softcap)
 
 
+CANNOT_BRANCH = ("splash",)  # its mask is segment equality and causality by index only
+
+
 def attention_mask(
-  q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window: int | None = None
+  q_positions_BxT,
+  q_segment_ids_BxT,
+  kv_positions_BxS,
+  kv_segment_ids_BxS,
+  sliding_window: int | None = None,
+  q_branch_ids_BxT=None,
+  kv_branch_ids_BxS=None,
 ) -> jnp.ndarray:
-  """[B, 1, T, S] boolean: same non-empty segment, causal by position, inside the window."""
+  """[B, 1, T, S] boolean: same non-empty segment, causal by position, inside the window, and
+  (with branch ids) the key in the trunk (branch 0) or in the query's own branch."""
   same_segment = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
   occupied = kv_segment_ids_BxS[:, None, :] != 0
   distance_BxTxS = q_positions_BxT[:, :, None] - kv_positions_BxS[:, None, :]
   mask = same_segment & occupied & (distance_BxTxS >= 0)
   if sliding_window is not None:
     mask &= distance_BxTxS < sliding_window
+  if q_branch_ids_BxT is not None:
+    kv_branch = kv_branch_ids_BxS[:, None, :]
+    mask &= (kv_branch == 0) | (kv_branch == q_branch_ids_BxT[:, :, None])
   return mask[:, None, :, :]
 
 
@@ -99,6 +115,8 @@ def attend(
   q_segment_ids_BxT,
   kv_positions_BxS,
   kv_segment_ids_BxS,
+  q_branch_ids_BxT=None,
+  kv_branch_ids_BxS=None,
   sliding_window: int | None = None,
   window_on=None,
   scale: float | None = None,
@@ -111,9 +129,16 @@ def attend(
   Scores are q·k times `scale` (default H^-1/2), soft-capped when `logit_softcap` is set. The
   window applies where the traced flag `window_on` is true (always when it is None).
   The splash and cuDNN kernels assume what holds for training rows and prompts: queries and
-  keys are the same positions (in order), and inside a segment positions count up by one.
+  keys are the same positions (in order), and inside a segment positions count up by one —
+  or, with branch ids, a later branch restarts its positions where the trunk ends.
   """
   kernel = choose_kernel(kernel, platform_of(mesh), q_BxTxNxH.dtype, q_BxTxNxH.shape[1], logit_softcap)
+  if q_branch_ids_BxT is not None and kernel in CANNOT_BRANCH:
+    raise ValueError(
+      f"the {kernel} attention kernel cannot attend within branched segments (shared-prompt pairs); "
+      "pack the sides of pairs separately (pair_packing='sides') or choose another kernel"
+    )
+  branches = dict(q_branch_ids_BxT=q_branch_ids_BxT, kv_branch_ids_BxS=kv_branch_ids_BxS)
   scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
   if window_on is not None and sliding_window is not None:
     if kernel == "xla":  # the mask takes a traced window
@@ -132,6 +157,7 @@ def attend(
         logit_softcap=logit_softcap,
         kernel=kernel,
         mesh=mesh,
+        **branches,
       )
       return jax.lax.cond(window_on, lambda: one(sliding_window=sliding_window), lambda: one(sliding_window=None))
   if kernel == "splash":
@@ -148,11 +174,15 @@ def attend(
       sliding_window=sliding_window,
       scale=scale,
       logit_softcap=logit_softcap,
+      **branches,
     )
-  mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window)
+  mask = attention_mask(
+    q_positions_BxT, q_segment_ids_BxT, kv_positions_BxS, kv_segment_ids_BxS, sliding_window, **branches
+  )
   if logit_softcap is not None:
     return _materialized(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale, logit_softcap)
-  # cuDNN's causal mode is exact here: queries and keys are the same positions, in order.
+  # cuDNN's causal mode is exact here: queries and keys are the same positions, in order (a
+  # later branch comes after the trunk and the branches before it, which the mask hides).
   causal = kernel == "cudnn"
   return jax.nn.dot_product_attention(
     q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, scale=scale, is_causal=causal, implementation=kernel
@@ -251,6 +281,8 @@ def blockwise_attend(
   q_segment_ids_BxT,
   kv_positions_BxS,
   kv_segment_ids_BxS,
+  q_branch_ids_BxT=None,
+  kv_branch_ids_BxS=None,
   sliding_window: int | None = None,
   scale: float | None = None,
   logit_softcap: float | None = None,
@@ -272,6 +304,10 @@ def blockwise_attend(
     k_BxSxKxH, v_BxSxKxH = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (k_BxSxKxH, v_BxSxKxH))
     kv_positions_BxS = jnp.pad(kv_positions_BxS, ((0, 0), (0, pad)))
     kv_segment_ids_BxS = jnp.pad(kv_segment_ids_BxS, ((0, 0), (0, pad)))
+    if kv_branch_ids_BxS is not None:
+      kv_branch_ids_BxS = jnp.pad(kv_branch_ids_BxS, ((0, 0), (0, pad)))
+  if kv_branch_ids_BxS is None:  # one branch: every key is the trunk's
+    kv_branch_ids_BxS = jnp.zeros_like(kv_segment_ids_BxS)
   num_blocks = (keys + pad) // block
   f32 = jnp.float32
   q_BxKxGxTxH = q_BxTxNxH.reshape(batch, length, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
@@ -283,9 +319,12 @@ def blockwise_attend(
   @jax.checkpoint
   def step(carry, kv_block):
     out_BxKxGxTxH, max_BxKxGxT, sum_BxKxGxT = carry
-    k_blk, v_blk, pos_blk, seg_blk = kv_block
+    k_blk, v_blk, pos_blk, seg_blk, branch_blk = kv_block
     scores = _softcap(jnp.einsum("bkgth,bskh->bkgts", q_BxKxGxTxH, k_blk, preferred_element_type=f32), logit_softcap)
-    mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, pos_blk, seg_blk, sliding_window)[:, :, None]
+    q_branch = jnp.zeros_like(q_segment_ids_BxT) if q_branch_ids_BxT is None else q_branch_ids_BxT
+    mask = attention_mask(q_positions_BxT, q_segment_ids_BxT, pos_blk, seg_blk, sliding_window, q_branch, branch_blk)[
+      :, :, None
+    ]
     scores = jnp.where(mask, scores, _MASKED)
     new_max = jnp.maximum(max_BxKxGxT, scores.max(-1))
     correction = jnp.exp(max_BxKxGxT - new_max)
@@ -299,7 +338,13 @@ def blockwise_attend(
     jnp.full((batch, num_kv_heads, groups, length), _MASKED, f32),
     jnp.zeros((batch, num_kv_heads, groups, length), f32),
   )
-  xs = (blocks(k_BxSxKxH), blocks(v_BxSxKxH), blocks(kv_positions_BxS), blocks(kv_segment_ids_BxS))
+  xs = (
+    blocks(k_BxSxKxH),
+    blocks(v_BxSxKxH),
+    blocks(kv_positions_BxS),
+    blocks(kv_segment_ids_BxS),
+    blocks(kv_branch_ids_BxS),
+  )
   (out, _, total), _ = jax.lax.scan(step, init, xs)
   out = out / jnp.maximum(total, 1e-30)[..., None]  # a query that sees no key (padding) gives 0
   return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, num_heads, head_dim).astype(q_BxTxNxH.dtype)

@@ -4,7 +4,9 @@ One module covers Llama 2/3.x, Mistral, Qwen2/2.5/3, Phi-3, Gemma 2/3, SmolLM2 a
 each way a family differs is a `ModelConfig` switch (see there). Layers run under `nn.scan`
 so compile time does not grow with depth; where layers differ (Gemma's sliding and global
 layers) the scan carries a per-layer flag. Rows may be packed: `segment_ids` (0 = padding)
-keep segments from attending to each other and `positions` restart inside each segment.
+keep segments from attending to each other and `positions` restart inside each segment;
+optional `branch_ids` split a segment into a shared trunk (0) and branches that see the trunk
+and themselves only (a preference pair's prompt, computed once, and its two answers).
 
 Shapes: B batch, T length, S cache length, D embed, N query heads, K key/value heads,
 H head dim, F MLP hidden, V vocab, L layers.
@@ -126,9 +128,12 @@ class Attention(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True):
+  def __call__(
+    self, x_BxTxD, positions_BxT, segment_ids_BxT, branch_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True
+  ):
     """`is_sliding`: whether this layer attends within the window — a Python bool, or a traced
-    flag under the layer scan when layers differ."""
+    flag under the layer scan when layers differ. `branch_ids_BxT`: None, or branches within
+    segments (full-sequence attention only)."""
     cfg = self.config
 
     def projection(target, heads, heads_axis):
@@ -173,6 +178,8 @@ class Attention(nn.Module):
         q_segment_ids_BxT=segment_ids_BxT,
         kv_positions_BxS=positions_BxT,
         kv_segment_ids_BxS=segment_ids_BxT,
+        q_branch_ids_BxT=branch_ids_BxT,
+        kv_branch_ids_BxS=branch_ids_BxT,
         kernel=cfg.attention,
         mesh=self.mesh,
         **how,
@@ -232,7 +239,9 @@ class DecoderBlock(nn.Module):
   mesh: Mesh | None = None
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True):
+  def __call__(
+    self, x_BxTxD, positions_BxT, segment_ids_BxT, branch_ids_BxT, layer_kv, cache_view, is_sliding, deterministic=True
+  ):
     cfg = self.config
     if is_sliding is None:  # every layer alike
       is_sliding = cfg.is_sliding(0)
@@ -241,6 +250,7 @@ class DecoderBlock(nn.Module):
       RMSNorm(cfg, name="input_norm")(x_BxTxD),
       positions_BxT,
       segment_ids_BxT,
+      branch_ids_BxT,
       layer_kv,
       cache_view,
       is_sliding,
@@ -277,8 +287,16 @@ class Transformer(nn.Module):
       block,
       variable_axes={"params": 0, "lora": 0},
       split_rngs={"params": True, "dropout": True},
-      # positions, segment ids, per-layer cache, cache view, per-layer sliding flag, deterministic
-      in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0 if cfg.mixed_layers else nn.broadcast, nn.broadcast),
+      # positions, segment ids, branch ids, per-layer cache, cache view, per-layer sliding flag, deterministic
+      in_axes=(
+        nn.broadcast,
+        nn.broadcast,
+        nn.broadcast,
+        0,
+        nn.broadcast,
+        0 if cfg.mixed_layers else nn.broadcast,
+        nn.broadcast,
+      ),
       length=cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, self.mesh)
@@ -296,16 +314,19 @@ class Transformer(nn.Module):
     """Logits [B, T, V] of a full (possibly packed) sequence, in the compute dtype."""
     return self.logits_from_hidden(self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT))
 
-  def hidden_states(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, deterministic=True):
+  def hidden_states(
+    self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, deterministic=True, branch_ids_BxT=None
+  ):
     """Final-normed hidden states [B, T, D], for losses that project to the vocabulary in chunks.
 
-    `deterministic=False` applies adapter dropout (it needs a "dropout" rng).
+    `deterministic=False` applies adapter dropout (it needs a "dropout" rng). `branch_ids_BxT`:
+    a shared trunk (0) and branches inside segments (see the module docstring).
     """
     if segment_ids_BxT is None:
       segment_ids_BxT = jnp.ones_like(tokens_BxT, jnp.int32)
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32), tokens_BxT.shape)
-    hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None, deterministic)
+    hidden, _ = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, None, deterministic, branch_ids_BxT)
     return hidden
 
   def prefill_kv(self, tokens_BxT, positions_BxT, segment_ids_BxT):
@@ -332,11 +353,15 @@ class Transformer(nn.Module):
     axes = ("batch", "length", "act_vocab") if logits.ndim == 3 else ("batch", "act_vocab")
     return sharding.constrain(softcap(logits, self.config.final_logit_softcap), axes, self.mesh)
 
-  def _backbone(self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic=True):
+  def _backbone(
+    self, tokens_BxT, positions_BxT, segment_ids_BxT, kv, cache_view, deterministic=True, branch_ids_BxT=None
+  ):
     cfg = self.config
     is_sliding_L = jnp.asarray([cfg.is_sliding(i) for i in range(cfg.num_layers)]) if cfg.mixed_layers else None
     x_BxTxD = self.embed(tokens_BxT)
-    x_BxTxD, new_kv = self.layers(x_BxTxD, positions_BxT, segment_ids_BxT, kv, cache_view, is_sliding_L, deterministic)
+    x_BxTxD, new_kv = self.layers(
+      x_BxTxD, positions_BxT, segment_ids_BxT, branch_ids_BxT, kv, cache_view, is_sliding_L, deterministic
+    )
     return self.final_norm(x_BxTxD), new_kv
 
 
@@ -430,7 +455,7 @@ def decode(
       # layer at a time, instead of all of them at once ahead of the first layer.
       x_BxTxD, layer_variables = jax.lax.optimization_barrier((x_BxTxD, layer_variables))
     x_BxTxD, (layer_keys, layer_values) = block.apply(
-      layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, layer_kv, view, config.is_sliding(layer)
+      layer_variables, x_BxTxD, positions_BxT, segment_ids_BxT, None, layer_kv, view, config.is_sliding(layer)
     )
     keys.append(layer_keys)
     values.append(layer_values)

@@ -160,15 +160,22 @@ def _is_tpu(devices) -> bool:
   return devices[0].platform == "tpu"
 
 
-def _pair_batch(mesh, pairs: int, length: int, precomputed: bool):
-  shardings = dpo_step.pair_batch_shardings(mesh, precomputed)
-  side = lambda s: {
-    name: jax.ShapeDtypeStruct((pairs, length), jnp.float32 if name == "loss_weights" else jnp.int32, sharding=x)
-    for name, x in s.items()
+def _pair_batch(mesh, pairs: int, layout, max_length: int, precomputed: bool, microbatches: int = 1):
+  """A batch of `pairs` pairs in `layout`, with the most rows such pairs can need (the run sizes
+  its rows from its data, never above this)."""
+  shardings = dpo_step.pair_batch_shardings(mesh, precomputed, layout.packing == "shared_prompt")
+  rows = layout.max_rows(pairs // microbatches, max_length) * microbatches
+  batch = {
+    "rows": {
+      name: jax.ShapeDtypeStruct(
+        (rows, layout.row_length), jnp.float32 if name == "loss_weights" else jnp.int32, sharding=x
+      )
+      for name, x in shardings["rows"].items()
+    }
   }
-  batch = {"chosen": side(shardings["chosen"]), "rejected": side(shardings["rejected"])}
-  for name in dpo_step.REFERENCE_FIELDS if precomputed else ():
-    batch[name] = jax.ShapeDtypeStruct((pairs,), jnp.float32, sharding=shardings[name])
+  for name, x in shardings.items():
+    if name != "rows":
+      batch[name] = jax.ShapeDtypeStruct((pairs,), jnp.float32, sharding=x)
   return batch
 
 
@@ -184,12 +191,14 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
   reference = None
   if not precomputed:  # the frozen reference: a model copy, or under LoRA the reference adapters
     reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
+  layout = dpo_step.pair_layout(block, model_config, mesh)
   step = dpo_step.jit_dpo_step(
     state,
     model_config,
     tx,
     mesh,
     precomputed_reference=precomputed,
+    branched=layout.packing == "shared_prompt",
     beta=block.beta,
     loss_type=block.loss_type,
     label_smoothing=block.label_smoothing,
@@ -197,41 +206,42 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
     num_microbatches=block.num_microbatches,
     chunk_size=block.chunk_size,
   )
-  kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", block.max_length)
+  kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", layout.row_length)
   mode = "reference precomputed" if precomputed else "reference in the step"
-  batch = _pair_batch(mesh, block.batch_size, block.max_length, precomputed)
+  batch = _pair_batch(mesh, block.batch_size, layout, block.max_length, precomputed, block.num_microbatches)
+  rows = batch["rows"]["tokens"].shape[0]
   plans = [
     _measure(
       ProgramPlan(
         "refine",
-        f"DPO step ({mode})",
+        f"DPO step ({mode}; pairs {layout.packing}, {rows} rows of {layout.row_length})",
         kernel,
-        model_flops=flops.dpo_step_flops(model_config, block.batch_size, block.max_length, not precomputed)
-        / len(devices),
+        model_flops=flops.dpo_step_flops(model_config, rows, layout.row_length, not precomputed) / len(devices),
       ),
       lambda: step.lower(state, reference, batch, base),
       (state, reference, batch, base),
     )
   ]
   if precomputed:
-    rows = max(block.batch_size, 2 * len(devices))
+    pairs = max(block.batch_size, 2 * len(devices))
     log_probs = jax.jit(
-      lambda p, side, base: dpo_step.sequence_log_probs(
-        model_config, p, side, mesh=mesh, chunk_size=block.chunk_size, base=base
-      )[0]
+      lambda p, batch, base: dpo_step.pair_log_probs(
+        model_config, p, batch, mesh=mesh, chunk_size=block.chunk_size, base=base
+      )
     )
     reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
-    side = _pair_batch(mesh, rows, block.max_length, False)["chosen"]
+    pair_batch = _pair_batch(mesh, pairs, layout, block.max_length, False)
+    rows = pair_batch["rows"]["tokens"].shape[0]
     plans.append(
       _measure(
         ProgramPlan(
           "refine",
           "reference log-probs",
           kernel,
-          model_flops=flops.forward_flops(model_config, rows, block.max_length) / len(devices),
+          model_flops=flops.forward_flops(model_config, rows, layout.row_length) / len(devices),
         ),
-        lambda: log_probs.lower(reference, side, base),
-        (reference, side, base),
+        lambda: log_probs.lower(reference, pair_batch, base),
+        (reference, pair_batch, base),
       )
     )
   return plans

@@ -4,20 +4,26 @@
 
 1. The student answers each training question (CoT and direct prompts); generations stream
    to WORKDIR/samples.*.jsonl, so a killed run keeps what it sampled.
+   The questions: the task's training split (or the demonstrations' questions), and with
+   `new_questions` that many more training questions that no demonstration answers — the
+   task's gold answers score them, so the student refines beyond what it was taught.
 2. Pairs by the configured strategy (srit_jax/data/preference_pairs.py) → pairs.jsonl
    (training), heldout_pairs.jsonl (a fixed share of questions, for reward accuracy),
    pair_stats.json.
 3. DPO against a frozen reference = the student as loaded. By default the reference
    log-probabilities are computed once over the fixed pairs (reference_logps.npz) and the
    reference tree is dropped; otherwise it runs inside each step under stop_gradient.
-   Checkpoints, exact resume, progress, metrics and the NaN guard are the shared training
-   run's. Held-out reward accuracy, margin and loss (the run's own DPO loss) are logged every
-   eval_every steps.
+   Pairs are packed into rows (`pair_packing`: shared prompts by default, see
+   srit_jax/data/pair_batches.py). Checkpoints, exact resume, progress, metrics and the NaN
+   guard are the shared training run's. Held-out reward accuracy, margin and loss (the run's
+   own loss) are logged every eval_every steps; with select_checkpoint="best_heldout" the
+   step of the lowest held-out loss is kept (WORKDIR/best_checkpoint) and exported.
 4. Export to WORKDIR/export (HF format) and refine_summary.json.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -34,10 +40,11 @@ from srit_jax.phases import plan
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
-from srit_jax.training import dpo_step, flops
+from srit_jax.training import checkpointing, dpo_step, flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 
 QUESTIONS = ("task", "demos")
+SELECT_CHECKPOINT = ("last", "best_heldout")
 
 
 def samples_file(style: str) -> str:
@@ -51,24 +58,21 @@ SAMPLE_FILES = tuple(
 )
 
 
-def training_questions(config) -> list[Example]:
-  """The task's training split, or (questions="demos") the questions of the demonstrations file."""
-  if config.questions == "task":
-    return load_training_examples(
-      config.task,
-      config.split,
-      source=config.source,
-      data_dir=config.data_dir or None,
-      hub_path=config.hub_path or None,
-      limit=config.limit or None,
-      seed=config.seed,
-    )
-  if config.questions != "demos":
-    raise ValueError(f"questions {config.questions!r} is not one of {QUESTIONS}")
-  if not config.demos_file:
-    raise ValueError("questions='demos' needs demos_file")
+def _task_training_split(config, limit: int | None) -> list[Example]:
+  return load_training_examples(
+    config.task,
+    config.split,
+    source=config.source,
+    data_dir=config.data_dir or None,
+    hub_path=config.hub_path or None,
+    limit=limit,
+    seed=config.seed,
+  )
+
+
+def _demonstrated_questions(demos_file: str) -> list[Example]:
   examples, seen = [], set()
-  for record in records.read_demonstrations(config.demos_file):
+  for record in records.read_demonstrations(demos_file):
     key = (record["task"], str(record["id"]))
     if key not in seen:
       seen.add(key)
@@ -78,7 +82,32 @@ def training_questions(config) -> list[Example]:
           tuple(record["choices"]),
         )
       )  # fmt: skip
-  return examples[: config.limit] if config.limit else examples
+  return examples
+
+
+def training_questions(config) -> list[Example]:
+  """The task's training split, or (questions="demos") the questions of the demonstrations file
+  (at most `limit`); then `new_questions` training questions of the task that the demonstrations
+  file does not hold, in the split's order."""
+  if config.questions == "task":
+    examples = _task_training_split(config, config.limit or None)
+  elif config.questions == "demos":
+    if not config.demos_file:
+      raise ValueError("questions='demos' needs demos_file")
+    examples = _demonstrated_questions(config.demos_file)
+    examples = examples[: config.limit] if config.limit else examples
+  else:
+    raise ValueError(f"questions {config.questions!r} is not one of {QUESTIONS}")
+  if not config.new_questions:
+    return examples
+  if not config.demos_file:
+    raise ValueError("new_questions needs demos_file (the questions it must not repeat)")
+  taught = {(r["task"], str(r["id"])) for r in records.read_demonstrations(config.demos_file, ("task", "id"))}
+  taught |= {(e.task, e.id) for e in examples}
+  new = [e for e in _task_training_split(config, None) if (e.task, e.id) not in taught][: config.new_questions]
+  if len(new) < config.new_questions:
+    print(f"new_questions: only {len(new)} training questions of {config.task} are not demonstrated")
+  return examples + new
 
 
 def teacher_demonstrations(path: str) -> dict[tuple[str, str], str]:
@@ -125,28 +154,96 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
   return scored
 
 
-def pair_log_probs(
-  log_prob_fn, params, pairs, row_length, mesh, batch_size, base=None
-) -> tuple[np.ndarray, np.ndarray]:
-  """(chosen, rejected) summed answer log-probs of every pair under `params` (adapters over
-  `base` under LoRA), in pair order."""
-  chosen, rejected = [], []
-  per_process = batch_size // jax.process_count()
-  mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-  for start in range(0, len(pairs), batch_size):
-    indices = list(range(start, min(start + batch_size, len(pairs))))
-    padded = indices + [indices[0]] * (batch_size - len(indices))  # whole batches: one compilation
-    batch = sharding.shard_rows(pair_batches.make_pair_batch(pairs, padded[mine], row_length), mesh)
-    chosen.append(io.to_host(log_prob_fn(params, batch["chosen"], base))[: len(indices)])
-    rejected.append(io.to_host(log_prob_fn(params, batch["rejected"], base))[: len(indices)])
-  return np.concatenate(chosen), np.concatenate(rejected)
+def _row_multiple(mesh) -> int:
+  """Rows per microbatch of one process split evenly over its devices along the batch axes."""
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  return max(1, batch_devices // jax.process_count())
 
 
-def reward_metrics(policy, reference, **loss_options) -> dict:
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+class PairScorer:
+  """(chosen, rejected) summed answer log-probs of a fixed list of pairs under any parameters:
+  the reference's once, the policy's on held-out pairs. Batches of `batch_size` pairs, laid out
+  like training batches, with the most rows any of them needs (one compilation)."""
+
+  def __init__(self, pairs, layout: pair_batches.PairLayout, model_config, mesh, batch_size: int, chunk_size: int):
+    self.pairs, self.layout, self.mesh, self.batch_size = pairs, layout, mesh, batch_size
+    self.per_process = batch_size // jax.process_count()
+    self.chunks = [list(range(s, min(s + batch_size, len(pairs)))) for s in range(0, len(pairs), batch_size)]
+    processes = range(jax.process_count())
+    shares = [
+      self._padded(c)[p * self.per_process : (p + 1) * self.per_process] for c in self.chunks for p in processes
+    ]
+    most = max((layout.rows_needed(pairs, share) for share in shares), default=1)
+    self.rows = _round_up(most, _row_multiple(mesh))
+    self._log_probs = jax.jit(
+      lambda params, batch, base: dpo_step.pair_log_probs(
+        model_config, params, batch, mesh=mesh, chunk_size=chunk_size, base=base
+      )
+    )
+
+  def _padded(self, indices: list[int]) -> list[int]:
+    return indices + [indices[0]] * (self.batch_size - len(indices))  # whole batches: one compilation
+
+  def __call__(self, params, base=None) -> tuple[np.ndarray, np.ndarray]:
+    chosen, rejected = [], []
+    process = jax.process_index()
+    for indices in self.chunks:
+      mine = self._padded(indices)[process * self.per_process : (process + 1) * self.per_process]
+      local = pair_batches.make_pair_batch(
+        self.pairs,
+        mine,
+        self.layout,
+        self.rows,
+        first_slot=process * self.per_process,
+        slots_per_microbatch=self.batch_size,
+      )
+      both = self._log_probs(params, sharding.shard_rows(local, self.mesh), base)
+      chosen.append(io.to_host(both[0])[: len(indices)])
+      rejected.append(io.to_host(both[1])[: len(indices)])
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def reward_metrics(policy, reference, chosen_lengths, *, nll_weight: float = 0.0, **loss_options) -> dict:
   """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference:
-  the run's own DPO loss (its loss_type, label_smoothing and beta), reward accuracy and margin."""
-  values = dpo_step.pair_metrics(*dpo_step.dpo_loss(*policy, *reference, **loss_options))
+  the run's own loss (its loss_type, label_smoothing, beta and NLL term), the chosen answers'
+  length-normalised NLL, reward accuracy and margin."""
+  per_pair, chosen_rewards, rejected_rewards = dpo_step.dpo_loss(
+    *policy, *reference, chosen_lengths_B=chosen_lengths, **loss_options
+  )
+  nll = dpo_step.length_normalized_nll(policy[0], chosen_lengths)
+  values = dpo_step.pair_metrics(per_pair + nll_weight * nll, chosen_rewards, rejected_rewards)
+  values["nll/chosen"] = np.mean(nll)
   return {f"eval/{name}": float(value) for name, value in values.items()}
+
+
+class BestCheckpoint:
+  """The trained tree at the step of the lowest held-out loss so far, in WORKDIR/best_checkpoint
+  (one Orbax checkpoint, its step and loss beside it), kept across a resume."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.manager = checkpointing.CheckpointManager(workdir / "best_checkpoint", max_to_keep=1, async_save=False)
+    self.info_path = workdir / "best_checkpoint.json"
+    self.step, self.loss = None, float("inf")
+    if self.info_path.exists():  # written once its checkpoint is complete
+      info = json.loads(self.info_path.read_text(encoding="utf-8"))
+      if info["step"] == self.manager.latest_step():
+        self.step, self.loss = info["step"], info["loss"]
+
+  def offer(self, state, step: int, loss: float) -> None:
+    if loss < self.loss:
+      self.manager.save(step, state.params, {"step": step, "loss": loss}, force=True)
+      self.manager.wait()
+      io.write_json(self.info_path, {"step": step, "loss": loss})
+      self.step, self.loss = step, loss
+
+  def restore(self, params):
+    """The kept tree, in the shardings of `params`."""
+    restored, _ = self.manager.restore(self.step, params)
+    return restored
 
 
 def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray, np.ndarray]:
@@ -229,28 +326,22 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       f"no preference pair to train on ({stats['pairs']} built, {token_stats.dropped_too_long} too long "
       f"for max_length={config.max_length})"
     )
-  model_config, chunk_size = model.config, config.chunk_size
-  log_prob_fn = jax.jit(
-    lambda params, side, base: dpo_step.sequence_log_probs(
-      model_config, params, side, mesh=mesh, chunk_size=chunk_size, base=base
-    )[0]
-  )
-  base = run.base
+  model_config, base = model.config, run.base
+  layout = dpo_step.pair_layout(config, model_config, mesh)
   eval_batch = max(config.batch_size, 2 * mesh.devices.size)
+  score = lambda pairs: PairScorer(pairs, layout, model_config, mesh, eval_batch, config.chunk_size)
   reference_params, reference_identity = _reference(config, model, mesh)
   key = fingerprint.digest(reference_identity, config.max_length, train_pairs, held_out_pairs)
   reference = held_out_reference = None
   if config.precompute_reference:
+    reference_scorer = score(tokenized)
     reference = _cached_log_probs(
-      workdir / "reference_logps.npz",
-      key,
-      lambda: pair_log_probs(log_prob_fn, reference_params, tokenized, config.max_length, mesh, eval_batch, base),
+      workdir / "reference_logps.npz", key, lambda: reference_scorer(reference_params, base)
     )
+  held_out_scorer = score(held_out) if held_out else None
   if held_out:
     held_out_reference = _cached_log_probs(
-      workdir / "heldout_reference_logps.npz",
-      key,
-      lambda: pair_log_probs(log_prob_fn, reference_params, held_out, config.max_length, mesh, eval_batch, base),
+      workdir / "heldout_reference_logps.npz", key, lambda: held_out_scorer(reference_params, base)
     )
   if config.precompute_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are
@@ -263,27 +354,48 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     run.optimizer,
     mesh,
     precomputed_reference=config.precompute_reference,
+    branched=layout.packing == "shared_prompt",
     nll_weight=config.nll_weight,
     num_microbatches=config.num_microbatches,
-    chunk_size=chunk_size,
+    chunk_size=config.chunk_size,
     **loss_options,
   )
   iterator = pair_batches.PairBatchIterator(
-    tokenized, batch_size=config.batch_size, row_length=config.max_length, seed=config.seed, reference=reference
+    tokenized,
+    batch_size=config.batch_size,
+    layout=layout,
+    seed=config.seed,
+    num_microbatches=config.num_microbatches,
+    reference=reference,
   )
+  # One row count for the whole run (one compilation): the most any of its batches needs.
+  iterator.rows_per_microbatch = _round_up(iterator.rows_for_steps(config.num_steps), _row_multiple(mesh))
+  rows_per_step = iterator.rows_per_microbatch * config.num_microbatches * jax.process_count()
+  positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
+  print(
+    f"pairs packed as {layout.packing!r}: {rows_per_step} rows of {layout.row_length} per step of "
+    f"{config.batch_size} pairs (one row per side: {2 * config.batch_size} of {config.max_length}); "
+    f"{positions:.0f} positions per pair unpacked"
+  )
+  held_out_lengths = np.asarray([sum(p.chosen.loss_mask) for p in held_out], np.float32)
   held_out_metrics: dict[int, dict] = {}  # by step: the last step's is logged and reported, computed once
+  best = BestCheckpoint(workdir) if config.select_checkpoint == "best_heldout" and held_out else None
 
   def evaluate(state, step):
     if step not in held_out_metrics:
-      policy = pair_log_probs(log_prob_fn, state.params, held_out, config.max_length, mesh, eval_batch, base)
-      held_out_metrics[step] = reward_metrics(policy, held_out_reference, **loss_options)
+      policy = held_out_scorer(state.params, base)
+      held_out_metrics[step] = reward_metrics(
+        policy, held_out_reference, held_out_lengths, nll_weight=config.nll_weight, **loss_options
+      )
+      if best is not None:
+        best.offer(state, step, held_out_metrics[step]["eval/loss"])
     return held_out_metrics[step]
 
   initial = evaluate(run.state, 0) if held_out else {}
   last = run.fit(
     lambda state, batch: jitted(state, reference_params, batch, base),
     DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch, mesh)),
-    step_flops=flops.dpo_step_flops(model_config, config.batch_size, config.max_length, reference_params is not None),
+    step_flops=flops.dpo_step_flops(model_config, rows_per_step, layout.row_length, reference_params is not None),
     data_identity=key,
     evaluate=evaluate if held_out else None,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
@@ -293,7 +405,20 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   final = evaluate(run.state, config.num_steps) if held_out else {}
 
   # 4. Export.
-  summary = {"pairs": stats, "heldout_before": initial, "heldout_after": final, "last_step": last}
+  summary = {
+    "pairs": stats,
+    "layout": {"packing": layout.packing, "row_length": layout.row_length, "rows_per_step": rows_per_step},
+    "heldout_before": initial,
+    "heldout_after": final,
+    "heldout_curve": {str(step): values for step, values in sorted(held_out_metrics.items())},
+    "last_step": last,
+  }
+  if best is not None:
+    summary["selected"] = {"step": best.step, "heldout_loss": best.loss}
+    if best.step != config.num_steps:
+      print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
+      run.state = run.state.replace(params=best.restore(run.state.params))
+      summary["heldout_after"] = held_out_metrics.get(best.step) or evaluate(run.state, best.step)
   export_dir = run.export()
   if export_dir is not None:
     summary["export_dir"] = str(export_dir)

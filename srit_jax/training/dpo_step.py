@@ -1,12 +1,19 @@
 """Direct Preference Optimization: the losses and the pure `dpo_step` against a frozen reference.
 
 The losses take summed log-probabilities of whole answers (policy and reference, chosen and
-rejected) and apply beta in one place. The step runs chosen and rejected rows through the
-policy in one concatenated forward; the reference is its own argument — never donated,
-never given optimizer state — run in the same jit under `stop_gradient`, unless the batch
-carries reference log-probabilities precomputed in one pass over fixed pairs.
+rejected) and apply beta in one place. A batch is rows in any of the layouts of
+`srit_jax/data/pair_batches.py` (one row per side, packed sides, shared prompts): one forward
+over the rows gives every position's log-prob, summed per answer by the answer slot each
+position carries. The reference is its own argument — never donated, never given optimizer
+state — run in the same jit under `stop_gradient`, unless the batch carries reference
+log-probabilities precomputed in one pass over fixed pairs.
 
-Shapes: B pairs, L row length.
+An optional NLL term on the chosen answers, length-normalised per pair as in Iterative
+Reasoning Preference Optimization (Pang et al., 2024), joins the preference loss with
+`nll_weight`; the loss type "nll" keeps that term alone (fine-tuning on the chosen answers:
+the compute-matched control of a preference recipe).
+
+Shapes: B pairs, R rows, L row length.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from srit_jax import sharding
+from srit_jax.data import pair_batches
+from srit_jax.model import attention
 from srit_jax.model.config import ModelConfig
 from srit_jax.training import losses, sft_step
 from srit_jax.training.state import (
@@ -29,8 +38,8 @@ from srit_jax.training.state import (
   state_shardings,
 )
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-SIDE_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nll")
+PAIR_PACKINGS = ("auto", *pair_batches.PACKINGS)
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -43,12 +52,15 @@ def dpo_loss(
   beta: float,
   loss_type: str = "sigmoid",
   label_smoothing: float = 0.0,
+  chosen_lengths_B=None,
 ):
   """(per-pair loss [B], chosen reward [B], rejected reward [B]).
 
   sigmoid: -(1 - ε) log σ(β h) - ε log σ(-β h) (ε = label smoothing: robust/cDPO);
   ipo: (h - 1 / (2β))²; hinge: max(0, 1 - β h); where h is the policy's log-ratio margin
-  minus the reference's.
+  minus the reference's. nll: the chosen answer's negative log-likelihood over its length
+  (`chosen_lengths_B` answer tokens), no preference term. The rewards are β times each side's
+  log-ratio whatever the loss.
   """
   f32 = jnp.float32
   chosen_ratio_B = policy_chosen_logps_B.astype(f32) - ref_chosen_logps_B.astype(f32)
@@ -62,9 +74,16 @@ def dpo_loss(
     per_pair = (margin_B - 1 / (2 * beta)) ** 2
   elif loss_type == "hinge":
     per_pair = jax.nn.relu(1 - beta * margin_B)
+  elif loss_type == "nll":
+    per_pair = length_normalized_nll(policy_chosen_logps_B, chosen_lengths_B)
   else:
     raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}")
   return per_pair, beta * chosen_ratio_B, beta * rejected_ratio_B
+
+
+def length_normalized_nll(chosen_logps_B, chosen_lengths_B):
+  """-log p(chosen answer) / its number of tokens, per pair [B]."""
+  return -chosen_logps_B.astype(jnp.float32) / jnp.maximum(chosen_lengths_B.astype(jnp.float32), 1.0)
 
 
 def pair_metrics(per_pair_B, chosen_rewards_B, rejected_rewards_B) -> dict:
@@ -79,34 +98,23 @@ def pair_metrics(per_pair_B, chosen_rewards_B, rejected_rewards_B) -> dict:
   }
 
 
-def sequence_log_probs(
-  config: ModelConfig, params, side: dict, *, mesh=None, chunk_size: int = 128, base=None, dropout_rng=None
+def pair_log_probs(
+  config: ModelConfig, params, batch: dict, *, mesh=None, chunk_size: int = 128, base=None, dropout_rng=None
 ):
-  """Summed answer-token log-probabilities per row [B] (and answer-token counts [B]).
+  """(chosen, rejected) summed answer-token log-probabilities per pair [B] of a batch of rows.
 
-  `params`: all parameters, or LoRA adapters over `base`.
+  `params`: all parameters, or LoRA adapters over `base` (under LoRA the reference is its
+  adapters over the one shared base). Also the one-pass precomputation of the reference's.
   """
-  token_log_probs = losses.token_log_probs(
-    config, params, side, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng
+  rows = batch["rows"]
+  token_log_probs_RxL = losses.token_log_probs(
+    config, params, rows, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng
   )
-  weights = side["loss_weights"].astype(jnp.float32)
-  return jnp.sum(token_log_probs * weights, axis=-1), jnp.sum(weights, axis=-1)
-
-
-def _concat(chosen: dict, rejected: dict) -> dict:
-  return {k: jnp.concatenate([chosen[k], rejected[k]], axis=0) for k in SIDE_FIELDS}
-
-
-def reference_log_probs(config: ModelConfig, ref_params, batch: dict, *, mesh=None, chunk_size: int = 128, base=None):
-  """(chosen, rejected) reference log-probs [B] — the one-pass precomputation over fixed pairs.
-
-  Under LoRA the reference is its adapters (`ref_params`) over the one shared `base`.
-  """
-  logps, _ = sequence_log_probs(
-    config, ref_params, _concat(batch["chosen"], batch["rejected"]), mesh=mesh, chunk_size=chunk_size, base=base
-  )
-  num_pairs = batch["chosen"]["tokens"].shape[0]
-  return logps[:num_pairs], logps[num_pairs:]
+  num_pairs = batch["chosen_lengths"].shape[0]
+  weighted = (token_log_probs_RxL * rows["loss_weights"].astype(jnp.float32)).reshape(-1)
+  # Slot 2p: the chosen answer of pair p, 2p + 1: its rejected answer, 2B: no answer.
+  sums = jax.ops.segment_sum(weighted, rows["answer_slots"].reshape(-1), num_segments=2 * num_pairs + 1)
+  return sums[0 : 2 * num_pairs : 2], sums[1 : 2 * num_pairs : 2]
 
 
 def dpo_step(
@@ -125,7 +133,8 @@ def dpo_step(
   chunk_size: int = 128,
   mesh: Mesh | None = None,
 ):
-  """One DPO update. `batch` = {"chosen": side, "rejected": side} (+ precomputed reference log-probs).
+  """One DPO update. `batch`: pair rows (`srit_jax/data/pair_batches.py`), with the pairs' answer
+  lengths (+ precomputed reference log-probs).
 
   In full fine-tuning `ref_params` is the frozen reference model; under LoRA it is the frozen
   reference adapters (the SFT student's), over the same frozen `base` as the policy's.
@@ -134,8 +143,7 @@ def dpo_step(
   slices inside the step and their gradients are summed: the same update as one pass, with a
   fraction of the activation memory.
   """
-  num_pairs = batch["chosen"]["tokens"].shape[0]
-  chosen_weight = jnp.maximum(jnp.sum(batch["chosen"]["loss_weights"].astype(jnp.float32)), 1.0)
+  num_pairs = batch["chosen_lengths"].shape[0]
   precomputed = all(k in batch for k in REFERENCE_FIELDS)
   if not precomputed:
     ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
@@ -146,25 +154,23 @@ def dpo_step(
     if precomputed:
       ref_chosen, ref_rejected = micro["ref_chosen_logps"], micro["ref_rejected_logps"]
     else:
-      ref_chosen, ref_rejected = reference_log_probs(
-        config, ref_params, micro, mesh=mesh, chunk_size=chunk_size, base=base
-      )
-    logps, _ = sequence_log_probs(
-      config,
-      params,
-      _concat(micro["chosen"], micro["rejected"]),
-      mesh=mesh,
-      chunk_size=chunk_size,
-      base=base,
-      dropout_rng=rng,
+      ref_chosen, ref_rejected = pair_log_probs(config, ref_params, micro, mesh=mesh, chunk_size=chunk_size, base=base)
+    chosen, rejected = pair_log_probs(
+      config, params, micro, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=rng
     )
-    chosen, rejected = jnp.split(logps, 2)
     per_pair, chosen_rewards, rejected_rewards = dpo_loss(
-      chosen, rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+      chosen,
+      rejected,
+      ref_chosen,
+      ref_rejected,
+      beta=beta,
+      loss_type=loss_type,
+      label_smoothing=label_smoothing,
+      chosen_lengths_B=micro["chosen_lengths"],
     )
     loss = jnp.sum(per_pair) / num_pairs
     if nll_weight:
-      loss += nll_weight * -jnp.sum(chosen) / chosen_weight
+      loss += nll_weight * jnp.sum(length_normalized_nll(chosen, micro["chosen_lengths"])) / num_pairs
     return loss, (per_pair, chosen, rejected, chosen_rewards, rejected_rewards)
 
   loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
@@ -177,22 +183,52 @@ def dpo_step(
     "grad_norm": optax.tree.norm(grads),
     "logps/chosen": jnp.mean(chosen),
     "logps/rejected": jnp.mean(rejected),
-    "tokens": jnp.sum(batch["chosen"]["segment_ids"] > 0) + jnp.sum(batch["rejected"]["segment_ids"] > 0),
+    "nll/chosen": jnp.mean(length_normalized_nll(chosen, batch["chosen_lengths"])),
+    "tokens": jnp.sum(batch["rows"]["segment_ids"] > 0),
   }
   return apply_gradients(state, grads, optimizer), metrics
 
 
-def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool) -> dict:
-  side = dict.fromkeys(SIDE_FIELDS, sharding.row_sharding(mesh, 2))
-  shardings = {"chosen": side, "rejected": dict(side)}
-  if precomputed_reference:
-    shardings.update(dict.fromkeys(REFERENCE_FIELDS, sharding.row_sharding(mesh, 1)))
-  return shardings
+def pair_layout(block, model_config: ModelConfig, mesh: Mesh | None) -> pair_batches.PairLayout:
+  """The rows a refine block's pairs are laid out in: its `pair_packing` ("auto": shared prompts,
+  or packed sides where the attention kernel cannot branch — splash on TPU) in rows of its
+  `pack_length` (0: twice max_length for shared prompts, so that every pair fits one row;
+  max_length otherwise)."""
+  packing, max_length = block.pair_packing, block.max_length
+  if packing not in PAIR_PACKINGS:
+    raise ValueError(f"pair_packing {packing!r} is not one of {PAIR_PACKINGS}")
+  if packing == "auto":
+    kernel = attention.kernel_for(model_config, attention.platform_of(mesh), block.pack_length or 2 * max_length)
+    packing = "sides" if kernel in attention.CANNOT_BRANCH else "shared_prompt"
+  default = 2 * max_length if packing == "shared_prompt" else max_length
+  row_length = max_length if packing == "none" else block.pack_length or default
+  if row_length < max_length:
+    raise ValueError(f"pack_length {row_length} is shorter than max_length {max_length}: a side would not fit")
+  return pair_batches.PairLayout(packing, row_length)
 
 
-def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomputed_reference: bool, **loss_options):
+def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool, branched: bool = False) -> dict:
+  """Shardings of a pair batch: rows and per-pair values split over the data and fsdp axes.
+  `branched`: the rows hold shared-prompt pairs (branch ids)."""
+  row_fields = pair_batches.ROW_FIELDS + ((pair_batches.BRANCH_FIELD,) if branched else ())
+  shardings = {"rows": dict.fromkeys(row_fields, sharding.row_sharding(mesh, 2))}
+  per_pair = pair_batches.LENGTH_FIELDS + (REFERENCE_FIELDS if precomputed_reference else ())
+  return shardings | dict.fromkeys(per_pair, sharding.row_sharding(mesh, 1))
+
+
+def jit_dpo_step(
+  state,
+  config: ModelConfig,
+  optimizer,
+  mesh: Mesh,
+  *,
+  precomputed_reference: bool,
+  branched: bool = False,
+  **loss_options,
+):
   """`dpo_step(state, reference, batch, base)` jitted with explicit shardings: the state donated; the
-  reference (sharded like the trained tree) and the LoRA base never donated."""
+  reference (sharded like the trained tree) and the LoRA base never donated. `branched`: batches
+  of shared-prompt pairs."""
   shardings = state_shardings(state, config, mesh)
   step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
   return jax.jit(
@@ -200,7 +236,7 @@ def jit_dpo_step(state, config: ModelConfig, optimizer, mesh: Mesh, *, precomput
     in_shardings=(
       shardings,
       None if precomputed_reference else shardings.params,  # precomputed: no reference tree is passed
-      pair_batch_shardings(mesh, precomputed_reference),
+      pair_batch_shardings(mesh, precomputed_reference, branched),
       sft_step.base_shardings(config, mesh),
     ),
     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),

@@ -77,7 +77,8 @@ def peak_flops(dtype: str = "bfloat16") -> float:
   return per_device_peak_flops(dtype) * jax.device_count()
 
 
-def dpo_step_flops(config: ModelConfig, pairs: int, length: int, in_step_reference: bool) -> float:
-  """Policy forward and backward over both sides, plus the reference forward when it runs in the step."""
-  flops = train_step_flops(config, 2 * pairs, length)
-  return flops + (forward_flops(config, 2 * pairs, length) if in_step_reference else 0.0)
+def dpo_step_flops(config: ModelConfig, rows: int, length: int, in_step_reference: bool) -> float:
+  """Policy forward and backward over the step's rows of pairs (2 per pair unpacked; fewer packed),
+  plus the reference forward when it runs in the step."""
+  flops = train_step_flops(config, rows, length)
+  return flops + (forward_flops(config, rows, length) if in_step_reference else 0.0)

@@ -94,12 +94,13 @@ def run_steps(
         record(*pending)
       pending = (step, step_metrics)
       bar.update(1)
+      # Evaluated before the save: a run killed in between evaluates this step again on resume.
+      if evaluate is not None and eval_every and step % eval_every == 0:
+        writer.write(step, evaluate(state, step))
       if step % save_every == 0 or step == num_steps:
         record(*pending)  # never save a state whose loss was not checked
         pending = None
         checkpoints.save(step, state, data_state())
-      if evaluate is not None and eval_every and step % eval_every == 0:
-        writer.write(step, evaluate(state, step))
     if pending is not None:
       record(*pending)
   finally:

@@ -47,8 +47,9 @@ def chunked_token_log_probs(
 
 
 def token_log_probs(config, params, rows: dict, *, mesh=None, chunk_size: int = 128, base=None, dropout_rng=None):
-  """log p(target_t | prefix) of every position of `rows` (tokens, positions, segment ids, targets),
-  float32 [B, T]: the model's forward to its last hidden state, then the chunked output layer.
+  """log p(target_t | prefix) of every position of `rows` (tokens, positions, segment ids, targets;
+  branch ids where rows hold shared-prompt pairs), float32 [B, T]: the model's forward to its
+  last hidden state, then the chunked output layer.
 
   `params` is the trained tree: all parameters, or LoRA adapters over `base`. With
   `dropout_rng`, adapter dropout is on.
@@ -60,6 +61,7 @@ def token_log_probs(config, params, rows: dict, *, mesh=None, chunk_size: int = 
     rows["positions"],
     rows["segment_ids"],
     dropout_rng is None,
+    rows.get("branch_ids"),
     method="hidden_states",
     rngs={} if dropout_rng is None else {"dropout": dropout_rng},
   )

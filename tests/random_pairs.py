@@ -1,0 +1,34 @@
+"""Random preference pairs of uneven lengths, as token ids, and their batches in any layout."""
+
+import numpy as np
+
+from srit_jax.data import pair_batches
+from srit_jax.data.sft_examples import TokenizedExample
+
+
+def random_pairs(n, *, vocab=128, seed=0, prompt=(4, 10), chosen=(2, 9), rejected=(1, 5)):
+  """`n` pairs, each side its prompt (shared by both sides) then an answer; lengths drawn from the
+  given [low, high) ranges, so that sides differ in length within and across pairs."""
+  rng = np.random.default_rng(seed)
+  draw = lambda bounds: list(rng.integers(3, vocab, int(rng.integers(*bounds))))
+  pairs = []
+  for _ in range(n):
+    head = draw(prompt)
+    side = lambda answer, head=head: TokenizedExample(head + answer, [0] * len(head) + [1] * len(answer))
+    pairs.append(pair_batches.TokenizedPair(side(draw(chosen)), side(draw(rejected))))
+  return pairs
+
+
+def max_side(pairs) -> int:
+  """Positions of the longest side."""
+  return max(len(side.tokens) - 1 for p in pairs for side in (p.chosen, p.rejected))
+
+
+def pair_batch(pairs, packing="none", row_length=None, *, num_microbatches=1, reference=None, rows=None):
+  """A batch of all `pairs` in one process, with the rows it needs (or `rows` per microbatch)."""
+  layout = pair_batches.PairLayout(packing, row_length or max_side(pairs))
+  indices = list(range(len(pairs)))
+  rows = rows or layout.rows_needed(pairs, indices, num_microbatches)
+  return pair_batches.make_pair_batch(
+    pairs, indices, layout, rows, num_microbatches=num_microbatches, reference=reference
+  )
