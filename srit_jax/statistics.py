@@ -64,10 +64,20 @@ def resolves(n: int, discordant: int, difference: float = SMALLEST_DIFFERENCE_OF
   """Whether an evaluation of `n` questions, on which two stages disagree `discordant` times,
   could show a `difference` at p < 0.05: McNemar's p of that difference made of the observed
   disagreements (at least as many as the difference needs)."""
-  k = math.ceil(difference * n)
+  return n > 0 and _significant_with(discordant, math.ceil(round(difference * n, 9)))
+
+
+def _significant_with(discordant: int, k: int) -> bool:
+  """McNemar's p < 0.05 for a difference of k questions made of at least `discordant` disagreements."""
   total = max(discordant, k)
   total += (total - k) % 2  # the two discordant counts differ by k
-  return n > 0 and mcnemar_exact((total - k) // 2, (total + k) // 2) < 0.05
+  return mcnemar_exact((total - k) // 2, (total + k) // 2) < 0.05
+
+
+def detectable_difference(n: int, discordant: int) -> float:
+  """The smallest difference (a fraction of `n`) that `resolves` at p < 0.05 with these
+  disagreements: the power of a paired comparison, stated as the effect it could show."""
+  return next((k / n for k in range(1, n + 1) if _significant_with(discordant, k)), math.inf)
 
 
 def paired_comparison(first: Mapping[str, bool], second: Mapping[str, bool], *, seed: int = 0) -> dict:
@@ -94,4 +104,5 @@ def paired_comparison(first: Mapping[str, bool], second: Mapping[str, bool], *, 
     "ci95": [low, high],
     "mcnemar_p": mcnemar_exact(only_first, only_second),
     "resolves_5_points": resolves(len(ids), only_first + only_second),
+    "detectable_difference": detectable_difference(len(ids), only_first + only_second),
   }

@@ -1,22 +1,24 @@
 """What self-refinement adds over instruction tuning: SFT vs. SRIT on the same questions, for
-the base recipe and the variants that matter, with paired statistics.
+the base recipe and the recipes that matter, with paired statistics.
 
     python studies/self_refinement.py --root=runs/study            # every variant, then the report
-    python studies/self_refinement.py --root=runs/study --variants=base,mixed
+    python studies/self_refinement.py --root=runs/study --variants=base,rpo
     python studies/self_refinement.py --root=runs/study --report_only
 
 The base is `configs/wordmath.py` (SmolLM2-135M-Instruct taught 400 worked word problems,
-then refined on its own samples of 200 training questions; 300 test questions per task).
-Every variant starts from a hard-linked copy of the base's finished phases, so it shares the
-base's demonstrations, SFT student, its evaluations and (where sampling is unchanged) the
-student's samples; the pipeline reruns only what the variant changes. Variants run one after
-another (under `nice`); a killed study resumes where it stopped. The report
-(docs/self_refinement_study.md and docs/self_refinement_study.json) pairs each variant's
-SRIT student with the SFT student on the same test questions.
+then refined on its own samples of 200 training questions; 1,000 in-domain test questions and
+500 per out-of-domain task). Every variant starts from hard links to the finished phases of its
+parent (the base, or the variant whose samples it shares), so it reruns only what it changes;
+a linked file is never written through (appends make their own copy first). Variants run one
+after another under `nice`; a killed study resumes where it stopped. The report
+(docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
+pairs each variant's SRIT student with the SFT student, and where a variant trains the
+compute-matched control, the control with both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -30,23 +32,69 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).parents[1]
 CONFIG = "configs/wordmath.py"
 
-# name: (what it changes, config overrides)
+# Iterative reasoning preference optimisation (Pang et al., 2024): a correct chain over an
+# incorrect one, an NLL term on the chosen chain, more chains and pairs per question, epochs over
+# the pairs, and the evaluated step of lowest held-out loss kept (as the paper keeps its lowest
+# validation loss).
+RPO = [
+  "refine.strategy=correct_vs_incorrect",
+  "refine.nll_weight=1.0",
+  "refine.num_cot_samples=8",
+  "refine.num_direct_samples=0",
+  "refine.max_pairs_per_question=8",
+  "refine.num_epochs=2",
+  "refine.eval_every=25",
+  "refine.save_every=25",
+  "refine.select_checkpoint=best_heldout",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  what: str
+  overrides: tuple[str, ...] = ()
+  parent: str = "base"  # whose finished phases it starts from
+
+
 VARIANTS = {
-  "base": ("the base recipe: CoT over direct answers, beta 0.1, lr 5e-6, 20 steps", []),
-  "correct_vs_incorrect": (
-    "pairs: a correct CoT answer over an incorrect one",
-    ["refine.strategy=correct_vs_incorrect"],
+  "base": Variant("the base recipe: CoT over direct answers, beta 0.1, lr 5e-6, 20 steps of 8 pairs"),
+  "rpo": Variant(
+    "correct over incorrect chains + NLL (weight 1), 8 chains and up to 8 pairs per question, 2 epochs, "
+    "lowest held-out loss kept; with the compute-matched control",
+    (*RPO, "control=True"),
   ),
-  "mixed": ("pairs: both kinds, the cap of 2 per question shared", ["refine.strategy=mixed"]),
-  "lr_2e-5": ("4x the learning rate", ["refine.optimizer.learning_rate=2e-5"]),
-  "nll_1": ("an NLL term on the chosen answers (weight 1)", ["refine.nll_weight=1.0"]),
-  "beta_0.5": ("beta 0.5 (closer to the reference)", ["refine.beta=0.5"]),
-  "no_fallback": ("no teacher demonstration where the student never succeeds", ["refine.teacher_fallback=False"]),
-  "steps_60": ("3x the DPO steps", ["refine.num_steps=60", "refine.save_every=30"]),
-  "two_rounds": ("a second round from the refined student (new samples, SFT reference)", ["refine_iterations=2"]),
-  "demos_100": ("a quarter of the demonstrations (100): a weaker SFT student", ["demos.limit=100"]),
+  "cot_vs_direct_nll": Variant(
+    "the paper's pairs (CoT over direct) + NLL (weight 1), up to 8 pairs per question, 2 epochs, lowest held-out loss",
+    tuple(o for o in RPO if "strategy" not in o and "num_cot" not in o and "num_direct" not in o),
+  ),
+  "rpo_3_rounds": Variant(
+    "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference",
+    (*RPO, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True"),
+    parent="rpo",
+  ),
+  "rpo_3_rounds_sft_reference": Variant(
+    "rpo iterated: 3 rounds, the reference fixed at the SFT student",
+    (*RPO, "refine_iterations=3", "refine_reference=sft", "eval_rounds=True"),
+    parent="rpo_3_rounds",
+  ),
+  "rpo_new_questions": Variant(
+    "rpo on 400 more training questions that no demonstration answers (600 in all)",
+    (*RPO, "refine.new_questions=400"),
+    parent="rpo",
+  ),
+  "rpo_demos_100": Variant("rpo after SFT on a quarter of the demonstrations (100)", (*RPO, "demos.limit=100")),
+  "lora": Variant(
+    "the base recipe with LoRA (rank 16 on every projection) in SFT and DPO",
+    ("sft.lora.rank=16", "sft.optimizer.learning_rate=1e-3", "refine.optimizer.learning_rate=5e-5"),
+  ),
+  "correct_vs_incorrect": Variant(
+    "pairs: a correct CoT answer over an incorrect one (20 steps)", ("refine.strategy=correct_vs_incorrect",)
+  ),
+  "rpo_seed_1": Variant("rpo with another sampling and shuffling seed", (*RPO, "refine.seed=1")),
 }
-SHARED_PHASES = ("demos", "sft", "refine", "eval/untuned", "eval/sft")
+# Phases a variant may share with its parent; the pipeline reruns those whose settings differ.
+SHARED_PHASES = ("demos", "sft", "eval/untuned", "eval/sft")
+SHARED_PREFIXES = ("refine",)  # refine, refine_2, refine_control, ...
 
 _ROOT_DIR = flags.DEFINE_string("root", "runs/study", "folder of the study's runs (one workdir per variant)")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "variants to run, in order")
@@ -54,28 +102,37 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the report from fi
 _DOC = flags.DEFINE_string("doc", str(ROOT / "docs" / "self_refinement_study.md"), "the report")
 
 
-def _start_from_base(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to the base's finished phases."""
+def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
+  shared = [workdir / name for name in SHARED_PHASES]
+  shared += [p for p in sorted(workdir.glob("*")) if p.name.startswith(SHARED_PREFIXES)]
+  return [p for p in shared if (p / "DONE.json").exists()]
+
+
+def _start_from_parent(root: pathlib.Path, name: str) -> pathlib.Path:
+  """The variant's workdir, first filled with hard links to its parent's finished phases."""
   workdir = root / name
+  parent = root / VARIANTS[name].parent
   if name != "base" and not workdir.exists():
     partial = root / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    for phase in SHARED_PHASES:
-      source = root / "base" / phase
-      if (source / "DONE.json").exists():
-        target = partial / phase
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-al", str(source), str(target)], check=True)
+    partial.mkdir(parents=True)
+    for source in _finished_phases(parent):
+      target = partial / source.relative_to(parent)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      subprocess.run(["cp", "-al", str(source), str(target)], check=True)
     partial.rename(workdir)
   return workdir
 
 
 def run_variant(root: pathlib.Path, name: str) -> None:
-  workdir = _start_from_base(root, name)
+  parent = VARIANTS[name].parent
+  if name != "base" and not (root / parent / "STUDY_DONE").exists():
+    run_variant(root, parent)
+  workdir = _start_from_parent(root, name)
   if (workdir / "results.json").exists() and (workdir / "STUDY_DONE").exists():
     print(f"[{name}] done already")
     return
-  overrides = [f"--config.{o}" for o in VARIANTS[name][1]]
+  overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
   command = ["nice", "-n", "10", "srit-jax", "pipeline", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
@@ -87,40 +144,96 @@ def _percent(x: float) -> str:
   return f"{100 * x:.1f}"
 
 
+def _row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
+  low, high = paired["ci95"]
+  detectable = paired.get("detectable_difference", float("inf"))
+  return (
+    f"| {variant} | {comparison} | {task} ({domain}) | {paired['n']} "
+    f"| {_percent(paired['first_correct'] / paired['n'])} | {_percent(paired['second_correct'] / paired['n'])} "
+    f"| {100 * paired['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) "
+    f"| {paired['only_first_correct']} / {paired['only_second_correct']} | {paired['mcnemar_p']:.3f} "
+    f"| {100 * detectable:.1f} |"
+  )
+
+
+COMPARISONS = (
+  ("srit_vs_sft", "SRIT − SFT"),
+  ("control_vs_sft", "control − SFT"),
+  ("srit_vs_control", "SRIT − control"),
+)
+
+
+def _rounds(results: dict) -> list[dict]:
+  """Per round: pairs, steps, held-out reward accuracy and margin (first and kept step), and the
+  greedy in-domain accuracy where the round was evaluated."""
+  rows = []
+  last = len(results.get("rounds", []))
+  for number, entry in enumerate(results.get("rounds", []), start=1):
+    stage = "srit" if number == last else f"srit_round_{number}"
+    accuracy = {
+      task: results["stages"][stage][task]["cot"]["accuracy"]
+      for task, domain in results["domains"].items()
+      if domain == "in-domain" and stage in results["stages"] and task in results["stages"][stage]
+    }
+    after = entry.get("heldout_after") or {}
+    before = entry.get("heldout_before") or {}
+    rows.append(
+      {
+        "round": number,
+        "pairs": entry["pairs"],
+        "steps": entry.get("num_steps"),
+        "selected_step": (entry.get("selected") or {}).get("step"),
+        "reference": (entry.get("reference") or {}).get("model"),
+        "heldout_reward_accuracy": [before.get("eval/rewards/accuracies"), after.get("eval/rewards/accuracies")],
+        "heldout_margin": [before.get("eval/rewards/margins"), after.get("eval/rewards/margins")],
+        "in_domain_accuracy": accuracy,
+      }
+    )
+  return rows
+
+
 def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   """The study's tables from every finished variant."""
-  rows, summary = [], {}
-  for name, (what, overrides) in VARIANTS.items():
+  rows, round_rows, summary = [], [], {}
+  for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
     if not (root / name / "STUDY_DONE").exists() or not results_path.exists():
       continue
     results = json.loads(results_path.read_text())
-    refine_dirs = sorted((root / name).glob("refine*/DONE.json"))
-    refine_summary = json.loads(refine_dirs[-1].read_text())["summary"]
     summary[name] = {
-      "what": what,
-      "overrides": overrides,
+      "what": variant.what,
+      "overrides": list(variant.overrides),
       "stages": results["stages"],
       "paired": results["paired"],
       "pairs": results["pairs"],
-      "heldout_after": refine_summary.get("heldout_after"),
+      "rounds": _rounds(results),
       "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
     }
-    for task, domain in results["domains"].items():
-      paired = results["paired"][task]["srit_vs_sft"]
-      low, high = paired["ci95"]
-      rows.append(
-        f"| {name} | {task} ({domain}) | {paired['n']} | {_percent(paired['first_correct'] / paired['n'])} "
-        f"| {_percent(paired['second_correct'] / paired['n'])} | {100 * paired['difference']:+.1f} "
-        f"({100 * low:+.1f}, {100 * high:+.1f}) | {paired['only_first_correct']} / {paired['only_second_correct']} "
-        f"| {paired['mcnemar_p']:.3f} |"
+    for key, label in COMPARISONS:
+      for task, domain in results["domains"].items():
+        if key in results["paired"][task]:
+          rows.append(_row(name, label, task, domain, results["paired"][task][key]))
+    for entry in summary[name]["rounds"]:
+      accuracy = ", ".join(f"{task} {_percent(a)}" for task, a in entry["in_domain_accuracy"].items()) or "—"
+      before, after = entry["heldout_reward_accuracy"]
+      margin_before, margin_after = entry["heldout_margin"]
+      fmt = lambda x: "—" if x is None else f"{x:.3f}"
+      round_rows.append(
+        f"| {name} | {entry['round']} | {entry['pairs']} | {entry['steps']} | {entry['selected_step']} "
+        f"| {fmt(before)} → {fmt(after)} | {fmt(margin_before)} → {fmt(margin_after)} | {accuracy} |"
       )
   json_path = doc.with_suffix(".json")
   json_path.write_text(json.dumps(summary, indent=2) + "\n")
   table = [
-    "| variant | task | n | SFT % | SRIT % | SRIT − SFT, points (95% CI) | only SFT / only SRIT right | McNemar p |",
-    "|---|---|---:|---:|---:|---:|---:|---:|",
+    "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
+    "| only first / only second right | McNemar p | detectable, points |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     *rows,
+    "",
+    "| variant | round | pairs | steps | kept step | held-out reward accuracy | held-out margin "
+    "| greedy in-domain accuracy % |",
+    "|---|---:|---:|---:|---:|---:|---:|---|",
+    *round_rows,
   ]
   marker_start, marker_end = "<!-- study table -->", "<!-- end study table -->"
   text = doc.read_text() if doc.exists() else f"# Self-refinement study\n\n{marker_start}\n{marker_end}\n"

@@ -6,6 +6,7 @@ import json
 import pytest
 from conftest import load_tiny_pipeline_config
 
+from srit_jax.conversion import loading
 from srit_jax.phases import pipeline
 
 
@@ -98,6 +99,34 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert "[refine] done already, skipped" in fourth and "[refine_2] self-refinement" in fourth
   second_round = json.loads((tmp_path / "refine_2" / "DONE.json").read_text())["summary"]
   assert second_round["heldout_before"]["eval/rewards/margins"] != 0.0
+  sft_identity = loading.load_model(tmp_path / "sft" / "export").identity
+  assert second_round["reference"] == {"model": str(tmp_path / "sft" / "export"), "identity": sft_identity}
   first_samples = (tmp_path / "refine" / "samples.cot.jsonl").read_text()
   assert (tmp_path / "refine_2" / "samples.cot.jsonl").read_text() != first_samples  # new samples
   assert results["stages"]["srit"] == json.loads((tmp_path / "eval/srit/summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_iterated_rounds_against_their_own_start_with_the_control_and_every_round_evaluated(tiny_student, tmp_path):
+  config = _tiny_pipeline_config(tiny_student)
+  config.update(refine_iterations=2, refine_reference="previous", control=True, eval_rounds=True)
+  results = pipeline.run(config, tmp_path, progress=False)
+  # Each round's reference is its own start: round 2's is round 1's student.
+  for name, start in (("refine", "sft"), ("refine_2", "refine"), ("refine_control_2", "refine_control")):
+    summary = json.loads((tmp_path / name / "DONE.json").read_text())["summary"]
+    export = tmp_path / start / "export"
+    assert summary["reference"] == {"model": str(export), "identity": loading.load_model(export).identity}, name
+  # The control's first round trains on the refined chain's own samples and pairs, with the NLL loss alone.
+  for file in ("samples.cot.jsonl", "samples.direct.jsonl", "pairs.jsonl"):
+    assert (tmp_path / "refine_control" / file).read_bytes() == (tmp_path / "refine" / file).read_bytes(), file
+  control = json.loads((tmp_path / "refine_control" / "DONE.json").read_text())["summary"]
+  refined = json.loads((tmp_path / "refine" / "DONE.json").read_text())["summary"]
+  assert control["num_steps"] == refined["num_steps"]
+  assert control["last_step"]["loss"] == pytest.approx(control["last_step"]["nll/chosen"], rel=1e-5)
+  assert set(results["stages"]) == {"untuned", "sft", "srit", "control", "srit_round_1"}
+  assert set(results["stages"]["srit_round_1"]) == {"arith"}  # rounds are evaluated in-domain
+  assert set(results["paired"]["arith"]) >= {"control_vs_sft", "srit_vs_control", "srit_round_1_vs_sft"}
+  assert "srit_round_1_vs_sft" not in results["paired"]["arith_hard"]
+  assert [r["phase"] for r in results["rounds"]] == ["refine", "refine_2"]
+  assert [r["phase"] for r in results["control_rounds"]] == ["refine_control", "refine_control_2"]
+  assert "control" in (tmp_path / "results.md").read_text()

@@ -68,6 +68,10 @@ def test_paired_comparison_counts_by_question():
 def test_whether_an_evaluation_can_resolve_five_points():
   # Best case, every disagreement one way: 5 points of n questions need 6 of them (p = 2/64 < 0.05).
   assert not statistics.resolves(100, 0) and statistics.resolves(120, 0)
+  # The smallest difference each could show: 6 of 6 disagreements in one direction (p = 0.031).
+  assert statistics.detectable_difference(100, 0) == 0.06
+  assert statistics.detectable_difference(300, 40) <= 0.05 < statistics.detectable_difference(300, 60)
+  assert statistics.detectable_difference(4, 0) == float("inf")
   # 300 questions: 15 more on one side, significant only if the stages disagree rarely enough.
   assert statistics.resolves(300, 40)  # 13 against 28: p < 0.05
   assert not statistics.resolves(300, 60)  # 23 against 38: p > 0.05

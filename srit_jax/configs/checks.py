@@ -97,7 +97,7 @@ def _rules() -> dict[str, Callable]:
       ),
       NON_NEGATIVE_INT,
     ),
-    **dict.fromkeys(("weight_decay", "nll_weight", "temperature"), NON_NEGATIVE),
+    **dict.fromkeys(("weight_decay", "nll_weight", "temperature", "num_epochs"), NON_NEGATIVE),
     "learning_rate": _number(0, low_open=True),
     "beta": _number(0, low_open=True),
     "eps": _number(0, low_open=True),

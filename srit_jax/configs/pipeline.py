@@ -27,7 +27,8 @@ def get_config(variant: str = ""):
   config.student = "smollm2-135m-instruct"  # known name, HF directory or .gguf file
   config.student_family = ""  # empty: guessed from the student's name
   config.train_task = "arith"  # the task whose training split is taught
-  config.in_domain_tasks = "arith"  # comma-separated; evaluated on their evaluation splits
+  config.refine_task = ""  # the task self-refinement samples (empty: train_task; another: cross self-refinement)
+  config.in_domain_tasks = "arith"  # comma-separated; evaluated on their evaluation splits (empty: the refine task)
   config.out_domain_tasks = "arith_hard"
   config.data_dir = ""  # folder of local benchmark files (empty: built-in tasks or the hub)
   config.source = "auto"  # auto | local | hub | tfds
@@ -37,6 +38,8 @@ def get_config(variant: str = ""):
   config.refine = phase_config("refine")
   config.refine_iterations = 1  # rounds of sample -> pairs -> DPO, each from the policy the last one left
   config.refine_reference = "sft"  # the reference of every round: sft (the SFT student) | previous (its own start)
+  config.control = False  # also train the compute-matched control (cross-entropy on the same chosen answers)
+  config.eval_rounds = False  # evaluate every round's student in-domain (a learning curve over rounds)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
   return config
 

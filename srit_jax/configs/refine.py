@@ -65,6 +65,7 @@ def get_config(variant: str = ""):
   config.num_microbatches = 1  # gradient accumulation inside the step (the same update, less memory)
   config.chunk_size = 128  # positions per vocabulary-projection chunk
   config.num_steps = 50  # optimizer steps
+  config.num_epochs = 0.0  # > 0: num_steps from the pairs instead, this many passes over the training pairs
   config.optimizer = optimizer.get_config()
   config.lora = lora.get_config()  # LoRA / QLoRA adapters (rank 0: every parameter trains)
   config.optimizer.learning_rate = 5e-6

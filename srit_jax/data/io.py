@@ -155,6 +155,21 @@ def reset_directory(path: str | pathlib.Path, keep: tuple[str, ...] = ()) -> Non
   barrier(f"reset {path}")
 
 
+def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tuple[str, ...]) -> None:
+  """Hard links (copies where links cannot be made) in `target` to the files of `source` named
+  in `names`, where `target` has none of that name yet; by the writing process, once."""
+  source, target = pathlib.Path(source), pathlib.Path(target)
+  if is_writer():
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+      if (source / name).exists() and not (target / name).exists():
+        try:
+          os.link(source / name, target / name)
+        except OSError:
+          shutil.copy2(source / name, target / name)
+  barrier(f"linked files into {target}")
+
+
 def complete_lines(path: str | pathlib.Path) -> list[bytes]:
   """The newline-terminated lines of a file; a last line cut short by a kill is left out."""
   path = pathlib.Path(path)
@@ -167,7 +182,9 @@ class JsonlAppender:
   """Appends whole batches of JSON lines to a file that holds `keep_lines` trusted lines.
 
   Opening truncates the file to those lines (what a kill left after them is dropped); each
-  `append` writes a batch, flushes and syncs it. Only the writing process touches the file.
+  `append` writes a batch, flushes and syncs it. Only the writing process touches the file. A
+  file hard-linked from elsewhere (a run started from another's finished files) is first made
+  a file of its own, so that the other never changes.
   """
 
   def __init__(self, path: str | pathlib.Path, keep_lines: Sequence[bytes] = ()):
@@ -176,6 +193,8 @@ class JsonlAppender:
     if not is_writer():
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self.path.exists() and self.path.stat().st_nlink > 1:
+      _atomic_write(self.path, lambda f: f.write(self.path.read_text(encoding="utf-8")))
     with open(self.path, "a+b") as f:
       f.truncate(sum(len(line) + 1 for line in keep_lines))
     self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())

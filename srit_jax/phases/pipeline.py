@@ -8,6 +8,14 @@ reruns (and says why) phases whose config changed — and so every phase after t
 resumes a phase that was interrupted. The untuned, instruction-tuned and self-refined
 students are evaluated on the in-domain and out-domain tasks; the run ends with results.json,
 results.md, accuracy.png and training_curves.png.
+
+Self-refinement runs `refine_iterations` rounds on `refine_task` (the train task unless the
+paper's cross self-refinement asks for another; the in-domain tasks default to it), each round
+sampling from the student the last one left, against the SFT student or (refine_reference =
+"previous") that round's own start. With `control`, a compute-matched control trains beside
+it: the same rounds, steps and pairs (its first round uses the refined chain's own samples),
+cross-entropy on the chosen answers only (loss_type "nll"), evaluated and paired with both SFT
+and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domain tasks.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key
 
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
+CONTROL = "control"  # the compute-matched control: the refine rounds with cross-entropy on chosen answers only
 COMPARISONS = (("sft", "srit"), ("untuned", "sft"), ("untuned", "srit"))  # (first, second): second − first
+CONTROL_COMPARISONS = (("sft", CONTROL), (CONTROL, "srit"))
 
 
 class Phase:
@@ -96,37 +106,23 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
     sft_phase.finish()
 
-  # Self-refinement, in one or more rounds.
-  refine_phases = []
-  # With LoRA in SFT, every round keeps the student's base and the SFT settings: its policy
-  # starts from the previous adapters, its reference is the SFT adapters (or its own start).
-  adapted = bool(config.sft.lora.rank)
-  output = "export_adapter" if adapted else "export"
-  for round_ in range(1, config.refine_iterations + 1):
-    previous = refine_phases[-1] if refine_phases else sft_phase
-    refine_config = _with(
-      config.refine,
-      model=config.student if adapted else str(previous.dir / "export"),
-      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / output),
-      task=config.train_task,
-      demos_file=str(demos_phase.dir / "demos.jsonl"),
-      export=True,
-      round=round_,
-      **shared,
-    )
-    if adapted:
-      with refine_config.unlocked():
-        refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
-    name = "refine" if round_ == 1 else f"refine_{round_}"
-    refine_phase = Phase(
-      workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint, keep=refine.SAMPLE_FILES
-    )
-    if not refine_phase.done():
-      print(f"[{name}] self-refinement: the student's samples, preference pairs, DPO")
-      summary = refine.run(refine_config, refine_phase.dir, progress=progress, check_memory=False)
-      refine_phase.finish({"summary": summary})
-    refine_phases.append(refine_phase)
+  # Self-refinement, in one or more rounds; and the compute-matched control beside it.
+  refine_task = config.refine_task or config.train_task
+  refine_phases = _refine_rounds(config, workdir, "refine", sft_phase, demos_phase, refine_task, shared, progress)
   refine_phase = refine_phases[-1]
+  control_phases = []
+  if config.control:
+    control_phases = _refine_rounds(
+      config,
+      workdir,
+      "refine_control",
+      sft_phase,
+      demos_phase,
+      refine_task,
+      shared,
+      progress,
+      samples_from=refine_phases,
+    )
 
   # Evaluation of every stage.
   models = {
@@ -134,7 +130,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "sft": (str(sft_phase.dir / "export"), sft_phase.fingerprint),
     "srit": (str(refine_phase.dir / "export"), refine_phase.fingerprint),
   }
-  tasks = {name: "in-domain" for name in evaluation.task_names(config.in_domain_tasks)} | {
+  if control_phases:
+    models[CONTROL] = (str(control_phases[-1].dir / "export"), control_phases[-1].fingerprint)
+  in_domain = evaluation.task_names(config.in_domain_tasks or refine_task)
+  if config.eval_rounds:  # every round but the last (which is the SRIT stage), in-domain only
+    for round_, phase in enumerate(refine_phases[:-1], start=1):
+      models[f"srit_round_{round_}"] = (str(phase.dir / "export"), phase.fingerprint)
+  tasks = {name: "in-domain" for name in in_domain} | {
     name: "out-domain" for name in evaluation.task_names(config.out_domain_tasks)
   }
   examples = {
@@ -148,7 +150,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     for name in tasks
   }
   examples, removed = decontaminate(
-    examples, [demos_phase.dir / "demos.jsonl", *(phase.dir / "pairs.jsonl" for phase in refine_phases)]
+    examples,
+    [demos_phase.dir / "demos.jsonl", *(phase.dir / "pairs.jsonl" for phase in refine_phases + control_phases)],
   )
   examples = {task: items[: config.eval.limit or None] for task, items in examples.items()}
   evaluated_ids = {task: [e.id for e in items] for task, items in examples.items()}
@@ -156,10 +159,12 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
   results, outcomes = {}, {}
-  for stage in STAGES:
+  for stage in models:
     model_path, upstream = models[stage]
+    stage_tasks = {t: d for t, d in tasks.items() if d == "in-domain"} if stage.startswith("srit_round_") else tasks
+    stage_ids = {t: evaluated_ids[t] for t in stage_tasks}
     phase = Phase(
-      workdir, f"eval/{stage}", config.eval.to_dict(), tasks, evaluated_ids, model_path, upstream, config.student
+      workdir, f"eval/{stage}", config.eval.to_dict(), stage_tasks, stage_ids, model_path, upstream, config.student
     )
     if not phase.done():
       print(f"[{phase.name}] {model_path}")
@@ -174,7 +179,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       )
       evaluation.evaluate(
         model,
-        examples,
+        {task: examples[task] for task in stage_tasks},
         phase.dir,
         styles=["cot"] + (["direct"] if config.eval.direct else []),
         max_new_tokens={"cot": config.eval.max_new_tokens, "direct": config.eval.max_new_tokens_direct},
@@ -186,9 +191,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
     outcomes[stage] = {
       task: {str(row["id"]): row["correct"] for _, row in io.read_records(phase.dir / f"{task}.cot.jsonl")}
-      for task in tasks
+      for task in stage_tasks
     }
 
+  comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
+  comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
   teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
   student_family = config.student_family or family_of(str(config.student))
   out = {
@@ -198,17 +205,21 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "teacher_family": teacher["family"],
     "family": "in-family" if teacher["family"] == student_family else "out-family",
     "train_task": config.train_task,
+    "refine_task": refine_task,
     "domains": tasks,
     "stages": results,
     "paired": {
       task: {
         f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=config.seed)
-        for first, second in COMPARISONS
+        for first, second in comparisons
+        if task in outcomes[first] and task in outcomes[second]
       }
       for task in tasks
     },
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
+    "rounds": [_round_summary(phase) for phase in refine_phases],
+    "control_rounds": [_round_summary(phase) for phase in control_phases],
     "left_out_as_seen_in_training": removed,
   }
   io.write_json(workdir / "results.json", out)
@@ -223,6 +234,56 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   print(table)
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
+
+
+def _refine_rounds(
+  config, workdir, prefix, sft_phase, demos_phase, task, shared, progress, samples_from=()
+) -> list[Phase]:
+  """The phases WORKDIR/<prefix>, <prefix>_2, ...: `refine_iterations` rounds, each from the student
+  the last one left. The control chain (`samples_from` the refined chain) trains on the chosen
+  answers only; its first round starts from the refined chain's samples, which it would draw alike."""
+  phases = []
+  # With LoRA in SFT, every round keeps the student's base and the SFT settings: its policy
+  # starts from the previous adapters, its reference is the SFT adapters (or its own start).
+  adapted = bool(config.sft.lora.rank)
+  output = "export_adapter" if adapted else "export"
+  for round_ in range(1, config.refine_iterations + 1):
+    previous = phases[-1] if phases else sft_phase
+    refine_config = _with(
+      config.refine,
+      model=config.student if adapted else str(previous.dir / "export"),
+      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / output),
+      task=task,
+      demos_file=str(demos_phase.dir / "demos.jsonl"),
+      export=True,
+      round=round_,
+      **shared,
+    )
+    if samples_from:
+      refine_config = _with(refine_config, loss_type="nll", nll_weight=0.0, label_smoothing=0.0)
+    if adapted:
+      with refine_config.unlocked():
+        refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
+    name = prefix if round_ == 1 else f"{prefix}_{round_}"
+    phase = Phase(
+      workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint, keep=refine.SAMPLE_FILES
+    )
+    if not phase.done():
+      if samples_from and round_ == 1:
+        io.link_files(samples_from[0].dir, phase.dir, refine.SAMPLE_FILES)
+      what = "the control: the same pairs, cross-entropy on the chosen answers" if samples_from else "DPO"
+      print(f"[{name}] self-refinement round {round_}: the student's samples, preference pairs, {what}")
+      summary = refine.run(refine_config, phase.dir, progress=progress, check_memory=False)
+      phase.finish({"summary": summary})
+    phases.append(phase)
+  return phases
+
+
+def _round_summary(phase: Phase) -> dict:
+  """A round's pairs, held-out curve and chosen step, from its completion marker."""
+  summary = json.loads(phase.marker.read_text(encoding="utf-8"))["summary"]
+  keys = ("reference", "layout", "heldout_before", "heldout_after", "heldout_curve", "selected", "num_steps")
+  return {"phase": phase.name, "pairs": summary["pairs"]["pairs"], **{k: summary.get(k) for k in keys}}
 
 
 def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, list], dict[str, int]]:

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 import jax
@@ -326,6 +327,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       f"no preference pair to train on ({stats['pairs']} built, {token_stats.dropped_too_long} too long "
       f"for max_length={config.max_length})"
     )
+  if config.num_epochs:  # the run's length from its pairs
+    run.reschedule(max(1, math.ceil(config.num_epochs * len(tokenized) / config.batch_size)))
+    config = run.config
+    print(f"{config.num_epochs} epochs over {len(tokenized)} pairs: {config.num_steps} steps of {config.batch_size}")
   model_config, base = model.config, run.base
   layout = dpo_step.pair_layout(config, model_config, mesh)
   eval_batch = max(config.batch_size, 2 * mesh.devices.size)
@@ -407,6 +412,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   # 4. Export.
   summary = {
     "pairs": stats,
+    "reference": {"model": config.reference_model or config.model, "identity": reference_identity},
+    "num_steps": config.num_steps,
     "layout": {"packing": layout.packing, "row_length": layout.row_length, "rows_per_step": rows_per_step},
     "heldout_before": initial,
     "heldout_after": final,

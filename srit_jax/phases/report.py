@@ -6,7 +6,18 @@ from __future__ import annotations
 import json
 import pathlib
 
-STAGE_LABELS = {"untuned": "untuned student", "sft": "SFT (instruction-tuned)", "srit": "SRIT (self-refined)"}
+STAGE_LABELS = {
+  "untuned": "untuned student",
+  "sft": "SFT (instruction-tuned)",
+  "srit": "SRIT (self-refined)",
+  "control": "control (CE on the chosen answers)",
+}
+
+
+def stage_label(stage: str) -> str:
+  if stage.startswith("srit_round_"):
+    return f"SRIT after round {stage.removeprefix('srit_round_')}"
+  return STAGE_LABELS.get(stage, stage)
 
 
 def _cell(entry: dict | None) -> str:
@@ -24,7 +35,7 @@ def results_markdown(results: dict) -> str:
     "",
     "CoT accuracy, % (95% Wilson interval), greedy decoding:",
     "",
-    "| task | domain | n | " + " | ".join(STAGE_LABELS.get(s, s) for s in stages) + " |",
+    "| task | domain | n | " + " | ".join(stage_label(s) for s in stages) + " |",
     "|---|---|---:|" + "---:|" * len(stages),
   ]
   for task, domain in results["domains"].items():
@@ -39,7 +50,7 @@ def results_markdown(results: dict) -> str:
   ]
   if direct:
     lines += ["", "Direct-answer accuracy, %:", ""]
-    lines += [f"- {task}, {STAGE_LABELS.get(s, s)}: {_cell(e)}" for task, s, e in direct]
+    lines += [f"- {task}, {stage_label(s)}: {_cell(e)}" for task, s, e in direct]
   lines += paired_markdown(results)
   pairs = results.get("pairs")
   if pairs:
@@ -63,7 +74,15 @@ def paired_markdown(results: dict) -> list[str]:
   if not paired:
     return []
   lines = []
-  for key, first, second in (("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")):
+  keys = {key for task in paired.values() for key in task}
+  tables = [("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")]
+  tables += [("srit_vs_control", "control", "SRIT"), ("control_vs_sft", "SFT", "control")]
+  tables += [
+    (key, "SFT", stage_label(key.removesuffix("_vs_sft"))) for key in sorted(keys) if key.startswith("srit_round_")
+  ]
+  for key, first, second in tables:
+    if key not in keys:
+      continue
     lines += [
       "",
       f"{second} − {first}, paired on the same questions (CoT accuracy points, 95% bootstrap interval; "
@@ -74,6 +93,8 @@ def paired_markdown(results: dict) -> list[str]:
       "|---|---|---:|---:|---:|---:|---:|",
     ]
     for task, domain in results["domains"].items():
+      if key not in paired[task]:
+        continue
       c = paired[task][key]
       low, high = c["ci95"]
       lines.append(
@@ -122,7 +143,7 @@ def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
         [100 * (e["ci95"][1] - e["accuracy"]) if e else 0 for e in entries],
       ]
       positions = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(tasks))]
-      ax.bar(positions, values, width, yerr=errors, capsize=3, label=STAGE_LABELS.get(stage, stage))
+      ax.bar(positions, values, width, yerr=errors, capsize=3, label=stage_label(stage))
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylim(0, 100)
     ax.set_ylabel("CoT accuracy (%)")
@@ -161,13 +182,16 @@ def training_curves(metric_files: dict[str, pathlib.Path], path: str | pathlib.P
     ("dpo", "rewards/accuracies", "DPO reward accuracy (train)"),
     ("dpo", "eval/rewards/accuracies", "DPO reward accuracy (held out)"),
   ]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-  for ax, (phase, key, title) in zip(axes, panels):
+  curves = []
+  for phase, key, title in panels:
     file = pathlib.Path(metric_files.get(phase, ""))
     rows = [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
     points = [(r["step"], r[key]) for r in rows if key in r]
-    if points:
-      ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
+    if points:  # a panel only for what was measured
+      curves.append((title, points))
+  fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4 * max(len(curves), 1), 3), squeeze=False)
+  for ax, (title, points) in zip(axes[0], curves):
+    ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step")
   fig.tight_layout()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from srit_jax.tasks.example import NUMBER, Example
 
 TASKS = ("wordmath", "wordmath_ood", "wordmath_hard")
-SPLIT_SIZES = {"wordmath": {"train": 2000, "test": 500}, "wordmath_ood": {"test": 500}, "wordmath_hard": {"test": 500}}
+SPLIT_SIZES = {"wordmath": {"train": 2000, "test": 1000}, "wordmath_ood": {"test": 500}, "wordmath_hard": {"test": 500}}
 
 NAMES = (
   "Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jack", "Kara", "Leo", "Maya", "Noah",

@@ -103,6 +103,15 @@ class TrainingRun:
     run._check_inputs(None)
     return run
 
+  def reschedule(self, num_steps: int) -> None:
+    """The run's length set from its data (before any training): the config's num_steps, the
+    optimizer and its learning-rate schedule follow it."""
+    self.config = self.config.copy_and_resolve_references()
+    with self.config.unlocked():
+      self.config.num_steps = num_steps
+    self.optimizer = optimizer.make_optimizer(self.config.optimizer, num_steps)
+    self.schedule = optimizer.learning_rate_schedule(self.config.optimizer, num_steps)
+
   @property
   def base(self):
     """The frozen base under LoRA (the steps' `base` argument), else None."""
@@ -188,7 +197,8 @@ class TrainingRun:
     the run stops and names what differs. Checked once at the start (settings and model,
     before any other work) and again with the data before training, when the fingerprint is
     written."""
-    settings = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    derived = {"num_steps"} if self.config.get("num_epochs") else set()  # set from the epochs and the data
+    settings = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE_CHANGES | derived}
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
     inputs = {"settings": settings, "model": self.model.identity, "data": data_identity}
     path = self.workdir / "train_inputs.json"
