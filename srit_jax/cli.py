@@ -342,14 +342,20 @@ def main(argv: list[str] | None = None) -> int:
       config = None
     print(command_help(name, config, config_name))
     return 0
+  from srit_jax import preemption
+
   try:
     remaining = _parse([argv[0], *argv[2:]])
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
+    preemption.install()
     status = _run_command(name, remaining[1:])
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except preemption.Preempted as e:
+    print(str(e), file=sys.stderr)
+    return preemption.EXIT_CODE
   except Exception as e:
     if _TRACEBACK.value or not isinstance(e, _user_errors()):
       raise

@@ -179,3 +179,46 @@ def test_hostile_values_reach_the_workers_as_one_word_each(tmp_path):
   result = _run_remotely(_remote_command(bucket_line), home, {"gcsfuse": record})
   assert result.returncode == 0 and (home / "args.txt").read_text().splitlines()[1] == "b; touch PWNED"
   assert not list(home.rglob("PWNED"))
+
+
+def _fake_gcloud(tmp_path, ssh_statuses, states):
+  """A `gcloud` on PATH that logs its calls and answers ssh with the given exit statuses and
+  describe with the given TPU states, one per call."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(parents=True)
+  (tmp_path / "ssh").write_text("\n".join(map(str, ssh_statuses)) + "\n")
+  (tmp_path / "states").write_text("\n".join(states) + "\n")
+  script = bin_dir / "gcloud"
+  script.write_text(
+    "#!/usr/bin/env bash\n"
+    f'echo "$*" >> {tmp_path}/calls\n'
+    f'take() {{ local first; first="$(head -n1 {tmp_path}/$1)"; sed -i 1d {tmp_path}/$1; echo "$first"; }}\n'
+    'case "$*" in\n'
+    '  *" ssh "*) exit "$(take ssh)" ;;\n'
+    '  *" describe "*) take states ;;\n'
+    "esac\n"
+  )
+  script.chmod(0o755)
+  return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _launch_with_retry(env, *extra):
+  args = ["--name", "s", "--zone", "z", "--phase", "sft", "--config", "c.py", "--workdir", "w", *extra]
+  return subprocess.run([str(SCRIPTS / "launch.sh"), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_retry_relaunches_a_preempted_phase_once_the_tpu_is_ready(tmp_path):
+  # Preempted (75), the TPU comes back READY at once, and the relaunched phase finishes.
+  env = _fake_gcloud(tmp_path, [75, 0], ["READY"])
+  result = _launch_with_retry(env, "--retry", "2")
+  assert result.returncode == 0, result.stderr
+  calls = (tmp_path / "calls").read_text().splitlines()
+  assert [c.split()[3] for c in calls] == ["ssh", "describe", "ssh"]
+  assert "retry 1 of 2" in result.stderr and "nohup" not in calls[0]  # retries run in the foreground
+
+
+def test_retry_gives_up_on_a_real_failure_and_after_n_preemptions(tmp_path):
+  failed = _launch_with_retry(_fake_gcloud(tmp_path / "a", [1], ["READY"]), "--retry", "3")
+  assert failed.returncode == 1 and "retry" not in failed.stderr  # the TPU is READY: the phase itself failed
+  preempted = _launch_with_retry(_fake_gcloud(tmp_path / "b", [75, 75], ["READY", "READY"]), "--retry", "1")
+  assert preempted.returncode == 75 and "retry 1 of 1" in preempted.stderr

@@ -55,9 +55,9 @@ PROBABILITY = _number(0, 1)
 
 def _rules() -> dict[str, Callable]:
   """Checks by field name (the last part of its path); a dotted key matches a path's end."""
+  from srit_jax.configs import demos, refine
   from srit_jax.data import preference_pairs
   from srit_jax.model.config import ATTENTION_KERNELS, REMAT_POLICIES
-  from srit_jax.phases import demos, refine
   from srit_jax.tasks.registry import SOURCES
   from srit_jax.teachers import build, precomputed
   from srit_jax.training import dpo_step, optimizer

@@ -13,6 +13,8 @@ import ml_collections
 
 from srit_jax.configs import variants
 
+KEEP = ("correct", "all", "first_correct")  # which demonstrations the demos phase keeps
+
 
 def teacher_config(kind: str = "reference"):
   teacher = ml_collections.ConfigDict()

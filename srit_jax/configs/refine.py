@@ -10,6 +10,9 @@ import ml_collections
 
 from srit_jax.configs import lora, optimizer, variants
 
+QUESTIONS = ("task", "demos")  # where the training questions come from
+SELECT_CHECKPOINT = ("last", "best_heldout")  # which step of the run is exported
+
 VARIANTS = (("", "tiny"),)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import tqdm
 from jax.sharding import Mesh
 
+from srit_jax import preemption
 from srit_jax.data import fingerprint, io
 from srit_jax.generation.batched import Generation, generate
 from srit_jax.generation.sampler import SamplingSettings
@@ -154,6 +155,7 @@ def generate_to_jsonl(
     unit="prompt",
     disable=not progress or not io.is_writer(),
   )
+  answered = [kept // num_samples]
   with io.JsonlAppender(out_path, keep_lines=lines[:kept]) as appender:
 
     def write(generations: list[Generation]):
@@ -173,6 +175,7 @@ def generate_to_jsonl(
         for g in generations
       )
       bar.update(len(generations) // num_samples)
+      answered[0] += len(generations) // num_samples
 
     for batch in batches[done_batches:]:
       generate(
@@ -191,6 +194,12 @@ def generate_to_jsonl(
         on_batch=write,
         adapters=adapters,
       )
+      if preemption.requested():  # every line written so far is whole and synced
+        bar.close()
+        raise preemption.Preempted(
+          f"preempted: {answered[0]} of {len(records)} prompts are answered in {out_path}; "
+          "run the same command again to go on from there"
+        )
   bar.close()
   io.barrier(f"wrote {out_path}")
   return out_path

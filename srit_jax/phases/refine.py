@@ -32,6 +32,7 @@ import numpy as np
 
 from srit_jax import sharding
 from srit_jax.configs import checks
+from srit_jax.configs.refine import QUESTIONS
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint, io, pair_batches, preference_pairs, records
 from srit_jax.data.sft_examples import TokenizeStats
@@ -43,9 +44,6 @@ from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
 from srit_jax.training import checkpointing, dpo_step, flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
-
-QUESTIONS = ("task", "demos")
-SELECT_CHECKPOINT = ("last", "best_heldout")
 
 
 def samples_file(style: str) -> str:

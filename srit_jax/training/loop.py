@@ -3,7 +3,8 @@ step's loss, write metrics, save checkpoints with the data position, evaluate no
 
 A step's metrics are pulled to the host after the next step is dispatched, so the device never
 waits for the host; a state is never saved before its loss was checked. A non-finite loss or
-gradient norm stops the run naming the step, and the last good checkpoint stays intact.
+gradient norm stops the run naming the step, and the last good checkpoint stays intact. A
+preemption notice (srit_jax/preemption.py) saves the step reached, waits for the save and stops.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import tqdm
 
+from srit_jax import preemption
 from srit_jax.training import checkpointing, metrics
 
 
@@ -94,13 +96,20 @@ def run_steps(
         record(*pending)
       pending = (step, step_metrics)
       bar.update(1)
+      preempted = preemption.requested()
       # Evaluated before the save: a run killed in between evaluates this step again on resume.
       if evaluate is not None and eval_every and step % eval_every == 0:
         writer.write(step, evaluate(state, step))
-      if step % save_every == 0 or step == num_steps:
+      if preempted or step % save_every == 0 or step == num_steps:
         record(*pending)  # never save a state whose loss was not checked
         pending = None
-        checkpoints.save(step, state, data_state())
+        checkpoints.save(step, state, data_state(), force=preempted)
+      if preempted:
+        checkpoints.wait()
+        raise preemption.Preempted(
+          f"preempted: saved the checkpoint of step {step} of {num_steps} in {checkpoints.directory}; "
+          "run the same command again to resume"
+        )
     if pending is not None:
       record(*pending)
   finally:
