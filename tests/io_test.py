@@ -2,7 +2,7 @@
 
 import os
 
-from srit_jax.data import io
+from srit_jax import io
 
 
 def test_an_appender_cuts_what_a_kill_left_and_keeps_the_trusted_lines(tmp_path):

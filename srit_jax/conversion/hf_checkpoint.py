@@ -24,9 +24,8 @@ import tqdm
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from srit_jax import sharding
+from srit_jax import io, sharding
 from srit_jax.conversion import mapping
-from srit_jax.data import io
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
 

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from srit_jax import sharding
-from srit_jax.data import io
+from srit_jax import io, sharding
 from srit_jax.model import decoder
 from srit_jax.model.config import LORA_TARGETS, ModelConfig
 from srit_jax.model.lora import PROJECTIONS

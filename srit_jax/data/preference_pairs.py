@@ -30,7 +30,7 @@ import itertools
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax.data import io
+from srit_jax import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 

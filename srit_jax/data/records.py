@@ -8,7 +8,7 @@ import dataclasses
 import json
 import pathlib
 
-from srit_jax.data import io
+from srit_jax import io
 
 
 class RecordError(ValueError):

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from srit_jax import sharding
-from srit_jax.data import io
+from srit_jax import io, sharding
 from srit_jax.generation import sampler
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.model.config import ModelConfig

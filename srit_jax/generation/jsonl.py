@@ -25,8 +25,8 @@ from typing import Any
 import tqdm
 from jax.sharding import Mesh
 
-from srit_jax import preemption
-from srit_jax.data import fingerprint, io
+from srit_jax import io, preemption
+from srit_jax.data import fingerprint
 from srit_jax.generation.batched import Generation, generate
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.model.config import ModelConfig

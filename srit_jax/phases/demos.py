@@ -14,9 +14,9 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from srit_jax import io
 from srit_jax.configs import checks
 from srit_jax.configs.demos import KEEP
-from srit_jax.data import io
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-from srit_jax.data import io
+from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.statistics import wilson_interval

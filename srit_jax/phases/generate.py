@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pathlib
 
-from srit_jax import sharding
+from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
-from srit_jax.data import io
 from srit_jax.generation.jsonl import generate_to_jsonl
 from srit_jax.generation.sampler import SamplingSettings
 

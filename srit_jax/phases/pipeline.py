@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import sharding
+from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
-from srit_jax.data import fingerprint, io
+from srit_jax.data import fingerprint
 from srit_jax.phases import demos, plan, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop

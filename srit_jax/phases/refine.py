@@ -30,11 +30,11 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import sharding
+from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.configs.refine import QUESTIONS
 from srit_jax.conversion import loading
-from srit_jax.data import fingerprint, io, pair_batches, preference_pairs, records
+from srit_jax.data import fingerprint, pair_batches, preference_pairs, records
 from srit_jax.data.sft_examples import TokenizeStats
 from srit_jax.generation.jsonl import generate_texts
 from srit_jax.generation.sampler import SamplingSettings

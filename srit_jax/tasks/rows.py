@@ -7,7 +7,7 @@ import csv
 import pathlib
 from collections.abc import Iterator
 
-from srit_jax.data.io import DataError, read_rows  # noqa: F401 (the loaders' one reader)
+from srit_jax.io import DataError, read_rows  # noqa: F401 (the loaders' one reader)
 
 
 def read_csv_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:

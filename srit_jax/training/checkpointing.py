@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from srit_jax.data import io
+from srit_jax import io
 
 
 class CheckpointManager:

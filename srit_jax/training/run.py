@@ -27,9 +27,8 @@ import jax
 import optax
 from jax.sharding import Mesh
 
-from srit_jax import sharding
+from srit_jax import io, sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
-from srit_jax.data import io
 from srit_jax.model import decoder, lora
 from srit_jax.training import flops, loop, optimizer
 from srit_jax.training.state import TrainState, create_train_state, state_shardings
