@@ -114,9 +114,9 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
 
-  from srit_jax.model import config as model_config
+  from srit_jax.model import presets
 
-  config = model_config.get_preset(common.PRESET.value)
+  config = presets.get_preset(common.PRESET.value)
   results = {"machine": common.machine(), "segments": _SEGMENTS.value, "runs": []}
   for size in _SIZES.value:
     batch, length = map(int, size.split("x"))

@@ -2,7 +2,7 @@
 baselines' model, and the JSON report.
 
 Every benchmark takes these flags:
-  --preset=NAME       a model preset (srit_jax.model.config.PRESETS) with random weights
+  --preset=NAME       a model preset (srit_jax.model.presets.PRESETS) with random weights
   --model=SOURCE      a real checkpoint instead (known name, HF directory, .gguf file)
   --dtype, --param_dtype, --remat, --attention   numerics and memory of ours
   --warmup, --repeats timing: median of `repeats` calls after `warmup` untimed ones
@@ -67,15 +67,14 @@ def model() -> Model:
 
   from srit_jax import sharding
   from srit_jax.conversion import loading
-  from srit_jax.model import config as model_config
-  from srit_jax.model import decoder
+  from srit_jax.model import decoder, presets
 
   mesh = sharding.make_mesh(sharding.MeshConfig(1, -1, 1))
   numerics = dict(dtype=DTYPE.value, param_dtype=PARAM_DTYPE.value, remat_policy=REMAT.value, attention=ATTENTION.value)
   if MODEL.value:
     loaded = loading.load_model(MODEL.value, mesh=mesh, **numerics)
     return Model(loaded.config, loaded.params, mesh, loaded.tokenizer)
-  config = model_config.get_preset(PRESET.value, **numerics)
+  config = presets.get_preset(PRESET.value, **numerics)
   return Model(config, decoder.init_params(config, jax.random.key(0), mesh), mesh)
 
 

@@ -48,15 +48,14 @@ def all_variants() -> list[str]:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import configs, topology
+  from srit_jax import configs, programs, topology
   from srit_jax.configs import paper
-  from srit_jax.phases import plan
 
   student, slice_name, *rest = variant.split(",")
   config = configs.load("paper", variant)
   devices, hbm = topology.tpu_devices(slice_name)
   start = time.perf_counter()
-  plans = plan.programs(config, "pipeline", devices, prompt_length=prompt_length)
+  plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length)
   jax.clear_caches()
   method = rest[0] if rest else paper.SIZES[(student, slice_name)][0]
   return {

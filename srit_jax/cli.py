@@ -342,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
       config = None
     print(command_help(name, config, config_name))
     return 0
-  from srit_jax import preemption
+  from srit_jax import preemption, topology
 
+  topology.quiet_libtpu_without_chips()  # before JAX looks for backends
   try:
     remaining = _parse([argv[0], *argv[2:]])
     if not flags.FLAGS["verbosity"].present:

@@ -11,6 +11,8 @@ XLA reports as available per device for programs (a little under the chip's HBM)
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 import re
 
 GIB = 2**30
@@ -60,9 +62,24 @@ def resolve(name: str) -> Slice:
   )
 
 
+def has_tpu_chips() -> bool:
+  """Whether this host has TPU chips (their device files), as a TPU VM does."""
+  return any(pathlib.Path("/dev").glob("accel*")) or pathlib.Path("/dev/vfio").is_dir()
+
+
+def quiet_libtpu_without_chips() -> None:
+  """On a host without TPU chips, libtpu (the tpu extra, here to compile for slices) starts by
+  looking for the VM's accelerator type and workers, and prints five lines of errors that read
+  like a failure; naming them (a one-host v5e, this host) stops that. A TPU VM is left alone."""
+  if not has_tpu_chips():
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
 def tpu_devices(name: str):
   """(devices, HBM bytes per device) of slice `name`, compile-only (libtpu on any host)."""
   spec = resolve(name)
+  quiet_libtpu_without_chips()
   try:
     from jax.experimental import topologies
   except ImportError as e:  # pragma: no cover - jax always has it

@@ -12,10 +12,17 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
 
+import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
+
+# Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
+requires_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None,
+  reason="compiling for a TPU slice needs libtpu: pip install -e '.[tpu]'",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from srit_jax.model.config import PRESETS, ModelConfig, RopeScaling, UnsupportedModelError, get_preset
+from srit_jax.model.config import ModelConfig, RopeScaling, UnsupportedModelError
+from srit_jax.model.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

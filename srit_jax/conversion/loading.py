@@ -168,7 +168,7 @@ PRESET_OF_SOURCE = {
 def model_config_of(source: str | pathlib.Path, **overrides) -> ModelConfig:
   """The architecture of a model without reading its weights: an HF directory's config.json, a
   GGUF file's header, a preset name, a known hub id, else the hub's config.json."""
-  from srit_jax.model.config import PRESETS, get_preset
+  from srit_jax.model.presets import PRESETS, get_preset
 
   source_str = str(source)
   path = pathlib.Path(source_str)

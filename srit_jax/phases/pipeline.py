@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import io, sharding
+from srit_jax import io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
-from srit_jax.phases import demos, plan, refine, report
+from srit_jax.phases import demos, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
 from srit_jax.statistics import paired_comparison
@@ -84,7 +84,7 @@ def _with(block, **fields):
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "pipeline")
-  plan.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
+  programs.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
   workdir = pathlib.Path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)

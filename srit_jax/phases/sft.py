@@ -16,10 +16,9 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import sharding
+from srit_jax import programs, sharding
 from srit_jax.configs import checks
 from srit_jax.data import fingerprint, records, sft_batches, sft_examples
-from srit_jax.phases import plan
 from srit_jax.training import flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 from srit_jax.training.sft_step import batch_nll_sum, jit_sft_step
@@ -72,7 +71,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   """Instruction tuning; on TPU its step is first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "sft")
   if check_memory:
-    plan.check_fits(config, "sft")
+    programs.check_fits(config, "sft")
   run = TrainingRun.start(config, workdir)
   tokenizer = run.model.tokenizer
   if tokenizer is None:
