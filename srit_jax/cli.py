@@ -321,6 +321,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   return tuple(errors)
 
 
+def _quiet_background_tracebacks() -> None:
+  """Errors of Orbax's background save threads are logged with their tracebacks (hundreds of
+  lines) and raised again in the run, which reports them in one line: without --traceback the
+  logged copies are left out."""
+  import logging as python_logging
+  import os
+
+  def from_a_save_thread(record) -> bool:
+    return not (record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+  python_logging.getLogger("absl").addFilter(from_a_save_thread)
+  # TensorStore's callbacks of a failed save's writes raise this as they land on its closed loop.
+  default_unraisable = sys.unraisablehook
+
+  def quiet_unraisable(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      default_unraisable(unraisable)
+
+  sys.unraisablehook = quiet_unraisable
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line `argv` (sys.argv by default); returns the exit status."""
   argv = list(sys.argv if argv is None else argv)
@@ -350,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
     preemption.install()
+    if not _TRACEBACK.value:
+      _quiet_background_tracebacks()
     status = _run_command(name, remaining[1:])
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -11,13 +11,17 @@ the same values and wait at a `barrier` wherever they are about to read what it 
 - `read_records`: the objects of a JSON Lines file or a JSON list, each error naming file:line
   and field.
 - `to_host`: a (possibly multi-host) array as one NumPy array on every process.
+- `writing(what, path)`: a failed write (a full disk, a missing permission, a bucket over
+  quota) becomes one `WriteError` naming what, where and the system's reason in plain words.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -111,14 +115,53 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+class WriteError(ValueError):
+  """A file could not be written; the message names what, where and why, in one line."""
+
+
+_REASONS = (  # what libraries (TensorStore, gcsfs) say, in the operating system's words
+  ("No space left", "no space left on device"),
+  ("RESOURCE_EXHAUSTED", "no space left on device (or a quota exhausted)"),
+  ("Permission denied", "permission denied"),
+  ("PERMISSION_DENIED", "permission denied"),
+  ("Read-only file system", "read-only file system"),
+  ("Disk quota exceeded", "disk quota exceeded"),
+)
+
+
+def os_reason(error: BaseException) -> str:
+  """Why a write failed, in plain words: the OS error's own text where there is one."""
+  if isinstance(error, OSError) and error.errno:
+    return os.strerror(error.errno).lower()
+  text = str(error)
+  code = re.search(r"os_error_code='?(\d+)|os error (\d+)", text)
+  if code:
+    return os.strerror(int(code.group(1) or code.group(2))).lower()
+  for marker, words in _REASONS:
+    if marker in text:
+      return words
+  return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+@contextlib.contextmanager
+def writing(what: str, path, also: tuple[type[BaseException], ...] = ()):
+  """Turns a failed write inside the block (an OSError, or one of `also`: a library's own error
+  type for what the system refused) into a WriteError: 'could not write <what> <path>: <reason>'."""
+  try:
+    yield
+  except (OSError, *also) as e:
+    raise WriteError(f"could not write {what} {path}: {os_reason(e)}") from e
+
+
 def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  partial = path.with_name(path.name + ".partial")
-  with open(partial, "w", encoding="utf-8") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  partial.replace(path)
+  with writing("the file", path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    partial.replace(path)
 
 
 def write_text(path: str | pathlib.Path, text: str) -> None:
@@ -192,24 +235,27 @@ class JsonlAppender:
     self._file = None
     if not is_writer():
       return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    if self.path.exists() and self.path.stat().st_nlink > 1:
-      _atomic_write(self.path, lambda f: f.write(self.path.read_text(encoding="utf-8")))
-    with open(self.path, "a+b") as f:
-      f.truncate(sum(len(line) + 1 for line in keep_lines))
-    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+    with writing("the file", self.path):
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      if self.path.exists() and self.path.stat().st_nlink > 1:
+        _atomic_write(self.path, lambda f: f.write(self.path.read_text(encoding="utf-8")))
+      with open(self.path, "a+b") as f:
+        f.truncate(sum(len(line) + 1 for line in keep_lines))
+      self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
   def append(self, records: Iterable[dict]) -> None:
     if self._file is None:
       return
-    self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    with writing("lines to", self.path):  # what a full disk cut short is dropped at the next start
+      self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+      self._file.flush()
+      os.fsync(self._file.fileno())
 
   def close(self) -> None:
     if self._file is not None:
-      self._file.close()
-      self._file = None
+      file, self._file = self._file, None
+      with contextlib.suppress(OSError):  # a failed append has said why already
+        file.close()
 
   def __enter__(self):
     return self

@@ -298,20 +298,21 @@ def save_hf_checkpoint(
     "model.safetensors" if num_shards == 1 else f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
     for i in range(num_shards)
   ]
-  if is_writer:
-    directory.mkdir(parents=True, exist_ok=True)
-  pending: dict[str, np.ndarray] = {}
-  total_bytes = 0
-  for name, array in hf_tensors(params, config, np_dtype):
-    pending[name] = array
-    total_bytes += array.nbytes
-    shard = shard_of[name]
-    if len(pending) == tensors_in_shard[shard]:
-      if is_writer:
-        safetensors.numpy.save_file(pending, str(directory / files[shard]), metadata={"format": "pt"})
-      pending = {}
-  if is_writer:
-    _write_metadata(directory, config, dtype, tokenizer, files, shard_of, total_bytes)
+  with io.writing("the model to", directory, also=(safetensors.SafetensorError,)):
+    if is_writer:
+      directory.mkdir(parents=True, exist_ok=True)
+    pending: dict[str, np.ndarray] = {}
+    total_bytes = 0
+    for name, array in hf_tensors(params, config, np_dtype):
+      pending[name] = array
+      total_bytes += array.nbytes
+      shard = shard_of[name]
+      if len(pending) == tensors_in_shard[shard]:
+        if is_writer:
+          safetensors.numpy.save_file(pending, str(directory / files[shard]), metadata={"format": "pt"})
+        pending = {}
+    if is_writer:
+      _write_metadata(directory, config, dtype, tokenizer, files, shard_of, total_bytes)
   io.barrier(f"export {directory}")  # no process reads the export before it is whole
   return directory
 

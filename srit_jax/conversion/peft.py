@@ -75,8 +75,9 @@ def save_peft_adapter(adapters, config: ModelConfig, directory: str | pathlib.Pa
     "revision": None,
   }
   if io.is_writer():
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors.numpy.save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    with io.writing("the adapter to", directory, also=(safetensors.SafetensorError,)):
+      directory.mkdir(parents=True, exist_ok=True)
+      safetensors.numpy.save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
   io.write_json(directory / ADAPTER_CONFIG, adapter_config)
   io.barrier(f"adapter {directory}")
   return directory

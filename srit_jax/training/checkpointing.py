@@ -1,13 +1,17 @@
 """Orbax checkpoints of a training run: the train state and the data iterator's position.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
-complete), so a run killed during a save resumes from the previous checkpoint. A checkpoint
-damaged afterwards (a truncated or lost file) is skipped at resume: `restore_latest` names it
-and why, moves it aside to `<step>.damaged`, and resumes from the newest one that restores.
+complete), so a run killed during a save resumes from the previous checkpoint. A save that
+fails (a full disk, a bucket over quota) is reported as soon as it is known — `check()` after
+every step — as one `WriteError` naming the step, the place, the reason and the checkpoints
+still intact. A checkpoint damaged afterwards (a truncated or lost file) is skipped at resume:
+`restore_latest` names it and why, moves it aside to `<step>.damaged`, and resumes from the
+newest one that restores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 import jax
@@ -20,20 +24,50 @@ from srit_jax import io
 class CheckpointManager:
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True),
-    )
+    with io.writing("checkpoints to", self.directory):
+      self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        ),
+      )
+    self._saving: int | None = None  # the step of the save in flight, if any
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_state: dict, *, force: bool = False) -> None:
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-      force=force,
-    )
+    if self._saving is not None:  # the save before: done by now (steps apart), and any failure its own
+      self.wait()
+    self._saving = step
+    with self._reported():
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+        force=force,
+      )
+
+  def check(self) -> None:
+    """Raises WriteError when the save in flight has failed; never waits for one still running."""
+    if self._saving is not None and not self._manager.is_saving_in_progress():
+      self.wait()  # it has ended: waiting returns at once, raising what its thread raised
+
+  @contextlib.contextmanager
+  def _reported(self):
+    try:
+      yield
+    except Exception as e:  # Orbax and TensorStore report write failures as several exception types
+      step, self._saving = self._saving, None
+      intact = [s for s in sorted(self._manager.all_steps(), reverse=True) if s != step]
+      steps = ", ".join(map(str, intact))
+      kept = (
+        f"the checkpoints of steps {steps} are intact and the same command resumes from the newest"
+        if intact
+        else "no earlier checkpoint was saved (the same command starts over)"
+      )
+      raise io.WriteError(
+        f"could not save the checkpoint of step {step} in {self.directory}: {io.os_reason(e)}; {kept}"
+      ) from e
 
   def restore(self, step: int, abstract_state):
     """(state, data_state) of `step`, the state placed in the shardings of `abstract_state`."""
@@ -68,7 +102,9 @@ class CheckpointManager:
     return None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._reported():
+      self._manager.wait_until_finished()
+    self._saving = None
 
   def close(self) -> None:
     self._manager.close()

@@ -92,6 +92,7 @@ def run_steps(
   try:
     for step in range(start_step + 1, num_steps + 1):
       state, step_metrics = step_fn(state, next_batch())
+      checkpoints.check()  # a failed save stops the run here, within a step of it
       if pending is not None:
         record(*pending)
       pending = (step, step_metrics)

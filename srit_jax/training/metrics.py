@@ -7,6 +7,8 @@ import pathlib
 
 import jax
 
+from srit_jax import io
+
 
 class MetricWriter:
   def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0):
@@ -17,18 +19,20 @@ class MetricWriter:
       return
     if self.path.exists():  # lines after the checkpoint we resume from are about to be redone
       kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if _step(line) <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+      io.write_text(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
 
-    self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+    with io.writing("TensorBoard events to", workdir / "tensorboard"):
+      self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._is_writer:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
+    with io.writing("metrics to", self.path), open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps({"step": step, **scalars}) + "\n")
-    for name, value in scalars.items():
-      self._tensorboard.add_scalar(name, value, step)
+    with io.writing("TensorBoard events to", self._tensorboard.logdir):
+      for name, value in scalars.items():
+        self._tensorboard.add_scalar(name, value, step)
 
   def close(self) -> None:
     if self._tensorboard is not None:
