@@ -60,10 +60,53 @@ def world(tmp_path_factory):
     json.dumps(hf | {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
   )
   (no_weights / "model.safetensors").unlink()
+  # config.json fields of the wrong type, out of range or inconsistent with each other.
+  for name, change in MODEL_CONFIG_CHANGES.items():
+    shutil.copytree(model, root / name)
+    (root / name / "config.json").write_text(json.dumps({**hf, **change}))
+  _write_gguf_metadata(root / "bad_heads.gguf", head_count=4, head_count_kv=3)
+  for name, adapter in ADAPTER_CONFIGS.items():
+    (root / name).mkdir()
+    (root / name / "adapter_config.json").write_text(json.dumps(adapter))
 
   done = root / "done"
   assert _cli("sft", *_sft_args(root, done), "--config.num_steps=2", "--config.save_every=2")[0] == 0
   return root
+
+
+MODEL_CONFIG_CHANGES = {
+  "width_as_text": {"hidden_size": "48"},
+  "no_layers": {"num_hidden_layers": 0},
+  "kv_heads_not_dividing": {"num_key_value_heads": 3},
+  "width_not_dividing": {"hidden_size": 50, "head_dim": None},
+  "eos_beyond_vocab": {"eos_token_id": 512},
+  "negative_eps": {"rms_norm_eps": -1e-5},
+  "layer_types_miscounted": {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8,
+                             "layer_types": ["full_attention", "sliding_attention"]},
+}  # fmt: skip
+ADAPTER_BASE = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+ADAPTER_CONFIGS = {
+  "adapter_rank_zero": {**ADAPTER_BASE, "r": 0},
+  "adapter_alpha_text": {**ADAPTER_BASE, "lora_alpha": "eight"},
+}
+
+
+def _write_gguf_metadata(path, **heads):
+  """A GGUF file with a Llama's metadata and no tensors."""
+  import gguf
+
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_block_count(2)
+  writer.add_context_length(64)
+  writer.add_embedding_length(48)
+  writer.add_feed_forward_length(80)
+  writer.add_head_count(heads["head_count"])
+  writer.add_head_count_kv(heads["head_count_kv"])
+  writer.add_vocab_size(512)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
 
 
 def _sft_args(root, workdir):
@@ -172,6 +215,16 @@ CASES = {
   "config without a field": ([*EVAL[:2], f"--config.model={R}/no_hidden"], f"{R}/no_hidden/config.json: field 'hidden_size' is missing"),
   "unsupported family": ([*EVAL[:2], f"--config.model={R}/gpt2"], "field 'model_type' is 'gpt2'"),
   "no weights": ([*EVAL[:2], f"--config.model={R}/no_weights"], f"{R}/no_weights: no model.safetensors"),
+  "width as text": ([*EVAL[:2], f"--config.model={R}/width_as_text"], f"{R}/width_as_text/config.json: field 'hidden_size' is '48'; expected a positive integer"),
+  "no layers": ([*EVAL[:2], f"--config.model={R}/no_layers"], f"{R}/no_layers/config.json: field 'num_hidden_layers' is 0; expected a positive integer"),
+  "kv heads not dividing": ([*EVAL[:2], f"--config.model={R}/kv_heads_not_dividing"], f"{R}/kv_heads_not_dividing/config.json: field 'num_key_value_heads' is 3; it must divide num_attention_heads (4)"),
+  "width not dividing heads": ([*EVAL[:2], f"--config.model={R}/width_not_dividing"], f"{R}/width_not_dividing/config.json: field 'hidden_size' is 50; it must be a multiple of num_attention_heads (4)"),
+  "eos beyond vocabulary": ([*EVAL[:2], f"--config.model={R}/eos_beyond_vocab"], f"{R}/eos_beyond_vocab/config.json: field 'eos_token_id' is (512,); expected token ids below vocab_size (512)"),
+  "negative epsilon": ([*EVAL[:2], f"--config.model={R}/negative_eps"], f"{R}/negative_eps/config.json: field 'rms_norm_eps' is -1e-05; expected a positive number"),
+  "layer types miscounted": ([*EVAL[:2], f"--config.model={R}/layer_types_miscounted"], f"{R}/layer_types_miscounted/config.json: field 'layer_types' must list 3 of"),
+  "gguf heads": ([*EVAL[:2], f"--config.model={R}/bad_heads.gguf"], f"{R}/bad_heads.gguf: field 'llama.attention.head_count_kv' is 3; it must divide llama.attention.head_count (4)"),
+  "adapter rank zero": ([*SFT, "--config.lora.rank=4", f"--config.lora.init_adapter={R}/adapter_rank_zero"], f"{R}/adapter_rank_zero/adapter_config.json: field 'r' is 0; expected a positive integer"),
+  "adapter alpha text": ([*SFT, "--config.lora.rank=4", f"--config.lora.init_adapter={R}/adapter_alpha_text"], f"{R}/adapter_alpha_text/adapter_config.json: field 'lora_alpha' is 'eight'; expected a positive number"),
 }  # fmt: skip
 
 

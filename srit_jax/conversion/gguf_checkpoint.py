@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from srit_jax.conversion.hf_checkpoint import CheckpointError
-from srit_jax.model.config import ModelConfig
+from srit_jax.model.config import ModelConfig, check_architecture
 
 _GLOBAL_NAMES = {
   "token_embd.weight": "model.embed_tokens.weight",
@@ -88,36 +88,51 @@ class GgufFile:
       if required and default is None:
         raise CheckpointError(f"{self.path}: metadata field {key!r} is missing")
       return default
-    return field.contents()
+    value = field.contents()
+    return value.item() if isinstance(value, np.generic) else value  # NumPy scalars as Python numbers
 
   def arch_field(self, key: str, default=None):
     return self.field(f"{self.architecture}.{key}", default)
 
   def model_config(self, **overrides) -> ModelConfig:
+    """The architecture from the file's metadata, each field checked before any array is built."""
     tokens = self.field("tokenizer.ggml.tokens", required=False) or []
-    embed_dim = self.arch_field("embedding_length")
-    num_heads = self.arch_field("attention.head_count")
+    arch = self.architecture
     tensor_names = {t.name for t in self.reader.tensors}
-    vocab = self.arch_field("vocab_size", len(tokens) or None)
+    key_length = self.arch_field("attention.key_length", -1)
     eos = self.field("tokenizer.ggml.eos_token_id", required=False)
+    fields = dict(
+      vocab_size=self.arch_field("vocab_size", len(tokens) or None),
+      embed_dim=self.arch_field("embedding_length"),
+      mlp_dim=self.arch_field("feed_forward_length"),
+      num_layers=self.arch_field("block_count"),
+      num_heads=self.arch_field("attention.head_count"),
+      rms_norm_eps=self.arch_field("attention.layer_norm_rms_epsilon", 1e-5),
+      rope_theta=self.arch_field("rope.freq_base", 10_000.0),
+      max_position_embeddings=self.arch_field("context_length", 4096),
+      bos_token_id=self.field("tokenizer.ggml.bos_token_id", required=False),
+      eos_token_ids=(eos,) if eos is not None else (),
+      pad_token_id=self.field("tokenizer.ggml.padding_token_id", required=False),
+    )
+    fields["num_kv_heads"] = self.arch_field("attention.head_count_kv", fields["num_heads"])
+    whole = all(isinstance(fields[k], int) and fields[k] > 0 for k in ("embed_dim", "num_heads"))
+    fields["head_dim"] = key_length if key_length != -1 else fields["embed_dim"] // fields["num_heads"] if whole else 0
+    names = {
+      "vocab_size": f"{arch}.vocab_size", "embed_dim": f"{arch}.embedding_length",
+      "mlp_dim": f"{arch}.feed_forward_length", "num_layers": f"{arch}.block_count",
+      "num_heads": f"{arch}.attention.head_count", "num_kv_heads": f"{arch}.attention.head_count_kv",
+      "head_dim": f"{arch}.attention.key_length", "rms_norm_eps": f"{arch}.attention.layer_norm_rms_epsilon",
+      "rope_theta": f"{arch}.rope.freq_base", "max_position_embeddings": f"{arch}.context_length",
+      "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_ids": "tokenizer.ggml.eos_token_id",
+      "pad_token_id": "tokenizer.ggml.padding_token_id",
+    }  # fmt: skip
+    check_architecture(fields, str(self.path), names, head_dim_given=key_length != -1)
     return ModelConfig(
-      model_type=self.architecture,
-      vocab_size=int(vocab),
-      embed_dim=int(embed_dim),
-      mlp_dim=int(self.arch_field("feed_forward_length")),
-      num_layers=int(self.arch_field("block_count")),
-      num_heads=int(num_heads),
-      num_kv_heads=int(self.arch_field("attention.head_count_kv", num_heads)),
-      head_dim=int(self.arch_field("attention.key_length", embed_dim // num_heads)),
-      rms_norm_eps=float(self.arch_field("attention.layer_norm_rms_epsilon", 1e-5)),
-      rope_theta=float(self.arch_field("rope.freq_base", 10_000.0)),
-      max_position_embeddings=int(self.arch_field("context_length", 4096)),
+      model_type=arch,
+      **fields,
       tie_embeddings="output.weight" not in tensor_names,
       qkv_bias="blk.0.attn_q.bias" in tensor_names,
       qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
-      bos_token_id=self.field("tokenizer.ggml.bos_token_id", required=False),
-      eos_token_ids=(int(eos),) if eos is not None else (),
-      pad_token_id=self.field("tokenizer.ggml.padding_token_id", required=False),
       **overrides,
     )
 

@@ -94,9 +94,21 @@ def read_adapter_config(directory: str | pathlib.Path) -> dict:
     raise AdapterError(f"{path}: not valid JSON ({e.msg})") from None
   if config.get("peft_type") != "LORA":
     raise AdapterError(f"{path}: field 'peft_type' is {config.get('peft_type')!r}; only LORA adapters are read")
+  if not isinstance(config, dict):
+    raise AdapterError(f"{path}: expected a JSON object, got {type(config).__name__}")
+  rank, alpha = config.get("r"), config.get("lora_alpha")
+  if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+    raise AdapterError(f"{path}: field 'r' is {rank!r}; expected a positive integer")
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+    raise AdapterError(f"{path}: field 'lora_alpha' is {alpha!r}; expected a positive number")
+  dropout = config.get("lora_dropout", 0.0)
+  if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    raise AdapterError(f"{path}: field 'lora_dropout' is {dropout!r}; expected a number in [0, 1)")
   targets = config.get("target_modules") or []
   if isinstance(targets, str):
     raise AdapterError(f"{path}: field 'target_modules' is a pattern ({targets!r}); a list of module names is read")
+  if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+    raise AdapterError(f"{path}: field 'target_modules' is {targets!r}; expected a list of module names")
   names = [t.removesuffix("_proj") for t in targets]
   unknown = [t for t, n in zip(targets, names) if n not in LORA_TARGETS]
   if unknown:
@@ -104,7 +116,7 @@ def read_adapter_config(directory: str | pathlib.Path) -> dict:
   for field in ("use_dora", "use_rslora"):
     if config.get(field):
       raise AdapterError(f"{path}: field {field!r} is true; plain LoRA adapters only")
-  return {"rank": int(config["r"]), "alpha": float(config["lora_alpha"]), "targets": tuple(names)}
+  return {"rank": rank, "alpha": float(alpha), "targets": tuple(names)}
 
 
 def load_peft_adapter(directory: str | pathlib.Path, config: ModelConfig, mesh=None):

@@ -35,6 +35,66 @@ class UnsupportedModelError(ValueError):
   """The checkpoint describes an architecture or feature this model does not implement."""
 
 
+class InvalidModelConfigError(ValueError):
+  """A model's config holds a value of the wrong type, out of range, or inconsistent with another."""
+
+
+# Our field -> the name of config.json (what an error names).
+HF_FIELD_NAMES = {
+  "embed_dim": "hidden_size",
+  "mlp_dim": "intermediate_size",
+  "num_layers": "num_hidden_layers",
+  "num_heads": "num_attention_heads",
+  "num_kv_heads": "num_key_value_heads",
+  "eos_token_ids": "eos_token_id",
+  "tie_embeddings": "tie_word_embeddings",
+}
+_POSITIVE_INTS = (
+  "vocab_size", "embed_dim", "mlp_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+  "max_position_embeddings",
+)  # fmt: skip
+_POSITIVE_NUMBERS = ("rms_norm_eps", "rope_theta")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_architecture(fields: dict[str, Any], where: str, names: dict[str, str], *, head_dim_given: bool = True):
+  """Every architecture field read from a checkpoint (config.json, GGUF metadata) checked before
+  any array is built: types, ranges and consistency (heads divide the width, key/value heads
+  divide the heads, the vocabulary holds the special tokens). `names` maps our fields to the
+  source's, which each error names with `where`."""
+
+  def fail(field: str, problem: str):
+    raise InvalidModelConfigError(f"{where}: field {names.get(field, field)!r} is {fields[field]!r}; {problem}")
+
+  for field in _POSITIVE_INTS:
+    if not _is_int(fields[field]) or fields[field] < 1:
+      fail(field, "expected a positive integer")
+  for field in _POSITIVE_NUMBERS:
+    value = fields[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+      fail(field, "expected a positive number")
+  window = fields.get("sliding_window")
+  if window is not None and (not _is_int(window) or window < 1):
+    fail("sliding_window", "expected a positive integer or null")
+  if not isinstance(fields.get("tie_embeddings", False), bool):
+    fail("tie_embeddings", "expected true or false")
+  if fields["num_heads"] % fields["num_kv_heads"]:
+    fail("num_kv_heads", f"it must divide {names.get('num_heads', 'num_heads')} ({fields['num_heads']})")
+  if not head_dim_given and fields["embed_dim"] % fields["num_heads"]:
+    fail("embed_dim", f"it must be a multiple of {names.get('num_heads', 'num_heads')} ({fields['num_heads']})")
+  vocab = fields["vocab_size"]
+  for field in ("bos_token_id", "pad_token_id"):
+    value = fields.get(field)
+    if value is not None and (not _is_int(value) or not 0 <= value < vocab):
+      fail(field, f"expected a token id below {names.get('vocab_size', 'vocab_size')} ({vocab}) or null")
+  for token in fields.get("eos_token_ids", ()):
+    if not _is_int(token) or not 0 <= token < vocab:
+      fail("eos_token_ids", f"expected token ids below {names.get('vocab_size', 'vocab_size')} ({vocab})")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Rotary frequency scaling: `linear` (position interpolation) or `llama3`."""
@@ -206,7 +266,10 @@ class ModelConfig:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
       if not isinstance(source, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(source).__name__}")
-    return cls(**_fields_from_hf(source, where), **overrides)
+    hf = text_config(source)
+    fields = _fields_from_hf(source, where)
+    check_architecture(fields, where, HF_FIELD_NAMES, head_dim_given=hf.get("head_dim") is not None)
+    return cls(**fields, **overrides)
 
   def to_hf_config(self) -> dict[str, Any]:
     """The `config.json` that `transformers` loads into the matching `*ForCausalLM`."""
@@ -356,12 +419,14 @@ def _fields_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
     num_layers=num_layers,
     num_heads=num_heads,
     num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-    head_dim=hf.get("head_dim") or embed_dim // num_heads,
+    head_dim=hf.get("head_dim") or (embed_dim // num_heads if _is_int(embed_dim) and _is_int(num_heads) else 0),
     rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-    rope_theta=float(rope_theta),
+    rope_theta=float(rope_theta)
+    if isinstance(rope_theta, (int, float)) and not isinstance(rope_theta, bool)
+    else rope_theta,
     rope_scaling=_rope_scaling_from_hf(scaling, where),
     max_position_embeddings=hf.get("max_position_embeddings", 4096),
-    tie_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
+    tie_embeddings=gemma if hf.get("tie_word_embeddings") is None else hf["tie_word_embeddings"],
     qkv_bias=model_type == "qwen2",
     sliding_window=sliding_window,
     bos_token_id=hf.get("bos_token_id"),
