@@ -16,6 +16,7 @@ make it fit.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 
@@ -37,6 +38,27 @@ class PlanError(ValueError):
   """Programs that do not fit their devices; the message names each and what would fit."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """FLOPs and HBM bytes of one call of a program, per device."""
+
+  flops: float = 0.0
+  bytes: float = 0.0
+
+  def __add__(self, other: Cost) -> Cost:
+    return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+  def __sub__(self, other: Cost) -> Cost:
+    return Cost(self.flops - other.flops, self.bytes - other.bytes)
+
+  def __mul__(self, k: float) -> Cost:
+    return Cost(self.flops * k, self.bytes * k)
+
+  def seconds(self, peak_flops: float, bandwidth: float) -> float:
+    """The roofline bound: no faster than its FLOPs at peak, nor than its bytes at full bandwidth."""
+    return max(self.flops / peak_flops, self.bytes / bandwidth)
+
+
 @dataclasses.dataclass
 class ProgramPlan:
   phase: str
@@ -50,6 +72,8 @@ class ProgramPlan:
   model_flops: float = 0.0  # per device, our formula
   compile_seconds: float = 0.0
   error: str = ""  # a compile failure, out of memory included
+  cost: Cost | None = None  # one call, every layer counted (see extrapolated_cost); None if unknown
+  per_call: int = 0  # rows of a sampler call, pairs of a reference pass, 0 for a training step
 
   @property
   def total(self) -> int:
@@ -127,29 +151,97 @@ def _measure(plan: ProgramPlan, lower, arguments) -> ProgramPlan:
   return plan
 
 
-def sft_program(block, model_source: str, devices) -> ProgramPlan:
-  model_config = _model_config(block, model_source)
+def xla_cost(compiled) -> Cost:
+  """XLA's own count of a compiled program's FLOPs and bytes accessed, per device."""
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+  return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+
+
+def _shallow(model_config, depth: int):
+  """The model with `depth` layers, all of them unrolled in one iteration of the layer scan."""
+  return dataclasses.replace(
+    model_config, num_layers=depth, scan_unroll=depth, layer_types=model_config.layer_types[:depth]
+  )
+
+
+def extrapolated_cost(build, model_config) -> Cost:
+  """One call's cost with every layer counted. XLA's cost analysis counts a loop body once, so a
+  program whose layers run under the scan counts one layer: the program is compiled again at
+  depth 1 and 2 with its layers unrolled; the difference is a layer (its forward, backward and
+  optimizer update alike), which the full depth has `num_layers` of. The output layer, which
+  the run projects in chunks of positions, and the microbatches of gradient accumulation (loops
+  too) take whole rows and one pass in those copies: the same work, counted whole."""
+  one, two = (xla_cost(build(_shallow(model_config, depth), whole_rows=True)[0]().compile()) for depth in (1, 2))
+  return one + (two - one) * (model_config.num_layers - 1)
+
+
+def decode_step_cost(model_config, weights_tree, batch: int, cache_length: int, mesh) -> Cost:
+  """One decode step of `batch` rows, per device: the weights (in their stored dtype) and the KV
+  cache are each read once, 2 FLOPs per parameter per row and 4 per cached key per head per row.
+  Analytic: the sampler's decode loop is a loop, which XLA counts once."""
+  weights = _per_device_bytes(weights_tree)  # parameters (and adapters) as stored
+  devices = mesh.devices.size
+  itemsize = jnp.dtype(model_config.dtype).itemsize
+  kv = model_config.num_kv_heads * model_config.head_dim
+  cache = 2 * model_config.num_layers * batch * cache_length * kv * itemsize / devices
+  parameters = _parameter_count(model_config)
+  attention_flops = 4 * model_config.num_layers * batch * cache_length * model_config.num_heads * model_config.head_dim
+  return Cost((2 * parameters * batch + attention_flops) / devices, weights + cache)
+
+
+def _parameter_count(model_config) -> int:
+  shapes = nn.unbox(decoder.boxed_param_shapes(model_config))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+
+
+def _measured(plan: ProgramPlan, build, model_config) -> ProgramPlan:
+  """The program compiled at full depth (memory, XLA's FLOPs) and, when it compiles, its cost
+  with every layer counted."""
+  lower, arguments = build(model_config)
+  plan = _measure(plan, lower, arguments)
+  if not plan.error:
+    try:
+      plan.cost = extrapolated_cost(build, model_config)
+    except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
+      plan.cost = None
+  return plan
+
+
+def sft_build(block, devices):
+  """`build(model_config, whole_rows=False) -> (lower, arguments)`: the SFT step of `block` on
+  `devices` for any model config (the full one, or the shallow copies the cost model compiles)."""
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "sft batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  trained, base = _trained_and_base(model_config, mesh)
-  state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
-  state = _abstract(state, state_shardings(state, model_config, mesh))
-  step = sft_step.jit_sft_step(
-    state, model_config, tx, mesh, num_microbatches=block.num_microbatches, chunk_size=block.chunk_size
-  )
   rows = (block.batch_size, block.max_length)
   batch = {
     name: jax.ShapeDtypeStruct(rows, jnp.float32 if name == "loss_weights" else jnp.int32, sharding=s)
     for name, s in sft_step.batch_shardings(mesh).items()
   }
+
+  def build(cfg, whole_rows=False):
+    trained, base = _trained_and_base(cfg, mesh)
+    state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
+    state = _abstract(state, state_shardings(state, cfg, mesh))
+    chunk, micro = (rows[1], 1) if whole_rows else (block.chunk_size, block.num_microbatches)
+    step = sft_step.jit_sft_step(state, cfg, tx, mesh, num_microbatches=micro, chunk_size=chunk)
+    return (lambda: step.lower(state, batch, base)), (state, batch, base)
+
+  return build
+
+
+def sft_program(block, model_source: str, devices) -> ProgramPlan:
+  model_config = _model_config(block, model_source)
+  rows = (block.batch_size, block.max_length)
+  build = sft_build(block, devices)
   plan = ProgramPlan(
     "sft",
     "SFT step",
     attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
-  return _measure(plan, lambda: step.lower(state, batch, base), (state, batch, base))
+  return _measured(plan, build, model_config)
 
 
 def _is_tpu(devices) -> bool:
@@ -180,64 +272,73 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  trained, base = _trained_and_base(model_config, mesh)
-  state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
-  state = _abstract(state, state_shardings(state, model_config, mesh))
   precomputed = bool(block.precompute_reference)
-  reference = None
-  if not precomputed:  # the frozen reference: a model copy, or under LoRA the reference adapters
-    reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
   layout = dpo_step.pair_layout(block, model_config, mesh)
-  step = dpo_step.jit_dpo_step(
-    state,
-    model_config,
-    tx,
-    mesh,
-    precomputed_reference=precomputed,
-    branched=layout.packing == "shared_prompt",
-    beta=block.beta,
-    loss_type=block.loss_type,
-    label_smoothing=block.label_smoothing,
-    nll_weight=block.nll_weight,
-    num_microbatches=block.num_microbatches,
-    chunk_size=block.chunk_size,
-  )
-  kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", layout.row_length)
-  mode = "reference precomputed" if precomputed else "reference in the step"
   batch = _pair_batch(mesh, block.batch_size, layout, block.max_length, precomputed, block.num_microbatches)
   rows = batch["rows"]["tokens"].shape[0]
+
+  def build_step(cfg, whole_rows=False):
+    trained, base = _trained_and_base(cfg, mesh)
+    state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
+    state = _abstract(state, state_shardings(state, cfg, mesh))
+    reference = None
+    if not precomputed:  # the frozen reference: a model copy, or under LoRA the reference adapters
+      reference = trained if cfg.lora_rank else _params(cfg, mesh, cfg.dtype)
+    step = dpo_step.jit_dpo_step(
+      state,
+      cfg,
+      tx,
+      mesh,
+      precomputed_reference=precomputed,
+      branched=layout.packing == "shared_prompt",
+      beta=block.beta,
+      loss_type=block.loss_type,
+      label_smoothing=block.label_smoothing,
+      nll_weight=block.nll_weight,
+      num_microbatches=1 if whole_rows else block.num_microbatches,
+      chunk_size=layout.row_length if whole_rows else block.chunk_size,
+    )
+    return (lambda: step.lower(state, reference, batch, base)), (state, reference, batch, base)
+
+  kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", layout.row_length)
+  mode = "reference precomputed" if precomputed else "reference in the step"
   plans = [
-    _measure(
+    _measured(
       ProgramPlan(
         "refine",
         f"DPO step ({mode}; pairs {layout.packing}, {rows} rows of {layout.row_length})",
         kernel,
         model_flops=flops.dpo_step_flops(model_config, rows, layout.row_length, not precomputed) / len(devices),
       ),
-      lambda: step.lower(state, reference, batch, base),
-      (state, reference, batch, base),
+      build_step,
+      model_config,
     )
   ]
   if precomputed:
     pairs = max(block.batch_size, 2 * len(devices))
-    log_probs = jax.jit(
-      lambda p, batch, base: dpo_step.pair_log_probs(
-        model_config, p, batch, mesh=mesh, chunk_size=block.chunk_size, base=base
-      )
-    )
-    reference = trained if model_config.lora_rank else _params(model_config, mesh, model_config.dtype)
     pair_batch = _pair_batch(mesh, pairs, layout, block.max_length, False)
     rows = pair_batch["rows"]["tokens"].shape[0]
+
+    def build_reference(cfg, whole_rows=False):
+      trained, base = _trained_and_base(cfg, mesh)
+      reference = trained if cfg.lora_rank else _params(cfg, mesh, cfg.dtype)
+      chunk = layout.row_length if whole_rows else block.chunk_size
+      log_probs = jax.jit(
+        lambda p, batch, base: dpo_step.pair_log_probs(cfg, p, batch, mesh=mesh, chunk_size=chunk, base=base)
+      )
+      return (lambda: log_probs.lower(reference, pair_batch, base)), (reference, pair_batch, base)
+
     plans.append(
-      _measure(
+      _measured(
         ProgramPlan(
           "refine",
-          "reference log-probs",
+          f"reference log-probs ({pairs} pairs)",
           kernel,
           model_flops=flops.forward_flops(model_config, rows, layout.row_length) / len(devices),
+          per_call=pairs,
         ),
-        lambda: log_probs.lower(reference, pair_batch, base),
-        (reference, pair_batch, base),
+        build_reference,
+        model_config,
       )
     )
   return plans
@@ -253,8 +354,6 @@ def sampler_program(
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   batch = -(-batch // rows) * rows  # generation pads the batch to split over the mesh
   width = batched.prompt_bucket(prompt_length, model_config.max_position_embeddings - max_new_tokens)
-  trained, base = _trained_and_base(model_config, mesh)
-  params, adapters = (base, trained) if base is not None else (trained, None)
   row = lambda shape, dtype: jax.ShapeDtypeStruct(
     shape, dtype, sharding=sharding.logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
   )
@@ -267,6 +366,16 @@ def sampler_program(
     jax.ShapeDtypeStruct((2, 4), jnp.int32, sharding=replicated),
   )
   settings = sampler.SamplingSettings(temperature=block.get("temperature", 0.0), top_p=block.get("top_p", 1.0))
+
+  def build(cfg, whole_rows=False):  # the sampler projects only each row's last position
+    del whole_rows
+    trained, base = _trained_and_base(cfg, mesh)
+    params, adapters = (base, trained) if base is not None else (trained, None)
+    lower = lambda: sampler.sample.lower(
+      cfg, params, *args, settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters
+    )
+    return lower, (params, adapters, args)
+
   plan = ProgramPlan(
     phase,
     f"sampler ({batch} rows, {width}-token prompts, {max_new_tokens} new; decode loop counted once)",
@@ -274,13 +383,13 @@ def sampler_program(
     model_flops=(flops.forward_flops(model_config, batch, width) + flops.forward_flops(model_config, batch, 1))
     / len(devices),
   )
-  return _measure(
-    plan,
-    lambda: sampler.sample.lower(
-      model_config, params, *args, settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters
-    ),
-    (params, adapters, args),
-  )
+  plan.per_call = batch
+  plan = _measured(plan, build, model_config)
+  if plan.cost is not None:  # the decode loop, counted once by XLA: the other new tokens' steps
+    params, adapters, _ = build(model_config)[1]
+    step = decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
+    plan.cost = plan.cost + step * (max_new_tokens - 1)
+  return plan
 
 
 def programs(config, command: str, devices, *, prompt_length: int) -> list[ProgramPlan]:
@@ -334,6 +443,113 @@ def _eval_program(block, student, devices, prompt_length):
     prompt_length=prompt_length,
     max_new_tokens=block.max_new_tokens,
   )
+
+
+# --- Time and chip-hours ----------------------------------------------------------------------
+
+MFU = 0.4  # the stated utilisation beside the bound: 40% of the roofline
+
+
+@dataclasses.dataclass
+class Estimate:
+  phase: str
+  program: str
+  seconds_per_call: float  # the roofline bound of one call
+  calls: float | None  # how often the run makes it; None when the config leaves it open
+  assumption: str = ""
+
+  @property
+  def hours(self) -> float | None:
+    return None if self.calls is None else self.seconds_per_call * self.calls / 3600
+
+
+def _ceil(a: float, b: float) -> int:
+  return int(-(-a // b))
+
+
+def _pairs_assumed(block) -> int:
+  """Training pairs a refine block makes at most: every question at its cap, less the held-out share."""
+  questions = block.limit + block.get("new_questions", 0)
+  per_question = block.max_pairs_per_question
+  return int(questions * per_question * (1 - block.heldout_fraction))
+
+
+def _calls(plan: ProgramPlan, config) -> tuple[float | None, str]:
+  """How often a run of `config` makes `plan`'s program, and what that count assumes."""
+  pipeline = "student" in config
+  block = config[plan.phase] if pipeline else config
+  if plan.phase == "sft":
+    return block.num_steps, ""
+  if plan.phase == "refine":
+    rounds = config.refine_iterations * (2 if config.get("control") else 1) if pipeline else 1
+    questions = block.limit + block.get("new_questions", 0)
+    if not questions:
+      return None, "limit 0: every training question"
+    if plan.name.startswith("sampler"):
+      rows = questions * block.num_cot_samples, questions * block.num_direct_samples
+      return rounds * sum(_ceil(r, plan.per_call) for r in rows if r), "every answer of max_new_tokens"
+    pairs = _pairs_assumed(block)
+    steps = _ceil(block.num_epochs * pairs, block.batch_size) if block.get("num_epochs") else block.num_steps
+    if plan.name.startswith("reference"):  # the training pairs once; the held-out ones at every evaluation
+      held_out = _ceil(pairs * block.heldout_fraction, 1 - block.heldout_fraction)
+      evaluations = 2 + (steps // block.eval_every if block.eval_every else 0)
+      calls = _ceil(pairs, plan.per_call) + (1 + evaluations) * _ceil(held_out, plan.per_call)
+      return rounds * calls, f"{pairs} training pairs, {held_out} held out, scored {evaluations + 1} times"
+    return rounds * steps, f"{pairs} pairs" if block.get("num_epochs") else ""
+  # eval: every stage on every task, CoT (and direct) answers.
+  if not block.limit:
+    return None, "limit 0: every test question"
+  if pipeline:
+    tasks = len([t for t in f"{config.in_domain_tasks},{config.out_domain_tasks}".split(",") if t.strip()])
+    stages = 3 + bool(config.get("control")) + (config.refine_iterations - 1 if config.get("eval_rounds") else 0)
+  else:
+    tasks, stages = len([t for t in config.tasks.split(",") if t.strip()]), 1
+  styles = 2 if block.direct else 1
+  return stages * tasks * styles * _ceil(block.limit, plan.per_call), f"{stages} stages x {tasks} tasks"
+
+
+def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
+  """Each program's step-time bound on the slice (roofline: its FLOPs at the chip's peak or its
+  bytes at full HBM bandwidth, whichever is slower, every layer counted) and how often the run
+  makes it. Empty off TPU (no peak to divide by)."""
+  peak, bandwidth = topology.peaks(devices[0])
+  if not math.isfinite(peak):
+    return []
+  out = []
+  for plan in plans:
+    if plan.cost is None:
+      continue
+    calls, assumption = _calls(plan, config)
+    out.append(Estimate(plan.phase, plan.name.split(" (")[0], plan.cost.seconds(peak, bandwidth), calls, assumption))
+  return out
+
+
+def estimate_report(estimates: list[Estimate], chips: int) -> str:
+  """The time table: per program, then per phase and for the run, at the bound and at 40% of it."""
+  if not estimates:
+    return ""
+  lines = [
+    f"time on {chips} chips: roofline bounds (no faster than FLOPs at peak or bytes at full HBM bandwidth), "
+    f"and at {MFU:.0%} of the roofline",
+    "",
+    "| phase | program | bound per call, s | calls | hours (bound) | hours at 40% | chip-hours at 40% | assumes |",
+    "|---|---|---:|---:|---:|---:|---:|---|",
+  ]
+  phases: dict[str, float] = {}
+  for e in estimates:
+    hours = e.hours
+    calls = "?" if e.calls is None else f"{e.calls:,.0f}"
+    cells = ("?", "?", "?") if hours is None else (f"{hours:.3g}", f"{hours / MFU:.3g}", f"{hours / MFU * chips:.3g}")
+    lines.append(
+      f"| {e.phase} | {e.program} | {e.seconds_per_call:.3g} | {calls} | {' | '.join(cells)} | {e.assumption} |"
+    )
+    if hours is not None:
+      phases[e.phase] = phases.get(e.phase, 0.0) + hours
+  total = sum(phases.values())
+  summary = ", ".join(f"{phase} {hours / MFU:.3g} h" for phase, hours in phases.items())
+  lines += ["", f"at 40%: {summary}; the run {total / MFU:.3g} h, {total / MFU * chips:.3g} chip-hours "
+            f"(bound {total:.3g} h, {total * chips:.3g} chip-hours)"]  # fmt: skip
+  return "\n".join(lines)
 
 
 def suggestions(plan: ProgramPlan, hbm: float, block) -> list[str]:

@@ -31,6 +31,15 @@ class Slice:
 # out-of-memory reports: v4 megacore 30.75 GiB, v5e 15.75, v5p 95.74, v6e 31.25).
 HBM_BY_KIND = {"TPU v4": 30.75 * GIB, "TPU v5 lite": 15.75 * GIB, "TPU v5": 95.74 * GIB, "TPU v6 lite": 31.25 * GIB}
 
+# Peak dense bfloat16 FLOP/s and HBM bytes/s per device (a chip; v4 and v5p as one megacore
+# device), from Google's published figures: what a roofline bound divides by.
+PEAKS_BY_KIND = {
+  "TPU v4": (275e12, 1.2e12),
+  "TPU v5 lite": (197e12, 0.819e12),
+  "TPU v5": (459e12, 2.765e12),
+  "TPU v6 lite": (918e12, 1.64e12),
+}
+
 SLICES = {
   "v4-8": Slice("v4:2x2x1", "megacore", 1, int(HBM_BY_KIND["TPU v4"]), 4),
   "v4-16": Slice("v4:2x2x2", "megacore", 2, int(HBM_BY_KIND["TPU v4"]), 8),
@@ -98,6 +107,14 @@ def tpu_devices(name: str):
     hint = "" if "lockfile" in reason else "; the TPU compiler comes with the tpu extra: pip install 'srit_jax[tpu]'"
     raise TopologyError(f"cannot describe TPU topology {spec.topology} ({reason}){hint}") from None
   return list(description.devices), spec.hbm_bytes
+
+
+def peaks(device) -> tuple[float, float]:
+  """(peak bfloat16 FLOP/s, HBM bytes/s) of a TPU device's kind; (NaN, NaN) when unknown."""
+  for kind, values in sorted(PEAKS_BY_KIND.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(kind):
+      return values
+  return float("nan"), float("nan")
 
 
 def hbm_bytes(device) -> float:

@@ -1,22 +1,25 @@
 """Shared fixtures. Eight emulated CPU devices are set up before JAX starts."""
 
-import os
-
-# Eight devices share two cores: a collective's participants can arrive far apart, so XLA:CPU's
-# rendezvous waits long instead of aborting the process after its default timeout.
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "")
-  + " --xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=900"
-  + " --xla_cpu_collective_timeout_seconds=900"
-).strip()
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
-
+import importlib.metadata
 import importlib.util
+import os
 import pathlib
 
 import numpy as np
 import pytest
+
+# Eight devices share two cores: a collective's participants can arrive far apart, so XLA:CPU's
+# rendezvous waits long instead of aborting the process after its default timeout (flags that
+# jaxlib 0.7, the oldest the package runs with, does not know and aborts on).
+_JAXLIB = tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
+_RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "")
+  + " --xla_force_host_platform_device_count=8"
+  + (_RENDEZVOUS if _JAXLIB >= (0, 8) else "")
+).strip()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
 
 # Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
 requires_libtpu = pytest.mark.skipif(

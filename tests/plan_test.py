@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import TINY_PIPELINE_CONFIG, requires_libtpu
 
@@ -94,3 +95,61 @@ def test_impossible_topologies_meshes_and_batches_are_one_line_errors(tiny_with_
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and message in errors[0], result.stderr
   assert "Traceback" not in result.stderr
+
+
+@requires_libtpu
+def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
+  import jax
+  import jax.numpy as jnp
+
+  from srit_jax import programs, topology
+
+  devices, _ = topology.tpu_devices("v5e-8")
+  mesh = jax.sharding.Mesh(np.array(devices).reshape(8), ("rows",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  a = jax.ShapeDtypeStruct((8 * 256, 1024), jnp.bfloat16, sharding=rows)
+  b = jax.ShapeDtypeStruct((1024, 4096), jnp.bfloat16, sharding=whole)
+  compiled = jax.jit(lambda a, b: a @ b, out_shardings=rows).lower(a, b).compile()
+  cost = programs.xla_cost(compiled)
+  # By hand, per chip: 256 x 1024 x 4096 multiply-adds; at least the operands read and the product
+  # written once (XLA counts what its tiled program touches, which is more).
+  assert cost.flops == pytest.approx(2 * 256 * 1024 * 4096, rel=0.01)
+  assert cost.bytes >= 2 * (256 * 1024 + 1024 * 4096 + 256 * 4096)
+  peak, bandwidth = topology.peaks(devices[0])
+  assert (peak, bandwidth) == (197e12, 0.819e12)
+  assert cost.seconds(peak, bandwidth) == max(cost.flops / peak, cost.bytes / bandwidth)
+
+
+@requires_libtpu
+def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_tokenizer):
+  import dataclasses
+
+  from srit_jax import configs, programs, topology
+
+  block = configs.load("sft", "tiny")
+  block.model, block.batch_size, block.num_microbatches = str(tiny_with_tokenizer), 16, 2
+  devices, _ = topology.tpu_devices("v5e-8")
+  model_config = programs._model_config(block, block.model)
+  build = programs.sft_build(block, devices)
+  scanned = programs.xla_cost(build(model_config)[0]().compile())
+  corrected = programs.extrapolated_cost(build, model_config)
+  # Every layer unrolled, whole rows and one pass: nothing under a loop, so XLA counts it all.
+  unrolled = dataclasses.replace(model_config, scan_unroll=model_config.num_layers)
+  truth = programs.xla_cost(build(unrolled, whole_rows=True)[0]().compile())
+  assert model_config.num_layers == 3 and scanned.flops < 0.75 * truth.flops  # the scan hides layers
+  assert corrected.flops == pytest.approx(truth.flops, rel=0.02)
+  assert corrected.bytes == pytest.approx(truth.bytes, rel=0.1)
+
+
+@requires_libtpu
+def test_the_plan_states_each_phase_time_and_the_runs_chip_hours(tiny_with_tokenizer):
+  result = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "time on 8 chips: roofline bounds" in result.stdout
+  rows = [r for r in _rows(result.stdout) if len(r) == 8 and r[1] != "program" and not r[0].startswith("-")]
+  assert [r[1] for r in rows] == ["SFT step", "sampler", "DPO step", "reference log-probs", "sampler"]
+  sft = rows[0]
+  assert sft[3] == "3" and float(sft[4]) * 3600 == pytest.approx(3 * float(sft[2]), rel=0.01)  # 3 steps
+  assert float(sft[6]) == pytest.approx(float(sft[5]) * 8, rel=0.01)  # chip-hours: hours x chips
+  assert "chip-hours (bound" in result.stdout

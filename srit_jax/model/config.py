@@ -150,6 +150,7 @@ class ModelConfig:
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"  # one of REMAT_POLICIES
   attention: str = "auto"  # one of ATTENTION_KERNELS; "auto": by platform (see srit_jax/model/attention.py)
+  scan_unroll: int = 1  # layers per iteration of the layer scan (the plan unrolls shallow copies to count costs)
   # Parameter-efficient tuning (srit_jax/model/lora.py): adapters of `lora_rank` on `lora_targets`
   # over a frozen base stored in `base_dtype` (empty: param_dtype), optionally quantized.
   lora_rank: int = 0  # 0: no adapters (full fine-tuning)

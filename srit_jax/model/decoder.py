@@ -298,6 +298,7 @@ class Transformer(nn.Module):
         nn.broadcast,
       ),
       length=cfg.num_layers,
+      unroll=cfg.scan_unroll,
       metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, self.mesh)
     self.final_norm = RMSNorm(cfg)

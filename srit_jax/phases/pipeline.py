@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import io, programs, sharding
+from srit_jax import host_memory, io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
@@ -46,7 +46,9 @@ class Phase:
 
   When the inputs change, the directory is emptied but for `keep`: files that carry their own
   fingerprint and are remade when theirs no longer matches (the student's samples, which a
-  change of DPO settings leaves valid)."""
+  change of DPO settings leaves valid). A phase about to run starts from what the phases before
+  it gave back (their models, optimizer states and compiled programs); its marker records its
+  own peak resident memory."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
@@ -55,6 +57,13 @@ class Phase:
     self.keep = keep
 
   def done(self) -> bool:
+    if self._done():
+      return True
+    host_memory.release()
+    host_memory.reset_peak()
+    return False
+
+  def _done(self) -> bool:
     if not self.marker.exists():
       if self.dir.exists():
         print(f"[{self.name}] resuming an interrupted run in {self.dir}")
@@ -71,8 +80,12 @@ class Phase:
     return False
 
   def finish(self, details: dict | None = None) -> None:
-    io.write_json(self.marker, {"fingerprint": self.fingerprint, **(details or {})})
+    details = {**(details or {}), "peak_rss_bytes": host_memory.peak_bytes()}
+    io.write_json(self.marker, {"fingerprint": self.fingerprint, **details})
     io.barrier(f"finished {self.marker}")
+
+  def peak_rss_bytes(self) -> int | None:
+    return json.loads(self.marker.read_text(encoding="utf-8")).get("peak_rss_bytes")
 
 
 def _with(block, **fields):
@@ -158,7 +171,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for task, count in removed.items():
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
-  results, outcomes = {}, {}
+  results, outcomes, eval_phases = {}, {}, []
   for stage in models:
     model_path, upstream = models[stage]
     stage_tasks = {t: d for t, d in tasks.items() if d == "in-domain"} if stage.startswith("srit_round_") else tasks
@@ -188,6 +201,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         progress=progress,
       )
       phase.finish()
+    eval_phases.append(phase)
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
     outcomes[stage] = {
       task: {str(row["id"]): row["correct"] for _, row in io.read_records(phase.dir / f"{task}.cot.jsonl")}
@@ -221,6 +235,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "rounds": [_round_summary(phase) for phase in refine_phases],
     "control_rounds": [_round_summary(phase) for phase in control_phases],
     "left_out_as_seen_in_training": removed,
+    "peak_rss_bytes": {
+      phase.name: phase.peak_rss_bytes()
+      for phase in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)
+    },
   }
   io.write_json(workdir / "results.json", out)
   table = report.results_markdown(out)
@@ -232,6 +250,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       workdir / "training_curves.png",
     )
   print(table)
+  peaks = {name: peak for name, peak in out["peak_rss_bytes"].items() if peak}
+  if peaks:
+    name = max(peaks, key=peaks.get)
+    print(f"peak resident memory {peaks[name] / 2**30:.1f} GiB (in {name}; each phase's in results.json)")
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
 

@@ -10,7 +10,7 @@ and exits non-zero when one does not fit, naming what would make it fit.
 
 from __future__ import annotations
 
-from srit_jax.programs import failures, plan_devices, programs, report
+from srit_jax.programs import estimate_report, failures, plan_devices, programs, report, run_estimate
 
 
 def run(config, *, command: str = "pipeline", topology_name: str | None = None, prompt_length: int = 512) -> int:
@@ -20,6 +20,9 @@ def run(config, *, command: str = "pipeline", topology_name: str | None = None, 
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
   plans = programs(config, command, devices, prompt_length=prompt_length)
   print(report(plans, hbm))
+  times = estimate_report(run_estimate(config, plans, devices), len(devices))
+  if times:
+    print("\n" + times)
   problems = failures(plans, hbm, config, command)
   if problems:
     print("\ndoes not fit:\n" + "\n".join(f"  {p}" for p in problems))
