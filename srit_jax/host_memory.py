@@ -2,15 +2,37 @@
 
 `reset_peak()` starts a new measurement (the kernel's high-water mark, VmHWM, is reset through
 /proc/self/clear_refs); `peak_bytes()` reads it. Elsewhere both do nothing and the peak is None.
-`release()` gives back what a finished phase leaves behind: compiled programs and the arrays
-only they kept alive.
+`release()` gives back what a finished phase leaves behind: compiled programs, the arrays only
+they kept alive, and the heap pages freed since (glibc keeps them otherwise).
+`fewer_malloc_arenas()`: glibc gives each thread that allocates its own heap arena, and XLA's
+many threads then hold gigabytes of freed memory scattered over them; two arenas bound that
+(call it before JAX starts its threads). Both are no-ops where libc is not glibc.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import pathlib
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def _glibc():
+  name = ctypes.util.find_library("c")
+  try:
+    libc = ctypes.CDLL(name) if name else None
+  except OSError:
+    return None
+  return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def fewer_malloc_arenas(arenas: int = 2) -> None:
+  libc = _glibc()
+  if libc is not None:
+    libc.mallopt(_M_ARENA_MAX, arenas)
 
 
 def reset_peak() -> None:
@@ -36,3 +58,6 @@ def release() -> None:
   gc.collect()
   jax.clear_caches()
   gc.collect()
+  libc = _glibc()
+  if libc is not None:
+    libc.malloc_trim(0)

@@ -34,9 +34,10 @@ _safe_points = itertools.count()
 
 
 def install() -> None:
-  """SIGTERM sets the notice instead of ending the process (one process; with several, JAX's
-  preemption service listens instead). Call from the main thread."""
-  if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+  """SIGTERM sets the notice instead of ending the process. Call from the main thread, before
+  `jax.distributed.initialize`: with several processes JAX's preemption service then takes the
+  signal over (and `requested` asks it)."""
+  if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, lambda signum, frame: _notice.set())
 
 

@@ -130,3 +130,32 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert [r["phase"] for r in results["rounds"]] == ["refine", "refine_2"]
   assert [r["phase"] for r in results["control_rounds"]] == ["refine_control", "refine_control_2"]
   assert "control" in (tmp_path / "results.md").read_text()
+
+
+def test_the_in_domain_tasks_follow_the_refine_task():
+  config = _tiny_pipeline_config("unused")
+  config.update(train_task="arith", in_domain_tasks="", out_domain_tasks="arith,arith_hard")
+  assert pipeline.evaluation_domains(config) == {"arith": "in-domain", "arith_hard": "out-domain"}
+  config.refine_task = "wordmath"
+  assert pipeline.evaluation_domains(config) == {
+    "wordmath": "in-domain", "arith": "out-domain", "arith_hard": "out-domain"
+  }  # fmt: skip
+  config.in_domain_tasks = "arith,wordmath"  # named: as named
+  assert pipeline.evaluation_domains(config) == {
+    "arith": "in-domain",
+    "wordmath": "in-domain",
+    "arith_hard": "out-domain",
+  }
+
+
+@pytest.mark.slow
+def test_cross_self_refinement_samples_the_other_tasks_training_questions(tiny_student, tmp_path):
+  config = _tiny_pipeline_config(tiny_student)
+  config.update(refine_task="wordmath", in_domain_tasks="", out_domain_tasks="arith")
+  # The random tiny student solves none of them and no teacher answered them: no pair, said so.
+  with pytest.raises(ValueError, match="no preference pair to train on"):
+    pipeline.run(config, tmp_path, progress=False)
+  samples = [json.loads(line) for line in (tmp_path / "refine" / "samples.cot.jsonl").read_text().splitlines()]
+  assert samples and all(s["id"].startswith("wordmath/") for s in samples)
+  demos = [json.loads(line) for line in (tmp_path / "demos" / "demos.jsonl").read_text().splitlines()]
+  assert {d["task"] for d in demos} == {"arith"}  # taught on one task, refined on the other

@@ -282,7 +282,8 @@ def problems(config: ConfigDict, command: str) -> list[str]:
     if problem:
       found.append(problem)
     found += _task_problems(config.train_task, "train_task")
-    found += _task_problems(config.in_domain_tasks, "in_domain_tasks")
+    found += _task_problems(config.refine_task, "refine_task", required=False)
+    found += _task_problems(config.in_domain_tasks, "in_domain_tasks", required=False)  # empty: the refine task
     found += _task_problems(config.out_domain_tasks, "out_domain_tasks", required=False)
     if config.data_dir:
       _exists(config.data_dir, "data_dir", found, "directory")

@@ -30,7 +30,7 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import io, programs, sharding
+from srit_jax import host_memory, io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.configs.refine import QUESTIONS
 from srit_jax.conversion import loading
@@ -347,6 +347,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     )
   if config.precompute_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are
+  host_memory.release()  # the sampler's and the reference pass's programs, before training
 
   state = run.init_state()
   loss_options = dict(beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
