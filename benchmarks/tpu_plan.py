@@ -56,6 +56,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   devices, hbm = topology.tpu_devices(slice_name)
   start = time.perf_counter()
   plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length)
+  estimates = programs.run_estimate(config, plans, devices)
   jax.clear_caches()
   method = rest[0] if rest else paper.SIZES[(student, slice_name)][0]
   return {
@@ -85,7 +86,53 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
       }
       for p in plans
     ],
+    "estimates": [
+      {
+        "phase": x.phase,
+        "program": x.program,
+        "seconds_per_call": x.seconds_per_call,
+        "calls": x.calls,
+        "hours_bound": x.hours,
+        "assumption": x.assumption,
+      }
+      for x in estimates
+    ],
   }
+
+
+def time_table(results: dict) -> list[str]:
+  """Hours per phase and the run's chip-hours of every variant planned with time estimates."""
+  timed = [v for v in all_variants() if results.get(v, {}).get("estimates")]
+  lines = [
+    "",
+    "## Time and chip-hours",
+    "",
+    "Each program's roofline bound on the slice — its compiled FLOPs at the chip's peak (bfloat16)",
+    "or its compiled bytes at full HBM bandwidth, whichever is slower, every layer counted (XLA's",
+    "cost analysis counts a loop body once; the plan compiles shallow unrolled copies to count a",
+    "layer) — times how often the config's run makes it: SFT and DPO steps, sampler calls at",
+    "`max_new_tokens` for every answer, reference passes over at most `max_pairs_per_question`",
+    "pairs per question, evaluation of every stage on every task. The columns are at 40% of the",
+    "roofline (MFU 40% where a program is compute-bound): a planning figure, not a measurement.",
+    "",
+    "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for variant in timed:
+    r = results[variant]
+    hours = {}
+    for x in r["estimates"]:
+      if x["hours_bound"] is not None:
+        hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
+    total = sum(hours.values())
+    at = lambda h: f"{h / 0.4:.3g}"
+    lines.append(
+      f"| `{variant}` | {r['devices']} | {at(hours.get('sft', 0))} | {at(hours.get('refine', 0))} "
+      f"| {at(hours.get('eval', 0))} | {at(total)} | {at(total * r['devices'])} | {total * r['devices']:.3g} |"
+    )
+  if len(timed) < len(results):
+    lines += ["", f"{len(results) - len(timed)} planned variants were planned before the time estimate existed."]
+  return lines
 
 
 def write_doc(results: dict) -> None:
@@ -137,6 +184,7 @@ def write_doc(results: dict) -> None:
       f"| {r['generation_rows']} | {cell('sft')} | {cell('dpo')} | {cell('ref')} | {cell('refine_sampler')} "
       f"| {cell('eval_sampler')} | {'yes' if fits else 'no'} |"
     )
+  lines += time_table(results)
   missing = [v for v in all_variants() if v not in results]
   lines += [
     "",
@@ -160,6 +208,26 @@ def write_doc(results: dict) -> None:
     "  than it saves at these sizes.",
     "- Decoding on a mesh gathers one layer's weights at a time (without that, XLA gathered every",
     "  layer ahead of the first: 12 GB more per chip for a 7B model).",
+    "",
+    "## Spot and preemptible TPUs",
+    "",
+    "A phase that gets the termination notice (SIGTERM, about 30 s ahead; on a pod JAX's preemption",
+    "service makes every host stop at the same step) finishes the step it is in, saves a checkpoint",
+    "of that step, waits for the save and exits with status 75; a sampling or evaluation phase",
+    "stops after the batch it wrote. Run the same command again and it resumes exactly there.",
+    "`tpu_scripts/launch.sh --retry N` does that by itself: when the phase exits 75, or the TPU is",
+    "no longer READY under it, it waits (`--wait-minutes`, default 120) until the TPU is READY and",
+    "relaunches, at most N times. A plain spot VM does not come back by itself; create it as a",
+    "queued resource (`gcloud compute tpus queued-resources create ... --spot`), which recreates it,",
+    "then run `setup.sh` again before the retry resumes.",
+    "",
+    "## Checking the estimate's method",
+    "",
+    "No TPU ran here, so the bound was checked against what ran: on one H200 (989 TFLOP/s bf16,",
+    "4.8 TB/s), benchmarks/RESULTS.md's SFT step of TinyLlama-1.1B (8 x 2048) takes 0.282 s at MFU",
+    "39.7%, so its FLOP bound is 0.112 s and the step runs at 40% of it; the DPO step runs at 44%;",
+    "greedy decoding at batch 64 at 35% of its HBM roofline (0.52 ms bound, 1.48 ms measured). The",
+    "40% column is therefore what these programs reached on a GPU; on TPU they may do better.",
   ]
   if missing:
     lines += [

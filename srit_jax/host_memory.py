@@ -52,12 +52,17 @@ def peak_bytes() -> int | None:
   return None
 
 
+def trim() -> None:
+  """Returns the heap's free pages to the system (before a checkpoint's copies are made, say)."""
+  libc = _glibc()
+  if libc is not None:
+    libc.malloc_trim(0)
+
+
 def release() -> None:
   import jax
 
   gc.collect()
   jax.clear_caches()
   gc.collect()
-  libc = _glibc()
-  if libc is not None:
-    libc.malloc_trim(0)
+  trim()

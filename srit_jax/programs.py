@@ -124,6 +124,7 @@ def _per_device_bytes(tree) -> int:
 
 
 _TEMPORARIES = re.compile(r"HLO temporaries \(([\d.]+)G\)")
+_ALLOCATION = re.compile(r"Allocation \(size=(\d+)\) would exceed memory")  # older libtpu's report
 
 
 def _measure(plan: ProgramPlan, lower, arguments) -> ProgramPlan:
@@ -136,8 +137,8 @@ def _measure(plan: ProgramPlan, lower, arguments) -> ProgramPlan:
     plan.compile_seconds = time.perf_counter() - start
     plan.error = str(e).strip().splitlines()[0][:400]
     plan.arguments = _per_device_bytes(arguments)
-    found = _TEMPORARIES.search(str(e))
-    plan.temporaries = int(float(found.group(1)) * 2**30) if found else 0
+    found, allocation = _TEMPORARIES.search(str(e)), _ALLOCATION.search(str(e))
+    plan.temporaries = int(float(found.group(1)) * 2**30) if found else int(allocation.group(1)) if allocation else 0
     return plan
   plan.compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()

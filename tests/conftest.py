@@ -1,22 +1,31 @@
 """Shared fixtures. Eight emulated CPU devices are set up before JAX starts."""
 
-import importlib.metadata
 import importlib.util
+import mmap
 import os
 import pathlib
 
 import numpy as np
 import pytest
 
+
+def _jaxlib_knows(flag: str) -> bool:
+  """Whether this jaxlib's XLA has a flag (an unknown one in XLA_FLAGS aborts the process)."""
+  for library in pathlib.Path(importlib.util.find_spec("jaxlib").origin).parent.glob("*.so"):
+    with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as contents:
+      if contents.find(flag.encode()) != -1:
+        return True
+  return False
+
+
 # Eight devices share two cores: a collective's participants can arrive far apart, so XLA:CPU's
 # rendezvous waits long instead of aborting the process after its default timeout (flags that
-# jaxlib 0.7, the oldest the package runs with, does not know and aborts on).
-_JAXLIB = tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
+# older jaxlibs, which the package runs with, do not have).
 _RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "")
   + " --xla_force_host_platform_device_count=8"
-  + (_RENDEZVOUS if _JAXLIB >= (0, 8) else "")
+  + (_RENDEZVOUS if _jaxlib_knows("xla_cpu_collective_timeout_seconds") else "")
 ).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU

@@ -31,6 +31,11 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert saved["domains"] == {"arith": "in-domain", "arith_hard": "out-domain"}
   assert saved["teacher"] == "reference-solutions" and saved["family"] == "out-family"
   assert set(saved["stages"]) == {"untuned", "sft", "srit"}
+  # Each phase's own peak resident memory (Linux), also in its completion marker.
+  peaks = saved["peak_rss_bytes"]
+  assert set(peaks) == {"demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"}
+  assert all(isinstance(p, int) and 10**7 < p < 64 * 2**30 for p in peaks.values())
+  assert json.loads((tmp_path / "sft" / "DONE.json").read_text())["peak_rss_bytes"] == peaks["sft"]
   for stage in saved["stages"].values():
     for task in ("arith", "arith_hard"):
       assert stage[task]["cot"]["n"] == 4 and "direct" in stage[task]

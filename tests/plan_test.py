@@ -26,8 +26,24 @@ def _plan(*args, timeout=900):
   )
 
 
+def _tables(stdout: str) -> list[list[list[str]]]:
+  """Each markdown table printed, as its rows of cells (header and rule left out)."""
+  tables, rows = [], None
+  for line in stdout.splitlines():
+    if line.startswith("|"):
+      if rows is None:
+        rows = []
+        tables.append(rows)
+      if not line.startswith("|---"):
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    else:
+      rows = None
+  return [table[1:] for table in tables]
+
+
 def _rows(stdout: str) -> list[list[str]]:
-  return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("| ")][1:]
+  """The fitting table: a row per program."""
+  return _tables(stdout)[0]
 
 
 @pytest.mark.slow
@@ -47,7 +63,10 @@ def test_a_tiny_pipeline_fits_a_v5e_8_and_every_program_is_listed(tiny_with_toke
   ]
   assert all(r[8] == "yes" and float(r[7]) > 0 for r in rows)
   assert rows[0][2] == "splash"  # 128-position rows on TPU: the splash kernel
-  assert "every program fits" in result.stdout
+  times = _tables(result.stdout)[1]  # the time table: the same programs, each with a bound and its hours
+  assert [(r[0], r[1].split(" (")[0]) for r in times] == [(r[0], r[1].split(" (")[0]) for r in rows]
+  assert all(float(r[2]) > 0 and float(r[4]) > 0 and float(r[5]) > float(r[4]) for r in times)
+  assert "chip-hours" in result.stdout and "every program fits" in result.stdout
 
 
 @pytest.mark.slow

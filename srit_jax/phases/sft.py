@@ -145,4 +145,5 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
     desc="sft",
     progress_keys=("loss", "tokens_per_s"),
   )
-  return SftResult(run.state, run.export(), last)
+  export_dir = run.export()  # lets the optimizer state go first
+  return SftResult(run.state, export_dir, last)

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import tqdm
 
-from srit_jax import preemption
+from srit_jax import host_memory, preemption
 from srit_jax.training import checkpointing, metrics
 
 
@@ -104,6 +104,7 @@ def run_steps(
       if preempted or step % save_every == 0 or step == num_steps:
         record(*pending)  # never save a state whose loss was not checked
         pending = None
+        host_memory.trim()  # the step's freed temporaries go back before the save copies the state
         checkpoints.save(step, state, data_state(), force=preempted)
       if preempted:
         checkpoints.wait()

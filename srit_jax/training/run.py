@@ -27,7 +27,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
-from srit_jax import io, sharding
+from srit_jax import host_memory, io, sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
 from srit_jax.model import decoder, lora
 from srit_jax.training import flops, loop, optimizer
@@ -217,9 +217,13 @@ class TrainingRun:
 
   def export(self) -> pathlib.Path | None:
     """WORKDIR/export: the trained model as an HF directory (under LoRA the base with the
-    adapters merged in), and under LoRA WORKDIR/export_adapter: the adapters for PEFT."""
+    adapters merged in), and under LoRA WORKDIR/export_adapter: the adapters for PEFT. The
+    optimizer's moments, saved with the last checkpoint, are let go first."""
     if not self.config.export:
       return None
+    if self.state is not None:
+      self.state = self.state.replace(opt_state=None)
+      host_memory.release()
     export_dir = self.workdir / "export"
     config = self.model.config
     if self.model.adapters is None:
