@@ -28,6 +28,7 @@ DOC = ROOT / "docs" / "tpu.md"
 
 _VARIANTS = flags.DEFINE_multi_string("variants", None, "student,slice[,method] to plan (default: every variant)")
 _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "prompt tokens the samplers are compiled for")
+_DOC_ONLY = flags.DEFINE_bool("doc_only", False, "write docs/tpu.md from the stored plans, planning nothing")
 
 
 def all_variants() -> list[str]:
@@ -70,6 +71,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
     "generation_rows": config.refine.generate_batch_size,
     "eval_rows": config.eval.batch_size,
     "seconds": time.perf_counter() - start,
+    "planned": time.strftime("%Y-%m-%d"),
     "programs": [
       {
         "phase": p.phase,
@@ -103,6 +105,15 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
 def time_table(results: dict) -> list[str]:
   """Hours per phase and the run's chip-hours of every variant planned with time estimates."""
   timed = [v for v in all_variants() if results.get(v, {}).get("estimates")]
+  if not timed:
+    return [
+      "",
+      "## Time and chip-hours",
+      "",
+      "The planned variants above were planned before the time estimate existed; `srit-jax plan`",
+      "prints each program's roofline bound, each phase's hours and the run's chip-hours, and",
+      "this table fills as variants are planned again.",
+    ]
   lines = [
     "",
     "## Time and chip-hours",
@@ -133,6 +144,11 @@ def time_table(results: dict) -> list[str]:
   if len(timed) < len(results):
     lines += ["", f"{len(results) - len(timed)} planned variants were planned before the time estimate existed."]
   return lines
+
+
+def _dates(results: dict) -> str:
+  dates = sorted({r["planned"] for r in results.values()})
+  return dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
 
 
 def write_doc(results: dict) -> None:
@@ -184,11 +200,10 @@ def write_doc(results: dict) -> None:
       f"| {r['generation_rows']} | {cell('sft')} | {cell('dpo')} | {cell('ref')} | {cell('refine_sampler')} "
       f"| {cell('eval_sampler')} | {'yes' if fits else 'no'} |"
     )
-  lines += time_table(results)
   missing = [v for v in all_variants() if v not in results]
   lines += [
     "",
-    f"Measured {time.strftime('%Y-%m-%d')} with jax and libtpu of the tpu extra on {platform.machine()} "
+    f"Planned {_dates(results)} with jax and libtpu of the tpu extra on {platform.machine()} "
     f"({sum(r['seconds'] for r in results.values()) / 60:.0f} minutes of wall time for {len(results)} variants, "
     "on a 2-core host shared with other work).",
     "",
@@ -221,6 +236,20 @@ def write_doc(results: dict) -> None:
     "queued resource (`gcloud compute tpus queued-resources create ... --spot`), which recreates it,",
     "then run `setup.sh` again before the retry resumes.",
     "",
+    "## Where the workdir lives",
+    "",
+    "On a pod every host reads what process 0 wrote, so the workdir is on Cloud Storage:",
+    "`--workdir=gs://BUCKET/RUN` (`setup.sh --bucket BUCKET` checks that every worker can write it).",
+    "Checkpoints go through Orbax's own GCS path, which finalises a checkpoint with a commit marker",
+    "instead of a rename (through gcsfuse a rename copies every object again: about 84 GB per",
+    "checkpoint for a 7B full fine-tune); every other file is written whole as one object; the",
+    "exported model is written locally and uploaded once, and a later phase reads models from a",
+    "cached local copy (`$SRIT_JAX_CACHE`) fetched again only when an object changed. The workdir",
+    "lock is an object created only if absent and refreshed or taken over only at the generation",
+    "last seen, so two runs can never both hold it; a preempted VM's lock goes stale a minute",
+    "after its last refresh. Data may stay on a read-only gcsfuse mount (`setup.sh --mount-data`)",
+    "or be read from `gs://` directly.",
+    "",
     "## Checking the estimate's method",
     "",
     "No TPU ran here, so the bound was checked against what ran: on one H200 (989 TFLOP/s bf16,",
@@ -237,6 +266,8 @@ def write_doc(results: dict) -> None:
       "same slice and method. Plan one with `python benchmarks/tpu_plan.py --variants=STUDENT,SLICE[,METHOD]`",
       "or `srit-jax plan` as above: " + ", ".join(f"`{v}`" for v in missing) + ".",
     ]
+  spot = lines.index("## Spot and preemptible TPUs")
+  lines[spot - 1 : spot - 1] = time_table(results)  # after what fits: how long it takes
   DOC.parent.mkdir(parents=True, exist_ok=True)
   DOC.write_text("\n".join(lines) + "\n")
 
@@ -244,7 +275,7 @@ def write_doc(results: dict) -> None:
 def main(argv):
   del argv
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-  variants = _VARIANTS.value or all_variants()
+  variants = [] if _DOC_ONLY.value else (_VARIANTS.value or all_variants())
   for variant in variants:
     if variant in results and not _VARIANTS.value:
       continue

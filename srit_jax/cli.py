@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import pathlib
 import re
 import sys
 
@@ -285,7 +284,9 @@ def _run_command(name: str, args: list[str]) -> int:
     with workdir_lock.hold(_WORKDIR.value):
       _check_and_call(name, _WORKDIR.value)
   elif command.output == "out":
-    out = pathlib.Path(_OUT.value)
+    from srit_jax import io
+
+    out = io.as_path(_OUT.value)
     with workdir_lock.hold(out.parent, f".{out.name}.lock"):
       _check_and_call(name, _OUT.value)
   else:
@@ -371,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     remaining = _parse([argv[0], *argv[2:]])
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # libraries' INFO lines (checkpoint saves) only with -v 0
+      # gcsfs asks each bucket for its kind and, without Google credentials (an emulator), warns
+      # on every path that it falls back to the plain kind.
+      import logging as python_logging
+
+      python_logging.getLogger("gcsfs").setLevel(python_logging.ERROR)
     preemption.install()
     if not _TRACEBACK.value:
       _quiet_background_tracebacks()

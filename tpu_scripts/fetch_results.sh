@@ -11,7 +11,7 @@ Usage: tpu_scripts/fetch_results.sh --name NAME --zone ZONE --workdir DIR [--out
 
   --name NAME        TPU name
   --zone ZONE        its zone
-  --workdir DIR      the run directory on the workers
+  --workdir DIR      the run directory on the workers, or gs://BUCKET/RUN (copied from the bucket)
   --out LOCAL_DIR    where to put the results here (default: ./results/NAME)
   --with-model       also copy exported models (*/export), which are large
   --project PROJECT  GCP project
@@ -39,6 +39,13 @@ OUT="${OUT:-results/${NAME}}"
 common=(--zone="${ZONE}")
 [[ -n "${PROJECT}" ]] && common+=(--project="${PROJECT}")
 
+if [[ "${WORKDIR}" == gs://* ]]; then
+  pattern='(^|.*/)(checkpoints|tensorboard)/.*'
+  [[ "${WITH_MODEL}" == 0 ]] && pattern='(^|.*/)(checkpoints|tensorboard|export)/.*'
+  run mkdir -p "${OUT}"
+  run gcloud storage rsync --recursive --exclude="${pattern}" "${WORKDIR}" "${OUT}"
+  exit 0
+fi
 exclude="--exclude=*/checkpoints/* --exclude=*/tensorboard/*"
 [[ "${WITH_MODEL}" == 0 ]] && exclude+=" --exclude=*/export/*"
 run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=0 "${common[@]}" \

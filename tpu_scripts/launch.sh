@@ -24,7 +24,8 @@ READY again — a queued resource brings a spot TPU back; a plain spot VM must b
   --zone ZONE        its zone
   --phase PHASE      demos | sft | refine | eval | pipeline
   --config CONFIG    config file on the workers, e.g. ~/srit/configs/paper.py:llama2_7b,v4-8
-  --workdir DIR      run directory on the workers (on a pod: a shared mount, see setup.sh --bucket)
+  --workdir DIR      run directory on the workers; on a pod gs://BUCKET/RUN (see setup.sh --bucket),
+                     the log then in ~/srit/logs/
   --foreground       wait for the run and stream worker 0's output instead of nohup
   --retry N          after a preemption, wait for the TPU and run the phase again, up to N times
   --wait-minutes M   how long each retry waits for the TPU to be READY (default 120)
@@ -72,7 +73,12 @@ done
 if [[ "${FOREGROUND}" == 1 ]]; then
   command="cd \$HOME/srit && ${job}"
 else
-  command="cd \$HOME/srit && mkdir -p -- \"\$(dirname -- ${workdir})\" && nohup ${job} > $(quote "${WORKDIR}.log") 2>&1 &"
+  if [[ "${WORKDIR}" == gs://* ]]; then  # no local folder to make; the log stays on the worker
+    log_name="${WORKDIR#gs://}"
+    command="cd \$HOME/srit && mkdir -p logs && nohup ${job} > logs/$(quote "${log_name//\//_}.log") 2>&1 &"
+  else
+    command="cd \$HOME/srit && mkdir -p -- \"\$(dirname -- ${workdir})\" && nohup ${job} > $(quote "${WORKDIR}.log") 2>&1 &"
+  fi
 fi
 PREEMPTED=75  # srit-jax's exit status after saving for a preemption notice
 

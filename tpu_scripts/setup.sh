@@ -16,14 +16,17 @@ On every worker: a virtualenv in ~/srit, srit_jax with JAX for TPU, and the conf
   --source SPEC      what to pip install (default: this checkout, copied over; or e.g.
                      "git+https://github.com/ORG/srit_jax.git")
   --configs DIR      configs folder to copy (default: configs/ of this checkout)
-  --bucket BUCKET    mount gs://BUCKET at ~/srit/shared with gcsfuse (a shared workdir for pods)
+  --bucket BUCKET    check that every worker can write gs://BUCKET, the shared workdir of a pod:
+                     launch with --workdir gs://BUCKET/RUN (checkpoints through Orbax's own
+                     Cloud Storage path; no gcsfuse, whose renames copy every checkpoint again)
+  --mount-data BUCKET  mount gs://BUCKET read-only at ~/srit/data with gcsfuse (data files)
   --project PROJECT  GCP project
   --dry-run          print the commands, run nothing
   -h, --help         this help
 USAGE
 }
 
-NAME="" ZONE="" SOURCE="" CONFIGS="" BUCKET="" PROJECT=""
+NAME="" ZONE="" SOURCE="" CONFIGS="" BUCKET="" DATA_BUCKET="" PROJECT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) NAME="$2"; shift 2 ;;
@@ -31,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --source) SOURCE="$2"; shift 2 ;;
     --configs) CONFIGS="$2"; shift 2 ;;
     --bucket) BUCKET="$2"; shift 2 ;;
+    --mount-data) DATA_BUCKET="$2"; shift 2 ;;
     --project) PROJECT="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -56,6 +60,14 @@ run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" \
   --command="python3 -m venv ~/srit/venv && ~/srit/venv/bin/pip install -q -U pip && ${install}"
 run gcloud compute tpus tpu-vm scp --recurse "${CONFIGS}" "${NAME}:~/srit/" --worker=all "${common[@]}"
 if [[ -n "${BUCKET}" ]]; then
+  # Each worker writes and removes a probe object with the library the runs use.
+  # shellcheck disable=SC2016
+  probe='import sys; from etils import epath; p = epath.Path(sys.argv[1]); p.write_text("ok"); p.unlink(missing_ok=True)'
   run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" \
-    --command="mkdir -p ~/srit/shared && gcsfuse --implicit-dirs $(quote "${BUCKET}") ~/srit/shared"
+    --command="~/srit/venv/bin/python -c $(quote "${probe}") $(quote "gs://${BUCKET}/.srit_jax_probe")"
+  echo "every worker writes gs://${BUCKET}: launch with --workdir gs://${BUCKET}/RUN"
+fi
+if [[ -n "${DATA_BUCKET}" ]]; then
+  run gcloud compute tpus tpu-vm ssh "${NAME}" --worker=all "${common[@]}" \
+    --command="mkdir -p ~/srit/data && gcsfuse --implicit-dirs -o ro $(quote "${DATA_BUCKET}") ~/srit/data"
 fi

@@ -12,11 +12,12 @@ known, the model is something that can be loaded.
 
 from __future__ import annotations
 
-import pathlib
 import re
 from collections.abc import Callable
 
 from ml_collections import ConfigDict
+
+from srit_jax import io
 
 COMMANDS = ("demos", "sft", "refine", "eval", "pipeline", "generate", "complete", "plan")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -178,7 +179,7 @@ def field_problems(config: ConfigDict) -> list[str]:
 
 
 def _exists(path: str, field: str, problems: list[str], kind: str = "file") -> None:
-  p = pathlib.Path(path)
+  p = io.as_path(path)
   if not (p.is_file() if kind == "file" else p.is_dir()):
     problems.append(f"{field} = {path!r}: no such {kind}")
 
@@ -186,7 +187,7 @@ def _exists(path: str, field: str, problems: list[str], kind: str = "file") -> N
 def _model_problem(model: str, field: str) -> str | None:
   from srit_jax.conversion import fetch, loading
 
-  if pathlib.Path(model).exists() or model in fetch.KNOWN_MODELS or loading.is_hub_id(model):
+  if io.as_path(model).exists() or model in fetch.KNOWN_MODELS or loading.is_hub_id(model):
     return None
   return (
     f"{field} = {model!r}: not a directory, a .gguf file, a known model ({', '.join(fetch.KNOWN_MODELS)}) "
@@ -256,7 +257,7 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
     if teacher.kind == "precomputed":
       if not teacher.path:
         problems.append(f"{field('teacher.path')}: required by teacher.kind='precomputed'")
-      elif not pathlib.Path(teacher.path).exists():
+      elif not io.as_path(teacher.path).exists():
         problems.append(f"{field('teacher.path')} = {teacher.path!r}: no such file or directory")
     if teacher.kind == "local":
       problem = _model_problem(teacher.model, field("teacher.model"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import zipfile
 
 import safetensors.numpy
 
+from srit_jax import io
 from srit_jax.conversion import gguf_checkpoint, hf_checkpoint
 
 _COMPLETE_MARKER = ".srit_jax_complete"
@@ -42,12 +42,8 @@ KNOWN_MODELS: dict[str, PyPIModel] = {
 }
 
 
-def cache_root() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("SRIT_JAX_CACHE", pathlib.Path.home() / ".cache" / "srit_jax"))
-
-
 def default_model_dir(name: str) -> pathlib.Path:
-  return cache_root() / "models" / name
+  return io.cache_root() / "models" / name
 
 
 def is_complete(directory: pathlib.Path) -> bool:

@@ -285,9 +285,10 @@ def save_hf_checkpoint(
 ) -> pathlib.Path:
   """Writes config.json, safetensors (sharded past `max_shard_bytes`) and tokenizer files.
 
-  Each shard is written as soon as it is full, so the host holds at most one shard.
+  Each shard is written as soon as it is full, so the host holds at most one shard (to a local
+  directory first when `directory` is remote, then uploaded).
   """
-  directory = pathlib.Path(directory)
+  directory = io.as_path(directory)
   is_writer = io.is_writer()
   dtype = dtype or config.param_dtype
   np_dtype = jnp.dtype(dtype)
@@ -298,9 +299,12 @@ def save_hf_checkpoint(
     "model.safetensors" if num_shards == 1 else f"model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
     for i in range(num_shards)
   ]
-  with io.writing("the model to", directory, also=(safetensors.SafetensorError,)):
+  with (
+    io.writing("the model to", directory, also=(safetensors.SafetensorError,)),
+    io.staged(directory, "the model to") as local,
+  ):
     if is_writer:
-      directory.mkdir(parents=True, exist_ok=True)
+      local.mkdir(parents=True, exist_ok=True)
     pending: dict[str, np.ndarray] = {}
     total_bytes = 0
     for name, array in hf_tensors(params, config, np_dtype):
@@ -309,10 +313,10 @@ def save_hf_checkpoint(
       shard = shard_of[name]
       if len(pending) == tensors_in_shard[shard]:
         if is_writer:
-          safetensors.numpy.save_file(pending, str(directory / files[shard]), metadata={"format": "pt"})
+          safetensors.numpy.save_file(pending, str(local / files[shard]), metadata={"format": "pt"})
         pending = {}
     if is_writer:
-      _write_metadata(directory, config, dtype, tokenizer, files, shard_of, total_bytes)
+      _write_metadata(local, config, dtype, tokenizer, files, shard_of, total_bytes)
   io.barrier(f"export {directory}")  # no process reads the export before it is whole
   return directory
 

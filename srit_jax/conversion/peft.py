@@ -38,7 +38,7 @@ def _name(layer: int, block: str, target: str, which: str) -> str:
 
 def save_peft_adapter(adapters, config: ModelConfig, directory: str | pathlib.Path, *, base_model: str) -> pathlib.Path:
   """Writes `adapters` as a PEFT LoRA adapter of `base_model` (process 0 writes)."""
-  directory = pathlib.Path(directory)
+  directory = io.as_path(directory)
   if config.fused_projections:
     raise AdapterError(
       f"{directory}: a {config.model_type} checkpoint fuses q/k/v and gate/up, so adapters on its separate "
@@ -76,8 +76,7 @@ def save_peft_adapter(adapters, config: ModelConfig, directory: str | pathlib.Pa
   }
   if io.is_writer():
     with io.writing("the adapter to", directory, also=(safetensors.SafetensorError,)):
-      directory.mkdir(parents=True, exist_ok=True)
-      safetensors.numpy.save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+      io.write_bytes(directory / ADAPTER_WEIGHTS, safetensors.numpy.save(tensors, metadata={"format": "pt"}))
   io.write_json(directory / ADAPTER_CONFIG, adapter_config)
   io.barrier(f"adapter {directory}")
   return directory
@@ -85,7 +84,7 @@ def save_peft_adapter(adapters, config: ModelConfig, directory: str | pathlib.Pa
 
 def read_adapter_config(directory: str | pathlib.Path) -> dict:
   """The LoRA settings of a PEFT adapter directory, checked."""
-  path = pathlib.Path(directory) / ADAPTER_CONFIG
+  path = io.as_path(directory) / ADAPTER_CONFIG
   if not path.is_file():
     raise AdapterError(f"{directory}: no {ADAPTER_CONFIG}: not a PEFT adapter directory")
   try:
@@ -122,11 +121,11 @@ def read_adapter_config(directory: str | pathlib.Path) -> dict:
 def load_peft_adapter(directory: str | pathlib.Path, config: ModelConfig, mesh=None):
   """Adapters from a PEFT directory for a model of `config` (whose rank, alpha and targets must
   be the adapter's), each tensor checked against its expected shape and put in its sharding."""
-  directory = pathlib.Path(directory)
+  directory = io.as_path(directory)
   path = directory / ADAPTER_WEIGHTS
   if not path.is_file():
     raise AdapterError(f"{directory}: no {ADAPTER_WEIGHTS}")
-  tensors = safetensors.numpy.load_file(str(path))
+  tensors = safetensors.numpy.load(path.read_bytes())
   boxed = decoder.boxed_adapter_shapes(config)
   adapters: dict = {"layers": {}}
   for block, target, _ in PROJECTIONS:

@@ -13,6 +13,8 @@ import json
 import pathlib
 from typing import Any
 
+from srit_jax import io
+
 _BLOCK = 1 << 20  # bytes per sampled block
 _SAMPLES = 8  # blocks sampled across a large file
 
@@ -30,10 +32,10 @@ def _jsonable(obj):
 
 def file_digest(path: str | pathlib.Path) -> str:
   """Content digest of a file: whole below 8 MiB, else its size and 8 sampled 1 MiB blocks."""
-  path = pathlib.Path(path)
-  size = path.stat().st_size
+  path = io.as_path(path)
+  size = io.size(path)
   h = hashlib.sha256(str(size).encode())
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     if size <= _SAMPLES * _BLOCK:
       h.update(f.read())
     else:
@@ -45,24 +47,28 @@ def file_digest(path: str | pathlib.Path) -> str:
 
 def source_digest(source: str | pathlib.Path) -> str:
   """What a model or data source is: a file or directory by content, anything else by its name."""
-  path = pathlib.Path(str(source))
+  path = io.as_path(str(source))
   if path.is_file():
     return file_digest(path)
   if path.is_dir():
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [p for p in io.files_under(path) if not p.name.startswith(".")]
     return digest({str(p.relative_to(path)): file_digest(p) for p in files})
   return digest(str(source))
 
 
 def portable(value: Any, root: str | pathlib.Path) -> Any:
   """`value` with every string that is a path under `root` made relative to it (recursively)."""
-  root = str(pathlib.Path(root).absolute())
+  root = _absolute(root)
   if isinstance(value, dict):
     return {k: portable(v, root) for k, v in value.items()}
   if isinstance(value, list | tuple):
     return [portable(v, root) for v in value]
   if isinstance(value, str) and value:
-    absolute = str(pathlib.Path(value).absolute())
+    absolute = _absolute(value)
     if absolute == root or absolute.startswith(root + "/"):
       return "$WORKDIR" + absolute[len(root) :]
   return value
+
+
+def _absolute(place) -> str:
+  return str(place).rstrip("/") if io.is_remote(place) else str(pathlib.Path(place).absolute())

@@ -45,10 +45,10 @@ def read_instruction_records(
   path: str | pathlib.Path, *, skip_bad_records: bool = False, report: ReadReport | None = None
 ) -> list[InstructionRecord]:
   """Records of a JSONL file; `output` and `instruction` are required, `input` optional."""
-  path = pathlib.Path(path)
+  path = io.as_path(path)
   report = report if report is not None else ReadReport()
   records = []
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for number, raw in enumerate(f, start=1):
       try:
         try:

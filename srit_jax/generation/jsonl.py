@@ -111,7 +111,7 @@ def generate_to_jsonl(
     raise ValueError(f"on_change {on_change!r} is not one of {ON_CHANGE}")
   if num_samples < 1:
     raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-  out_path = pathlib.Path(out_path)
+  out_path = io.as_path(out_path)
   records = list(records)
   if not records:
     raise ValueError("no prompts to generate from")

@@ -113,7 +113,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   from srit_jax.teachers.build import make_teacher
 
   checks.check(config, "demos")
-  workdir = pathlib.Path(workdir)
+  workdir = io.as_path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
   teacher = make_teacher(config.teacher, workdir, progress=progress)

@@ -56,7 +56,7 @@ def evaluate(
   progress: bool = True,
 ) -> dict:
   """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md."""
-  out_dir = pathlib.Path(out_dir)
+  out_dir = io.as_path(out_dir)
   max_new_tokens = {prompts.COT: 256, prompts.DIRECT: 32, **(max_new_tokens or {})}
   summary: dict[str, dict] = {}
   for task, examples in examples_by_task.items():

@@ -13,7 +13,7 @@ from srit_jax.generation.sampler import SamplingSettings
 
 def read_prompts(path: str | pathlib.Path) -> list[dict]:
   """Records with a "prompt" field from a .jsonl or .json file, else one prompt per line of text."""
-  path = pathlib.Path(path)
+  path = io.as_path(path)
   if path.suffix in (".jsonl", ".json"):
     records = [record for _, record in io.read_records(path, required={"prompt": str})]
   else:

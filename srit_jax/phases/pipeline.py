@@ -98,7 +98,7 @@ def _with(block, **fields):
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "pipeline")
   programs.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
-  workdir = pathlib.Path(workdir)
+  workdir = io.as_path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
   shared = dict(data_dir=config.data_dir, source=config.source, seed=config.seed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from io import BytesIO
 
 import jax
 import numpy as np
@@ -247,14 +248,13 @@ class BestCheckpoint:
 def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray, np.ndarray]:
   """Read from `path` when it was made for `key` (pairs and model), else computed and saved."""
   if path.exists():
-    saved = np.load(path)
+    saved = np.load(BytesIO(path.read_bytes()))
     if str(saved["key"]) == key:
       return saved["chosen"], saved["rejected"]
   chosen, rejected = compute()
-  if io.is_writer():
-    partial = path.with_name(path.stem + ".partial.npz")
-    np.savez(partial, key=key, chosen=chosen, rejected=rejected)
-    partial.replace(path)
+  arrays = BytesIO()
+  np.savez(arrays, key=key, chosen=chosen, rejected=rejected)
+  io.write_bytes(path, arrays.getvalue())
   io.barrier(f"wrote {path}")
   return chosen, rejected
 

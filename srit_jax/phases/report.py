@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+from io import BytesIO
+
+from srit_jax import io
 
 STAGE_LABELS = {
   "untuned": "untuned student",
@@ -166,7 +169,7 @@ def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
     ax.set_title("self-refinement's difference, paired (95% CI)")
   fig.suptitle(f"{results['student']} taught by {results['teacher']} ({results['family']})", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -184,7 +187,7 @@ def training_curves(metric_files: dict[str, pathlib.Path], path: str | pathlib.P
   ]
   curves = []
   for phase, key, title in panels:
-    file = pathlib.Path(metric_files.get(phase, ""))
+    file = io.as_path(metric_files.get(phase, ""))
     rows = [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
     points = [(r["step"], r[key]) for r in rows if key in r]
     if points:  # a panel only for what was measured
@@ -195,5 +198,12 @@ def training_curves(metric_files: dict[str, pathlib.Path], path: str | pathlib.P
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path, dpi=110)
   plt.close(fig)
+
+
+def _save(fig, path, dpi: int) -> None:
+  """A figure as PNG, written whole (a local file or an object)."""
+  png = BytesIO()
+  fig.savefig(png, format="png", dpi=dpi)
+  io.write_bytes(path, png.getvalue())

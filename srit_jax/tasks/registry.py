@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+from srit_jax import io
 from srit_jax.tasks import formats, synthetic, word_problems
 from srit_jax.tasks.example import CHOICE, LATEX, NUMBER, Example
 from srit_jax.tasks.rows import DataError, Row, read_csv_rows, read_rows
@@ -246,9 +247,10 @@ def _load_local(task: Task, split: str, data_dir) -> list[Example]:
   if split not in task.local:
     raise ValueError(f"task {task.name}: no local {split!r} split; local splits are {sorted(task.local)}")
   pattern, converter = task.local[split]
-  paths = sorted(pathlib.Path(data_dir).glob(pattern)) if "*" in pattern else [pathlib.Path(data_dir) / pattern]
+  folder = io.as_path(data_dir)
+  paths = sorted(folder.glob(pattern)) if "*" in pattern else [folder / pattern]
   if not paths or not paths[0].exists():
-    raise DataError(f"task {task.name}: {pathlib.Path(data_dir) / pattern} not found")
+    raise DataError(f"task {task.name}: {folder / pattern} not found")
   examples = []
   for path in paths:
     rows = read_csv_rows(path) if path.suffix == ".csv" else read_rows(path)

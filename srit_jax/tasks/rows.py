@@ -4,15 +4,15 @@ whose errors name the file, the line and the field."""
 from __future__ import annotations
 
 import csv
+import io as text_io
 import pathlib
 from collections.abc import Iterator
 
-from srit_jax.io import DataError, read_rows  # noqa: F401 (the loaders' one reader)
+from srit_jax.io import DataError, read_rows, read_text  # noqa: F401 (the loaders' one reader)
 
 
 def read_csv_rows(path: str | pathlib.Path) -> Iterator[tuple[int, dict]]:
-  path = pathlib.Path(path)
-  with open(path, encoding="utf-8", newline="") as f:
+  with text_io.StringIO(read_text(path), newline="") as f:
     reader = csv.DictReader(f)
     start = 2
     for row in reader:

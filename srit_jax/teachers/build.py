@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from srit_jax import io
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.teachers.base import Teacher
 
@@ -11,7 +12,7 @@ KINDS = ("local", "openai", "precomputed", "reference")
 
 
 def make_teacher(config, workdir: str | pathlib.Path, *, progress: bool = True) -> Teacher:
-  workdir = pathlib.Path(workdir)
+  workdir = io.as_path(workdir)
   kind = config.kind
   if kind == "local":
     from srit_jax.teachers.local import LocalModelTeacher

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import threading
+
+from srit_jax import io
 
 
 def cache_key(*parts) -> str:
@@ -16,16 +17,23 @@ def cache_key(*parts) -> str:
 
 class AnswerCache:
   def __init__(self, path: str | pathlib.Path | None):
-    self.path = pathlib.Path(path) if path else None
+    self.path = io.as_path(path) if path else None
     self._answers: dict[str, str] = {}
     self._lock = threading.Lock()
-    if self.path and self.path.exists():
-      for line in self.path.read_bytes().split(b"\n"):
-        try:
-          entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-          continue  # empty, or the last line of a killed run
-        self._answers[entry["key"]] = entry["text"]
+    self._appender = None
+    if self.path is None:
+      return
+    lines, kept = io.complete_lines(self.path), []
+    for line in lines:
+      try:
+        entry = json.loads(line)
+      except (json.JSONDecodeError, UnicodeDecodeError):
+        continue  # a line a killed run cut short
+      self._answers[entry["key"]] = entry["text"]
+      kept.append(line)
+    if len(kept) < len(lines):  # a cut line amid whole ones: the file without it
+      io.write_text(self.path, "".join(line.decode() + "\n" for line in kept))
+    self._appender = io.JsonlAppender(self.path, keep_lines=kept)
 
   def __contains__(self, key: str) -> bool:
     return key in self._answers
@@ -39,17 +47,5 @@ class AnswerCache:
   def put(self, key: str, text: str, **details) -> None:
     with self._lock:
       self._answers[key] = text
-      if self.path is None:
-        return
-      self.path.parent.mkdir(parents=True, exist_ok=True)
-      with open(self.path, "a", encoding="utf-8") as f:
-        if f.tell() and not self._ends_with_newline():
-          f.write("\n")  # after a line cut short by a kill
-        f.write(json.dumps({"key": key, "text": text, **details}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-  def _ends_with_newline(self) -> bool:
-    with open(self.path, "rb") as f:
-      f.seek(-1, os.SEEK_END)
-      return f.read(1) == b"\n"
+      if self._appender is not None:
+        self._appender.append([{"key": key, "text": text, **details}])

@@ -20,6 +20,7 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from srit_jax import io
 from srit_jax.tasks.answers import evaluate_arithmetic, format_number
 from srit_jax.tasks.example import CHOICE, LETTERS, NUMBER, Example
 from srit_jax.tasks.registry import get_task
@@ -62,7 +63,7 @@ def read_teacher(
   reader: str, path: str | pathlib.Path, *, split: str = "train", variant: str = "175b_verification"
 ) -> PrecomputedTeacher:
   """The precomputed teacher `reader` (one of READERS) from its file or folder."""
-  path = pathlib.Path(path)
+  path = io.as_path(path)
   if reader == "palm_csqa":
     return PrecomputedTeacher("palm-540b", "palm", read_palm_csqa(path, split))
   if reader == "palm_svamp":

@@ -23,7 +23,9 @@ from srit_jax import io
 
 class CheckpointManager:
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = io.as_path(directory)  # gs://: Orbax's own object-storage path, commit markers for renames
+    if not io.is_remote(self.directory):
+      self.directory = self.directory.absolute()
     with io.writing("checkpoints to", self.directory):
       self._manager = ocp.CheckpointManager(
         self.directory,

@@ -15,11 +15,12 @@ class MetricWriter:
     self.path = workdir / "metrics.jsonl"
     self._is_writer = jax.process_index() == 0
     self._tensorboard = None
+    self._lines = None
     if not self._is_writer:
       return
-    if self.path.exists():  # lines after the checkpoint we resume from are about to be redone
-      kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if _step(line) <= resume_step]
-      io.write_text(self.path, "".join(line + "\n" for line in kept))
+    # lines after the checkpoint we resume from are about to be redone
+    kept = [line for line in io.complete_lines(self.path) if _step(line) <= resume_step]
+    self._lines = io.JsonlAppender(self.path, keep_lines=kept)
     from tensorboardX import SummaryWriter
 
     with io.writing("TensorBoard events to", workdir / "tensorboard"):
@@ -28,13 +29,14 @@ class MetricWriter:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._is_writer:
       return
-    with io.writing("metrics to", self.path), open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._lines.append([{"step": step, **scalars}])
     with io.writing("TensorBoard events to", self._tensorboard.logdir):
       for name, value in scalars.items():
         self._tensorboard.add_scalar(name, value, step)
 
   def close(self) -> None:
+    if self._lines is not None:
+      self._lines.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
 

@@ -77,7 +77,7 @@ class TrainingRun:
   @classmethod
   def start(cls, config, workdir: str | pathlib.Path, *, batch_name: str = "batch_size") -> TrainingRun:
     """The mesh, the batch checked against it, the model loaded into its shardings, the optimizer."""
-    workdir = pathlib.Path(workdir)
+    workdir = io.as_path(workdir)
     if io.is_writer():
       workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.mesh_from_config(config.mesh)

@@ -1,0 +1,172 @@
+"""Run directories, models and locks on object storage (`gs://`), against a local Cloud Storage
+emulator: whole-object writes, appends that resume, copies instead of links, Orbax checkpoints
+through its own GCS path, a lock that two runs cannot both hold, models read from a cached local
+copy and exports uploaded from a staged one."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srit_jax import io
+from srit_jax.phases import workdir_lock
+from srit_jax.training.checkpointing import CheckpointManager
+
+
+@pytest.fixture
+def remote(gcs_emulator):
+  """A fresh prefix in the emulator's bucket, as an epath.Path."""
+  bucket, _ = gcs_emulator
+  return io.as_path(f"{bucket}/{uuid.uuid4().hex[:8]}")
+
+
+def test_places_are_local_paths_or_urls(tmp_path):
+  assert io.as_path(tmp_path) == tmp_path and not io.is_remote(tmp_path)
+  assert io.is_remote("gs://bucket/run") and str(io.as_path("gs://bucket/run") / "x.json") == "gs://bucket/run/x.json"
+
+
+def test_files_of_a_run_directory_on_object_storage(remote):
+  io.write_json(remote / "a" / "summary.json", {"x": 1})
+  assert json.loads((remote / "a" / "summary.json").read_text()) == {"x": 1}
+  io.write_bytes(remote / "chart.png", b"\x89PNG")
+  assert (remote / "chart.png").read_bytes() == b"\x89PNG"
+  io.write_jsonl(remote / "rows.jsonl", [{"x": 1}, {"x": 2}])
+  assert [row for _, row in io.read_rows(remote / "rows.jsonl")] == [{"x": 1}, {"x": 2}]
+
+  # An append rewrites the object with every line so far; reopening keeps the trusted lines only.
+  with io.JsonlAppender(remote / "samples.jsonl") as appender:
+    appender.append([{"i": 0}, {"i": 1}])
+    appender.append([{"i": 2}])
+  assert [json.loads(line) for line in io.complete_lines(remote / "samples.jsonl")] == [{"i": 0}, {"i": 1}, {"i": 2}]
+  kept = io.complete_lines(remote / "samples.jsonl")[:2]
+  with io.JsonlAppender(remote / "samples.jsonl", keep_lines=kept) as appender:
+    appender.append([{"i": 9}])
+  assert (remote / "samples.jsonl").read_text() == '{"i": 0}\n{"i": 1}\n{"i": 9}\n'
+
+  # Files shared with a later round are copies (object storage has no links); a reset keeps what it is told.
+  io.link_files(remote, remote / "round_2", ("samples.jsonl", "absent.jsonl"))
+  assert (remote / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
+  assert not (remote / "round_2" / "absent.jsonl").exists()
+  io.reset_directory(remote, keep=("samples.jsonl",))
+  assert sorted(p.name for p in remote.iterdir()) == ["samples.jsonl"]
+
+
+def test_a_remote_model_is_read_from_a_cached_copy_and_an_export_is_uploaded(remote, tmp_path, monkeypatch):
+  monkeypatch.setenv("SRIT_JAX_CACHE", str(tmp_path / "cache"))
+  with io.staged(remote / "export") as local:
+    assert not io.is_remote(local)
+    (local / "config.json").write_text('{"a": 1}')
+    (local / "sub").mkdir()
+    (local / "sub" / "w.bin").write_bytes(b"123")
+  assert (remote / "export" / "sub" / "w.bin").read_bytes() == b"123"
+  copy = io.local_copy(remote / "export")  # the staged files, kept as the cache's copy: nothing fetched
+  assert (copy / "config.json").read_text() == '{"a": 1}' and (copy / "sub" / "w.bin").read_bytes() == b"123"
+  (remote / "export" / "config.json").write_text('{"a": 2}')  # changed remotely: fetched again
+  assert (io.local_copy(remote / "export") / "config.json").read_text() == '{"a": 2}'
+  assert io.local_copy(remote / "export" / "sub" / "w.bin").read_bytes() == b"123"
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    io.local_copy(remote / "missing")
+
+
+def test_checkpoints_on_object_storage_save_and_restore(remote):
+  state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(3)}
+  manager = CheckpointManager(remote / "checkpoints", async_save=True)
+  manager.save(3, state, {"position": 7})
+  manager.wait()
+  manager.close()
+  assert (remote / "checkpoints" / "3").exists()
+  restored = CheckpointManager(remote / "checkpoints").restore_latest(state)
+  assert restored is not None
+  step, got, data = restored
+  assert step == 3 and data == {"position": 7}
+  np.testing.assert_array_equal(got["w"], state["w"])
+
+
+def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
+  with workdir_lock.hold(remote):
+    holder = json.loads((remote / workdir_lock.LOCK_NAME).read_text())
+    assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f"in use by pid {os.getpid()}"):
+      workdir_lock.WorkdirLock(remote).acquire()
+  assert not (remote / workdir_lock.LOCK_NAME).exists()  # released
+
+  # The lock of a run that died (same host, no such pid) is taken over.
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  record = {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "earlier", "token": "dead"}
+  (remote / workdir_lock.LOCK_NAME).write_text(json.dumps(record))
+  with workdir_lock.hold(remote):
+    assert json.loads((remote / workdir_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
+
+  # Another host's lock, refreshed within the minute, is not.
+  record = {"host": "another-host", "pid": 1, "since": "now", "token": "live"}
+  (remote / workdir_lock.LOCK_NAME).write_text(json.dumps(record))
+  with pytest.raises(workdir_lock.WorkdirLockedError, match="in use by pid 1 on host another-host"):
+    workdir_lock.WorkdirLock(remote).acquire()
+
+
+def _steps_saved(checkpoints) -> list[int]:
+  try:
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  except FileNotFoundError:
+    return []
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_kill_and_matches_a_local_one(
+  tiny_student, tmp_path, gcs_emulator
+):
+  from conftest import TINY_PIPELINE_CONFIG
+
+  bucket, emulator = gcs_emulator
+  workdir = io.as_path(f"{bucket}/pipeline-{uuid.uuid4().hex[:8]}")
+  env = {**os.environ, **emulator, "SRIT_JAX_CACHE": str(tmp_path / "cache")}
+  command = [
+    sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={TINY_PIPELINE_CONFIG}",
+    f"--config.student={tiny_student}",
+  ]  # fmt: skip
+
+  def run(where, **kwargs):
+    return subprocess.run([*command, f"--workdir={where}"], env=env, capture_output=True, text=True, **kwargs)
+
+  log = open(tmp_path / "first.log", "w+")  # noqa: SIM115 (read after the kill)
+  first = subprocess.Popen([*command, f"--workdir={workdir}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 600
+  while first.poll() is None and not (workdir / workdir_lock.LOCK_NAME).exists() and time.time() < deadline:
+    time.sleep(0.2)
+  second = run(workdir, timeout=300)  # while the first holds the workdir
+  assert second.returncode != 0 and f"in use by pid {first.pid}" in second.stderr, second.stderr[-2000:]
+  # Killed once DPO has saved a checkpoint on the bucket (the refine phase's own workdir).
+  while first.poll() is None and not _steps_saved(workdir / "refine" / "checkpoints") and time.time() < deadline:
+    time.sleep(0.05)
+  assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+  first.kill()
+  first.wait()
+  log.close()
+  assert (workdir / "sft" / "DONE.json").exists() and not (workdir / "results.json").exists()
+
+  rerun = run(workdir, timeout=900)  # takes the dead run's lock over and resumes
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "[sft] done already, skipped" in rerun.stdout and "resuming" in rerun.stdout
+  local = run(tmp_path / "local", timeout=900)
+  assert local.returncode == 0, local.stderr[-3000:]
+
+  remote_results = json.loads((workdir / "results.json").read_text())
+  local_results = json.loads((tmp_path / "local" / "results.json").read_text())
+  assert remote_results["stages"] == local_results["stages"]
+  assert remote_results["paired"] == local_results["paired"]
+  for name in ("demos/demos.jsonl", "refine/pairs.jsonl", "eval/srit/arith.cot.jsonl"):
+    assert (workdir / name).read_text() == (tmp_path / "local" / name).read_text(), name
+
+  def losses(metrics):  # the resumed DPO steps give the same losses as the uninterrupted run's
+    return [(row["step"], row["loss"]) for row in map(json.loads, metrics.read_text().splitlines())]
+
+  assert losses(workdir / "refine" / "metrics.jsonl") == losses(tmp_path / "local" / "refine" / "metrics.jsonl")
+  assert (workdir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert not (workdir / workdir_lock.LOCK_NAME).exists()
