@@ -70,6 +70,9 @@ _PHASE = flags.DEFINE_enum(
   "phase", None, ["sft", "refine", "eval", "pipeline"], "plan: whose programs (default: what the config is for)"
 )
 _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "plan: prompt tokens the samplers are compiled for")
+_TIME = flags.DEFINE_bool(
+  "time", True, "plan: each program's time bound and the run's hours (two shallow compiles more per program)"
+)
 _COMPILATION_CACHE = flags.DEFINE_string(
   "compilation_cache",
   None,
@@ -124,7 +127,7 @@ def command_help(name: str, config=None, config_name: str | None = None) -> str:
   own = {
     "workdir": ["workdir"],
     "out": ["out"],
-    "none": {"fetch-model": ["out", "index_url"], "plan": ["topology", "phase", "prompt_length"]}.get(name, []),
+    "none": {"fetch-model": ["out", "index_url"], "plan": ["topology", "phase", "prompt_length", "time"]}.get(name, []),
   }
   for flag in [*own[command.output], *(["config"] if command.config else []), *_COMMON_FLAGS]:
     lines.append(f"  --{flag:<22} {flags.FLAGS[flag].help}")
@@ -208,7 +211,8 @@ def _use_compilation_cache() -> None:
   if folder is None:
     folder = os.path.join(os.environ.get("SRIT_JAX_CACHE", os.path.expanduser("~/.cache/srit_jax")), "xla")
   jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting, when given
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def _initialize_distributed() -> None:
@@ -255,7 +259,9 @@ def _plan(args: list[str]) -> int:
   if problems:
     raise UsageError(str(checks.ConfigError(problems)))
   try:
-    return plan.run(config, command=phase, topology_name=_TOPOLOGY.value, prompt_length=_PROMPT_LENGTH.value)
+    return plan.run(
+      config, command=phase, topology_name=_TOPOLOGY.value, prompt_length=_PROMPT_LENGTH.value, time=_TIME.value
+    )
   except ValueError as e:  # a topology, mesh or batch that cannot be: one line
     raise UsageError(str(e)) from None
 

@@ -79,10 +79,13 @@ def has_tpu_chips() -> bool:
 def quiet_libtpu_without_chips() -> None:
   """On a host without TPU chips, libtpu (the tpu extra, here to compile for slices) starts by
   looking for the VM's accelerator type and workers, and prints five lines of errors that read
-  like a failure; naming them (a one-host v5e, this host) stops that. A TPU VM is left alone."""
+  like a failure; naming them (a one-host v5e, this host) stops that. Without chips, libtpu's
+  lockfile (one process per host's chips) guards nothing: several processes may compile for
+  slices at once. A TPU VM is left alone."""
   if not has_tpu_chips():
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def tpu_devices(name: str):

@@ -13,14 +13,17 @@ from __future__ import annotations
 from srit_jax.programs import estimate_report, failures, plan_devices, programs, report, run_estimate
 
 
-def run(config, *, command: str = "pipeline", topology_name: str | None = None, prompt_length: int = 512) -> int:
-  """Prints the plan table; returns 0 when every program fits, 1 otherwise."""
+def run(
+  config, *, command: str = "pipeline", topology_name: str | None = None, prompt_length: int = 512, time: bool = True
+) -> int:
+  """Prints the plan table (and with `time` each program's time bound and the run's hours);
+  returns 0 when every program fits, 1 otherwise."""
   devices, hbm = plan_devices(topology_name)
   where = f"{topology_name} ({len(devices)} devices, {devices[0].device_kind})" if topology_name else "local devices"
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
   plans = programs(config, command, devices, prompt_length=prompt_length)
   print(report(plans, hbm))
-  times = estimate_report(run_estimate(config, plans, devices), len(devices))
+  times = estimate_report(run_estimate(config, plans, devices), len(devices)) if time else ""
   if times:
     print("\n" + times)
   problems = failures(plans, hbm, config, command)

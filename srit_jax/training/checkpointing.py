@@ -34,6 +34,7 @@ class CheckpointManager:
         ),
       )
     self._saving: int | None = None  # the step of the save in flight, if any
+    self._failure_reported = False  # Orbax raises a failed save's error again at every wait
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -59,6 +60,9 @@ class CheckpointManager:
     try:
       yield
     except Exception as e:  # Orbax and TensorStore report write failures as several exception types
+      if self._failure_reported:
+        return  # said once already; the run is stopping
+      self._failure_reported = True
       step, self._saving = self._saving, None
       intact = [s for s in sorted(self._manager.all_steps(), reverse=True) if s != step]
       steps = ", ".join(map(str, intact))
@@ -109,4 +113,5 @@ class CheckpointManager:
     self._saving = None
 
   def close(self) -> None:
-    self._manager.close()
+    with self._reported():
+      self._manager.close()
