@@ -37,7 +37,10 @@ _PAIRS_FILE = flags.DEFINE_string("pairs_file", None, "real pairs (a refine run'
 _PACKINGS = flags.DEFINE_list("packings", ["none", "sides", "shared_prompt"], "layouts to time on --pairs_file")
 _PACK_LENGTHS = flags.DEFINE_list("pack_lengths", ["1", "2", "4"], "packed row lengths, as multiples of max_length")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 224, "positions per side (refine's max_length)")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "pairs per step on --pairs_file")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "pairs per step on --pairs_file or --uneven_pairs")
+_UNEVEN_PAIRS = flags.DEFINE_integer(
+  "uneven_pairs", 0, "time each packing on this many random pairs shaped like the study's (no tokenizer needed)"
+)
 
 
 def _random_pairs(pairs, length, vocab):
@@ -56,6 +59,27 @@ def _random_pairs(pairs, length, vocab):
   for _ in range(pairs):
     prompt = list(rng.integers(0, vocab, half))
     out.append(pair_batches.TokenizedPair(side(prompt), side(prompt)))
+  return out
+
+
+def _uneven_pairs(count, max_length, vocab):
+  """Random pairs shaped like cot_vs_direct's, scaled to `max_length`: a prompt of 6-25% of it,
+  a chosen chain of thought of 12-60%, a rejected direct answer of 1-6% (about 5.5x shorter)."""
+  import numpy as np
+
+  from srit_jax.data import pair_batches
+  from srit_jax.data.sft_examples import TokenizedExample
+
+  rng = np.random.default_rng(0)
+  span = lambda low, high: int(rng.integers(int(low * max_length), int(high * max_length) + 1))
+  out = []
+  for _ in range(count):
+    prompt = list(rng.integers(0, vocab, span(0.06, 0.25)))
+    sides = []
+    for low, high in ((0.12, 0.60), (0.01, 0.06)):
+      answer = list(rng.integers(0, vocab, span(low, high)))
+      sides.append(TokenizedExample(prompt + answer, [0] * len(prompt) + [1] * len(answer)))
+    out.append(pair_batches.TokenizedPair(*sides))
   return out
 
 
@@ -118,10 +142,17 @@ def ours(model, batches, layout, precomputed: bool, rows: int) -> dict:
 def on_real_pairs(model, peak) -> dict:
   """Each packing on the same batches of real pairs, the reference precomputed."""
   from srit_jax.data import pair_batches, preference_pairs
-  from srit_jax.training import flops
 
   records = preference_pairs.read_pairs(_PAIRS_FILE.value)
   pairs = pair_batches.tokenize_pairs(model.tokenizer, records, _MAX_LENGTH.value)
+  return {"pairs_file": _PAIRS_FILE.value, **each_packing(model, peak, pairs)}
+
+
+def each_packing(model, peak, pairs) -> dict:
+  """Each packing on the same batches of `pairs`, the reference precomputed."""
+  from srit_jax.data import pair_batches
+  from srit_jax.training import flops
+
   steps = common.WARMUP.value + common.REPEATS.value
   runs = []
   for packing in _PACKINGS.value:
@@ -148,7 +179,6 @@ def on_real_pairs(model, peak) -> dict:
   lengths = [(len(p.chosen.tokens), len(p.rejected.tokens), p.shared_prefix()) for p in pairs]
   mean = lambda i: sum(x[i] for x in lengths) / len(lengths)
   return {
-    "pairs_file": _PAIRS_FILE.value,
     "pairs": len(pairs),
     "batch_size": _BATCH_SIZE.value,
     "max_length": _MAX_LENGTH.value,
@@ -210,6 +240,11 @@ def main(argv):
   results = {"machine": common.machine(), "peak_tflops": peak / 1e12, "runs": []}
   if _PAIRS_FILE.value:
     results["real_pairs"] = on_real_pairs(model, peak)
+    common.report(results)
+    return
+  if _UNEVEN_PAIRS.value:
+    pairs = _uneven_pairs(_UNEVEN_PAIRS.value, _MAX_LENGTH.value, model.config.vocab_size)
+    results["uneven_pairs"] = each_packing(model, peak, pairs)
     common.report(results)
     return
   for size in _SIZES.value:

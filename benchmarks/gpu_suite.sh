@@ -44,17 +44,21 @@ cublas=--xla_gpu_enable_triton_gemm=false  # every matrix product through cuBLAS
 
 step sft_tinyllama 200 benchmarks/train_step.py "${bf16[@]}" --sizes=8x2048 --repeats=5 \
   --profile="$RAW/profile_sft" "$(with torch_eager,torch_compile)"
-step decode_tinyllama 150 benchmarks/generate.py "${bf16[@]}" --param_dtype=bfloat16 --batches=64,256 --prompt=128 \
-  --new_tokens=128 --profile="$RAW/profile_decode" "$(with hf_generate)"
-XLA_FLAGS=$cublas step decode_tinyllama_cublas 60 benchmarks/generate.py "${bf16[@]}" --param_dtype=bfloat16 \
-  --batches=64,256 --prompt=128 --new_tokens=128
 step dpo_tinyllama 120 benchmarks/dpo_step.py "${bf16[@]}" --sizes=8x1024 --repeats=5 \
   --profile="$RAW/profile_dpo" "$(with torch_eager)"
-XLA_FLAGS=$cublas step sft_tinyllama_cublas 60 benchmarks/train_step.py "${bf16[@]}" --sizes=8x2048 --repeats=5
-step sft_smollm2 90 benchmarks/train_step.py --preset=smollm2-135m --dtype=bfloat16 --sizes=16x1024 --repeats=5 \
-  "$(with torch_eager)"
+# Pairs of uneven length (a long chosen chain, a short rejected answer): each way of packing them.
+step dpo_packing_tinyllama 120 benchmarks/dpo_step.py "${bf16[@]}" --uneven_pairs=64 --max_length=1024 \
+  --batch_size=8 --pack_lengths=1,2 --repeats=5
+step decode_tinyllama 120 benchmarks/generate.py "${bf16[@]}" --param_dtype=bfloat16 --batches=64,256 --prompt=128 \
+  --new_tokens=128 --profile="$RAW/profile_decode" "$(with hf_generate)"
+step sft_smollm2 150 benchmarks/train_step.py --preset=smollm2-135m --dtype=bfloat16 --sizes=16x1024 --repeats=5 \
+  "$(with torch_eager,torch_compile)"
 step attention 60 benchmarks/attention.py "${bf16[@]}" --sizes=8x2048 --segments=4 \
   --kernels=cudnn,cudnn_mask,cudnn_causal,xla
+# Kept out of the defaults (slower): every matrix product through cuBLAS; last, so a short budget drops them.
+XLA_FLAGS=$cublas step decode_tinyllama_cublas 60 benchmarks/generate.py "${bf16[@]}" --param_dtype=bfloat16 \
+  --batches=64,256 --prompt=128 --new_tokens=128
+XLA_FLAGS=$cublas step sft_tinyllama_cublas 60 benchmarks/train_step.py "${bf16[@]}" --sizes=8x2048 --repeats=5
 
 for kind in sft dpo decode; do
   [ -d "$RAW/profile_$kind" ] && python3 benchmarks/trace_summary.py "$RAW/profile_$kind" --top=30 \
