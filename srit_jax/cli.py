@@ -290,9 +290,9 @@ def _run_command(name: str, args: list[str]) -> int:
     with workdir_lock.hold(_WORKDIR.value):
       _check_and_call(name, _WORKDIR.value)
   elif command.output == "out":
-    from srit_jax import io
+    from srit_jax import places
 
-    out = io.as_path(_OUT.value)
+    out = places.as_path(_OUT.value)
     with workdir_lock.hold(out.parent, f".{out.name}.lock"):
       _check_and_call(name, _OUT.value)
   else:

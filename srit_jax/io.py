@@ -39,48 +39,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from srit_jax.places import as_path, files_under, is_remote, size  # noqa: F401 (the run's one path layer)
+
 
 class DataError(ValueError):
   """A file that cannot be used as it is; the message names the file, line and field."""
-
-
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://")
-
-
-def is_remote(place) -> bool:
-  """Whether `place` is a URL (`gs://BUCKET/...`) rather than a local path."""
-  return _URL.match(str(place)) is not None
-
-
-def as_path(place) -> pathlib.Path:
-  """`place` as a path object: `pathlib.Path` when local, `etils.epath.Path` for a URL (with the
-  same methods; `gs://` needs the gcs extra)."""
-  if not is_remote(place):
-    return pathlib.Path(place)
-  import fsspec
-  from etils import epath
-
-  # No listing cache: another process (of a pod, or a later phase) may have written since.
-  fsspec.config.conf.setdefault("gs", {}).setdefault("cache_timeout", 0)
-  return epath.Path(str(place))
-
-
-def files_under(directory) -> list:
-  """Every file below a directory, local or remote, sorted."""
-  if not is_remote(directory):
-    return sorted(p for p in directory.rglob("*") if p.is_file())
-  scheme = str(directory).split("://", 1)[0]
-  files = []
-  for root, _, names in directory.walk():  # fsspec names the directories without their scheme
-    root = as_path(str(root) if is_remote(root) else f"{scheme}://{root}")
-    files += [root / name for name in names]
-  return sorted(files, key=str)
-
-
-def size(file) -> int:
-  """The size of a file in bytes, local or remote."""
-  stat = file.stat()
-  return stat.st_size if hasattr(stat, "st_size") else stat.length
 
 
 def read_text(path: str | pathlib.Path) -> str:

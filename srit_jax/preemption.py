@@ -20,8 +20,6 @@ import itertools
 import signal
 import threading
 
-import jax
-
 EXIT_CODE = 75  # EX_TEMPFAIL: the work is saved; run the same command again
 
 
@@ -43,6 +41,8 @@ def install() -> None:
 
 def requested() -> bool:
   """Whether to stop at this safe point; every process gets the same answer at the same point."""
+  import jax  # here, not at import: the command line installs the handler before loading JAX
+
   point = next(_safe_points)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from srit_jax import io
+from srit_jax import places
 
 LOCK_NAME = ".srit_jax.lock"
 REFRESH_S = 5.0
@@ -110,12 +110,12 @@ class _LockObject:
 
 class WorkdirLock:
   def __init__(self, workdir: str | pathlib.Path, name: str = LOCK_NAME):
-    self.path = io.as_path(workdir) / name
+    self.path = places.as_path(workdir) / name
     self._token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
     self._since = time.strftime("%Y-%m-%d %H:%M:%S")
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
-    self._object = _LockObject(self.path) if io.is_remote(self.path) else None
+    self._object = _LockObject(self.path) if places.is_remote(self.path) else None
 
   def _record(self) -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": self._since, "token": self._token})
