@@ -339,11 +339,18 @@ def _quiet_background_tracebacks() -> None:
     return not (record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
   python_logging.getLogger("absl").addFilter(from_a_save_thread)
-  # TensorStore's callbacks of a failed save's writes raise this as they land on its closed loop.
+  # TensorStore's callbacks of a failed save's writes raise this as they land on its closed loop,
+  # and the save's unfinished write coroutines raise their error again when Python collects them.
   default_unraisable = sys.unraisablehook
 
+  def of_a_failed_save(unraisable) -> bool:
+    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+      return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
   def quiet_unraisable(unraisable):
-    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+    if not of_a_failed_save(unraisable):
       default_unraisable(unraisable)
 
   sys.unraisablehook = quiet_unraisable

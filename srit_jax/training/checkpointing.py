@@ -64,7 +64,7 @@ class CheckpointManager:
         return  # said once already; the run is stopping
       self._failure_reported = True
       step, self._saving = self._saving, None
-      intact = [s for s in sorted(self._manager.all_steps(), reverse=True) if s != step]
+      intact = self._steps_other_than(step)
       steps = ", ".join(map(str, intact))
       kept = (
         f"the checkpoints of steps {steps} are intact and the same command resumes from the newest"
@@ -74,6 +74,15 @@ class CheckpointManager:
       raise io.WriteError(
         f"could not save the checkpoint of step {step} in {self.directory}: {io.os_reason(e)}; {kept}"
       ) from e
+
+  def _steps_other_than(self, failed: int | None) -> list[int]:
+    """The saved steps but `failed`, newest first: Orbax's list, or the finished step folders
+    where Orbax raises the failed save's error again when asked."""
+    try:
+      steps = self._manager.all_steps()
+    except Exception:
+      steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit()]
+    return [s for s in sorted(steps, reverse=True) if s != failed]
 
   def restore(self, step: int, abstract_state):
     """(state, data_state) of `step`, the state placed in the shardings of `abstract_state`."""
