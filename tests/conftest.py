@@ -28,13 +28,10 @@ os.environ["XLA_FLAGS"] = (
   + (_RENDEZVOUS if _jaxlib_knows("xla_cpu_collective_timeout_seconds") else "")
 ).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Every compiled program, however quick to compile, is kept in the CLI's cache folder
-# ($SRIT_JAX_CACHE/xla) for the suite's other processes and modules: each compiles once.
+# Every program the command line compiles, however quick, is kept in its cache folder
+# ($SRIT_JAX_CACHE/xla) for the suite's later runs: each compiles once. (In this process the
+# plan tests compile for TPU slices, whose compile-only programs cannot be read back.)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault(
-  "JAX_COMPILATION_CACHE_DIR",
-  os.path.join(os.environ.get("SRIT_JAX_CACHE", os.path.expanduser("~/.cache/srit_jax")), "xla"),
-)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
 
 # Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
