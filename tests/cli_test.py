@@ -137,5 +137,5 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
       pytest.raises(workdir_lock.WorkdirLockedError, match=f"in use by pid {os.getpid()}"),
       workdir_lock.hold(tmp_path),
     ):
-      pass
+      pytest.fail("a second holder got the lock of a live one")
   assert not lock.exists()
