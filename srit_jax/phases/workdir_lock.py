@@ -69,7 +69,7 @@ class _LockObject:
     from google.api_core import exceptions
     from google.cloud import storage
 
-    self.path, self._refused = path, exceptions.PreconditionFailed
+    self.path, self._errors = path, exceptions
     bucket, _, key = str(path).removeprefix("gs://").partition("/")
     self._blob = storage.Client().bucket(bucket).blob(key)
     self.generation: int | None = None  # of the version this process wrote last
@@ -78,15 +78,14 @@ class _LockObject:
     """Writes `text` if the object's generation is `if_generation` (0: absent); whether it did."""
     try:
       self._blob.upload_from_string(text, if_generation_match=if_generation)
-    except self._refused:
+    except self._errors.PreconditionFailed:
       return False
     self.generation = self._blob.generation
     return True
 
   def read(self) -> tuple[dict | None, int, float] | None:
     """(holder, generation, age in seconds) of the object, or None when there is none."""
-    from google.api_core import exceptions
-
+    exceptions = self._errors
     try:
       blob = self._blob.bucket.get_blob(self._blob.name)
       if blob is None:
@@ -102,9 +101,7 @@ class _LockObject:
     return holder, blob.generation, age
 
   def delete(self) -> None:
-    from google.api_core import exceptions
-
-    with contextlib.suppress(exceptions.NotFound, exceptions.PreconditionFailed):
+    with contextlib.suppress(self._errors.NotFound, self._errors.PreconditionFailed):
       self._blob.delete(if_generation_match=self.generation)
 
 
