@@ -53,6 +53,9 @@ step decode_tinyllama 120 benchmarks/generate.py "${bf16[@]}" --param_dtype=bflo
   --new_tokens=128 --profile="$RAW/profile_decode" "$(with hf_generate)"
 step sft_smollm2 150 benchmarks/train_step.py --preset=smollm2-135m --dtype=bfloat16 --sizes=16x1024 --repeats=5 \
   "$(with torch_eager,torch_compile)"
+# LoRA rank 16 on every projection over a bfloat16 base, beside PEFT on the same model.
+step lora_tinyllama 150 benchmarks/train_step.py "${bf16[@]}" --sizes=8x2048 --lora_rank=16 --repeats=5 \
+  "$(with peft_eager,peft_compile)"
 step attention 60 benchmarks/attention.py "${bf16[@]}" --sizes=8x2048 --segments=4 \
   --kernels=cudnn,cudnn_mask,cudnn_causal,xla
 # Kept out of the defaults (slower): every matrix product through cuBLAS; last, so a short budget drops them.

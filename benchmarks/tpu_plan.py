@@ -5,7 +5,8 @@
 
 Compiles, ahead of time on this CPU host, the programs `srit-jax plan` compiles for each
 variant (the TPU compiler comes with the tpu extra) and writes benchmarks/results/tpu_plan.json
-(kept between runs, so a killed run resumes) and the table of docs/tpu.md.
+(kept between runs, so a killed run resumes: unplanned variants first, then those planned
+before the time estimate existed) and the tables of docs/tpu.md.
 """
 
 from __future__ import annotations
@@ -275,10 +276,14 @@ def write_doc(results: dict) -> None:
 def main(argv):
   del argv
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-  variants = [] if _DOC_ONLY.value else (_VARIANTS.value or all_variants())
+  if _DOC_ONLY.value:
+    variants = []
+  elif _VARIANTS.value:
+    variants = _VARIANTS.value
+  else:  # the unplanned first, then those planned before the time estimate existed
+    variants = [v for v in all_variants() if v not in results]
+    variants += [v for v in all_variants() if v in results and not results[v].get("estimates")]
   for variant in variants:
-    if variant in results and not _VARIANTS.value:
-      continue
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, _PROMPT_LENGTH.value)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --preset=tinyllama-1.1b --dtype=bfloat16 --sizes=8x2048 \\
         --baseline=torch_eager,torch_compile                                 # on a GPU
     python benchmarks/train_step.py --sizes=8x256 --microbatches=1,4        # with accumulation
+    python benchmarks/train_step.py --lora_rank=16 --baseline=peft_eager,peft_compile  # LoRA
 
 Ours: `sft_step` (chunked cross-entropy on every token, AdamW with clipping, state donated),
 jitted once over every local device; compile time from `.lower().compile()`, step memory from
@@ -12,6 +13,12 @@ the compiled program's memory analysis. Baselines on the same random tokens and 
 bfloat16, `loss.backward()`, `clip_grad_norm_`, AdamW (fused on CUDA); `torch_compile` — the
 same model under `torch.compile`. MFU: 3x the forward's matmul FLOPs against every device's
 peak (the data sheet on accelerators; a 2048^3 matmul timed in this run on CPU).
+
+With `--lora_rank=R`, ours trains LoRA adapters (rank R, alpha 2R, every projection) over a
+frozen base stored in the compute dtype, and the baselines are `peft_eager` and `peft_compile`:
+the same `transformers` model, its base in the compute dtype, wrapped by PEFT with the same
+adapters (float32, as PEFT keeps them), AdamW over the adapters only. MFU counts the LoRA
+step's own FLOPs (no weight gradients for the base: srit_jax/training/flops.py).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["8x256"], "batch x length")
 _MICROBATCHES = flags.DEFINE_list("microbatches", ["1"], "gradient-accumulation microbatches to time ours with")
+_LORA_RANK = flags.DEFINE_integer("lora_rank", 0, "train LoRA adapters of this rank on every projection (0: every weight)")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _batch(batch, length, vocab):
@@ -39,26 +48,41 @@ def _batch(batch, length, vocab):
   }
 
 
+def lora_config(config, rank: int):
+  """The model config of the LoRA step: adapters on every projection, the base in the compute dtype."""
+  import dataclasses
+
+  return dataclasses.replace(config, lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=config.dtype)
+
+
 def ours(model, batch, microbatches: int) -> dict:
   import jax
 
   from srit_jax import configs, sharding
+  from srit_jax.model import decoder
   from srit_jax.training import optimizer, sft_step
   from srit_jax.training.state import create_train_state, state_shardings
 
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
-  state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
-  state = jax.device_put(state, state_shardings(state, model.config, model.mesh))
-  step = sft_step.jit_sft_step(state, model.config, tx, model.mesh, num_microbatches=microbatches)
+  config, base = model.config, None
+  if _LORA_RANK.value:
+    config = lora_config(model.config, _LORA_RANK.value)
+    base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
+    trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
+  else:
+    trained = jax.tree.map(lambda x: x.copy(), model.params)
+  state = create_train_state(trained, tx)
+  state = jax.device_put(state, state_shardings(state, config, model.mesh))
+  step = sft_step.jit_sft_step(state, config, tx, model.mesh, num_microbatches=microbatches)
   on_mesh = sharding.shard_rows(batch, model.mesh)
   start = time.perf_counter()
-  compiled = step.lower(state, on_mesh, None).compile()
+  compiled = step.lower(state, on_mesh, base).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
 
   def one():
     nonlocal state
-    state, metrics = compiled(state, on_mesh, None)
+    state, metrics = compiled(state, on_mesh, base)
     jax.block_until_ready(metrics)
 
   step_s = common.median_seconds(one)
@@ -71,9 +95,18 @@ def torch_step(config, batch, compiled: bool) -> dict:
 
   device = common.torch_device()
   model = common.torch_model(config)
+  if _LORA_RANK.value:
+    import peft
+
+    model = model.to(getattr(torch, config.dtype))  # the frozen base in the compute dtype
+    adapters = peft.LoraConfig(
+      r=_LORA_RANK.value, lora_alpha=2 * _LORA_RANK.value, lora_dropout=0.0, target_modules=list(PROJECTIONS)
+    )
+    model = peft.get_peft_model(model, adapters)  # adapters in float32 (autocast_adapter_dtype)
   model.train()
   fused = device.type == "cuda"
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=fused)
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0, fused=fused)
   ids = torch.as_tensor(batch["tokens"], dtype=torch.long, device=device)
   labels = torch.as_tensor(batch["targets"], dtype=torch.long, device=device)
   forward = torch.compile(model) if compiled else model
@@ -83,7 +116,7 @@ def torch_step(config, batch, compiled: bool) -> dict:
       logits = forward(ids).logits
       loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     common.torch_sync()
@@ -102,22 +135,18 @@ def main(argv):
   del argv
   from srit_jax.training import flops
 
-  baselines = common.baselines(
-    (
-      "torch_eager",
-      "torch_compile",
-    )
-  )
+  baselines = common.baselines(("peft_eager", "peft_compile") if _LORA_RANK.value else ("torch_eager", "torch_compile"))
   model = common.model()
+  config = lora_config(model.config, _LORA_RANK.value) if _LORA_RANK.value else model.config
   peak = common.peak_flops()
   results = {"machine": common.machine(), "peak_tflops": peak / 1e12, "runs": []}
   for size in _SIZES.value:
     rows, length = map(int, size.split("x"))
     batch = _batch(rows, length, model.config.vocab_size)
-    step_flops = flops.train_step_flops(model.config, rows, length)
-    run = {"batch": rows, "length": length}
+    step_flops = flops.train_step_flops(config, rows, length)
+    run = {"batch": rows, "length": length, "lora_rank": _LORA_RANK.value}
     theirs = {
-      baseline: common.release_torch(torch_step(model.config, batch, compiled=baseline == "torch_compile"))
+      baseline: common.release_torch(torch_step(model.config, batch, compiled=baseline.endswith("_compile")))
       for baseline in baselines
     }
     for k in map(int, _MICROBATCHES.value):

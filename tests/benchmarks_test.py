@@ -1,6 +1,7 @@
 """Every benchmark runs end to end on the tiny preset, with its PyTorch baseline, and reports
 figures that are numbers (timing itself is not asserted: speed is measured, not tested)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -9,6 +10,9 @@ import subprocess
 import sys
 
 import pytest
+
+from srit_jax.model import presets
+from srit_jax.training import flops
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -52,6 +56,26 @@ def test_train_step_times_ours_with_accumulation_and_torch(tmp_path):
   assert run["torch_eager"]["ours_speedup"] == pytest.approx(run["torch_eager"]["step_s"] / run["ours"]["step_s"])
   assert run["ours"]["temp_bytes"] > 0
   assert figures["machine"]["model"] == "tiny"
+
+
+def test_train_step_times_lora_beside_peft(tmp_path):
+  figures = _run(tmp_path, "train_step.py", "--sizes=2x64", "--lora_rank=4", "--baseline=peft_eager")
+  (run,) = figures["runs"]
+  assert run["lora_rank"] == 4
+  for side in ("ours", "peft_eager"):
+    assert _positive(run[side]["step_s"]) and _positive(run[side]["mfu"])
+  # MFU counts the LoRA step's own FLOPs (no weight gradients for the frozen base), not full fine-tuning's.
+  full = _run(tmp_path, "train_step.py", "--sizes=2x64")
+
+  def step_flops(figures):  # MFU x time x the peak measured in that run
+    ours = figures["runs"][0]["ours"]
+    return ours["mfu"] * ours["step_s"] * figures["peak_tflops"]
+
+  tiny = presets.get_preset("tiny")
+  lora = dataclasses.replace(tiny, lora_rank=4)
+  expected = flops.train_step_flops(lora, 2, 64) / flops.train_step_flops(tiny, 2, 64)
+  assert expected < 0.8
+  assert step_flops(figures) / step_flops(full) == pytest.approx(expected, rel=1e-6)
 
 
 def test_dpo_step_times_both_reference_forms_and_torch(tmp_path):

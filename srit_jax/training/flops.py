@@ -24,18 +24,37 @@ _PEAK_BF16 = {
 }
 
 
-def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
-  """Matmul FLOPs of one forward pass: 2 per weight per token, plus causal attention."""
+def _forward_parts(config: ModelConfig, batch: int, length: int) -> tuple[float, float]:
+  """(weight matmuls, causal attention) FLOPs of one forward pass: 2 per weight per token."""
   per_layer = config.embed_dim * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
   per_layer += config.num_heads * config.head_dim * config.embed_dim + 3 * config.embed_dim * config.mlp_dim
   weights = config.num_layers * per_layer + config.embed_dim * config.vocab_size
   attention = config.num_layers * 2 * 2 * config.num_heads * config.head_dim * length * length / 2
-  return batch * (2 * weights * length + attention)
+  return batch * 2 * weights * length, batch * attention
+
+
+def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
+  """Matmul FLOPs of one forward pass: 2 per weight per token, plus causal attention."""
+  return sum(_forward_parts(config, batch, length))
+
+
+def adapter_parameters(config: ModelConfig) -> int:
+  """LoRA adapter weights (A and B of every targeted projection of every layer); 0 without LoRA."""
+  if not config.lora_rank:
+    return 0
+  per_layer = sum(config.lora_rank * sum(config.projection_shape(t)) for t in config.lora_targets)
+  return config.num_layers * per_layer
 
 
 def train_step_flops(config: ModelConfig, batch: int, length: int) -> float:
-  """Forward plus backward (twice the forward)."""
-  return 3 * forward_flops(config, batch, length)
+  """Forward plus backward. Full fine-tuning: the backward is twice the forward (gradients of
+  the activations and of the weights). Under LoRA the frozen base gets no weight gradients:
+  its matmuls run twice (forward, activation gradients), attention three times, and each
+  adapter weight costs 6 FLOPs a token."""
+  weights, attention = _forward_parts(config, batch, length)
+  if not config.lora_rank:
+    return 3 * (weights + attention)
+  return 2 * weights + 3 * attention + 6 * adapter_parameters(config) * batch * length
 
 
 @functools.cache
