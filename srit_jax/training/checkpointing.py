@@ -7,6 +7,11 @@ every step — as one `WriteError` naming the step, the place, the reason and th
 still intact. A checkpoint damaged afterwards (a truncated or lost file) is skipped at resume:
 `restore_latest` names it and why, moves it aside to `<step>.damaged`, and resumes from the
 newest one that restores.
+
+A save's host copies of the state are freed when it ends (some by Orbax's threads a little
+later), but glibc keeps the freed pages in its heap, where the next steps' temporaries do not
+fit in them: they are given back (`host_memory.trim`) when a save ends and at the next
+`TRIMS_AFTER_SAVE` checks, or a run would hold one more state's size for the rest of its steps.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from srit_jax import io
+from srit_jax import host_memory, io
+
+
+TRIMS_AFTER_SAVE = 2
 
 
 class CheckpointManager:
@@ -33,6 +41,8 @@ class CheckpointManager:
           max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         ),
       )
+    self._async = async_save
+    self._trims_left = 0  # checks that still give freed heap pages back after a save
     self._saving: int | None = None  # the step of the save in flight, if any
     self._failure_reported = False  # Orbax raises a failed save's error again at every wait
 
@@ -49,11 +59,16 @@ class CheckpointManager:
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
         force=force,
       )
+    if not self._async:
+      self._saved()
 
   def check(self) -> None:
     """Raises WriteError when the save in flight has failed; never waits for one still running."""
     if self._saving is not None and not self._manager.is_saving_in_progress():
       self.wait()  # it has ended: waiting returns at once, raising what its thread raised
+    elif self._trims_left:
+      self._trims_left -= 1
+      host_memory.trim()
 
   @contextlib.contextmanager
   def _reported(self):
@@ -119,7 +134,13 @@ class CheckpointManager:
   def wait(self) -> None:
     with self._reported():
       self._manager.wait_until_finished()
-    self._saving = None
+    if self._saving is not None:
+      self._saving = None
+      self._saved()
+
+  def _saved(self) -> None:
+    host_memory.trim()
+    self._trims_left = TRIMS_AFTER_SAVE
 
   def close(self) -> None:
     with self._reported():
