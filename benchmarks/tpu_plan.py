@@ -130,18 +130,32 @@ def time_table(results: dict) -> list[str]:
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
+  uncounted = False
   for variant in timed:
     r = results[variant]
-    hours = {}
+    hours, unknown = {}, set()
     for x in r["estimates"]:
-      if x["hours_bound"] is not None:
+      if x["hours_bound"] is None:  # how often the program runs depends on a dataset's size
+        unknown.add(x["phase"])
+      else:
         hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
+    uncounted |= bool(unknown)
     total = sum(hours.values())
+    at_least = "≥ " if unknown else ""
     at = lambda h: f"{h / 0.4:.3g}"
+    phase = lambda name: "n/a" if name in unknown else at(hours.get(name, 0))
     lines.append(
-      f"| `{variant}` | {r['devices']} | {at(hours.get('sft', 0))} | {at(hours.get('refine', 0))} "
-      f"| {at(hours.get('eval', 0))} | {at(total)} | {at(total * r['devices'])} | {total * r['devices']:.3g} |"
+      f"| `{variant}` | {r['devices']} | {phase('sft')} | {phase('refine')} | {phase('eval')} | {at_least}{at(total)} "
+      f"| {at_least}{at(total * r['devices'])} | {at_least}{total * r['devices']:.3g} |"
     )
+  if uncounted:
+    lines += [
+      "",
+      "n/a: the config samples every training question or evaluates every test question (`limit`",
+      "0), so how often those programs run depends on the datasets' sizes, which the plan does not",
+      "read; the run's figures then count the other phases only (≥). `srit-jax plan` prints each",
+      "such program's time per call; multiply by the questions over its rows per call.",
+    ]
   if len(timed) < len(results):
     lines += ["", f"{len(results) - len(timed)} planned variants were planned before the time estimate existed."]
   return lines

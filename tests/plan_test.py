@@ -174,3 +174,16 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   assert model_config.num_layers == 3 and scanned.flops < 0.75 * truth.flops  # the scan hides layers
   assert corrected.flops == pytest.approx(truth.flops, rel=0.02)
   assert corrected.bytes == pytest.approx(truth.bytes, rel=0.1)
+
+
+def test_the_time_table_says_which_phases_it_could_not_count():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  variant = tpu_plan.all_variants()[0]
+  estimate = lambda phase, hours: {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": None, "hours_bound": hours, "assumption": ""}
+  results = {variant: {"devices": 4, "estimates": [estimate("sft", 0.2), estimate("refine", None), estimate("eval", 0.1)]}}
+  (row,) = [line for line in tpu_plan.time_table(results) if line.startswith(f"| `{variant}`")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # SFT 0.2 h and eval 0.1 h at the bound, at 40% of it; refine uncounted; the run at least their sum
+  assert cells[2:] == ["0.5", "n/a", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
