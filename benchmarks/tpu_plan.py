@@ -103,6 +103,10 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   }
 
 
+def _at_40_percent(hours_at_the_bound: float) -> str:
+  return f"{hours_at_the_bound / 0.4:.3g}"
+
+
 def time_table(results: dict) -> list[str]:
   """Hours per phase and the run's chip-hours of every variant planned with time estimates."""
   timed = [v for v in all_variants() if results.get(v, {}).get("estimates")]
@@ -140,13 +144,12 @@ def time_table(results: dict) -> list[str]:
       else:
         hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
     uncounted |= bool(unknown)
-    total = sum(hours.values())
+    total, chips = sum(hours.values()), r["devices"]
     at_least = "≥ " if unknown else ""
-    at = lambda h: f"{h / 0.4:.3g}"
-    phase = lambda name: "n/a" if name in unknown else at(hours.get(name, 0))
+    phases = ["n/a" if p in unknown else _at_40_percent(hours.get(p, 0)) for p in ("sft", "refine", "eval")]
     lines.append(
-      f"| `{variant}` | {r['devices']} | {phase('sft')} | {phase('refine')} | {phase('eval')} | {at_least}{at(total)} "
-      f"| {at_least}{at(total * r['devices'])} | {at_least}{total * r['devices']:.3g} |"
+      f"| `{variant}` | {chips} | {' | '.join(phases)} | {at_least}{_at_40_percent(total)} "
+      f"| {at_least}{_at_40_percent(total * chips)} | {at_least}{total * chips:.3g} |"
     )
   if uncounted:
     lines += [

@@ -30,8 +30,7 @@ from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["8x256"], "batch x length")
 _MICROBATCHES = flags.DEFINE_list("microbatches", ["1"], "gradient-accumulation microbatches to time ours with")
-_LORA_RANK = flags.DEFINE_integer("lora_rank", 0, "train LoRA adapters of this rank on every projection (0: every weight)")
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_LORA_RANK = flags.DEFINE_integer("lora_rank", 0, "LoRA adapters of this rank on every projection (0: full)")
 
 
 def _batch(batch, length, vocab):
@@ -55,7 +54,8 @@ def lora_config(config, rank: int):
   return dataclasses.replace(config, lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=config.dtype)
 
 
-def ours(model, batch, microbatches: int) -> dict:
+def ours(model, config, batch, microbatches: int) -> dict:
+  """Our step of `config`: the model's own, or `lora_config` of it (adapters over `model.params`)."""
   import jax
 
   from srit_jax import configs, sharding
@@ -64,9 +64,8 @@ def ours(model, batch, microbatches: int) -> dict:
   from srit_jax.training.state import create_train_state, state_shardings
 
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
-  config, base = model.config, None
-  if _LORA_RANK.value:
-    config = lora_config(model.config, _LORA_RANK.value)
+  base = None
+  if config.lora_rank:
     base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
     trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
   else:
@@ -94,13 +93,16 @@ def torch_step(config, batch, compiled: bool) -> dict:
   import torch
 
   device = common.torch_device()
-  model = common.torch_model(config)
-  if _LORA_RANK.value:
+  model = common.torch_model(config.without_adapters())
+  if config.lora_rank:
     import peft
 
-    model = model.to(getattr(torch, config.dtype))  # the frozen base in the compute dtype
+    model = model.to(getattr(torch, config.base_param_dtype))  # the frozen base, stored as ours
     adapters = peft.LoraConfig(
-      r=_LORA_RANK.value, lora_alpha=2 * _LORA_RANK.value, lora_dropout=0.0, target_modules=list(PROJECTIONS)
+      r=config.lora_rank,
+      lora_alpha=config.lora_alpha,
+      lora_dropout=0.0,
+      target_modules=[f"{t}_proj" for t in config.lora_targets],
     )
     model = peft.get_peft_model(model, adapters)  # adapters in float32 (autocast_adapter_dtype)
   model.train()
@@ -146,11 +148,11 @@ def main(argv):
     step_flops = flops.train_step_flops(config, rows, length)
     run = {"batch": rows, "length": length, "lora_rank": _LORA_RANK.value}
     theirs = {
-      baseline: common.release_torch(torch_step(model.config, batch, compiled=baseline.endswith("_compile")))
+      baseline: common.release_torch(torch_step(config, batch, compiled=baseline.endswith("_compile")))
       for baseline in baselines
     }
     for k in map(int, _MICROBATCHES.value):
-      figures = ours(model, batch, k)
+      figures = ours(model, config, batch, k)
       figures.update(tokens_per_s=rows * length / figures["step_s"], mfu=step_flops / figures["step_s"] / peak)
       run["ours" if k == 1 else f"ours_{k}_microbatches"] = figures
     for baseline, figures in theirs.items():

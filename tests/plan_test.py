@@ -181,8 +181,11 @@ def test_the_time_table_says_which_phases_it_could_not_count():
   import tpu_plan
 
   variant = tpu_plan.all_variants()[0]
-  estimate = lambda phase, hours: {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": None, "hours_bound": hours, "assumption": ""}
-  results = {variant: {"devices": 4, "estimates": [estimate("sft", 0.2), estimate("refine", None), estimate("eval", 0.1)]}}
+  estimates = [
+    {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": None, "hours_bound": hours, "assumption": ""}
+    for phase, hours in (("sft", 0.2), ("refine", None), ("eval", 0.1))
+  ]
+  results = {variant: {"devices": 4, "estimates": estimates}}
   (row,) = [line for line in tpu_plan.time_table(results) if line.startswith(f"| `{variant}`")]
   cells = [c.strip() for c in row.strip("|").split("|")]
   # SFT 0.2 h and eval 0.1 h at the bound, at 40% of it; refine uncounted; the run at least their sum

@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 
 from srit_jax import host_memory, io
 
-
 TRIMS_AFTER_SAVE = 2
 
 
@@ -41,7 +40,6 @@ class CheckpointManager:
           max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         ),
       )
-    self._async = async_save
     self._trims_left = 0  # checks that still give freed heap pages back after a save
     self._saving: int | None = None  # the step of the save in flight, if any
     self._failure_reported = False  # Orbax raises a failed save's error again at every wait
@@ -59,8 +57,8 @@ class CheckpointManager:
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
         force=force,
       )
-    if not self._async:
-      self._saved()
+    if not self._manager.is_saving_in_progress():  # a save in the step: ended already
+      self.wait()
 
   def check(self) -> None:
     """Raises WriteError when the save in flight has failed; never waits for one still running."""
