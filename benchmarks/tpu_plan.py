@@ -27,9 +27,12 @@ ROOT = pathlib.Path(__file__).parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tpu_plan.json"
 DOC = ROOT / "docs" / "tpu.md"
 
-_VARIANTS = flags.DEFINE_multi_string("variants", None, "student,slice[,method] to plan (default: every variant)")
-_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "prompt tokens the samplers are compiled for")
-_DOC_ONLY = flags.DEFINE_bool("doc_only", False, "write docs/tpu.md from the stored plans, planning nothing")
+
+def _define_flags() -> None:
+  """The script's flags, defined when it runs: importing it (its tables) must not clash with srit_jax.cli's."""
+  flags.DEFINE_multi_string("variants", None, "student,slice[,method] to plan (default: every variant)")
+  flags.DEFINE_integer("prompt_length", 512, "prompt tokens the samplers are compiled for")
+  flags.DEFINE_bool("doc_only", False, "write docs/tpu.md from the stored plans, planning nothing")
 
 
 def all_variants() -> list[str]:
@@ -292,17 +295,18 @@ def write_doc(results: dict) -> None:
 
 def main(argv):
   del argv
+  options = flags.FLAGS
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-  if _DOC_ONLY.value:
+  if options.doc_only:
     variants = []
-  elif _VARIANTS.value:
-    variants = _VARIANTS.value
+  elif options.variants:
+    variants = options.variants
   else:  # the unplanned first, then those planned before the time estimate existed
     variants = [v for v in all_variants() if v not in results]
     variants += [v for v in all_variants() if v in results and not results[v].get("estimates")]
   for variant in variants:
     print(f"planning {variant}", flush=True)
-    results[variant] = plan_variant(variant, _PROMPT_LENGTH.value)
+    results[variant] = plan_variant(variant, options.prompt_length)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     worst = max(results[variant]["programs"], key=lambda p: p["total_gb"])
@@ -317,4 +321,5 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, str(ROOT))
+  _define_flags()
   app.run(main)
