@@ -6,7 +6,7 @@
 Compiles, ahead of time on this CPU host, the programs `srit-jax plan` compiles for each
 variant (the TPU compiler comes with the tpu extra) and writes benchmarks/results/tpu_plan.json
 (kept between runs, so a killed run resumes: unplanned variants first, then those planned
-before the time estimate existed) and the tables of docs/tpu.md.
+before each program's calls were counted) and the tables of docs/tpu.md.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def all_variants() -> list[str]:
     if paper.SIZES[(s, t)][0] != m
   ]
   return own + extra
+
+
+def _counted(result: dict) -> bool:
+  """Whether a stored plan has its time estimate with every program's calls counted."""
+  estimates = result.get("estimates") or []
+  return bool(estimates) and all(e["calls"] is not None for e in estimates)
 
 
 def plan_variant(variant: str, prompt_length: int) -> dict:
@@ -131,8 +137,11 @@ def time_table(results: dict) -> list[str]:
     "cost analysis counts a loop body once; the plan compiles shallow unrolled copies to count a",
     "layer) — times how often the config's run makes it: SFT and DPO steps, sampler calls at",
     "`max_new_tokens` for every answer, reference passes over at most `max_pairs_per_question`",
-    "pairs per question, evaluation of every stage on every task. The columns are at 40% of the",
-    "roofline (MFU 40% where a program is compute-bound): a planning figure, not a measurement.",
+    "pairs per question, evaluation of every stage on every task. Whole splits (`limit` 0) count",
+    "at the sizes their dataset cards publish: the paper configs sample all 7,473 GSM8K training",
+    "questions and evaluate 21,354 test questions of eight tasks per stage (an upper bound: the",
+    "teacher's wrong answers and decontamination only remove questions). The columns are at 40%",
+    "of the roofline (MFU 40% where a program is compute-bound): a planning figure, not a measurement.",
     "",
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -157,13 +166,11 @@ def time_table(results: dict) -> list[str]:
   if uncounted:
     lines += [
       "",
-      "n/a: the config samples every training question or evaluates every test question (`limit`",
-      "0), so how often those programs run depends on the datasets' sizes, which the plan does not",
-      "read; the run's figures then count the other phases only (≥). `srit-jax plan` prints each",
-      "such program's time per call; multiply by the questions over its rows per call.",
+      "n/a: planned before whole splits were counted (the variant is planned again); the run's",
+      "figures then count the other phases only (≥).",
     ]
   if len(timed) < len(results):
-    lines += ["", f"{len(results) - len(timed)} planned variants were planned before the time estimate existed."]
+    lines += ["", f"{len(results) - len(timed)} variants were planned before the time estimate existed."]
   return lines
 
 
@@ -301,9 +308,9 @@ def main(argv):
     variants = []
   elif options.variants:
     variants = options.variants
-  else:  # the unplanned first, then those planned before the time estimate existed
+  else:  # the unplanned first, then those planned before every call was counted
     variants = [v for v in all_variants() if v not in results]
-    variants += [v for v in all_variants() if v in results and not results[v].get("estimates")]
+    variants += [v for v in all_variants() if v in results and not _counted(results[v])]
   for variant in variants:
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, options.prompt_length)

@@ -28,6 +28,7 @@ from flax import linen as nn
 from srit_jax import sharding, topology
 from srit_jax.conversion import loading
 from srit_jax.model import attention, decoder
+from srit_jax.tasks import registry
 from srit_jax.training import dpo_step, flops, optimizer, sft_step
 from srit_jax.training.state import create_train_state, state_shardings
 
@@ -468,11 +469,34 @@ def _ceil(a: float, b: float) -> int:
   return int(-(-a // b))
 
 
-def _pairs_assumed(block) -> int:
+def _rows_read(task: str, split: str | None, limit: int, where) -> int | None:
+  """Examples a phase reads from a split: `limit`, or the whole split (limit 0) where its size is
+  known; `where` holds the source and data_dir."""
+  size = registry.split_size(task, split or None, source=where.source, data_dir=where.data_dir or None)
+  if not limit:
+    return size
+  return limit if size is None else min(limit, size)
+
+
+def _training_questions(config, block) -> tuple[int | None, str]:
+  """The questions a refine round samples, at most: the demonstrated ones (the pipeline: every
+  training question the teacher answered) or the task's, then the new ones."""
+  if "student" in config:  # the pipeline: the demonstrations' questions, all of the train task at most
+    task, split = config.train_task, config.demos.split or registry.get_task(config.train_task).train_split
+    questions = _rows_read(task, split, config.demos.limit, config)
+    if questions is not None and block.limit:
+      questions = min(questions, block.limit)
+  else:
+    task, split = block.task, block.split or registry.get_task(block.task).train_split
+    questions = _rows_read(task, split, block.limit, block)
+  if questions is None:
+    return None, f"limit 0: every training question of {task} (its size is not known here)"
+  return questions + block.get("new_questions", 0), f"{questions:,} {task} questions"
+
+
+def _pairs_assumed(block, questions: int) -> int:
   """Training pairs a refine block makes at most: every question at its cap, less the held-out share."""
-  questions = block.limit + block.get("new_questions", 0)
-  per_question = block.max_pairs_per_question
-  return int(questions * per_question * (1 - block.heldout_fraction))
+  return int(questions * block.max_pairs_per_question * (1 - block.heldout_fraction))
 
 
 def _calls(plan: ProgramPlan, config) -> tuple[float | None, str]:
@@ -482,31 +506,49 @@ def _calls(plan: ProgramPlan, config) -> tuple[float | None, str]:
   if plan.phase == "sft":
     return block.num_steps, ""
   if plan.phase == "refine":
-    rounds = config.refine_iterations * (2 if config.get("control") else 1) if pipeline else 1
-    questions = block.limit + block.get("new_questions", 0)
-    if not questions:
-      return None, "limit 0: every training question"
-    if plan.name.startswith("sampler"):
-      rows = questions * block.num_cot_samples, questions * block.num_direct_samples
-      return rounds * sum(_ceil(r, plan.per_call) for r in rows if r), "every answer of max_new_tokens"
-    pairs = _pairs_assumed(block)
-    steps = _ceil(block.num_epochs * pairs, block.batch_size) if block.get("num_epochs") else block.num_steps
-    if plan.name.startswith("reference"):  # the training pairs once; the held-out ones at every evaluation
-      held_out = _ceil(pairs * block.heldout_fraction, 1 - block.heldout_fraction)
-      evaluations = 2 + (steps // block.eval_every if block.eval_every else 0)
-      calls = _ceil(pairs, plan.per_call) + (1 + evaluations) * _ceil(held_out, plan.per_call)
-      return rounds * calls, f"{pairs} training pairs, {held_out} held out, scored {evaluations + 1} times"
-    return rounds * steps, f"{pairs} pairs" if block.get("num_epochs") else ""
-  # eval: every stage on every task, CoT (and direct) answers.
-  if not block.limit:
-    return None, "limit 0: every test question"
+    return _refine_calls(plan, config, block)
+  # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.
   if pipeline:
-    tasks = len([t for t in f"{config.in_domain_tasks},{config.out_domain_tasks}".split(",") if t.strip()])
-    stages = 3 + bool(config.get("control")) + (config.refine_iterations - 1 if config.get("eval_rounds") else 0)
+    domains = registry.evaluation_domains(config)
+    stages = {"untuned": list(domains), "sft": list(domains), "srit": list(domains)}
+    if config.get("control"):
+      stages["control"] = list(domains)
+    if config.get("eval_rounds"):
+      for round_ in range(1, config.refine_iterations):
+        stages[f"round {round_}"] = [t for t, d in domains.items() if d == "in-domain"]
   else:
-    tasks, stages = len([t for t in config.tasks.split(",") if t.strip()]), 1
+    stages = {"": [t.strip() for t in config.tasks.split(",") if t.strip()]}
+  questions = {t: _rows_read(t, None, block.limit, config) for tasks in stages.values() for t in tasks}
+  unknown = sorted(t for t, n in questions.items() if n is None)
+  if unknown:
+    return None, f"limit 0: every test question of {', '.join(unknown)} (sizes not known here)"
   styles = 2 if block.direct else 1
-  return stages * tasks * styles * _ceil(block.limit, plan.per_call), f"{stages} stages x {tasks} tasks"
+  calls = sum(styles * _ceil(questions[t], plan.per_call) for tasks in stages.values() for t in tasks)
+  return calls, f"{len(stages)} stages, {sum(questions.values()):,} questions of {len(questions)} tasks"
+
+
+def _refine_calls(plan: ProgramPlan, config, block) -> tuple[float | None, str]:
+  """A refine program's calls: per round of the refined chain and of the control (which samples
+  nothing in its first round: it trains on the refined chain's samples)."""
+  rounds = config.refine_iterations if "student" in config else 1
+  control = rounds if config.get("control") else 0
+  questions, which = _training_questions(config, block)
+  if questions is None:
+    return None, which
+  if plan.name.startswith("sampler"):
+    rows = questions * block.num_cot_samples, questions * block.num_direct_samples
+    sampling_rounds = rounds + max(control - 1, 0)
+    return sampling_rounds * sum(_ceil(r, plan.per_call) for r in rows if r), f"{which}, every answer full length"
+  pairs = _pairs_assumed(block, questions)
+  steps = _ceil(block.num_epochs * pairs, block.batch_size) if block.get("num_epochs") else block.num_steps
+  if plan.name.startswith("reference"):  # the training pairs once; the held-out ones at every evaluation
+    held_out = _ceil(pairs * block.heldout_fraction, 1 - block.heldout_fraction)
+    evaluations = 2 + (steps // block.eval_every if block.eval_every else 0)
+    calls = _ceil(pairs, plan.per_call) + (1 + evaluations) * _ceil(held_out, plan.per_call)
+    return (
+      rounds + control
+    ) * calls, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
+  return (rounds + control) * steps, f"{pairs:,} pairs" if block.get("num_epochs") else ""
 
 
 def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:

@@ -8,6 +8,7 @@ from conftest import load_tiny_pipeline_config
 
 from srit_jax.conversion import loading
 from srit_jax.phases import pipeline
+from srit_jax.tasks import registry
 
 
 def _tiny_pipeline_config(model_dir):
@@ -140,13 +141,13 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
 def test_the_in_domain_tasks_follow_the_refine_task():
   config = _tiny_pipeline_config("unused")
   config.update(train_task="arith", in_domain_tasks="", out_domain_tasks="arith,arith_hard")
-  assert pipeline.evaluation_domains(config) == {"arith": "in-domain", "arith_hard": "out-domain"}
+  assert registry.evaluation_domains(config) == {"arith": "in-domain", "arith_hard": "out-domain"}
   config.refine_task = "wordmath"
-  assert pipeline.evaluation_domains(config) == {
+  assert registry.evaluation_domains(config) == {
     "wordmath": "in-domain", "arith": "out-domain", "arith_hard": "out-domain"
   }  # fmt: skip
   config.in_domain_tasks = "arith,wordmath"  # named: as named
-  assert pipeline.evaluation_domains(config) == {
+  assert registry.evaluation_domains(config) == {
     "arith": "in-domain",
     "wordmath": "in-domain",
     "arith_hard": "out-domain",

@@ -190,3 +190,39 @@ def test_the_time_table_says_which_phases_it_could_not_count():
   cells = [c.strip() for c in row.strip("|").split("|")]
   # SFT 0.2 h and eval 0.1 h at the bound, at 40% of it; refine uncounted; the run at least their sum
   assert cells[2:] == ["0.5", "n/a", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
+
+
+@requires_libtpu
+def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
+  import math
+
+  from srit_jax import configs, programs, topology
+
+  config = configs.load("paper", "llama2_7b,v5e-8")  # limit 0 everywhere; the hub's splits
+  devices, _ = topology.tpu_devices("v5e-8")
+  one = programs.Cost(1e12, 1e9)
+  plans = [
+    programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    programs.ProgramPlan("refine", "DPO step", "splash", cost=one),
+    programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
+  ]
+
+  def calls():
+    return {(e.phase, e.program): e.calls for e in programs.run_estimate(config, plans, devices)}
+
+  assert config.refine.generate_batch_size == config.eval.batch_size == 64 and not config.eval.direct
+  # Every one of GSM8K's 7,473 training questions: 4 CoT and 1 direct answer each, 64 rows a call.
+  assert calls()[("refine", "sampler")] == math.ceil(7473 * 4 / 64) + math.ceil(7473 / 64)
+  assert calls()[("refine", "DPO step")] == config.refine.num_steps
+  # Three stages (untuned, SFT, SRIT) on every test question of the eight tasks, task by task.
+  test_sets = {"gsm8k": 1319, "multiarith": 180, "svamp": 300, "csqa": 1221, "obqa": 500, "piqa": 1838}
+  test_sets |= {"siqa": 1954, "mmlu": 14042}
+  assert calls()[("eval", "sampler")] == 3 * sum(math.ceil(n / 64) for n in test_sets.values())
+
+  # Two rounds with the control: the control samples in its second round only; both chains train.
+  config.update(refine_iterations=2, control=True, eval_rounds=True)
+  config.demos.limit = 1000
+  assert calls()[("refine", "sampler")] == 3 * (math.ceil(4000 / 64) + math.ceil(1000 / 64))
+  assert calls()[("refine", "DPO step")] == 4 * config.refine.num_steps
+  in_domain = math.ceil(1319 / 64) + math.ceil(180 / 64)  # round 1's student: in-domain tasks only
+  assert calls()[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in test_sets.values()) + in_domain

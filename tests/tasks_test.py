@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
-from srit_jax.tasks import DataError, answers, load_examples, prompts, synthetic
+from srit_jax.tasks import DataError, answers, load_examples, prompts, registry, synthetic
 from srit_jax.tasks.example import CHOICE, LATEX, NUMBER, Example
 
 BENCHMARKS = SHARED_DATA / "benchmarks"
@@ -42,8 +42,29 @@ def test_local_files_load_whole(task, split, rows, answer_type, options):
   if options is not None:
     assert all(len(e.choices) == options for e in examples)
   assert len({e.id for e in examples}) == rows  # ids are unique
+  assert registry.split_size(task, split, data_dir=BENCHMARKS) == rows  # what a plan counts
   if answer_type == NUMBER:
     assert all(answers.parse_number(e.gold) is not None for e in examples)
+
+
+# The local files that hold another cut of the data than the hub dataset the registry names:
+# MultiArith and SVAMP whole here, split into train and test on the hub (ChilleD).
+OTHER_CUTS = {"multiarith", "svamp"}
+
+
+@pytest.mark.parametrize(
+  "task,split,rows", [(t, s, r) for t, s, r, *_ in LOCAL_FILES if t not in OTHER_CUTS and registry.TASKS[t].hub]
+)
+def test_published_hub_sizes_agree_with_the_local_copies(task, split, rows):
+  """The sizes a plan counts whole hub splits by (no hub here) are those of the same data offline."""
+  assert registry.split_size(task, split, source="hub") == rows
+
+
+def test_split_sizes_of_generated_tasks_and_unknown_ones():
+  assert registry.split_size("wordmath", "train") == len(load_examples("wordmath", "train"))
+  assert registry.split_size("arith") == len(load_examples("arith"))
+  assert registry.split_size("addsub", source="hub") is None  # local files only
+  assert registry.split_size("gsm8k", "train", source="local", data_dir="/nonexistent") is None
 
 
 def test_known_rows_parse_to_the_right_fields():

@@ -13,7 +13,7 @@ from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.statistics import wilson_interval
 from srit_jax.tasks import answers, prompts
 from srit_jax.tasks.example import Example
-from srit_jax.tasks.registry import get_task, load_examples
+from srit_jax.tasks.registry import get_task, load_examples, task_names
 
 
 def score_generations(examples: Sequence[Example], completions: Sequence[Completion], style: str) -> list[dict]:
@@ -99,12 +99,6 @@ def results_table(summary: dict) -> str:
         cells.append("")
     lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
-
-
-def task_names(tasks: str | Sequence[str]) -> list[str]:
-  """ "gsm8k,multiarith" or ("gsm8k", "multiarith") → ["gsm8k", "multiarith"]."""
-  names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-  return [name.strip() for name in names if name.strip()]
 
 
 def evaluation_examples(config) -> dict[str, list[Example]]:

@@ -31,6 +31,7 @@ from srit_jax.phases import demos, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
 from srit_jax.statistics import paired_comparison
+from srit_jax.tasks import registry
 from srit_jax.tasks.registry import load_examples
 from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key
@@ -148,7 +149,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   if config.eval_rounds:  # every round but the last (which is the SRIT stage), in-domain only
     for round_, phase in enumerate(refine_phases[:-1], start=1):
       models[f"srit_round_{round_}"] = (str(phase.dir / "export"), phase.fingerprint)
-  tasks = evaluation_domains(config)
+  tasks = registry.evaluation_domains(config)
   examples = {
     name: load_examples(
       name,
@@ -253,15 +254,6 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     print(f"peak resident memory {peaks[name] / 2**30:.1f} GiB (in {name}; each phase's in results.json)")
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
-
-
-def evaluation_domains(config) -> dict[str, str]:
-  """Task -> "in-domain" or "out-domain": the in-domain tasks default to the task self-refinement
-  samples (the train task, unless cross self-refinement names another)."""
-  in_domain = evaluation.task_names(config.in_domain_tasks or config.refine_task or config.train_task)
-  return {name: "in-domain" for name in in_domain} | {
-    name: "out-domain" for name in evaluation.task_names(config.out_domain_tasks) if name not in in_domain
-  }
 
 
 def _refine_rounds(

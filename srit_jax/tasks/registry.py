@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from srit_jax import io
@@ -27,6 +27,7 @@ class HubSource:
   name: str | None  # its config
   splits: dict[str, str]  # our split → the hub's split
   converter: Converter
+  sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # our split → its rows, as the card publishes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,10 @@ class Task:
     return sorted(set(self.local) | set(self.hub.splits if self.hub else {}))
 
 
+def _sizes(train: int, **others: int) -> dict[str, int]:
+  return {"train": train, **others}
+
+
 def _adapters(folder: str, splits: dict[str, str]) -> dict[str, tuple[str, Converter]]:
   return {split: (f"{folder}/{file}", formats.adapters_choice) for split, file in splits.items()}
 
@@ -68,7 +73,7 @@ TASKS: dict[str, Task] = {
       "test",
       "train",
       local={"train": ("gsm8k/train.jsonl", formats.gsm8k), "test": ("gsm8k/test.jsonl", formats.gsm8k)},
-      hub=HubSource("openai/gsm8k", "main", {"train": "train", "test": "test"}, formats.gsm8k),
+      hub=HubSource("openai/gsm8k", "main", {"train": "train", "test": "test"}, formats.gsm8k, _sizes(7473, test=1319)),
     ),
     Task(
       "multiarith",
@@ -77,7 +82,9 @@ TASKS: dict[str, Task] = {
       "test",
       "train",
       local={"test": ("multiarith/MultiArith.json", formats.multiarith)},
-      hub=HubSource("ChilleD/MultiArith", None, {"train": "train", "test": "test"}, formats.multiarith_hub),
+      hub=HubSource(
+        "ChilleD/MultiArith", None, {"train": "train", "test": "test"}, formats.multiarith_hub, _sizes(420, test=180)
+      ),
     ),
     Task(
       "svamp",
@@ -86,7 +93,7 @@ TASKS: dict[str, Task] = {
       "test",
       "train",
       local={"test": ("svamp/SVAMP.json", formats.svamp)},
-      hub=HubSource("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, formats.svamp),
+      hub=HubSource("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, formats.svamp, _sizes(700, test=300)),
     ),
     Task(
       "aqua",
@@ -96,7 +103,11 @@ TASKS: dict[str, Task] = {
       "train",
       local={"test": ("aqua/test.jsonl", formats.aqua)},
       hub=HubSource(
-        "deepmind/aqua_rat", "raw", {"train": "train", "validation": "validation", "test": "test"}, formats.aqua
+        "deepmind/aqua_rat",
+        "raw",
+        {"train": "train", "validation": "validation", "test": "test"},
+        formats.aqua,
+        _sizes(97467, validation=254, test=254),
       ),
     ),
     Task("addsub", NUMBER, "math", "test", None, local={"test": ("addsub/test.json", formats.adapters_number)}),
@@ -113,7 +124,11 @@ TASKS: dict[str, Task] = {
         "validation": ("csqa/dev_rand_split.jsonl", formats.csqa),
       },
       hub=HubSource(
-        "tau/commonsense_qa", None, {"train": "train", "validation": "validation"}, formats.labelled_choices
+        "tau/commonsense_qa",
+        None,
+        {"train": "train", "validation": "validation"},
+        formats.labelled_choices,
+        _sizes(9741, validation=1221),
       ),
     ),
     Task(
@@ -128,6 +143,7 @@ TASKS: dict[str, Task] = {
         "main",
         {"train": "train", "validation": "validation", "test": "test"},
         formats.openbookqa_hub,
+        _sizes(4957, validation=500, test=500),
       ),
       tfds=("openbookqa", formats.openbookqa_tfds),
     ),
@@ -138,7 +154,13 @@ TASKS: dict[str, Task] = {
       "validation",
       "train",
       local=_adapters("piqa", {"validation": "validation.json"}),
-      hub=HubSource("ybisk/piqa", None, {"train": "train", "validation": "validation"}, formats.piqa_hub),
+      hub=HubSource(
+        "ybisk/piqa",
+        None,
+        {"train": "train", "validation": "validation"},
+        formats.piqa_hub,
+        _sizes(16113, validation=1838),
+      ),
       tfds=("piqa", formats.piqa_hub),
     ),
     Task(
@@ -148,7 +170,13 @@ TASKS: dict[str, Task] = {
       "validation",
       "train",
       local=_adapters("siqa", {"validation": "validation.json"}),
-      hub=HubSource("allenai/social_i_qa", None, {"train": "train", "validation": "validation"}, formats.siqa_hub),
+      hub=HubSource(
+        "allenai/social_i_qa",
+        None,
+        {"train": "train", "validation": "validation"},
+        formats.siqa_hub,
+        _sizes(33410, validation=1954),
+      ),
       tfds=("social_i_qa", formats.siqa_hub),
     ),
     Task(
@@ -163,6 +191,7 @@ TASKS: dict[str, Task] = {
         "ARC-Challenge",
         {"train": "train", "validation": "validation", "test": "test"},
         formats.labelled_choices,
+        _sizes(1119, validation=299, test=1172),
       ),
       tfds=("ai2_arc/ARC-Challenge", formats.labelled_choices),
     ),
@@ -173,7 +202,13 @@ TASKS: dict[str, Task] = {
       "test",
       None,
       local={"dev": ("mmlu/dev/*_dev.csv", formats.mmlu_csv), "test": ("mmlu/test/*_test.csv", formats.mmlu_csv)},
-      hub=HubSource("cais/mmlu", "all", {"dev": "dev", "validation": "validation", "test": "test"}, formats.mmlu_hub),
+      hub=HubSource(
+        "cais/mmlu",
+        "all",
+        {"dev": "dev", "validation": "validation", "test": "test"},
+        formats.mmlu_hub,
+        {"dev": 285, "validation": 1531, "test": 14042},
+      ),
     ),
     Task(
       "math",
@@ -182,7 +217,7 @@ TASKS: dict[str, Task] = {
       "test",
       None,
       local={"test": ("math500/test.jsonl", formats.math_solution)},
-      hub=HubSource("HuggingFaceH4/MATH-500", None, {"test": "test"}, formats.math_hub),
+      hub=HubSource("HuggingFaceH4/MATH-500", None, {"test": "test"}, formats.math_hub, {"test": 500}),
     ),
     Task("arith", NUMBER, "math", "test", "train", generator="synthetic"),
     Task("arith_hard", NUMBER, "math", "test", "train", generator="synthetic"),
@@ -230,6 +265,42 @@ def load_examples(
   else:
     examples = _load_hub(task, split, hub_path)
   return examples[:limit] if limit else examples
+
+
+def task_names(tasks: str | Sequence[str]) -> list[str]:
+  """ "gsm8k,multiarith" or ("gsm8k", "multiarith") → ["gsm8k", "multiarith"]."""
+  names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+  return [name.strip() for name in names if name.strip()]
+
+
+def evaluation_domains(config) -> dict[str, str]:
+  """Task -> "in-domain" or "out-domain" of a pipeline config: the in-domain tasks default to the
+  task self-refinement samples (the train task, unless cross self-refinement names another); a
+  task named on both sides is in-domain."""
+  inside = task_names(config.in_domain_tasks or config.refine_task or config.train_task)
+  return {name: "in-domain" for name in inside} | {
+    name: "out-domain" for name in task_names(config.out_domain_tasks) if name not in inside
+  }
+
+
+def split_size(
+  task_name: str, split: str | None = None, *, source: str = "auto", data_dir: str | pathlib.Path | None = None
+) -> int | None:
+  """How many examples a split holds (default: the evaluation split): generated splits by their
+  size, local files counted, hub and TFDS splits as their dataset cards publish them; None where
+  that is not known (a hub split without a published size, local files that are not there)."""
+  task = get_task(task_name)
+  split = split or task.eval_split
+  if task.generator == "synthetic":
+    return synthetic.SPLIT_SIZES.get(split)
+  if task.generator == "word_problems":
+    return word_problems.SPLIT_SIZES[task.name].get(split)
+  if source == "local" or (source == "auto" and data_dir is not None):
+    try:
+      return len(_load_local(task, split, data_dir))
+    except (ValueError, DataError):
+      return None
+  return task.hub.sizes.get(split) if task.hub else None
 
 
 def load_training_examples(task_name: str, split: str = "", **options) -> list[Example]:
