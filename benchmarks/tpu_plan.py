@@ -50,6 +50,33 @@ def all_variants() -> list[str]:
   return own + extra
 
 
+HBM_RULE = 0.95  # a variant's largest program stays under this share of a chip's HBM
+
+
+def rows_the_rule_allows(result: dict) -> int | None:
+  """SFT rows per step that keep the training steps under 95% of HBM by the plan's own figures:
+  the planned rows doubled while their temporaries, taken to grow with the rows (they grow less:
+  part of them is per parameter), fit. None where the planned rows are already over the line."""
+  steps = [p for p in result["programs"] if p["name"].startswith(("SFT", "DPO"))]
+  limit = HBM_RULE * result["hbm_gb"]
+  factor = min((limit - p["total_gb"] + p["temporaries_gb"]) / p["temporaries_gb"] for p in steps)
+  if factor < 1:
+    return None
+  multiple = 1
+  while 2 * multiple <= factor:
+    multiple *= 2
+  return result["sft_rows"] * multiple
+
+
+def _sizes_changed(variant: str, result: dict) -> bool:
+  """Whether configs/paper.py now gives the variant other rows than it was planned with."""
+  from srit_jax import configs
+
+  config = configs.load("paper", variant)
+  now = (config.sft.batch_size, config.refine.batch_size, config.refine.generate_batch_size, config.eval.batch_size)
+  return now != (result["sft_rows"], result["dpo_pairs"], result["generation_rows"], result["eval_rows"])
+
+
 def _counted(result: dict) -> bool:
   """Whether a stored plan has its time estimate with every program's calls counted."""
   estimates = result.get("estimates") or []
@@ -197,11 +224,14 @@ def write_doc(results: dict) -> None:
     "Methods: `full` (every parameter trains: float32 master weights, AdamW moments and gradients,",
     "16 bytes a parameter), `lora` (rank-8 adapters over a bfloat16 base), `qlora` (over an NF4",
     "base). Rows: 1024-position SFT rows per step, DPO pairs per step (two rows each), rows per",
-    "generation batch. Prompts of 512 tokens; 384 new tokens.",
+    "generation batch. Prompts of 512 tokens; 384 new tokens. The last column: the SFT rows per",
+    "step that would keep the training steps under 95% of HBM, the planned rows doubled while",
+    "their temporaries, scaled with the rows, fit (they grow less than that: part is per",
+    "parameter); `configs/paper.py` (SIZES) may raise a variant's rows to it, which plans it again.",
     "",
     "| variant | method | chips | HBM/chip | SFT rows | DPO pairs | gen rows | SFT step | DPO step | ref. log-probs "
-    "| refine sampler | eval sampler | fits |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    "| refine sampler | eval sampler | fits | SFT rows under 95% |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
   ]
   for variant in all_variants():
     r = results.get(variant)
@@ -223,10 +253,11 @@ def write_doc(results: dict) -> None:
       return f"{p['total_gb']:.1f}" + ("" if p["fits"] else " ✗")
 
     fits = all(p["fits"] for p in r["programs"])
+    allowed = rows_the_rule_allows(r)
     lines.append(
       f"| `{variant}` | {r['method']} | {r['devices']} | {r['hbm_gb']:.1f} | {r['sft_rows']} | {r['dpo_pairs']} "
       f"| {r['generation_rows']} | {cell('sft')} | {cell('dpo')} | {cell('ref')} | {cell('refine_sampler')} "
-      f"| {cell('eval_sampler')} | {'yes' if fits else 'no'} |"
+      f"| {cell('eval_sampler')} | {'yes' if fits else 'no'} | {allowed or 'over 95% at these rows'} |"
     )
   missing = [v for v in all_variants() if v not in results]
   lines += [
@@ -308,9 +339,10 @@ def main(argv):
     variants = []
   elif options.variants:
     variants = options.variants
-  else:  # the unplanned first, then those planned before every call was counted
+  else:  # the unplanned first, then those whose rows changed, then those planned before every call was counted
     variants = [v for v in all_variants() if v not in results]
-    variants += [v for v in all_variants() if v in results and not _counted(results[v])]
+    variants += [v for v in all_variants() if v in results and _sizes_changed(v, results[v])]
+    variants += [v for v in all_variants() if v in results and v not in variants and not _counted(results[v])]
   for variant in variants:
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, options.prompt_length)

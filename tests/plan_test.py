@@ -226,3 +226,19 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   assert calls()[("refine", "DPO step")] == 4 * config.refine.num_steps
   in_domain = math.ceil(1319 / 64) + math.ceil(180 / 64)  # round 1's student: in-domain tasks only
   assert calls()[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in test_sets.values()) + in_domain
+
+
+def test_the_rows_the_95_percent_rule_allows_double_while_the_training_steps_fit():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  def result(sft_total, dpo_total, temporaries):
+    steps = [("SFT step", sft_total), ("DPO step (8 pairs)", dpo_total), ("sampler (64 rows)", 16.0)]
+    programs = [{"name": n, "total_gb": t, "temporaries_gb": temporaries} for n, t in steps]
+    return {"hbm_gb": 16.0, "sft_rows": 16, "programs": programs}
+
+  # 95% of 16 GB is 15.2; 6 GB fixed + 4 GB per 16 rows: 2.3x fits, so twice the rows (not 4x).
+  assert tpu_plan.rows_the_rule_allows(result(10.0, 10.0, 4.0)) == 32
+  assert tpu_plan.rows_the_rule_allows(result(10.0, 12.0, 4.0)) == 16  # the DPO step: 1.8x, no doubling
+  assert tpu_plan.rows_the_rule_allows(result(6.0, 6.0, 1.0)) == 16 * 8  # 10.2x: three doublings
+  assert tpu_plan.rows_the_rule_allows(result(15.5, 10.0, 4.0)) is None  # over the line already
