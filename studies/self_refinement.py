@@ -182,7 +182,7 @@ def _rounds(results: dict) -> list[dict]:
         "round": number,
         "pairs": entry["pairs"],
         "steps": entry.get("num_steps"),
-        "selected_step": (entry.get("selected") or {}).get("step"),
+        "selected_step": (entry.get("selected") or {}).get("step") or entry.get("num_steps"),  # else the last
         "reference": (entry.get("reference") or {}).get("model"),
         "heldout_reward_accuracy": [before.get("eval/rewards/accuracies"), after.get("eval/rewards/accuracies")],
         "heldout_margin": [before.get("eval/rewards/margins"), after.get("eval/rewards/margins")],
@@ -190,6 +190,41 @@ def _rounds(results: dict) -> list[dict]:
       }
     )
   return rows
+
+
+def learning_curves(root: pathlib.Path, names: list[str], path: pathlib.Path) -> None:
+  """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
+  kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  for name in names:
+    results = json.loads((root / name / "results.json").read_text())
+    for number, entry in enumerate(results.get("rounds", []), start=1):
+      phase = root / name / ("refine" if number == 1 else f"refine_{number}")
+      rows = [json.loads(line) for line in (phase / "metrics.jsonl").read_text().splitlines()]
+      before = entry.get("heldout_before") or {}
+      kept = (entry.get("selected") or {}).get("step") or entry.get("num_steps")  # else the last
+      label = name if len(results["rounds"]) == 1 else f"{name}, round {number}"
+      for ax, key in zip(axes, ("eval/rewards/accuracies", "eval/rewards/margins")):
+        points = [(0, before[key])] if key in before else []
+        points += [(r["step"], r[key]) for r in rows if key in r]
+        if not points:
+          continue
+        (line,) = ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+        kept_points = [p for p in points if p[0] == kept]
+        if kept_points:
+          ax.plot(*kept_points[0], marker="o", markersize=8, fillstyle="none", color=line.get_color())
+  for ax, title in zip(axes, ("held-out reward accuracy", "held-out reward margin")):
+    ax.set_title(f"{title} (circle: the kept step)", fontsize=9)
+    ax.set_xlabel("DPO step")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
@@ -224,6 +259,8 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
       )
   json_path = doc.with_suffix(".json")
   json_path.write_text(json.dumps(summary, indent=2) + "\n")
+  curves = doc.with_name(doc.stem + "_curves.png")
+  learning_curves(root, list(summary), curves)
   table = [
     "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
     "| only first / only second right | McNemar p | detectable, points |",
@@ -234,6 +271,8 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
     "| greedy in-domain accuracy % |",
     "|---|---:|---:|---:|---:|---:|---:|---|",
     *round_rows,
+    "",
+    f"![Held-out reward accuracy and margin over the DPO steps of each variant]({curves.name})",
   ]
   marker_start, marker_end = "<!-- study table -->", "<!-- end study table -->"
   text = doc.read_text() if doc.exists() else f"# Self-refinement study\n\n{marker_start}\n{marker_end}\n"
