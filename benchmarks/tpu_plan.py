@@ -348,6 +348,7 @@ def main(argv):
     results[variant] = plan_variant(variant, options.prompt_length)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_doc(results)  # the doc keeps up with every variant planned
     worst = max(results[variant]["programs"], key=lambda p: p["total_gb"])
     print(
       f"  {results[variant]['seconds']:.0f} s; largest {worst['name'][:40]} {worst['total_gb']:.2f} GB "
