@@ -459,6 +459,7 @@ class Estimate:
   seconds_per_call: float  # the roofline bound of one call
   calls: float | None  # how often the run makes it; None when the config leaves it open
   assumption: str = ""
+  per_call: int = 0  # rows of a sampler call, pairs of a reference pass, 0 for a training step
 
   @property
   def hours(self) -> float | None:
@@ -499,14 +500,16 @@ def _pairs_assumed(block, questions: int) -> int:
   return int(questions * block.max_pairs_per_question * (1 - block.heldout_fraction))
 
 
-def _calls(plan: ProgramPlan, config) -> tuple[float | None, str]:
-  """How often a run of `config` makes `plan`'s program, and what that count assumes."""
+def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float | None, str]:
+  """How often a run of `config` makes a program of `phase` ("SFT step", "sampler", "DPO step",
+  "reference log-probs"; `per_call` rows or pairs a call), and what that count assumes. A
+  stored plan's calls are counted again this way when only the config's counts change."""
   pipeline = "student" in config
-  block = config[plan.phase] if pipeline else config
-  if plan.phase == "sft":
+  block = config[phase] if pipeline else config
+  if phase == "sft":
     return block.num_steps, ""
-  if plan.phase == "refine":
-    return _refine_calls(plan, config, block)
+  if phase == "refine":
+    return _refine_calls(program, per_call, config, block)
   # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.
   if pipeline:
     domains = registry.evaluation_domains(config)
@@ -523,11 +526,11 @@ def _calls(plan: ProgramPlan, config) -> tuple[float | None, str]:
   if unknown:
     return None, f"limit 0: every test question of {', '.join(unknown)} (sizes not known here)"
   styles = 2 if block.direct else 1
-  calls = sum(styles * _ceil(questions[t], plan.per_call) for tasks in stages.values() for t in tasks)
+  calls = sum(styles * _ceil(questions[t], per_call) for tasks in stages.values() for t in tasks)
   return calls, f"{len(stages)} stages, {sum(questions.values()):,} questions of {len(questions)} tasks"
 
 
-def _refine_calls(plan: ProgramPlan, config, block) -> tuple[float | None, str]:
+def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | None, str]:
   """A refine program's calls: per round of the refined chain and of the control (which samples
   nothing in its first round: it trains on the refined chain's samples)."""
   rounds = config.refine_iterations if "student" in config else 1
@@ -535,16 +538,18 @@ def _refine_calls(plan: ProgramPlan, config, block) -> tuple[float | None, str]:
   questions, which = _training_questions(config, block)
   if questions is None:
     return None, which
-  if plan.name.startswith("sampler"):
+  if program.startswith("sampler"):
     rows = questions * block.num_cot_samples, questions * block.num_direct_samples
     sampling_rounds = rounds + max(control - 1, 0)
-    return sampling_rounds * sum(_ceil(r, plan.per_call) for r in rows if r), f"{which}, every answer full length"
+    return sampling_rounds * sum(_ceil(r, per_call) for r in rows if r), f"{which}, every answer full length"
   pairs = _pairs_assumed(block, questions)
   steps = _ceil(block.num_epochs * pairs, block.batch_size) if block.get("num_epochs") else block.num_steps
-  if plan.name.startswith("reference"):  # the training pairs once; the held-out ones at every evaluation
+  if program.startswith("reference"):  # the training pairs once; the held-out ones at every evaluation
     held_out = _ceil(pairs * block.heldout_fraction, 1 - block.heldout_fraction)
-    evaluations = 2 + (steps // block.eval_every if block.eval_every else 0)
-    calls = _ceil(pairs, plan.per_call) + (1 + evaluations) * _ceil(held_out, plan.per_call)
+    # The policy at the start, every eval_every steps and at the end (once where they meet).
+    evaluations = 1 + (steps // block.eval_every if block.eval_every else 0)
+    evaluations += not block.eval_every or steps % block.eval_every != 0
+    calls = _ceil(pairs, per_call) + (1 + evaluations) * _ceil(held_out, per_call)
     return (
       rounds + control
     ) * calls, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
@@ -562,8 +567,10 @@ def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
   for plan in plans:
     if plan.cost is None:
       continue
-    calls, assumption = _calls(plan, config)
-    out.append(Estimate(plan.phase, plan.name.split(" (")[0], plan.cost.seconds(peak, bandwidth), calls, assumption))
+    program = plan.name.split(" (")[0]
+    calls, assumption = count_calls(config, plan.phase, program, plan.per_call)
+    seconds = plan.cost.seconds(peak, bandwidth)
+    out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call))
   return out
 
 

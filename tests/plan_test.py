@@ -204,6 +204,7 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   plans = [
     programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
     programs.ProgramPlan("refine", "DPO step", "splash", cost=one),
+    programs.ProgramPlan("refine", "reference log-probs (16 pairs)", "splash", cost=one, per_call=16),
     programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
   ]
 
@@ -214,6 +215,10 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   # Every one of GSM8K's 7,473 training questions: 4 CoT and 1 direct answer each, 64 rows a call.
   assert calls()[("refine", "sampler")] == math.ceil(7473 * 4 / 64) + math.ceil(7473 / 64)
   assert calls()[("refine", "DPO step")] == config.refine.num_steps
+  # Up to 2 pairs a question, a tenth of the questions held out: 13,451 training pairs once, the
+  # 1,495 held-out ones by the reference once and the policy at steps 0, 100, ..., 600.
+  assert (config.refine.num_steps, config.refine.eval_every) == (600, 100)
+  assert calls()[("refine", "reference log-probs")] == math.ceil(13451 / 16) + 8 * math.ceil(1495 / 16)
   # Three stages (untuned, SFT, SRIT) on every test question of the eight tasks, task by task.
   test_sets = {"gsm8k": 1319, "multiarith": 180, "svamp": 300, "csqa": 1221, "obqa": 500, "piqa": 1838}
   test_sets |= {"siqa": 1954, "mmlu": 14042}
@@ -242,3 +247,22 @@ def test_the_rows_the_95_percent_rule_allows_double_while_the_training_steps_fit
   assert tpu_plan.rows_the_rule_allows(result(10.0, 12.0, 4.0)) == 16  # the DPO step: 1.8x, no doubling
   assert tpu_plan.rows_the_rule_allows(result(6.0, 6.0, 1.0)) == 16 * 8  # 10.2x: three doublings
   assert tpu_plan.rows_the_rule_allows(result(15.5, 10.0, 4.0)) is None  # over the line already
+
+
+def test_stored_plans_are_counted_again_from_the_config_as_it_is():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  from srit_jax import configs
+
+  variant = "llama2_7b,v5e-8"
+  stored = {"phase": "refine", "program": "reference log-probs", "seconds_per_call": 0.5, "calls": None}
+  stored |= {"hours_bound": None, "assumption": "limit 0: every training question"}  # as planned before counts
+  results = {variant: {"programs": [{"phase": "refine", "name": "reference log-probs (16 pairs)"}]}}
+  results[variant]["estimates"] = [stored]
+  tpu_plan.recount(results)
+  config = configs.load("paper", variant)
+  pairs = int(7473 * config.refine.max_pairs_per_question * 0.9)  # every GSM8K training question
+  assert stored["per_call"] == 16  # read from the program's name
+  assert stored["calls"] > pairs / 16 and stored["hours_bound"] == pytest.approx(0.5 * stored["calls"] / 3600)
+  assert stored["assumption"].startswith(f"{pairs:,} training pairs")
