@@ -6,7 +6,7 @@
 Compiles, ahead of time on this CPU host, the programs `srit-jax plan` compiles for each
 variant (the TPU compiler comes with the tpu extra) and writes benchmarks/results/tpu_plan.json
 (kept between runs, so a killed run resumes: unplanned variants first, then those planned
-before each program's calls were counted) and the tables of docs/tpu.md.
+before the time estimate existed, whose bounds per call it lacks) and the tables of docs/tpu.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import sys
 import time
 
@@ -78,19 +77,6 @@ def _sizes_changed(variant: str, result: dict) -> bool:
   return now != (result["sft_rows"], result["dpo_pairs"], result["generation_rows"], result["eval_rows"])
 
 
-def _per_call(result: dict, estimate: dict) -> int:
-  """Rows or pairs one call of an estimated program handles: stored with the estimate, or (for
-  plans stored before it was) read from the program's name, "sampler (64 rows, ..." or
-  "reference log-probs (16 pairs)"; 0 for a training step."""
-  if "per_call" in estimate:
-    return estimate["per_call"]
-  for program in result["programs"]:
-    if program["phase"] == estimate["phase"] and program["name"].split(" (")[0] == estimate["program"]:
-      match = re.search(r"\((\d+) (?:rows|pairs)\b", program["name"])
-      return int(match.group(1)) if match else 0
-  return 0
-
-
 def recount(results: dict) -> None:
   """Every stored estimate's calls and hours counted again from configs/paper.py as it is now:
   each program's bound per call stays; how often a run makes it (steps, questions, evaluations)
@@ -102,18 +88,11 @@ def recount(results: dict) -> None:
       continue
     config = configs.load("paper", variant)
     for estimate in result["estimates"]:
-      estimate["per_call"] = _per_call(result, estimate)
       calls, estimate["assumption"] = programs.count_calls(
         config, estimate["phase"], estimate["program"], estimate["per_call"]
       )
       estimate["calls"] = calls
       estimate["hours_bound"] = None if calls is None else estimate["seconds_per_call"] * calls / 3600
-
-
-def _counted(result: dict) -> bool:
-  """Whether a stored plan has its time estimate with every program's calls counted."""
-  estimates = result.get("estimates") or []
-  return bool(estimates) and all(e["calls"] is not None for e in estimates)
 
 
 def plan_variant(variant: str, prompt_length: int) -> dict:
@@ -369,33 +348,37 @@ def write_doc(results: dict) -> None:
   DOC.write_text("\n".join(lines) + "\n")
 
 
+def _save(results: dict) -> None:
+  """The plans and docs/tpu.md from them, after the recount and after every variant planned."""
+  RESULTS.parent.mkdir(parents=True, exist_ok=True)
+  RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+  write_doc(results)
+
+
 def main(argv):
   del argv
   options = flags.FLAGS
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
   recount(results)
+  _save(results)
   if options.doc_only:
     variants = []
   elif options.variants:
     variants = options.variants
-  else:  # the unplanned first, then those whose rows changed, then those planned before every call was counted
+  else:  # the unplanned first, then those whose rows changed, then those without bounds per call
     variants = [v for v in all_variants() if v not in results]
     variants += [v for v in all_variants() if v in results and _sizes_changed(v, results[v])]
-    variants += [v for v in all_variants() if v in results and v not in variants and not _counted(results[v])]
+    variants += [v for v in all_variants() if v in results and v not in variants and not results[v].get("estimates")]
   for variant in variants:
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, options.prompt_length)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    write_doc(results)  # the doc keeps up with every variant planned
+    _save(results)
     worst = max(results[variant]["programs"], key=lambda p: p["total_gb"])
     print(
       f"  {results[variant]['seconds']:.0f} s; largest {worst['name'][:40]} {worst['total_gb']:.2f} GB "
       f"of {results[variant]['hbm_gb']:.2f}; fits: {all(p['fits'] for p in results[variant]['programs'])}",
       flush=True,
     )
-  RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # the recounted estimates too
-  write_doc(results)
   print(DOC)
 
 

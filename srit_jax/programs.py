@@ -520,7 +520,7 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
       for round_ in range(1, config.refine_iterations):
         stages[f"round {round_}"] = [t for t, d in domains.items() if d == "in-domain"]
   else:
-    stages = {"": [t.strip() for t in config.tasks.split(",") if t.strip()]}
+    stages = {"": registry.task_names(config.tasks)}
   questions = {t: _rows_read(t, None, block.limit, config) for tasks in stages.values() for t in tasks}
   unknown = sorted(t for t, n in questions.items() if n is None)
   if unknown:

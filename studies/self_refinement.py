@@ -186,13 +186,17 @@ def _rounds(results: dict) -> list[dict]:
         "reference": (entry.get("reference") or {}).get("model"),
         "heldout_reward_accuracy": [before.get("eval/rewards/accuracies"), after.get("eval/rewards/accuracies")],
         "heldout_margin": [before.get("eval/rewards/margins"), after.get("eval/rewards/margins")],
+        "heldout_curve": {  # step -> [reward accuracy, margin] at every held-out evaluation
+          step: [values.get("eval/rewards/accuracies"), values.get("eval/rewards/margins")]
+          for step, values in (entry.get("heldout_curve") or {}).items()
+        },
         "in_domain_accuracy": accuracy,
       }
     )
   return rows
 
 
-def learning_curves(root: pathlib.Path, names: list[str], path: pathlib.Path) -> None:
+def learning_curves(summary: dict, path: pathlib.Path) -> None:
   """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
   kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
   import matplotlib
@@ -201,23 +205,18 @@ def learning_curves(root: pathlib.Path, names: list[str], path: pathlib.Path) ->
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for name in names:
-    results = json.loads((root / name / "results.json").read_text())
-    for number, entry in enumerate(results.get("rounds", []), start=1):
-      phase = root / name / ("refine" if number == 1 else f"refine_{number}")
-      rows = [json.loads(line) for line in (phase / "metrics.jsonl").read_text().splitlines()]
-      before = entry.get("heldout_before") or {}
-      kept = (entry.get("selected") or {}).get("step") or entry.get("num_steps")  # else the last
-      label = name if len(results["rounds"]) == 1 else f"{name}, round {number}"
-      for ax, key in zip(axes, ("eval/rewards/accuracies", "eval/rewards/margins")):
-        points = [(0, before[key])] if key in before else []
-        points += [(r["step"], r[key]) for r in rows if key in r]
+  for name, variant in summary.items():
+    for entry in variant["rounds"]:
+      label = name if len(variant["rounds"]) == 1 else f"{name}, round {entry['round']}"
+      curve = sorted((int(step), values) for step, values in entry["heldout_curve"].items())
+      for ax, column in zip(axes, (0, 1)):
+        points = [(step, values[column]) for step, values in curve if values[column] is not None]
         if not points:
           continue
         (line,) = ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
-        kept_points = [p for p in points if p[0] == kept]
-        if kept_points:
-          ax.plot(*kept_points[0], marker="o", markersize=8, fillstyle="none", color=line.get_color())
+        kept = [p for p in points if p[0] == entry["selected_step"]]
+        if kept:
+          ax.plot(*kept[0], marker="o", markersize=8, fillstyle="none", color=line.get_color())
   for ax, title in zip(axes, ("held-out reward accuracy", "held-out reward margin")):
     ax.set_title(f"{title} (circle: the kept step)", fontsize=9)
     ax.set_xlabel("DPO step")
@@ -260,7 +259,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   json_path = doc.with_suffix(".json")
   json_path.write_text(json.dumps(summary, indent=2) + "\n")
   curves = doc.with_name(doc.stem + "_curves.png")
-  learning_curves(root, list(summary), curves)
+  learning_curves(summary, curves)
   table = [
     "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
     "| only first / only second right | McNemar p | detectable, points |",

@@ -256,13 +256,11 @@ def test_stored_plans_are_counted_again_from_the_config_as_it_is():
   from srit_jax import configs
 
   variant = "llama2_7b,v5e-8"
-  stored = {"phase": "refine", "program": "reference log-probs", "seconds_per_call": 0.5, "calls": None}
+  stored = {"phase": "refine", "program": "reference log-probs", "seconds_per_call": 0.5, "calls": None, "per_call": 16}
   stored |= {"hours_bound": None, "assumption": "limit 0: every training question"}  # as planned before counts
-  results = {variant: {"programs": [{"phase": "refine", "name": "reference log-probs (16 pairs)"}]}}
-  results[variant]["estimates"] = [stored]
-  tpu_plan.recount(results)
+  tpu_plan.recount({variant: {"estimates": [stored]}})
   config = configs.load("paper", variant)
   pairs = int(7473 * config.refine.max_pairs_per_question * 0.9)  # every GSM8K training question
-  assert stored["per_call"] == 16  # read from the program's name
+  assert stored["per_call"] == 16  # the program's bound and rows per call stay
   assert stored["calls"] > pairs / 16 and stored["hours_bound"] == pytest.approx(0.5 * stored["calls"] / 3600)
   assert stored["assumption"].startswith(f"{pairs:,} training pairs")

@@ -9,6 +9,7 @@ the sources, the Hugging Face hub, TFDS) and which split trains and which evalua
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,10 +56,6 @@ class Task:
     return sorted(set(self.local) | set(self.hub.splits if self.hub else {}))
 
 
-def _sizes(train: int, **others: int) -> dict[str, int]:
-  return {"train": train, **others}
-
-
 def _adapters(folder: str, splits: dict[str, str]) -> dict[str, tuple[str, Converter]]:
   return {split: (f"{folder}/{file}", formats.adapters_choice) for split, file in splits.items()}
 
@@ -73,7 +70,9 @@ TASKS: dict[str, Task] = {
       "test",
       "train",
       local={"train": ("gsm8k/train.jsonl", formats.gsm8k), "test": ("gsm8k/test.jsonl", formats.gsm8k)},
-      hub=HubSource("openai/gsm8k", "main", {"train": "train", "test": "test"}, formats.gsm8k, _sizes(7473, test=1319)),
+      hub=HubSource(
+        "openai/gsm8k", "main", {"train": "train", "test": "test"}, formats.gsm8k, {"train": 7473, "test": 1319}
+      ),
     ),
     Task(
       "multiarith",
@@ -83,7 +82,11 @@ TASKS: dict[str, Task] = {
       "train",
       local={"test": ("multiarith/MultiArith.json", formats.multiarith)},
       hub=HubSource(
-        "ChilleD/MultiArith", None, {"train": "train", "test": "test"}, formats.multiarith_hub, _sizes(420, test=180)
+        "ChilleD/MultiArith",
+        None,
+        {"train": "train", "test": "test"},
+        formats.multiarith_hub,
+        {"train": 420, "test": 180},
       ),
     ),
     Task(
@@ -93,7 +96,9 @@ TASKS: dict[str, Task] = {
       "test",
       "train",
       local={"test": ("svamp/SVAMP.json", formats.svamp)},
-      hub=HubSource("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, formats.svamp, _sizes(700, test=300)),
+      hub=HubSource(
+        "ChilleD/SVAMP", None, {"train": "train", "test": "test"}, formats.svamp, {"train": 700, "test": 300}
+      ),
     ),
     Task(
       "aqua",
@@ -107,7 +112,7 @@ TASKS: dict[str, Task] = {
         "raw",
         {"train": "train", "validation": "validation", "test": "test"},
         formats.aqua,
-        _sizes(97467, validation=254, test=254),
+        {"train": 97467, "validation": 254, "test": 254},
       ),
     ),
     Task("addsub", NUMBER, "math", "test", None, local={"test": ("addsub/test.json", formats.adapters_number)}),
@@ -128,7 +133,7 @@ TASKS: dict[str, Task] = {
         None,
         {"train": "train", "validation": "validation"},
         formats.labelled_choices,
-        _sizes(9741, validation=1221),
+        {"train": 9741, "validation": 1221},
       ),
     ),
     Task(
@@ -143,7 +148,7 @@ TASKS: dict[str, Task] = {
         "main",
         {"train": "train", "validation": "validation", "test": "test"},
         formats.openbookqa_hub,
-        _sizes(4957, validation=500, test=500),
+        {"train": 4957, "validation": 500, "test": 500},
       ),
       tfds=("openbookqa", formats.openbookqa_tfds),
     ),
@@ -159,7 +164,7 @@ TASKS: dict[str, Task] = {
         None,
         {"train": "train", "validation": "validation"},
         formats.piqa_hub,
-        _sizes(16113, validation=1838),
+        {"train": 16113, "validation": 1838},
       ),
       tfds=("piqa", formats.piqa_hub),
     ),
@@ -175,7 +180,7 @@ TASKS: dict[str, Task] = {
         None,
         {"train": "train", "validation": "validation"},
         formats.siqa_hub,
-        _sizes(33410, validation=1954),
+        {"train": 33410, "validation": 1954},
       ),
       tfds=("social_i_qa", formats.siqa_hub),
     ),
@@ -191,7 +196,7 @@ TASKS: dict[str, Task] = {
         "ARC-Challenge",
         {"train": "train", "validation": "validation", "test": "test"},
         formats.labelled_choices,
-        _sizes(1119, validation=299, test=1172),
+        {"train": 1119, "validation": 299, "test": 1172},
       ),
       tfds=("ai2_arc/ARC-Challenge", formats.labelled_choices),
     ),
@@ -296,11 +301,18 @@ def split_size(
   if task.generator == "word_problems":
     return word_problems.SPLIT_SIZES[task.name].get(split)
   if source == "local" or (source == "auto" and data_dir is not None):
-    try:
-      return len(_load_local(task, split, data_dir))
-    except (ValueError, DataError):
-      return None
+    return _local_size(task.name, split, str(data_dir))
   return task.hub.sizes.get(split) if task.hub else None
+
+
+@functools.lru_cache
+def _local_size(task_name: str, split: str, data_dir: str) -> int | None:
+  """Examples in a split's local files, counted once per process (a plan asks for each split
+  once per program); None where the files are not there or not readable."""
+  try:
+    return len(_load_local(get_task(task_name), split, data_dir))
+  except (ValueError, DataError):
+    return None
 
 
 def load_training_examples(task_name: str, split: str = "", **options) -> list[Example]:
