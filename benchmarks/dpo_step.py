@@ -21,7 +21,10 @@ template as refine does, and each --packings layout (one row per side, packed si
 prompts; rows as long as --pack_lengths times max_length) trains on the same batches of
 --batch_size pairs — successive batches of a seeded epoch, one per timed call — with the
 reference precomputed, as refine's default. Reported per layout: pairs per second, rows and
-positions per step, and the padding share (positions that hold no token).
+positions per step, and the padding share (positions that hold no token). With
+--loss_type=nll (the compute-matched control's cross-entropy on the chosen answers) each
+layout runs twice: on whole pairs with the reference precomputed (rejected answers laid out
+and run, unread) and on the chosen answers alone with no reference, as refine runs it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ _PACKINGS = flags.DEFINE_list("packings", ["none", "sides", "shared_prompt"], "l
 _PACK_LENGTHS = flags.DEFINE_list("pack_lengths", ["1", "2", "4"], "packed row lengths, as multiples of max_length")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 224, "positions per side (refine's max_length)")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "pairs per step on --pairs_file or --uneven_pairs")
+_LOSS_TYPE = flags.DEFINE_enum(
+  "loss_type", "sigmoid", ["sigmoid", "ipo", "hinge", "nll"], "the loss timed on --pairs_file or --uneven_pairs"
+)
 _UNEVEN_PAIRS = flags.DEFINE_integer(
   "uneven_pairs", 0, "time each packing on this many random pairs shaped like the study's (no tokenizer needed)"
 )
@@ -83,7 +89,7 @@ def _uneven_pairs(count, max_length, vocab):
   return out
 
 
-def ours(model, batches, layout, precomputed: bool, rows: int) -> dict:
+def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid") -> dict:
   """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`."""
   import itertools
 
@@ -109,7 +115,14 @@ def ours(model, batches, layout, precomputed: bool, rows: int) -> dict:
   state = jax.device_put(state, state_shardings(state, model.config, model.mesh))
   branched = layout.packing == "shared_prompt"
   step = dpo_step.jit_dpo_step(
-    state, model.config, tx, model.mesh, precomputed_reference=precomputed, num_microbatches=k, branched=branched
+    state,
+    model.config,
+    tx,
+    model.mesh,
+    precomputed_reference=precomputed,
+    num_microbatches=k,
+    branched=branched,
+    loss_type=loss_type,
   )
   on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
   start = time.perf_counter()
@@ -154,25 +167,29 @@ def each_packing(model, peak, pairs) -> dict:
   from srit_jax.training import flops
 
   steps = common.WARMUP.value + common.REPEATS.value
+  loss_type = _LOSS_TYPE.value
   runs = []
   for packing in _PACKINGS.value:
     for factor in [1] if packing == "none" else map(int, _PACK_LENGTHS.value):
-      layout = pair_batches.PairLayout(packing, factor * _MAX_LENGTH.value)
-      iterator = pair_batches.PairBatchIterator(
-        pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
-      )
-      rows = iterator.rows_for_steps(steps)
-      index_lists = [iterator.next_indices() for _ in range(steps)]
-      figures = ours(model, (pairs, index_lists), layout, True, rows)
-      step_flops = flops.dpo_step_flops(model.config, figures["rows"], layout.row_length, False)
-      figures.update(
-        packing=packing,
-        pairs_per_s=_BATCH_SIZE.value / figures["step_s"],
-        mfu=step_flops / figures["step_s"] / peak,
-      )
-      runs.append(figures)
-      print(f"{packing} x{factor}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")
-  unpacked = next((r for r in runs if r["packing"] == "none"), None)
+      for chosen_only in [False, True] if loss_type == "nll" else [False]:
+        layout = pair_batches.PairLayout(packing, factor * _MAX_LENGTH.value, chosen_only)
+        iterator = pair_batches.PairBatchIterator(
+          pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
+        )
+        rows = iterator.rows_for_steps(steps)
+        index_lists = [iterator.next_indices() for _ in range(steps)]
+        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type)
+        step_flops = flops.dpo_step_flops(model.config, figures["rows"], layout.row_length, False)
+        figures.update(
+          packing=packing,
+          chosen_only=chosen_only,
+          pairs_per_s=_BATCH_SIZE.value / figures["step_s"],
+          mfu=step_flops / figures["step_s"] / peak,
+        )
+        runs.append(figures)
+        what = f"{packing} x{factor}{', chosen only' if chosen_only else ''}"
+        print(f"{what}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")
+  unpacked = next((r for r in runs if r["packing"] == "none" and not r["chosen_only"]), None)
   for run in runs:
     if unpacked:
       run["speedup_over_one_row_per_side"] = unpacked["step_s"] / run["step_s"]
@@ -180,6 +197,7 @@ def each_packing(model, peak, pairs) -> dict:
   mean = lambda i: sum(x[i] for x in lengths) / len(lengths)
   return {
     "pairs": len(pairs),
+    "loss_type": loss_type,
     "batch_size": _BATCH_SIZE.value,
     "max_length": _MAX_LENGTH.value,
     "mean_tokens": {"chosen_side": mean(0), "rejected_side": mean(1), "shared_prompt": mean(2)},

@@ -274,7 +274,8 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  precomputed = bool(block.precompute_reference)
+  reads_reference = dpo_step.uses_reference(block.loss_type)
+  precomputed = bool(block.precompute_reference) and reads_reference
   layout = dpo_step.pair_layout(block, model_config, mesh)
   batch = _pair_batch(mesh, block.batch_size, layout, block.max_length, precomputed, block.num_microbatches)
   rows = batch["rows"]["tokens"].shape[0]
@@ -284,7 +285,7 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
     state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
     state = _abstract(state, state_shardings(state, cfg, mesh))
     reference = None
-    if not precomputed:  # the frozen reference: a model copy, or under LoRA the reference adapters
+    if reads_reference and not precomputed:  # the frozen reference: a model copy, or under LoRA its adapters
       reference = trained if cfg.lora_rank else _params(cfg, mesh, cfg.dtype)
     step = dpo_step.jit_dpo_step(
       state,
@@ -303,14 +304,15 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
     return (lambda: step.lower(state, reference, batch, base)), (state, reference, batch, base)
 
   kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", layout.row_length)
-  mode = "reference precomputed" if precomputed else "reference in the step"
+  mode = "reference precomputed" if precomputed else "reference in the step" if reads_reference else "no reference"
   plans = [
     _measured(
       ProgramPlan(
         "refine",
         f"DPO step ({mode}; pairs {layout.packing}, {rows} rows of {layout.row_length})",
         kernel,
-        model_flops=flops.dpo_step_flops(model_config, rows, layout.row_length, not precomputed) / len(devices),
+        model_flops=flops.dpo_step_flops(model_config, rows, layout.row_length, reads_reference and not precomputed)
+        / len(devices),
       ),
       build_step,
       model_config,
@@ -532,7 +534,9 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
 
 def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | None, str]:
   """A refine program's calls: per round of the refined chain and of the control (which samples
-  nothing in its first round: it trains on the refined chain's samples)."""
+  nothing in its first round: it trains on the refined chain's samples; its steps, which hold
+  the chosen answers alone, at the DPO step's time: a bound; no reference pass over its
+  training pairs)."""
   rounds = config.refine_iterations if "student" in config else 1
   control = rounds if config.get("control") else 0
   questions, which = _training_questions(config, block)
@@ -549,10 +553,9 @@ def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | N
     # The policy at the start, every eval_every steps and at the end (once where they meet).
     evaluations = 1 + (steps // block.eval_every if block.eval_every else 0)
     evaluations += not block.eval_every or steps % block.eval_every != 0
-    calls = _ceil(pairs, per_call) + (1 + evaluations) * _ceil(held_out, per_call)
-    return (
-      rounds + control
-    ) * calls, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
+    held_out_calls = (1 + evaluations) * _ceil(held_out, per_call)
+    calls = rounds * (_ceil(pairs, per_call) + held_out_calls) + control * held_out_calls
+    return calls, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
   return (rounds + control) * steps, f"{pairs:,} pairs" if block.get("num_epochs") else ""
 
 

@@ -167,6 +167,19 @@ def test_the_nll_loss_type_is_cross_entropy_on_the_chosen_answers_only(tiny):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), grads["a"], grads["b"])
 
 
+def test_the_nll_step_trains_on_chosen_rows_alone_without_a_reference(tiny):
+  config, params = tiny
+  options = dict(packing="shared_prompt", row_length=40)
+  whole_state, whole = _run(config, params, params, _pairs(**options), loss_type="nll")  # the reference unread
+  state, metrics = _run(config, params, None, _pairs(chosen_only=True, **options), loss_type="nll")
+  assert set(metrics) == {"loss", "grad_norm", "logps/chosen", "nll/chosen", "tokens"}  # no reward without one
+  assert int(metrics["tokens"]) < int(whole["tokens"])
+  for name, value in metrics.items():
+    if name != "tokens":
+      np.testing.assert_allclose(value, whole[name], rtol=1e-5, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, whole_state.params)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precomputed", [False, True])
 def test_microbatched_step_equals_one_pass(tiny, precomputed):

@@ -167,3 +167,25 @@ def test_iterator_state_shares_and_the_row_count_of_a_run():
   whole = next(make(reference=reference))
   np.testing.assert_array_equal(np.concatenate([h["ref_chosen_logps"] for h in halves]), whole["ref_chosen_logps"])
   assert {int(s) for s in np.unique(halves[1]["rows"]["answer_slots"])} <= {4, 5, 6, 7, 8}
+
+
+@pytest.mark.parametrize("packing, factor", [("none", 1), ("sides", 3), ("shared_prompt", 2)])
+def test_chosen_only_rows_give_the_chosen_log_probs_and_nll_gradients_of_whole_pairs(tiny, packing, factor):
+  config, params = tiny
+  pairs = random_pairs(12, seed=2, prompt=(3, 12), chosen=(2, 14), rejected=(2, 14))
+  row_length = int(factor * max_side(pairs))
+  whole = pair_batch(pairs, packing, row_length)
+  chosen_only = pair_batch(pairs, packing, row_length, chosen_only=True)
+  assert chosen_only["rows"]["tokens"].size < whole["rows"]["tokens"].size
+  assert not np.any(chosen_only["rows"]["answer_slots"] % 2 == 1)  # no rejected answer in the rows
+  expected, _ = dpo_step.pair_log_probs(config, params, whole)
+  got, rejected = dpo_step.pair_log_probs(config, params, chosen_only)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(rejected), 0.0)
+
+  def nll(p, batch):
+    chosen, _ = dpo_step.pair_log_probs(config, p, batch)
+    return dpo_step.length_normalized_nll(chosen, batch["chosen_lengths"]).mean()
+
+  grads = [jax.grad(nll)(params, batch) for batch in (whole, chosen_only)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)

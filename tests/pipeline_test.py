@@ -128,6 +128,13 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   control = json.loads((tmp_path / "refine_control" / "DONE.json").read_text())["summary"]
   refined = json.loads((tmp_path / "refine" / "DONE.json").read_text())["summary"]
   assert control["num_steps"] == refined["num_steps"]
+  # Its rows hold the chosen answers alone and no reference scores its training pairs.
+  assert control["layout"]["chosen_only"] and not refined["layout"]["chosen_only"]
+  assert control["layout"]["rows_per_step"] <= refined["layout"]["rows_per_step"]
+  assert control["last_step"]["tokens"] < refined["last_step"]["tokens"]  # the same pairs' chosen answers
+  assert not (tmp_path / "refine_control" / "reference_logps.npz").exists()
+  assert (tmp_path / "refine" / "reference_logps.npz").exists()
+  assert "rewards/accuracies" not in control["last_step"] and "eval/rewards/accuracies" in control["heldout_after"]
   assert control["last_step"]["loss"] == pytest.approx(control["last_step"]["nll/chosen"], rel=1e-5)
   assert set(results["stages"]) == {"untuned", "sft", "srit", "control", "srit_round_1"}
   assert set(results["stages"]["srit_round_1"]) == {"arith"}  # rounds are evaluated in-domain

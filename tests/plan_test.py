@@ -229,6 +229,9 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   config.demos.limit = 1000
   assert calls()[("refine", "sampler")] == 3 * (math.ceil(4000 / 64) + math.ceil(1000 / 64))
   assert calls()[("refine", "DPO step")] == 4 * config.refine.num_steps
+  # The reference scores the refined chain's 1,800 training pairs (1,000 questions, 2 pairs each,
+  # a tenth held out) in each round; the 200 held-out ones 8 times a round in both chains.
+  assert calls()[("refine", "reference log-probs")] == 2 * math.ceil(1800 / 16) + 4 * 8 * math.ceil(200 / 16)
   in_domain = math.ceil(1319 / 64) + math.ceil(180 / 64)  # round 1's student: in-domain tasks only
   assert calls()[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in test_sets.values()) + in_domain
 

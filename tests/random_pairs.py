@@ -24,9 +24,11 @@ def max_side(pairs) -> int:
   return max(len(side.tokens) - 1 for p in pairs for side in (p.chosen, p.rejected))
 
 
-def pair_batch(pairs, packing="none", row_length=None, *, num_microbatches=1, reference=None, rows=None):
+def pair_batch(
+  pairs, packing="none", row_length=None, *, num_microbatches=1, reference=None, rows=None, chosen_only=False
+):
   """A batch of all `pairs` in one process, with the rows it needs (or `rows` per microbatch)."""
-  layout = pair_batches.PairLayout(packing, row_length or max_side(pairs))
+  layout = pair_batches.PairLayout(packing, row_length or max_side(pairs), chosen_only)
   indices = list(range(len(pairs)))
   rows = rows or layout.rows_needed(pairs, indices, num_microbatches)
   return pair_batches.make_pair_batch(

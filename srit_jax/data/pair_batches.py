@@ -13,6 +13,10 @@ pairs laid out in rows by one of three packings:
   to fit) goes as two segments in one row; one whose shared form does not fit a row (only when
   rows are shorter than 2 x max_length) as two sides packed like any others.
 
+A layout may hold the chosen answers alone (`chosen_only`), for a loss that reads no rejected
+answer (the NLL of the compute-matched control): each pair is then its chosen side, one row
+each ("none") or packed like the sides.
+
 Every position carries the answer slot its target belongs to (2p: chosen side of pair p, 2p + 1:
 its rejected side), so the step sums answer log-probs per slot whatever the layout. With k
 microbatches, pair i of a process goes to microbatch i mod k, and microbatch m's rows are
@@ -95,9 +99,11 @@ _Segment = list[_Piece]
 _Unit = list[_Segment]
 
 
-def _units(pair: TokenizedPair, slot: int, packing: str, row_length: int) -> list[_Unit]:
+def _units(pair: TokenizedPair, slot: int, packing: str, row_length: int, chosen_only: bool) -> list[_Unit]:
   """The units of pair `slot`."""
   chosen, rejected = [_Piece(pair.chosen, 0, 0, 2 * slot)], [_Piece(pair.rejected, 0, 0, 2 * slot + 1)]
+  if chosen_only:
+    return [[chosen]]
   if packing != "shared_prompt":
     return [[chosen], [rejected]]
   prefix = pair.shared_prefix()
@@ -139,10 +145,12 @@ def _pack(units: list[_Unit], row_length: int, packing: str) -> list[list[_Segme
 
 @dataclasses.dataclass(frozen=True)
 class PairLayout:
-  """How pairs become rows: the packing and the row length (`max_length` for "none")."""
+  """How pairs become rows: the packing, the row length (`max_length` for "none"), and whether
+  the rows hold the chosen answers alone."""
 
   packing: str = "none"
   row_length: int = 384
+  chosen_only: bool = False
 
   def __post_init__(self):
     if self.packing not in PACKINGS:
@@ -150,13 +158,15 @@ class PairLayout:
 
   def rows(self, pairs: Sequence[TokenizedPair], indices: Sequence[int]) -> list[list[_Segment]]:
     units = [
-      unit for slot, index in enumerate(indices) for unit in _units(pairs[index], slot, self.packing, self.row_length)
+      unit
+      for slot, index in enumerate(indices)
+      for unit in _units(pairs[index], slot, self.packing, self.row_length, self.chosen_only)
     ]
     return _pack(units, self.row_length, self.packing)
 
   def max_rows(self, num_pairs: int, max_length: int) -> int:
     """Rows that `num_pairs` pairs of sides up to `max_length` positions can need at most."""
-    one_per_pair = self.packing == "shared_prompt" and self.row_length >= 2 * max_length
+    one_per_pair = self.chosen_only or (self.packing == "shared_prompt" and self.row_length >= 2 * max_length)
     return num_pairs if one_per_pair else 2 * num_pairs
 
   def rows_needed(self, pairs: Sequence[TokenizedPair], indices: Sequence[int], num_microbatches: int = 1) -> int:

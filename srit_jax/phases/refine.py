@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -330,12 +331,16 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     print(f"{config.num_epochs} epochs over {len(tokenized)} pairs: {config.num_steps} steps of {config.batch_size}")
   model_config, base = model.config, run.base
   layout = dpo_step.pair_layout(config, model_config, mesh)
+  # The reference's and the held-out scores read both answers, whatever the training rows hold.
+  scoring_layout = dataclasses.replace(layout, chosen_only=False)
   eval_batch = max(config.batch_size, 2 * mesh.devices.size)
-  score = lambda pairs: PairScorer(pairs, layout, model_config, mesh, eval_batch, config.chunk_size)
+  score = lambda pairs: PairScorer(pairs, scoring_layout, model_config, mesh, eval_batch, config.chunk_size)
   reference_params, reference_identity = _reference(config, model, mesh)
   key = fingerprint.digest(reference_identity, config.max_length, train_pairs, held_out_pairs)
   reference = held_out_reference = None
-  if config.precompute_reference:
+  reads_reference = dpo_step.uses_reference(config.loss_type)  # the NLL alone trains without it
+  precompute_reference = config.precompute_reference and reads_reference
+  if precompute_reference:
     reference_scorer = score(tokenized)
     reference = _cached_log_probs(
       workdir / "reference_logps.npz", key, lambda: reference_scorer(reference_params, base)
@@ -345,8 +350,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     held_out_reference = _cached_log_probs(
       workdir / "heldout_reference_logps.npz", key, lambda: held_out_scorer(reference_params, base)
     )
-  if config.precompute_reference:
-    reference_params = None  # the frozen tree is no longer needed: its log-probs are
+  if precompute_reference or not reads_reference:
+    reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none
   host_memory.release()  # the sampler's and the reference pass's programs, before training
 
   state = run.init_state()
@@ -356,7 +361,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     model_config,
     run.optimizer,
     mesh,
-    precomputed_reference=config.precompute_reference,
+    precomputed_reference=precompute_reference,
     branched=layout.packing == "shared_prompt",
     nll_weight=config.nll_weight,
     num_microbatches=config.num_microbatches,
@@ -375,8 +380,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   iterator.rows_per_microbatch = _round_up(iterator.rows_for_steps(config.num_steps), _row_multiple(mesh))
   rows_per_step = iterator.rows_per_microbatch * config.num_microbatches * jax.process_count()
   positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
+  what = "chosen answers" if layout.chosen_only else "pairs"
   print(
-    f"pairs packed as {layout.packing!r}: {rows_per_step} rows of {layout.row_length} per step of "
+    f"{what} packed as {layout.packing!r}: {rows_per_step} rows of {layout.row_length} per step of "
     f"{config.batch_size} pairs (one row per side: {2 * config.batch_size} of {config.max_length}); "
     f"{positions:.0f} positions per pair unpacked"
   )
@@ -412,7 +418,12 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     "pairs": stats,
     "reference": {"model": config.reference_model or config.model, "identity": reference_identity},
     "num_steps": config.num_steps,
-    "layout": {"packing": layout.packing, "row_length": layout.row_length, "rows_per_step": rows_per_step},
+    "layout": {
+      "packing": layout.packing,
+      "row_length": layout.row_length,
+      "chosen_only": layout.chosen_only,
+      "rows_per_step": rows_per_step,
+    },
     "heldout_before": initial,
     "heldout_after": final,
     "heldout_curve": {str(step): values for step, values in sorted(held_out_metrics.items())},

@@ -11,7 +11,8 @@ log-probabilities precomputed in one pass over fixed pairs.
 An optional NLL term on the chosen answers, length-normalised per pair as in Iterative
 Reasoning Preference Optimization (Pang et al., 2024), joins the preference loss with
 `nll_weight`; the loss type "nll" keeps that term alone (fine-tuning on the chosen answers:
-the compute-matched control of a preference recipe).
+the compute-matched control of a preference recipe), which reads neither the rejected answers
+nor the reference: its batches hold the chosen answers alone and no reference runs.
 
 Shapes: B pairs, R rows, L row length.
 """
@@ -81,6 +82,11 @@ def dpo_loss(
   return per_pair, beta * chosen_ratio_B, beta * rejected_ratio_B
 
 
+def uses_reference(loss_type: str) -> bool:
+  """Whether a loss reads the reference's log-probs and the rejected answers (the NLL alone does not)."""
+  return loss_type != "nll"
+
+
 def length_normalized_nll(chosen_logps_B, chosen_lengths_B):
   """-log p(chosen answer) / its number of tokens, per pair [B]."""
   return -chosen_logps_B.astype(jnp.float32) / jnp.maximum(chosen_lengths_B.astype(jnp.float32), 1.0)
@@ -144,14 +150,17 @@ def dpo_step(
   fraction of the activation memory.
   """
   num_pairs = batch["chosen_lengths"].shape[0]
+  reads_reference = uses_reference(loss_type)
   precomputed = all(k in batch for k in REFERENCE_FIELDS)
-  if not precomputed:
+  if reads_reference and not precomputed:
     ref_params = jax.lax.stop_gradient(ref_params)  # the frozen reference: no gradient flows into it
   rng = sft_step.dropout_rng(config, state.step)
 
   def loss_fn(params, micro):
     """This slice's share of the batch loss: its pairs' losses over the whole batch's count."""
-    if precomputed:
+    if not reads_reference:
+      ref_chosen = ref_rejected = jnp.zeros_like(micro["chosen_lengths"])
+    elif precomputed:
       ref_chosen, ref_rejected = micro["ref_chosen_logps"], micro["ref_rejected_logps"]
     else:
       ref_chosen, ref_rejected = pair_log_probs(config, ref_params, micro, mesh=mesh, chunk_size=chunk_size, base=base)
@@ -178,14 +187,17 @@ def dpo_step(
     loss_and_grad, state.params, batch, num_microbatches, param_shardings(config, mesh)
   )
   per_pair, chosen, rejected, chosen_rewards, rejected_rewards = per_pair_values
-  metrics = pair_metrics(per_pair, chosen_rewards, rejected_rewards) | {
+  metrics = {
     "loss": loss,  # with the NLL term, when there is one
     "grad_norm": optax.tree.norm(grads),
     "logps/chosen": jnp.mean(chosen),
-    "logps/rejected": jnp.mean(rejected),
     "nll/chosen": jnp.mean(length_normalized_nll(chosen, batch["chosen_lengths"])),
     "tokens": jnp.sum(batch["rows"]["segment_ids"] > 0),
   }
+  if reads_reference:  # rewards and rejected answers: none without them
+    metrics = (
+      pair_metrics(per_pair, chosen_rewards, rejected_rewards) | metrics | {"logps/rejected": jnp.mean(rejected)}
+    )
   return apply_gradients(state, grads, optimizer), metrics
 
 
@@ -193,7 +205,7 @@ def pair_layout(block, model_config: ModelConfig, mesh: Mesh | None) -> pair_bat
   """The rows a refine block's pairs are laid out in: its `pair_packing` ("auto": shared prompts,
   or packed sides where the attention kernel cannot branch — splash on TPU) in rows of its
   `pack_length` (0: twice max_length for shared prompts, so that every pair fits one row;
-  max_length otherwise)."""
+  max_length otherwise); the chosen answers alone for a loss that reads no rejected answer."""
   packing, max_length = block.pair_packing, block.max_length
   if packing not in PAIR_PACKINGS:
     raise ValueError(f"pair_packing {packing!r} is not one of {PAIR_PACKINGS}")
@@ -204,7 +216,7 @@ def pair_layout(block, model_config: ModelConfig, mesh: Mesh | None) -> pair_bat
   row_length = max_length if packing == "none" else block.pack_length or default
   if row_length < max_length:
     raise ValueError(f"pack_length {row_length} is shorter than max_length {max_length}: a side would not fit")
-  return pair_batches.PairLayout(packing, row_length)
+  return pair_batches.PairLayout(packing, row_length, chosen_only=not uses_reference(block.loss_type))
 
 
 def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool, branched: bool = False) -> dict:
@@ -230,12 +242,13 @@ def jit_dpo_step(
   reference (sharded like the trained tree) and the LoRA base never donated. `branched`: batches
   of shared-prompt pairs."""
   shardings = state_shardings(state, config, mesh)
+  reference_tree = not precomputed_reference and uses_reference(loss_options.get("loss_type", "sigmoid"))
   step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
   return jax.jit(
     step,
     in_shardings=(
       shardings,
-      None if precomputed_reference else shardings.params,  # precomputed: no reference tree is passed
+      shardings.params if reference_tree else None,  # precomputed or unread: no reference tree is passed
       pair_batch_shardings(mesh, precomputed_reference, branched),
       sft_step.base_shardings(config, mesh),
     ),
