@@ -78,6 +78,11 @@ def model() -> Model:
   return Model(config, decoder.init_params(config, jax.random.key(0), mesh), mesh)
 
 
+def lora_config(config, rank: int):
+  """The model config of a LoRA step: adapters on every projection, the base in the compute dtype."""
+  return dataclasses.replace(config, lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=config.dtype)
+
+
 def peak_flops() -> float:
   """Every local device's peak FLOP/s for the compute dtype (measured on CPU)."""
   from srit_jax.training import flops

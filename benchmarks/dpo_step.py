@@ -24,11 +24,14 @@ reference precomputed, as refine's default. Reported per layout: pairs per secon
 positions per step, and the padding share (positions that hold no token). With
 --loss_type=nll (the compute-matched control's cross-entropy on the chosen answers) each
 layout runs twice: on whole pairs with the reference precomputed (rejected answers laid out
-and run, unread) and on the chosen answers alone with no reference, as refine runs it.
+and run, unread) and on the chosen answers alone with no reference, as refine runs it. With
+--lora_ranks=0,16 each layout trains every parameter (0) and LoRA adapters of each rank (alpha
+2R, every projection) over the frozen base, as the study's `lora` variant does.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import common
@@ -44,6 +47,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "pairs per step on --pairs_f
 _LOSS_TYPE = flags.DEFINE_enum(
   "loss_type", "sigmoid", ["sigmoid", "ipo", "hinge", "nll"], "the loss timed on --pairs_file or --uneven_pairs"
 )
+_LORA_RANKS = flags.DEFINE_list("lora_ranks", ["0"], "on --pairs_file: full fine-tuning (0) and/or LoRA of these ranks")
 _UNEVEN_PAIRS = flags.DEFINE_integer(
   "uneven_pairs", 0, "time each packing on this many random pairs shaped like the study's (no tokenizer needed)"
 )
@@ -89,14 +93,14 @@ def _uneven_pairs(count, max_length, vocab):
   return out
 
 
-def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid") -> dict:
-  """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`."""
-  import itertools
-
+def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid", lora_rank: int = 0) -> dict:
+  """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`;
+  with `lora_rank`, LoRA adapters over the frozen base (the reference precomputed)."""
   import jax
 
   from srit_jax import configs, sharding
   from srit_jax.data import pair_batches
+  from srit_jax.model import decoder
   from srit_jax.training import dpo_step, optimizer
   from srit_jax.training.state import create_train_state, state_shardings
 
@@ -111,12 +115,19 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
       chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
       batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
     reference = None
-  state = create_train_state(jax.tree.map(lambda x: x.copy(), model.params), tx)
-  state = jax.device_put(state, state_shardings(state, model.config, model.mesh))
+  config, base = model.config, None
+  if lora_rank:
+    config = common.lora_config(model.config, lora_rank)
+    base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
+    trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
+  else:
+    trained = jax.tree.map(lambda x: x.copy(), model.params)
+  state = create_train_state(trained, tx)
+  state = jax.device_put(state, state_shardings(state, config, model.mesh))
   branched = layout.packing == "shared_prompt"
   step = dpo_step.jit_dpo_step(
     state,
-    model.config,
+    config,
     tx,
     model.mesh,
     precomputed_reference=precomputed,
@@ -126,14 +137,14 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
   )
   on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
   start = time.perf_counter()
-  compiled = step.lower(state, reference, on_mesh[0], None).compile()
+  compiled = step.lower(state, reference, on_mesh[0], base).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cycle = itertools.cycle(on_mesh)
 
   def one():
     nonlocal state
-    state, metrics = compiled(state, reference, next(cycle), None)
+    state, metrics = compiled(state, reference, next(cycle), base)
     jax.block_until_ready(metrics)
 
   step_s = common.median_seconds(one)
@@ -145,6 +156,7 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
     "compile_s": compile_s,
     "temp_bytes": int(memory.temp_size_in_bytes),
     "argument_bytes": int(memory.argument_size_in_bytes),
+    "lora_rank": lora_rank,
     "rows": rows * k,
     "row_length": layout.row_length,
     "positions_per_step": positions,
@@ -171,15 +183,18 @@ def each_packing(model, peak, pairs) -> dict:
   runs = []
   for packing in _PACKINGS.value:
     for factor in [1] if packing == "none" else map(int, _PACK_LENGTHS.value):
-      for chosen_only in [False, True] if loss_type == "nll" else [False]:
+      for chosen_only, rank in itertools.product(
+        [False, True] if loss_type == "nll" else [False], map(int, _LORA_RANKS.value)
+      ):
         layout = pair_batches.PairLayout(packing, factor * _MAX_LENGTH.value, chosen_only)
         iterator = pair_batches.PairBatchIterator(
           pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
         )
         rows = iterator.rows_for_steps(steps)
         index_lists = [iterator.next_indices() for _ in range(steps)]
-        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type)
-        step_flops = flops.dpo_step_flops(model.config, figures["rows"], layout.row_length, False)
+        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, rank)
+        config = common.lora_config(model.config, rank) if rank else model.config
+        step_flops = flops.dpo_step_flops(config, figures["rows"], layout.row_length, False)
         figures.update(
           packing=packing,
           chosen_only=chosen_only,
@@ -187,9 +202,9 @@ def each_packing(model, peak, pairs) -> dict:
           mfu=step_flops / figures["step_s"] / peak,
         )
         runs.append(figures)
-        what = f"{packing} x{factor}{', chosen only' if chosen_only else ''}"
+        what = f"{packing} x{factor}{', chosen only' if chosen_only else ''}{f', LoRA rank {rank}' if rank else ''}"
         print(f"{what}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")
-  unpacked = next((r for r in runs if r["packing"] == "none" and not r["chosen_only"]), None)
+  unpacked = next((r for r in runs if r["packing"] == "none" and not r["chosen_only"] and not r["lora_rank"]), None)
   for run in runs:
     if unpacked:
       run["speedup_over_one_row_per_side"] = unpacked["step_s"] / run["step_s"]

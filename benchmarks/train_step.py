@@ -47,15 +47,8 @@ def _batch(batch, length, vocab):
   }
 
 
-def lora_config(config, rank: int):
-  """The model config of the LoRA step: adapters on every projection, the base in the compute dtype."""
-  import dataclasses
-
-  return dataclasses.replace(config, lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=config.dtype)
-
-
 def ours(model, config, batch, microbatches: int) -> dict:
-  """Our step of `config`: the model's own, or `lora_config` of it (adapters over `model.params`)."""
+  """Our step of `config`: the model's own, or `common.lora_config` of it (adapters over `model.params`)."""
   import jax
 
   from srit_jax import configs, sharding
@@ -139,7 +132,7 @@ def main(argv):
 
   baselines = common.baselines(("peft_eager", "peft_compile") if _LORA_RANK.value else ("torch_eager", "torch_compile"))
   model = common.model()
-  config = lora_config(model.config, _LORA_RANK.value) if _LORA_RANK.value else model.config
+  config = common.lora_config(model.config, _LORA_RANK.value) if _LORA_RANK.value else model.config
   peak = common.peak_flops()
   results = {"machine": common.machine(), "peak_tflops": peak / 1e12, "runs": []}
   for size in _SIZES.value:

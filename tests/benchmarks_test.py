@@ -165,3 +165,32 @@ def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenize
   # One row per side holds the most positions; sharing the prompt the fewest.
   positions = {name: run["positions_per_step"] for name, run in by_packing.items()}
   assert positions["none"] >= positions["sides"] > positions["shared_prompt"]
+
+
+def test_dpo_step_times_the_control_on_chosen_answers_and_lora_beside_full(tmp_path, tiny_with_tokenizer):
+  pairs = tmp_path / "pairs.jsonl"
+  with open(pairs, "w") as f:
+    for i in range(6):
+      prompt = f"Question {i}: what is {i} plus {i}? Let's think step by step."
+      f.write(json.dumps({"prompt": prompt, "chosen": f"{i} plus {i} is {2 * i}. " * 3, "rejected": f"{i}."}) + "\n")
+  figures = _run(
+    tmp_path,
+    "dpo_step.py",
+    f"--model={tiny_with_tokenizer}",
+    f"--pairs_file={pairs}",
+    "--packings=shared_prompt",
+    "--pack_lengths=2",
+    "--max_length=96",
+    "--batch_size=2",
+    "--loss_type=nll",
+    "--lora_ranks=0,4",
+  )
+  runs = {(run["chosen_only"], run["lora_rank"]): run for run in figures["real_pairs"]["runs"]}
+  assert set(runs) == {(False, 0), (False, 4), (True, 0), (True, 4)}
+  tokens = lambda run: run["positions_per_step"] * (1 - run["padding_share"])
+  for rank in (0, 4):  # the chosen answers alone hold fewer tokens than whole pairs
+    assert tokens(runs[True, rank]) < tokens(runs[False, rank])
+    assert _positive(runs[True, rank]["pairs_per_s"])
+  # LoRA's step counts fewer FLOPs (no weight gradients for the base): MFU x time says so.
+  work = {rank: runs[False, rank]["mfu"] * runs[False, rank]["step_s"] for rank in (0, 4)}
+  assert work[4] < 0.9 * work[0]
