@@ -83,6 +83,24 @@ def lora_config(config, rank: int):
   return dataclasses.replace(config, lora_rank=rank, lora_alpha=2.0 * rank, base_dtype=config.dtype)
 
 
+def initial_state(model: Model, config, tx):
+  """(train state on the mesh, LoRA base or None): `config`'s adapters over the model's weights
+  as the frozen base (`config.lora_rank`), or a copy of every weight, with fresh AdamW state."""
+  import jax
+
+  from srit_jax.model import decoder
+  from srit_jax.training.state import create_train_state, state_shardings
+
+  base = None
+  if config.lora_rank:
+    base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
+    trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
+  else:
+    trained = jax.tree.map(lambda x: x.copy(), model.params)
+  state = create_train_state(trained, tx)
+  return jax.device_put(state, state_shardings(state, config, model.mesh)), base
+
+
 def peak_flops() -> float:
   """Every local device's peak FLOP/s for the compute dtype (measured on CPU)."""
   from srit_jax.training import flops

@@ -100,9 +100,7 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
 
   from srit_jax import configs, sharding
   from srit_jax.data import pair_batches
-  from srit_jax.model import decoder
   from srit_jax.training import dpo_step, optimizer
-  from srit_jax.training.state import create_train_state, state_shardings
 
   pairs, index_lists = batches
   k = _MICROBATCHES.value
@@ -115,15 +113,8 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
       chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
       batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
     reference = None
-  config, base = model.config, None
-  if lora_rank:
-    config = common.lora_config(model.config, lora_rank)
-    base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
-    trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
-  else:
-    trained = jax.tree.map(lambda x: x.copy(), model.params)
-  state = create_train_state(trained, tx)
-  state = jax.device_put(state, state_shardings(state, config, model.mesh))
+  config = common.lora_config(model.config, lora_rank) if lora_rank else model.config
+  state, base = common.initial_state(model, config, tx)
   branched = layout.packing == "shared_prompt"
   step = dpo_step.jit_dpo_step(
     state,

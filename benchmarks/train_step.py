@@ -52,19 +52,10 @@ def ours(model, config, batch, microbatches: int) -> dict:
   import jax
 
   from srit_jax import configs, sharding
-  from srit_jax.model import decoder
   from srit_jax.training import optimizer, sft_step
-  from srit_jax.training.state import create_train_state, state_shardings
 
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
-  base = None
-  if config.lora_rank:
-    base = jax.tree.map(lambda x: x.astype(config.base_param_dtype), model.params)
-    trained = decoder.init_adapters(config, jax.random.key(1), model.mesh)
-  else:
-    trained = jax.tree.map(lambda x: x.copy(), model.params)
-  state = create_train_state(trained, tx)
-  state = jax.device_put(state, state_shardings(state, config, model.mesh))
+  state, base = common.initial_state(model, config, tx)
   step = sft_step.jit_sft_step(state, config, tx, model.mesh, num_microbatches=microbatches)
   on_mesh = sharding.shard_rows(batch, model.mesh)
   start = time.perf_counter()

@@ -140,12 +140,18 @@ def test_a_profiled_step_is_summarized_by_kernel(tmp_path):
   assert all(0 < kernel["share"] <= 1 for kernel in trace["kernels"])
 
 
-def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenizer):
+def _pairs_file(tmp_path):
+  """Six small preference pairs (a chain over a bare number) as a refine run writes them."""
   pairs = tmp_path / "pairs.jsonl"
   with open(pairs, "w") as f:
     for i in range(6):
       prompt = f"Question {i}: what is {i} plus {i}? Let's think step by step."
       f.write(json.dumps({"prompt": prompt, "chosen": f"{i} plus {i} is {2 * i}. " * 3, "rejected": f"{i}."}) + "\n")
+  return pairs
+
+
+def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenizer):
+  pairs = _pairs_file(tmp_path)
   figures = _run(
     tmp_path,
     "dpo_step.py",
@@ -168,16 +174,11 @@ def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenize
 
 
 def test_dpo_step_times_the_control_on_chosen_answers_and_lora_beside_full(tmp_path, tiny_with_tokenizer):
-  pairs = tmp_path / "pairs.jsonl"
-  with open(pairs, "w") as f:
-    for i in range(6):
-      prompt = f"Question {i}: what is {i} plus {i}? Let's think step by step."
-      f.write(json.dumps({"prompt": prompt, "chosen": f"{i} plus {i} is {2 * i}. " * 3, "rejected": f"{i}."}) + "\n")
   figures = _run(
     tmp_path,
     "dpo_step.py",
     f"--model={tiny_with_tokenizer}",
-    f"--pairs_file={pairs}",
+    f"--pairs_file={_pairs_file(tmp_path)}",
     "--packings=shared_prompt",
     "--pack_lengths=2",
     "--max_length=96",
