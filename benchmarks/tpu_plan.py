@@ -68,23 +68,30 @@ def rows_the_rule_allows(result: dict) -> int | None:
   return result["sft_rows"] * multiple
 
 
-def _sizes_changed(variant: str, result: dict) -> bool:
-  """Whether configs/paper.py now gives the variant other rows than it was planned with."""
+def configured_rows(variant: str) -> tuple[int, int, int, int]:
+  """(SFT rows, DPO pairs, generation rows, evaluation rows) per step that configs/paper.py gives."""
   from srit_jax import configs
 
   config = configs.load("paper", variant)
-  now = (config.sft.batch_size, config.refine.batch_size, config.refine.generate_batch_size, config.eval.batch_size)
-  return now != (result["sft_rows"], result["dpo_pairs"], result["generation_rows"], result["eval_rows"])
+  return config.sft.batch_size, config.refine.batch_size, config.refine.generate_batch_size, config.eval.batch_size
+
+
+def sizes_changed(variant: str, result: dict) -> bool:
+  """Whether configs/paper.py now gives the variant other rows than it was planned with: its
+  plan no longer describes the run (it is planned again; until then no time is estimated)."""
+  planned = (result["sft_rows"], result["dpo_pairs"], result["generation_rows"], result["eval_rows"])
+  return configured_rows(variant) != planned
 
 
 def recount(results: dict) -> None:
   """Every stored estimate's calls and hours counted again from configs/paper.py as it is now:
   each program's bound per call stays; how often a run makes it (steps, questions, evaluations)
-  follows the config, so a change there needs no compile."""
+  follows the config, so a change there needs no compile. A plan made at other rows per step
+  than the config's now is left as it was (its bounds per call are of other programs)."""
   from srit_jax import configs, programs
 
   for variant, result in results.items():
-    if not result.get("estimates") or variant not in all_variants():
+    if not result.get("estimates") or variant not in all_variants() or sizes_changed(variant, result):
       continue
     config = configs.load("paper", variant)
     for estimate in result["estimates"]:
@@ -190,9 +197,11 @@ def time_table(results: dict) -> list[str]:
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  uncounted = False
+  uncounted = replanned = False
   for variant in timed:
     r = results[variant]
+    stale = sizes_changed(variant, r)
+    replanned |= stale
     hours, unknown = {}, set()
     for x in r["estimates"]:
       if x["hours_bound"] is None:  # how often the program runs depends on a dataset's size
@@ -204,7 +213,7 @@ def time_table(results: dict) -> list[str]:
     at_least = "≥ " if unknown else ""
     phases = ["n/a" if p in unknown else _at_40_percent(hours.get(p, 0)) for p in ("sft", "refine", "eval")]
     lines.append(
-      f"| `{variant}` | {chips} | {' | '.join(phases)} | {at_least}{_at_40_percent(total)} "
+      f"| `{variant}`{' ¹' if stale else ''} | {chips} | {' | '.join(phases)} | {at_least}{_at_40_percent(total)} "
       f"| {at_least}{_at_40_percent(total * chips)} | {at_least}{total * chips:.3g} |"
     )
   if uncounted:
@@ -213,8 +222,16 @@ def time_table(results: dict) -> list[str]:
       "n/a: a phase reads a whole split whose size the plan does not know; the run's figures",
       "then count the other phases only (≥).",
     ]
-  if len(timed) < len(results):
-    lines += ["", f"{len(results) - len(timed)} variants were planned before the time estimate existed."]
+  if replanned:
+    lines += [
+      "",
+      "¹ At the rows it was planned with (the table above). `configs/paper.py` now gives it more,",
+      "at which it is queued to be planned again: SFT then runs the same epochs in fewer, larger",
+      "steps, and DPO its 600 steps on more pairs each.",
+    ]
+  untimed = [v for v in results if not results[v].get("estimates")]
+  if untimed:
+    lines += ["", f"{len(untimed)} variants were planned before the time estimate existed."]
   return lines
 
 
@@ -244,7 +261,9 @@ def write_doc(results: dict) -> None:
     "generation batch. Prompts of 512 tokens; 384 new tokens. The last column: the SFT rows per",
     "step that would keep the training steps under 95% of HBM, the planned rows doubled while",
     "their temporaries, scaled with the rows, fit (they grow less than that: part is per",
-    "parameter); `configs/paper.py` (SIZES) may raise a variant's rows to it, which plans it again.",
+    "parameter). `configs/paper.py` (SIZES) takes each planned variant's rows from this column;",
+    "a variant whose rows changed shows them as queued and is planned again at them, so that its",
+    "row here describes the run it configures.",
     "",
     "| variant | method | chips | HBM/chip | SFT rows | DPO pairs | gen rows | SFT step | DPO step | ref. log-probs "
     "| refine sampler | eval sampler | fits | SFT rows under 95% |",
@@ -271,8 +290,11 @@ def write_doc(results: dict) -> None:
 
     fits = all(p["fits"] for p in r["programs"])
     allowed = rows_the_rule_allows(r)
+    sft_rows = r["sft_rows"]
+    if sizes_changed(variant, r):
+      sft_rows = f"{sft_rows} (now {configured_rows(variant)[0]}: queued)"
     lines.append(
-      f"| `{variant}` | {r['method']} | {r['devices']} | {r['hbm_gb']:.1f} | {r['sft_rows']} | {r['dpo_pairs']} "
+      f"| `{variant}` | {r['method']} | {r['devices']} | {r['hbm_gb']:.1f} | {sft_rows} | {r['dpo_pairs']} "
       f"| {r['generation_rows']} | {cell('sft')} | {cell('dpo')} | {cell('ref')} | {cell('refine_sampler')} "
       f"| {cell('eval_sampler')} | {'yes' if fits else 'no'} | {allowed or 'over 95% at these rows'} |"
     )
@@ -355,6 +377,15 @@ def _save(results: dict) -> None:
   write_doc(results)
 
 
+def planning_queue(results: dict) -> list[str]:
+  """What to plan: the unplanned variants first, then those whose rows changed since their plan,
+  then those planned without bounds per call."""
+  queue = [v for v in all_variants() if v not in results]
+  queue += [v for v in all_variants() if v in results and sizes_changed(v, results[v])]
+  queue += [v for v in all_variants() if v in results and v not in queue and not results[v].get("estimates")]
+  return queue
+
+
 def main(argv):
   del argv
   options = flags.FLAGS
@@ -365,10 +396,8 @@ def main(argv):
     variants = []
   elif options.variants:
     variants = options.variants
-  else:  # the unplanned first, then those whose rows changed, then those without bounds per call
-    variants = [v for v in all_variants() if v not in results]
-    variants += [v for v in all_variants() if v in results and _sizes_changed(v, results[v])]
-    variants += [v for v in all_variants() if v in results and v not in variants and not results[v].get("estimates")]
+  else:
+    variants = planning_queue(results)
   for variant in variants:
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, options.prompt_length)

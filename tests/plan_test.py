@@ -176,6 +176,12 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   assert corrected.bytes == pytest.approx(truth.bytes, rel=0.1)
 
 
+def _planned_at(tpu_plan, variant: str, rows=None) -> dict:
+  """A stored plan's rows: the config's (or `rows`)."""
+  keys = ("sft_rows", "dpo_pairs", "generation_rows", "eval_rows")
+  return dict(zip(keys, rows or tpu_plan.configured_rows(variant)))
+
+
 def test_the_time_table_says_which_phases_it_could_not_count():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan
@@ -185,11 +191,32 @@ def test_the_time_table_says_which_phases_it_could_not_count():
     {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": None, "hours_bound": hours, "assumption": ""}
     for phase, hours in (("sft", 0.2), ("refine", None), ("eval", 0.1))
   ]
-  results = {variant: {"devices": 4, "estimates": estimates}}
+  results = {variant: {"devices": 4, "estimates": estimates, **_planned_at(tpu_plan, variant)}}
   (row,) = [line for line in tpu_plan.time_table(results) if line.startswith(f"| `{variant}`")]
   cells = [c.strip() for c in row.strip("|").split("|")]
   # SFT 0.2 h and eval 0.1 h at the bound, at 40% of it; refine uncounted; the run at least their sum
   assert cells[2:] == ["0.5", "n/a", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
+
+
+def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_planned():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  variant = tpu_plan.all_variants()[0]
+  sft_rows, *others = tpu_plan.configured_rows(variant)
+  stored = {"phase": "sft", "program": "SFT step", "seconds_per_call": 1.0, "calls": 7, "per_call": 0}
+  stored |= {"hours_bound": 7 / 3600, "assumption": ""}
+  results = {variant: {"devices": 4, "estimates": [stored], **_planned_at(tpu_plan, variant, (sft_rows // 2, *others))}}
+  assert tpu_plan.sizes_changed(variant, results[variant])
+  tpu_plan.recount(results)
+  assert stored["calls"] == 7  # its bounds are of other programs: not counted again
+  table = tpu_plan.time_table(results)
+  (row,) = [line for line in table if line.startswith(f"| `{variant}` ¹ |")]
+  assert row.split("|")[3].strip() == f"{7 / 3600 / 0.4:.3g}"  # the SFT hours at its planned rows
+  assert any(line.startswith("¹ At the rows it was planned with") for line in table)
+  # Planned again after every unplanned variant.
+  queue = tpu_plan.planning_queue(results)
+  assert queue[-1] == variant and queue[:-1] == [v for v in tpu_plan.all_variants() if v != variant]
 
 
 @requires_libtpu
@@ -261,7 +288,7 @@ def test_stored_plans_are_counted_again_from_the_config_as_it_is():
   variant = "llama2_7b,v5e-8"
   stored = {"phase": "refine", "program": "reference log-probs", "seconds_per_call": 0.5, "calls": None, "per_call": 16}
   stored |= {"hours_bound": None, "assumption": "limit 0: every training question"}  # as planned before counts
-  tpu_plan.recount({variant: {"estimates": [stored]}})
+  tpu_plan.recount({variant: {"estimates": [stored], **_planned_at(tpu_plan, variant)}})
   config = configs.load("paper", variant)
   pairs = int(7473 * config.refine.max_pairs_per_question * 0.9)  # every GSM8K training question
   assert stored["per_call"] == 16  # the program's bound and rows per call stay

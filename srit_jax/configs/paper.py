@@ -12,8 +12,11 @@ master weights and AdamW moments, 16 bytes a parameter with the gradients), `lor
 adapters over a bfloat16 base, as the method's predecessor tuned Llama-2) or `qlora` (the base
 in NF4); left out, it is the slice's own: full fine-tuning where it fits with room to spare,
 LoRA where it does not (see SIZES). Rows per step are the most that fit (1024 positions each,
-layers recomputed in the backward pass); the SFT and DPO steps take no gradient accumulation,
-which would keep two more float32 gradient copies per chip.
+layers recomputed in the backward pass): for a planned variant, what the 95%-of-HBM rule of
+docs/tpu.md allows by its plan; the SFT and DPO steps take no gradient accumulation, which
+would keep two more float32 gradient copies per chip. The SFT run is about three epochs
+whatever the rows (fewer, larger steps where more rows fit); DPO runs 600 steps of half as
+many pairs as SFT rows.
 
 Students load from the Hugging Face hub (accept their licences first; HF_TOKEN in the
 environment). Teacher demonstrations come from an OpenAI-compatible endpoint serving a large
@@ -39,28 +42,30 @@ METHODS = ("", "full", "lora", "qlora")
 
 # (student, slice): (its own method, training rows per chip for full, for lora/qlora). Measured
 # with `srit-jax plan` (docs/tpu.md): full fine-tuning is the default where its largest program
-# stays under 95% of a chip's HBM.
+# stays under 95% of a chip's HBM, and a planned variant's rows are the most the 95% rule
+# allows by its plan (# planned); the others' are estimates from the planned rows of the same
+# slice and method, until their plans.
 SIZES = {
-  ("llama2_7b", "v4-8"): ("lora", 1, 4),  # full fits at 1 row per chip, with 98% of HBM in use
-  ("llama2_7b", "v4-16"): ("full", 2, 4),
-  ("llama2_7b", "v4-32"): ("full", 4, 4),
-  ("llama2_7b", "v5e-8"): ("lora", 1, 4),
-  ("llama2_7b", "v5e-16"): ("full", 1, 4),
-  ("llama2_7b", "v5e-32"): ("full", 2, 4),
-  ("llama2_7b", "v5p-8"): ("full", 4, 8),
-  ("llama2_7b", "v6e-8"): ("full", 2, 4),
+  ("llama2_7b", "v4-8"): ("lora", 1, 16),  # planned; full fits at 1 row per chip, with 98% of HBM in use
+  ("llama2_7b", "v4-16"): ("full", 4, 4),  # planned
+  ("llama2_7b", "v4-32"): ("full", 8, 4),  # planned
+  ("llama2_7b", "v5e-8"): ("lora", 1, 16),  # planned
+  ("llama2_7b", "v5e-16"): ("full", 2, 4),  # planned
+  ("llama2_7b", "v5e-32"): ("full", 4, 4),  # planned
+  ("llama2_7b", "v5p-8"): ("full", 16, 8),  # planned
+  ("llama2_7b", "v6e-8"): ("full", 4, 4),  # planned
   ("mistral_7b", "v4-8"): ("lora", 1, 4),
   ("mistral_7b", "v4-16"): ("full", 2, 4),
   ("mistral_7b", "v4-32"): ("full", 4, 4),
-  ("mistral_7b", "v5e-8"): ("lora", 1, 4),
+  ("mistral_7b", "v5e-8"): ("lora", 1, 8),  # planned
   ("mistral_7b", "v5e-16"): ("full", 1, 4),
   ("mistral_7b", "v5e-32"): ("full", 2, 4),
   ("mistral_7b", "v5p-8"): ("full", 4, 8),
   ("mistral_7b", "v6e-8"): ("full", 2, 4),
-  ("llama2_13b", "v4-8"): ("lora", 1, 2),
-  ("llama2_13b", "v4-16"): ("lora", 1, 4),
-  ("llama2_13b", "v4-32"): ("full", 2, 4),
-  ("llama2_13b", "v5e-8"): ("qlora", 1, 2),
+  ("llama2_13b", "v4-8"): ("lora", 1, 8),  # planned
+  ("llama2_13b", "v4-16"): ("lora", 1, 16),  # planned
+  ("llama2_13b", "v4-32"): ("full", 4, 4),  # planned
+  ("llama2_13b", "v5e-8"): ("qlora", 1, 4),  # planned
   ("llama2_13b", "v5e-16"): ("lora", 1, 4),
   ("llama2_13b", "v5e-32"): ("full", 1, 4),
   ("llama2_13b", "v5p-8"): ("full", 2, 4),
@@ -69,7 +74,7 @@ SIZES = {
   ("gemma2_9b", "v4-8"): ("lora", 1, 2),
   ("gemma2_9b", "v4-16"): ("full", 1, 4),
   ("gemma2_9b", "v4-32"): ("full", 2, 4),
-  ("gemma2_9b", "v5e-8"): ("lora", 1, 2),
+  ("gemma2_9b", "v5e-8"): ("lora", 1, 4),  # planned
   ("gemma2_9b", "v5e-16"): ("full", 1, 4),
   ("gemma2_9b", "v5e-32"): ("full", 2, 4),
   ("gemma2_9b", "v5p-8"): ("full", 2, 4),
@@ -78,7 +83,7 @@ SIZES = {
   ("qwen3_8b", "v4-8"): ("lora", 1, 4),
   ("qwen3_8b", "v4-16"): ("full", 1, 4),
   ("qwen3_8b", "v4-32"): ("full", 2, 4),
-  ("qwen3_8b", "v5e-8"): ("lora", 1, 4),
+  ("qwen3_8b", "v5e-8"): ("lora", 1, 8),  # planned
   ("qwen3_8b", "v5e-16"): ("full", 1, 4),
   ("qwen3_8b", "v5e-32"): ("full", 2, 4),
   ("qwen3_8b", "v5p-8"): ("full", 2, 8),
@@ -127,7 +132,7 @@ def get_config(variant: str = ""):
   config.sft.batch_size = rows
   config.sft.num_steps = max(100, 27_000 // rows)
   config.sft.optimizer.learning_rate = 2e-5 if method == "full" else 2e-4
-  config.sft.optimizer.warmup_steps = 50
+  config.sft.optimizer.warmup_steps = min(50, config.sft.num_steps // 10)
   config.sft.save_every = 250
 
   # Generation: the KV cache of a 7B model holds about 0.5 MB a position; 8 rows a chip leave room.
