@@ -136,6 +136,32 @@ def test_a_jsonl_append_on_a_full_disk_names_the_file_and_keeps_what_was_written
   assert io.complete_lines(path)[0] == b'{"index": 0, "text": "kept"}'
 
 
+def test_training_metrics_on_a_full_disk_raise_at_once_and_never_wait_on_a_writer_thread(small_disk):
+  import threading
+
+  from srit_jax.training import metrics
+
+  disk = small_disk(256)
+  writer = metrics.MetricWriter(disk / "run")
+  writer.write(1, {"loss": 1.0})
+  _fill(disk)
+  raised = []
+
+  def steps():  # more metrics than the disk holds, as a long run on a full disk makes them
+    try:
+      for step in range(2, 5000):
+        writer.write(step, {f"metric_{i}": float(i) for i in range(20)})
+      writer.close()
+    except io.WriteError as e:
+      raised.append(str(e))
+
+  thread = threading.Thread(target=steps, daemon=True)
+  thread.start()
+  thread.join(timeout=120)
+  assert not thread.is_alive(), "a metrics write on a full disk hung"
+  assert raised and "no space left on device" in raised[0], raised
+
+
 def test_writes_to_a_read_only_disk_say_so(small_disk):
   disk = small_disk(64, "ro")
   with pytest.raises(io.WriteError, match=r"could not write the file .*summary\.json: read-only file system"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import jax
 import tqdm
 
-from srit_jax import host_memory, preemption
+from srit_jax import host_memory, io, preemption
 from srit_jax.training import checkpointing, metrics
 
 
@@ -116,7 +117,12 @@ def run_steps(
       record(*pending)
   finally:
     bar.close()
-    checkpoints.wait()
-    writer.close()
+    stopping = sys.exc_info()[1]  # the error that stops the run, if one does
+    checkpoints.wait()  # a failed save is raised here, over what it caused (a full disk)
+    try:
+      writer.close()
+    except io.WriteError:
+      if stopping is None:
+        raise  # else the error under way says what stopped the run and what is kept; closing adds nothing
     checkpoints.close()
   return state, last
