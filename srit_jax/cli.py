@@ -328,6 +328,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   return tuple(errors)
 
 
+SAVE_LIBRARIES = ("orbax", "tensorstore", "etils")  # whose coroutines a failed checkpoint save leaves behind
+
+
 def _quiet_background_tracebacks() -> None:
   """Errors of Orbax's background save threads are logged with their tracebacks (hundreds of
   lines) and raised again in the run, which reports them in one line: without --traceback the
@@ -347,7 +350,9 @@ def _quiet_background_tracebacks() -> None:
     if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
       return True
     code = getattr(unraisable.object, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    if code is not None and any(f"{os.sep}{library}{os.sep}" in code.co_filename for library in SAVE_LIBRARIES):
+      return True
+    return "OCDBT database" in str(unraisable.exc_value)  # TensorStore's words for a checkpoint's failed write
 
   def quiet_unraisable(unraisable):
     if not of_a_failed_save(unraisable):

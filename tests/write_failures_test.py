@@ -166,3 +166,28 @@ def test_writes_to_a_read_only_disk_say_so(small_disk):
   disk = small_disk(64, "ro")
   with pytest.raises(io.WriteError, match=r"could not write the file .*summary\.json: read-only file system"):
     io.write_json(disk / "summary.json", {"a": np.float32(1).item()})
+
+
+def test_a_failed_saves_leftover_write_errors_are_not_printed_after_its_one_line(monkeypatch):
+  import logging
+  import types
+
+  from srit_jax import cli
+
+  printed = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(str(u.exc_value)))  # Python's printer
+  absl_filters = list(logging.getLogger("absl").filters)
+  cli._quiet_background_tracebacks()
+  try:
+
+    def unraisable(error, obj=None):
+      return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None, err_msg=None, object=obj)
+
+    # What a failed save's TensorStore writes raise as Python collects them: not printed.
+    sys.unraisablehook(unraisable(ValueError('RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database at local file')))
+    sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+    assert printed == []
+    sys.unraisablehook(unraisable(ValueError("something else")))  # anything else still is
+    assert printed == ["something else"]
+  finally:
+    logging.getLogger("absl").filters[:] = absl_filters
