@@ -93,9 +93,10 @@ def _uneven_pairs(count, max_length, vocab):
   return out
 
 
-def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid", lora_rank: int = 0) -> dict:
-  """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`;
-  with `lora_rank`, LoRA adapters over the frozen base (the reference precomputed)."""
+def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid", config=None) -> dict:
+  """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`,
+  of `config` (default the model's; with LoRA, its adapters over the frozen base, the reference
+  precomputed)."""
   import jax
 
   from srit_jax import configs, sharding
@@ -113,7 +114,7 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
       chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
       batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
     reference = None
-  config = common.lora_config(model.config, lora_rank) if lora_rank else model.config
+  config = config or model.config
   state, base = common.initial_state(model, config, tx)
   branched = layout.packing == "shared_prompt"
   step = dpo_step.jit_dpo_step(
@@ -147,7 +148,7 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
     "compile_s": compile_s,
     "temp_bytes": int(memory.temp_size_in_bytes),
     "argument_bytes": int(memory.argument_size_in_bytes),
-    "lora_rank": lora_rank,
+    "lora_rank": config.lora_rank,
     "rows": rows * k,
     "row_length": layout.row_length,
     "positions_per_step": positions,
@@ -183,8 +184,8 @@ def each_packing(model, peak, pairs) -> dict:
         )
         rows = iterator.rows_for_steps(steps)
         index_lists = [iterator.next_indices() for _ in range(steps)]
-        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, rank)
         config = common.lora_config(model.config, rank) if rank else model.config
+        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, config)
         step_flops = flops.dpo_step_flops(config, figures["rows"], layout.row_length, False)
         figures.update(
           packing=packing,

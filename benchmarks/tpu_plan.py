@@ -5,8 +5,9 @@
 
 Compiles, ahead of time on this CPU host, the programs `srit-jax plan` compiles for each
 variant (the TPU compiler comes with the tpu extra) and writes benchmarks/results/tpu_plan.json
-(kept between runs, so a killed run resumes: unplanned variants first, then those planned
-before the time estimate existed, whose bounds per call it lacks) and the tables of docs/tpu.md.
+(kept between runs, so a killed run resumes in the order of `planning_queue`: unplanned
+variants first, then those whose rows per step changed since their plans, then those planned
+before the time estimate existed) and the tables of docs/tpu.md.
 """
 
 from __future__ import annotations
