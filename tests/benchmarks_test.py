@@ -97,6 +97,22 @@ def test_generate_times_ours_and_hf_generate(tmp_path):
     assert run["ours"]["tokens_per_s"] == pytest.approx(run["batch"] * 8 / run["ours"]["call_s"])
 
 
+def test_evaluation_times_static_and_refilled_batches_on_real_questions(tmp_path, tiny_student):
+  figures = _run(
+    tmp_path, "evaluation.py", f"--model={tiny_student}", "--questions=12", "--batch=4", "--max_new_tokens=16"
+  )
+  assert (figures["task"], figures["questions"], figures["batch"]) == ("wordmath", 12, 4)
+  assert figures["answer_tokens"]["max"] >= figures["answer_tokens"]["mean"] > 0
+  for way in ("static", "refilled"):
+    run = figures["runs"][way]
+    assert len(run["seconds"]) == 1 and _positive(run["answers_per_s"])
+    assert run["new_tokens_per_s"] == pytest.approx(figures["new_tokens"] / min(run["seconds"]))
+  assert 0 < figures["runs"]["static"]["live_row_step_share"] <= 1
+  assert figures["refilled_speedup"] == pytest.approx(
+    min(figures["runs"]["static"]["seconds"]) / min(figures["runs"]["refilled"]["seconds"])
+  )
+
+
 def test_unknown_baseline_is_refused_by_name(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(

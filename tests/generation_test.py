@@ -90,6 +90,35 @@ def test_same_seed_same_samples_and_batching_does_not_matter(tiny):
   assert len({tuple(t) for t in first[:3]}) > 1, "samples of one prompt should differ"
 
 
+@pytest.mark.parametrize("batch_size", [4, 16])  # new rows go in 1 and 2 at a time
+def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size):
+  """Rows that take the slots of finished ones generate what they would in a batch of their own."""
+  config, params = tiny
+  prompts = _prompts([5, 12, 3, 20, 7, 9, 2, 15, 11])
+  eos = tuple(range(3, 23))  # about one token in six ends a row: rows end at different steps
+  inserts = []
+  real_insert = sampling.insert
+  monkeypatch.setattr(sampling, "insert", lambda *a, **k: inserts.append(1) or real_insert(*a, **k))
+  for settings in (SamplingSettings(), SamplingSettings(temperature=1.0, top_p=0.9)):
+    options = dict(max_new_tokens=12, settings=settings, num_samples=2, seed=3, eos_ids=eos)
+    inserts.clear()
+    whole = generation.generate(config, params, prompts, batch_size=32, **options)
+    assert not inserts
+    assert len({len(g.tokens) for g in whole}) > 3, "rows should end at different steps"
+    finished = []
+    refilled = generation.generate(config, params, prompts, batch_size=batch_size, on_batch=finished.extend, **options)
+    static = generation.generate(config, params, prompts, batch_size=batch_size, refill=False, **options)
+    for other in (refilled, static):
+      assert [(g.prompt_index, g.sample_index) for g in other] == [(g.prompt_index, g.sample_index) for g in whole]
+      assert [g.tokens for g in other] == [g.tokens for g in whole]
+      assert [g.stop_reason for g in other] == [g.stop_reason for g in whole]
+      for a, b in zip(other, whole):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert sorted(finished, key=lambda g: (g.prompt_index, g.sample_index)) == refilled
+    assert finished != refilled, "rows should finish out of their order"
+    assert inserts, "the batch should have taken new rows"
+
+
 def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
   config, params = tiny
   prompts = _prompts([5, 8])
@@ -156,6 +185,12 @@ def test_sharded_generation_equals_single_device(hf_model_dir):
     on_mesh = generation.generate(config, sharded_params, prompts, mesh=mesh, **kwargs)
     assert [g.tokens for g in on_mesh] == [g.tokens for g in single]
     np.testing.assert_allclose([g.logprobs for g in on_mesh], [g.logprobs for g in single], atol=1e-5)
+  # A refilled batch on the mesh: 8 slots (4 batch shards), rows ending at different steps.
+  kwargs = dict(max_new_tokens=10, num_samples=3, seed=2, eos_ids=tuple(range(3, 23)), batch_size=8)
+  single = generation.generate(config, params, _prompts([5, 9, 2, 7, 11, 4]), **kwargs)
+  on_mesh = generation.generate(config, sharded_params, _prompts([5, 9, 2, 7, 11, 4]), mesh=mesh, **kwargs)
+  assert len({len(g.tokens) for g in single}) > 2
+  assert [g.tokens for g in on_mesh] == [g.tokens for g in single]
 
 
 def test_prompt_buckets_bound_the_number_of_compilations(tiny):
@@ -223,25 +258,47 @@ def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_pat
   )
   assert len(reference.read_text().splitlines()) == 18
 
-  # Crash after two batches, leaving half a line behind as a kill during a write would.
-  real_generate, calls = jsonl.generate, []
-
-  def crashing_generate(*args, **kw):
-    if len(calls) == 2:
-      raise KeyboardInterrupt
-    calls.append(1)
-    return real_generate(*args, **kw)
-
+  # Crash once some lines are written, leaving half a line behind as a kill during a write would.
+  real_generate_rows = jsonl.generate_rows
   resumed_path = tmp_path / "resumed.jsonl"
-  monkeypatch.setattr(jsonl, "generate", crashing_generate)
+
+  def crashing_generate_rows(*args, on_batch, **kw):
+    def write_then_crash(generations):
+      on_batch(generations)
+      if resumed_path.read_text().count("\n") >= 4:
+        raise KeyboardInterrupt
+
+    return real_generate_rows(*args, on_batch=write_then_crash, **kw)
+
+  monkeypatch.setattr(jsonl, "generate_rows", crashing_generate_rows)
   with pytest.raises(KeyboardInterrupt):
     jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
-  monkeypatch.setattr(jsonl, "generate", real_generate)
-  assert len(resumed_path.read_text().splitlines()) == 8
+  monkeypatch.setattr(jsonl, "generate_rows", real_generate_rows)
+  kept = len(resumed_path.read_text().splitlines())
+  assert 4 <= kept < 18
   with open(resumed_path, "a") as f:
     f.write('{"index": 3, "sample": 0, "comp')
   jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
-  assert resumed_path.read_bytes() == reference.read_bytes()
+  assert_same_generations(resumed_path, reference)
+
+  # A file with a line this run would not write is refused, naming the line.
+  lines = reference.read_text().splitlines()
+  resumed_path.write_text("\n".join(lines[:5] + lines[4:5]) + "\n")
+  with pytest.raises(jsonl.StaleOutputError, match="line 6 is a second line for record"):
+    jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
+
+
+def assert_same_generations(path, reference_path):
+  """Both files hold the same generation lines (in any order), log-probs within rounding."""
+  read = lambda p: sorted(
+    (json.loads(line) for line in p.read_text().splitlines()), key=lambda r: (r["index"], r["sample"])
+  )
+  rows, reference = read(path), read(reference_path)
+  assert [{k: v for k, v in r.items() if k != "logprobs"} for r in rows] == [
+    {k: v for k, v in r.items() if k != "logprobs"} for r in reference
+  ]
+  for row, expected in zip(rows, reference):
+    np.testing.assert_allclose(row["logprobs"], expected["logprobs"], atol=2e-6)
 
 
 @pytest.mark.slow
@@ -278,7 +335,7 @@ def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_to
   lines_at_kill = len(killed.read_bytes().split(b"\n")) - 1 if killed.exists() else 0
   assert lines_at_kill < 12, "the run finished before it could be killed"
   subprocess.run([*command, f"--out={killed}"], check=True, env=env, capture_output=True, timeout=300)
-  assert killed.read_bytes() == full.read_bytes()
+  assert_same_generations(killed, full)
 
 
 def test_prompt_file_errors_name_file_and_line(tmp_path):

@@ -40,7 +40,7 @@ def small_disk(tmp_path):
 
   yield mount
   for point in mounted:
-    subprocess.run(["umount", str(point)], check=False)
+    subprocess.run(["umount", "--lazy", str(point)], check=False)  # detached even while a file is open
 
 
 def _fill(directory: pathlib.Path, leave_kib: int = 0) -> None:

@@ -1,13 +1,18 @@
-"""Batched generation on the host side: padding and buckets, n samples, stop strings, JSONL runs.
+"""Batched generation on the host side: padding and buckets, n samples, stop strings, refills.
 
-`generate` turns token-id prompts into `Generation`s through `sampler.sample`; prompt
-length and batch are padded to a few bucket sizes so a run compiles a bounded number of
-times. On a multi-process run every process passes the same prompts; each fills its own
-shards of the batch and every process gets every row's output back.
+`generate` turns token-id prompts into `Generation`s through `sampler`; prompt length and
+batch are padded to a few bucket sizes so a run compiles a bounded number of times. With more
+rows than a batch holds, the batch is refilled (continuous batching): whenever an eighth of its
+rows have finished, the next prompts are prefilled into them while the others go on decoding,
+so no row waits idle for the batch's longest answer. Rows finish, and reach `on_batch`, in the
+order they end. On a multi-process run every process passes the same prompts; each fills its
+own shards of the batch, every process gets every row's output back and makes the same
+refills.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -22,6 +27,7 @@ from srit_jax.model.config import ModelConfig
 
 STOP_REASONS = {sampler.STOP_LENGTH: "length", sampler.STOP_EOS: "eos", sampler.STOP_SEQUENCE: "stop"}
 MIN_PROMPT_BUCKET = 16
+REFILL_SHARE = 8  # a batch takes new prompts once this fraction (1/8) of its rows are free
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,98 +107,224 @@ def cut_at_stop_strings(tokenizer, tokens: list[int], logprobs: list[float], sto
   return tokens, logprobs, text[:cut], True
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One generation to make: sample `sample_index` of prompt `prompt_index`."""
+
+  prompt_index: int
+  sample_index: int
+  prompt: Sequence[int]
+
+
 def generate(
   config: ModelConfig,
   params,
   prompts: Sequence[Sequence[int]],
   *,
+  num_samples: int = 1,
+  prompt_indices: Sequence[int] | None = None,
+  **options,
+) -> list[Generation]:
+  """`num_samples` generations per prompt, in prompt order then sample order.
+
+  `prompt_indices` name the prompts (default 0, 1, ...); `options` are those of `generate_rows`.
+  """
+  if not prompts:
+    raise ValueError("no prompts to generate from")
+  indices = list(prompt_indices) if prompt_indices is not None else list(range(len(prompts)))
+  rows = [Row(indices[i], s, prompts[i]) for i in range(len(prompts)) for s in range(num_samples)]
+  return generate_rows(config, params, rows, **options)
+
+
+def generate_rows(
+  config: ModelConfig,
+  params,
+  rows: Sequence[Row],
+  *,
   max_new_tokens: int,
   settings: SamplingSettings | None = None,
-  num_samples: int = 1,
   seed: int = 0,
   batch_size: int | None = None,
+  refill: bool = True,
   eos_ids: Sequence[int] | None = None,
   stop_strings: Sequence[str] = (),
   tokenizer=None,
   mesh: Mesh | None = None,
-  prompt_indices: Sequence[int] | None = None,
   on_batch: Callable[[list[Generation]], None] | None = None,
   adapters=None,
 ) -> list[Generation]:
-  """`num_samples` generations per prompt, in prompt order then sample order.
+  """A generation per row, returned in the order of `rows`.
 
-  Rows are run in batches of `batch_size` (default: all rows at once, rounded up to a power
-  of two); a final short batch is padded with idle rows so its shape repeats. `adapters`:
-  LoRA adapters over `params` (the base).
+  Rows run in a batch of `batch_size` (default: all rows at once, rounded up to a power of
+  two). With more rows than that, the batch is refilled as its rows finish (`refill=False`:
+  one batch after another, each decoding until its longest answer ends); a short batch is
+  padded with idle rows so its shape repeats. `on_batch` gets each group of finished rows as
+  they end. A row's tokens depend on its seed (from `seed` and its indices), not on the rows
+  it shares a batch with. `adapters`: LoRA adapters over `params` (the base).
   """
-  settings = settings or SamplingSettings()
   if max_new_tokens <= 0:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-  if not prompts:
+  if not rows:
     raise ValueError("no prompts to generate from")
   if stop_strings and tokenizer is None:
     raise ValueError("stop_strings need a tokenizer")
   limit = config.max_position_embeddings - max_new_tokens
-  for i, prompt in enumerate(prompts):
-    if len(prompt) == 0:
-      raise ValueError(f"prompt {i} is empty")
-    if len(prompt) > limit:
+  for row in rows:
+    if len(row.prompt) == 0:
+      raise ValueError(f"prompt {row.prompt_index} is empty")
+    if len(row.prompt) > limit:
       raise ValueError(
-        f"prompt {i} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} the context of "
-        f"{config.max_position_embeddings} leaves room for {limit}"
+        f"prompt {row.prompt_index} has {len(row.prompt)} tokens; with max_new_tokens={max_new_tokens} the "
+        f"context of {config.max_position_embeddings} leaves room for {limit}"
       )
-  indices = list(prompt_indices) if prompt_indices is not None else list(range(len(prompts)))
-  rows = [(indices[i], s, prompts[i]) for i in range(len(prompts)) for s in range(num_samples)]
   batch_size = batch_size or prompt_bucket(len(rows), 1 << 30)
-  if mesh is not None:  # the batch must split evenly over the mesh's batch axes
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch_size = -(-batch_size // shards) * shards
-  eos = np.asarray(tuple(config.eos_token_ids if eos_ids is None else eos_ids) or (-1,), np.int32)
-  stops = _stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else [])
-  results = []
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start : start + batch_size]
-    width = prompt_bucket(max(len(p) for _, _, p in chunk), limit)
-    tokens, mask = left_pad([p for _, _, p in chunk], config.pad_token_id or 0, width)
-    idle = batch_size - len(chunk)
-    tokens = np.pad(tokens, ((0, idle), (0, 0)))
-    mask = np.pad(mask, ((0, idle), (0, 0)))
-    seeds = np.asarray([row_seed(seed, p, s) for p, s, _ in chunk] + [0] * idle, np.int32)
-    args = [tokens, mask, seeds]
-    if mesh is not None:  # each process fills the shards it holds
-      args = [
-        sharding.put_host_array(a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, mesh))
-        for a in args
-      ]
-    outputs = sampler.sample(
-      config,
-      params,
-      *args,
-      jnp.asarray(eos),
-      jnp.asarray(stops),
-      settings=settings,
-      max_new_tokens=max_new_tokens,
-      mesh=mesh,
-      adapters=adapters,
-    )
-    out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
-    batch_results = []
-    for row, (prompt_index, sample_index, _) in enumerate(chunk):
-      length = int((out[row] >= 0).sum())
-      new_tokens = out[row, :length].tolist()
-      new_logprobs = logprobs[row, :length].tolist()
-      reason = STOP_REASONS[int(reasons[row])]
-      text = None
-      if tokenizer is not None:
-        new_tokens, new_logprobs, text, stopped = cut_at_stop_strings(tokenizer, new_tokens, new_logprobs, stop_strings)
-        reason = "stop" if stopped else ("length" if reason == "stop" else reason)
-      batch_results.append(
-        Generation(prompt_index, sample_index, int(seeds[row]), new_tokens, new_logprobs, reason, text)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"] if mesh is not None else 1
+  batch_size = -(-batch_size // shards) * shards  # the batch must split evenly over the mesh's batch axes
+  decoder = _Decoder(
+    config,
+    params,
+    adapters,
+    mesh,
+    settings or SamplingSettings(),
+    max_new_tokens,
+    seed,
+    limit,
+    eos=np.asarray(tuple(config.eos_token_ids if eos_ids is None else eos_ids) or (-1,), np.int32),
+    stops=_stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else []),
+    tokenizer=tokenizer,
+    stop_strings=tuple(stop_strings),
+  )
+  report = on_batch or (lambda generations: None)
+  if refill and len(rows) > batch_size:
+    refill_rows = -(-max(1, batch_size // REFILL_SHARE) // shards) * shards
+    results = decoder.refilled(rows, batch_size, refill_rows, report)
+  else:
+    results = decoder.batches(rows, batch_size, report)
+  order = {(row.prompt_index, row.sample_index): n for n, row in enumerate(rows)}
+  return sorted(results, key=lambda g: order[g.prompt_index, g.sample_index])
+
+
+@dataclasses.dataclass
+class _Decoder:
+  """Runs rows through `sampler`'s programs; what stays fixed over one `generate_rows` call."""
+
+  config: ModelConfig
+  params: object
+  adapters: object
+  mesh: Mesh | None
+  settings: SamplingSettings
+  max_new_tokens: int
+  seed: int
+  limit: int  # the longest prompt the context leaves room for
+  eos: np.ndarray
+  stops: np.ndarray
+  tokenizer: object
+  stop_strings: tuple[str, ...]
+
+  def _inputs(self, rows: Sequence[Row], size: int, width: int | None = None) -> list:
+    """(tokens, mask, seeds) of `rows` left-padded to a prompt bucket, plus idle rows up to `size`;
+    on a mesh, each process fills the shards it holds."""
+    width = width or prompt_bucket(max(len(row.prompt) for row in rows), self.limit)
+    tokens, mask = left_pad([row.prompt for row in rows], self.config.pad_token_id or 0, width)
+    idle = size - len(rows)
+    seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * idle
+    arrays = [np.pad(tokens, ((0, idle), (0, 0))), np.pad(mask, ((0, idle), (0, 0))), np.asarray(seeds, np.int32)]
+    if self.mesh is None:
+      return arrays
+    return [
+      sharding.put_host_array(a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, self.mesh))
+      for a in arrays
+    ]
+
+  def _generation(self, row: Row, tokens_N, logprobs_N, reason: int) -> Generation:
+    """A finished row's output, cut at its first stop string."""
+    length = int((tokens_N >= 0).sum())
+    tokens, logprobs = tokens_N[:length].tolist(), logprobs_N[:length].tolist()
+    stop_reason, text = STOP_REASONS[int(reason)], None
+    if self.tokenizer is not None:
+      tokens, logprobs, text, stopped = cut_at_stop_strings(self.tokenizer, tokens, logprobs, self.stop_strings)
+      stop_reason = "stop" if stopped else ("length" if stop_reason == "stop" else stop_reason)
+    seed = row_seed(self.seed, row.prompt_index, row.sample_index)
+    return Generation(row.prompt_index, row.sample_index, seed, tokens, logprobs, stop_reason, text)
+
+  def batches(self, rows: Sequence[Row], batch_size: int, report) -> list[Generation]:
+    """One batch after another, each decoding until all its rows are done."""
+    results = []
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start : start + batch_size]
+      outputs = sampler.sample(
+        self.config,
+        self.params,
+        *self._inputs(chunk, batch_size),
+        jnp.asarray(self.eos),
+        jnp.asarray(self.stops),
+        settings=self.settings,
+        max_new_tokens=self.max_new_tokens,
+        mesh=self.mesh,
+        adapters=self.adapters,
       )
-    if on_batch is not None:
-      on_batch(batch_results)
-    results.extend(batch_results)
-  return results
+      out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
+      finished = [self._generation(row, out[n], logprobs[n], reasons[n]) for n, row in enumerate(chunk)]
+      report(finished)
+      results.extend(finished)
+    return results
+
+  def refilled(self, rows: Sequence[Row], batch_size: int, refill_rows: int, report) -> list[Generation]:
+    """One batch whose finished rows take the next rows, `refill_rows` at a time.
+
+    The cache holds the longest prompt bucket and every new token; each row keeps its own end.
+    """
+    model = dict(mesh=self.mesh, adapters=self.adapters)
+    cache_length = prompt_bucket(max(len(row.prompt) for row in rows), self.limit) + self.max_new_tokens
+    held: list[Row | None] = list(rows[:batch_size])  # the row each batch slot decodes
+    pending = collections.deque(rows[batch_size:])
+    state = sampler.start(
+      self.config,
+      self.params,
+      *self._inputs(held, batch_size),
+      cache_length=cache_length,
+      stop_len=self.stops.shape[1],
+      max_new_tokens=self.max_new_tokens,
+      **model,
+    )
+    eos, stops = jnp.asarray(self.eos), jnp.asarray(self.stops)
+    results = []
+    while any(row is not None for row in held):
+      free = sum(row is None for row in held)
+      wanted = free + min(refill_rows, len(pending)) if pending else batch_size
+      state = sampler.advance(
+        self.config,
+        self.params,
+        state,
+        eos,
+        stops,
+        jnp.int32(wanted),
+        settings=self.settings,
+        max_new_tokens=self.max_new_tokens,
+        **model,
+      )
+      done, out, logprobs, reasons = (
+        io.to_host(x) for x in (state.done_B, state.out_BxN, state.logprobs_BxN, state.reason_B)
+      )
+      out = out[:, self.stops.shape[1] :]
+      finished = []
+      for slot, row in enumerate(held):
+        if row is not None and done[slot]:
+          finished.append(self._generation(row, out[slot], logprobs[slot], reasons[slot]))
+          held[slot] = None
+      report(finished)
+      results.extend(finished)
+      free_slots = [slot for slot, row in enumerate(held) if row is None]
+      while pending and len(free_slots) >= min(refill_rows, len(pending)):
+        group = [pending.popleft() for _ in range(min(refill_rows, len(pending)))]
+        slots, free_slots = free_slots[: len(group)], free_slots[len(group) :]
+        for slot, row in zip(slots, group):
+          held[slot] = row
+        where = np.asarray(slots + [batch_size] * (refill_rows - len(group)), np.int32)  # B: no row
+        state = sampler.insert(
+          self.config, self.params, state, jnp.asarray(where), *self._inputs(group, refill_rows), **model
+        )
+    return results
 
 
 def greedy_generate(config, params, prompts, max_new_tokens, *, eos_ids=None, mesh=None) -> list[list[int]]:

@@ -1,11 +1,14 @@
 """Generation for a dataset of prompts, streamed to a JSONL file that a killed run resumes.
 
-`generate_to_jsonl` writes one line per (prompt, sample) in whole batches, each batch synced
-as it completes; a restarted run keeps the whole batches already written, drops a batch cut
-short by a kill and continues, so its file equals that of an uninterrupted run. Beside the
-file, `<file>.meta.json` holds a fingerprint of the model, prompts and settings: a run with
-other inputs never continues a file made from different ones — it starts over, saying so, or
-(`on_change="error"`) stops and says how to start over.
+`generate_to_jsonl` writes one line per (prompt, sample), in the order the rows finish, a
+batch's worth of finished rows at a time, flushed and synced (on object storage each write
+rewrites the object); at a preemption every row finished so far is written. A restarted run
+keeps every whole line already written, drops a line cut short by a kill and generates only
+the rows still missing. A row's tokens depend on its seed alone, so the resumed file holds the
+lines of an uninterrupted run (in another order). Beside the file, `<file>.meta.json` holds a
+fingerprint of the model, prompts and settings: a run with other inputs never continues a file
+made from different ones — it starts over, saying so, or (`on_change="error"`) stops and says
+how to start over.
 
 `generate_texts` is the generate-then-read-back step that evaluation, the student's
 self-samples and the local teacher share: the completions per prompt and sample.
@@ -27,7 +30,7 @@ from jax.sharding import Mesh
 
 from srit_jax import io, preemption
 from srit_jax.data import fingerprint
-from srit_jax.generation.batched import Generation, generate
+from srit_jax.generation.batched import Generation, Row, generate_rows
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.model.config import ModelConfig
 
@@ -103,7 +106,8 @@ def generate_to_jsonl(
 ) -> pathlib.Path:
   """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
 
-  Prompts run in order of token length, in whole batches. `model_identity` (a digest of the
+  Prompts start in order of token length, `batch_size` rows at a time, finished rows making
+  room for the next (see `batched`). `model_identity` (a digest of the
   model's files) joins the fingerprint of the inputs; `on_change` says what happens to a file
   made from other inputs: "restart" or "error".
   """
@@ -129,36 +133,29 @@ def generate_to_jsonl(
     chat_template,
   )
   order = sorted(range(len(records)), key=lambda i: (len(prompts[i]), i))
-  rows_per_batch = max(1, batch_size // num_samples)
-  batches = [order[i : i + rows_per_batch] for i in range(0, len(order), rows_per_batch)]
-
   lines = _trusted_lines(out_path, inputs, on_change)
-  done_batches, kept = 0, 0
-  for batch in batches:
-    if kept + len(batch) * num_samples > len(lines):
-      break
-    expected = [(i, s) for i in batch for s in range(num_samples)]
-    written = [json.loads(line) for line in lines[kept : kept + len(batch) * num_samples]]
-    if [(w["index"], w["sample"]) for w in written] != expected:
-      raise StaleOutputError(f"{out_path}: line {kept + 1} onward is not what this run writes there; remove the file")
-    kept += len(batch) * num_samples
-    done_batches += 1
+  written = _written_rows(out_path, lines, len(records), num_samples)
   io.barrier(f"read {out_path}")  # every process has read the file before process 0 truncates it
-  if done_batches == len(batches) and kept == len(lines):
+  missing = [Row(i, s, prompts[i]) for i in order for s in range(num_samples) if (i, s) not in written]
+  if not missing:
     return out_path  # complete, and made from these inputs: left as it is
   io.write_json(_meta_path(out_path), {"inputs": inputs, "records": len(records), "num_samples": num_samples})
 
+  total = len(records) * num_samples
   bar = tqdm.tqdm(
-    total=len(records),
-    initial=kept // num_samples,
+    total=total,
+    initial=len(written),
     desc="generating",
-    unit="prompt",
+    unit="answer",
     disable=not progress or not io.is_writer(),
   )
-  answered = [kept // num_samples]
-  with io.JsonlAppender(out_path, keep_lines=lines[:kept]) as appender:
+  samples_left = [num_samples] * len(records)
+  for i, _ in written:
+    samples_left[i] -= 1
+  unwritten: list[Generation] = []  # finished rows waiting to be written: a batch's worth at a time
+  with io.JsonlAppender(out_path, keep_lines=lines) as appender:
 
-    def write(generations: list[Generation]):
+    def write():
       appender.append(
         {
           "index": g.prompt_index,
@@ -172,37 +169,60 @@ def generate_to_jsonl(
           "tokens": g.tokens,
           "logprobs": [round(x, 6) for x in g.logprobs],
         }
-        for g in generations
+        for g in unwritten
       )
-      bar.update(len(generations) // num_samples)
-      answered[0] += len(generations) // num_samples
+      bar.update(len(unwritten))
+      for g in unwritten:
+        samples_left[g.prompt_index] -= 1
+      unwritten.clear()
 
-    for batch in batches[done_batches:]:
-      generate(
-        config,
-        params,
-        [prompts[i] for i in batch],
-        max_new_tokens=max_new_tokens,
-        settings=settings,
-        num_samples=num_samples,
-        seed=seed,
-        batch_size=batch_size,
-        stop_strings=stop_strings,
-        tokenizer=tokenizer,
-        mesh=mesh,
-        prompt_indices=batch,
-        on_batch=write,
-        adapters=adapters,
-      )
-      if preemption.requested():  # every line written so far is whole and synced
+    def finished(generations: list[Generation]):
+      unwritten.extend(generations)
+      stop = preemption.requested()
+      if len(unwritten) >= batch_size or stop:
+        write()  # whole lines, flushed and synced
+      if stop:
         bar.close()
         raise preemption.Preempted(
-          f"preempted: {answered[0]} of {len(records)} prompts are answered in {out_path}; "
+          f"preempted: {samples_left.count(0)} of {len(records)} prompts are answered in {out_path}; "
           "run the same command again to go on from there"
         )
+
+    generate_rows(
+      config,
+      params,
+      missing,
+      max_new_tokens=max_new_tokens,
+      settings=settings,
+      seed=seed,
+      batch_size=batch_size,
+      stop_strings=stop_strings,
+      tokenizer=tokenizer,
+      mesh=mesh,
+      on_batch=finished,
+      adapters=adapters,
+    )
+    if unwritten:
+      write()
   bar.close()
   io.barrier(f"wrote {out_path}")
   return out_path
+
+
+def _written_rows(out_path: pathlib.Path, lines: list[bytes], num_records: int, num_samples: int) -> set:
+  """The (record, sample) rows that an earlier run's lines hold, each checked to be one this run writes once."""
+  written = set()
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+      key = (int(row["index"]), int(row["sample"]))
+    except (ValueError, KeyError, TypeError) as error:
+      raise StaleOutputError(f"{out_path}: line {number} is not a generation line ({error}); remove the file") from None
+    if not (0 <= key[0] < num_records and 0 <= key[1] < num_samples) or key in written:
+      what = "a second line for" if key in written else "a row outside this run:"
+      raise StaleOutputError(f"{out_path}: line {number} is {what} record {key[0]} sample {key[1]}; remove the file")
+    written.add(key)
+  return written
 
 
 def read_generations(out_path: str | pathlib.Path, num_records: int, num_samples: int) -> list[list[dict]]:

@@ -1,8 +1,14 @@
 """Next-token selection and the jitted decode loop: prefill, then a `lax.while_loop` of steps.
 
-Each row draws from its own key, `fold_in(key(seed), step)`, so a row's samples depend on its
-seed alone, not on the batch it shares. Log-probabilities are those of the model's own
-distribution (temperature 1, nothing filtered) at the chosen tokens.
+Each row draws from its own key, `fold_in(key(seed), step)` with `step` the row's own count
+of new tokens, so a row's samples depend on its seed alone, not on the batch it shares or
+when it joined it. Log-probabilities are those of the model's own distribution
+(temperature 1, nothing filtered) at the chosen tokens.
+
+`sample` runs one batch to its end. A batch whose finished rows take new prompts (continuous
+batching) runs as `start`, then `advance` until enough rows are done, `insert` of new prompts
+into the finished rows, and `advance` again; each row keeps its own cache end, step and seed
+in a `DecodeState`.
 
 Shapes: B batch, P prompt length, N new tokens, V vocab, M stop sequences of length Q.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -88,6 +95,99 @@ def _ends_with_stop(window_BxQ: jax.Array, stops_MxQ: jax.Array) -> jax.Array:
   return jnp.any(jnp.all(match_BxMxQ, axis=-1) & real[None], axis=-1)
 
 
+@flax.struct.dataclass
+class DecodeState:
+  """A batch of rows mid-generation. An idle or finished row is `done`."""
+
+  cache: model_lib.KVCache
+  logits_BxV: jax.Array  # float32: the next token's logits
+  position_B: jax.Array  # the next token's position
+  step_B: jax.Array  # new tokens generated so far
+  seed_B: jax.Array
+  done_B: jax.Array
+  reason_B: jax.Array  # why a done row stopped (STOP_*)
+  out_BxN: jax.Array  # [B, Q + N]: Q columns of -1, then the new tokens (-1 after the stop)
+  logprobs_BxN: jax.Array  # [B, N]
+
+
+def _prefilled(
+  config, params, tokens_BxP, mask_BxP, seeds_B, *, cache_length, stop_len, max_new_tokens, mesh, adapters
+):
+  """The state of left-padded prompts run into a fresh cache of `cache_length` slots."""
+  batch, _ = tokens_BxP.shape
+  positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
+  cache = model_lib.init_cache(config, batch, cache_length, mesh=mesh)
+  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
+  rows = (
+    _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None
+  )
+  last_logits_BxV, cache = model_lib.prefill(
+    config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows, adapters=adapters
+  )
+  return DecodeState(
+    cache=cache,
+    logits_BxV=last_logits_BxV.astype(jnp.float32),
+    position_B=positions_BxP[:, -1] + 1,
+    step_B=jnp.zeros((batch,), jnp.int32),
+    seed_B=seeds_B,
+    done_B=~jnp.any(mask_BxP > 0, axis=1),
+    reason_B=jnp.full((batch,), STOP_LENGTH, jnp.int32),
+    out_BxN=jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32),
+    logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
+  )
+
+
+def _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, *, settings, max_new_tokens, mesh, adapters):
+  """Decode steps for every row until `stop_when_done` rows are done (or all are)."""
+  batch = state.done_B.shape[0]
+  stop_len = stops_MxQ.shape[1]
+  layer_params = model_lib.unstack_layers(params)
+  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+  columns = jnp.arange(stop_len + max_new_tokens, dtype=jnp.int32)[None]
+
+  def cond(s):
+    return ~jnp.all(s.done_B) & (jnp.sum(s.done_B) < stop_when_done)
+
+  def body(s):
+    keys_B = jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.key(seed), step))(s.seed_B, s.step_B)
+    token_B = choose_tokens(s.logits_BxV, keys_B, settings)
+    chosen_logit_B = jnp.take_along_axis(s.logits_BxV, token_B[:, None], axis=-1)[:, 0]
+    logprob_B = chosen_logit_B - jax.nn.logsumexp(s.logits_BxV, axis=-1)
+    live_B = ~s.done_B
+    here_BxN = (columns == (stop_len + s.step_B)[:, None]) & live_B[:, None]
+    out_BxN = jnp.where(here_BxN, token_B[:, None], s.out_BxN)
+    logprobs_BxN = jnp.where(here_BxN[:, stop_len:], logprob_B[:, None], s.logprobs_BxN)
+    window_BxQ = jnp.take_along_axis(out_BxN, s.step_B[:, None] + 1 + columns[:, :stop_len], axis=1)
+    hit_eos = jnp.isin(token_B, eos_ids) & live_B
+    hit_stop = _ends_with_stop(window_BxQ, stops_MxQ) & live_B & ~hit_eos
+    reason_B = jnp.where(hit_eos, STOP_EOS, jnp.where(hit_stop, STOP_SEQUENCE, s.reason_B))
+    step_B = s.step_B + live_B.astype(jnp.int32)
+    logits, cache = model_lib.decode(
+      config,
+      params,
+      layer_params,
+      token_B[:, None],
+      s.position_B[:, None],
+      jnp.ones((batch, 1), jnp.int32),
+      s.cache,
+      mesh,
+      layer_adapters,
+    )
+    return DecodeState(
+      cache=cache,
+      logits_BxV=logits[:, -1].astype(jnp.float32),
+      position_B=s.position_B + 1,
+      step_B=step_B,
+      seed_B=s.seed_B,
+      done_B=s.done_B | hit_eos | hit_stop | (step_B >= max_new_tokens),
+      reason_B=reason_B,
+      out_BxN=out_BxN,
+      logprobs_BxN=logprobs_BxN,
+    )
+
+  return jax.lax.while_loop(cond, body, state)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "settings", "max_new_tokens", "mesh"))
 def sample(
   config: ModelConfig,
@@ -109,73 +209,119 @@ def sample(
   """
   batch, prompt_len = tokens_BxP.shape
   stop_len = stops_MxQ.shape[1]
-  row_keys = jax.vmap(jax.random.key)(seeds_B)
-
-  positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
-  cache = model_lib.init_cache(config, batch, prompt_len + max_new_tokens, mesh=mesh)
-  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
-  rows = (
-    _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None
+  run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
+  state = _prefilled(
+    config,
+    params,
+    tokens_BxP,
+    mask_BxP,
+    seeds_B,
+    cache_length=prompt_len + max_new_tokens,
+    stop_len=stop_len,
+    max_new_tokens=max_new_tokens,
+    mesh=mesh,
+    adapters=adapters,
   )
-  last_logits_BxV, cache = model_lib.prefill(
-    config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows, adapters=adapters
+  final = _run(config, params, state, eos_ids, stops_MxQ, batch, **run)
+  return final.out_BxN[:, stop_len:], final.logprobs_BxN, final.reason_B
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_length", "stop_len", "max_new_tokens", "mesh"))
+def start(
+  config: ModelConfig,
+  params,
+  tokens_BxP: jax.Array,
+  mask_BxP: jax.Array,
+  seeds_B: jax.Array,
+  *,
+  cache_length: int,
+  stop_len: int,
+  max_new_tokens: int,
+  mesh: Mesh | None = None,
+  adapters=None,
+) -> DecodeState:
+  """A batch that will take new prompts: its first prompts in a cache of `cache_length` slots.
+
+  `stop_len`: the width Q of the stop-sequence table `advance` gets. Rows with an all-zero mask
+  start done (free for `insert`).
+  """
+  state = _prefilled(
+    config,
+    params,
+    tokens_BxP,
+    mask_BxP,
+    seeds_B,
+    cache_length=cache_length,
+    stop_len=stop_len,
+    max_new_tokens=max_new_tokens,
+    mesh=mesh,
+    adapters=adapters,
   )
-  layer_params = model_lib.unstack_layers(params)
-  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+  batch, prompt_len = tokens_BxP.shape
+  return state.replace(cache=state.cache.replace(end=jnp.full((batch,), prompt_len, jnp.int32)))
 
-  # Generated tokens sit after `stop_len` columns of -1, so the last Q tokens are one slice.
-  out_BxN = jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32)
-  state = dict(
-    step=jnp.int32(0),
-    logits_BxV=last_logits_BxV.astype(jnp.float32),
-    position_B=positions_BxP[:, -1] + 1,
-    cache=cache,
-    done_B=~jnp.any(mask_BxP > 0, axis=1),
-    reason_B=jnp.full((batch,), STOP_LENGTH, jnp.int32),
-    out_BxN=out_BxN,
-    logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
+
+@functools.partial(jax.jit, static_argnames=("config", "settings", "max_new_tokens", "mesh"), donate_argnames="state")
+def advance(
+  config: ModelConfig,
+  params,
+  state: DecodeState,
+  eos_ids: jax.Array,
+  stops_MxQ: jax.Array,
+  stop_when_done: jax.Array,
+  *,
+  settings: SamplingSettings,
+  max_new_tokens: int,
+  mesh: Mesh | None = None,
+  adapters=None,
+) -> DecodeState:
+  """Decodes until `stop_when_done` rows (idle ones included) are done, or every row is."""
+  run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
+  return _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, **run)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"), donate_argnames="state")
+def insert(
+  config: ModelConfig,
+  params,
+  state: DecodeState,
+  rows_G: jax.Array,
+  tokens_GxP: jax.Array,
+  mask_GxP: jax.Array,
+  seeds_G: jax.Array,
+  *,
+  mesh: Mesh | None = None,
+  adapters=None,
+) -> DecodeState:
+  """`state` with G new left-padded prompts prefilled into rows `rows_G` (a row index of B or
+  more: no row, for a group padded to its size). Each new row's cache holds its prompt at
+  slots [0, P); its other slots are emptied."""
+  cache_length = state.cache.positions.shape[1]
+  prompt_len = tokens_GxP.shape[1]
+  new = _prefilled(
+    config,
+    params,
+    tokens_GxP,
+    mask_GxP,
+    seeds_G,
+    cache_length=prompt_len,
+    stop_len=state.out_BxN.shape[1] - state.logprobs_BxN.shape[1],
+    max_new_tokens=state.logprobs_BxN.shape[1],
+    mesh=mesh,
+    adapters=adapters,
   )
-
-  def cond(s):
-    return (s["step"] < max_new_tokens) & ~jnp.all(s["done_B"])
-
-  def body(s):
-    step = s["step"]
-    keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-    token_B = choose_tokens(s["logits_BxV"], keys_B, settings)
-    chosen_logit_B = jnp.take_along_axis(s["logits_BxV"], token_B[:, None], axis=-1)[:, 0]
-    logprob_B = chosen_logit_B - jax.nn.logsumexp(s["logits_BxV"], axis=-1)
-    written_B = jnp.where(s["done_B"], _NO_TOKEN, token_B)
-    out_BxN = jax.lax.dynamic_update_slice(s["out_BxN"], written_B[:, None], (0, stop_len + step))
-    logprobs_BxN = jax.lax.dynamic_update_slice(
-      s["logprobs_BxN"], jnp.where(s["done_B"], 0.0, logprob_B)[:, None], (0, step)
-    )
-    hit_eos = jnp.isin(token_B, eos_ids) & ~s["done_B"]
-    hit_stop = _ends_with_stop(jax.lax.dynamic_slice(out_BxN, (0, step + 1), (batch, stop_len)), stops_MxQ)
-    hit_stop &= ~s["done_B"] & ~hit_eos
-    reason_B = jnp.where(hit_eos, STOP_EOS, jnp.where(hit_stop, STOP_SEQUENCE, s["reason_B"]))
-    done_B = s["done_B"] | hit_eos | hit_stop
-    logits, cache = model_lib.decode(
-      config,
-      params,
-      layer_params,
-      token_B[:, None],
-      s["position_B"][:, None],
-      jnp.ones((batch, 1), jnp.int32),
-      s["cache"],
-      mesh,
-      layer_adapters,
-    )
-    return dict(
-      step=step + 1,
-      logits_BxV=logits[:, -1].astype(jnp.float32),
-      position_B=s["position_B"] + 1,
-      cache=cache,
-      done_B=done_B,
-      reason_B=reason_B,
-      out_BxN=out_BxN,
-      logprobs_BxN=logprobs_BxN,
-    )
-
-  final = jax.lax.while_loop(cond, body, state)
-  return final["out_BxN"][:, stop_len:], final["logprobs_BxN"], final["reason_B"]
+  put = lambda old, rows: old.at[rows_G].set(rows, mode="drop")
+  slots = lambda x: jnp.pad(x, ((0, 0), (0, cache_length - prompt_len)))  # the emptied slots: segment 0
+  cache = model_lib.KVCache(
+    keys=tuple(
+      old.at[rows_G, :, :, :prompt_len].set(k, mode="drop") for old, k in zip(state.cache.keys, new.cache.keys)
+    ),
+    values=tuple(
+      old.at[rows_G, :, :prompt_len, :].set(v, mode="drop") for old, v in zip(state.cache.values, new.cache.values)
+    ),
+    positions=put(state.cache.positions, slots(new.cache.positions)),
+    segment_ids=put(state.cache.segment_ids, slots(new.cache.segment_ids)),
+    end=put(state.cache.end, jnp.full(rows_G.shape, prompt_len, jnp.int32)),
+  )
+  fields = ("logits_BxV", "position_B", "step_B", "seed_B", "done_B", "reason_B", "out_BxN", "logprobs_BxN")
+  return state.replace(cache=cache, **{f: put(getattr(state, f), getattr(new, f)) for f in fields})

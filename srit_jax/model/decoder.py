@@ -42,8 +42,9 @@ class KVCache:
   so that each step's two attention matmuls read them as they lie, and kept as separate
   arrays rather than one stacked [L, ...] array, so no step copies a layer's slice out of a
   stack. positions, segment_ids: [B, S]
-  (segment 0 = empty slot); end: int32 scalar, the number of slots written so far (shared
-  by all rows).
+  (segment 0 = empty slot); end: the number of slots written so far, an int32 scalar when
+  every row has as many, or one per row [B] when rows start at different times (a batch
+  whose finished rows take new prompts).
   """
 
   keys: tuple[jax.Array, ...]
@@ -68,7 +69,7 @@ class CacheView:
 
   positions: jax.Array  # [B, S], this call's tokens included (mode "step")
   segment_ids: jax.Array  # [B, S], likewise
-  end: jax.Array  # int32 scalar: the first slot this call writes
+  end: jax.Array  # int32 scalar or [B]: the first slot this call writes
   mode: str = flax.struct.field(pytree_node=False, default="step")
 
 
@@ -465,23 +466,40 @@ def decode(
   return logits, cache
 
 
+def _write_at(cache_array, new, end, slot_axis: int):
+  """`new` written into `cache_array` from slot `end` along `slot_axis`.
+
+  `end` is one slot for every row (one `dynamic_update_slice`) or one per row ([B]: the same
+  update per row, which XLA turns into one scatter).
+  """
+  if jnp.ndim(end) == 0:
+    return jax.lax.dynamic_update_slice(cache_array, new, tuple(end if a == slot_axis else 0 for a in range(new.ndim)))
+
+  def row(array, update, row_end):
+    return jax.lax.dynamic_update_slice(
+      array, update, tuple(row_end if a == slot_axis - 1 else 0 for a in range(update.ndim))
+    )
+
+  return jax.vmap(row)(cache_array, new, end)
+
+
 def _write_slots(cache: KVCache, positions_BxT, segment_ids_BxT):
   """The cache's slot positions and segment ids with T new tokens written at [end, end + T)."""
-  positions = jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), (0, cache.end))
-  segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), (0, cache.end))
+  positions = _write_at(cache.positions, positions_BxT.astype(jnp.int32), cache.end, 1)
+  segment_ids = _write_at(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), cache.end, 1)
   return positions, segment_ids
 
 
 def write_keys(keys_BxKxHxS, new_BxTxKxH, end, mesh=None):
   """A layer's key cache with T new keys written at slots [end, end + T)."""
   new = new_BxTxKxH.transpose(0, 2, 3, 1).astype(keys_BxKxHxS.dtype)
-  return sharding.constrain(jax.lax.dynamic_update_slice(keys_BxKxHxS, new, (0, 0, 0, end)), KEY_CACHE_AXES, mesh)
+  return sharding.constrain(_write_at(keys_BxKxHxS, new, end, 3), KEY_CACHE_AXES, mesh)
 
 
 def write_values(values_BxKxSxH, new_BxTxKxH, end, mesh=None):
   """A layer's value cache with T new values written at slots [end, end + T)."""
   new = new_BxTxKxH.transpose(0, 2, 1, 3).astype(values_BxKxSxH.dtype)
-  return sharding.constrain(jax.lax.dynamic_update_slice(values_BxKxSxH, new, (0, 0, end, 0)), VALUE_CACHE_AXES, mesh)
+  return sharding.constrain(_write_at(values_BxKxSxH, new, end, 2), VALUE_CACHE_AXES, mesh)
 
 
 def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCache:

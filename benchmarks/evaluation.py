@@ -1,0 +1,116 @@
+"""Answering real benchmark questions: one batch after another vs. a batch refilled as rows end.
+
+    python benchmarks/evaluation.py --model=runs/study/base/sft/export --task=wordmath \\
+        --questions=256 --batch=64 --max_new_tokens=128
+
+Greedy chain-of-thought answers as `srit-jax eval` makes them: the task's prompts through the
+chat template, EOS and the task's stop strings on, prompts started in order of length. Static
+batches decode until their longest answer ends; a refilled batch prefills the next prompts into
+rows as they finish. Each way runs once untimed (compiling every program it meets), then
+`--rounds` times, alternating which goes first (the fastest run of each is kept); both must
+give the same answers (checked: tokens equal). Reported
+per way: seconds, answers/s and new tokens/s; for static batches also the share of row-steps
+that decode a live row (the rest wait for their batch's longest answer, or are idle rows of a
+short last batch).
+"""
+
+from __future__ import annotations
+
+import time
+
+import common
+from absl import app, flags
+
+_TASK = flags.DEFINE_string("task", "wordmath", "the task whose test questions are answered")
+_QUESTIONS = flags.DEFINE_integer("questions", 256, "questions answered")
+_BATCH = flags.DEFINE_integer("batch", 64, "rows decoded together")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "tokens per answer at most")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "timed runs of each way")
+
+
+def _rows(model):
+  from srit_jax.generation import batched, jsonl
+  from srit_jax.tasks import prompts
+  from srit_jax.tasks.registry import get_task, load_examples
+
+  if model.tokenizer is None:
+    raise app.UsageError("--model must be a checkpoint with a tokenizer: the questions are text")
+  examples = load_examples(_TASK.value, get_task(_TASK.value).eval_split, limit=_QUESTIONS.value, seed=0)
+  records = [
+    {"prompt": prompts.prompt(e, prompts.COT), "response_prefix": prompts.response_prefix(e, prompts.COT)}
+    for e in examples
+  ]
+  tokens = [jsonl.encode_prompt(model.tokenizer, r, True, where=f"question {i}") for i, r in enumerate(records)]
+  order = sorted(range(len(tokens)), key=lambda i: (len(tokens[i]), i))
+  return [batched.Row(i, 0, tokens[i]) for i in order], prompts.stop_strings(prompts.COT, ())
+
+
+def _answer(model, rows, stop_strings, refill: bool):
+  from srit_jax.generation import batched
+
+  start = time.perf_counter()
+  generations = batched.generate_rows(
+    model.config,
+    model.params,
+    rows,
+    max_new_tokens=_MAX_NEW_TOKENS.value,
+    batch_size=_BATCH.value,
+    refill=refill,
+    stop_strings=stop_strings,
+    tokenizer=model.tokenizer,
+    mesh=model.mesh,
+  )
+  return time.perf_counter() - start, generations
+
+
+def _live_share_of_static_batches(lengths: list[int], batch: int) -> float:
+  """Row-steps that decode a live row over all row-steps, batches of `batch` in order."""
+  busy = sum(lengths)
+  spent = sum(batch * max(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
+  return busy / spent
+
+
+def main(argv):
+  del argv
+  model = common.model()
+  rows, stop_strings = _rows(model)
+  tokens_of = lambda generations: [g.tokens for g in generations]
+  # Compile both ways' programs first (every prompt bucket and group size they meet).
+  _, reference = _answer(model, rows, stop_strings, refill=False)
+  _, refilled = _answer(model, rows, stop_strings, refill=True)
+  if tokens_of(refilled) != tokens_of(reference):
+    differ = sum(a != b for a, b in zip(tokens_of(refilled), tokens_of(reference)))
+    raise SystemExit(f"refilled and static batches answered {differ} of {len(rows)} questions differently")
+  times = {"static": [], "refilled": []}
+  ways = [("static", "refilled"), ("refilled", "static")]
+  for way in [way for n in range(_ROUNDS.value) for way in ways[n % 2]]:
+    seconds, generations = _answer(model, rows, stop_strings, refill=way == "refilled")
+    assert tokens_of(generations) == tokens_of(reference), way
+    times[way].append(seconds)
+  lengths = [len(g.tokens) for g in reference]
+  new_tokens = sum(lengths)
+  results = {
+    "machine": common.machine(),
+    "task": _TASK.value,
+    "questions": len(rows),
+    "batch": _BATCH.value,
+    "max_new_tokens": _MAX_NEW_TOKENS.value,
+    "new_tokens": new_tokens,
+    "answer_tokens": {"mean": new_tokens / len(rows), "max": max(lengths)},
+    "runs": {},
+  }
+  for way, seconds in times.items():
+    best = min(seconds)
+    results["runs"][way] = {
+      "seconds": seconds,
+      "answers_per_s": len(rows) / best,
+      "new_tokens_per_s": new_tokens / best,
+    }
+  # `reference` is in the order of `rows`: the order static batches take them.
+  results["runs"]["static"]["live_row_step_share"] = _live_share_of_static_batches(lengths, _BATCH.value)
+  results["refilled_speedup"] = min(times["static"]) / min(times["refilled"])
+  common.report(results)
+
+
+if __name__ == "__main__":
+  app.run(main)
