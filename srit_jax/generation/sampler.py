@@ -110,9 +110,7 @@ class DecodeState:
   logprobs_BxN: jax.Array  # [B, N]
 
 
-def _prefilled(
-  config, params, tokens_BxP, mask_BxP, seeds_B, *, cache_length, stop_len, max_new_tokens, mesh, adapters
-):
+def _prefilled(config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters):
   """The state of left-padded prompts run into a fresh cache of `cache_length` slots."""
   batch, _ = tokens_BxP.shape
   positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
@@ -211,16 +209,7 @@ def sample(
   stop_len = stops_MxQ.shape[1]
   run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
   state = _prefilled(
-    config,
-    params,
-    tokens_BxP,
-    mask_BxP,
-    seeds_B,
-    cache_length=prompt_len + max_new_tokens,
-    stop_len=stop_len,
-    max_new_tokens=max_new_tokens,
-    mesh=mesh,
-    adapters=adapters,
+    config, params, tokens_BxP, mask_BxP, seeds_B, prompt_len + max_new_tokens, stop_len, max_new_tokens, mesh, adapters
   )
   final = _run(config, params, state, eos_ids, stops_MxQ, batch, **run)
   return final.out_BxN[:, stop_len:], final.logprobs_BxN, final.reason_B
@@ -246,16 +235,7 @@ def start(
   start done (free for `insert`).
   """
   state = _prefilled(
-    config,
-    params,
-    tokens_BxP,
-    mask_BxP,
-    seeds_B,
-    cache_length=cache_length,
-    stop_len=stop_len,
-    max_new_tokens=max_new_tokens,
-    mesh=mesh,
-    adapters=adapters,
+    config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters
   )
   batch, prompt_len = tokens_BxP.shape
   return state.replace(cache=state.cache.replace(end=jnp.full((batch,), prompt_len, jnp.int32)))
@@ -304,11 +284,11 @@ def insert(
     tokens_GxP,
     mask_GxP,
     seeds_G,
-    cache_length=prompt_len,
-    stop_len=state.out_BxN.shape[1] - state.logprobs_BxN.shape[1],
-    max_new_tokens=state.logprobs_BxN.shape[1],
-    mesh=mesh,
-    adapters=adapters,
+    prompt_len,
+    state.out_BxN.shape[1] - state.logprobs_BxN.shape[1],
+    state.logprobs_BxN.shape[1],
+    mesh,
+    adapters,
   )
   put = lambda old, rows: old.at[rows_G].set(rows, mode="drop")
   slots = lambda x: jnp.pad(x, ((0, 0), (0, cache_length - prompt_len)))  # the emptied slots: segment 0
