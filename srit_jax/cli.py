@@ -337,28 +337,45 @@ def _quiet_background_tracebacks() -> None:
   logged copies are left out."""
   import logging as python_logging
   import os
+  import threading
+  import traceback
 
   def from_a_save_thread(record) -> bool:
     return not (record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
   python_logging.getLogger("absl").addFilter(from_a_save_thread)
-  # TensorStore's callbacks of a failed save's writes raise this as they land on its closed loop,
-  # and the save's unfinished write coroutines raise their error again when Python collects them.
-  default_unraisable = sys.unraisablehook
+  # After the run has reported a failed save, what is left of the save raises its error again:
+  # TensorStore's callbacks of its writes as they land on its closed loop ("Event loop is
+  # closed"), its unfinished write coroutines as Python collects them (the unraisable hook), its
+  # tasks whose error no one retrieved (asyncio's logger) and its threads (threading's hook).
+  in_a_save_library = lambda filename: any(f"{os.sep}{library}{os.sep}" in filename for library in SAVE_LIBRARIES)
 
-  def of_a_failed_save(unraisable) -> bool:
-    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+  def leftover_of_a_failed_save(error, code=None) -> bool:
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
       return True
-    code = getattr(unraisable.object, "cr_code", None)
-    if code is not None and any(f"{os.sep}{library}{os.sep}" in code.co_filename for library in SAVE_LIBRARIES):
+    if code is not None and in_a_save_library(code.co_filename):
       return True
-    return "OCDBT database" in str(unraisable.exc_value)  # TensorStore's words for a checkpoint's failed write
+    frames = traceback.extract_tb(error.__traceback__) if isinstance(error, BaseException) else []
+    if any(in_a_save_library(frame.filename) for frame in frames):
+      return True
+    return "OCDBT database" in str(error)  # TensorStore's words for a checkpoint's failed write
+
+  default_unraisable, default_thread_hook = sys.unraisablehook, threading.excepthook
 
   def quiet_unraisable(unraisable):
-    if not of_a_failed_save(unraisable):
+    if not leftover_of_a_failed_save(unraisable.exc_value, getattr(unraisable.object, "cr_code", None)):
       default_unraisable(unraisable)
 
+  def quiet_thread_error(failure):
+    if not leftover_of_a_failed_save(failure.exc_value):
+      default_thread_hook(failure)
+
+  def not_a_leftover_task_error(record) -> bool:
+    return not (record.exc_info and leftover_of_a_failed_save(record.exc_info[1]))
+
   sys.unraisablehook = quiet_unraisable
+  threading.excepthook = quiet_thread_error
+  python_logging.getLogger("asyncio").addFilter(not_a_leftover_task_error)
 
 
 def main(argv: list[str] | None = None) -> int:

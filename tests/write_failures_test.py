@@ -170,13 +170,16 @@ def test_writes_to_a_read_only_disk_say_so(small_disk):
 
 def test_a_failed_saves_leftover_write_errors_are_not_printed_after_its_one_line(monkeypatch):
   import logging
+  import threading
   import types
 
   from srit_jax import cli
 
   printed = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(str(u.exc_value)))  # Python's printer
+  monkeypatch.setattr(threading, "excepthook", lambda failure: printed.append(str(failure.exc_value)))
   absl_filters = list(logging.getLogger("absl").filters)
+  asyncio_filters = list(logging.getLogger("asyncio").filters)
   cli._quiet_background_tracebacks()
   try:
 
@@ -189,5 +192,25 @@ def test_a_failed_saves_leftover_write_errors_are_not_printed_after_its_one_line
     assert printed == []
     sys.unraisablehook(unraisable(ValueError("something else")))  # anything else still is
     assert printed == ["something else"]
+
+    # The same error of a save's thread, and of its task that no one awaited: not printed either.
+    failed_write = ValueError('RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database at local file')
+    thread_failure = lambda error: types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None)
+    threading.excepthook(thread_failure(failed_write))
+    threading.excepthook(thread_failure(KeyError("another")))
+    assert printed == ["something else", "'another'"]
+    task_error = lambda error: logging.LogRecord(
+      "asyncio",
+      logging.ERROR,
+      "base_events.py",
+      1,
+      "Task exception was never retrieved",
+      (),
+      (type(error), error, None),
+    )
+    asyncio_logger = logging.getLogger("asyncio")
+    assert not asyncio_logger.filter(task_error(failed_write))
+    assert asyncio_logger.filter(task_error(ValueError("a task's own error")))
   finally:
     logging.getLogger("absl").filters[:] = absl_filters
+    logging.getLogger("asyncio").filters[:] = asyncio_filters
