@@ -90,7 +90,7 @@ def test_a_checkpoint_that_cannot_be_saved_stops_the_run_in_one_line_and_the_ear
     result = _sft(tiny_with_tokenizer, train_file, disk / "run", *flags)
     assert result.returncode == 1, name
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: could not save the checkpoint of step 15 in "), message
+    assert message.startswith("error: could not save the checkpoint of step 15 in "), result.stderr[-4000:]
     assert "no space left on device; the checkpoints of steps 10, 5 are intact" in message
     assert "Traceback" not in result.stderr and "ERROR:absl" not in result.stderr
     assert max(_steps(disk / "run")) <= last_step, name  # not the end of the run
