@@ -90,8 +90,11 @@ def test_same_seed_same_samples_and_batching_does_not_matter(tiny):
   assert len({tuple(t) for t in first[:3]}) > 1, "samples of one prompt should differ"
 
 
-@pytest.mark.parametrize("batch_size", [4, 16])  # new rows go in 1 and 2 at a time
-def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size):
+@pytest.mark.parametrize(
+  "batch_size,settings",
+  [(4, SamplingSettings()), (16, SamplingSettings(temperature=1.0, top_p=0.9))],  # new rows 1 and 2 at a time
+)
+def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size, settings):
   """Rows that take the slots of finished ones generate what they would in a batch of their own."""
   config, params = tiny
   prompts = _prompts([5, 12, 3, 20, 7, 9, 2, 15, 11])
@@ -99,24 +102,22 @@ def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size
   inserts = []
   real_insert = sampling.insert
   monkeypatch.setattr(sampling, "insert", lambda *a, **k: inserts.append(1) or real_insert(*a, **k))
-  for settings in (SamplingSettings(), SamplingSettings(temperature=1.0, top_p=0.9)):
-    options = dict(max_new_tokens=12, settings=settings, num_samples=2, seed=3, eos_ids=eos)
-    inserts.clear()
-    whole = generation.generate(config, params, prompts, batch_size=32, **options)
-    assert not inserts
-    assert len({len(g.tokens) for g in whole}) > 3, "rows should end at different steps"
-    finished = []
-    refilled = generation.generate(config, params, prompts, batch_size=batch_size, on_batch=finished.extend, **options)
-    static = generation.generate(config, params, prompts, batch_size=batch_size, refill=False, **options)
-    for other in (refilled, static):
-      assert [(g.prompt_index, g.sample_index) for g in other] == [(g.prompt_index, g.sample_index) for g in whole]
-      assert [g.tokens for g in other] == [g.tokens for g in whole]
-      assert [g.stop_reason for g in other] == [g.stop_reason for g in whole]
-      for a, b in zip(other, whole):
-        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
-    assert sorted(finished, key=lambda g: (g.prompt_index, g.sample_index)) == refilled
-    assert finished != refilled, "rows should finish out of their order"
-    assert inserts, "the batch should have taken new rows"
+  options = dict(max_new_tokens=12, settings=settings, num_samples=2, seed=3, eos_ids=eos)
+  whole = generation.generate(config, params, prompts, batch_size=32, **options)
+  assert not inserts
+  assert len({len(g.tokens) for g in whole}) > 3, "rows should end at different steps"
+  finished = []
+  refilled = generation.generate(config, params, prompts, batch_size=batch_size, on_batch=finished.extend, **options)
+  assert inserts, "the batch should have taken new rows"
+  static = generation.generate(config, params, prompts, batch_size=batch_size, refill=False, **options)
+  for other in (refilled, static):
+    assert [(g.prompt_index, g.sample_index) for g in other] == [(g.prompt_index, g.sample_index) for g in whole]
+    assert [g.tokens for g in other] == [g.tokens for g in whole]
+    assert [g.stop_reason for g in other] == [g.stop_reason for g in whole]
+    for a, b in zip(other, whole):
+      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  assert sorted(finished, key=lambda g: (g.prompt_index, g.sample_index)) == refilled
+  assert finished != refilled, "rows should finish out of their order"
 
 
 def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
