@@ -355,8 +355,7 @@ def _quiet_background_tracebacks() -> None:
       return True
     if code is not None and in_a_save_library(code.co_filename):
       return True
-    frames = traceback.extract_tb(error.__traceback__) if isinstance(error, BaseException) else []
-    if any(in_a_save_library(frame.filename) for frame in frames):
+    if any(in_a_save_library(frame.filename) for frame in traceback.extract_tb(error.__traceback__)):
       return True
     return "OCDBT database" in str(error)  # TensorStore's words for a checkpoint's failed write
 

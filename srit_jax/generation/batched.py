@@ -129,8 +129,6 @@ def generate(
 
   `prompt_indices` name the prompts (default 0, 1, ...); `options` are those of `generate_rows`.
   """
-  if not prompts:
-    raise ValueError("no prompts to generate from")
   indices = list(prompt_indices) if prompt_indices is not None else list(range(len(prompts)))
   rows = [Row(indices[i], s, prompts[i]) for i in range(len(prompts)) for s in range(num_samples)]
   return generate_rows(config, params, rows, **options)
@@ -221,10 +219,10 @@ class _Decoder:
   tokenizer: object
   stop_strings: tuple[str, ...]
 
-  def _inputs(self, rows: Sequence[Row], size: int, width: int | None = None) -> list:
+  def _inputs(self, rows: Sequence[Row], size: int) -> list:
     """(tokens, mask, seeds) of `rows` left-padded to a prompt bucket, plus idle rows up to `size`;
     on a mesh, each process fills the shards it holds."""
-    width = width or prompt_bucket(max(len(row.prompt) for row in rows), self.limit)
+    width = prompt_bucket(max(len(row.prompt) for row in rows), self.limit)
     tokens, mask = left_pad([row.prompt for row in rows], self.config.pad_token_id or 0, width)
     idle = size - len(rows)
     seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * idle

@@ -107,9 +107,9 @@ def generate_to_jsonl(
   """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
 
   Prompts start in order of token length, `batch_size` rows at a time, finished rows making
-  room for the next (see `batched`). `model_identity` (a digest of the
-  model's files) joins the fingerprint of the inputs; `on_change` says what happens to a file
-  made from other inputs: "restart" or "error".
+  room for the next (see `batched`). `model_identity` (a digest of the model's files) joins the
+  fingerprint of the inputs; `on_change` says what happens to a file made from other inputs:
+  "restart" or "error".
   """
   if on_change not in ON_CHANGE:
     raise ValueError(f"on_change {on_change!r} is not one of {ON_CHANGE}")
@@ -141,9 +141,8 @@ def generate_to_jsonl(
     return out_path  # complete, and made from these inputs: left as it is
   io.write_json(_meta_path(out_path), {"inputs": inputs, "records": len(records), "num_samples": num_samples})
 
-  total = len(records) * num_samples
   bar = tqdm.tqdm(
-    total=total,
+    total=len(records) * num_samples,
     initial=len(written),
     desc="generating",
     unit="answer",
