@@ -197,12 +197,12 @@ def _parameter_count(model_config) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
-def _measured(plan: ProgramPlan, build, model_config) -> ProgramPlan:
-  """The program compiled at full depth (memory, XLA's FLOPs) and, when it compiles, its cost
-  with every layer counted."""
+def _measured(plan: ProgramPlan, build, model_config, cost: bool) -> ProgramPlan:
+  """The program compiled at full depth (memory, XLA's FLOPs) and, with `cost` and when it
+  compiles, its cost with every layer counted (two shallow compiles more)."""
   lower, arguments = build(model_config)
   plan = _measure(plan, lower, arguments)
-  if not plan.error:
+  if cost and not plan.error:
     try:
       plan.cost = extrapolated_cost(build, model_config)
     except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
@@ -233,7 +233,7 @@ def sft_build(block, devices):
   return build
 
 
-def sft_program(block, model_source: str, devices) -> ProgramPlan:
+def sft_program(block, model_source: str, devices, *, cost: bool = True) -> ProgramPlan:
   model_config = _model_config(block, model_source)
   rows = (block.batch_size, block.max_length)
   build = sft_build(block, devices)
@@ -243,7 +243,7 @@ def sft_program(block, model_source: str, devices) -> ProgramPlan:
     attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
-  return _measured(plan, build, model_config)
+  return _measured(plan, build, model_config, cost)
 
 
 def _is_tpu(devices) -> bool:
@@ -269,7 +269,7 @@ def _pair_batch(mesh, pairs: int, layout, max_length: int, precomputed: bool, mi
   return batch
 
 
-def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
+def dpo_programs(block, model_source: str, devices, *, cost: bool = True) -> list[ProgramPlan]:
   model_config = _model_config(block, model_source)
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
@@ -316,6 +316,7 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
       ),
       build_step,
       model_config,
+      cost,
     )
   ]
   if precomputed:
@@ -343,13 +344,22 @@ def dpo_programs(block, model_source: str, devices) -> list[ProgramPlan]:
         ),
         build_reference,
         model_config,
+        cost,
       )
     )
   return plans
 
 
 def sampler_program(
-  phase: str, block, model_source: str, devices, *, batch: int, prompt_length: int, max_new_tokens: int
+  phase: str,
+  block,
+  model_source: str,
+  devices,
+  *,
+  batch: int,
+  prompt_length: int,
+  max_new_tokens: int,
+  cost: bool = True,
 ) -> ProgramPlan:
   from srit_jax.generation import batched, sampler
 
@@ -388,7 +398,7 @@ def sampler_program(
     / len(devices),
   )
   plan.per_call = batch
-  plan = _measured(plan, build, model_config)
+  plan = _measured(plan, build, model_config, cost)
   if plan.cost is not None:  # the decode loop, counted once by XLA: the other new tokens' steps
     params, adapters, _ = build(model_config)[1]
     step = decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
@@ -396,8 +406,9 @@ def sampler_program(
   return plan
 
 
-def programs(config, command: str, devices, *, prompt_length: int) -> list[ProgramPlan]:
-  """Every program `command` runs for `config`, compiled for `devices`.
+def programs(config, command: str, devices, *, prompt_length: int, cost: bool = True) -> list[ProgramPlan]:
+  """Every program `command` runs for `config`, compiled for `devices`; with `cost`, each one's
+  FLOPs and bytes with every layer counted, for its time bound (three compiles a program, not one).
 
   A pipeline config (one with a `student`) plans its phase blocks for the student: all of
   them for "pipeline", one for "sft", "refine" or "eval".
@@ -413,15 +424,15 @@ def programs(config, command: str, devices, *, prompt_length: int) -> list[Progr
     student, blocks = config.model, {command: config}
   plans = []
   if command in ("sft", "pipeline"):
-    plans.append(sft_program(blocks["sft"], student, devices))
+    plans.append(sft_program(blocks["sft"], student, devices, cost=cost))
   if command in ("refine", "pipeline"):
-    plans += _refine_programs(blocks["refine"], student, devices, prompt_length)
+    plans += _refine_programs(blocks["refine"], student, devices, prompt_length, cost)
   if command in ("eval", "pipeline"):
-    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length))
+    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length, cost))
   return plans
 
 
-def _refine_programs(block, student, devices, prompt_length):
+def _refine_programs(block, student, devices, prompt_length, cost):
   sampling = sampler_program(
     "refine",
     block,
@@ -430,11 +441,12 @@ def _refine_programs(block, student, devices, prompt_length):
     batch=block.generate_batch_size,
     prompt_length=prompt_length,
     max_new_tokens=max(block.max_new_tokens, block.max_new_tokens_direct),
+    cost=cost,
   )
-  return [sampling, *dpo_programs(block, student, devices)]
+  return [sampling, *dpo_programs(block, student, devices, cost=cost)]
 
 
-def _eval_program(block, student, devices, prompt_length):
+def _eval_program(block, student, devices, prompt_length, cost):
   block = block.copy_and_resolve_references()
   with block.unlocked():
     block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
@@ -446,6 +458,7 @@ def _eval_program(block, student, devices, prompt_length):
     batch=block.batch_size,
     prompt_length=prompt_length,
     max_new_tokens=block.max_new_tokens,
+    cost=cost,
   )
 
 
@@ -694,7 +707,7 @@ def check_fits(config, command: str, *, prompt_length: int = 512) -> None:
   if jax.default_backend() != "tpu":
     return
   devices, hbm = plan_devices(None)
-  plans = programs(config, command, devices, prompt_length=prompt_length)
+  plans = programs(config, command, devices, prompt_length=prompt_length, cost=False)  # memory only
   problems = failures(plans, hbm, config, command)
   if problems:
     raise PlanError("programs that do not fit this slice:\n" + "\n".join(problems) + "\n\n" + report(plans, hbm))

@@ -176,6 +176,23 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   assert corrected.bytes == pytest.approx(truth.bytes, rel=0.1)
 
 
+@requires_libtpu
+def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, monkeypatch):
+  """`--notime` and the fit check before a TPU run need memory only: no shallow copies."""
+  from srit_jax import configs, programs, topology
+
+  block = configs.load("sft", "tiny")
+  block.model, block.batch_size = str(tiny_with_tokenizer), 8
+  devices, _ = topology.tpu_devices("v5e-8")
+  shallow = []
+  real = programs._shallow
+  monkeypatch.setattr(programs, "_shallow", lambda *a: shallow.append(a[1]) or real(*a))
+  (plan,) = programs.programs(block, "sft", devices, prompt_length=16, cost=False)
+  assert plan.total > 0 and not plan.error and plan.cost is None and shallow == []
+  (plan,) = programs.programs(block, "sft", devices, prompt_length=16)
+  assert plan.cost is not None and shallow == [1, 2]
+
+
 def _planned_at(tpu_plan, variant: str, rows=None) -> dict:
   """A stored plan's rows: the config's (or `rows`)."""
   keys = ("sft_rows", "dpo_pairs", "generation_rows", "eval_rows")

@@ -21,7 +21,7 @@ def run(
   devices, hbm = plan_devices(topology_name)
   where = f"{topology_name} ({len(devices)} devices, {devices[0].device_kind})" if topology_name else "local devices"
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
-  plans = programs(config, command, devices, prompt_length=prompt_length)
+  plans = programs(config, command, devices, prompt_length=prompt_length, cost=time)
   print(report(plans, hbm))
   times = estimate_report(run_estimate(config, plans, devices), len(devices)) if time else ""
   if times:
