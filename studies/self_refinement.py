@@ -49,6 +49,12 @@ RPO = [
 ]
 
 
+# The paper's pairs (a correct CoT answer over a direct one, the teacher's demonstration as the
+# chosen answer where the student has no correct chain) with the same NLL term, pair cap, epochs
+# and checkpoint choice.
+COT_VS_DIRECT_NLL = tuple(o for o in RPO if "strategy" not in o and "num_cot" not in o and "num_direct" not in o)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   what: str
@@ -64,8 +70,21 @@ VARIANTS = {
     (*RPO, "control=True"),
   ),
   "cot_vs_direct_nll": Variant(
-    "the paper's pairs (CoT over direct) + NLL (weight 1), up to 8 pairs per question, 2 epochs, lowest held-out loss",
-    tuple(o for o in RPO if "strategy" not in o and "num_cot" not in o and "num_direct" not in o),
+    "the paper's pairs (CoT over direct) + NLL (weight 1), up to 8 pairs per question, 2 epochs, lowest held-out "
+    "loss; with the compute-matched control",
+    (*COT_VS_DIRECT_NLL, "control=True"),
+  ),
+  "cot_vs_direct_nll_seed_1": Variant(
+    "cot_vs_direct_nll with another sampling and shuffling seed", (*COT_VS_DIRECT_NLL, "control=True", "refine.seed=1")
+  ),
+  "cot_vs_direct_nll_demos_100": Variant(
+    "cot_vs_direct_nll after SFT on a quarter of the demonstrations (100)",
+    (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100"),
+  ),
+  "cot_vs_direct_nll_new_questions": Variant(
+    "cot_vs_direct_nll on 400 more training questions that no demonstration answers (600 in all)",
+    (*COT_VS_DIRECT_NLL, "control=True", "refine.new_questions=400"),
+    parent="cot_vs_direct_nll",
   ),
   "rpo_3_rounds": Variant(
     "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference",
@@ -129,15 +148,23 @@ def run_variant(root: pathlib.Path, name: str) -> None:
   if name != "base" and not (root / parent / "STUDY_DONE").exists():
     run_variant(root, parent)
   workdir = _start_from_parent(root, name)
-  if (workdir / "results.json").exists() and (workdir / "STUDY_DONE").exists():
+  overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
+  if (workdir / "results.json").exists() and _done_with(workdir) in (overrides, None):
     print(f"[{name}] done already")
     return
-  overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
   command = ["nice", "-n", "10", "srit-jax", "pipeline", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
   subprocess.run(command, check=True, cwd=ROOT)
-  (workdir / "STUDY_DONE").write_text(json.dumps({"seconds": time.time() - start}) + "\n")
+  (workdir / "STUDY_DONE").write_text(json.dumps({"seconds": time.time() - start, "overrides": overrides}) + "\n")
+
+
+def _done_with(workdir: pathlib.Path) -> list[str] | bool | None:
+  """The overrides a finished variant ran with (None: finished before they were recorded; False:
+  not finished). A variant whose definition has changed since runs again: the pipeline skips
+  every phase whose settings are unchanged and runs what is new (a control added, say)."""
+  marker = workdir / "STUDY_DONE"
+  return json.loads(marker.read_text()).get("overrides") if marker.exists() else False
 
 
 def _percent(x: float) -> str:
