@@ -149,22 +149,20 @@ def run_variant(root: pathlib.Path, name: str) -> None:
     run_variant(root, parent)
   workdir = _start_from_parent(root, name)
   overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
-  if (workdir / "results.json").exists() and _done_with(workdir) in (overrides, None):
+  # A finished variant whose definition has changed since runs again: the pipeline skips every
+  # phase whose settings are unchanged and runs what is new (a control added, say). Markers
+  # written before the overrides were recorded count as finished with today's.
+  marker = workdir / "STUDY_DONE"
+  done = json.loads(marker.read_text()) if marker.exists() else {}
+  if (workdir / "results.json").exists() and done and done.get("overrides", overrides) == overrides:
     print(f"[{name}] done already")
     return
   command = ["nice", "-n", "10", "srit-jax", "pipeline", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
   subprocess.run(command, check=True, cwd=ROOT)
-  (workdir / "STUDY_DONE").write_text(json.dumps({"seconds": time.time() - start, "overrides": overrides}) + "\n")
-
-
-def _done_with(workdir: pathlib.Path) -> list[str] | bool | None:
-  """The overrides a finished variant ran with (None: finished before they were recorded; False:
-  not finished). A variant whose definition has changed since runs again: the pipeline skips
-  every phase whose settings are unchanged and runs what is new (a control added, say)."""
-  marker = workdir / "STUDY_DONE"
-  return json.loads(marker.read_text()).get("overrides") if marker.exists() else False
+  seconds = done.get("seconds", 0.0) + time.time() - start  # a rerun adds its own time
+  marker.write_text(json.dumps({"seconds": seconds, "overrides": overrides}) + "\n")
 
 
 def _percent(x: float) -> str:

@@ -82,13 +82,11 @@ def fetch_model(
 
 @contextlib.contextmanager
 def _one_at_a_time(lock_path: pathlib.Path):
-  """Holds an exclusive lock on `lock_path` (released when the process ends, however it ends)."""
+  """Holds an exclusive lock on `lock_path`; closing the file releases it, as does the end of the
+  process, however it ends."""
   with open(lock_path, "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    yield
 
 
 def _download_and_convert(spec: PyPIModel, directory: pathlib.Path, index_url: str | None, log) -> None:
