@@ -252,26 +252,34 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
 
 
 def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
-  """The study's tables from every finished variant."""
+  """The study's tables from every finished variant. A variant reported before whose run folder
+  is gone (a study resumed on another machine) keeps its rows from the report's json until it
+  finishes again."""
+  json_path = doc.with_suffix(".json")
+  reported = json.loads(json_path.read_text()) if json_path.exists() else {}
   rows, round_rows, summary = [], [], {}
   for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
-    if not (root / name / "STUDY_DONE").exists() or not results_path.exists():
+    if (root / name / "STUDY_DONE").exists() and results_path.exists():
+      results = json.loads(results_path.read_text())
+      summary[name] = {
+        "what": variant.what,
+        "overrides": list(variant.overrides),
+        "domains": results["domains"],
+        "stages": results["stages"],
+        "paired": results["paired"],
+        "pairs": results["pairs"],
+        "rounds": _rounds(results),
+        "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
+      }
+    elif name in reported:
+      summary[name] = reported[name]
+    else:
       continue
-    results = json.loads(results_path.read_text())
-    summary[name] = {
-      "what": variant.what,
-      "overrides": list(variant.overrides),
-      "stages": results["stages"],
-      "paired": results["paired"],
-      "pairs": results["pairs"],
-      "rounds": _rounds(results),
-      "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
-    }
     for key, label in COMPARISONS:
-      for task, domain in results["domains"].items():
-        if key in results["paired"][task]:
-          rows.append(_row(name, label, task, domain, results["paired"][task][key]))
+      for task, domain in summary[name]["domains"].items():
+        if key in summary[name]["paired"][task]:
+          rows.append(_row(name, label, task, domain, summary[name]["paired"][task][key]))
     for entry in summary[name]["rounds"]:
       accuracy = ", ".join(f"{task} {_percent(a)}" for task, a in entry["in_domain_accuracy"].items()) or "—"
       before, after = entry["heldout_reward_accuracy"]
@@ -281,7 +289,6 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         f"| {name} | {entry['round']} | {entry['pairs']} | {entry['steps']} | {entry['selected_step']} "
         f"| {fmt(before)} → {fmt(after)} | {fmt(margin_before)} → {fmt(margin_after)} | {accuracy} |"
       )
-  json_path = doc.with_suffix(".json")
   json_path.write_text(json.dumps(summary, indent=2) + "\n")
   curves = doc.with_name(doc.stem + "_curves.png")
   learning_curves(summary, curves)
