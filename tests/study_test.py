@@ -1,0 +1,77 @@
+"""The self-refinement study's report (studies/self_refinement.py): tables from finished
+variants, and rows reported before kept when their run folders are gone."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _paired(first_correct: int, second_correct: int, n: int = 100) -> dict:
+  return {
+    "n": n,
+    "first_correct": first_correct,
+    "second_correct": second_correct,
+    "difference": (second_correct - first_correct) / n,
+    "ci95": [-0.05, 0.05],
+    "only_first_correct": 3,
+    "only_second_correct": 3 + second_correct - first_correct,
+    "mcnemar_p": 0.5,
+  }
+
+
+def _finished(root: pathlib.Path, variant: str, srit_correct: int) -> None:
+  workdir = root / variant
+  workdir.mkdir(parents=True)
+  results = {
+    "domains": {"wordmath": "in-domain", "wordmath_ood": "out-domain"},
+    "stages": {stage: {"wordmath": {"cot": {"accuracy": 0.3}}} for stage in ("sft", "srit")},
+    "paired": {task: {"srit_vs_sft": _paired(30, srit_correct)} for task in ("wordmath", "wordmath_ood")},
+    "pairs": {"pairs": 12},
+    "rounds": [{"pairs": 12, "num_steps": 20, "heldout_curve": {"10": {"eval/rewards/accuracies": 0.75}}}],
+  }
+  (workdir / "results.json").write_text(json.dumps(results))
+  (workdir / "STUDY_DONE").write_text(json.dumps({"seconds": 60.0, "overrides": []}))
+
+
+def _report(root: pathlib.Path, doc: pathlib.Path) -> tuple[str, dict]:
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "studies" / "self_refinement.py"), f"--root={root}", f"--doc={doc}", "--report_only"],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, MPLBACKEND="Agg"),
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return doc.read_text(), json.loads(doc.with_suffix(".json").read_text())
+
+
+def test_the_report_keeps_rows_whose_runs_are_gone_until_they_finish_again(tmp_path):
+  doc = tmp_path / "study.md"
+  doc.write_text("# Study\n\nbefore\n<!-- study table -->\nold table\n<!-- end study table -->\nafter\n")
+  first_root = tmp_path / "first"
+  _finished(first_root, "base", srit_correct=32)
+  _finished(first_root, "rpo", srit_correct=40)
+  text, summary = _report(first_root, doc)
+  assert "old table" not in text and text.startswith("# Study\n\nbefore\n") and text.endswith("after\n")
+  assert "| rpo | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0 | +10.0 " in text
+  assert "| base | SRIT − SFT | wordmath_ood (out-domain) | 100 | 30.0 | 32.0 | +2.0 " in text
+  assert summary["rpo"]["domains"] == {"wordmath": "in-domain", "wordmath_ood": "out-domain"}
+
+  # The study resumed elsewhere: only base has finished there; rpo's rows stay as reported.
+  second_root = tmp_path / "second"
+  _finished(second_root, "base", srit_correct=35)
+  text, summary = _report(second_root, doc)
+  assert "| base | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 35.0 | +5.0 " in text
+  assert "| rpo | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0 | +10.0 " in text
+  assert summary["rpo"]["seconds"] == 60.0
+  assert summary["base"]["paired"]["wordmath"]["srit_vs_sft"]["second_correct"] == 35
+
+  # rpo finishes again there: its new rows replace the kept ones.
+  _finished(second_root, "rpo", srit_correct=28)
+  text, _ = _report(second_root, doc)
+  assert "| rpo | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 28.0 | -2.0 " in text
+  assert "+10.0" not in text
