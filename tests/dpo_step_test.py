@@ -226,7 +226,7 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   mesh_batch = jax.device_put(batch, dpo.pair_batch_shardings(mesh, precomputed))
   assert mesh_batch["rows"]["tokens"].shape[0] % 4 == 0
   for _ in range(2):
-    state, metrics = step(state, mesh_ref, mesh_batch, None)
+    state, metrics = jax.block_until_ready(step(state, mesh_ref, mesh_batch, None))  # one run at a time: conftest
   np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-5)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.params, single.params

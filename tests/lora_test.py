@@ -192,7 +192,7 @@ def test_sharded_lora_steps_equal_one_device(hf_model_dir):
   step = sft_step.jit_sft_step(state, on_mesh.config, tx, mesh)
   batch_on_mesh = jax.device_put(batch, sft_step.batch_shardings(mesh))
   for _ in range(2):
-    state, metrics = step(state, batch_on_mesh, on_mesh.params)
+    state, metrics = jax.block_until_ready(step(state, batch_on_mesh, on_mesh.params))  # one run at a time: conftest
   np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-5)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.params, single.params
@@ -212,7 +212,7 @@ def test_sharded_lora_steps_equal_one_device(hf_model_dir):
       fn = dpo_step.jit_dpo_step(st, model.config, dpo_tx, m, precomputed_reference=False, branched=True)
       args = jax.device_put(pairs, dpo_step.pair_batch_shardings(m, False, branched=True))
     for _ in range(2):
-      st, dpo_metrics = fn(st, ref, args, model.params)
+      st, dpo_metrics = jax.block_until_ready(fn(st, ref, args, model.params))  # one run at a time: conftest
     results.append((st, dpo_metrics))
   np.testing.assert_allclose(results[1][1]["loss"], results[0][1]["loss"], rtol=1e-5)
 
