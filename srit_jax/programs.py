@@ -528,7 +528,9 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.
   if pipeline:
     domains = registry.evaluation_domains(config)
-    stages = {"untuned": list(domains), "sft": list(domains), "srit": list(domains)}
+    stages = {"sft": list(domains), "srit": list(domains)}
+    if config.get("eval_untuned", True):
+      stages["untuned"] = list(domains)
     if config.get("control"):
       stages["control"] = list(domains)
     if config.get("eval_rounds"):

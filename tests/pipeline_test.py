@@ -115,7 +115,7 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
 @pytest.mark.slow
 def test_iterated_rounds_against_their_own_start_with_the_control_and_every_round_evaluated(tiny_student, tmp_path):
   config = _tiny_pipeline_config(tiny_student)
-  config.update(refine_iterations=2, refine_reference="previous", control=True, eval_rounds=True)
+  config.update(refine_iterations=2, refine_reference="previous", control=True, eval_rounds=True, eval_untuned=False)
   results = pipeline.run(config, tmp_path, progress=False)
   # Each round's reference is its own start: round 2's is round 1's student.
   for name, start in (("refine", "sft"), ("refine_2", "refine"), ("refine_control_2", "refine_control")):
@@ -136,7 +136,8 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert (tmp_path / "refine" / "reference_logps.npz").exists()
   assert "rewards/accuracies" not in control["last_step"] and "eval/rewards/accuracies" in control["heldout_after"]
   assert control["last_step"]["loss"] == pytest.approx(control["last_step"]["nll/chosen"], rel=1e-5)
-  assert set(results["stages"]) == {"untuned", "sft", "srit", "control", "srit_round_1"}
+  assert set(results["stages"]) == {"sft", "srit", "control", "srit_round_1"}  # the untuned student left out
+  assert not (tmp_path / "eval" / "untuned").exists() and "sft_vs_untuned" not in results["paired"]["arith"]
   assert set(results["stages"]["srit_round_1"]) == {"arith"}  # rounds are evaluated in-domain
   assert set(results["paired"]["arith"]) >= {"control_vs_sft", "srit_vs_control", "srit_round_1_vs_sft"}
   assert "srit_round_1_vs_sft" not in results["paired"]["arith_hard"]

@@ -40,6 +40,7 @@ def get_config(variant: str = ""):
   config.refine_reference = "sft"  # the reference of every round: sft (the SFT student) | previous (its own start)
   config.control = False  # also train the compute-matched control (cross-entropy on the same chosen answers)
   config.eval_rounds = False  # evaluate every round's student in-domain (a learning curve over rounds)
+  config.eval_untuned = True  # evaluate the untuned student too (off where another run of it has: a study's variants)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
   return config
 

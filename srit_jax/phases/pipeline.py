@@ -15,7 +15,8 @@ sampling from the student the last one left, against the SFT student or (refine_
 "previous") that round's own start. With `control`, a compute-matched control trains beside
 it: the same rounds, steps and pairs (its first round uses the refined chain's own samples),
 cross-entropy on the chosen answers only (loss_type "nll"), evaluated and paired with both SFT
-and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domain tasks.
+and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domain tasks; with
+`eval_untuned` off, the untuned student is not (nor paired with the others).
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     )
 
   # Evaluation of every stage.
-  models = {
-    "untuned": (config.student, "student"),
+  models = {"untuned": (config.student, "student")} if config.eval_untuned else {}
+  models |= {
     "sft": (str(sft_phase.dir / "export"), sft_phase.fingerprint),
     "srit": (str(refine_phase.dir / "export"), refine_phase.fingerprint),
   }
@@ -224,7 +225,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       task: {
         f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=config.seed)
         for first, second in comparisons
-        if task in outcomes[first] and task in outcomes[second]
+        if task in outcomes.get(first, {}) and task in outcomes.get(second, {})
       }
       for task in tasks
     },
