@@ -22,8 +22,9 @@ def _jaxlib_knows(flag: str) -> bool:
 # rendezvous waits long instead of aborting the process after its default timeout (flags that
 # older jaxlibs, which the package runs with, do not have). The emulated devices also share one
 # pool of threads: with many sharded runs in flight (a loop of steps that never waits), the pool
-# can fill with participants of different runs that wait for each other for good (a loop of
-# 5,000 all-reduce steps hangs within its first hundred here; waiting for each, it never does).
+# can fill with participants of different runs that wait for each other for good (here a loop
+# of all-reduce steps that never waits hung before its 500th step, one with 50 in flight hung
+# too; with at most 10 in flight 4,000 steps ran, and waiting for each, 3,000).
 # Tests that loop sharded steps therefore wait for each (`jax.block_until_ready`); the training
 # loop keeps at most two in flight (it reads a step's metrics after dispatching the next).
 _RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
