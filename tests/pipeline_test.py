@@ -162,6 +162,29 @@ def test_the_in_domain_tasks_follow_the_refine_task():
   }
 
 
+def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_stages():
+  import math
+
+  from srit_jax import configs, programs, topology
+  from srit_jax.configs import checks
+
+  config = configs.load("csqa_palm", "full")
+  checks.check(config, "pipeline")
+  domains = {"csqa": "in-domain", "obqa": "out-domain", "arc_challenge": "out-domain"}
+  assert registry.evaluation_domains(config) == domains
+  devices, _ = topology.tpu_devices("v5e-8")
+  one = programs.Cost(1e12, 1e9)
+  plans = [
+    programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
+  ]
+  calls = {(e.phase, e.program): e.calls for e in programs.run_estimate(config, plans, devices)}
+  # Untuned, SFT, SRIT and the control on CSQA dev, OBQA test and ARC-Challenge test, whole.
+  assert calls[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in (1221, 500, 1172))
+  # 300 demonstrated questions, 4 CoT answers and 1 direct answer each; the control reuses them.
+  assert calls[("refine", "sampler")] == math.ceil(1200 / 64) + math.ceil(300 / 64)
+
+
 @pytest.mark.slow
 def test_cross_self_refinement_samples_the_other_tasks_training_questions(tiny_student, tmp_path):
   config = _tiny_pipeline_config(tiny_student)
