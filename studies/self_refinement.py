@@ -9,7 +9,9 @@ The base is `configs/wordmath.py` (SmolLM2-135M-Instruct taught 400 worked word 
 then refined on its own samples of 200 training questions; 1,000 in-domain test questions and
 500 per out-of-domain task). Every variant starts from hard links to the finished phases of its
 parent (the base, or the variant whose samples it shares), so it reruns only what it changes;
-a linked file is never written through (appends make their own copy first). Variants run one
+a linked file is never written through (appends make their own copy first). Where the parent has
+not finished here (its rows may be reported from another machine), the variant starts from the
+nearest finished ancestor and runs the shared phases itself, rather than the parent's whole run. Variants run one
 after another under `nice`; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
@@ -127,11 +129,22 @@ def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
   return [p for p in shared if (p / "DONE.json").exists()]
 
 
-def _start_from_parent(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to its parent's finished phases."""
+def finished_ancestor(root: pathlib.Path, name: str) -> str | None:
+  """The nearest variant up `name`'s line of parents whose run has finished under `root`."""
+  while name != "base":
+    name = VARIANTS[name].parent
+    if (root / name / "STUDY_DONE").exists():
+      return name
+  return None
+
+
+def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
+  """The variant's workdir, first filled with hard links to its nearest finished ancestor's
+  finished phases (none: it starts empty)."""
   workdir = root / name
-  parent = root / VARIANTS[name].parent
-  if name != "base" and not workdir.exists():
+  ancestor = finished_ancestor(root, name)
+  if ancestor and not workdir.exists():
+    parent = root / ancestor
     partial = root / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -144,10 +157,7 @@ def _start_from_parent(root: pathlib.Path, name: str) -> pathlib.Path:
 
 
 def run_variant(root: pathlib.Path, name: str) -> None:
-  parent = VARIANTS[name].parent
-  if name != "base" and not (root / parent / "STUDY_DONE").exists():
-    run_variant(root, parent)
-  workdir = _start_from_parent(root, name)
+  workdir = start_from_ancestor(root, name)
   overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
   # A finished variant whose definition has changed since runs again: the pipeline skips every
   # phase whose settings are unchanged and runs what is new (a control added, say). Markers

@@ -75,3 +75,37 @@ def test_the_report_keeps_rows_whose_runs_are_gone_until_they_finish_again(tmp_p
   text, _ = _report(second_root, doc)
   assert "| rpo | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 28.0 | -2.0 " in text
   assert "+10.0" not in text
+
+
+def _study_module():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("self_refinement_study", ROOT / "studies" / "self_refinement.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # its dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the_others(tmp_path):
+  study = _study_module()
+  assert study.VARIANTS["rpo_3_rounds_sft_reference"].parent == "rpo_3_rounds"
+  assert study.VARIANTS["rpo_3_rounds"].parent == "rpo"
+  for variant, phases in {"base": ("sft", "refine"), "rpo": ("sft", "refine", "refine_control")}.items():
+    for phase in phases:
+      (tmp_path / variant / phase).mkdir(parents=True)
+      (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
+  (tmp_path / "base" / "STUDY_DONE").write_text("{}")
+
+  # rpo has not finished here (its rows may come from another machine): start from base.
+  assert study.finished_ancestor(tmp_path, "rpo_3_rounds_sft_reference") == "base"
+  workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds_sft_reference")
+  assert sorted(p.name for p in workdir.iterdir()) == ["refine", "sft"]
+  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "base/refine"}
+  assert (workdir / "sft" / "DONE.json").stat().st_ino == (tmp_path / "base" / "sft" / "DONE.json").stat().st_ino
+
+  (tmp_path / "rpo" / "STUDY_DONE").write_text("{}")
+  workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds")
+  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
+  assert (workdir / "refine_control").is_dir()
+  assert study.finished_ancestor(tmp_path, "base") is None and not list(tmp_path.glob("*.partial"))
