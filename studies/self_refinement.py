@@ -31,6 +31,9 @@ import time
 
 from absl import app, flags
 
+from srit_jax import statistics
+from srit_jax.tasks import arithmetic
+
 ROOT = pathlib.Path(__file__).parents[1]
 CONFIG = "configs/wordmath.py"
 
@@ -231,6 +234,35 @@ def _rounds(results: dict) -> list[dict]:
   return rows
 
 
+ARITHMETIC_STAGES = (("sft", "SFT"), ("srit", "SRIT"), ("control", "control"))
+
+
+def _arithmetic(workdir: pathlib.Path, results: dict) -> dict:
+  """{stage: {task: arithmetic profile}} of every evaluated stage: the evaluation's own, or (for
+  an evaluation made before it recorded one) read again from its answers."""
+  profiles = {}
+  for stage, tasks in results["stages"].items():
+    for task, entry in tasks.items():
+      profile = entry.get("cot", {}).get("arithmetic")
+      answers = workdir / "eval" / stage / f"{task}.cot.jsonl"
+      if profile is None and answers.exists():
+        rows = [json.loads(line) for line in answers.read_text().splitlines()]
+        profile = arithmetic.profile((r["generation"], r["correct"]) for r in rows)
+      if profile:
+        profiles.setdefault(stage, {})[task] = profile
+  return profiles
+
+
+def _arithmetic_cell(profile: dict | None) -> str:
+  if not profile:
+    return "—"
+  low, high = statistics.wilson_interval(profile["answers_with_slip"], profile["answers"])
+  return (
+    f"{_percent(profile['slip_share'])} ({_percent(low)}–{_percent(high)}) "
+    f"/ {_percent(profile['accuracy_without_slip'])}"
+  )
+
+
 def learning_curves(summary: dict, path: pathlib.Path) -> None:
   """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
   kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
@@ -267,7 +299,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   finishes again."""
   json_path = doc.with_suffix(".json")
   reported = json.loads(json_path.read_text()) if json_path.exists() else {}
-  rows, round_rows, summary = [], [], {}
+  rows, round_rows, arithmetic_rows, summary = [], [], [], {}
   for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
     if (root / name / "STUDY_DONE").exists() and results_path.exists():
@@ -280,6 +312,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         "paired": results["paired"],
         "pairs": results["pairs"],
         "rounds": _rounds(results),
+        "arithmetic": _arithmetic(root / name, results),
         "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
       }
     elif name in reported:
@@ -290,6 +323,11 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
       for task, domain in summary[name]["domains"].items():
         if key in summary[name]["paired"][task]:
           rows.append(_row(name, label, task, domain, summary[name]["paired"][task][key]))
+    profiles = summary[name].get("arithmetic", {})
+    for task, domain in summary[name]["domains"].items():
+      cells = [_arithmetic_cell(profiles.get(stage, {}).get(task)) for stage, _ in ARITHMETIC_STAGES]
+      if any(cell != "—" for cell in cells):
+        arithmetic_rows.append(f"| {name} | {task} ({domain}) | " + " | ".join(cells) + " |")
     for entry in summary[name]["rounds"]:
       accuracy = ", ".join(f"{task} {_percent(a)}" for task, a in entry["in_domain_accuracy"].items()) or "—"
       before, after = entry["heldout_reward_accuracy"]
@@ -312,6 +350,13 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
     "| greedy in-domain accuracy % |",
     "|---|---:|---:|---:|---:|---:|---:|---|",
     *round_rows,
+    "",
+    "Arithmetic: % of CoT answers with a wrong calculation step (95% interval) / accuracy % of the answers "
+    "without one (srit_jax/tasks/arithmetic.py):",
+    "",
+    "| variant | task | " + " | ".join(label for _, label in ARITHMETIC_STAGES) + " |",
+    "|---|---|" + "---:|" * len(ARITHMETIC_STAGES),
+    *arithmetic_rows,
     "",
     f"![Held-out reward accuracy and margin over the DPO steps of each variant]({curves.name})",
   ]

@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_DATA, load_config
 
 from srit_jax.phases import demos
-from srit_jax.tasks import answers
+from srit_jax.tasks import answers, arithmetic
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.teachers.reference import ReferenceSolutionTeacher
 
@@ -103,5 +103,10 @@ def test_eval_command_end_to_end(smollm2_dir, tmp_path):
       assert entry["n"] == 3 and entry["correct"] == sum(r["correct"] for r in rows)
       assert entry["ci95"][0] <= entry["accuracy"] <= entry["ci95"][1]
   assert rows[0]["gold"] == "A"  # csqa validation's first question
+  # Numeric tasks' CoT answers get their arithmetic checked; multiple choice and direct do not.
+  arith = [json.loads(line) for line in (workdir / "arith.cot.jsonl").read_text().splitlines()]
+  expected = arithmetic.profile((r["generation"], r["correct"]) for r in arith)
+  assert summary["arith"]["cot"]["arithmetic"] == expected and expected["answers"] == 3
+  assert "arithmetic" not in summary["csqa"]["cot"] and "arithmetic" not in summary["arith"]["direct"]
   table = (workdir / "results.md").read_text()
   assert "| csqa | 3 |" in table and "cot accuracy (95% CI)" in table and "| csqa |" in result.stdout

@@ -63,6 +63,9 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert "SRIT − SFT, paired on the same questions" in table and "McNemar p" in table
   assert "n is too small to resolve a 5-point difference" in table
   assert "| arith | in-domain | 4 |" in table and "| arith_hard | out-domain | 4 |" in table and table in first
+  cells = [saved["stages"][s]["arith"]["cot"]["arithmetic"] for s in ("untuned", "sft", "srit")]
+  cells = [f"{100 * c['slip_share']:.1f} / {100 * c['accuracy_without_slip']:.1f}" for c in cells]
+  assert "| arith | in-domain | " + " | ".join(cells) + " |" in table and "wrong calculation step" in table
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert (tmp_path / phase / "DONE.json").exists(), phase
   assert (tmp_path / "sft" / "export" / "model.safetensors").exists()

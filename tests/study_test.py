@@ -55,7 +55,16 @@ def test_the_report_keeps_rows_whose_runs_are_gone_until_they_finish_again(tmp_p
   first_root = tmp_path / "first"
   _finished(first_root, "base", srit_correct=32)
   _finished(first_root, "rpo", srit_correct=40)
+  # The SRIT student's answers of base, evaluated before evaluations recorded their arithmetic.
+  answers = [{"generation": "2 + 2 = 4. The answer is 4.", "correct": True}]
+  answers += [{"generation": "2 + 2 = 5. The answer is 5.", "correct": False}]
+  (first_root / "base" / "eval" / "srit").mkdir(parents=True)
+  (first_root / "base" / "eval" / "srit" / "wordmath.cot.jsonl").write_text(
+    "".join(json.dumps(a) + "\n" for a in answers)
+  )
   text, summary = _report(first_root, doc)
+  assert "| base | wordmath (in-domain) | — | 50.0 (9.5–90.5) / 100.0 | — |" in text
+  assert summary["base"]["arithmetic"]["srit"]["wordmath"]["answers_with_slip"] == 1
   assert "old table" not in text and text.startswith("# Study\n\nbefore\n") and text.endswith("after\n")
   assert "| rpo | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0 | +10.0 " in text
   assert "| base | SRIT − SFT | wordmath_ood (out-domain) | 100 | 30.0 | 32.0 | +2.0 " in text

@@ -1,6 +1,9 @@
 """`srit-jax eval`: greedy accuracy of a model on a list of tasks, with chain-of-thought (and,
 optionally, direct answers), 95% Wilson intervals, per-example JSONL, summary JSON and a
-Markdown table. Generations stream to disk, so a killed evaluation resumes."""
+Markdown table. On numeric tasks each entry also says how many CoT answers hold a wrong
+arithmetic step and how accurate the others are (srit_jax/tasks/arithmetic.py): a slip of
+calculation against a wrong chain of reasoning. Generations stream to disk, so a killed
+evaluation resumes."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.statistics import wilson_interval
-from srit_jax.tasks import answers, prompts
-from srit_jax.tasks.example import Example
+from srit_jax.tasks import answers, arithmetic, prompts
+from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.tasks.registry import get_task, load_examples, task_names
 
 
@@ -78,7 +81,10 @@ def evaluate(
       )
       rows = score_generations(examples, [samples[0] for samples in completions], style)
       io.write_jsonl(out_dir / f"{task}.{style}.jsonl", rows)
-      summary.setdefault(task, {})[style] = accuracy_entry(rows)
+      entry = accuracy_entry(rows)
+      if style == prompts.COT and examples and examples[0].answer_type == NUMBER:
+        entry["arithmetic"] = arithmetic.profile((r["generation"], r["correct"]) for r in rows)
+      summary.setdefault(task, {})[style] = entry
   io.write_json(out_dir / "summary.json", summary)
   io.write_text(out_dir / "results.md", results_table(summary) + "\n")
   return summary

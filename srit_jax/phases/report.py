@@ -54,6 +54,7 @@ def results_markdown(results: dict) -> str:
   if direct:
     lines += ["", "Direct-answer accuracy, %:", ""]
     lines += [f"- {task}, {stage_label(s)}: {_cell(e)}" for task, s, e in direct]
+  lines += arithmetic_markdown(results)
   lines += paired_markdown(results)
   pairs = results.get("pairs")
   if pairs:
@@ -64,6 +65,28 @@ def results_markdown(results: dict) -> str:
       f"with the teacher's demonstration as chosen).",
     ]
   return "\n".join(lines)
+
+
+def arithmetic_markdown(results: dict) -> list[str]:
+  """Per numeric task and stage: the share of CoT answers with a wrong arithmetic step, and the
+  accuracy of the answers without one."""
+  stages = list(results["stages"])
+  rows = []
+  for task, domain in results["domains"].items():
+    entries = [results["stages"][s].get(task, {}).get("cot", {}).get("arithmetic") for s in stages]
+    if any(entries):
+      cells = [f"{100 * e['slip_share']:.1f} / {100 * e['accuracy_without_slip']:.1f}" if e else "" for e in entries]
+      rows.append(f"| {task} | {domain} | " + " | ".join(cells) + " |")
+  if not rows:
+    return []
+  return [
+    "",
+    "Arithmetic: % of CoT answers with a wrong calculation step / accuracy % of the answers without one:",
+    "",
+    "| task | domain | " + " | ".join(stage_label(s) for s in stages) + " |",
+    "|---|---|" + "---:|" * len(stages),
+    *rows,
+  ]
 
 
 def _points(value: float) -> str:
