@@ -82,6 +82,13 @@ VARIANTS = {
   "cot_vs_direct_nll_seed_1": Variant(
     "cot_vs_direct_nll with another sampling and shuffling seed", (*COT_VS_DIRECT_NLL, "control=True", "refine.seed=1")
   ),
+  "slip_corrected_nll": Variant(
+    "pairs aimed at the calculation that went wrong: a wrong CoT answer over the student's own continuation from "
+    "its first wrong step set right (reaching gold), + NLL (weight 1), up to 8 pairs per question, 2 epochs, lowest "
+    "held-out loss; with the compute-matched control",
+    (*COT_VS_DIRECT_NLL, "refine.strategy=slip_corrected", "control=True"),
+    parent="cot_vs_direct_nll",
+  ),
   "cot_vs_direct_nll_demos_100": Variant(
     "cot_vs_direct_nll after SFT on a quarter of the demonstrations (100)",
     (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100"),

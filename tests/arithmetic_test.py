@@ -59,3 +59,18 @@ def test_profile_counts_answers_with_a_slip_and_the_accuracy_of_the_others():
     "accuracy_without_slip": 0.5,
     "steps_per_answer": 1.0,
   }
+
+
+def test_the_first_wrong_step_is_set_right_and_the_rest_cut():
+  text = "After 8 weeks there is 8 * 13 = $116. Then 116 - 88 = $32 is left. The answer is 32."
+  assert arithmetic.corrected_prefix(text) == "After 8 weeks there is 8 * 13 = $104"
+  assert arithmetic.corrected_prefix("2 + 2 = 4, 10 / 4 = 2 each.") == "2 + 2 = 4, 10 / 4 = 2.5"
+  assert arithmetic.corrected_prefix("5 - 9 = 4.") == "5 - 9 = -4"
+  assert arithmetic.corrected_prefix("2 + 2 = 4. The answer is 4.") is None
+  assert [arithmetic.number_text(v) for v in (104.0, 2.5, 10 / 3, -4.0, 0.1 + 0.2)] == [
+    "104",
+    "2.5",
+    "3.33",
+    "-4",
+    "0.3",
+  ]

@@ -134,3 +134,42 @@ def test_read_pairs_names_bad_lines(tmp_path):
   )
   with pytest.raises(ValueError, match=r"pairs\.jsonl:2: field 'chosen' is empty"):
     preference_pairs.read_pairs(path)
+
+
+def test_slip_corrected_pairs_each_wrong_answer_with_its_own_correction_where_that_reaches_gold():
+  examples = EXAMPLES[:2]
+  cot = [
+    _answers("cot", ["3 + 4 = 8. The answer is 8.", "3 + 4 = 7. The answer is 7.", "3 * 3 = 10, 10 - 4 = 6. So 6."]),
+    _answers("cot", ["2 + 2 = 5. The answer is 5.", "I think 9. The answer is 9."]),  # the second: no step
+  ]
+  cot[0].append(ScoredAnswer("cot", 3, "3 + 5 = 9 and", None, False, "length"))  # cut by the length limit
+  assert preference_pairs.slip_corrections(cot) == [(0, 0, "3 + 4 = 7"), (0, 2, "3 * 3 = 9"), (1, 0, "2 + 2 = 4")]
+  corrections = [
+    {
+      0: ScoredAnswer("cot", 0, "3 + 4 = 7. The answer is 7.", "7", True),
+      2: ScoredAnswer("cot", 2, "3 * 3 = 9, 9 - 2 = 7. So 7.", "7", True),
+    },
+    {0: ScoredAnswer("cot", 0, "2 + 2 = 4, 4 + 3 = 7. The answer is 7.", "7", True)},
+  ]
+  pairs, stats = preference_pairs.build_pairs(
+    examples, {"cot": cot}, strategy="slip_corrected", max_pairs_per_question=4, corrections=corrections
+  )
+  assert [(p["id"], p["chosen"], p["rejected"], p["chosen_source"]) for p in pairs] == [
+    ("0", "3 + 4 = 7. The answer is 7.", "3 + 4 = 8. The answer is 8.", "corrected"),
+    ("0", "3 * 3 = 9, 9 - 2 = 7. So 7.", "3 * 3 = 10, 10 - 4 = 6. So 6.", "corrected"),
+    ("1", "2 + 2 = 4, 4 + 3 = 7. The answer is 7.", "2 + 2 = 5. The answer is 5.", "corrected"),
+  ]
+  assert stats["slips_corrected"] == 3 and stats["slips_corrected_reaching_gold"] == 3
+  assert stats["pairs_corrected_chosen"] == 3 and stats["pairs_slip_corrected"] == 3
+  one, _ = preference_pairs.build_pairs(
+    examples, {"cot": cot}, strategy="slip_corrected", max_pairs_per_question=1, corrections=corrections
+  )
+  assert len(one) == 2  # one a question
+  corrections[0][2] = ScoredAnswer("cot", 2, "3 * 3 = 9, 9 - 4 = 5. So 5.", "5", False)  # still wrong: no pair
+  fewer, stats = preference_pairs.build_pairs(
+    examples, {"cot": cot}, strategy="slip_corrected", max_pairs_per_question=4, corrections=corrections
+  )
+  assert [p["rejected"] for p in fewer] == [pairs[0]["rejected"], pairs[2]["rejected"]]
+  assert stats["slips_corrected_reaching_gold"] == 2
+  none, stats = preference_pairs.build_pairs(examples, {"cot": cot}, strategy="slip_corrected")
+  assert none == [] and stats["slips_corrected"] == 0  # no corrections sampled: no pair

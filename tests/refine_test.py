@@ -11,8 +11,11 @@ import pytest
 from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config
 from safetensors.numpy import load_file
 
+from srit_jax.data.preference_pairs import ScoredAnswer
+from srit_jax.generation.jsonl import Completion
 from srit_jax.phases import refine
-from srit_jax.tasks import synthetic
+from srit_jax.tasks import prompts, synthetic
+from srit_jax.tasks.example import NUMBER, Example
 
 
 def _demos_file(path, n=16):
@@ -113,6 +116,28 @@ def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_pat
   summary = refine.run(config, tmp_path / "run", progress=False)
   # The policy is the reference: every margin is 0 and IPO's loss is (0 - 1/(2 beta))^2.
   assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
+
+
+def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(monkeypatch, tmp_path):
+  seen = {}
+
+  def continue_with_seven(model, records, out_path, **options):
+    seen.update(records=records, out_path=out_path, options=options)
+    return [[Completion(r["response_prefix"] + ". The answer is 7.", "eos")] for r in records]
+
+  monkeypatch.setattr(refine, "generate_texts", continue_with_seven)
+  examples = [Example("arith", "0", "What is 3 + 4?", "7", NUMBER), Example("arith", "1", "And 4 + 5?", "9", NUMBER)]
+  cot = [
+    [ScoredAnswer("cot", 0, "3 + 4 = 8. The answer is 8.", "8", False)],
+    [ScoredAnswer("cot", 0, "4 + 5 = 8. The answer is 9.", "9", True)],  # right in the end: left alone
+  ]
+  config = load_config("refine")
+  corrections = refine.sample_corrections(None, examples, cot, tmp_path, config, progress=False)
+  (record,) = seen["records"]
+  assert record == {"prompt": prompts.prompt(examples[0], "cot"), "response_prefix": "3 + 4 = 7", "id": "arith/0/0"}
+  assert seen["out_path"] == tmp_path / "samples.corrected.jsonl" and "samples.corrected.jsonl" in refine.SAMPLE_FILES
+  assert seen["options"]["settings"].temperature == 0.0  # the student's own most likely way on
+  assert corrections == [{0: ScoredAnswer("cot", 0, "3 + 4 = 7. The answer is 7.", "7", True)}, {}]
 
 
 def test_new_questions_are_training_questions_no_demonstration_answers(tmp_path):

@@ -48,7 +48,7 @@ def get_config(variant: str = ""):
   config.stop_strings = ("\nQuestion:",)
   config.use_chat_template = True  # the student's chat template (as in SFT)
   # Pairs
-  config.strategy = "cot_vs_direct"  # cot_vs_direct | correct_vs_incorrect | mixed (both, one cap)
+  config.strategy = "cot_vs_direct"  # cot_vs_direct | correct_vs_incorrect | mixed (both, one cap) | slip_corrected
   config.max_pairs_per_question = 2  # cap per question
   config.teacher_fallback = False  # no correct student answer: the teacher's demonstration is chosen
   config.demos_file = ""  # demos.jsonl of the demos phase (for teacher_fallback and questions="demos")

@@ -11,6 +11,11 @@ CoT prompt (the behaviour being refined):
   flat answer.
 - `correct_vs_incorrect` — chosen: a correct CoT answer; rejected: a wrong CoT answer.
 - `mixed` — both kinds, the per-question cap shared between them.
+- `slip_corrected` — rejected: a wrong CoT answer holding a wrong calculation; chosen: the
+  same answer up to that calculation, its result written right, then continued by the student
+  itself (greedy) and reaching the gold answer (`slip_corrections` says which answers to
+  continue, from where). The two sides share everything before the slip, so the preference
+  falls on the step that went wrong (as Step-DPO's pairs do, with a calculator for judge).
 
 A rejected answer never was cut by the length limit and is never a prefix of its chosen
 answer (such pairs teach "do not stop mid-sentence", not reasoning); identical texts never
@@ -31,10 +36,10 @@ import pathlib
 from collections.abc import Sequence
 
 from srit_jax import io
-from srit_jax.tasks import answers, prompts
+from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import Example
 
-STRATEGIES = ("cot_vs_direct", "correct_vs_incorrect", "mixed")
+STRATEGIES = ("cot_vs_direct", "correct_vs_incorrect", "mixed", "slip_corrected")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,31 @@ def _rejected_candidates(kind: str, cot: list[ScoredAnswer], direct: list[Scored
   return _unique(usable)
 
 
+def slip_corrections(cot: Sequence[Sequence[ScoredAnswer]]) -> list[tuple[int, int, str]]:
+  """(question, sample, corrected prefix) of every wrong CoT answer, not cut by the length
+  limit, with a wrong calculation: the answers `slip_corrected` continues from the slip set right."""
+  found = []
+  for index, answers_ in enumerate(cot):
+    for answer in answers_:
+      if answer.correct or answer.stop_reason == "length":
+        continue
+      prefix = arithmetic.corrected_prefix(answer.text)
+      if prefix is not None:
+        found.append((index, answer.sample, prefix))
+  return found
+
+
+def _candidates(kind, chosen, rejected, fixes, cap):
+  """(chosen text, source, chosen sample, rejected answer) in the order pairs are tried."""
+  if kind == "slip_corrected":  # each wrong answer with its own correction, where that is right
+    return [
+      (fixes[a.sample].text, "corrected", a.sample, a)
+      for a in rejected
+      if a.sample in fixes and fixes[a.sample].correct
+    ]
+  return [(*chosen[i], rejected[j]) for i, j in _spread(len(chosen), len(rejected), cap * 4)]
+
+
 def build_pairs(
   examples: Sequence[Example],
   samples: dict[str, list[list[ScoredAnswer]]],
@@ -93,8 +123,10 @@ def build_pairs(
   strategy: str = "cot_vs_direct",
   max_pairs_per_question: int = 4,
   teacher_demos: dict[tuple[str, str], str] | None = None,
+  corrections: Sequence[dict[int, ScoredAnswer]] | None = None,
 ) -> tuple[list[dict], dict]:
-  """(pairs, statistics). `teacher_demos` maps (task, id) to a demonstration for the fallback."""
+  """(pairs, statistics). `teacher_demos` maps (task, id) to a demonstration for the fallback;
+  `corrections` (slip_corrected) holds per question {sample: its scored corrected answer}."""
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
   kinds = ("cot_vs_direct", "correct_vs_incorrect") if strategy == "mixed" else (strategy,)
@@ -112,6 +144,9 @@ def build_pairs(
     stats["direct_correct"] += sum(a.correct for a in direct)
     stats["direct_with_answer"] += sum(a.extracted is not None for a in direct)
     stats["direct_cut_by_length"] += sum(a.stop_reason == "length" for a in direct)
+    fixes = corrections[index] if corrections else {}
+    stats["slips_corrected"] += len(fixes)
+    stats["slips_corrected_reaching_gold"] += sum(f.correct for f in fixes.values())
     chosen = [(a.text, "student", a.sample) for a in _unique([a for a in cot if a.correct and a.text.strip()])]
     if chosen:
       stats["questions_with_correct_cot"] += 1
@@ -123,10 +158,9 @@ def build_pairs(
       cap = (max_pairs_per_question - made) // (len(kinds) - k)  # the cap shared between the kinds
       rejected = _rejected_candidates(kind, cot, direct, stats)
       made_of_kind = 0
-      for i, j in _spread(len(chosen), len(rejected), cap * 4):
+      for chosen_text, source, chosen_sample, answer in _candidates(kind, chosen, rejected, fixes, cap):
         if made_of_kind == cap:
           break
-        (chosen_text, source, chosen_sample), answer = chosen[i], rejected[j]
         if chosen_text.strip() == answer.text.strip():
           continue
         if chosen_text.strip().startswith(answer.text.strip()):

@@ -3,7 +3,9 @@
     srit-jax refine --config=configs/refine.py --config.model=runs/sft/export --workdir=runs/refine
 
 1. The student answers each training question (CoT and direct prompts); generations stream
-   to WORKDIR/samples.*.jsonl, so a killed run keeps what it sampled.
+   to WORKDIR/samples.*.jsonl, so a killed run keeps what it sampled. With the
+   `slip_corrected` strategy it then goes on (greedy) from the first wrong calculation of each
+   wrong CoT answer, set right (samples.corrected.jsonl).
    The questions: the task's training split (or the demonstrations' questions), and with
    `new_questions` that many more training questions that no demonstration answers — the
    task's gold answers score them, so the student refines beyond what it was taught.
@@ -51,10 +53,14 @@ def samples_file(style: str) -> str:
   return f"samples.{style}.jsonl"
 
 
+CORRECTED = "corrected"  # the student's continuations of its answers from a slip set right (slip_corrected)
+
 # The student's samples and their fingerprints: each file is remade when its own fingerprint
 # (model, prompts, sampling settings) no longer matches, so a rerun with other DPO settings keeps them.
 SAMPLE_FILES = tuple(
-  name for style in (prompts.COT, prompts.DIRECT) for name in (samples_file(style), samples_file(style) + ".meta.json")
+  name
+  for style in (prompts.COT, prompts.DIRECT, CORRECTED)
+  for name in (samples_file(style), samples_file(style) + ".meta.json")
 )
 
 
@@ -152,6 +158,38 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
     )
     scored[style] = [preference_pairs.score_answers(e, c, style) for e, c in zip(examples, completions)]
   return scored
+
+
+def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, progress: bool) -> list[dict]:
+  """Per question {sample: scored answer}: the student's greedy continuation of each wrong CoT
+  answer from its first wrong calculation, set right (`slip_corrected`), through a resumable file."""
+  found = preference_pairs.slip_corrections(cot)
+  corrections = [{} for _ in examples]
+  if not found:
+    return corrections
+  records = [
+    {
+      "prompt": prompts.prompt(examples[index], prompts.COT),
+      "response_prefix": prefix,
+      "id": f"{examples[index].task}/{examples[index].id}/{sample}",
+    }
+    for index, sample, prefix in found
+  ]
+  completions = generate_texts(
+    model,
+    records,
+    workdir / samples_file(CORRECTED),
+    max_new_tokens=config.max_new_tokens,
+    settings=SamplingSettings(temperature=0.0),
+    batch_size=config.generate_batch_size,
+    stop_strings=prompts.stop_strings(prompts.COT, config.stop_strings),
+    chat_template=config.use_chat_template,
+    progress=progress,
+  )
+  for (index, sample, _), (completion,) in zip(found, completions, strict=True):
+    (scored,) = preference_pairs.score_answers(examples[index], [completion], prompts.COT)
+    corrections[index][sample] = dataclasses.replace(scored, sample=sample)
+  return corrections
 
 
 def _row_multiple(mesh) -> int:
@@ -293,6 +331,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   # 1. The student's own answers.
   examples = training_questions(config)
   samples = sample_answers(model, examples, workdir, config, progress=progress)
+  corrections = None
+  if config.strategy == "slip_corrected":
+    corrections = sample_corrections(model, examples, samples[prompts.COT], workdir, config, progress=progress)
 
   # 2. Pairs.
   pairs, stats = preference_pairs.build_pairs(
@@ -301,6 +342,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     strategy=config.strategy,
     max_pairs_per_question=config.max_pairs_per_question,
     teacher_demos=teacher_demonstrations(config.demos_file) if config.teacher_fallback else None,
+    corrections=corrections,
   )
   train_pairs, held_out_pairs = preference_pairs.split_held_out(pairs, config.heldout_fraction, config.seed)
   io.write_jsonl(workdir / "pairs.jsonl", train_pairs)

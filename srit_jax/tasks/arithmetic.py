@@ -39,6 +39,7 @@ class Step:
   expression: str  # as written, "4 * 8"
   stated: str  # the number written after "=", "32"
   value: float  # the expression recomputed
+  stated_at: int = 0  # where the stated number starts in the text
 
   @property
   def correct(self) -> bool:
@@ -78,8 +79,25 @@ def written_steps(text: str) -> list[Step]:
       value = _evaluate(ast.parse(python, mode="eval"))
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
       continue  # unbalanced parentheses, say: not a step we can check
-    steps.append(Step(expression, match["stated"], value))
+    steps.append(Step(expression, match["stated"], value, match.start("stated")))
   return steps
+
+
+def number_text(value: float) -> str:
+  """`value` as an answer writes it: a whole number bare, else at most two decimals."""
+  if abs(value - round(value)) < 1e-9:
+    return str(round(value))
+  return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def corrected_prefix(text: str) -> str | None:
+  """`text` up to its first wrong calculation, that step's result written right ("8 * 13 = $104"
+  for "8 * 13 = $116. Then ..."): where the answer went wrong, set right, for the model to go
+  on from. None where every step read is right."""
+  wrong = next((s for s in written_steps(text) if not s.correct), None)
+  if wrong is None:
+    return None
+  return text[: wrong.stated_at] + number_text(wrong.value)
 
 
 def slips(text: str) -> tuple[int, int]:
