@@ -559,6 +559,8 @@ def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | N
     return None, which
   if program.startswith("sampler"):
     rows = questions * block.num_cot_samples, questions * block.num_direct_samples
+    if block.get("strategy") == "slip_corrected":  # a continuation of each wrong CoT answer at most
+      rows += (questions * block.num_cot_samples,)
     sampling_rounds = rounds + max(control - 1, 0)
     return sampling_rounds * sum(_ceil(r, per_call) for r in rows if r), f"{which}, every answer full length"
   pairs = _pairs_assumed(block, questions)

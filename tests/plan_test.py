@@ -258,6 +258,9 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   assert config.refine.generate_batch_size == config.eval.batch_size == 64 and not config.eval.direct
   # Every one of GSM8K's 7,473 training questions: 4 CoT and 1 direct answer each, 64 rows a call.
   assert calls()[("refine", "sampler")] == math.ceil(7473 * 4 / 64) + math.ceil(7473 / 64)
+  config.refine.strategy = "slip_corrected"  # and at most one continuation of each CoT answer
+  assert calls()[("refine", "sampler")] == 2 * math.ceil(7473 * 4 / 64) + math.ceil(7473 / 64)
+  config.refine.strategy = "cot_vs_direct"
   assert calls()[("refine", "DPO step")] == config.refine.num_steps
   # Up to 2 pairs a question, a tenth of the questions held out: 13,451 training pairs once, the
   # 1,495 held-out ones by the reference once and the policy at steps 0, 100, ..., 600.
