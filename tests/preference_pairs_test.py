@@ -171,5 +171,7 @@ def test_slip_corrected_pairs_each_wrong_answer_with_its_own_correction_where_th
   )
   assert [p["rejected"] for p in fewer] == [pairs[0]["rejected"], pairs[2]["rejected"]]
   assert stats["slips_corrected_reaching_gold"] == 2
-  none, stats = preference_pairs.build_pairs(examples, {"cot": cot}, strategy="slip_corrected")
+  demos = {("arith", "1"): "Teacher: 3 + 4 = 7. The answer is 7."}  # never a side of these pairs
+  none, stats = preference_pairs.build_pairs(examples, {"cot": cot}, strategy="slip_corrected", teacher_demos=demos)
   assert none == [] and stats["slips_corrected"] == 0  # no corrections sampled: no pair
+  assert stats["questions_with_teacher_chosen"] == 0

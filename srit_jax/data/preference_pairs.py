@@ -150,7 +150,7 @@ def build_pairs(
     chosen = [(a.text, "student", a.sample) for a in _unique([a for a in cot if a.correct and a.text.strip()])]
     if chosen:
       stats["questions_with_correct_cot"] += 1
-    elif teacher_demos and (example.task, example.id) in teacher_demos:
+    elif teacher_demos and strategy != "slip_corrected" and (example.task, example.id) in teacher_demos:
       chosen = [(teacher_demos[(example.task, example.id)], "teacher", -1)]
       stats["questions_with_teacher_chosen"] += 1
     made = 0
