@@ -80,7 +80,8 @@ VARIANTS = {
     (*COT_VS_DIRECT_NLL, "control=True"),
   ),
   "cot_vs_direct_nll_seed_1": Variant(
-    "cot_vs_direct_nll with another sampling and shuffling seed", (*COT_VS_DIRECT_NLL, "control=True", "refine.seed=1")
+    "cot_vs_direct_nll with another sampling and shuffling seed",
+    (*COT_VS_DIRECT_NLL, "control=True", "refine.sampling_seed=1"),
   ),
   "slip_corrected_nll": Variant(
     "pairs aimed at the calculation that went wrong: a wrong CoT answer over the student's own continuation from "
@@ -121,7 +122,7 @@ VARIANTS = {
   "correct_vs_incorrect": Variant(
     "pairs: a correct CoT answer over an incorrect one (20 steps)", ("refine.strategy=correct_vs_incorrect",)
   ),
-  "rpo_seed_1": Variant("rpo with another sampling and shuffling seed", (*RPO, "refine.seed=1")),
+  "rpo_seed_1": Variant("rpo with another sampling and shuffling seed", (*RPO, "refine.sampling_seed=1")),
 }
 # Phases a variant may share with its parent; the pipeline reruns those whose settings differ.
 SHARED_PHASES = ("demos", "sft", "eval/untuned", "eval/sft")

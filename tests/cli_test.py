@@ -81,6 +81,13 @@ def test_command_line_mistakes_are_one_line_errors(args, message, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_phase_seed_the_pipeline_would_override_is_an_error(tmp_path):
+  result = _cli("pipeline", "--config=configs/demo.py", "--config.refine.seed=1", f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "refine.seed = 1: the pipeline sets it to seed (0); for another draw" in result.stderr
+  assert "refine.sampling_seed" in result.stderr and not (tmp_path / "w" / "demos").exists()
+
+
 def _records(path: pathlib.Path, n=16) -> pathlib.Path:
   rows = [{"instruction": f"Add {i} and {i + 1}.", "output": f"{i} + {i + 1} = {2 * i + 1}."} for i in range(n)]
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))

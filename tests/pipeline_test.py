@@ -6,6 +6,7 @@ import json
 import pytest
 from conftest import load_tiny_pipeline_config
 
+from srit_jax import configs
 from srit_jax.conversion import loading
 from srit_jax.phases import pipeline
 from srit_jax.tasks import registry
@@ -147,6 +148,15 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert [r["phase"] for r in results["rounds"]] == ["refine", "refine_2"]
   assert [r["phase"] for r in results["control_rounds"]] == ["refine_control", "refine_control_2"]
   assert "control" in (tmp_path / "results.md").read_text()
+
+
+def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_before_it():
+  config = _tiny_pipeline_config("unused")
+  settings = configs.fingerprinted(config.refine.to_dict())
+  assert "sampling_seed" not in settings and settings["seed"] == config.refine.seed
+  assert {**settings, "sampling_seed": 0} == config.refine.to_dict()
+  config.refine.sampling_seed = 1  # another draw is another phase
+  assert configs.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
 
 
 def test_the_in_domain_tasks_follow_the_refine_task():

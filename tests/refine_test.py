@@ -140,6 +140,27 @@ def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(mon
   assert corrections == [{0: ScoredAnswer("cot", 0, "3 + 4 = 7. The answer is 7.", "7", True)}, {}]
 
 
+def test_another_draw_samples_the_same_questions_with_other_seeds(monkeypatch, tmp_path):
+  seeds = []
+
+  def record_seed(model, records, out_path, **options):
+    seeds.append(options["seed"])
+    return [[Completion("The answer is 7.", "eos")] * options["num_samples"] for _ in records]
+
+  monkeypatch.setattr(refine, "generate_texts", record_seed)
+  config = load_config("refine")
+  config.update(task="wordmath", limit=20, num_direct_samples=0)
+  questions = refine.training_questions(config)
+  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  config.sampling_seed = 1
+  assert refine.training_questions(config) == questions  # the questions are the seed's
+  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  assert seeds[0] == config.seed and seeds[1] != seeds[0]
+  config.round = 2  # a later round draws apart from both
+  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  assert len(set(seeds)) == 3
+
+
 def test_new_questions_are_training_questions_no_demonstration_answers(tmp_path):
   config = load_config("refine")
   config.update(task="arith", limit=8, new_questions=5, demos_file=str(_demos_file(tmp_path / "demos.jsonl", n=16)))

@@ -34,7 +34,8 @@ def get_config(variant: str = ""):
   config.data_dir = ""  # folder of local benchmark files
   config.hub_path = ""  # replaces the hub dataset id
   config.limit = 0  # questions at most; 0 = all
-  config.seed = 0  # sampling seeds, held-out choice and pair order derive from it
+  config.seed = 0  # built-in tasks: which training problems; and the draw below (in a pipeline: the pipeline's seed)
+  config.sampling_seed = 0  # another draw on the same questions: samples, held-out questions, pair order (0: seed's)
   config.round = 1  # round of an iterated refinement: each round samples with other seeds
   # Sampling the student
   config.num_cot_samples = 4  # CoT answers per question

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import host_memory, io, programs, sharding
+from srit_jax import configs, host_memory, io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
@@ -287,7 +287,12 @@ def _refine_rounds(
         refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
     name = prefix if round_ == 1 else f"{prefix}_{round_}"
     phase = Phase(
-      workdir, name, refine_config.to_dict(), previous.fingerprint, sft_phase.fingerprint, keep=refine.SAMPLE_FILES
+      workdir,
+      name,
+      configs.fingerprinted(refine_config.to_dict()),
+      previous.fingerprint,
+      sft_phase.fingerprint,
+      keep=refine.SAMPLE_FILES,
     )
     if not phase.done():
       if samples_from and round_ == 1:

@@ -49,6 +49,12 @@ from srit_jax.training import checkpointing, dpo_step, flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 
 
+def draw_seed(config) -> int:
+  """The seed of the student's samples, the held-out questions and the pair order: `seed`'s own
+  unless `sampling_seed` asks for another draw on the same questions (rounds add 1000 each)."""
+  return config.seed + 1_000_000 * config.sampling_seed
+
+
 def samples_file(style: str) -> str:
   return f"samples.{style}.jsonl"
 
@@ -150,7 +156,7 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       max_new_tokens=lengths[style],
       settings=settings,
       num_samples=count,
-      seed=config.seed + 1000 * (config.round - 1),
+      seed=draw_seed(config) + 1000 * (config.round - 1),
       batch_size=config.generate_batch_size,
       stop_strings=prompts.stop_strings(style, config.stop_strings),
       chat_template=config.use_chat_template,
@@ -344,7 +350,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     teacher_demos=teacher_demonstrations(config.demos_file) if config.teacher_fallback else None,
     corrections=corrections,
   )
-  train_pairs, held_out_pairs = preference_pairs.split_held_out(pairs, config.heldout_fraction, config.seed)
+  train_pairs, held_out_pairs = preference_pairs.split_held_out(pairs, config.heldout_fraction, draw_seed(config))
   io.write_jsonl(workdir / "pairs.jsonl", train_pairs)
   io.write_jsonl(workdir / "heldout_pairs.jsonl", held_out_pairs)
   stats.update(train_pairs=len(train_pairs), heldout_pairs=len(held_out_pairs))
@@ -414,7 +420,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     tokenized,
     batch_size=config.batch_size,
     layout=layout,
-    seed=config.seed,
+    seed=draw_seed(config),
     num_microbatches=config.num_microbatches,
     reference=reference,
   )
