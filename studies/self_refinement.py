@@ -140,29 +140,39 @@ def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
   return [p for p in shared if (p / "DONE.json").exists()]
 
 
-def finished_ancestor(root: pathlib.Path, name: str) -> str | None:
-  """The nearest variant up `name`'s line of parents whose run has finished under `root`."""
+def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
+  """The variants up `name`'s line of parents whose runs have finished under `root`, nearest first."""
+  found = []
   while name != "base":
     name = VARIANTS[name].parent
     if (root / name / "STUDY_DONE").exists():
-      return name
-  return None
+      found.append(name)
+  return found
+
+
+def finished_ancestor(root: pathlib.Path, name: str) -> str | None:
+  """The nearest variant up `name`'s line of parents whose run has finished under `root`."""
+  return next(iter(finished_ancestors(root, name)), None)
 
 
 def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to its nearest finished ancestor's
-  finished phases (none: it starts empty)."""
+  """The variant's workdir, first filled with hard links to the finished phases of its finished
+  ancestors, each phase from the nearest one that has it (a parent that skipped the untuned
+  student's evaluation, say, leaves it to the base); none finished: it starts empty."""
   workdir = root / name
-  ancestor = finished_ancestor(root, name)
-  if ancestor and not workdir.exists():
-    parent = root / ancestor
+  ancestors = finished_ancestors(root, name)
+  if ancestors and not workdir.exists():
     partial = root / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for source in _finished_phases(parent):
-      target = partial / source.relative_to(parent)
-      target.parent.mkdir(parents=True, exist_ok=True)
-      subprocess.run(["cp", "-al", str(source), str(target)], check=True)
+    for ancestor in ancestors:
+      parent = root / ancestor
+      for source in _finished_phases(parent):
+        target = partial / source.relative_to(parent)
+        if target.exists():
+          continue  # a nearer ancestor's
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", str(source), str(target)], check=True)
     partial.rename(workdir)
   return workdir
 

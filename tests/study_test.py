@@ -117,4 +117,12 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds")
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert (workdir / "refine_control").is_dir()
+
+  # A phase the nearest ancestor lacks (it skipped the untuned student) comes from further up.
+  (tmp_path / "base" / "eval" / "untuned").mkdir(parents=True)
+  (tmp_path / "base" / "eval" / "untuned" / "DONE.json").write_text(json.dumps({"phase": "base/eval/untuned"}))
+  assert study.VARIANTS["rpo_new_questions"].parent == "rpo"
+  workdir = study.start_from_ancestor(tmp_path, "rpo_new_questions")
+  assert json.loads((workdir / "eval" / "untuned" / "DONE.json").read_text()) == {"phase": "base/eval/untuned"}
+  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert study.finished_ancestor(tmp_path, "base") is None and not list(tmp_path.glob("*.partial"))
