@@ -150,11 +150,6 @@ def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
   return found
 
 
-def finished_ancestor(root: pathlib.Path, name: str) -> str | None:
-  """The nearest variant up `name`'s line of parents whose run has finished under `root`."""
-  return next(iter(finished_ancestors(root, name)), None)
-
-
 def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
   """The variant's workdir, first filled with hard links to the finished phases of its finished
   ancestors, each phase from the nearest one that has it (a parent that skipped the untuned

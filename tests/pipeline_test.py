@@ -150,13 +150,17 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert "control" in (tmp_path / "results.md").read_text()
 
 
-def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_before_it():
+def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_before_it(tmp_path):
   config = _tiny_pipeline_config("unused")
   settings = configs.fingerprinted(config.refine.to_dict())
   assert "sampling_seed" not in settings and settings["seed"] == config.refine.seed
   assert {**settings, "sampling_seed": 0} == config.refine.to_dict()
+  # The phase made before the setting existed (its settings without it) is the same phase.
+  before = pipeline.Phase(tmp_path, "refine", settings, "upstream").fingerprint
+  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint == before
   config.refine.sampling_seed = 1  # another draw is another phase
   assert configs.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
+  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
 
 
 def test_the_in_domain_tasks_follow_the_refine_task():

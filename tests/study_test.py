@@ -107,7 +107,7 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   (tmp_path / "base" / "STUDY_DONE").write_text("{}")
 
   # rpo has not finished here (its rows may come from another machine): start from base.
-  assert study.finished_ancestor(tmp_path, "rpo_3_rounds_sft_reference") == "base"
+  assert study.finished_ancestors(tmp_path, "rpo_3_rounds_sft_reference") == ["base"]
   workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds_sft_reference")
   assert sorted(p.name for p in workdir.iterdir()) == ["refine", "sft"]
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "base/refine"}
@@ -125,4 +125,4 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   workdir = study.start_from_ancestor(tmp_path, "rpo_new_questions")
   assert json.loads((workdir / "eval" / "untuned" / "DONE.json").read_text()) == {"phase": "base/eval/untuned"}
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
-  assert study.finished_ancestor(tmp_path, "base") is None and not list(tmp_path.glob("*.partial"))
+  assert study.finished_ancestors(tmp_path, "base") == [] and not list(tmp_path.glob("*.partial"))

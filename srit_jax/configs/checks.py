@@ -294,16 +294,13 @@ def problems(config: ConfigDict, command: str) -> list[str]:
     found += command_problems(
       config.refine, "refine", "refine.", linked=("model", "reference_model", "task", "demos_file", "data_dir")
     )
-    for block in ("demos", "refine"):  # the pipeline sets them: its questions must be one set
+    seed_hints = {
+      "demos": "set seed",
+      "refine": "for another draw of samples on the same questions set refine.sampling_seed",
+    }
+    for block, hint in seed_hints.items():  # the pipeline sets them: its questions must be one set
       if config[block].seed not in (0, config.seed):
-        found.append(
-          f"{block}.seed = {config[block].seed}: the pipeline sets it to seed ({config.seed}); "
-          + (
-            "for another draw of samples on the same questions set refine.sampling_seed"
-            if block == "refine"
-            else "set seed"
-          )
-        )
+        found.append(f"{block}.seed = {config[block].seed}: the pipeline sets it to seed ({config.seed}); {hint}")
     if not isinstance(config.refine_iterations, int) or config.refine_iterations < 1:
       found.append(f"refine_iterations = {config.refine_iterations!r}: must be an integer >= 1")
     if config.refine_reference not in ("sft", "previous"):

@@ -50,11 +50,13 @@ class Phase:
   fingerprint and are remade when theirs no longer matches (the student's samples, which a
   change of DPO settings leaves valid). A phase about to run starts from what the phases before
   it gave back (their models, optimizer states and compiled programs); its marker records its
-  own peak resident memory."""
+  own peak resident memory. Settings blocks (dicts) are read without their neutral settings
+  (configs.NEUTRAL_SETTINGS), so a phase made before a setting existed is still found done."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
-    self.fingerprint = fingerprint.digest(fingerprint.portable(list(inputs), workdir))
+    inputs = [configs.fingerprinted(i) if isinstance(i, dict) else i for i in inputs]
+    self.fingerprint = fingerprint.digest(fingerprint.portable(inputs, workdir))
     self.marker = self.dir / "DONE.json"
     self.keep = keep
 
@@ -289,7 +291,7 @@ def _refine_rounds(
     phase = Phase(
       workdir,
       name,
-      configs.fingerprinted(refine_config.to_dict()),
+      refine_config.to_dict(),
       previous.fingerprint,
       sft_phase.fingerprint,
       keep=refine.SAMPLE_FILES,

@@ -85,11 +85,18 @@ def numbers_equal(predicted: str | None, gold: str) -> bool:
   return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
 
 
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_OPERATORS = {
+  ast.Add: operator.add,
+  ast.Sub: operator.sub,
+  ast.Mult: operator.mul,
+  ast.Div: operator.truediv,
+  ast.FloorDiv: operator.floordiv,
+}
 
 
 def evaluate_arithmetic(expression: str) -> float:
-  """Value of an expression of numbers, + - * / and parentheses (SVAMP's equations); nothing else."""
+  """Value of an expression of numbers, + - * / // and parentheses (SVAMP's equations, a worked
+  answer's calculations); nothing else."""
 
   def value(node):
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float):

@@ -13,11 +13,11 @@ the counts are a lower bound on the slips made.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import operator
 import re
 from collections.abc import Iterable
+
+from srit_jax.tasks import answers
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _OPERAND = rf"\(*\s*\$?\s*{_NUMBER}%?\s*\)*"
@@ -25,13 +25,6 @@ _OPERATOR = r"(?:\s*(?:[-+*/×÷]|//)\s*|\s+x\s+)"
 _STEP = re.compile(
   rf"(?<![\w.,:$*/+×÷-])(?P<expression>{_OPERAND}(?:{_OPERATOR}{_OPERAND})+)\s*=\s*\$?\s*(?P<stated>-?{_NUMBER})(?![\d,]*\d)"
 )
-_BINARY = {
-  ast.Add: operator.add,
-  ast.Sub: operator.sub,
-  ast.Mult: operator.mul,
-  ast.Div: operator.truediv,
-  ast.FloorDiv: operator.floordiv,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +32,7 @@ class Step:
   expression: str  # as written, "4 * 8"
   stated: str  # the number written after "=", "32"
   value: float  # the expression recomputed
-  stated_at: int = 0  # where the stated number starts in the text
+  stated_at: int  # where the stated number starts in the text
 
   @property
   def correct(self) -> bool:
@@ -49,21 +42,9 @@ class Step:
     return abs(self.value - stated) <= tolerance + 1e-9 * max(1.0, abs(stated))
 
 
-def _evaluate(node: ast.AST) -> float:
-  if isinstance(node, ast.Expression):
-    return _evaluate(node.body)
-  if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-    return float(node.value)
-  if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-    return _BINARY[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-    return -_evaluate(node.operand)
-  raise ValueError(f"not arithmetic: {ast.dump(node)}")
-
-
 def _as_python(expression: str) -> str:
   text = re.sub(r"\s+x\s+", " * ", expression).replace("×", "*").replace("÷", "/").replace("$", "")
-  text = re.sub(r"(\d),(?=\d{3})", r"\1", text)
+  text = answers.THOUSANDS_COMMA.sub("", text)
   return re.sub(rf"({_NUMBER})%", r"(\1 / 100)", text)
 
 
@@ -76,7 +57,7 @@ def written_steps(text: str) -> list[Step]:
     if "remainder" in text[match.end() : match.end() + 40]:
       python = re.sub(r"(?<!/)/(?!/)", "//", python)
     try:
-      value = _evaluate(ast.parse(python, mode="eval"))
+      value = answers.evaluate_arithmetic(python)
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
       continue  # unbalanced parentheses, say: not a step we can check
     steps.append(Step(expression, match["stated"], value, match.start("stated")))
@@ -85,9 +66,7 @@ def written_steps(text: str) -> list[Step]:
 
 def number_text(value: float) -> str:
   """`value` as an answer writes it: a whole number bare, else at most two decimals."""
-  if abs(value - round(value)) < 1e-9:
-    return str(round(value))
-  return f"{value:.2f}".rstrip("0").rstrip(".")
+  return answers.format_number(round(value, 2))
 
 
 def corrected_prefix(text: str) -> str | None:
@@ -106,11 +85,11 @@ def slips(text: str) -> tuple[int, int]:
   return len(steps), sum(not s.correct for s in steps)
 
 
-def profile(answers: Iterable[tuple[str, bool]]) -> dict:
+def profile(graded: Iterable[tuple[str, bool]]) -> dict:
   """Over (answer text, whether its final answer is right) pairs: the share of answers with a
   wrong arithmetic step, the accuracy of the answers without one, and the steps read per answer."""
   n = steps = with_slip = right_without_slip = 0
-  for text, correct in answers:
+  for text, correct in graded:
     read, wrong = slips(text)
     n += 1
     steps += read
