@@ -1,11 +1,13 @@
-"""Greedy decoding throughput beside `transformers` generate, and against the memory roofline.
+"""Decoding throughput beside `transformers` generate, and against the memory roofline: greedy,
+or sampled (`--temperature`, `--top_p`, `--top_k`, as refine samples the student's answers).
 
     python benchmarks/generate.py                                            # SmolLM2-135M, CPU
     python benchmarks/generate.py --preset=tinyllama-1.1b --dtype=bfloat16 --param_dtype=bfloat16 \\
         --batches=64,256 --prompt=128 --new_tokens=128 --baseline=hf_generate  # on a GPU
+    python benchmarks/generate.py --batches=64 --new_tokens=64 --temperature=0.7 --top_p=0.95  # refine's sampling
 
 Random prompt tokens of `prompt` positions, every row decoding exactly `new_tokens` tokens (EOS
-off), greedy, on both sides. Ours: `generation.generate` (prefill + a `lax.while_loop` of
+off), greedy or sampled alike on both sides. Ours: `generation.generate` (prefill + a `lax.while_loop` of
 decode steps, one jitted program) over every local device. Time to first token is a run with
 one new token; tokens/s counts every new token over the whole call, prefill included, and
 decode-only tokens/s the tokens after the first over the time after it. On accelerators the
@@ -23,6 +25,9 @@ from absl import app, flags
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "batch sizes")
 _PROMPT = flags.DEFINE_integer("prompt", 96, "prompt positions")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "tokens generated per row")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0: greedy; else sampled at this temperature")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling: the mass kept (1 = off)")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "top-k sampling (0 = off)")
 
 
 def _prompts(batch, length, vocab):
@@ -35,9 +40,14 @@ def ours(model, prompts, new_tokens: int) -> float:
   import jax
 
   from srit_jax.generation import batched
+  from srit_jax.generation.sampler import SamplingSettings
+
+  settings = SamplingSettings(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
 
   def call():
-    out = batched.generate(model.config, model.params, prompts, max_new_tokens=new_tokens, eos_ids=(), mesh=model.mesh)
+    out = batched.generate(
+      model.config, model.params, prompts, max_new_tokens=new_tokens, eos_ids=(), mesh=model.mesh, settings=settings
+    )
     jax.block_until_ready(out[0].tokens)
 
   seconds = common.median_seconds(call)
@@ -54,6 +64,10 @@ def hf_generate(config, prompts, new_tokens: int) -> float:
     model = model.to(torch.bfloat16)
   ids = torch.as_tensor(prompts, dtype=torch.long, device=common.torch_device())
 
+  sampled = {}
+  if _TEMPERATURE.value > 0:
+    sampled = dict(do_sample=True, temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value or None)
+
   def call():
     with torch.no_grad():
       model.generate(
@@ -61,8 +75,8 @@ def hf_generate(config, prompts, new_tokens: int) -> float:
         attention_mask=torch.ones_like(ids),
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
-        do_sample=False,
         pad_token_id=0,
+        **(sampled or {"do_sample": False}),
       )
     common.torch_sync()
 
@@ -97,7 +111,13 @@ def main(argv):
   baselines = common.baselines(("hf_generate",))
   model = common.model()
   new = _NEW_TOKENS.value
-  results = {"machine": common.machine(), "prompt": _PROMPT.value, "new_tokens": new, "runs": []}
+  results = {
+    "machine": common.machine(),
+    "prompt": _PROMPT.value,
+    "new_tokens": new,
+    "sampling": {"temperature": _TEMPERATURE.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value},
+    "runs": [],
+  }
   for batch in map(int, _BATCHES.value):
     prompts = _prompts(batch, _PROMPT.value, model.config.vocab_size)
     start = time.perf_counter()

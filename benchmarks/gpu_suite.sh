@@ -8,7 +8,7 @@
 #
 # Packages the machine lacks can lie as wheels in .whl/ (installed into /tmp/site first).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-/tmp/gpu_suite}
 RAW=/tmp/gpu_suite_raw
 BUDGET_S=${BUDGET_S:-540}

@@ -132,6 +132,12 @@ _ROOT_DIR = flags.DEFINE_string("root", "runs/study", "folder of the study's run
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "variants to run, in order")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the report from finished variants; run nothing")
 _DOC = flags.DEFINE_string("doc", str(ROOT / "docs" / "self_refinement_study.md"), "the report")
+_OVERRIDES = flags.DEFINE_list(
+  "overrides",
+  [],
+  "settings added to every variant's pipeline command after its own (a machine's batch sizes, say), "
+  "e.g. eval.batch_size=256",
+)
 
 
 def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -172,9 +178,10 @@ def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
   return workdir
 
 
-def run_variant(root: pathlib.Path, name: str) -> None:
+def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = ()) -> None:
+  """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field)."""
   workdir = start_from_ancestor(root, name)
-  overrides = [f"--config.{o}" for o in VARIANTS[name].overrides]
+  overrides = [f"--config.{o}" for o in (*VARIANTS[name].overrides, *extra)]
   # A finished variant whose definition has changed since runs again: the pipeline skips every
   # phase whose settings are unchanged and runs what is new (a control added, say). Markers
   # written before the overrides were recorded count as finished with today's.
@@ -392,7 +399,7 @@ def main(argv):
   if not _REPORT_ONLY.value:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     for name in ["base", *(v for v in _VARIANTS.value if v != "base")]:
-      run_variant(root, name)
+      run_variant(root, name, tuple(_OVERRIDES.value))
       report(root, pathlib.Path(_DOC.value))
   report(root, pathlib.Path(_DOC.value))
 

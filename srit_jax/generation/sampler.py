@@ -59,14 +59,40 @@ def filtered_logits(logits_BxV: jax.Array, settings: SamplingSettings) -> jax.Ar
     kth_largest = jax.lax.top_k(logits, settings.top_k)[0][:, -1:]
     logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
   if settings.top_p < 1:
-    # Keep the most probable tokens until their mass reaches top_p (the one crossing it included).
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep = mass_before < settings.top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    logits = jnp.where(nucleus(logits, settings.top_p), logits, -jnp.inf)
   return logits
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+  """float32 → int32 keys in the same order (negative floats' magnitude bits reversed)."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def nucleus(logits_BxV: jax.Array, top_p: float) -> jax.Array:
+  """The tokens to keep under top-p: each token whose more probable tokens (ties excluded) hold
+  less than `top_p` of the mass — the most probable ones until their mass reaches `top_p`, the
+  one crossing it and its ties included.
+
+  Without a sort of the vocabulary (per step, [B, V] sorted took most of a sampled decode step on
+  CPU and GPU alike): the threshold is found by bisection over the logits' 2^32 ordered float keys,
+  32 masked sums of the probabilities, exact to the bit."""
+  probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  keys_BxV = _ordered_keys(logits_BxV.astype(jnp.float32))
+
+  def mass_above(key_Bx1):  # the probability of the tokens whose key exceeds key_Bx1
+    return jnp.sum(jnp.where(keys_BxV > key_Bx1, probs_BxV, 0.0), axis=-1, keepdims=True)
+
+  def halve(_, bounds):  # invariant: mass_above(low) >= top_p > mass_above(high)
+    low, high = bounds
+    middle = (low >> 1) + (high >> 1) + (low & high & 1)  # floor((low + high) / 2) without overflow
+    below = mass_above(middle) < top_p
+    return jnp.where(below, low, middle), jnp.where(below, middle, high)
+
+  low = jnp.min(keys_BxV, axis=-1, keepdims=True) - 1  # everything above it: mass 1
+  high = jnp.max(keys_BxV, axis=-1, keepdims=True)  # nothing above it: mass 0
+  _, threshold = jax.lax.fori_loop(0, 32, halve, (low, high))
+  return keys_BxV >= threshold
 
 
 def greedy_tokens(logits_BxV: jax.Array) -> jax.Array:
