@@ -88,8 +88,10 @@ def test_forward_compares_depths_and_torch(tmp_path):
   assert _positive(figures["ours"]["tokens_per_s"]) and _positive(figures["torch_eager"]["tokens_per_s"])
 
 
-def test_generate_times_ours_and_hf_generate(tmp_path):
-  figures = _run(tmp_path, "generate.py", "--batches=1,2", "--new_tokens=8", "--baseline=hf_generate")
+@pytest.mark.parametrize("sampling", [[], ["--temperature=0.7", "--top_p=0.9"]], ids=["greedy", "top_p"])
+def test_generate_times_ours_and_hf_generate(tmp_path, sampling):
+  figures = _run(tmp_path, "generate.py", "--batches=1,2", "--new_tokens=8", "--baseline=hf_generate", *sampling)
+  assert figures["sampling"]["top_p"] == (0.9 if sampling else 1.0)
   assert [run["batch"] for run in figures["runs"]] == [1, 2]
   for run in figures["runs"]:
     for side in ("ours", "hf_generate"):
