@@ -225,21 +225,26 @@ def reset_directory(path: str | pathlib.Path, keep: tuple[str, ...] = ()) -> Non
 
 def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tuple[str, ...]) -> None:
   """Hard links (copies where links cannot be made, and on object storage) in `target` to the
-  files of `source` named in `names`, where `target` has none of that name yet; by the writing
-  process, once."""
+  files of `source` named in `names`, in place of any other file of that name there (a stale one
+  kept from an earlier run); by the writing process, once."""
   source, target = as_path(source), as_path(target)
   if is_writer():
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
-      if (source / name).exists() and not (target / name).exists():
-        if is_remote(source) or is_remote(target):
-          with writing("a copy to", target / name):
-            (source / name).copy(target / name)
+      if not (source / name).exists():
+        continue
+      if is_remote(source) or is_remote(target):
+        with writing("a copy to", target / name):
+          (source / name).copy(target / name, overwrite=True)
+        continue
+      if (target / name).exists():
+        if os.path.samefile(source / name, target / name):
           continue
-        try:
-          os.link(source / name, target / name)
-        except OSError:
-          shutil.copy2(source / name, target / name)
+        (target / name).unlink()
+      try:
+        os.link(source / name, target / name)
+      except OSError:
+        shutil.copy2(source / name, target / name)
   barrier(f"linked files into {target}")
 
 

@@ -85,7 +85,21 @@ def test_a_phase_seed_the_pipeline_would_override_is_an_error(tmp_path):
   result = _cli("pipeline", "--config=configs/demo.py", "--config.refine.seed=1", f"--workdir={tmp_path / 'w'}")
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "refine.seed = 1: the pipeline sets it to seed (0); for another draw" in result.stderr
-  assert "refine.sampling_seed" in result.stderr and not (tmp_path / "w" / "demos").exists()
+  assert "refine.sampling_seed" in result.stderr and not (tmp_path / "w").exists()  # no empty workdir left
+
+
+def test_a_workdir_the_lock_made_goes_with_it_when_nothing_was_written(tmp_path):
+  from srit_jax.phases import workdir_lock
+
+  with workdir_lock.hold(tmp_path / "new" / "run"):
+    assert (tmp_path / "new" / "run" / workdir_lock.LOCK_NAME).exists()
+  assert not (tmp_path / "new" / "run").exists() and (tmp_path / "new").exists()  # only the workdir itself
+  with workdir_lock.hold(tmp_path / "kept"):
+    (tmp_path / "kept" / "results.json").write_text("{}")
+  assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["results.json"]
+  with workdir_lock.hold(tmp_path / "kept"):  # there before: stays even when left empty
+    (tmp_path / "kept" / "results.json").unlink()
+  assert (tmp_path / "kept").is_dir()
 
 
 def _records(path: pathlib.Path, n=16) -> pathlib.Path:

@@ -31,6 +31,9 @@ def test_linked_files_are_shared_until_one_side_appends(tmp_path):
     appender.append([{"b": 1}])
   assert (source / "samples.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
   assert (target / "samples.jsonl").read_text() == '{"b": 1}\n'
+  # Linked again (a control whose kept samples came from a run with other settings): the source's.
+  io.link_files(source, target, ("samples.jsonl",))
+  assert os.stat(target / "samples.jsonl").st_ino == os.stat(source / "samples.jsonl").st_ino
 
 
 def _events(directory):

@@ -54,6 +54,9 @@ def test_files_of_a_run_directory_on_object_storage(remote):
   io.link_files(remote, remote / "round_2", ("samples.jsonl", "absent.jsonl"))
   assert (remote / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
   assert not (remote / "round_2" / "absent.jsonl").exists()
+  (remote / "round_2" / "samples.jsonl").write_text("stale\n")
+  io.link_files(remote, remote / "round_2", ("samples.jsonl",))
+  assert (remote / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
   io.reset_directory(remote, keep=("samples.jsonl",))
   assert sorted(p.name for p in remote.iterdir()) == ["samples.jsonl"]
 

@@ -149,6 +149,15 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert [r["phase"] for r in results["control_rounds"]] == ["refine_control", "refine_control_2"]
   assert "control" in (tmp_path / "results.md").read_text()
 
+  # A control rerun over samples kept from a run with other settings (a variant linked from
+  # another seed's run) takes the refined chain's samples again instead of drawing its own.
+  kept = tmp_path / "refine_control" / "samples.cot.jsonl"
+  kept.unlink()
+  kept.write_text((tmp_path / "refine" / "samples.cot.jsonl").read_text().replace('"seed": ', '"seed": 1'))
+  (tmp_path / "refine_control" / "DONE.json").unlink()
+  pipeline.run(config, tmp_path, progress=False)
+  assert kept.samefile(tmp_path / "refine" / "samples.cot.jsonl")
+
 
 def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_before_it(tmp_path):
   config = _tiny_pipeline_config("unused")

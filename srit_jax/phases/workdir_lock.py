@@ -113,6 +113,7 @@ class WorkdirLock:
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
     self._object = _LockObject(self.path) if places.is_remote(self.path) else None
+    self._made_folder = False  # the lock made the workdir: released empty, it goes too
 
   def _record(self) -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": self._since, "token": self._token})
@@ -156,6 +157,7 @@ class WorkdirLock:
     self._thread.start()
 
   def _acquire_file(self) -> None:
+    self._made_folder = not self.path.parent.exists()
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if not self._try_create():
       holder = _holder(self.path)
@@ -189,6 +191,9 @@ class WorkdirLock:
         self._object.delete()
       elif (_holder(self.path) or {}).get("token") == self._token:
         self.path.unlink(missing_ok=True)
+        if self._made_folder:
+          with contextlib.suppress(OSError):  # not empty: the run wrote something
+            self.path.parent.rmdir()
 
 
 def _process_layout() -> tuple[int, int]:
