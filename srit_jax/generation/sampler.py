@@ -74,9 +74,9 @@ def nucleus(logits_BxV: jax.Array, top_p: float) -> jax.Array:
   less than `top_p` of the mass — the most probable ones until their mass reaches `top_p`, the
   one crossing it and its ties included.
 
-  Without a sort of the vocabulary (per step, [B, V] sorted took most of a sampled decode step on
-  CPU and GPU alike): the threshold is found by bisection over the logits' 2^32 ordered float keys,
-  32 masked sums of the probabilities, exact to the bit."""
+  Without a sort of the vocabulary (sorting [B, V] at every step took most of a sampled decode
+  step on the CPU; benchmarks/RESULTS.md): the threshold is found by bisection over the logits'
+  2^32 ordered float keys, 32 masked sums of the probabilities, exact to the bit."""
   probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
   keys_BxV = _ordered_keys(logits_BxV.astype(jnp.float32))
 
