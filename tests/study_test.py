@@ -148,3 +148,11 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
   assert len(commands) == 1
   study.run_variant(tmp_path, "correct_vs_incorrect")  # other settings: it runs again
   assert len(commands) == 2 and commands[1][-2] == "--config.refine.strategy=correct_vs_incorrect"
+
+
+def test_the_gpu_script_runs_every_variant_of_the_study():
+  script = (ROOT / "studies" / "gpu_study.sh").read_text()
+  values = [line.split("=", 1)[1] for line in script.splitlines() if line.startswith(("ALL=", "ALL+="))]
+  names = [name for value in values for name in value.split(",") if name]
+  assert names[0] == "base" and len(names) == len(set(names))
+  assert set(names) == set(_study_module().VARIANTS)
