@@ -64,9 +64,9 @@ def hf_generate(config, prompts, new_tokens: int) -> float:
     model = model.to(torch.bfloat16)
   ids = torch.as_tensor(prompts, dtype=torch.long, device=common.torch_device())
 
-  sampled = {}
+  sampling = {"do_sample": False}
   if _TEMPERATURE.value > 0:
-    sampled = dict(do_sample=True, temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value or None)
+    sampling = dict(do_sample=True, temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value or None)
 
   def call():
     with torch.no_grad():
@@ -76,7 +76,7 @@ def hf_generate(config, prompts, new_tokens: int) -> float:
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         pad_token_id=0,
-        **(sampled or {"do_sample": False}),
+        **sampling,
       )
     common.torch_sync()
 

@@ -57,7 +57,6 @@ for name in "${names[@]}"; do
   fi
 done
 
-python3 studies/self_refinement.py --root="$ROOT_DIR" --doc="$DOC" --report_only >/dev/null 2>&1
 cp "$DOC" "${DOC%.md}.json" "$OUT/" 2>/dev/null
 tar -czf "$OUT/study_gpu.tgz" -C "$ROOT_DIR" --exclude=checkpoints --exclude=export --exclude=tensorboard \
   --exclude='*.npz' --exclude='*.partial' .

@@ -77,8 +77,9 @@ def nucleus(logits_BxV: jax.Array, top_p: float) -> jax.Array:
   Without a sort of the vocabulary (sorting [B, V] at every step took most of a sampled decode
   step on the CPU; benchmarks/RESULTS.md): the threshold is found by bisection over the logits'
   2^32 ordered float keys, 32 masked sums of the probabilities, exact to the bit."""
-  probs_BxV = jax.nn.softmax(logits_BxV.astype(jnp.float32), axis=-1)
-  keys_BxV = _ordered_keys(logits_BxV.astype(jnp.float32))
+  logits_BxV = logits_BxV.astype(jnp.float32)
+  probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+  keys_BxV = _ordered_keys(logits_BxV)
 
   def mass_above(key_Bx1):  # the probability of the tokens whose key exceeds key_Bx1
     return jnp.sum(jnp.where(keys_BxV > key_Bx1, probs_BxV, 0.0), axis=-1, keepdims=True)
