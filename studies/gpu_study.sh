@@ -1,8 +1,8 @@
 #!/bin/bash
 # The self-refinement study (studies/self_refinement.py) on one GPU: the variants named, in that
 # order, under a time budget, in float32 as on the CPU (float32 products, not TF32), with larger
-# generation batches. A finished variant's checkpoints are removed (later phases read exports); at
-# the end the report and every small result (results.json, evaluations, pairs, samples, metrics)
+# generation batches. The study removes a finished variant's checkpoints (later phases read
+# exports); at the end the report and every small result (results.json, evaluations, pairs, samples, metrics)
 # are packed into $OUT/study_gpu.tgz, for `python studies/self_refinement.py --report_only`.
 #
 #     BUDGET_S=520 bash studies/gpu_study.sh                      # every variant
@@ -18,7 +18,7 @@ BUDGET_S=${BUDGET_S:-520}
 OVERRIDES=${OVERRIDES:-eval.batch_size=256,refine.generate_batch_size=256}
 ALL=base,rpo,rpo_3_rounds,cot_vs_direct_nll,slip_corrected_nll,rpo_3_rounds_sft_reference,correct_vs_incorrect
 ALL+=,cot_vs_direct_nll_new_questions,cot_vs_direct_nll_demos_100,rpo_seed_1,cot_vs_direct_nll_seed_1,lora
-ALL+=,rpo_new_questions,rpo_demos_100
+ALL+=,rpo_new_questions,rpo_demos_100,slip_corrected_nll_seed_1
 VARIANTS=${1:-$ALL}
 DOC=$ROOT_DIR/report/self_refinement_study.md
 mkdir -p "$OUT" "$ROOT_DIR/report"
@@ -52,9 +52,6 @@ for name in "${names[@]}"; do
     --overrides="$OVERRIDES" >>"$OUT/study.log" 2>&1
   echo "   rc=$? after ${SECONDS}s"
   tail -n +$((logged + 1)) "$OUT/study.log" | grep -E "^(error|Traceback|[A-Za-z.]*Error)" | tail -3
-  if [ -e "$ROOT_DIR/$name/STUDY_DONE" ]; then
-    rm -rf "$ROOT_DIR/$name"/*/checkpoints
-  fi
 done
 
 cp "$DOC" "${DOC%.md}.json" "$OUT/" 2>/dev/null

@@ -99,6 +99,11 @@ VARIANTS = {
     (*COT_VS_DIRECT_NLL, "control=True", "refine.new_questions=400"),
     parent="cot_vs_direct_nll",
   ),
+  "slip_corrected_nll_seed_1": Variant(
+    "slip_corrected_nll with another sampling and shuffling seed (on cot_vs_direct_nll_seed_1's samples)",
+    (*COT_VS_DIRECT_NLL, "refine.strategy=slip_corrected", "control=True", "refine.sampling_seed=1"),
+    parent="cot_vs_direct_nll_seed_1",
+  ),
   "rpo_3_rounds": Variant(
     "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference",
     (*RPO, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True"),
@@ -132,6 +137,9 @@ _ROOT_DIR = flags.DEFINE_string("root", "runs/study", "folder of the study's run
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "variants to run, in order")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the report from finished variants; run nothing")
 _DOC = flags.DEFINE_string("doc", str(ROOT / "docs" / "self_refinement_study.md"), "the report")
+_KEEP_CHECKPOINTS = flags.DEFINE_bool(
+  "keep_checkpoints", False, "keep a finished variant's training checkpoints (default: removed; exports stay)"
+)
 _OVERRIDES = flags.DEFINE_list(
   "overrides",
   [],
@@ -178,8 +186,17 @@ def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
   return workdir
 
 
-def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = ()) -> None:
-  """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field)."""
+def drop_checkpoints(workdir: pathlib.Path) -> None:
+  """A finished variant's training checkpoints: kept only to resume its phases, which later phases
+  and variants read through exports (a variant's checkpoints take about 4 GB a training phase)."""
+  for phase in _finished_phases(workdir):
+    for folder in ("checkpoints", "best_checkpoint"):
+      shutil.rmtree(phase / folder, ignore_errors=True)
+
+
+def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep_checkpoints: bool = False) -> None:
+  """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field).
+  A finished variant's checkpoints are removed unless `keep_checkpoints`."""
   workdir = start_from_ancestor(root, name)
   overrides = [f"--config.{o}" for o in (*VARIANTS[name].overrides, *extra)]
   # A finished variant whose definition has changed since runs again: the pipeline skips every
@@ -189,6 +206,8 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = ()) -> N
   done = json.loads(marker.read_text()) if marker.exists() else {}
   if (workdir / "results.json").exists() and done and done.get("overrides", overrides) == overrides:
     print(f"[{name}] done already")
+    if not keep_checkpoints:
+      drop_checkpoints(workdir)
     return
   command = ["nice", "-n", "10", "srit-jax", "pipeline", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
   print(f"[{name}] {' '.join(command)}", flush=True)
@@ -196,6 +215,8 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = ()) -> N
   subprocess.run(command, check=True, cwd=ROOT)
   seconds = done.get("seconds", 0.0) + time.time() - start  # a rerun adds its own time
   marker.write_text(json.dumps({"seconds": seconds, "overrides": overrides}) + "\n")
+  if not keep_checkpoints:
+    drop_checkpoints(workdir)
 
 
 def _percent(x: float) -> str:
@@ -399,7 +420,7 @@ def main(argv):
   if not _REPORT_ONLY.value:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     for name in ["base", *(v for v in _VARIANTS.value if v != "base")]:
-      run_variant(root, name, tuple(_OVERRIDES.value))
+      run_variant(root, name, tuple(_OVERRIDES.value), _KEEP_CHECKPOINTS.value)
       report(root, pathlib.Path(_DOC.value))
   report(root, pathlib.Path(_DOC.value))
 

@@ -150,6 +150,33 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
   assert len(commands) == 2 and commands[1][-2] == "--config.refine.strategy=correct_vs_incorrect"
 
 
+def test_a_finished_variant_keeps_its_exports_and_loses_its_checkpoints(tmp_path, monkeypatch):
+  study = _study_module()
+
+  def pipeline(command, **kwargs):
+    workdir = pathlib.Path(command[-1].removeprefix("--workdir="))
+    for phase, done in (("sft", True), ("refine", True), ("refine_control", False)):
+      for folder in ("checkpoints/20", "best_checkpoint/20", "export"):
+        (workdir / phase / folder).mkdir(parents=True, exist_ok=True)
+        (workdir / phase / folder / "model.safetensors").write_text("weights")
+      if done:
+        (workdir / phase / "DONE.json").write_text("{}")
+    (workdir / "results.json").write_text("{}")
+
+  monkeypatch.setattr(study.subprocess, "run", pipeline)
+  study.run_variant(tmp_path, "lora", keep_checkpoints=True)
+  assert (tmp_path / "lora" / "sft" / "checkpoints" / "20" / "model.safetensors").exists()
+  study.run_variant(tmp_path, "correct_vs_incorrect")
+  workdir = tmp_path / "correct_vs_incorrect"
+  for phase in ("sft", "refine"):
+    assert sorted(p.name for p in (workdir / phase).iterdir()) == ["DONE.json", "export"]
+  # A phase that did not finish keeps what it needs to resume.
+  assert (workdir / "refine_control" / "checkpoints" / "20" / "model.safetensors").exists()
+  study.run_variant(tmp_path, "lora")  # finished before with checkpoints kept: removed now
+  assert not (tmp_path / "lora" / "sft" / "checkpoints").exists()
+  assert (tmp_path / "lora" / "sft" / "export" / "model.safetensors").exists()
+
+
 def test_the_gpu_script_runs_every_variant_of_the_study():
   script = (ROOT / "studies" / "gpu_study.sh").read_text()
   values = [line.split("=", 1)[1] for line in script.splitlines() if line.startswith(("ALL=", "ALL+="))]
