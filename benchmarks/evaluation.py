@@ -1,14 +1,18 @@
-"""Answering real benchmark questions: one batch after another vs. a batch refilled as rows end.
+"""Answering real benchmark questions: one batch after another vs. a batch refilled as rows end,
+and the prompts' shared prefix prefilled once vs. with every row.
 
     python benchmarks/evaluation.py --model=runs/study/base/sft/export --task=wordmath \\
         --questions=256 --batch=64 --max_new_tokens=128
+    python benchmarks/evaluation.py ... --ways=refilled,refilled_unshared
 
 Greedy chain-of-thought answers as `srit-jax eval` makes them: the task's prompts through the
 chat template, EOS and the task's stop strings on, prompts started in order of length. Static
 batches decode until their longest answer ends; a refilled batch prefills the next prompts into
-rows as they finish. Each way runs once untimed (compiling every program it meets), then
-`--rounds` times, alternating which goes first (the fastest run of each is kept); both must
-give the same answers (checked: tokens equal). Reported
+rows as they finish; `refilled_unshared` is the refilled batch with each row's whole prompt
+prefilled (the prefix every prompt shares, the chat template's system turn and the task's
+instruction, not prefilled once). Each way runs once untimed (compiling every program it
+meets), then `--rounds` times, in turn from a different first way each round (the fastest run
+of each is kept); all must give the same answers (checked: tokens equal). Reported
 per way: seconds, answers/s and new tokens/s; for static batches also the share of row-steps
 that decode a live row (the rest wait for their batch's longest answer, or are idle rows of a
 short last batch).
@@ -26,6 +30,8 @@ _QUESTIONS = flags.DEFINE_integer("questions", 256, "questions answered")
 _BATCH = flags.DEFINE_integer("batch", 64, "rows decoded together")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "tokens per answer at most")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "timed runs of each way")
+WAYS = {"static": dict(refill=False), "refilled": dict(refill=True), "refilled_unshared": dict(share_prefix=False)}
+_WAYS = flags.DEFINE_list("ways", ["static", "refilled"], f"ways to answer, of {', '.join(WAYS)}")
 
 
 def _rows(model):
@@ -45,7 +51,7 @@ def _rows(model):
   return [batched.Row(i, 0, tokens[i]) for i in order], prompts.stop_strings(prompts.COT, ())
 
 
-def _answer(model, rows, stop_strings, refill: bool):
+def _answer(model, rows, stop_strings, way: str):
   from srit_jax.generation import batched
 
   start = time.perf_counter()
@@ -55,10 +61,10 @@ def _answer(model, rows, stop_strings, refill: bool):
     rows,
     max_new_tokens=_MAX_NEW_TOKENS.value,
     batch_size=_BATCH.value,
-    refill=refill,
     stop_strings=stop_strings,
     tokenizer=model.tokenizer,
     mesh=model.mesh,
+    **WAYS[way],
   )
   return time.perf_counter() - start, generations
 
@@ -72,21 +78,28 @@ def _live_share_of_static_batches(lengths: list[int], batch: int) -> float:
 
 def main(argv):
   del argv
+  from srit_jax.generation import batched
+
+  ways = _WAYS.value
+  unknown = [w for w in ways if w not in WAYS]
+  if unknown or not ways:
+    raise app.UsageError(f"--ways: unknown {unknown}; of {', '.join(WAYS)}")
   model = common.model()
   rows, stop_strings = _rows(model)
   tokens_of = lambda generations: [g.tokens for g in generations]
-  # Compile both ways' programs first (every prompt bucket and group size they meet).
-  _, reference = _answer(model, rows, stop_strings, refill=False)
-  _, refilled = _answer(model, rows, stop_strings, refill=True)
-  if tokens_of(refilled) != tokens_of(reference):
-    differ = sum(a != b for a, b in zip(tokens_of(refilled), tokens_of(reference)))
-    raise SystemExit(f"refilled and static batches answered {differ} of {len(rows)} questions differently")
-  times = {"static": [], "refilled": []}
-  ways = [("static", "refilled"), ("refilled", "static")]
-  for way in [way for n in range(_ROUNDS.value) for way in ways[n % 2]]:
-    seconds, generations = _answer(model, rows, stop_strings, refill=way == "refilled")
-    assert tokens_of(generations) == tokens_of(reference), way
-    times[way].append(seconds)
+  # Compile every way's programs first (every prompt bucket and group size they meet).
+  _, reference = _answer(model, rows, stop_strings, ways[0])
+  for way in ways[1:]:
+    _, generations = _answer(model, rows, stop_strings, way)
+    if tokens_of(generations) != tokens_of(reference):
+      differ = sum(a != b for a, b in zip(tokens_of(generations), tokens_of(reference)))
+      raise SystemExit(f"{way} and {ways[0]} answered {differ} of {len(rows)} questions differently")
+  times = {way: [] for way in ways}
+  for n in range(_ROUNDS.value):
+    for way in ways[n % len(ways) :] + ways[: n % len(ways)]:
+      seconds, generations = _answer(model, rows, stop_strings, way)
+      assert tokens_of(generations) == tokens_of(reference), way
+      times[way].append(seconds)
   lengths = [len(g.tokens) for g in reference]
   new_tokens = sum(lengths)
   results = {
@@ -107,8 +120,14 @@ def main(argv):
       "new_tokens_per_s": new_tokens / best,
     }
   # `reference` is in the order of `rows`: the order static batches take them.
-  results["runs"]["static"]["live_row_step_share"] = _live_share_of_static_batches(lengths, _BATCH.value)
-  results["refilled_speedup"] = min(times["static"]) / min(times["refilled"])
+  if "static" in times:
+    results["runs"]["static"]["live_row_step_share"] = _live_share_of_static_batches(lengths, _BATCH.value)
+  if {"static", "refilled"} <= set(times):
+    results["refilled_speedup"] = min(times["static"]) / min(times["refilled"])
+  if {"refilled", "refilled_unshared"} <= set(times):
+    results["shared_prefix_speedup"] = min(times["refilled_unshared"]) / min(times["refilled"])
+    results["shared_prefix_tokens"] = batched.shared_prefix_length([row.prompt for row in rows])
+    results["prompt_tokens_mean"] = sum(len(row.prompt) for row in rows) / len(rows)
   common.report(results)
 
 

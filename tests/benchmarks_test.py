@@ -101,11 +101,22 @@ def test_generate_times_ours_and_hf_generate(tmp_path, sampling):
 
 def test_evaluation_times_static_and_refilled_batches_on_real_questions(tmp_path, tiny_student):
   figures = _run(
-    tmp_path, "evaluation.py", f"--model={tiny_student}", "--questions=12", "--batch=4", "--max_new_tokens=16"
+    tmp_path,
+    "evaluation.py",
+    f"--model={tiny_student}",
+    "--questions=12",
+    "--batch=4",
+    "--max_new_tokens=16",
+    "--ways=static,refilled,refilled_unshared",
   )
   assert (figures["task"], figures["questions"], figures["batch"]) == ("wordmath", 12, 4)
   assert figures["answer_tokens"]["max"] >= figures["answer_tokens"]["mean"] > 0
-  for way in ("static", "refilled"):
+  # The chat template's system turn and the instruction lead every prompt.
+  assert figures["prompt_tokens_mean"] > figures["shared_prefix_tokens"] >= 16
+  assert figures["shared_prefix_speedup"] == pytest.approx(
+    min(figures["runs"]["refilled_unshared"]["seconds"]) / min(figures["runs"]["refilled"]["seconds"])
+  )
+  for way in ("static", "refilled", "refilled_unshared"):
     run = figures["runs"][way]
     assert len(run["seconds"]) == 1 and _positive(run["answers_per_s"])
     assert run["new_tokens_per_s"] == pytest.approx(figures["new_tokens"] / min(run["seconds"]))

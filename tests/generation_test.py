@@ -120,6 +120,55 @@ def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size
   assert finished != refilled, "rows should finish out of their order"
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral_sliding_window", "gemma3"])
+def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_gives(hf_model_dir, family):
+  """Prompts sharing 20 leading tokens (shorter prompts than a window's reach among them):
+  the same tokens, stop reasons and log-probs with the prefix prefilled once as without, in a
+  batch of its own, a refilled batch and with LoRA adapters."""
+  import dataclasses
+
+  directory, _ = hf_model_dir(family)
+  config, params = hf_checkpoint.load_hf_checkpoint(directory)
+  prefix = _prompts([20], seed=5)[0]
+  prompts = [prefix + own for own in _prompts([1, 12, 3, 30, 7], seed=6)]
+  assert generation.shared_prefix_length(prompts) == 20
+  assert generation.shared_prefix_length([[*prefix, 5], [*prefix[:10], 7]]) == 0  # under MIN_SHARED_PREFIX
+  assert generation.shared_prefix_length([prefix] * 3) == 19  # one token of each left to prefill
+  assert generation.shared_prefix_length([prefix]) == 0  # one row: nothing to share
+
+  made = []
+  real_prefix_cache = sampling.prefix_cache
+
+  def counted(*args, **kwargs):
+    made.append(args[2].shape)
+    return real_prefix_cache(*args, **kwargs)
+
+  lora_config = dataclasses.replace(config, lora_rank=4)
+  adapters = jax.tree.map(
+    lambda a: 0.3 * jax.random.normal(jax.random.key(1), a.shape, a.dtype),
+    model_lib.init_adapters(lora_config, jax.random.key(0)),
+  )
+  cases = [
+    (config, params, None, dict(batch_size=16)),
+    (config, params, None, dict(batch_size=4, settings=SamplingSettings(temperature=1.0, top_p=0.9))),
+    (lora_config, params, adapters, dict(batch_size=4)),
+  ]
+  lengths = set()
+  for model_config, model_params, model_adapters, options in cases:
+    kwargs = dict(max_new_tokens=10, num_samples=2, seed=4, eos_ids=tuple(range(3, 23)), adapters=model_adapters)
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(sampling, "prefix_cache", counted)
+      shared = generation.generate(model_config, model_params, prompts, **kwargs, **options)
+    whole = generation.generate(model_config, model_params, prompts, share_prefix=False, **kwargs, **options)
+    assert made.pop() == (1, 20)
+    assert [g.tokens for g in shared] == [g.tokens for g in whole]
+    assert [g.stop_reason for g in shared] == [g.stop_reason for g in whole]
+    for a, b in zip(shared, whole):
+      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    lengths |= {len(g.tokens) for g in whole}
+  assert len(lengths) > 2, "rows should end at different steps"
+
+
 def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
   config, params = tiny
   prompts = _prompts([5, 8])
@@ -218,6 +267,13 @@ def test_sharded_generation_equals_single_device(hf_model_dir):
   on_mesh = generation.generate(config, sharded_params, _prompts([5, 9, 2, 7, 11, 4]), mesh=mesh, **kwargs)
   assert len({len(g.tokens) for g in single}) > 2
   assert [g.tokens for g in on_mesh] == [g.tokens for g in single]
+  # Prompts sharing a prefix, prefilled once on the mesh, against whole prompts on one device.
+  prompts = [_prompts([20], seed=5)[0] + own for own in _prompts([5, 9, 2, 7, 11, 4])]
+  single = generation.generate(config, params, prompts, share_prefix=False, **kwargs)
+  on_mesh = generation.generate(config, sharded_params, prompts, mesh=mesh, **kwargs)
+  assert [g.tokens for g in on_mesh] == [g.tokens for g in single]
+  for a, b in zip(on_mesh, single):
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 
 
 def test_prompt_buckets_bound_the_number_of_compilations(tiny):

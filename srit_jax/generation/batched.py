@@ -4,10 +4,12 @@
 batch are padded to a few bucket sizes so a run compiles a bounded number of times. With more
 rows than a batch holds, the batch is refilled (continuous batching): whenever an eighth of its
 rows have finished, the next prompts are prefilled into them while the others go on decoding,
-so no row waits idle for the batch's longest answer. Rows finish, and reach `on_batch`, in the
-order they end. On a multi-process run every process passes the same prompts; each fills its
-own shards of the batch, every process gets every row's output back and makes the same
-refills.
+so no row waits idle for the batch's longest answer. A prefix that every prompt shares (a chat
+template's system turn and an instruction, say, or the whole prompt of one prompt's samples) is
+prefilled once and copied into each row's cache; only the rest of each prompt is prefilled per
+row. Rows finish, and reach `on_batch`, in the order they end. On a multi-process run every
+process passes the same prompts; each fills its own shards of the batch, every process gets
+every row's output back and makes the same refills.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from srit_jax.model.config import ModelConfig
 STOP_REASONS = {sampler.STOP_LENGTH: "length", sampler.STOP_EOS: "eos", sampler.STOP_SEQUENCE: "stop"}
 MIN_PROMPT_BUCKET = 16
 REFILL_SHARE = 8  # a batch takes new prompts once this fraction (1/8) of its rows are free
+MIN_SHARED_PREFIX = 16  # tokens: a shorter prefix common to every prompt is prefilled with each row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,20 @@ def prompt_bucket(length: int, limit: int) -> int:
   """
   bucket = MIN_PROMPT_BUCKET if length <= MIN_PROMPT_BUCKET else -(-length // 32) * 32
   return min(bucket, limit)
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+  """How many leading tokens every prompt shares, leaving each at least one of its own; 0 for a
+  single prompt or under MIN_SHARED_PREFIX tokens (nothing gained by a separate prefill)."""
+  if len(prompts) < 2:
+    return 0
+  first, length = prompts[0], min(len(p) for p in prompts) - 1
+  for prompt in prompts[1:]:
+    same = 0
+    while same < length and prompt[same] == first[same]:
+      same += 1
+    length = same
+  return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -150,6 +167,7 @@ def generate_rows(
   mesh: Mesh | None = None,
   on_batch: Callable[[list[Generation]], None] | None = None,
   adapters=None,
+  share_prefix: bool = True,
 ) -> list[Generation]:
   """A generation per row, returned in the order of `rows`.
 
@@ -158,7 +176,9 @@ def generate_rows(
   one batch after another, each decoding until its longest answer ends); a short batch is
   padded with idle rows so its shape repeats. `on_batch` gets each group of finished rows as
   they end. A row's tokens depend on its seed (from `seed` and its indices), not on the rows
-  it shares a batch with. `adapters`: LoRA adapters over `params` (the base).
+  it shares a batch with. `adapters`: LoRA adapters over `params` (the base). `share_prefix`:
+  prefill the prefix every prompt shares once (the outputs are the same either way, up to
+  floating-point rounding).
   """
   if max_new_tokens <= 0:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -191,7 +211,9 @@ def generate_rows(
     stops=_stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else []),
     tokenizer=tokenizer,
     stop_strings=tuple(stop_strings),
+    prefix_length=shared_prefix_length([row.prompt for row in rows]) if share_prefix else 0,
   )
+  decoder.prefill_prefix(rows[0].prompt)
   report = on_batch or (lambda generations: None)
   if refill and len(rows) > batch_size:
     refill_rows = -(-max(1, batch_size // REFILL_SHARE) // shards) * shards
@@ -218,12 +240,26 @@ class _Decoder:
   stops: np.ndarray
   tokenizer: object
   stop_strings: tuple[str, ...]
+  prefix_length: int = 0  # leading tokens every prompt shares, prefilled once into `prefix`
+  prefix: object = None  # their cache (sampler.prefix_cache), once `prefill_prefix` has run
+
+  def prefill_prefix(self, prompt: Sequence[int]) -> None:
+    if not self.prefix_length:
+      return
+    tokens = np.asarray([prompt[: self.prefix_length]], np.int32)
+    if self.mesh is not None:  # every process holds the whole row
+      tokens = sharding.put_host_array(tokens, sharding.logical_sharding((None, None), tokens.shape, self.mesh))
+    self.prefix = sampler.prefix_cache(self.config, self.params, tokens, adapters=self.adapters)
+
+  def _width(self, rows: Sequence[Row]) -> int:
+    """The prompt bucket of `rows`' own tokens (after the shared prefix)."""
+    return prompt_bucket(max(len(row.prompt) for row in rows) - self.prefix_length, self.limit - self.prefix_length)
 
   def _inputs(self, rows: Sequence[Row], size: int) -> list:
-    """(tokens, mask, seeds) of `rows` left-padded to a prompt bucket, plus idle rows up to `size`;
-    on a mesh, each process fills the shards it holds."""
-    width = prompt_bucket(max(len(row.prompt) for row in rows), self.limit)
-    tokens, mask = left_pad([row.prompt for row in rows], self.config.pad_token_id or 0, width)
+    """(tokens, mask, seeds) of `rows` (after the shared prefix) left-padded to a prompt bucket,
+    plus idle rows up to `size`; on a mesh, each process fills the shards it holds."""
+    own = [row.prompt[self.prefix_length :] for row in rows]
+    tokens, mask = left_pad(own, self.config.pad_token_id or 0, self._width(rows))
     idle = size - len(rows)
     seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * idle
     arrays = [np.pad(tokens, ((0, idle), (0, 0))), np.pad(mask, ((0, idle), (0, 0))), np.asarray(seeds, np.int32)]
@@ -260,6 +296,7 @@ class _Decoder:
         max_new_tokens=self.max_new_tokens,
         mesh=self.mesh,
         adapters=self.adapters,
+        prefix=self.prefix,
       )
       out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
       finished = [self._generation(row, out[n], logprobs[n], reasons[n]) for n, row in enumerate(chunk)]
@@ -273,7 +310,7 @@ class _Decoder:
     The cache holds the longest prompt bucket and every new token; each row keeps its own end.
     """
     model = dict(mesh=self.mesh, adapters=self.adapters)
-    cache_length = prompt_bucket(max(len(row.prompt) for row in rows), self.limit) + self.max_new_tokens
+    cache_length = self.prefix_length + self._width(rows) + self.max_new_tokens
     held: list[Row | None] = list(rows[:batch_size])  # the row each batch slot decodes
     pending = collections.deque(rows[batch_size:])
     state = sampler.start(
@@ -283,6 +320,7 @@ class _Decoder:
       cache_length=cache_length,
       stop_len=self.stops.shape[1],
       max_new_tokens=self.max_new_tokens,
+      prefix=self.prefix,
       **model,
     )
     eos, stops = jnp.asarray(self.eos), jnp.asarray(self.stops)
@@ -320,7 +358,13 @@ class _Decoder:
           held[slot] = row
         where = np.asarray(slots + [batch_size] * (refill_rows - len(group)), np.int32)  # B: no row
         state = sampler.insert(
-          self.config, self.params, state, jnp.asarray(where), *self._inputs(group, refill_rows), **model
+          self.config,
+          self.params,
+          state,
+          jnp.asarray(where),
+          *self._inputs(group, refill_rows),
+          prefix=self.prefix,
+          **model,
         )
     return results
 

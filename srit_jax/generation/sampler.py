@@ -137,18 +137,62 @@ class DecodeState:
   logprobs_BxN: jax.Array  # [B, N]
 
 
-def _prefilled(config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters):
-  """The state of left-padded prompts run into a fresh cache of `cache_length` slots."""
+@functools.partial(jax.jit, static_argnames=("config",))
+def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters=None) -> model_lib.KVCache:
+  """The cache of a prompt prefix that every row of a call shares, computed once (one row).
+
+  `sample`, `start` and `insert` take it as `prefix` with prompts that leave it out: each row's
+  cache then starts with the prefix's slots, and only the rows' own tokens are prefilled. Under
+  a mesh the row is left to the compiler's layout (it is broadcast to every row's shard)."""
+  length = tokens_1xL.shape[1]
+  positions = jnp.arange(length, dtype=jnp.int32)[None]
+  cache = model_lib.init_cache(config, 1, length)
+  _, cache = model_lib.prefill(
+    config, params, tokens_1xL, positions, jnp.ones_like(positions), cache, adapters=adapters
+  )
+  return cache
+
+
+def _prefilled(
+  config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters, prefix=None
+):
+  """The state of left-padded prompts run into a fresh cache of `cache_length` slots, after the
+  shared `prefix` (a `prefix_cache`) where there is one."""
   batch, _ = tokens_BxP.shape
   positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
   cache = model_lib.init_cache(config, batch, cache_length, mesh=mesh)
-  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
-  rows = (
-    _CPU_PREFILL_ROWS if mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0 else None
-  )
-  last_logits_BxV, cache = model_lib.prefill(
-    config, params, tokens_BxP, positions_BxP, mask_BxP, cache, mesh, rows, adapters=adapters
-  )
+  if prefix is not None:
+    # The prompts' own tokens follow the prefix's slots and positions, run as one chunk against it.
+    positions_BxP = positions_BxP + prefix.positions.shape[1]
+    cache = model_lib.with_prefix(cache, prefix, mesh)
+    layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+    logits_Bx1xV, cache = model_lib.decode(
+      config,
+      params,
+      model_lib.unstack_layers(params),
+      tokens_BxP,
+      positions_BxP,
+      mask_BxP,
+      cache,
+      mesh,
+      layer_adapters,
+      last_only=True,
+    )
+    last_logits_BxV = logits_Bx1xV[:, -1]
+  else:
+    # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
+    cpu = mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0
+    last_logits_BxV, cache = model_lib.prefill(
+      config,
+      params,
+      tokens_BxP,
+      positions_BxP,
+      mask_BxP,
+      cache,
+      mesh,
+      _CPU_PREFILL_ROWS if cpu else None,
+      adapters=adapters,
+    )
   return DecodeState(
     cache=cache,
     logits_BxV=last_logits_BxV.astype(jnp.float32),
@@ -160,6 +204,10 @@ def _prefilled(config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop
     out_BxN=jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32),
     logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
   )
+
+
+def _prefix_length(prefix: model_lib.KVCache | None) -> int:
+  return 0 if prefix is None else prefix.positions.shape[1]
 
 
 def _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, *, settings, max_new_tokens, mesh, adapters):
@@ -227,16 +275,19 @@ def sample(
   max_new_tokens: int,
   mesh: Mesh | None = None,
   adapters=None,
+  prefix: model_lib.KVCache | None = None,
 ):
   """Generates up to `max_new_tokens` per left-padded row; rows with an all-zero mask are idle.
+  With `prefix` (a `prefix_cache`), each row's prompt is the prefix followed by its tokens here.
 
   Returns (tokens [B, N] with -1 after the stop, log-probs [B, N], stop reason [B]).
   """
   batch, prompt_len = tokens_BxP.shape
   stop_len = stops_MxQ.shape[1]
   run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
+  slots = _prefix_length(prefix) + prompt_len + max_new_tokens
   state = _prefilled(
-    config, params, tokens_BxP, mask_BxP, seeds_B, prompt_len + max_new_tokens, stop_len, max_new_tokens, mesh, adapters
+    config, params, tokens_BxP, mask_BxP, seeds_B, slots, stop_len, max_new_tokens, mesh, adapters, prefix
   )
   final = _run(config, params, state, eos_ids, stops_MxQ, batch, **run)
   return final.out_BxN[:, stop_len:], final.logprobs_BxN, final.reason_B
@@ -255,17 +306,19 @@ def start(
   max_new_tokens: int,
   mesh: Mesh | None = None,
   adapters=None,
+  prefix: model_lib.KVCache | None = None,
 ) -> DecodeState:
-  """A batch that will take new prompts: its first prompts in a cache of `cache_length` slots.
+  """A batch that will take new prompts: its first prompts in a cache of `cache_length` slots
+  (the shared `prefix`'s slots among them).
 
   `stop_len`: the width Q of the stop-sequence table `advance` gets. Rows with an all-zero mask
   start done (free for `insert`).
   """
   state = _prefilled(
-    config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters
+    config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters, prefix
   )
-  batch, prompt_len = tokens_BxP.shape
-  return state.replace(cache=state.cache.replace(end=jnp.full((batch,), prompt_len, jnp.int32)))
+  batch = tokens_BxP.shape[0]
+  return state.replace(cache=state.cache.replace(end=jnp.broadcast_to(state.cache.end, (batch,))))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "settings", "max_new_tokens", "mesh"), donate_argnames="state")
@@ -299,12 +352,13 @@ def insert(
   *,
   mesh: Mesh | None = None,
   adapters=None,
+  prefix: model_lib.KVCache | None = None,
 ) -> DecodeState:
   """`state` with G new left-padded prompts prefilled into rows `rows_G` (a row index of B or
-  more: no row, for a group padded to its size). Each new row's cache holds its prompt at
-  slots [0, P); its other slots are emptied."""
+  more: no row, for a group padded to its size). Each new row's cache holds the shared `prefix`
+  and its prompt at slots [0, P) (P counting both); its other slots are emptied."""
   cache_length = state.cache.positions.shape[1]
-  prompt_len = tokens_GxP.shape[1]
+  prompt_len = _prefix_length(prefix) + tokens_GxP.shape[1]
   new = _prefilled(
     config,
     params,
@@ -316,6 +370,7 @@ def insert(
     state.logprobs_BxN.shape[1],
     mesh,
     adapters,
+    prefix,
   )
   put = lambda old, rows: old.at[rows_G].set(rows, mode="drop")
   slots = lambda x: jnp.pad(x, ((0, 0), (0, cache_length - prompt_len)))  # the emptied slots: segment 0

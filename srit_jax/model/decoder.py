@@ -436,8 +436,10 @@ def decode(
   cache: KVCache,
   mesh=None,
   layer_adapters=None,
+  last_only: bool = False,
 ):
-  """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache).
+  """Runs T new tokens against the cache (a step or a chunk); returns (logits [B, T, V], cache),
+  or with `last_only` the logits of the last position alone ([B, 1, V]: a chunk of prompt).
 
   The layers run one after another on their own parameters (`unstack_layers(params)`, and
   `unstack_layers(adapters)` with LoRA) and cache arrays rather than under the layer scan: a
@@ -461,9 +463,30 @@ def decode(
     )
     keys.append(layer_keys)
     values.append(layer_values)
+  if last_only:
+    x_BxTxD = x_BxTxD[:, -1:]
   logits = model.apply({"params": params}, x_BxTxD, method=Transformer.head)
   cache = KVCache(tuple(keys), tuple(values), positions_BxS, segment_ids_BxS, cache.end + tokens_BxT.shape[1])
   return logits, cache
+
+
+def with_prefix(cache: KVCache, prefix: KVCache, mesh=None) -> KVCache:
+  """`cache` (empty) with every row's first slots holding `prefix`, the cache of one row ([1, ...]):
+  a prompt prefix all rows share, computed once. The rows' own tokens are written after it."""
+  batch = cache.positions.shape[0]
+
+  def put(old, new, axes=None):
+    new = jnp.broadcast_to(new, (batch, *new.shape[1:])).astype(old.dtype)
+    written = jax.lax.dynamic_update_slice(old, new, (0,) * old.ndim)
+    return sharding.constrain(written, axes, mesh) if axes else written
+
+  return KVCache(
+    keys=tuple(put(old, new, KEY_CACHE_AXES) for old, new in zip(cache.keys, prefix.keys)),
+    values=tuple(put(old, new, VALUE_CACHE_AXES) for old, new in zip(cache.values, prefix.values)),
+    positions=put(cache.positions, prefix.positions),
+    segment_ids=put(cache.segment_ids, prefix.segment_ids),
+    end=jnp.asarray(prefix.positions.shape[1], jnp.int32),
+  )
 
 
 def _write_at(cache_array, new, end, slot_axis: int):
