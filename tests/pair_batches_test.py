@@ -169,6 +169,47 @@ def test_iterator_state_shares_and_the_row_count_of_a_run():
   assert {int(s) for s in np.unique(halves[1]["rows"]["answer_slots"])} <= {4, 5, 6, 7, 8}
 
 
+@pytest.mark.parametrize("num_microbatches, process_count", [(1, 1), (2, 1), (1, 2)])
+def test_trimmed_batches_leave_out_only_rows_of_padding(num_microbatches, process_count):
+  """With `trim_rows`, a batch holds the rows its pairs need on any process (in multiples of
+  `trim_rows`), and is the run's full-size batch with only empty rows taken out."""
+  pairs = random_pairs(40, seed=0, prompt=(2, 30), chosen=(1, 30))  # rows needed vary from batch to batch
+  layout = pair_batches.PairLayout("shared_prompt", 2 * max_side(pairs))
+
+  def make(trim_rows, process_index=0):
+    iterator = pair_batches.PairBatchIterator(
+      pairs,
+      batch_size=16,
+      layout=layout,
+      seed=2,
+      num_microbatches=num_microbatches,
+      process_index=process_index,
+      process_count=process_count,
+    )
+    iterator.rows_per_microbatch = iterator.rows_for_steps(12)
+    iterator.trim_rows = trim_rows
+    return iterator
+
+  counts, per_process = set(), []
+  for process in range(process_count):
+    full, trimmed, even = make(None, process), make(1, process), make(2, process)
+    per_process.append([])
+    for _ in range(12):
+      big, small, paired = next(full), next(trimmed), next(even)
+      rows = small["rows"]["tokens"].shape[0] // num_microbatches
+      counts.add(rows)
+      per_process[-1].append(rows)
+      assert paired["rows"]["tokens"].shape[0] // num_microbatches == min(-(-rows // 2) * 2, full.rows_per_microbatch)
+      for name, values in big["rows"].items():
+        kept = values.shape[0] - small["rows"][name].shape[0]
+        np.testing.assert_array_equal(values[: values.shape[0] - kept], small["rows"][name], err_msg=name)
+        assert not kept or not big["rows"]["segment_ids"][-kept:].any()  # what was left out is padding
+      for name in ("chosen_lengths", "rejected_lengths"):
+        np.testing.assert_array_equal(big[name], small[name])
+  assert len(counts) > 1 and max(counts) == full.rows_per_microbatch, counts
+  assert all(rows == per_process[0] for rows in per_process)  # every process's share the same shape
+
+
 @pytest.mark.parametrize("packing, factor", [("none", 1), ("sides", 3), ("shared_prompt", 2)])
 def test_chosen_only_rows_give_the_chosen_log_probs_and_nll_gradients_of_whole_pairs(tiny, packing, factor):
   config, params = tiny

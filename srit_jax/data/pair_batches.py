@@ -243,7 +243,12 @@ def make_pair_batch(
 
 class PairBatchIterator:
   """Seeded per-epoch shuffling of pairs, `batch_size` pairs per batch laid out by `layout`; state
-  (epoch, index) saved with each checkpoint; each process keeps its block of the global batch."""
+  (epoch, index) saved with each checkpoint; each process keeps its block of the global batch.
+
+  Every batch has `rows_per_microbatch` rows per microbatch, or with `trim_rows` (a multiple of
+  rows, 1 for none) only the rows its pairs need on any process, rounded up to that multiple: the
+  rows left out would hold padding alone, and a step then runs one of a few shapes (one
+  compilation each) instead of the largest every time."""
 
   def __init__(
     self,
@@ -270,6 +275,7 @@ class PairBatchIterator:
       )
     self.per_process = batch_size // self.process_count
     self.rows_per_microbatch = rows_per_microbatch or 2 * self.per_process // num_microbatches
+    self.trim_rows: int | None = None
     self.epoch, self.index = 0, 0
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -301,14 +307,23 @@ class PairBatchIterator:
     self.set_state(state)
     return most
 
+  def rows_of(self, indices: list[int]) -> int:
+    """Rows per microbatch of the batch of `indices` (see the class)."""
+    if not self.trim_rows:
+      return self.rows_per_microbatch
+    shares = (self._share(indices, process) for process in range(self.process_count))
+    need = max(self.layout.rows_needed(self.pairs, share, self.num_microbatches) for share in shares)
+    return min(self.rows_per_microbatch, -(-need // self.trim_rows) * self.trim_rows)
+
   def __next__(self) -> dict:
-    mine = self._share(self.next_indices(), self.process_index)
+    indices = self.next_indices()
+    mine = self._share(indices, self.process_index)
     per_microbatch = self.per_process // self.num_microbatches
     return make_pair_batch(
       self.pairs,
       mine,
       self.layout,
-      self.rows_per_microbatch,
+      self.rows_of(indices),
       num_microbatches=self.num_microbatches,
       first_slot=self.process_index * per_microbatch,
       slots_per_microbatch=self.batch_size // self.num_microbatches,

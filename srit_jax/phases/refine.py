@@ -424,8 +424,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     num_microbatches=config.num_microbatches,
     reference=reference,
   )
-  # One row count for the whole run (one compilation): the most any of its batches needs.
+  # The most rows any batch of the run needs; each batch holds only what it needs of them (the
+  # rest would be padding), in multiples the mesh splits: a few shapes, one compilation each.
   iterator.rows_per_microbatch = _round_up(iterator.rows_for_steps(config.num_steps), _row_multiple(mesh))
+  iterator.trim_rows = _row_multiple(mesh)
   rows_per_step = iterator.rows_per_microbatch * config.num_microbatches * jax.process_count()
   positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
   what = "chosen answers" if layout.chosen_only else "pairs"
@@ -452,7 +454,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   last = run.fit(
     lambda state, batch: jitted(state, reference_params, batch, base),
     DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch, mesh)),
-    step_flops=flops.dpo_step_flops(model_config, rows_per_step, layout.row_length, reference_params is not None),
+    step_flops=lambda rows: flops.dpo_step_flops(model_config, rows, layout.row_length, reference_params is not None),
     data_identity=key,
     evaluate=evaluate if held_out else None,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},

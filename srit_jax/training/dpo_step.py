@@ -193,6 +193,7 @@ def dpo_step(
     "logps/chosen": jnp.mean(chosen),
     "nll/chosen": jnp.mean(length_normalized_nll(chosen, batch["chosen_lengths"])),
     "tokens": jnp.sum(batch["rows"]["segment_ids"] > 0),
+    "rows": jnp.float32(batch["rows"]["segment_ids"].shape[0]),  # a batch may hold fewer than the run's most
   }
   if reads_reference:  # rewards and rejected answers: none without them
     metrics = (

@@ -133,7 +133,7 @@ class TrainingRun:
     step_fn: Callable[[TrainState, Any], tuple[TrainState, dict]],
     batches: DeviceBatches,
     *,
-    step_flops: float,
+    step_flops: float | Callable[[float], float],
     data_identity: str,
     evaluate: Callable[[TrainState, int], dict] | None = None,
     rates: Callable[[dict, float], dict] | None = None,
@@ -142,8 +142,9 @@ class TrainingRun:
   ) -> dict:
     """Trains from the latest checkpoint to `num_steps`; returns the last step's metrics.
 
-    `step_flops` are the model FLOPs of one global step; MFU divides them by the step time
-    and the peak of all devices of the run. `rates(values, seconds)` adds per-second figures
+    `step_flops` are the model FLOPs of one global step, or a function of its rows (the step's
+    "rows" metric) where steps differ in rows; MFU divides them by the step time and the peak
+    of all devices of the run. `rates(values, seconds)` adds per-second figures
     of the phase's own (pairs per second). `data_identity` (a digest of the training data)
     joins the settings in the fingerprint that checkpoints must share to be resumed.
     """
@@ -158,7 +159,7 @@ class TrainingRun:
         "mesh": dict(self.mesh.shape),
         "batch_size": config.batch_size,
         "num_microbatches": config.num_microbatches,
-        "model_flops_per_step": step_flops,
+        **({} if callable(step_flops) else {"model_flops_per_step": step_flops}),
         "peak_flops": peak,
       },
     )
@@ -168,7 +169,7 @@ class TrainingRun:
       return {
         "learning_rate": float(self.schedule(step - 1)),
         "tokens_per_s": values["tokens"] / seconds,
-        "mfu": step_flops / seconds / peak,
+        "mfu": (step_flops(values["rows"]) if callable(step_flops) else step_flops) / seconds / peak,
         **(rates(values, seconds) if rates else {}),
       }
 
