@@ -2,8 +2,8 @@
 # The self-refinement study (studies/self_refinement.py) on one GPU: the variants named, in that
 # order, under a time budget, in float32 as on the CPU (float32 products, not TF32), with larger
 # generation batches. The study removes a finished variant's checkpoints (later phases read
-# exports); at the end the report and every small result (results.json, evaluations, pairs, samples, metrics)
-# are packed into $OUT/study_gpu.tgz, for `python studies/self_refinement.py --report_only`.
+# exports); at the end the report and every small result (results.json, evaluations, pairs,
+# samples, metrics) are packed into $OUT/study_gpu.tgz, for `self_refinement.py --report_only`.
 #
 #     BUDGET_S=520 bash studies/gpu_study.sh                      # every variant
 #     bash studies/gpu_study.sh base,rpo,rpo_3_rounds

@@ -245,10 +245,10 @@ class PairBatchIterator:
   """Seeded per-epoch shuffling of pairs, `batch_size` pairs per batch laid out by `layout`; state
   (epoch, index) saved with each checkpoint; each process keeps its block of the global batch.
 
-  Every batch has `rows_per_microbatch` rows per microbatch, or with `trim_rows` (a multiple of
-  rows, 1 for none) only the rows its pairs need on any process, rounded up to that multiple: the
-  rows left out would hold padding alone, and a step then runs one of a few shapes (one
-  compilation each) instead of the largest every time."""
+  Every batch has `rows_per_microbatch` rows per microbatch; with `trim_rows` set (the multiple
+  the rows round up to, such as the devices a process splits them over), only the rows its pairs
+  need on any process, at most that many: the rows left out would hold padding alone, and a step
+  runs one of a few shapes (one compilation each) instead of the largest every time."""
 
   def __init__(
     self,

@@ -83,6 +83,18 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
   return length if length >= MIN_SHARED_PREFIX else 0
 
 
+def _shared_prefix(config, params, adapters, mesh, rows: Sequence[Row]):
+  """The cache of the prefix every row's prompt shares, prefilled once (`sampler.prefix_cache`);
+  None where `shared_prefix_length` finds none worth it."""
+  length = shared_prefix_length([row.prompt for row in rows])
+  if not length:
+    return None
+  tokens = np.asarray([rows[0].prompt[:length]], np.int32)
+  if mesh is not None:  # every process holds the whole row
+    tokens = sharding.put_host_array(tokens, sharding.logical_sharding((None, None), tokens.shape, mesh))
+  return sampler.prefix_cache(config, params, tokens, adapters=adapters)
+
+
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
   """A row's seed from the run seed and its (prompt, sample) indices, independent of batching."""
   return int(np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -211,9 +223,8 @@ def generate_rows(
     stops=_stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else []),
     tokenizer=tokenizer,
     stop_strings=tuple(stop_strings),
-    prefix_length=shared_prefix_length([row.prompt for row in rows]) if share_prefix else 0,
+    prefix=_shared_prefix(config, params, adapters, mesh, rows) if share_prefix else None,
   )
-  decoder.prefill_prefix(rows[0].prompt)
   report = on_batch or (lambda generations: None)
   if refill and len(rows) > batch_size:
     refill_rows = -(-max(1, batch_size // REFILL_SHARE) // shards) * shards
@@ -240,16 +251,11 @@ class _Decoder:
   stops: np.ndarray
   tokenizer: object
   stop_strings: tuple[str, ...]
-  prefix_length: int = 0  # leading tokens every prompt shares, prefilled once into `prefix`
-  prefix: object = None  # their cache (sampler.prefix_cache), once `prefill_prefix` has run
+  prefix: object = None  # the cache of the leading tokens every prompt shares (`_shared_prefix`)
 
-  def prefill_prefix(self, prompt: Sequence[int]) -> None:
-    if not self.prefix_length:
-      return
-    tokens = np.asarray([prompt[: self.prefix_length]], np.int32)
-    if self.mesh is not None:  # every process holds the whole row
-      tokens = sharding.put_host_array(tokens, sharding.logical_sharding((None, None), tokens.shape, self.mesh))
-    self.prefix = sampler.prefix_cache(self.config, self.params, tokens, adapters=self.adapters)
+  @property
+  def prefix_length(self) -> int:
+    return sampler.prefix_length(self.prefix)
 
   def _width(self, rows: Sequence[Row]) -> int:
     """The prompt bucket of `rows`' own tokens (after the shared prefix)."""

@@ -206,7 +206,8 @@ def _prefilled(
   )
 
 
-def _prefix_length(prefix: model_lib.KVCache | None) -> int:
+def prefix_length(prefix: model_lib.KVCache | None) -> int:
+  """The tokens a `prefix_cache` holds (0 for none)."""
   return 0 if prefix is None else prefix.positions.shape[1]
 
 
@@ -285,7 +286,7 @@ def sample(
   batch, prompt_len = tokens_BxP.shape
   stop_len = stops_MxQ.shape[1]
   run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
-  slots = _prefix_length(prefix) + prompt_len + max_new_tokens
+  slots = prefix_length(prefix) + prompt_len + max_new_tokens
   state = _prefilled(
     config, params, tokens_BxP, mask_BxP, seeds_B, slots, stop_len, max_new_tokens, mesh, adapters, prefix
   )
@@ -358,7 +359,7 @@ def insert(
   more: no row, for a group padded to its size). Each new row's cache holds the shared `prefix`
   and its prompt at slots [0, P) (P counting both); its other slots are emptied."""
   cache_length = state.cache.positions.shape[1]
-  prompt_len = _prefix_length(prefix) + tokens_GxP.shape[1]
+  prompt_len = prefix_length(prefix) + tokens_GxP.shape[1]
   new = _prefilled(
     config,
     params,

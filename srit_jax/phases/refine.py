@@ -432,7 +432,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
   what = "chosen answers" if layout.chosen_only else "pairs"
   print(
-    f"{what} packed as {layout.packing!r}: {rows_per_step} rows of {layout.row_length} per step of "
+    f"{what} packed as {layout.packing!r}: up to {rows_per_step} rows of {layout.row_length} per step of "
     f"{config.batch_size} pairs (one row per side: {2 * config.batch_size} of {config.max_length}); "
     f"{positions:.0f} positions per pair unpacked"
   )
@@ -472,7 +472,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       "packing": layout.packing,
       "row_length": layout.row_length,
       "chosen_only": layout.chosen_only,
-      "rows_per_step": rows_per_step,
+      "rows_per_step": rows_per_step,  # the most a step holds
     },
     "heldout_before": initial,
     "heldout_after": final,
