@@ -104,12 +104,14 @@ def test_evaluation_times_static_and_refilled_batches_on_real_questions(tmp_path
     tmp_path,
     "evaluation.py",
     f"--model={tiny_student}",
-    "--questions=12",
+    "--questions=6",
+    "--samples=2",  # greedy: a question's two rows share one prefill of its prompt but for refilled_unshared
     "--batch=4",
     "--max_new_tokens=16",
     "--ways=static,refilled,refilled_unshared",
   )
-  assert (figures["task"], figures["questions"], figures["batch"]) == ("wordmath", 12, 4)
+  assert (figures["task"], figures["questions"], figures["rows"], figures["batch"]) == ("wordmath", 6, 12, 4)
+  assert figures["answers_differing_from_the_first_way"] == {"static": 0, "refilled": 0, "refilled_unshared": 0}
   assert figures["answer_tokens"]["max"] >= figures["answer_tokens"]["mean"] > 0
   # The chat template's system turn and the instruction lead every prompt.
   assert figures["prompt_tokens_mean"] > figures["shared_prefix_tokens"] >= 16

@@ -169,7 +169,57 @@ def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_give
   assert len(lengths) > 2, "rows should end at different steps"
 
 
-def test_near_zero_temperature_and_top_k_one_equal_greedy(tiny):
+def test_distinct_prompts_are_prefilled_once_for_the_rows_that_repeat_them():
+  prompts, source, count = generation.distinct_prompts([[1, 2], [1, 2], [3], [3]], 4)
+  assert (prompts, source.tolist(), count) == ([[1, 2], [3]], [0, 0, 1, 1], 2)
+  prompts, source, count = generation.distinct_prompts([[1, 2], [1, 2], [3]], 8)
+  assert (prompts, source.tolist(), count) == ([[1, 2], [3]], [0, 0, 1, 2, 2, 2, 2, 2], 4)  # idle rows: an empty one
+  assert generation.distinct_prompts([[1], [2], [3]], 4) is None  # 3 prompts and an idle row: nothing saved
+  assert generation.distinct_prompts([[1], [2], [3], [4]], 4) is None
+  assert generation.distinct_prompts([[1], [2]], 8) is None  # no prompt repeats: idle rows alone are left
+  assert generation.distinct_prompts([[1]] * 2, 8, multiple=4)[2] == 4  # rows split over 4 batch shards
+  assert generation.distinct_prompts([[1]] * 8, 8)[2] == 1
+
+
+@pytest.mark.parametrize("batch_size", [32, 8, 4])  # one batch; refilled 1 row at a time, with 2 and 4 of one prompt
+def test_rows_repeating_a_prompt_prefill_it_once_and_give_what_each_row_prefilled_gives(tiny, batch_size):
+  """A prompt's samples copy one prefill of it: the same tokens, stop reasons and log-probs as
+  each row prefilled on its own, in a single batch, a refilled one and one batch after another."""
+  config, params = tiny
+  prompts = _prompts([5, 12, 3, 20, 7], seed=8)
+  filled = []
+
+  def counting(program, rows_argument):
+    real = getattr(sampling, program)
+
+    def counted(*args, **kwargs):
+      filled.append((args[rows_argument].shape[0], args[rows_argument + 2].shape[0]))  # prompts, seeds
+      return real(*args, **kwargs)
+
+    return counted
+
+  options = dict(
+    max_new_tokens=12,
+    num_samples=4,
+    seed=5,
+    eos_ids=tuple(range(3, 23)),
+    settings=SamplingSettings(temperature=1.0, top_p=0.9),
+    batch_size=batch_size,
+  )
+  for refill in (True, False):
+    with pytest.MonkeyPatch.context() as patch:
+      for program, rows_argument in (("sample", 2), ("start", 2), ("insert", 4)):
+        patch.setattr(sampling, program, counting(program, rows_argument))
+      shared = generation.generate(config, params, prompts, refill=refill, **options)
+    once, filled[:] = list(filled), []
+    whole = generation.generate(config, params, prompts, refill=refill, share_prefix=False, **options)
+    assert [g.tokens for g in shared] == [g.tokens for g in whole]
+    assert [g.stop_reason for g in shared] == [g.stop_reason for g in whole]
+    for a, b in zip(shared, whole):
+      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert len({len(g.tokens) for g in whole}) > 2, "rows should end at different steps"
+    assert sum(prefilled for prefilled, _ in once) < sum(rows for _, rows in once)
+
   config, params = tiny
   prompts = _prompts([5, 8])
   greedy = [g.tokens for g in generation.generate(config, params, prompts, max_new_tokens=10, eos_ids=())]

@@ -5,11 +5,11 @@ batch are padded to a few bucket sizes so a run compiles a bounded number of tim
 rows than a batch holds, the batch is refilled (continuous batching): whenever an eighth of its
 rows have finished, the next prompts are prefilled into them while the others go on decoding,
 so no row waits idle for the batch's longest answer. A prefix that every prompt shares (a chat
-template's system turn and an instruction, say, or the whole prompt of one prompt's samples) is
-prefilled once and copied into each row's cache; only the rest of each prompt is prefilled per
-row. Rows finish, and reach `on_batch`, in the order they end. On a multi-process run every
-process passes the same prompts; each fills its own shards of the batch, every process gets
-every row's output back and makes the same refills.
+template's system turn and an instruction, say) is prefilled once per call and copied into each
+row's cache; of the rest, each distinct prompt that a prefill meets is prefilled once, the rows
+that share it (a prompt's samples) copying its cache. Rows finish, and reach `on_batch`, in the
+order they end. On a multi-process run every process passes the same prompts; each fills its
+own shards of the batch, every process gets every row's output back and makes the same refills.
 """
 
 from __future__ import annotations
@@ -81,6 +81,29 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
       same += 1
     length = same
   return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def distinct_prompts(
+  prompts: Sequence[Sequence[int]], size: int, multiple: int = 1
+) -> tuple[list[list[int]], np.ndarray, int] | None:
+  """(the distinct prompts, the index of each of `size` rows' prompt among them, how many rows
+  to prefill) for a prefill of `prompts` into `size` rows (the rows past them idle), where rows
+  repeat prompts (a prompt's samples): each distinct prompt is prefilled once and its rows copy
+  it. The prefilled rows are the distinct prompts padded with empty ones (the idle rows take an
+  empty one) to a power of two that `multiple` divides, so that the prefill's shapes repeat;
+  None where no prompt repeats (idle rows alone are not worth another program) or that leaves
+  as many rows to prefill as `size`."""
+  first: dict[tuple[int, ...], int] = {}
+  for prompt in prompts:
+    first.setdefault(tuple(prompt), len(first))
+  if len(first) == len(prompts):
+    return None
+  needed = len(first) + (len(prompts) < size)
+  count = -(-(1 << (needed - 1).bit_length()) // multiple) * multiple
+  if count >= size:
+    return None
+  source = [first[tuple(prompt)] for prompt in prompts] + [len(first)] * (size - len(prompts))
+  return [list(prompt) for prompt in first], np.asarray(source, np.int32), count
 
 
 def _shared_prefix(config, params, adapters, mesh, rows: Sequence[Row]):
@@ -189,8 +212,8 @@ def generate_rows(
   padded with idle rows so its shape repeats. `on_batch` gets each group of finished rows as
   they end. A row's tokens depend on its seed (from `seed` and its indices), not on the rows
   it shares a batch with. `adapters`: LoRA adapters over `params` (the base). `share_prefix`:
-  prefill the prefix every prompt shares once (the outputs are the same either way, up to
-  floating-point rounding).
+  prefill the prefix every prompt shares once per call, and a prompt that several rows of a
+  prefill repeat once (the outputs are the same either way, up to floating-point rounding).
   """
   if max_new_tokens <= 0:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -211,6 +234,7 @@ def generate_rows(
   shards = mesh.shape["data"] * mesh.shape["fsdp"] if mesh is not None else 1
   batch_size = -(-batch_size // shards) * shards  # the batch must split evenly over the mesh's batch axes
   decoder = _Decoder(
+    shards,
     config,
     params,
     adapters,
@@ -224,6 +248,7 @@ def generate_rows(
     tokenizer=tokenizer,
     stop_strings=tuple(stop_strings),
     prefix=_shared_prefix(config, params, adapters, mesh, rows) if share_prefix else None,
+    share_prompts=share_prefix,
   )
   report = on_batch or (lambda generations: None)
   if refill and len(rows) > batch_size:
@@ -239,6 +264,7 @@ def generate_rows(
 class _Decoder:
   """Runs rows through `sampler`'s programs; what stays fixed over one `generate_rows` call."""
 
+  shards: int  # the batch's shards on the mesh (1 without one)
   config: ModelConfig
   params: object
   adapters: object
@@ -252,6 +278,7 @@ class _Decoder:
   tokenizer: object
   stop_strings: tuple[str, ...]
   prefix: object = None  # the cache of the leading tokens every prompt shares (`_shared_prefix`)
+  share_prompts: bool = True  # a prompt that several rows of a prefill repeat is prefilled once
 
   @property
   def prefix_length(self) -> int:
@@ -261,20 +288,28 @@ class _Decoder:
     """The prompt bucket of `rows`' own tokens (after the shared prefix)."""
     return prompt_bucket(max(len(row.prompt) for row in rows) - self.prefix_length, self.limit - self.prefix_length)
 
-  def _inputs(self, rows: Sequence[Row], size: int) -> list:
-    """(tokens, mask, seeds) of `rows` (after the shared prefix) left-padded to a prompt bucket,
-    plus idle rows up to `size`; on a mesh, each process fills the shards it holds."""
+  def _inputs(self, rows: Sequence[Row], size: int) -> tuple:
+    """(tokens, mask, seeds, source) of `rows` (after the shared prefix) plus idle rows up to
+    `size`: the prompts left-padded to a prompt bucket, each distinct one once where rows repeat
+    them (`distinct_prompts`; source: each row's prompt among them, else None); on a mesh, each
+    process fills the shards it holds."""
     own = [row.prompt[self.prefix_length :] for row in rows]
-    tokens, mask = left_pad(own, self.config.pad_token_id or 0, self._width(rows))
-    idle = size - len(rows)
-    seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * idle
-    arrays = [np.pad(tokens, ((0, idle), (0, 0))), np.pad(mask, ((0, idle), (0, 0))), np.asarray(seeds, np.int32)]
+    distinct = distinct_prompts(own, size, self.shards) if self.share_prompts else None
+    prompts, source, count = distinct or (own, None, size)
+    tokens, mask = left_pad(prompts, self.config.pad_token_id or 0, self._width(rows))
+    seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * (size - len(rows))
+    empty = ((0, count - len(prompts)), (0, 0))
+    arrays = [np.pad(tokens, empty), np.pad(mask, empty), np.asarray(seeds, np.int32), source]
     if self.mesh is None:
-      return arrays
-    return [
-      sharding.put_host_array(a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, self.mesh))
+      return tuple(arrays)
+    return tuple(
+      a
+      if a is None
+      else sharding.put_host_array(
+        a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, self.mesh)
+      )
       for a in arrays
-    ]
+    )
 
   def _generation(self, row: Row, tokens_N, logprobs_N, reason: int) -> Generation:
     """A finished row's output, cut at its first stop string."""
@@ -292,10 +327,13 @@ class _Decoder:
     results = []
     for start in range(0, len(rows), batch_size):
       chunk = rows[start : start + batch_size]
+      tokens, mask, seeds, source = self._inputs(chunk, batch_size)
       outputs = sampler.sample(
         self.config,
         self.params,
-        *self._inputs(chunk, batch_size),
+        tokens,
+        mask,
+        seeds,
         jnp.asarray(self.eos),
         jnp.asarray(self.stops),
         settings=self.settings,
@@ -303,6 +341,7 @@ class _Decoder:
         mesh=self.mesh,
         adapters=self.adapters,
         prefix=self.prefix,
+        source_B=source,
       )
       out, logprobs, reasons = (io.to_host(x) for x in outputs)  # every row, on every process
       finished = [self._generation(row, out[n], logprobs[n], reasons[n]) for n, row in enumerate(chunk)]
@@ -319,14 +358,18 @@ class _Decoder:
     cache_length = self.prefix_length + self._width(rows) + self.max_new_tokens
     held: list[Row | None] = list(rows[:batch_size])  # the row each batch slot decodes
     pending = collections.deque(rows[batch_size:])
+    tokens, mask, seeds, source = self._inputs(held, batch_size)
     state = sampler.start(
       self.config,
       self.params,
-      *self._inputs(held, batch_size),
+      tokens,
+      mask,
+      seeds,
       cache_length=cache_length,
       stop_len=self.stops.shape[1],
       max_new_tokens=self.max_new_tokens,
       prefix=self.prefix,
+      source_B=source,
       **model,
     )
     eos, stops = jnp.asarray(self.eos), jnp.asarray(self.stops)
@@ -363,13 +406,17 @@ class _Decoder:
         for slot, row in zip(slots, group):
           held[slot] = row
         where = np.asarray(slots + [batch_size] * (refill_rows - len(group)), np.int32)  # B: no row
+        tokens, mask, seeds, source = self._inputs(group, refill_rows)
         state = sampler.insert(
           self.config,
           self.params,
           state,
           jnp.asarray(where),
-          *self._inputs(group, refill_rows),
+          tokens,
+          mask,
+          seeds,
           prefix=self.prefix,
+          source_G=source,
           **model,
         )
     return results

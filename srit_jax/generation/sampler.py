@@ -5,12 +5,16 @@ of new tokens, so a row's samples depend on its seed alone, not on the batch it 
 when it joined it. Log-probabilities are those of the model's own distribution
 (temperature 1, nothing filtered) at the chosen tokens.
 
+Rows that share a prompt (its samples) may prefill it once: with `source_B`, the prompts are
+the distinct ones and row b copies prompt `source_B[b]`'s cache and next-token logits.
+
 `sample` runs one batch to its end. A batch whose finished rows take new prompts (continuous
 batching) runs as `start`, then `advance` until enough rows are done, `insert` of new prompts
 into the finished rows, and `advance` again; each row keeps its own cache end, step and seed
 in a `DecodeState`.
 
-Shapes: B batch, P prompt length, N new tokens, V vocab, M stop sequences of length Q.
+Shapes: B batch, U distinct prompts (B without `source_B`), P prompt length, N new tokens,
+V vocab, M stop sequences of length Q.
 """
 
 from __future__ import annotations
@@ -154,45 +158,63 @@ def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters
 
 
 def _prefilled(
-  config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters, prefix=None
+  config,
+  params,
+  tokens_UxP,
+  mask_UxP,
+  seeds_B,
+  cache_length,
+  stop_len,
+  max_new_tokens,
+  mesh,
+  adapters,
+  prefix=None,
+  source_B=None,
 ):
   """The state of left-padded prompts run into a fresh cache of `cache_length` slots, after the
-  shared `prefix` (a `prefix_cache`) where there is one."""
-  batch, _ = tokens_BxP.shape
-  positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
-  cache = model_lib.init_cache(config, batch, cache_length, mesh=mesh)
+  shared `prefix` (a `prefix_cache`) where there is one; with `source_B`, row b starts from
+  prompt `source_B[b]` (each prompt prefilled once however many rows take it)."""
+  prompts, _ = tokens_UxP.shape
+  batch = seeds_B.shape[0]
+  positions_UxP = jnp.maximum(jnp.cumsum(mask_UxP, axis=1) - 1, 0)
+  cache = model_lib.init_cache(config, prompts, cache_length, mesh=mesh)
   if prefix is not None:
     # The prompts' own tokens follow the prefix's slots and positions, run as one chunk against it.
-    positions_BxP = positions_BxP + prefix.positions.shape[1]
+    positions_UxP = positions_UxP + prefix.positions.shape[1]
     cache = model_lib.with_prefix(cache, prefix, mesh)
     layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
-    logits_Bx1xV, cache = model_lib.decode(
+    logits_Ux1xV, cache = model_lib.decode(
       config,
       params,
       model_lib.unstack_layers(params),
-      tokens_BxP,
-      positions_BxP,
-      mask_BxP,
+      tokens_UxP,
+      positions_UxP,
+      mask_UxP,
       cache,
       mesh,
       layer_adapters,
       last_only=True,
     )
-    last_logits_BxV = logits_Bx1xV[:, -1]
+    last_logits_UxV = logits_Ux1xV[:, -1]
   else:
     # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
-    cpu = mesh is None and jax.default_backend() == "cpu" and batch % _CPU_PREFILL_ROWS == 0
-    last_logits_BxV, cache = model_lib.prefill(
+    cpu = mesh is None and jax.default_backend() == "cpu" and prompts % _CPU_PREFILL_ROWS == 0
+    last_logits_UxV, cache = model_lib.prefill(
       config,
       params,
-      tokens_BxP,
-      positions_BxP,
-      mask_BxP,
+      tokens_UxP,
+      positions_UxP,
+      mask_UxP,
       cache,
       mesh,
       _CPU_PREFILL_ROWS if cpu else None,
       adapters=adapters,
     )
+  if source_B is None:
+    last_logits_BxV, positions_BxP, mask_BxP = last_logits_UxV, positions_UxP, mask_UxP
+  else:
+    cache = model_lib.take_rows(cache, source_B, mesh)
+    last_logits_BxV, positions_BxP, mask_BxP = (x[source_B] for x in (last_logits_UxV, positions_UxP, mask_UxP))
   return DecodeState(
     cache=cache,
     logits_BxV=last_logits_BxV.astype(jnp.float32),
@@ -266,8 +288,8 @@ def _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, *, settings,
 def sample(
   config: ModelConfig,
   params,
-  tokens_BxP: jax.Array,
-  mask_BxP: jax.Array,
+  tokens_UxP: jax.Array,
+  mask_UxP: jax.Array,
   seeds_B: jax.Array,
   eos_ids: jax.Array,
   stops_MxQ: jax.Array,
@@ -277,18 +299,21 @@ def sample(
   mesh: Mesh | None = None,
   adapters=None,
   prefix: model_lib.KVCache | None = None,
+  source_B: jax.Array | None = None,
 ):
   """Generates up to `max_new_tokens` per left-padded row; rows with an all-zero mask are idle.
-  With `prefix` (a `prefix_cache`), each row's prompt is the prefix followed by its tokens here.
+  With `prefix` (a `prefix_cache`), each row's prompt is the prefix followed by its tokens here;
+  with `source_B`, row b's prompt is `tokens_UxP[source_B[b]]`.
 
   Returns (tokens [B, N] with -1 after the stop, log-probs [B, N], stop reason [B]).
   """
-  batch, prompt_len = tokens_BxP.shape
+  prompt_len = tokens_UxP.shape[1]
+  batch = seeds_B.shape[0]
   stop_len = stops_MxQ.shape[1]
   run = dict(settings=settings, max_new_tokens=max_new_tokens, mesh=mesh, adapters=adapters)
   slots = prefix_length(prefix) + prompt_len + max_new_tokens
   state = _prefilled(
-    config, params, tokens_BxP, mask_BxP, seeds_B, slots, stop_len, max_new_tokens, mesh, adapters, prefix
+    config, params, tokens_UxP, mask_UxP, seeds_B, slots, stop_len, max_new_tokens, mesh, adapters, prefix, source_B
   )
   final = _run(config, params, state, eos_ids, stops_MxQ, batch, **run)
   return final.out_BxN[:, stop_len:], final.logprobs_BxN, final.reason_B
@@ -298,8 +323,8 @@ def sample(
 def start(
   config: ModelConfig,
   params,
-  tokens_BxP: jax.Array,
-  mask_BxP: jax.Array,
+  tokens_UxP: jax.Array,
+  mask_UxP: jax.Array,
   seeds_B: jax.Array,
   *,
   cache_length: int,
@@ -308,17 +333,29 @@ def start(
   mesh: Mesh | None = None,
   adapters=None,
   prefix: model_lib.KVCache | None = None,
+  source_B: jax.Array | None = None,
 ) -> DecodeState:
   """A batch that will take new prompts: its first prompts in a cache of `cache_length` slots
-  (the shared `prefix`'s slots among them).
+  (the shared `prefix`'s slots among them; `source_B` as for `sample`).
 
   `stop_len`: the width Q of the stop-sequence table `advance` gets. Rows with an all-zero mask
   start done (free for `insert`).
   """
   state = _prefilled(
-    config, params, tokens_BxP, mask_BxP, seeds_B, cache_length, stop_len, max_new_tokens, mesh, adapters, prefix
+    config,
+    params,
+    tokens_UxP,
+    mask_UxP,
+    seeds_B,
+    cache_length,
+    stop_len,
+    max_new_tokens,
+    mesh,
+    adapters,
+    prefix,
+    source_B,
   )
-  batch = tokens_BxP.shape[0]
+  batch = seeds_B.shape[0]
   return state.replace(cache=state.cache.replace(end=jnp.broadcast_to(state.cache.end, (batch,))))
 
 
@@ -347,24 +384,26 @@ def insert(
   params,
   state: DecodeState,
   rows_G: jax.Array,
-  tokens_GxP: jax.Array,
-  mask_GxP: jax.Array,
+  tokens_UxP: jax.Array,
+  mask_UxP: jax.Array,
   seeds_G: jax.Array,
   *,
   mesh: Mesh | None = None,
   adapters=None,
   prefix: model_lib.KVCache | None = None,
+  source_G: jax.Array | None = None,
 ) -> DecodeState:
   """`state` with G new left-padded prompts prefilled into rows `rows_G` (a row index of B or
-  more: no row, for a group padded to its size). Each new row's cache holds the shared `prefix`
-  and its prompt at slots [0, P) (P counting both); its other slots are emptied."""
+  more: no row, for a group padded to its size; `source_G` as `source_B` for `sample`). Each
+  new row's cache holds the shared `prefix` and its prompt at slots [0, P) (P counting both);
+  its other slots are emptied."""
   cache_length = state.cache.positions.shape[1]
-  prompt_len = prefix_length(prefix) + tokens_GxP.shape[1]
+  prompt_len = prefix_length(prefix) + tokens_UxP.shape[1]
   new = _prefilled(
     config,
     params,
-    tokens_GxP,
-    mask_GxP,
+    tokens_UxP,
+    mask_UxP,
     seeds_G,
     prompt_len,
     state.out_BxN.shape[1] - state.logprobs_BxN.shape[1],
@@ -372,6 +411,7 @@ def insert(
     mesh,
     adapters,
     prefix,
+    source_G,
   )
   put = lambda old, rows: old.at[rows_G].set(rows, mode="drop")
   slots = lambda x: jnp.pad(x, ((0, 0), (0, cache_length - prompt_len)))  # the emptied slots: segment 0

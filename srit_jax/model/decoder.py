@@ -489,6 +489,19 @@ def with_prefix(cache: KVCache, prefix: KVCache, mesh=None) -> KVCache:
   )
 
 
+def take_rows(cache: KVCache, rows_B, mesh=None) -> KVCache:
+  """`cache` with row b a copy of its row `rows_B[b]`: rows whose prompts are alike (a prompt's
+  samples) prefill it once and take copies."""
+  take = lambda x, axes: sharding.constrain(x[rows_B], axes, mesh)
+  return KVCache(
+    keys=tuple(take(k, KEY_CACHE_AXES) for k in cache.keys),
+    values=tuple(take(v, VALUE_CACHE_AXES) for v in cache.values),
+    positions=take(cache.positions, ("batch", None)),
+    segment_ids=take(cache.segment_ids, ("batch", None)),
+    end=cache.end if jnp.ndim(cache.end) == 0 else cache.end[rows_B],
+  )
+
+
 def _write_at(cache_array, new, end, slot_axis: int):
   """`new` written into `cache_array` from slot `end` along `slot_axis`.
 
