@@ -26,7 +26,10 @@ positions per step, and the padding share (positions that hold no token). With
 layout runs twice: on whole pairs with the reference precomputed (rejected answers laid out
 and run, unread) and on the chosen answers alone with no reference, as refine runs it. With
 --lora_ranks=0,16 each layout trains every parameter (0) and LoRA adapters of each rank (alpha
-2R, every projection) over the frozen base, as the study's `lora` variant does.
+2R, every projection) over the frozen base, as the study's `lora` variant does. With
+--epoch_steps=N each layout also trains N successive batches of the epoch twice, timed from
+first to last (every row count compiled before): each batch with only the rows its pairs need
+(as refine runs: `PairBatchIterator.trim_rows`) and each with the most any of them needs.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ _LOSS_TYPE = flags.DEFINE_enum(
   "loss_type", "sigmoid", ["sigmoid", "ipo", "hinge", "nll"], "the loss timed on --pairs_file or --uneven_pairs"
 )
 _LORA_RANKS = flags.DEFINE_list("lora_ranks", ["0"], "on --pairs_file: full fine-tuning (0) and/or LoRA of these ranks")
+_EPOCH_STEPS = flags.DEFINE_integer(
+  "epoch_steps", 0, "on --pairs_file: time this many successive steps with each batch's own rows and with the most"
+)
 _UNEVEN_PAIRS = flags.DEFINE_integer(
   "uneven_pairs", 0, "time each packing on this many random pairs shaped like the study's (no tokenizer needed)"
 )
@@ -93,6 +99,86 @@ def _uneven_pairs(count, max_length, vocab):
   return out
 
 
+def _with_reference(model, host: list[dict]) -> None:
+  """Each batch of `host` given the reference's answer log-probs (the untrained model's), as refine
+  precomputes them before training."""
+  import jax
+
+  from srit_jax import sharding
+  from srit_jax.training import dpo_step
+
+  reference = jax.tree.map(lambda x: x.astype(model.config.dtype), model.params)
+  score = jax.jit(lambda p, b: dpo_step.pair_log_probs(model.config, p, b, mesh=model.mesh))
+  for batch in host:
+    chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
+    batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
+
+
+def _jit_step(model, config, tx, layout, precomputed: bool, loss_type: str):
+  """(state, LoRA base, our jitted step) for `config` on `layout`'s batches."""
+  from srit_jax.training import dpo_step
+
+  state, base = common.initial_state(model, config, tx)
+  step = dpo_step.jit_dpo_step(
+    state,
+    config,
+    tx,
+    model.mesh,
+    precomputed_reference=precomputed,
+    num_microbatches=_MICROBATCHES.value,
+    branched=layout.packing == "shared_prompt",
+    loss_type=loss_type,
+  )
+  return state, base, step
+
+
+def epoch(model, pairs, layout, loss_type: str) -> dict:
+  """--epoch_steps successive batches of a seeded epoch, trained with each batch's own rows and
+  with the most any needs (the reference precomputed): seconds from the first step to the last,
+  each row count compiled before."""
+  import collections
+
+  import jax
+
+  from srit_jax import configs, sharding
+  from srit_jax.data import pair_batches
+  from srit_jax.training import optimizer
+
+  steps, k = _EPOCH_STEPS.value, _MICROBATCHES.value
+  tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
+  most = pair_batches.PairBatchIterator(
+    pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=k
+  ).rows_for_steps(steps)
+  figures = {"steps": steps}
+  for name, trim in (("most_rows", None), ("own_rows", 1)):
+    iterator = pair_batches.PairBatchIterator(
+      pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=k, rows_per_microbatch=most
+    )
+    iterator.trim_rows = trim
+    host = [next(iterator) for _ in range(steps)]
+    _with_reference(model, host)
+    on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
+    state, base, step = _jit_step(model, model.config, tx, layout, True, loss_type)
+    rows = [batch["rows"]["tokens"].shape[0] for batch in host]
+    for first in {r: batch for r, batch in zip(rows, on_mesh)}.values():  # compile each row count
+      state, metrics = step(state, None, first, base)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for batch in on_mesh:
+      state, metrics = step(state, None, batch, base)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    figures[name] = {
+      "seconds": seconds,
+      "pairs_per_s": steps * _BATCH_SIZE.value / seconds,
+      "rows_per_step": dict(sorted(collections.Counter(rows).items())),
+      "rows": sum(rows),
+    }
+  figures["own_rows_speedup"] = figures["most_rows"]["seconds"] / figures["own_rows"]["seconds"]
+  figures["row_share"] = figures["own_rows"]["rows"] / figures["most_rows"]["rows"]
+  return figures
+
+
 def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid", config=None) -> dict:
   """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`,
   of `config` (default the model's; with LoRA, its adapters over the frozen base, the reference
@@ -101,32 +187,19 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
 
   from srit_jax import configs, sharding
   from srit_jax.data import pair_batches
-  from srit_jax.training import dpo_step, optimizer
+  from srit_jax.training import optimizer
 
   pairs, index_lists = batches
   k = _MICROBATCHES.value
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
-  reference = jax.tree.map(lambda x: x.astype(model.config.dtype), model.params)
   host = [pair_batches.make_pair_batch(pairs, indices, layout, rows, num_microbatches=k) for indices in index_lists]
+  reference = None
   if precomputed:  # one pass over the pairs, before training
-    score = jax.jit(lambda p, b: dpo_step.pair_log_probs(model.config, p, b, mesh=model.mesh))
-    for batch in host:
-      chosen, rejected = score(reference, sharding.shard_rows(batch, model.mesh))
-      batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
-    reference = None
+    _with_reference(model, host)
+  else:
+    reference = jax.tree.map(lambda x: x.astype(model.config.dtype), model.params)
   config = config or model.config
-  state, base = common.initial_state(model, config, tx)
-  branched = layout.packing == "shared_prompt"
-  step = dpo_step.jit_dpo_step(
-    state,
-    config,
-    tx,
-    model.mesh,
-    precomputed_reference=precomputed,
-    num_microbatches=k,
-    branched=branched,
-    loss_type=loss_type,
-  )
+  state, base, step = _jit_step(model, config, tx, layout, precomputed, loss_type)
   on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
   start = time.perf_counter()
   compiled = step.lower(state, reference, on_mesh[0], base).compile()
@@ -193,6 +266,8 @@ def each_packing(model, peak, pairs) -> dict:
           pairs_per_s=_BATCH_SIZE.value / figures["step_s"],
           mfu=step_flops / figures["step_s"] / peak,
         )
+        if _EPOCH_STEPS.value and not chosen_only and not rank:
+          figures["epoch"] = epoch(model, pairs, layout, loss_type)
         runs.append(figures)
         what = f"{packing} x{factor}{', chosen only' if chosen_only else ''}{f', LoRA rank {rank}' if rank else ''}"
         print(f"{what}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")

@@ -171,13 +171,15 @@ def test_a_profiled_step_is_summarized_by_kernel(tmp_path):
   assert all(0 < kernel["share"] <= 1 for kernel in trace["kernels"])
 
 
-def _pairs_file(tmp_path):
-  """Six small preference pairs (a chain over a bare number) as a refine run writes them."""
+def _pairs_file(tmp_path, long_chains=()):
+  """Six small preference pairs (a chain over a bare number) as a refine run writes them; the
+  pairs numbered in `long_chains` with a chain four times as long."""
   pairs = tmp_path / "pairs.jsonl"
   with open(pairs, "w") as f:
     for i in range(6):
       prompt = f"Question {i}: what is {i} plus {i}? Let's think step by step."
-      f.write(json.dumps({"prompt": prompt, "chosen": f"{i} plus {i} is {2 * i}. " * 3, "rejected": f"{i}."}) + "\n")
+      chain = f"{i} plus {i} is {2 * i}. " * (12 if i in long_chains else 3)
+      f.write(json.dumps({"prompt": prompt, "chosen": chain, "rejected": f"{i}."}) + "\n")
   return pairs
 
 
@@ -202,6 +204,29 @@ def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenize
   # One row per side holds the most positions; sharing the prompt the fewest.
   positions = {name: run["positions_per_step"] for name, run in by_packing.items()}
   assert positions["none"] >= positions["sides"] > positions["shared_prompt"]
+
+
+def test_dpo_step_times_an_epoch_with_each_batch_holding_only_the_rows_it_needs(tmp_path, tiny_with_tokenizer):
+  figures = _run(
+    tmp_path,
+    "dpo_step.py",
+    f"--model={tiny_with_tokenizer}",
+    f"--pairs_file={_pairs_file(tmp_path, long_chains=(0, 1))}",
+    "--packings=shared_prompt",
+    "--pack_lengths=1",
+    "--max_length=256",
+    "--batch_size=2",
+    "--epoch_steps=3",  # one epoch of 6 pairs: batches without a long chain need 1 row, the other 2
+  )
+  (run,) = figures["real_pairs"]["runs"]
+  epoch = run["epoch"]
+  own, most = epoch["own_rows"], epoch["most_rows"]
+  assert sum(own["rows_per_step"].values()) == sum(most["rows_per_step"].values()) == epoch["steps"] == 3
+  assert most["rows_per_step"] == {"2": 3} and own["rows_per_step"] == {"1": 2, "2": 1}
+  assert own["rows"] < most["rows"] and epoch["row_share"] == pytest.approx(own["rows"] / most["rows"])
+  for way in (own, most):
+    assert way["pairs_per_s"] == pytest.approx(3 * 2 / way["seconds"])
+  assert epoch["own_rows_speedup"] == pytest.approx(most["seconds"] / own["seconds"])
 
 
 def test_dpo_step_times_the_control_on_chosen_answers_and_lora_beside_full(tmp_path, tiny_with_tokenizer):
