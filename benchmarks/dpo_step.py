@@ -149,14 +149,19 @@ def epoch(model, pairs, layout, loss_type: str) -> dict:
   most = pair_batches.PairBatchIterator(
     pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=k
   ).rows_for_steps(steps)
-  figures = {"steps": steps}
+  figures, reference = {"steps": steps}, None
   for name, trim in (("most_rows", None), ("own_rows", 1)):
     iterator = pair_batches.PairBatchIterator(
       pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=k, rows_per_microbatch=most
     )
     iterator.trim_rows = trim
     host = [next(iterator) for _ in range(steps)]
-    _with_reference(model, host)
+    if reference is None:  # per pair, in the seeded order both ways share: scored once
+      _with_reference(model, host)
+      reference = [{k: batch[k] for k in ("ref_chosen_logps", "ref_rejected_logps")} for batch in host]
+    else:
+      for batch, logps in zip(host, reference):
+        batch.update(logps)
     on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
     state, base, step = _jit_step(model, model.config, tx, layout, True, loss_type)
     rows = [batch["rows"]["tokens"].shape[0] for batch in host]

@@ -299,17 +299,13 @@ class _Decoder:
     tokens, mask = left_pad(prompts, self.config.pad_token_id or 0, self._width(rows))
     seeds = [row_seed(self.seed, row.prompt_index, row.sample_index) for row in rows] + [0] * (size - len(rows))
     empty = ((0, count - len(prompts)), (0, 0))
-    arrays = [np.pad(tokens, empty), np.pad(mask, empty), np.asarray(seeds, np.int32), source]
+    arrays = (np.pad(tokens, empty), np.pad(mask, empty), np.asarray(seeds, np.int32), source)
     if self.mesh is None:
-      return tuple(arrays)
-    return tuple(
-      a
-      if a is None
-      else sharding.put_host_array(
-        a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, self.mesh)
-      )
-      for a in arrays
+      return arrays
+    on_mesh = lambda a: sharding.put_host_array(
+      a, sharding.logical_sharding(("batch",) + (None,) * (a.ndim - 1), a.shape, self.mesh)
     )
+    return tuple(a if a is None else on_mesh(a) for a in arrays)
 
   def _generation(self, row: Row, tokens_N, logprobs_N, reason: int) -> Generation:
     """A finished row's output, cut at its first stop string."""
