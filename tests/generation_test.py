@@ -169,6 +169,36 @@ def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_give
   assert len(lengths) > 2, "rows should end at different steps"
 
 
+def test_prompts_after_a_prefix_prefilled_in_row_chunks_equal_one_pass(tiny):
+  """On CPU the prompts after a shared prefix run 8 rows at a time (`_after_prefix`): the same
+  last logits and cache as all rows at once, left padding included; and generation through it
+  (16 distinct prompts) gives what whole prompts give."""
+  config, params = tiny
+  prefix = sampling.prefix_cache(config, params, np.asarray(_prompts([17], seed=2), np.int32))
+  owns = _prompts([9, 2, 5, 9, 1, 7, 3, 9, 4, 8, 6, 2, 9, 5, 1, 3], seed=3)
+  tokens = np.zeros((16, 9), np.int32)
+  mask = np.zeros((16, 9), np.int32)
+  for row, own in enumerate(owns):
+    tokens[row, 9 - len(own) :], mask[row, 9 - len(own) :] = own, 1
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0) + 17
+  run = jax.jit(sampling._after_prefix, static_argnums=(0, 6, 7, 8, 9))
+  chunked = run(config, params, tokens, positions, mask, prefix, 40, None, None, 8)
+  whole = run(config, params, tokens, positions, mask, prefix, 40, None, None, 16)
+  assert jax.tree.structure(chunked) == jax.tree.structure(whole)
+  for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  assert int(chunked[1].end) == 26
+
+  prompts = [_prompts([17], seed=2)[0] + own for own in owns]
+  options = dict(max_new_tokens=8, eos_ids=tuple(range(3, 23)), batch_size=16)
+  shared = generation.generate(config, params, prompts, **options)
+  alone = generation.generate(config, params, prompts, share_prefix=False, **options)
+  assert [g.tokens for g in shared] == [g.tokens for g in alone]
+  for a, b in zip(shared, alone):
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
 def test_distinct_prompts_are_prefilled_once_for_the_rows_that_repeat_them():
   prompts, source, count = generation.distinct_prompts([[1, 2], [1, 2], [3], [3]], 4)
   assert (prompts, source.tolist(), count) == ([[1, 2], [3]], [0, 0, 1, 1], 2)

@@ -177,28 +177,25 @@ def _prefilled(
   prompts, _ = tokens_UxP.shape
   batch = seeds_B.shape[0]
   positions_UxP = jnp.maximum(jnp.cumsum(mask_UxP, axis=1) - 1, 0)
-  cache = model_lib.init_cache(config, prompts, cache_length, mesh=mesh)
+  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
+  one_device = mesh is None or mesh.size == 1
+  cpu = one_device and jax.default_backend() == "cpu" and prompts % _CPU_PREFILL_ROWS == 0
   if prefix is not None:
-    # The prompts' own tokens follow the prefix's slots and positions, run as one chunk against it.
     positions_UxP = positions_UxP + prefix.positions.shape[1]
-    cache = model_lib.with_prefix(cache, prefix, mesh)
-    layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
-    logits_Ux1xV, cache = model_lib.decode(
+    last_logits_UxV, cache = _after_prefix(
       config,
       params,
-      model_lib.unstack_layers(params),
       tokens_UxP,
       positions_UxP,
       mask_UxP,
-      cache,
+      prefix,
+      cache_length,
       mesh,
-      layer_adapters,
-      last_only=True,
+      adapters,
+      _CPU_PREFILL_ROWS if cpu else prompts,
     )
-    last_logits_UxV = logits_Ux1xV[:, -1]
   else:
-    # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
-    cpu = mesh is None and jax.default_backend() == "cpu" and prompts % _CPU_PREFILL_ROWS == 0
+    cache = model_lib.init_cache(config, prompts, cache_length, mesh=mesh)
     last_logits_UxV, cache = model_lib.prefill(
       config,
       params,
@@ -226,6 +223,37 @@ def _prefilled(
     out_BxN=jnp.full((batch, stop_len + max_new_tokens), _NO_TOKEN, jnp.int32),
     logprobs_BxN=jnp.zeros((batch, max_new_tokens), jnp.float32),
   )
+
+
+def _after_prefix(config, params, tokens_UxP, positions_UxP, mask_UxP, prefix, cache_length, mesh, adapters, rows):
+  """(last logits [U, V], cache) of prompts run as one chunk against a fresh cache of
+  `cache_length` slots that starts with `prefix`; `rows` prompts at a time (a `lax.map` over
+  row chunks, as `model.prefill` chunks its rows on CPU). `rows` must divide U."""
+  prompts = tokens_UxP.shape[0]
+  layer_params = model_lib.unstack_layers(params)
+  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+
+  def run(chunk):
+    tokens_RxP, positions_RxP, mask_RxP = chunk
+    cache = model_lib.with_prefix(model_lib.init_cache(config, rows, cache_length, mesh=mesh), prefix, mesh)
+    logits_Rx1xV, cache = model_lib.decode(
+      config, params, layer_params, tokens_RxP, positions_RxP, mask_RxP, cache, mesh, layer_adapters, last_only=True
+    )
+    return logits_Rx1xV[:, -1], cache
+
+  if rows == prompts:
+    return run((tokens_UxP, positions_UxP, mask_UxP))
+  split = lambda x: x.reshape(prompts // rows, rows, *x.shape[1:])
+  logits_CxRxV, cache_C = jax.lax.map(run, tuple(map(split, (tokens_UxP, positions_UxP, mask_UxP))))
+  merge = lambda x: x.reshape(prompts, *x.shape[2:])
+  cache = model_lib.KVCache(
+    keys=tuple(map(merge, cache_C.keys)),
+    values=tuple(map(merge, cache_C.values)),
+    positions=merge(cache_C.positions),
+    segment_ids=merge(cache_C.segment_ids),
+    end=cache_C.end[0],  # every chunk's rows end at the same slot
+  )
+  return merge(logits_CxRxV), cache
 
 
 def prefix_length(prefix: model_lib.KVCache | None) -> int:
