@@ -180,6 +180,7 @@ def _prefilled(
   # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
   one_device = mesh is None or mesh.size == 1
   cpu = one_device and jax.default_backend() == "cpu" and prompts % _CPU_PREFILL_ROWS == 0
+  rows_per_chunk = _CPU_PREFILL_ROWS if cpu else None
   if prefix is not None:
     positions_UxP = positions_UxP + prefix.positions.shape[1]
     last_logits_UxV, cache = _after_prefix(
@@ -192,7 +193,7 @@ def _prefilled(
       cache_length,
       mesh,
       adapters,
-      _CPU_PREFILL_ROWS if cpu else prompts,
+      rows_per_chunk,
     )
   else:
     cache = model_lib.init_cache(config, prompts, cache_length, mesh=mesh)
@@ -204,7 +205,7 @@ def _prefilled(
       mask_UxP,
       cache,
       mesh,
-      _CPU_PREFILL_ROWS if cpu else None,
+      rows_per_chunk,
       adapters=adapters,
     )
   if source_B is None:
@@ -225,11 +226,15 @@ def _prefilled(
   )
 
 
-def _after_prefix(config, params, tokens_UxP, positions_UxP, mask_UxP, prefix, cache_length, mesh, adapters, rows):
+def _after_prefix(
+  config, params, tokens_UxP, positions_UxP, mask_UxP, prefix, cache_length, mesh, adapters, rows_per_chunk=None
+):
   """(last logits [U, V], cache) of prompts run as one chunk against a fresh cache of
-  `cache_length` slots that starts with `prefix`; `rows` prompts at a time (a `lax.map` over
-  row chunks, as `model.prefill` chunks its rows on CPU). `rows` must divide U."""
+  `cache_length` slots that starts with `prefix`; with `rows_per_chunk`, that many prompts at
+  a time (`model.map_row_chunks`, as `model.prefill` runs its rows on CPU)."""
   prompts = tokens_UxP.shape[0]
+  rows = rows_per_chunk or prompts
+  inputs = (tokens_UxP, positions_UxP, mask_UxP)
   layer_params = model_lib.unstack_layers(params)
   layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
 
@@ -242,10 +247,9 @@ def _after_prefix(config, params, tokens_UxP, positions_UxP, mask_UxP, prefix, c
     return logits_Rx1xV[:, -1], cache
 
   if rows == prompts:
-    return run((tokens_UxP, positions_UxP, mask_UxP))
-  split = lambda x: x.reshape(prompts // rows, rows, *x.shape[1:])
-  logits_CxRxV, cache_C = jax.lax.map(run, tuple(map(split, (tokens_UxP, positions_UxP, mask_UxP))))
-  merge = lambda x: x.reshape(prompts, *x.shape[2:])
+    return run(inputs)
+  logits_CxRxV, cache_C = model_lib.map_row_chunks(run, inputs, rows)
+  merge = model_lib.merge_row_chunks
   cache = model_lib.KVCache(
     keys=tuple(map(merge, cache_C.keys)),
     values=tuple(map(merge, cache_C.values)),
