@@ -105,8 +105,9 @@ VARIANTS = {
     parent="cot_vs_direct_nll_seed_1",
   ),
   "rpo_3_rounds": Variant(
-    "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference",
-    (*RPO, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True"),
+    "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference; with the "
+    "compute-matched control iterated alike (each round cross-entropy on its own correct chains)",
+    (*RPO, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True", "control=True"),
     parent="rpo",
   ),
   "rpo_3_rounds_sft_reference": Variant(
