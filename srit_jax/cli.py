@@ -209,7 +209,9 @@ def _use_compilation_cache() -> None:
   if folder == "none":
     return
   if folder is None:
-    folder = os.path.join(os.environ.get("SRIT_JAX_CACHE", os.path.expanduser("~/.cache/srit_jax")), "xla")
+    from srit_jax import io
+
+    folder = str(io.cache_root() / "xla")
   jax.config.update("jax_compilation_cache_dir", folder)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting, when given
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
