@@ -61,7 +61,7 @@ SIZES = {
   ("mistral_7b", "v5e-16"): ("full", 1, 4),  # planned
   ("mistral_7b", "v5e-32"): ("full", 4, 4),  # planned
   ("mistral_7b", "v5p-8"): ("full", 16, 8),  # planned
-  ("mistral_7b", "v6e-8"): ("full", 2, 4),
+  ("mistral_7b", "v6e-8"): ("full", 4, 4),  # planned
   ("llama2_13b", "v4-8"): ("lora", 1, 8),  # planned
   ("llama2_13b", "v4-16"): ("lora", 1, 16),  # planned
   ("llama2_13b", "v4-32"): ("full", 4, 4),  # planned
