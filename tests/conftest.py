@@ -36,7 +36,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every program the command line compiles, however quick, is kept in its cache folder
 # ($SRIT_JAX_CACHE/xla) for the suite's later runs: each compiles once. (In this process the
-# plan tests compile for TPU slices, whose compile-only programs cannot be read back.)
+# plan tests compile for TPU slices, whose compile-only programs cannot be read back.) The two
+# pytest-xdist workers share that folder: an entry read while the other worker writes it fails to
+# load, and JAX then compiles the program (a warning, not an error).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
 
