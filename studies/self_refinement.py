@@ -11,8 +11,11 @@ then refined on its own samples of 200 training questions; 1,000 in-domain test 
 parent (the base, or the variant whose samples it shares), so it reruns only what it changes;
 a linked file is never written through (appends make their own copy first). Where the parent has
 not finished here (its rows may be reported from another machine), the variant starts from the
-nearest finished ancestor and runs the shared phases itself, rather than the parent's whole run. Variants run one
-after another under `nice`; a killed study resumes where it stopped. The report
+nearest finished ancestor, and takes the phases every variant shares (demonstrations, SFT and
+its evaluation) from any other variant here that made them with the same settings: on a fresh
+machine the first variant run makes them for the rest, and neither the base nor a parent runs
+unless listed. Only the base evaluates the untuned student. Variants run one after another
+under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
 compute-matched control, the control with both.
@@ -133,6 +136,12 @@ VARIANTS = {
 # Phases a variant may share with its parent; the pipeline reruns those whose settings differ.
 SHARED_PHASES = ("demos", "sft", "eval/untuned", "eval/sft")
 SHARED_PREFIXES = ("refine",)  # refine, refine_2, refine_control, ...
+# The settings SHARED_PHASES depend on: variants that override none of them differently share
+# those phases whichever ran first.
+SHARED_SETTINGS = ("student", "seed=", "train_task", "in_domain_tasks", "out_domain_tasks", "demos.", "sft.", "eval.")
+# Added to every variant but the base: the untuned student is the same in all, and the report
+# pairs only SFT, SRIT and the control.
+VARIANT_SETTINGS = ("eval_untuned=False",)
 
 _ROOT_DIR = flags.DEFINE_string("root", "runs/study", "folder of the study's runs (one workdir per variant)")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "variants to run, in order")
@@ -165,25 +174,38 @@ def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
   return found
 
 
-def start_from_ancestor(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to the finished phases of its finished
-  ancestors, each phase from the nearest one that has it (a parent that skipped the untuned
-  student's evaluation, say, leaves it to the base); none finished: it starts empty."""
+def shared_settings(name: str) -> list[str]:
+  """The variant's overrides that the shared phases (demonstrations, SFT, its evaluation) depend on."""
+  return sorted(o for o in VARIANTS[name].overrides if o.startswith(SHARED_SETTINGS))
+
+
+def start_from_finished_phases(root: pathlib.Path, name: str) -> pathlib.Path:
+  """The variant's workdir, first filled with hard links to finished phases: those of its
+  finished ancestors, each phase from the nearest one that has it (a parent that skipped the
+  untuned student's evaluation, say, leaves it to the base); then the shared phases still
+  missing, from the other variants here with the same shared settings, finished or not. The
+  pipeline reruns a linked phase whose fingerprint is not its own. Nothing to link: it starts empty."""
   workdir = root / name
-  ancestors = finished_ancestors(root, name)
-  if ancestors and not workdir.exists():
-    partial = root / f"{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for ancestor in ancestors:
-      parent = root / ancestor
-      for source in _finished_phases(parent):
-        target = partial / source.relative_to(parent)
-        if target.exists():
-          continue  # a nearer ancestor's
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-al", str(source), str(target)], check=True)
-    partial.rename(workdir)
+  if workdir.exists():
+    return workdir
+  sources = [(root / ancestor, _finished_phases(root / ancestor)) for ancestor in finished_ancestors(root, name)]
+  for other in VARIANTS:
+    if other != name and (root / other).is_dir() and shared_settings(other) == shared_settings(name):
+      shared = [p for p in _finished_phases(root / other) if p.relative_to(root / other).as_posix() in SHARED_PHASES]
+      sources.append((root / other, shared))
+  if not any(phases for _, phases in sources):
+    return workdir
+  partial = root / f"{name}.partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  partial.mkdir(parents=True)
+  for parent, phases in sources:
+    for source in phases:
+      target = partial / source.relative_to(parent)
+      if target.exists():
+        continue  # a nearer one's
+      target.parent.mkdir(parents=True, exist_ok=True)
+      subprocess.run(["cp", "-al", str(source), str(target)], check=True)
+  partial.rename(workdir)
   return workdir
 
 
@@ -198,8 +220,9 @@ def drop_checkpoints(workdir: pathlib.Path) -> None:
 def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep_checkpoints: bool = False) -> None:
   """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field).
   A finished variant's checkpoints are removed unless `keep_checkpoints`."""
-  workdir = start_from_ancestor(root, name)
-  overrides = [f"--config.{o}" for o in (*VARIANTS[name].overrides, *extra)]
+  workdir = start_from_finished_phases(root, name)
+  own = VARIANTS[name].overrides + (() if name == "base" else VARIANT_SETTINGS)
+  overrides = [f"--config.{o}" for o in (*own, *extra)]
   # A finished variant whose definition has changed since runs again: the pipeline skips every
   # phase whose settings are unchanged and runs what is new (a control added, say). Markers
   # written before the overrides were recorded count as finished with today's.
@@ -420,7 +443,7 @@ def main(argv):
     raise app.UsageError(f"unknown variants {unknown}; variants: {', '.join(VARIANTS)}")
   if not _REPORT_ONLY.value:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    for name in ["base", *(v for v in _VARIANTS.value if v != "base")]:
+    for name in _VARIANTS.value:
       run_variant(root, name, tuple(_OVERRIDES.value), _KEEP_CHECKPOINTS.value)
       report(root, pathlib.Path(_DOC.value))
   report(root, pathlib.Path(_DOC.value))

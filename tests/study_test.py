@@ -108,13 +108,13 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
 
   # rpo has not finished here (its rows may come from another machine): start from base.
   assert study.finished_ancestors(tmp_path, "rpo_3_rounds_sft_reference") == ["base"]
-  workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds_sft_reference")
+  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds_sft_reference")
   assert sorted(p.name for p in workdir.iterdir()) == ["refine", "sft"]
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "base/refine"}
   assert (workdir / "sft" / "DONE.json").stat().st_ino == (tmp_path / "base" / "sft" / "DONE.json").stat().st_ino
 
   (tmp_path / "rpo" / "STUDY_DONE").write_text("{}")
-  workdir = study.start_from_ancestor(tmp_path, "rpo_3_rounds")
+  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert (workdir / "refine_control").is_dir()
 
@@ -122,10 +122,40 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   (tmp_path / "base" / "eval" / "untuned").mkdir(parents=True)
   (tmp_path / "base" / "eval" / "untuned" / "DONE.json").write_text(json.dumps({"phase": "base/eval/untuned"}))
   assert study.VARIANTS["rpo_new_questions"].parent == "rpo"
-  workdir = study.start_from_ancestor(tmp_path, "rpo_new_questions")
+  workdir = study.start_from_finished_phases(tmp_path, "rpo_new_questions")
   assert json.loads((workdir / "eval" / "untuned" / "DONE.json").read_text()) == {"phase": "base/eval/untuned"}
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert study.finished_ancestors(tmp_path, "base") == [] and not list(tmp_path.glob("*.partial"))
+
+
+def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_path):
+  study = _study_module()
+  # Neither the base nor cot_vs_direct_nll has run here; slip_corrected_nll_seed_1 made the
+  # shared phases and a refine phase, and the variant with a quarter of the demonstrations its own.
+  for variant, phases in {
+    "slip_corrected_nll_seed_1": ("demos", "sft", "eval/sft", "refine"),
+    "cot_vs_direct_nll_demos_100": ("demos", "sft", "eval/sft"),
+  }.items():
+    for phase in phases:
+      (tmp_path / variant / phase).mkdir(parents=True)
+      (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
+  (tmp_path / "slip_corrected_nll_seed_1" / "eval" / "srit").mkdir(parents=True)  # unfinished: not linked
+  assert study.shared_settings("cot_vs_direct_nll_demos_100") == ["demos.limit=100"]
+  assert study.shared_settings("rpo_3_rounds") == study.shared_settings("slip_corrected_nll_seed_1") == []
+
+  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
+  assert sorted(p.relative_to(workdir).as_posix() for p in workdir.glob("**/DONE.json")) == [
+    "demos/DONE.json",
+    "eval/sft/DONE.json",
+    "sft/DONE.json",
+  ]  # the shared phases only: another variant's refine phase is not this one's
+  for phase in ("demos", "sft", "eval/sft"):
+    assert json.loads((workdir / phase / "DONE.json").read_text()) == {"phase": f"slip_corrected_nll_seed_1/{phase}"}
+  workdir = study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100")
+  assert json.loads((workdir / "sft" / "DONE.json").read_text()) == {"phase": "cot_vs_direct_nll_demos_100/sft"}
+  # Other demonstrations, other SFT: nothing to share, it starts empty.
+  (tmp_path / "cot_vs_direct_nll_demos_100").rename(tmp_path / "kept_aside")
+  assert not study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100").exists()
 
 
 def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(tmp_path, monkeypatch):
@@ -140,14 +170,20 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
 
   monkeypatch.setattr(study.subprocess, "run", pipeline)
   study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))
-  assert commands[0][-3:-1] == ["--config.refine.strategy=correct_vs_incorrect", "--config.eval.batch_size=256"]
+  assert commands[0][-4:-1] == [
+    "--config.refine.strategy=correct_vs_incorrect",
+    "--config.eval_untuned=False",  # the base's to evaluate
+    "--config.eval.batch_size=256",
+  ]
   marker = json.loads((tmp_path / "correct_vs_incorrect" / "STUDY_DONE").read_text())
-  assert marker["overrides"] == commands[0][-3:-1]
+  assert marker["overrides"] == commands[0][-4:-1]
+  study.run_variant(tmp_path, "base")
+  assert not any("eval_untuned" in part for part in commands[1])
 
   study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))  # finished with the same
-  assert len(commands) == 1
+  assert len(commands) == 2
   study.run_variant(tmp_path, "correct_vs_incorrect")  # other settings: it runs again
-  assert len(commands) == 2 and commands[1][-2] == "--config.refine.strategy=correct_vs_incorrect"
+  assert len(commands) == 3 and commands[2][-3] == "--config.refine.strategy=correct_vs_incorrect"
 
 
 def test_a_finished_variant_keeps_its_exports_and_loses_its_checkpoints(tmp_path, monkeypatch):
