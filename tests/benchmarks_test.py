@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import subprocess_env
 
 from srit_jax.model import presets
 from srit_jax.training import flops
@@ -21,8 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _run(tmp_path, script, *flags):
   out = tmp_path / "figures.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one device, as a user runs it
+  env = subprocess_env(1, JAX_PLATFORMS="cpu")  # one device, as a user runs it
   result = subprocess.run(
     [
       sys.executable,

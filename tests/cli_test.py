@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import subprocess_env
 
 from srit_jax import cli
 
@@ -122,7 +123,7 @@ def test_a_second_run_on_a_live_workdir_stops_at_once_and_the_first_is_unaffecte
     "--config.mesh.fsdp=1",
     f"--workdir={workdir}",
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   first = subprocess.Popen(
     [sys.executable, "-m", "srit_jax.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
   )

@@ -28,12 +28,28 @@ def _jaxlib_knows(flag: str) -> bool:
 # Tests that loop sharded steps therefore wait for each (`jax.block_until_ready`); the training
 # loop keeps at most two in flight (it reads a step's metrics after dispatching the next).
 _RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
+# The suite's programs are small and many: compiling them, not running them, is most of its time.
+# LLVM's optimisations off halve XLA:CPU's compile time (a tiny model's DPO step: 12 s -> 6 s on
+# one core) and slow what runs by about a third (a SmolLM2 SFT step); the numbers they compute
+# differ only in rounding, within every tolerance here. XLA_FLAGS setting a level keeps it.
+_FAST_COMPILE = " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "")
   + " --xla_force_host_platform_device_count=8"
   + (_RENDEZVOUS if _jaxlib_knows("xla_cpu_collective_timeout_seconds") else "")
+  + ("" if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "") else _FAST_COMPILE)
 ).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def subprocess_env(devices: int, **variables: str) -> dict:
+  """This process's environment for a command it starts, with `devices` emulated CPU devices (the
+  suite's other XLA flags kept) and `variables` set."""
+  count = "--xla_force_host_platform_device_count"
+  flags = [f for f in os.environ["XLA_FLAGS"].split() if not f.startswith(count)]
+  return dict(os.environ, XLA_FLAGS=" ".join([*flags, f"{count}={devices}"]), **variables)
+
+
 # Every program the command line compiles, however quick, is kept in its cache folder
 # ($SRIT_JAX_CACHE/xla) for the suite's later runs: each compiles once. (In this process the
 # plan tests compile for TPU slices, whose compile-only programs cannot be read back.) The two
@@ -47,6 +63,12 @@ requires_libtpu = pytest.mark.skipif(
   importlib.util.find_spec("libtpu") is None,
   reason="compiling for a TPU slice needs libtpu: pip install -e '.[tpu]'",
 )
+
+
+def pytest_collection_modifyitems(items):
+  """The slow tests first: pytest-xdist deals tests out in this order, so the quick ones fill the
+  workers' last minutes instead of one worker running a long test while the other idles."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True, scope="module")

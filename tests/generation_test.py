@@ -1,7 +1,6 @@
 """The sampler: transformers parity, seeds, distributions, sharding, buckets, stops and resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import TINY_HF_CONFIGS
+from conftest import TINY_HF_CONFIGS, subprocess_env
 
 from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
@@ -481,7 +480,7 @@ def test_generate_command_killed_and_restarted_writes_the_same_file(tiny_with_to
     "--config.temperature=1.0",
     "--config.mesh.fsdp=1",
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   full = tmp_path / "full.jsonl"
   subprocess.run([*command, f"--out={full}"], check=True, env=env, capture_output=True, timeout=300)
   killed = tmp_path / "killed.jsonl"

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config, torch_logits
+from conftest import load_config, subprocess_env, torch_logits
 from random_pairs import pair_batch, random_pairs
 
 from srit_jax import sharding
@@ -283,7 +283,6 @@ def test_the_pipeline_refines_the_sft_adapters_against_themselves(tiny_student, 
 
 @pytest.mark.slow
 def test_killed_lora_sft_resumes_to_the_same_adapters_bit_for_bit(tiny_with_tokenizer, tmp_path):
-  import os
   import pathlib
   import subprocess
   import sys
@@ -297,7 +296,7 @@ def test_killed_lora_sft_resumes_to_the_same_adapters_bit_for_bit(tiny_with_toke
     f"--config.model={tiny_with_tokenizer}", f"--config.train_file={records}", "--config.mesh.fsdp=1",
     "--config.num_steps=10", "--config.lora.rank=4", "--config.lora.base_quantization=int8",
   ]  # fmt: skip
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   root = pathlib.Path(__file__).parents[1]
   subprocess.run([*base, f"--workdir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, cwd=root)
   workdir = tmp_path / "killed"

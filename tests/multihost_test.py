@@ -2,7 +2,6 @@
 one workdir, behave like one process holding all devices — and only process 0 writes files."""
 
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -12,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE, TINY_PIPELINE_CONFIG
+from conftest import TEACHER_MATH_FILE, TINY_PIPELINE_CONFIG, subprocess_env
 from safetensors.numpy import load_file
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -33,9 +32,7 @@ def _records(path, n=24):
 
 def _env(devices: int) -> dict:
   # A fixed peak per device, so that MFU's denominator is a formula here rather than a measurement.
-  return dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", SRIT_JAX_DEVICE_PEAK_FLOPS="1e11"
-  )
+  return subprocess_env(devices, SRIT_JAX_DEVICE_PEAK_FLOPS="1e11")
 
 
 def _one_process(args: list[str]) -> subprocess.CompletedProcess:
@@ -146,29 +143,18 @@ ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.js
 
 
 def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_student, tmp_path):
-  one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+  """Two processes killed during refine's sampling, then during its DPO steps, and started again
+  each time: they end with the artifacts and parameters of one process run through, and process 1
+  writes no file of the workdir in any of the three runs."""
+  one, two = tmp_path / "one", tmp_path / "two"
   _one_process(_pipeline_args(tiny_student, one))
-  _two_processes(_pipeline_args(tiny_student, two), audit=(tmp_path / "writes", two))
 
-  for name in ARTIFACTS:
-    assert (two / name).read_bytes() == (one / name).read_bytes(), name
-  results = {n: json.loads((d / "results.json").read_text()) for n, d in (("one", one), ("two", two))}
-  assert results["two"]["stages"] == results["one"]["stages"]
-  for stage in ("sft", "refine"):
-    _assert_same_parameters(one / stage / "export", two / stage / "export", atol=1e-5)
-  # Process 1 opened no file of the workdir for writing (Orbax's own shard files aside);
-  # process 0's log shows that the audit sees the writes.
-  writes = [(tmp_path / f"writes.{i}.log").read_text().splitlines() for i in range(2)]
-  assert any(w.endswith("/results.json.partial") for w in writes[0])
-  assert [w for w in writes[1] if "/checkpoints/" not in w] == []
-
-  # Both processes killed during refine; the same command again resumes and ends the same.
-  refine = killed / "refine"
+  refine = two / "refine"
   for ready in (
     lambda: (refine / "samples.cot.jsonl").exists() and (refine / "samples.cot.jsonl").stat().st_size > 0,
     lambda: (refine / "checkpoints" / "2").exists(),
   ):
-    processes = _start_two_processes(_pipeline_args(tiny_student, killed))
+    processes = _start_two_processes(_pipeline_args(tiny_student, two), audit=(tmp_path / "writes", two))
     deadline = time.time() + 600
     while not ready() and all(p.poll() is None for p in processes) and time.time() < deadline:
       time.sleep(0.01)
@@ -177,8 +163,24 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are
         p.send_signal(signal.SIGKILL)
       p.communicate()
   assert not (refine / "DONE.json").exists(), "the runs finished before they could be killed"
-  _two_processes(_pipeline_args(tiny_student, killed))
+  _two_processes(_pipeline_args(tiny_student, two), audit=(tmp_path / "writes", two))
+
   for name in ARTIFACTS:
-    assert (killed / name).read_bytes() == (two / name).read_bytes(), name
-  assert json.loads((killed / "results.json").read_text())["stages"] == results["two"]["stages"]
-  _assert_same_parameters(two / "refine/export", killed / "refine/export", atol=1e-6)
+    assert (two / name).read_bytes() == (one / name).read_bytes(), name
+  results = {n: json.loads((d / "results.json").read_text()) for n, d in (("one", one), ("two", two))}
+  assert results["two"]["stages"] == results["one"]["stages"]
+  for stage in ("sft", "refine"):
+    _assert_same_parameters(one / stage / "export", two / stage / "export", atol=1e-5)
+
+  def steps_and_losses(workdir):  # every DPO step once, as the uninterrupted run took it
+    rows = [json.loads(line) for line in (workdir / "refine" / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows], [row["loss"] for row in rows]
+
+  (one_steps, one_losses), (two_steps, two_losses) = steps_and_losses(one), steps_and_losses(two)
+  assert two_steps == one_steps == [1, 2, 3, 4]
+  np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
+  # Process 1 opened no file of the workdir for writing (Orbax's own shard files aside);
+  # process 0's log shows that the audit sees the writes.
+  writes = [(tmp_path / f"writes.{i}.log").read_text().splitlines() for i in range(2)]
+  assert any(w.endswith("/results.json.partial") for w in writes[0])
+  assert [w for w in writes[1] if "/checkpoints/" not in w] == []

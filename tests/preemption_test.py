@@ -3,7 +3,6 @@ and exits with the preemption status, a generation phase keeps every line it fin
 ends exactly where an uninterrupted run ends — in one process and in two."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from generation_test import assert_same_generations
 from multihost_test import _free_port, _records
 from refine_test import _demos_file
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # processes started, signalled and restarted
 
 
 def _env(devices: int = 1) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess_env(devices)
 
 
 def _metric_steps(workdir: pathlib.Path) -> list[int]:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config
+from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config, subprocess_env
 from safetensors.numpy import load_file
 
 from srit_jax.data.preference_pairs import ScoredAnswer
@@ -207,7 +207,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
     "--config.mesh.fsdp=1",
     "--config.num_steps=8",
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   root = os.path.dirname(os.path.dirname(__file__))
   subprocess.run(
     [*base, f"--workdir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, timeout=600, cwd=root

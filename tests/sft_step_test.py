@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import TINY_TOKENIZER, make_hf_model
+from jax.sharding import NamedSharding, PartitionSpec
 
 from srit_jax import configs, sharding
 from srit_jax.conversion import hf_checkpoint
@@ -234,3 +235,21 @@ def test_bfloat16_compute_keeps_float32_master_weights(hf_model_dir):
   _, reference = _step(config, params, _batch(), _optimizer())
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=2e-2)
+
+
+def test_a_fresh_state_on_a_mesh_takes_its_second_step_without_compiling_again():
+  """The step returns the state's scalars (step, optimizer counts) on the mesh; a fresh state
+  holds them there too, or the second call would see other input shardings and compile again."""
+  mesh = sharding.make_mesh(sharding.MeshConfig(1, 2, 1))
+  params = {"w": jax.device_put(jnp.ones((4, 8)), NamedSharding(mesh, PartitionSpec(None, "fsdp")))}
+  tx = optax.adamw(1e-3)
+
+  @jax.jit
+  def step(state):
+    updates, opt_state = tx.update(state.params, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+  state = create_train_state(params, tx)
+  for _ in range(3):
+    state = step(state)
+  assert int(state.step) == 3 and step._cache_size() == 1

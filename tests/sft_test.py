@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments, load_config
+from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments, load_config, subprocess_env
 from safetensors.numpy import load_file
 
 from srit_jax.conversion import hf_checkpoint
@@ -228,7 +228,7 @@ def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokeniz
     "--config.mesh.fsdp=1",
     "--config.num_steps=10",
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   subprocess.run([*base, f"--workdir={tmp_path / 'full'}"], check=True, env=env, capture_output=True, timeout=600)
 
   workdir = tmp_path / "killed"

@@ -3,7 +3,6 @@ what, where and why; what was saved before stays intact and the same command res
 The disks are small tmpfs mounts (the tests need the right to mount; elsewhere they skip)."""
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE
+from conftest import TEACHER_MATH_FILE, subprocess_env
 
 from srit_jax import io
 from srit_jax.conversion import hf_checkpoint
@@ -64,7 +63,7 @@ def _sft(model_dir, train_file, workdir, *flags):
     f"--workdir={workdir}",
     *flags,
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(1)
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 

@@ -25,7 +25,18 @@ class TrainState:
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  """A fresh state over `params`. Its scalars (the step, optax's counts) lie on the parameters'
+  mesh, replicated, as a jitted step returns them: else the step's second call sees other input
+  shardings than its first and compiles again."""
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  leaves = jax.tree.leaves(params)
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):  # traced (eval_shape): no placement
+    return state
+  meshes = {leaf.sharding.mesh for leaf in leaves if isinstance(leaf.sharding, NamedSharding)}
+  if len(meshes) != 1:
+    return state
+  replicated = NamedSharding(meshes.pop(), PartitionSpec())
+  return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
 
 
 def trainable_boxed_shapes(config: ModelConfig):
