@@ -31,7 +31,7 @@ def test_sharded_load_gives_single_device_logits(hf_model_dir, family, mesh_conf
   single = np.asarray(model_lib.forward(config, params, TOKENS))
   tokens = jax.device_put(TOKENS, sharding.logical_sharding(("batch", "length"), TOKENS.shape, mesh))
   on_mesh = model_lib.forward(config, sharded, tokens, mesh=mesh)
-  np.testing.assert_allclose(np.asarray(on_mesh), single, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(on_mesh), single, atol=1e-5, rtol=1e-5)  # float32 sums in another order
 
 
 def test_every_parameter_carries_the_sharding_its_logical_axes_name(hf_model_dir):
