@@ -33,11 +33,12 @@ _RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cp
 # one core) and slow what runs by about a third (a SmolLM2 SFT step); the numbers they compute
 # differ only in rounding, within every tolerance here. XLA_FLAGS setting a level keeps it.
 _FAST_COMPILE = " --xla_backend_optimization_level=0"
+_GIVEN_FLAGS = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "")
+  _GIVEN_FLAGS
   + " --xla_force_host_platform_device_count=8"
   + (_RENDEZVOUS if _jaxlib_knows("xla_cpu_collective_timeout_seconds") else "")
-  + ("" if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "") else _FAST_COMPILE)
+  + ("" if "xla_backend_optimization_level" in _GIVEN_FLAGS else _FAST_COMPILE)
 ).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

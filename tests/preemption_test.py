@@ -23,10 +23,6 @@ ROOT = pathlib.Path(__file__).parents[1]
 pytestmark = pytest.mark.slow  # processes started, signalled and restarted
 
 
-def _env(devices: int = 1) -> dict:
-  return subprocess_env(devices)
-
-
 def _metric_steps(workdir: pathlib.Path) -> list[int]:
   path = workdir / "metrics.jsonl"
   if not path.exists():
@@ -54,7 +50,7 @@ def _start(args, *, processes=1):
       subprocess.Popen(
         [sys.executable, "-m", "srit_jax.cli", *args, *(distributed if processes > 1 else [])],
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(1),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
