@@ -28,18 +28,20 @@ def _jaxlib_knows(flag: str) -> bool:
 # Tests that loop sharded steps therefore wait for each (`jax.block_until_ready`); the training
 # loop keeps at most two in flight (it reads a step's metrics after dispatching the next).
 _RENDEZVOUS = " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
-# The suite's programs are small and many: compiling them, not running them, is most of its time.
-# LLVM's optimisations off halve XLA:CPU's compile time (a tiny model's DPO step: 12 s -> 6 s on
-# one core) and slow what runs by about a third (a SmolLM2 SFT step); the numbers they compute
-# differ only in rounding, within every tolerance here. XLA_FLAGS setting a level keeps it.
-_FAST_COMPILE = " --xla_backend_optimization_level=0"
 _GIVEN_FLAGS = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = (
   _GIVEN_FLAGS
   + " --xla_force_host_platform_device_count=8"
   + (_RENDEZVOUS if _jaxlib_knows("xla_cpu_collective_timeout_seconds") else "")
-  + ("" if "xla_backend_optimization_level" in _GIVEN_FLAGS else _FAST_COMPILE)
 ).strip()
+# The suite's programs are small and many: compiling them, not running them, is most of its time.
+# With LLVM's optimisations off (JAX's switch, which the commands the tests start inherit)
+# XLA:CPU compiles in half the time (a tiny model's DPO step: 12 s -> 6 s on one core) and what
+# it compiles runs up to twice as long; the numbers differ only in rounding, within every
+# tolerance here. Tests that mostly run the real SmolLM2 turn them on (`optimized_programs`).
+# XLA_FLAGS setting a level keeps it.
+if "xla_backend_optimization_level" not in _GIVEN_FLAGS:
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -51,19 +53,36 @@ def subprocess_env(devices: int, **variables: str) -> dict:
   return dict(os.environ, XLA_FLAGS=" ".join([*flags, f"{count}={devices}"]), **variables)
 
 
-# Every program the command line compiles, however quick, is kept in its cache folder
-# ($SRIT_JAX_CACHE/xla) for the suite's later runs: each compiles once. (In this process the
-# plan tests compile for TPU slices, whose compile-only programs cannot be read back.) The two
-# pytest-xdist workers share that folder: an entry read while the other worker writes it fails to
-# load, and JAX then compiles the program (a warning, not an error).
+# Every program the suite compiles, however quick, in this process or in a command it starts, is
+# kept in the command line's cache folder ($SRIT_JAX_CACHE/xla): each compiles once, although the
+# tests build their runs anew (the tiny pipeline test's five runs: 322 s -> 190 s on one core).
+# The two pytest-xdist workers share that folder: an entry read while the other worker writes it
+# fails to load, and JAX then compiles the program (a warning, not an error). The plan tests'
+# compile-only TPU programs cannot be read back either (a warning, then a compile).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import jax
+
+  from srit_jax import io
+
+  jax.config.update("jax_compilation_cache_dir", str(io.cache_root() / "xla"))
 
 # Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
 requires_libtpu = pytest.mark.skipif(
   importlib.util.find_spec("libtpu") is None,
   reason="compiling for a TPU slice needs libtpu: pip install -e '.[tpu]'",
 )
+
+
+def pytest_collection_finish(session):
+  """What is loaded by now (the test modules and the libraries they import) lives as long as the
+  process: the garbage collector leaves it out of its passes (a run's phases start with a full
+  collection, 0.6 s over what pytest, torch and transformers make, several times a pipeline)."""
+  import gc
+
+  gc.collect()
+  gc.freeze()
 
 
 def pytest_collection_modifyitems(items):
@@ -234,6 +253,20 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 
   with torch.no_grad():
     return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+
+
+@pytest.fixture
+def optimized_programs(monkeypatch):
+  """LLVM's optimisations on for the test's programs and the commands it starts: for a test that
+  mostly runs the real SmolLM2 rather than compiling it (a SmolLM2 SFT step of 448 tokens on one
+  core: 19 s off, 11 s on; its compile 7 s off, 11 s on)."""
+  import jax
+
+  before = jax.config.values["jax_disable_most_optimizations"]
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

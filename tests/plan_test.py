@@ -78,12 +78,12 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
 @pytest.mark.slow
 @requires_libtpu
 def test_a_paper_variant_fits_its_slice_in_every_phase():
-  """One paper-scale run (Llama-2-7B, full fine-tuning on v4-32) as `plan` sees it: the programs of
+  """One paper-scale run (Mistral-7B, full fine-tuning on v5p-8) as `plan` sees it: the programs of
   its refine phase (the sampler, the DPO step and the reference pass: the largest of a run)
   compiled for the slice fit its chips (every phase of every variant: benchmarks/tpu_plan.py,
   docs/tpu.md)."""
   result = _plan(
-    "--config=configs/paper.py:llama2_7b,v4-32", "--topology=v4-32", "--phase=refine", "--notime", timeout=1500
+    "--config=configs/paper.py:mistral_7b,v5p-8", "--topology=v5p-8", "--phase=refine", "--notime", timeout=1500
   )
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
   rows = _rows(result.stdout)

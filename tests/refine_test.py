@@ -239,7 +239,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
 
 
 @pytest.mark.slow
-def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, tmp_path):
+def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, optimized_programs, tmp_path):
   """Pairs from SmolLM2's own CommonsenseQA samples (a correct CoT answer over a direct answer):
   a short DPO run lifts held-out reward accuracy above 0.5 and the held-out margin grows."""
   config = load_config("refine")
