@@ -86,9 +86,22 @@ def pytest_collection_finish(session):
 
 
 def pytest_collection_modifyitems(items):
-  """The slow tests first: pytest-xdist deals tests out in this order, so the quick ones fill the
-  workers' last minutes instead of one worker running a long test while the other idles."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  """Each worker's slow tests first. pytest-xdist's work stealing deals the tests out in this
+  order, in one contiguous share per worker, and an idle worker takes the far end of another's
+  share: the slow tests are spread over the shares, each share starting with its own, so that
+  the quick ones fill the workers' last minutes instead of one worker running the slow tests
+  while the other idles."""
+  slow = [item for item in items if item.get_closest_marker("slow")]
+  quick = [item for item in items if not item.get_closest_marker("slow")]
+  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+  ordered, remaining = [], len(items)
+  for worker in range(workers):
+    share = remaining // (workers - worker)  # as xdist sizes each worker's share
+    remaining -= share
+    own_slow = slow[worker::workers]
+    ordered += own_slow + quick[: max(0, share - len(own_slow))]
+    del quick[: max(0, share - len(own_slow))]
+  items[:] = ordered + quick
 
 
 @pytest.fixture(autouse=True, scope="module")
