@@ -211,7 +211,7 @@ def _use_compilation_cache() -> None:
   if folder is None:
     from srit_jax import io
 
-    folder = str(io.cache_root() / "xla")
+    folder = str(io.compilation_cache_dir())
   jax.config.update("jax_compilation_cache_dir", folder)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting, when given
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)

@@ -349,6 +349,11 @@ def cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get("SRIT_JAX_CACHE", pathlib.Path.home() / ".cache" / "srit_jax"))
 
 
+def compilation_cache_dir() -> pathlib.Path:
+  """Where the command line keeps compiled programs unless told otherwise (--compilation_cache)."""
+  return cache_root() / "xla"
+
+
 _LISTING = ".remote_listing.json"
 _CHUNK = 16 << 20
 

@@ -66,7 +66,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
   from srit_jax import io
 
-  jax.config.update("jax_compilation_cache_dir", str(io.cache_root() / "xla"))
+  jax.config.update("jax_compilation_cache_dir", str(io.compilation_cache_dir()))
 
 # Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
 requires_libtpu = pytest.mark.skipif(
@@ -99,8 +99,9 @@ def pytest_collection_modifyitems(items):
     share = remaining // (workers - worker)  # as xdist sizes each worker's share
     remaining -= share
     own_slow = slow[worker::workers]
-    ordered += own_slow + quick[: max(0, share - len(own_slow))]
-    del quick[: max(0, share - len(own_slow))]
+    take = max(0, share - len(own_slow))
+    own_quick, quick = quick[:take], quick[take:]
+    ordered += own_slow + own_quick
   items[:] = ordered + quick
 
 

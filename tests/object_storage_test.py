@@ -131,7 +131,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   workdir = io.as_path(f"{bucket}/pipeline-{uuid.uuid4().hex[:8]}")
   # Copies of remote files in a cache of the test's own; compiled programs in the suite's.
   env = {**os.environ, **emulator, "SRIT_JAX_CACHE": str(tmp_path / "cache")}
-  compiled = io.cache_root() / "xla"
+  compiled = io.compilation_cache_dir()
   command = [
     sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={TINY_PIPELINE_CONFIG}",
     f"--config.student={tiny_student}", f"--compilation_cache={compiled}",
