@@ -85,6 +85,7 @@ def test_eval_command_end_to_end(smollm2_dir, tmp_path):
     "--config.tasks=arith,csqa",
     f"--config.data_dir={SHARED_DATA / 'benchmarks'}",
     "--config.limit=3",
+    "--config.batch_size=4",  # the 3 questions of a task decode in 4 rows, not 16
     "--config.direct=True",
     "--config.max_new_tokens=48",
     "--config.mesh.fsdp=1",

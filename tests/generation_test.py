@@ -365,6 +365,19 @@ def test_prompt_buckets_bound_the_number_of_compilations(tiny):
   assert sampling.sample._cache_size() == 3
 
 
+def test_rows_without_a_batch_size_decode_in_the_power_of_two_that_holds_them(tiny, monkeypatch):
+  config, params = tiny
+  batches = []
+  real = sampling.sample
+  record = lambda *a, **k: batches.append(a[4].shape[0]) or real(*a, **k)  # a[4]: the seeds, one a row
+  monkeypatch.setattr(sampling, "sample", record)
+  prompts = _prompts([5, 8, 3])
+  for num_samples in (1, 3):
+    generation.generate(config, params, prompts, max_new_tokens=4, num_samples=num_samples)
+  generation.generate(config, params, prompts, max_new_tokens=4, batch_size=16)
+  assert batches == [4, 16, 16]  # 3 rows in 4, 9 in 16; a batch size given is kept
+
+
 def test_bad_input_is_refused(tiny):
   config, params = tiny
   with pytest.raises(ValueError, match="no prompts"):

@@ -126,6 +126,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   tiny_student, tmp_path, gcs_emulator
 ):
   from conftest import TINY_PIPELINE_CONFIG
+  from multihost_test import LIGHT_EVALUATION
 
   bucket, emulator = gcs_emulator
   workdir = io.as_path(f"{bucket}/pipeline-{uuid.uuid4().hex[:8]}")
@@ -134,7 +135,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   compiled = io.compilation_cache_dir()
   command = [
     sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={TINY_PIPELINE_CONFIG}",
-    f"--config.student={tiny_student}", f"--compilation_cache={compiled}",
+    f"--config.student={tiny_student}", *LIGHT_EVALUATION, f"--compilation_cache={compiled}",
   ]  # fmt: skip
 
   def run(where, **kwargs):

@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from srit_jax import host_memory
 from srit_jax.conversion.hf_checkpoint import CheckpointError
 from srit_jax.model.config import ModelConfig, check_architecture
 
@@ -203,7 +204,7 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 def build_tokenizer(file: GgufFile):
   """A `transformers` fast tokenizer rebuilt from the GGUF vocabulary, merges and template."""
-  from transformers import PreTrainedTokenizerFast
+  PreTrainedTokenizerFast = host_memory.import_frozen("transformers").PreTrainedTokenizerFast
 
   where = str(file.path)
   kind = file.field("tokenizer.ggml.model")
