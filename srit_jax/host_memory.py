@@ -4,7 +4,6 @@
 /proc/self/clear_refs); `peak_bytes()` reads it. Elsewhere both do nothing and the peak is None.
 `release()` gives back what a finished phase leaves behind: compiled programs, the arrays only
 they kept alive, and the heap pages freed since (glibc keeps them otherwise).
-`import_frozen(name)` imports a large library and leaves what it made out of later collections.
 `fewer_malloc_arenas()`: glibc gives each thread that allocates its own heap arena, and XLA's
 many threads then hold gigabytes of freed memory scattered over them; two arenas bound that
 (call it before JAX starts its threads). Both are no-ops where libc is not glibc.
@@ -16,9 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
-import importlib
 import pathlib
-import sys
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -60,19 +57,6 @@ def trim() -> None:
   libc = _glibc()
   if libc is not None:
     libc.malloc_trim(0)
-
-
-def import_frozen(name: str):
-  """Module `name`, imported; on its first import, every object alive then is left out of later
-  garbage collections (gc.freeze): transformers, with torch where installed, makes about 175,000
-  objects, over which each full collection (one per phase) took 0.4 s. A frozen object is still
-  freed when its last reference goes; only cycles among them stay."""
-  first = name not in sys.modules
-  module = importlib.import_module(name)
-  if first:
-    gc.collect()
-    gc.freeze()
-  return module
 
 
 def release() -> None:

@@ -14,7 +14,6 @@ import gguf
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from srit_jax import host_memory
 from srit_jax.conversion.hf_checkpoint import CheckpointError
 from srit_jax.model.config import ModelConfig, check_architecture
 
@@ -204,7 +203,7 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 def build_tokenizer(file: GgufFile):
   """A `transformers` fast tokenizer rebuilt from the GGUF vocabulary, merges and template."""
-  PreTrainedTokenizerFast = host_memory.import_frozen("transformers").PreTrainedTokenizerFast
+  from transformers import PreTrainedTokenizerFast
 
   where = str(file.path)
   kind = file.field("tokenizer.ggml.model")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from srit_jax import host_memory, io, sharding
+from srit_jax import io, sharding
 from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
 from srit_jax.data import fingerprint
 from srit_jax.model import decoder as model_lib
@@ -220,5 +220,6 @@ def download_from_hub(repo: str) -> pathlib.Path:
 def _tokenizer_in(directory: pathlib.Path):
   if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer.model").exists():
     return None
-  transformers = host_memory.import_frozen("transformers")
-  return transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+  from transformers import AutoTokenizer
+
+  return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
