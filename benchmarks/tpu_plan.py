@@ -360,7 +360,8 @@ def write_doc(results: dict) -> None:
   if missing:
     lines += [
       "",
-      f"Not planned yet ({len(missing)} variants; each takes 4 to 7 minutes to compile on a 2-core host):",
+      f"Not planned yet ({len(missing)} variants; a variant took 4 to 111 minutes to plan on a 2-core host,"
+      " the longest beside other work):",
       "their rows per step in `configs/paper.py` (SIZES) are estimates from the planned rows of the",
       "same slice and method. Plan one with `python benchmarks/tpu_plan.py --variants=STUDENT,SLICE[,METHOD]`",
       "or `srit-jax plan` as above: " + ", ".join(f"`{v}`" for v in missing) + ".",

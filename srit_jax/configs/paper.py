@@ -73,7 +73,7 @@ SIZES = {
   # 9.2B parameters, a 256k vocabulary (logits of a 1024-position row: 1 GB in float32).
   ("gemma2_9b", "v4-8"): ("lora", 1, 8),  # planned
   ("gemma2_9b", "v4-16"): ("full", 1, 4),  # planned
-  ("gemma2_9b", "v4-32"): ("full", 2, 4),
+  ("gemma2_9b", "v4-32"): ("full", 8, 4),  # planned
   ("gemma2_9b", "v5e-8"): ("lora", 1, 4),  # planned
   ("gemma2_9b", "v5e-16"): ("full", 1, 4),
   ("gemma2_9b", "v5e-32"): ("full", 2, 4),
