@@ -179,6 +179,10 @@ def load_config(name: str, variant: str = ""):
 
 
 TINY_PIPELINE_CONFIG = pathlib.Path(__file__).parent / "testdata" / "tiny_pipeline.py"
+# Its flags for tests of how a run is held, killed and resumed rather than of what it measures:
+# the SFT and SRIT students' CoT answers alone, a third of the evaluation's sampling programs
+# (the untuned student and direct answers are evaluated alike, and tested in pipeline_test).
+LIGHT_EVALUATION = ("--config.eval_untuned=False", "--config.eval.direct=False")
 
 
 def load_tiny_pipeline_config():

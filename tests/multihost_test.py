@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE, TINY_PIPELINE_CONFIG, subprocess_env
+from conftest import LIGHT_EVALUATION, TEACHER_MATH_FILE, TINY_PIPELINE_CONFIG, subprocess_env
 from safetensors.numpy import load_file
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -143,11 +143,6 @@ def _pipeline_args(model_dir, workdir) -> list[str]:
     *LIGHT_EVALUATION,
     f"--workdir={workdir}",
   ]
-
-
-# The evaluation here is of the SFT and SRIT students' CoT answers alone: a third of the default's
-# sampling programs (the untuned student and direct answers are evaluated alike, and elsewhere).
-LIGHT_EVALUATION = ("--config.eval_untuned=False", "--config.eval.direct=False")
 
 
 ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.jsonl", "refine/pair_stats.json")

@@ -125,8 +125,7 @@ def _steps_saved(checkpoints) -> list[int]:
 def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_kill_and_matches_a_local_one(
   tiny_student, tmp_path, gcs_emulator
 ):
-  from conftest import TINY_PIPELINE_CONFIG
-  from multihost_test import LIGHT_EVALUATION
+  from conftest import LIGHT_EVALUATION, TINY_PIPELINE_CONFIG
 
   bucket, emulator = gcs_emulator
   workdir = io.as_path(f"{bucket}/pipeline-{uuid.uuid4().hex[:8]}")

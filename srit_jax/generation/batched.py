@@ -83,6 +83,11 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
   return length if length >= MIN_SHARED_PREFIX else 0
 
 
+def power_of_two_holding(count: int) -> int:
+  """The smallest power of two not under `count` (1 for 1, 4 for 3, 16 for 9)."""
+  return 1 << (count - 1).bit_length()
+
+
 def distinct_prompts(
   prompts: Sequence[Sequence[int]], size: int, multiple: int = 1
 ) -> tuple[list[list[int]], np.ndarray, int] | None:
@@ -99,7 +104,7 @@ def distinct_prompts(
   if len(first) == len(prompts):
     return None
   needed = len(first) + (len(prompts) < size)
-  count = -(-(1 << (needed - 1).bit_length()) // multiple) * multiple
+  count = -(-power_of_two_holding(needed) // multiple) * multiple
   if count >= size:
     return None
   source = [first[tuple(prompt)] for prompt in prompts] + [len(first)] * (size - len(prompts))
@@ -207,11 +212,11 @@ def generate_rows(
   """A generation per row, returned in the order of `rows`.
 
   Rows run in a batch of `batch_size` (default: all rows at once, in the power of two that
-  holds them: 3 rows decode in 4, 9 in 16; a call with other rows compiles once per power of
-  two it meets). With more rows than that, the batch is refilled as its rows finish (`refill=False`: one batch after
-  another, each decoding until its longest answer ends); a short batch is padded with idle rows
-  so its shape repeats. `on_batch` gets each group of finished rows as
-  they end. A row's tokens depend on its seed (from `seed` and its indices), not on the rows
+  holds them: 3 rows decode in 4, 9 in 16; calls with other numbers of rows compile once per
+  power of two they meet). With more rows than that, the batch is refilled as its rows finish
+  (`refill=False`: one batch after another, each decoding until its longest answer ends); a
+  short batch is padded with idle rows so its shape repeats. `on_batch` gets each group of
+  finished rows as they end. A row's tokens depend on its seed (from `seed` and its indices), not on the rows
   it shares a batch with. `adapters`: LoRA adapters over `params` (the base). `share_prefix`:
   prefill the prefix every prompt shares once per call, and a prompt that several rows of a
   prefill repeat once (the outputs are the same either way, up to floating-point rounding).
@@ -231,7 +236,7 @@ def generate_rows(
         f"prompt {row.prompt_index} has {len(row.prompt)} tokens; with max_new_tokens={max_new_tokens} the "
         f"context of {config.max_position_embeddings} leaves room for {limit}"
       )
-  batch_size = batch_size or 1 << (len(rows) - 1).bit_length()
+  batch_size = batch_size or power_of_two_holding(len(rows))
   shards = mesh.shape["data"] * mesh.shape["fsdp"] if mesh is not None else 1
   batch_size = -(-batch_size // shards) * shards  # the batch must split evenly over the mesh's batch axes
   decoder = _Decoder(
