@@ -7,7 +7,9 @@ Compiles, ahead of time on this CPU host, the programs `srit-jax plan` compiles 
 variant (the TPU compiler comes with the tpu extra) and writes benchmarks/results/tpu_plan.json
 (kept between runs, so a killed run resumes in the order of `planning_queue`: unplanned
 variants first, then those whose rows per step changed since their plans, then those planned
-before the time estimate existed) and the tables of docs/tpu.md.
+before the time estimate existed) and the tables of docs/tpu.md. Each compiled program's
+figures are kept where `srit-jax plan` keeps them (`$SRIT_JAX_CACHE/xla/plan_figures`): a
+variant planned again, or resumed after a kill, compiles only the programs it has not compiled.
 """
 
 from __future__ import annotations
@@ -106,14 +108,15 @@ def recount(results: dict) -> None:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import configs, programs, topology
+  from srit_jax import configs, io, programs, topology
   from srit_jax.configs import paper
 
   student, slice_name, *rest = variant.split(",")
   config = configs.load("paper", variant)
   devices, hbm = topology.tpu_devices(slice_name)
   start = time.perf_counter()
-  plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length)
+  figures_cache = io.compilation_cache_dir() / "plan_figures"  # what `srit-jax plan` keeps and reads too
+  plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length, figures_cache=figures_cache)
   estimates = programs.run_estimate(config, plans, devices)
   jax.clear_caches()
   method = rest[0] if rest else paper.SIZES[(student, slice_name)][0]

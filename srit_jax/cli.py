@@ -76,8 +76,8 @@ _TIME = flags.DEFINE_bool(
 _COMPILATION_CACHE = flags.DEFINE_string(
   "compilation_cache",
   None,
-  "folder of compiled programs kept between runs, so reruns and resumes do not recompile "
-  "(default: $SRIT_JAX_CACHE/xla; 'none' turns it off)",
+  "folder of compiled programs kept between runs, so reruns and resumes do not recompile; plan "
+  "keeps each program's figures in its plan_figures/ (default: $SRIT_JAX_CACHE/xla; 'none' turns it off)",
 )
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "on an error, show the whole traceback, not just the message")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:VARIANT])", lock_config=True)
@@ -199,20 +199,26 @@ def _unknown_field(argv: list[str], error: str) -> str:
   )
 
 
+def _compilation_cache():
+  """The folder of `--compilation_cache` (None for 'none')."""
+  from srit_jax import io
+
+  folder = _COMPILATION_CACHE.value
+  if folder == "none":
+    return None
+  return io.compilation_cache_dir() if folder is None else io.as_path(folder)
+
+
 def _use_compilation_cache() -> None:
   """Compiled programs persist in a folder, so that a rerun or a resumed run skips compiling."""
   import os
 
   import jax
 
-  folder = _COMPILATION_CACHE.value
-  if folder == "none":
-    return
+  folder = _compilation_cache()
   if folder is None:
-    from srit_jax import io
-
-    folder = str(io.compilation_cache_dir())
-  jax.config.update("jax_compilation_cache_dir", folder)
+    return
+  jax.config.update("jax_compilation_cache_dir", str(folder))
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting, when given
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
@@ -260,9 +266,15 @@ def _plan(args: list[str]) -> int:
   problems = checks.field_problems(config)
   if problems:
     raise UsageError(str(checks.ConfigError(problems)))
+  cache = _compilation_cache()  # JAX's own cache cannot load a program compiled for a slice: figures only
   try:
     return plan.run(
-      config, command=phase, topology_name=_TOPOLOGY.value, prompt_length=_PROMPT_LENGTH.value, time=_TIME.value
+      config,
+      command=phase,
+      topology_name=_TOPOLOGY.value,
+      prompt_length=_PROMPT_LENGTH.value,
+      time=_TIME.value,
+      figures_cache=None if cache is None else cache / "plan_figures",
     )
   except ValueError as e:  # a topology, mesh or batch that cannot be: one line
     raise UsageError(str(e)) from None

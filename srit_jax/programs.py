@@ -11,12 +11,22 @@ arguments, temporaries and outputs (less what donation aliases), their total aga
 chip's HBM, XLA's FLOPs beside the model-FLOPs formula, the attention kernel, the compile
 time. A program that does not fit is named with its shortfall and the settings that would
 make it fit.
+
+JAX's persistent compilation cache cannot load a program compiled for a slice it is not running
+on, so with a `figures_cache` folder the figures a plan reads of each compiled program are kept
+there instead, by the lowered program's hash: a second plan of the same program (a rerun, a
+variant planned again at other rows, a plan resumed after a kill) reads them without compiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
+import json
 import math
+import os
+import pathlib
 import re
 import time
 
@@ -25,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from srit_jax import sharding, topology
+from srit_jax import io, sharding, topology
 from srit_jax.conversion import loading
 from srit_jax.model import attention, decoder
 from srit_jax.tasks import registry
@@ -72,6 +82,7 @@ class ProgramPlan:
   compiled_flops: float = 0.0  # per device, XLA's count
   model_flops: float = 0.0  # per device, our formula
   compile_seconds: float = 0.0
+  cached: bool = False  # figures read from a figures cache, not compiled here
   error: str = ""  # a compile failure, out of memory included
   cost: Cost | None = None  # one call, every layer counted (see extrapolated_cost); None if unknown
   per_call: int = 0  # rows of a sampler call, pairs of a reference pass, 0 for a training step
@@ -128,28 +139,108 @@ _TEMPORARIES = re.compile(r"HLO temporaries \(([\d.]+)G\)")
 _ALLOCATION = re.compile(r"Allocation \(size=(\d+)\) would exceed memory")  # older libtpu's report
 
 
-def _measure(plan: ProgramPlan, lower, arguments) -> ProgramPlan:
-  """Compiles `lower()` and records its memory and FLOPs; a program XLA refuses for lack of
-  memory keeps what its report says (temporaries) and the size of its arguments."""
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """What a plan reads of one compiled program, per device; `error`: why XLA refused it."""
+
+  arguments: int = 0
+  temporaries: int = 0  # for a program refused for lack of memory: what XLA's report says
+  outputs: int = 0
+  aliased: int = 0
+  cost: Cost = Cost()  # XLA's count (a loop body once)
+  seconds: float = 0.0  # the compile's wall time
+  error: str = ""
+  cached: bool = False
+
+
+FIGURES_VERSION = 1  # raised whenever what `compile_figures` reads of a program changes
+
+
+def _libtpu_version() -> str:
+  try:
+    return importlib.metadata.version("libtpu")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def _figures_key(lowered, arguments) -> str:
+  """The program as lowered, the devices its arguments lie on, and whatever else changes what
+  XLA makes of it: versions, XLA's flags, JAX's optimisation settings."""
+  devices = set()
+  for leaf in jax.tree.leaves(arguments):
+    if getattr(leaf, "sharding", None) is not None:
+      devices |= leaf.sharding.device_set
+  settings = ("jax_disable_most_optimizations", "jax_exec_time_optimization_effort", "jax_memory_fitting_effort")
+  parts = [
+    f"figures {FIGURES_VERSION}",
+    lowered.as_text(),
+    *sorted(f"{d!r} {d.device_kind}" for d in devices),
+    f"jax {jax.__version__} jaxlib {importlib.metadata.version('jaxlib')} libtpu {_libtpu_version()}",
+    os.environ.get("XLA_FLAGS", ""),
+    os.environ.get("LIBTPU_INIT_ARGS", ""),
+    *(f"{name} {jax.config.values.get(name)}" for name in settings),
+  ]
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _cached_figures(entry: pathlib.Path) -> Compiled | None:
+  try:
+    stored = json.loads(entry.read_text())
+    return Compiled(**{**stored, "cost": Cost(**stored["cost"]), "cached": True})
+  except (OSError, ValueError, KeyError, TypeError):  # absent, or not what this version writes
+    return None
+
+
+def compile_figures(lower, arguments, figures_cache: pathlib.Path | None = None) -> Compiled:
+  """Compiles `lower()` (its `arguments` abstract) and reads its memory and XLA's cost; a program
+  XLA refuses keeps the first line of the refusal and, when it is for lack of memory, the
+  temporaries its report names. With `figures_cache`, figures already there for the same
+  program are read instead of compiling, and new ones are kept (a refusal only for lack of
+  memory: any other failure may not recur)."""
+  lowered = lower()
+  entry = figures_cache / f"{_figures_key(lowered, arguments)}.json" if figures_cache is not None else None
+  if entry is not None and (cached := _cached_figures(entry)) is not None:
+    return cached
   start = time.perf_counter()
   try:
-    compiled = lower().compile()
+    compiled = lowered.compile()
   except Exception as e:  # XLA refuses a program that cannot fit: its report is the finding
-    plan.compile_seconds = time.perf_counter() - start
-    plan.error = str(e).strip().splitlines()[0][:400]
-    plan.arguments = _per_device_bytes(arguments)
-    found, allocation = _TEMPORARIES.search(str(e)), _ALLOCATION.search(str(e))
-    plan.temporaries = int(float(found.group(1)) * 2**30) if found else int(allocation.group(1)) if allocation else 0
+    text = str(e)
+    found, allocation = _TEMPORARIES.search(text), _ALLOCATION.search(text)
+    temporaries = int(float(found.group(1)) * 2**30) if found else int(allocation.group(1)) if allocation else 0
+    figures = Compiled(
+      temporaries=temporaries, seconds=time.perf_counter() - start, error=text.strip().splitlines()[0][:400]
+    )
+    if not temporaries:
+      return figures
+  else:
+    memory = compiled.memory_analysis()
+    figures = Compiled(
+      memory.argument_size_in_bytes,
+      memory.temp_size_in_bytes,
+      memory.output_size_in_bytes,
+      memory.alias_size_in_bytes,
+      xla_cost(compiled),
+      time.perf_counter() - start,
+    )
+  if entry is not None:
+    stored = dataclasses.asdict(figures)
+    del stored["cached"]
+    io.write_json(entry, stored)
+  return figures
+
+
+def _measure(plan: ProgramPlan, lower, arguments, figures_cache: pathlib.Path | None = None) -> ProgramPlan:
+  """Compiles `lower()` and records its memory and FLOPs; a program XLA refuses for lack of
+  memory keeps what its report says (temporaries) and the size of its arguments."""
+  figures = compile_figures(lower, arguments, figures_cache)
+  plan.compile_seconds, plan.cached, plan.error = figures.seconds, figures.cached, figures.error
+  if figures.error:
+    plan.arguments, plan.temporaries = _per_device_bytes(arguments), figures.temporaries
     return plan
-  plan.compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  plan.arguments = memory.argument_size_in_bytes
-  plan.temporaries = memory.temp_size_in_bytes
-  plan.outputs = memory.output_size_in_bytes
-  plan.aliased = memory.alias_size_in_bytes
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list | tuple) else cost
-  plan.compiled_flops = float((cost or {}).get("flops", 0.0))
+  plan.arguments, plan.temporaries = figures.arguments, figures.temporaries
+  plan.outputs, plan.aliased = figures.outputs, figures.aliased
+  plan.compiled_flops = figures.cost.flops
   return plan
 
 
@@ -167,14 +258,21 @@ def _shallow(model_config, depth: int):
   )
 
 
-def extrapolated_cost(build, model_config) -> Cost:
+def extrapolated_cost(build, model_config, figures_cache: pathlib.Path | None = None) -> Cost:
   """One call's cost with every layer counted. XLA's cost analysis counts a loop body once, so a
   program whose layers run under the scan counts one layer: the program is compiled again at
   depth 1 and 2 with its layers unrolled; the difference is a layer (its forward, backward and
   optimizer update alike), which the full depth has `num_layers` of. The output layer, which
   the run projects in chunks of positions, and the microbatches of gradient accumulation (loops
   too) take whole rows and one pass in those copies: the same work, counted whole."""
-  one, two = (xla_cost(build(_shallow(model_config, depth), whole_rows=True)[0]().compile()) for depth in (1, 2))
+
+  def cost_at(depth):
+    figures = compile_figures(*build(_shallow(model_config, depth), whole_rows=True), figures_cache)
+    if figures.error:
+      raise RuntimeError(figures.error)
+    return figures.cost
+
+  one, two = cost_at(1), cost_at(2)
   return one + (two - one) * (model_config.num_layers - 1)
 
 
@@ -197,14 +295,14 @@ def _parameter_count(model_config) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
-def _measured(plan: ProgramPlan, build, model_config, cost: bool) -> ProgramPlan:
+def _measured(plan: ProgramPlan, build, model_config, cost: bool, figures_cache: pathlib.Path | None) -> ProgramPlan:
   """The program compiled at full depth (memory, XLA's FLOPs) and, with `cost` and when it
   compiles, its cost with every layer counted (two shallow compiles more)."""
   lower, arguments = build(model_config)
-  plan = _measure(plan, lower, arguments)
+  plan = _measure(plan, lower, arguments, figures_cache)
   if cost and not plan.error:
     try:
-      plan.cost = extrapolated_cost(build, model_config)
+      plan.cost = extrapolated_cost(build, model_config, figures_cache)
     except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
       plan.cost = None
   return plan
@@ -233,7 +331,9 @@ def sft_build(block, devices):
   return build
 
 
-def sft_program(block, model_source: str, devices, *, cost: bool = True) -> ProgramPlan:
+def sft_program(
+  block, model_source: str, devices, *, cost: bool = True, figures_cache: pathlib.Path | None = None
+) -> ProgramPlan:
   model_config = _model_config(block, model_source)
   rows = (block.batch_size, block.max_length)
   build = sft_build(block, devices)
@@ -243,7 +343,7 @@ def sft_program(block, model_source: str, devices, *, cost: bool = True) -> Prog
     attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
-  return _measured(plan, build, model_config, cost)
+  return _measured(plan, build, model_config, cost, figures_cache)
 
 
 def _is_tpu(devices) -> bool:
@@ -269,7 +369,9 @@ def _pair_batch(mesh, pairs: int, layout, max_length: int, precomputed: bool, mi
   return batch
 
 
-def dpo_programs(block, model_source: str, devices, *, cost: bool = True) -> list[ProgramPlan]:
+def dpo_programs(
+  block, model_source: str, devices, *, cost: bool = True, figures_cache: pathlib.Path | None = None
+) -> list[ProgramPlan]:
   model_config = _model_config(block, model_source)
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
@@ -317,6 +419,7 @@ def dpo_programs(block, model_source: str, devices, *, cost: bool = True) -> lis
       build_step,
       model_config,
       cost,
+      figures_cache,
     )
   ]
   if precomputed:
@@ -345,6 +448,7 @@ def dpo_programs(block, model_source: str, devices, *, cost: bool = True) -> lis
         build_reference,
         model_config,
         cost,
+        figures_cache,
       )
     )
   return plans
@@ -360,6 +464,7 @@ def sampler_program(
   prompt_length: int,
   max_new_tokens: int,
   cost: bool = True,
+  figures_cache: pathlib.Path | None = None,
 ) -> ProgramPlan:
   from srit_jax.generation import batched, sampler
 
@@ -398,7 +503,7 @@ def sampler_program(
     / len(devices),
   )
   plan.per_call = batch
-  plan = _measured(plan, build, model_config, cost)
+  plan = _measured(plan, build, model_config, cost, figures_cache)
   if plan.cost is not None:  # the decode loop, counted once by XLA: the other new tokens' steps
     params, adapters, _ = build(model_config)[1]
     step = decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
@@ -406,9 +511,13 @@ def sampler_program(
   return plan
 
 
-def programs(config, command: str, devices, *, prompt_length: int, cost: bool = True) -> list[ProgramPlan]:
+def programs(
+  config, command: str, devices, *, prompt_length: int, cost: bool = True, figures_cache: pathlib.Path | None = None
+) -> list[ProgramPlan]:
   """Every program `command` runs for `config`, compiled for `devices`; with `cost`, each one's
   FLOPs and bytes with every layer counted, for its time bound (three compiles a program, not one).
+  With `figures_cache`, a folder: each compiled program's figures are kept there and read back
+  by later plans of the same program instead of compiling it (`compile_figures`).
 
   A pipeline config (one with a `student`) plans its phase blocks for the student: all of
   them for "pipeline", one for "sft", "refine" or "eval".
@@ -424,15 +533,15 @@ def programs(config, command: str, devices, *, prompt_length: int, cost: bool = 
     student, blocks = config.model, {command: config}
   plans = []
   if command in ("sft", "pipeline"):
-    plans.append(sft_program(blocks["sft"], student, devices, cost=cost))
+    plans.append(sft_program(blocks["sft"], student, devices, cost=cost, figures_cache=figures_cache))
   if command in ("refine", "pipeline"):
-    plans += _refine_programs(blocks["refine"], student, devices, prompt_length, cost)
+    plans += _refine_programs(blocks["refine"], student, devices, prompt_length, cost, figures_cache)
   if command in ("eval", "pipeline"):
-    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length, cost))
+    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length, cost, figures_cache))
   return plans
 
 
-def _refine_programs(block, student, devices, prompt_length, cost):
+def _refine_programs(block, student, devices, prompt_length, cost, figures_cache):
   sampling = sampler_program(
     "refine",
     block,
@@ -442,11 +551,12 @@ def _refine_programs(block, student, devices, prompt_length, cost):
     prompt_length=prompt_length,
     max_new_tokens=max(block.max_new_tokens, block.max_new_tokens_direct),
     cost=cost,
+    figures_cache=figures_cache,
   )
-  return [sampling, *dpo_programs(block, student, devices, cost=cost)]
+  return [sampling, *dpo_programs(block, student, devices, cost=cost, figures_cache=figures_cache)]
 
 
-def _eval_program(block, student, devices, prompt_length, cost):
+def _eval_program(block, student, devices, prompt_length, cost, figures_cache):
   block = block.copy_and_resolve_references()
   with block.unlocked():
     block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
@@ -459,6 +569,7 @@ def _eval_program(block, student, devices, prompt_length, cost):
     prompt_length=prompt_length,
     max_new_tokens=block.max_new_tokens,
     cost=cost,
+    figures_cache=figures_cache,
   )
 
 
@@ -670,7 +781,7 @@ def report(plans: list[ProgramPlan], hbm: float) -> str:
       sizes = "".join(f"| {_gb(x)} " for x in (p.arguments, p.temporaries, p.outputs, p.aliased, p.total))
     lines.append(
       f"| {p.phase} | {p.name} | {p.attention} {sizes}| {fits} | {p.compiled_flops / 1e12:.3g} "
-      f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f} |"
+      f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f}{' (cached)' if p.cached else ''} |"
     )
   return "\n".join(lines)
 

@@ -74,6 +74,12 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
   assert all(float(r[2]) > 0 and float(r[5]) > float(r[4]) for r in times)  # 40% of the bound takes longer
   assert "chip-hours (bound" in result.stdout
 
+  # Planned again (another process): every program's figures read back, none compiled.
+  again = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+  assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+  assert all(r[-1].endswith("(cached)") for r in _rows(again.stdout)), again.stdout
+  assert [r[:-1] for r in _rows(again.stdout)] == [r[:-1] for r in rows] and _tables(again.stdout)[1] == times
+
 
 @pytest.mark.slow
 @requires_libtpu
@@ -186,6 +192,45 @@ def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, mon
   assert plan.total > 0 and not plan.error and plan.cost is None and shallow == []
   (plan,) = programs.programs(block, "sft", devices, prompt_length=16)
   assert plan.cost is not None and shallow == [1, 2]
+
+
+def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_with_tokenizer, tmp_path, monkeypatch):
+  """JAX cannot load a program compiled for a slice it is not on, so the plan keeps each
+  program's figures by the lowered program's hash: the same program on the same devices is read
+  back, other devices are compiled; a refusal for lack of memory is kept, any other is not."""
+  import jax
+  import jax.stages
+
+  from srit_jax import configs, programs
+
+  block = configs.load("sft", "tiny")
+  block.model, block.batch_size = str(tiny_with_tokenizer), 8
+  plan = lambda devices: programs.programs(block, "sft", devices, prompt_length=16, figures_cache=tmp_path)[0]
+  first = plan(jax.devices()[:1])
+  assert not first.cached and not first.error and first.cost is not None
+  assert len(list(tmp_path.glob("*.json"))) == 3  # the program and its two shallow copies
+
+  def refuse(message):
+    def compile(self, *args, **kwargs):
+      raise RuntimeError(message)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", compile)
+
+  refuse("compiled again")
+  again = plan(jax.devices()[:1])
+  assert again.cached and not again.error
+  for field in ("arguments", "temporaries", "outputs", "aliased", "compiled_flops", "compile_seconds", "cost"):
+    assert getattr(again, field) == getattr(first, field), field
+
+  other = plan(jax.devices()[:2])  # other devices: another program
+  assert other.error == "compiled again" and not other.cached
+  assert len(list(tmp_path.glob("*.json"))) == 3  # a failure that may not recur is not kept
+
+  refuse("RESOURCE_EXHAUSTED: Ran out of memory; used 20.00G of 15.75G hbm. HLO temporaries (12.50G).")
+  refused = plan(jax.devices()[:2])
+  assert refused.temporaries == int(12.5 * 2**30) and refused.cost is None and not refused.cached
+  refuse("compiled again")
+  assert plan(jax.devices()[:2]).cached and plan(jax.devices()[:2]).temporaries == refused.temporaries
 
 
 def _planned_at(tpu_plan, variant: str, rows=None) -> dict:

@@ -5,23 +5,33 @@ slice (or the local devices) without running anything, and checked against each 
     srit-jax plan --config=configs/sft.py --topology=v4-8 --command=sft
 
 The programs and their measurement are srit_jax/programs.py's; this prints them as a table
-and exits non-zero when one does not fit, naming what would make it fit.
+and exits non-zero when one does not fit, naming what would make it fit. Each program's figures
+are kept in the compilation cache's `plan_figures/` (`--compilation_cache`), so a second plan of
+the same program reads them instead of compiling it; `--compilation_cache=none` compiles all.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 from srit_jax.programs import estimate_report, failures, plan_devices, programs, report, run_estimate
 
 
 def run(
-  config, *, command: str = "pipeline", topology_name: str | None = None, prompt_length: int = 512, time: bool = True
+  config,
+  *,
+  command: str = "pipeline",
+  topology_name: str | None = None,
+  prompt_length: int = 512,
+  time: bool = True,
+  figures_cache: pathlib.Path | None = None,
 ) -> int:
   """Prints the plan table (and with `time` each program's time bound and the run's hours);
-  returns 0 when every program fits, 1 otherwise."""
+  returns 0 when every program fits, 1 otherwise. `figures_cache`: see `programs.compile_figures`."""
   devices, hbm = plan_devices(topology_name)
   where = f"{topology_name} ({len(devices)} devices, {devices[0].device_kind})" if topology_name else "local devices"
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
-  plans = programs(config, command, devices, prompt_length=prompt_length, cost=time)
+  plans = programs(config, command, devices, prompt_length=prompt_length, cost=time, figures_cache=figures_cache)
   print(report(plans, hbm))
   times = estimate_report(run_estimate(config, plans, devices), len(devices)) if time else ""
   if times:
