@@ -91,14 +91,14 @@ def recount(results: dict) -> None:
   each program's bound per call stays; how often a run makes it (steps, questions, evaluations)
   follows the config, so a change there needs no compile. A plan made at other rows per step
   than the config's now is left as it was (its bounds per call are of other programs)."""
-  from srit_jax import configs, programs
+  from srit_jax import configs, run_time
 
   for variant, result in results.items():
     if not result.get("estimates") or variant not in all_variants() or sizes_changed(variant, result):
       continue
     config = configs.load("paper", variant)
     for estimate in result["estimates"]:
-      calls, estimate["assumption"] = programs.count_calls(
+      calls, estimate["assumption"] = run_time.count_calls(
         config, estimate["phase"], estimate["program"], estimate["per_call"]
       )
       estimate["calls"] = calls
@@ -108,7 +108,7 @@ def recount(results: dict) -> None:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import configs, io, programs, topology
+  from srit_jax import configs, io, programs, run_time, topology
   from srit_jax.configs import paper
 
   student, slice_name, *rest = variant.split(",")
@@ -117,7 +117,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   start = time.perf_counter()
   figures_cache = io.compilation_cache_dir() / "plan_figures"  # what `srit-jax plan` keeps and reads too
   plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length, figures_cache=figures_cache)
-  estimates = programs.run_estimate(config, plans, devices)
+  estimates = run_time.run_estimate(config, plans, devices)
   jax.clear_caches()
   method = rest[0] if rest else paper.SIZES[(student, slice_name)][0]
   return {

@@ -191,7 +191,7 @@ def test_the_in_domain_tasks_follow_the_refine_task():
 def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_stages():
   import math
 
-  from srit_jax import configs, programs, topology
+  from srit_jax import configs, programs, run_time, topology
   from srit_jax.configs import checks
 
   config = configs.load("csqa_palm", "full")
@@ -204,7 +204,7 @@ def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_sta
     programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
     programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
   ]
-  calls = {(e.phase, e.program): e.calls for e in programs.run_estimate(config, plans, devices)}
+  calls = {(e.phase, e.program): e.calls for e in run_time.run_estimate(config, plans, devices)}
   # Untuned, SFT, SRIT and the control on CSQA dev, OBQA test and ARC-Challenge test, whole.
   assert calls[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in (1221, 500, 1172))
   # 300 demonstrated questions, 4 CoT answers and 1 direct answer each; the control reuses them.

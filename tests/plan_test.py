@@ -280,7 +280,7 @@ def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_plann
 def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   import math
 
-  from srit_jax import configs, programs, topology
+  from srit_jax import configs, programs, run_time, topology
 
   config = configs.load("paper", "llama2_7b,v5e-8")  # limit 0 everywhere; the hub's splits
   devices, _ = topology.tpu_devices("v5e-8")
@@ -293,7 +293,7 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   ]
 
   def calls():
-    return {(e.phase, e.program): e.calls for e in programs.run_estimate(config, plans, devices)}
+    return {(e.phase, e.program): e.calls for e in run_time.run_estimate(config, plans, devices)}
 
   assert config.refine.generate_batch_size == config.eval.batch_size == 64 and not config.eval.direct
   # Every one of GSM8K's 7,473 training questions: 4 CoT and 1 direct answer each, 64 rows a call.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import pathlib
 
-from srit_jax.programs import estimate_report, failures, plan_devices, programs, report, run_estimate
+from srit_jax.programs import failures, plan_devices, programs, report
+from srit_jax.run_time import estimate_report, run_estimate
 
 
 def run(
