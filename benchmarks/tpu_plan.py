@@ -116,7 +116,14 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   devices, hbm = topology.tpu_devices(slice_name)
   start = time.perf_counter()
   figures_cache = io.compilation_cache_dir() / "plan_figures"  # what `srit-jax plan` keeps and reads too
-  plans = programs.programs(config, "pipeline", devices, prompt_length=prompt_length, figures_cache=figures_cache)
+  plans = programs.programs(
+    config,
+    "pipeline",
+    devices,
+    prompt_length=prompt_length,
+    figures_cache=figures_cache,
+    progress=lambda line: print(line, flush=True),
+  )
   estimates = run_time.run_estimate(config, plans, devices)
   jax.clear_caches()
   method = rest[0] if rest else paper.SIZES[(student, slice_name)][0]

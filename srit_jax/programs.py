@@ -28,6 +28,7 @@ import os
 import pathlib
 import re
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -228,10 +229,28 @@ def compile_figures(lower, arguments, figures_cache: pathlib.Path | None = None)
   return figures
 
 
-def _measure(plan: ProgramPlan, lower, arguments, figures_cache: pathlib.Path | None = None) -> ProgramPlan:
+@dataclasses.dataclass(frozen=True)
+class Compiling:
+  """How a plan compiles: with `cost`, two shallow copies more per program for its time bound;
+  figures kept in and read from `figures_cache` (see `compile_figures`); `progress` told of each
+  compile as it ends (a paper-scale program takes minutes)."""
+
+  cost: bool = True
+  figures_cache: pathlib.Path | None = None
+  progress: Callable[[str], None] | None = None
+
+  def figures(self, lower, arguments, what: str) -> Compiled:
+    figures = compile_figures(lower, arguments, self.figures_cache)
+    if self.progress is not None:
+      done = "figures read back" if figures.cached else f"compiled in {figures.seconds:.0f} s"
+      self.progress(f"  {what}: {done}{' (refused)' if figures.error else ''}")
+    return figures
+
+
+def _measure(plan: ProgramPlan, lower, arguments, how: Compiling = Compiling()) -> ProgramPlan:
   """Compiles `lower()` and records its memory and FLOPs; a program XLA refuses for lack of
   memory keeps what its report says (temporaries) and the size of its arguments."""
-  figures = compile_figures(lower, arguments, figures_cache)
+  figures = how.figures(lower, arguments, f"{plan.phase} {plan.name}")
   plan.compile_seconds, plan.cached, plan.error = figures.seconds, figures.cached, figures.error
   if figures.error:
     plan.arguments, plan.temporaries = _per_device_bytes(arguments), figures.temporaries
@@ -256,7 +275,7 @@ def _shallow(model_config, depth: int):
   )
 
 
-def extrapolated_cost(build, model_config, figures_cache: pathlib.Path | None = None) -> Cost:
+def extrapolated_cost(build, model_config, how: Compiling = Compiling(), what: str = "the program") -> Cost:
   """One call's cost with every layer counted. XLA's cost analysis counts a loop body once, so a
   program whose layers run under the scan counts one layer: the program is compiled again at
   depth 1 and 2 with its layers unrolled; the difference is a layer (its forward, backward and
@@ -265,7 +284,8 @@ def extrapolated_cost(build, model_config, figures_cache: pathlib.Path | None = 
   too) take whole rows and one pass in those copies: the same work, counted whole."""
 
   def cost_at(depth):
-    figures = compile_figures(*build(_shallow(model_config, depth), whole_rows=True), figures_cache)
+    lower, arguments = build(_shallow(model_config, depth), whole_rows=True)
+    figures = how.figures(lower, arguments, f"{what}, {depth} unrolled layer{'s' if depth > 1 else ''} (for its cost)")
     if figures.error:
       raise RuntimeError(figures.error)
     return figures.cost
@@ -293,14 +313,14 @@ def _parameter_count(model_config) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
-def _measured(plan: ProgramPlan, build, model_config, cost: bool, figures_cache: pathlib.Path | None) -> ProgramPlan:
-  """The program compiled at full depth (memory, XLA's FLOPs) and, with `cost` and when it
+def _measured(plan: ProgramPlan, build, model_config, how: Compiling) -> ProgramPlan:
+  """The program compiled at full depth (memory, XLA's FLOPs) and, with `how.cost` and when it
   compiles, its cost with every layer counted (two shallow compiles more)."""
   lower, arguments = build(model_config)
-  plan = _measure(plan, lower, arguments, figures_cache)
-  if cost and not plan.error:
+  plan = _measure(plan, lower, arguments, how)
+  if how.cost and not plan.error:
     try:
-      plan.cost = extrapolated_cost(build, model_config, figures_cache)
+      plan.cost = extrapolated_cost(build, model_config, how, f"{plan.phase} {plan.name}")
     except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
       plan.cost = None
   return plan
@@ -329,9 +349,7 @@ def sft_build(block, devices):
   return build
 
 
-def sft_program(
-  block, model_source: str, devices, *, cost: bool = True, figures_cache: pathlib.Path | None = None
-) -> ProgramPlan:
+def sft_program(block, model_source: str, devices, how: Compiling = Compiling()) -> ProgramPlan:
   model_config = _model_config(block, model_source)
   rows = (block.batch_size, block.max_length)
   build = sft_build(block, devices)
@@ -341,7 +359,7 @@ def sft_program(
     attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
-  return _measured(plan, build, model_config, cost, figures_cache)
+  return _measured(plan, build, model_config, how)
 
 
 def _is_tpu(devices) -> bool:
@@ -367,9 +385,7 @@ def _pair_batch(mesh, pairs: int, layout, max_length: int, precomputed: bool, mi
   return batch
 
 
-def dpo_programs(
-  block, model_source: str, devices, *, cost: bool = True, figures_cache: pathlib.Path | None = None
-) -> list[ProgramPlan]:
+def dpo_programs(block, model_source: str, devices, how: Compiling = Compiling()) -> list[ProgramPlan]:
   model_config = _model_config(block, model_source)
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "refine batch_size", block.num_microbatches)
@@ -416,8 +432,7 @@ def dpo_programs(
       ),
       build_step,
       model_config,
-      cost,
-      figures_cache,
+      how,
     )
   ]
   if precomputed:
@@ -445,8 +460,7 @@ def dpo_programs(
         ),
         build_reference,
         model_config,
-        cost,
-        figures_cache,
+        how,
       )
     )
   return plans
@@ -461,8 +475,7 @@ def sampler_program(
   batch: int,
   prompt_length: int,
   max_new_tokens: int,
-  cost: bool = True,
-  figures_cache: pathlib.Path | None = None,
+  how: Compiling = Compiling(),
 ) -> ProgramPlan:
   from srit_jax.generation import batched, sampler
 
@@ -501,7 +514,7 @@ def sampler_program(
     / len(devices),
   )
   plan.per_call = batch
-  plan = _measured(plan, build, model_config, cost, figures_cache)
+  plan = _measured(plan, build, model_config, how)
   if plan.cost is not None:  # the decode loop, counted once by XLA: the other new tokens' steps
     params, adapters, _ = build(model_config)[1]
     step = decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
@@ -510,12 +523,20 @@ def sampler_program(
 
 
 def programs(
-  config, command: str, devices, *, prompt_length: int, cost: bool = True, figures_cache: pathlib.Path | None = None
+  config,
+  command: str,
+  devices,
+  *,
+  prompt_length: int,
+  cost: bool = True,
+  figures_cache: pathlib.Path | None = None,
+  progress: Callable[[str], None] | None = None,
 ) -> list[ProgramPlan]:
   """Every program `command` runs for `config`, compiled for `devices`; with `cost`, each one's
   FLOPs and bytes with every layer counted, for its time bound (three compiles a program, not one).
   With `figures_cache`, a folder: each compiled program's figures are kept there and read back
-  by later plans of the same program instead of compiling it (`compile_figures`).
+  by later plans of the same program instead of compiling it (`compile_figures`). `progress` is
+  told of each compile as it ends.
 
   A pipeline config (one with a `student`) plans its phase blocks for the student: all of
   them for "pipeline", one for "sft", "refine" or "eval".
@@ -529,17 +550,18 @@ def programs(
     raise ValueError("a pipeline plan needs a pipeline config (one with a student)")
   else:
     student, blocks = config.model, {command: config}
+  how = Compiling(cost, figures_cache, progress)
   plans = []
   if command in ("sft", "pipeline"):
-    plans.append(sft_program(blocks["sft"], student, devices, cost=cost, figures_cache=figures_cache))
+    plans.append(sft_program(blocks["sft"], student, devices, how))
   if command in ("refine", "pipeline"):
-    plans += _refine_programs(blocks["refine"], student, devices, prompt_length, cost, figures_cache)
+    plans += _refine_programs(blocks["refine"], student, devices, prompt_length, how)
   if command in ("eval", "pipeline"):
-    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length, cost, figures_cache))
+    plans.append(_eval_program(blocks["eval"], student, devices, prompt_length, how))
   return plans
 
 
-def _refine_programs(block, student, devices, prompt_length, cost, figures_cache):
+def _refine_programs(block, student, devices, prompt_length, how):
   sampling = sampler_program(
     "refine",
     block,
@@ -548,13 +570,12 @@ def _refine_programs(block, student, devices, prompt_length, cost, figures_cache
     batch=block.generate_batch_size,
     prompt_length=prompt_length,
     max_new_tokens=max(block.max_new_tokens, block.max_new_tokens_direct),
-    cost=cost,
-    figures_cache=figures_cache,
+    how=how,
   )
-  return [sampling, *dpo_programs(block, student, devices, cost=cost, figures_cache=figures_cache)]
+  return [sampling, *dpo_programs(block, student, devices, how)]
 
 
-def _eval_program(block, student, devices, prompt_length, cost, figures_cache):
+def _eval_program(block, student, devices, prompt_length, how):
   block = block.copy_and_resolve_references()
   with block.unlocked():
     block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
@@ -566,8 +587,7 @@ def _eval_program(block, student, devices, prompt_length, cost, figures_cache):
     batch=block.batch_size,
     prompt_length=prompt_length,
     max_new_tokens=block.max_new_tokens,
-    cost=cost,
-    figures_cache=figures_cache,
+    how=how,
   )
 
 

@@ -74,9 +74,12 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
   assert all(float(r[2]) > 0 and float(r[5]) > float(r[4]) for r in times)  # 40% of the bound takes longer
   assert "chip-hours (bound" in result.stdout
 
-  # Planned again (another process): every program's figures read back, none compiled.
+  # Planned again (another process): every program's figures read back, none compiled; each of
+  # its 15 compiles (a program and its two shallow copies) said so as it ended.
   again = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
   assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+  assert again.stdout.count(": figures read back\n") == 15 and "compiled in" not in again.stdout, again.stdout
+  assert "  sft SFT step: figures read back\n  sft SFT step, 1 unrolled layer (for its cost)" in again.stdout
   assert all(r[-1].endswith("(cached)") for r in _rows(again.stdout)), again.stdout
   assert [r[:-1] for r in _rows(again.stdout)] == [r[:-1] for r in rows] and _tables(again.stdout)[1] == times
 
@@ -110,7 +113,8 @@ def test_an_oversized_step_is_named_with_its_shortfall_and_what_would_fit(tiny_w
   )
   assert result.returncode == 1, result.stdout + result.stderr[-3000:]
   assert "does not fit:" in result.stdout
-  line = next(line for line in result.stdout.splitlines() if line.strip().startswith("sft SFT step"))
+  shortfalls = result.stdout.split("does not fit:")[1].splitlines()
+  line = next(line for line in shortfalls if line.strip().startswith("sft SFT step"))
   assert "of 16.91 GB" in line and "would fit with:" in line
   assert "num_microbatches=" in line and "remat_policy=full" in line
 

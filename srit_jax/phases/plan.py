@@ -12,6 +12,7 @@ the same program reads them instead of compiling it; `--compilation_cache=none` 
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 from srit_jax.programs import failures, plan_devices, programs, report
@@ -32,7 +33,15 @@ def run(
   devices, hbm = plan_devices(topology_name)
   where = f"{topology_name} ({len(devices)} devices, {devices[0].device_kind})" if topology_name else "local devices"
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
-  plans = programs(config, command, devices, prompt_length=prompt_length, cost=time, figures_cache=figures_cache)
+  plans = programs(
+    config,
+    command,
+    devices,
+    prompt_length=prompt_length,
+    cost=time,
+    figures_cache=figures_cache,
+    progress=functools.partial(print, flush=True),
+  )
   print(report(plans, hbm))
   times = estimate_report(run_estimate(config, plans, devices), len(devices)) if time else ""
   if times:
