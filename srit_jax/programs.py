@@ -196,12 +196,13 @@ def compile_figures(lower, arguments, figures_cache: pathlib.Path | None = None)
   temporaries its report names. With `figures_cache`, figures already there for the same
   program are read instead of compiling, and new ones are kept (a refusal only for lack of
   memory: any other failure may not recur)."""
-  lowered = lower()
-  entry = figures_cache / f"{_figures_key(lowered, arguments)}.json" if figures_cache is not None else None
-  if entry is not None and (cached := _cached_figures(entry)) is not None:
-    return cached
-  start = time.perf_counter()
+  start, entry = time.perf_counter(), None
   try:
+    lowered = lower()
+    if figures_cache is not None:
+      entry = figures_cache / f"{_figures_key(lowered, arguments)}.json"
+      if (cached := _cached_figures(entry)) is not None:
+        return cached
     compiled = lowered.compile()
   except Exception as e:  # XLA refuses a program that cannot fit: its report is the finding
     text = str(e)
