@@ -115,13 +115,12 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   config = configs.load("paper", variant)
   devices, hbm = topology.tpu_devices(slice_name)
   start = time.perf_counter()
-  figures_cache = io.compilation_cache_dir() / "plan_figures"  # what `srit-jax plan` keeps and reads too
   plans = programs.programs(
     config,
     "pipeline",
     devices,
     prompt_length=prompt_length,
-    figures_cache=figures_cache,
+    figures_cache=programs.figures_cache_in(io.compilation_cache_dir()),  # where `srit-jax plan` keeps them
     progress=lambda line: print(line, flush=True),
   )
   estimates = run_time.run_estimate(config, plans, devices)

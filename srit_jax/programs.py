@@ -155,6 +155,11 @@ class Compiled:
 FIGURES_VERSION = 1  # raised whenever what `compile_figures` reads of a program changes
 
 
+def figures_cache_in(compilation_cache) -> pathlib.Path:
+  """Where plans keep their figures: `plan_figures/` in the compilation cache's folder."""
+  return io.as_path(compilation_cache) / "plan_figures"
+
+
 def _libtpu_version() -> str:
   try:
     return importlib.metadata.version("libtpu")
@@ -248,7 +253,7 @@ class Compiling:
     return figures
 
 
-def _measure(plan: ProgramPlan, lower, arguments, how: Compiling = Compiling()) -> ProgramPlan:
+def _measure(plan: ProgramPlan, lower, arguments, how: Compiling) -> ProgramPlan:
   """Compiles `lower()` and records its memory and FLOPs; a program XLA refuses for lack of
   memory keeps what its report says (temporaries) and the size of its arguments."""
   figures = how.figures(lower, arguments, f"{plan.phase} {plan.name}")
