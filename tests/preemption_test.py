@@ -92,7 +92,7 @@ def _preempt_and_resume(base, tmp_path, *, processes, at_step=3, save_every=50):
   assert _metric_steps(workdir) == _metric_steps(tmp_path / "full")
 
 
-def _sft_args(model_dir, train_file, steps=120):
+def _sft_args(model_dir, train_file, steps=40):
   return [
     "sft",
     "--config=configs/sft.py:tiny",
@@ -120,7 +120,7 @@ def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_stud
     "--config.teacher_fallback=True",
     f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
     "--config.mesh.fsdp=1",
-    "--config.num_steps=120",
+    "--config.num_steps=40",
     "--config.save_every=50",
   ]
   _preempt_and_resume(base, tmp_path, processes=1)
