@@ -370,10 +370,11 @@ def write_doc(results: dict) -> None:
     "40% column is therefore what these programs reached on a GPU; on TPU they may do better.",
   ]
   if missing:
+    minutes = sorted(r["seconds"] / 60 for r in results.values())
     lines += [
       "",
-      f"Not planned yet ({len(missing)} variants; a variant took 4 to 111 minutes to plan on a 2-core host,"
-      " the longest beside other work):",
+      f"Not planned yet ({len(missing)} variants; a variant took {minutes[0]:.0f} to {minutes[-1]:.0f} minutes "
+      "of wall time to plan on a 2-core host, the longest beside other work or paused for it):",
       "their rows per step in `configs/paper.py` (SIZES) are estimates from the planned rows of the",
       "same slice and method. Plan one with `python benchmarks/tpu_plan.py --variants=STUDENT,SLICE[,METHOD]`",
       "or `srit-jax plan` as above: " + ", ".join(f"`{v}`" for v in missing) + ".",

@@ -103,7 +103,7 @@ VARIANTS = {
     parent="cot_vs_direct_nll",
   ),
   "cot_vs_direct_nll_new_questions_seed_1": Variant(
-    "cot_vs_direct_nll_new_questions with another sampling and shuffling seed",
+    "cot_vs_direct_nll_new_questions with another sampling and shuffling seed (on cot_vs_direct_nll_seed_1's samples)",
     (*COT_VS_DIRECT_NLL, "control=True", "refine.new_questions=400", "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_seed_1",
   ),
