@@ -112,6 +112,20 @@ VARIANTS = {
     (*COT_VS_DIRECT_NLL, "refine.strategy=slip_corrected", "control=True", "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_seed_1",
   ),
+  # Under Adam, which is nearly indifferent to the loss's scale, DPO + 10 x NLL trains as
+  # 0.1 x DPO + NLL: the preference at a tenth of the weight it has in cot_vs_direct_nll, between
+  # it (1) and the control (0), on the same pairs and steps as cot_vs_direct_nll_seed_1.
+  "cot_vs_direct_nll_10_seed_1": Variant(
+    "cot_vs_direct_nll_seed_1 with the NLL term at weight 10 (the preference at a tenth of the NLL term's weight); "
+    "with the compute-matched control",
+    (
+      *(o for o in COT_VS_DIRECT_NLL if "nll_weight" not in o),
+      "refine.nll_weight=10.0",
+      "control=True",
+      "refine.sampling_seed=1",
+    ),
+    parent="cot_vs_direct_nll_seed_1",
+  ),
   "rpo_3_rounds": Variant(
     "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference; with the "
     "compute-matched control iterated alike (each round cross-entropy on its own correct chains)",
