@@ -126,6 +126,10 @@ VARIANTS = {
     ),
     parent="cot_vs_direct_nll_seed_1",
   ),
+  "lora": Variant(
+    "the base recipe with LoRA (rank 16 on every projection) in SFT and DPO",
+    ("sft.lora.rank=16", "sft.optimizer.learning_rate=1e-3", "refine.optimizer.learning_rate=5e-5"),
+  ),
   "rpo_3_rounds": Variant(
     "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference; with the "
     "compute-matched control iterated alike (each round cross-entropy on its own correct chains)",
@@ -143,10 +147,6 @@ VARIANTS = {
     parent="rpo",
   ),
   "rpo_demos_100": Variant("rpo after SFT on a quarter of the demonstrations (100)", (*RPO, "demos.limit=100")),
-  "lora": Variant(
-    "the base recipe with LoRA (rank 16 on every projection) in SFT and DPO",
-    ("sft.lora.rank=16", "sft.optimizer.learning_rate=1e-3", "refine.optimizer.learning_rate=5e-5"),
-  ),
   "correct_vs_incorrect": Variant(
     "pairs: a correct CoT answer over an incorrect one (20 steps)", ("refine.strategy=correct_vs_incorrect",)
   ),
