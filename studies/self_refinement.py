@@ -97,6 +97,26 @@ VARIANTS = {
     "cot_vs_direct_nll after SFT on a quarter of the demonstrations (100)",
     (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100"),
   ),
+  # After SFT on 100 demonstrations the control's held-out loss (the chosen answers' NLL) was
+  # flat, lowest at step 0 by 7e-6, so best_heldout exported the SFT student as the control.
+  # Exporting the control's last step matches it to SRIT (whose last step was its best) in steps
+  # kept as well as run; only the control and its evaluation rerun.
+  "cot_vs_direct_nll_demos_100_last_control": Variant(
+    "cot_vs_direct_nll_demos_100 with the control's last step exported (its held-out loss kept step 0)",
+    (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100", "control_select_checkpoint=last"),
+    parent="cot_vs_direct_nll_demos_100",
+  ),
+  "cot_vs_direct_nll_demos_100_seed_1": Variant(
+    "cot_vs_direct_nll_demos_100_last_control with another sampling and shuffling seed",
+    (
+      *COT_VS_DIRECT_NLL,
+      "control=True",
+      "demos.limit=100",
+      "control_select_checkpoint=last",
+      "refine.sampling_seed=1",
+    ),
+    parent="cot_vs_direct_nll_demos_100_last_control",
+  ),
   "cot_vs_direct_nll_new_questions": Variant(
     "cot_vs_direct_nll on 400 more training questions that no demonstration answers (600 in all)",
     (*COT_VS_DIRECT_NLL, "control=True", "refine.new_questions=400"),
@@ -178,8 +198,11 @@ _OVERRIDES = flags.DEFINE_list(
 
 
 def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """Its finished phases that a child variant starts from: the shared ones, every refine round
+  and every stage's evaluation (a variant that reruns only the control keeps SRIT's)."""
   shared = [workdir / name for name in SHARED_PHASES]
   shared += [p for p in sorted(workdir.glob("*")) if p.name.startswith(SHARED_PREFIXES)]
+  shared += [p for p in sorted(workdir.glob("eval/*")) if p.relative_to(workdir).as_posix() not in SHARED_PHASES]
   return [p for p in shared if (p / "DONE.json").exists()]
 
 

@@ -120,6 +120,9 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
 def test_iterated_rounds_against_their_own_start_with_the_control_and_every_round_evaluated(tiny_student, tmp_path):
   config = _tiny_pipeline_config(tiny_student)
   config.update(refine_iterations=2, refine_reference="previous", control=True, eval_rounds=True, eval_untuned=False)
+  # The preference's step is chosen on held-out pairs; the control exports its last step.
+  config.refine.select_checkpoint = "best_heldout"
+  config.control_select_checkpoint = "last"
   results = pipeline.run(config, tmp_path, progress=False)
   # Each round's reference is its own start: round 2's is round 1's student.
   for name, start in (("refine", "sft"), ("refine_2", "refine"), ("refine_control_2", "refine_control")):
@@ -132,6 +135,8 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   control = json.loads((tmp_path / "refine_control" / "DONE.json").read_text())["summary"]
   refined = json.loads((tmp_path / "refine" / "DONE.json").read_text())["summary"]
   assert control["num_steps"] == refined["num_steps"]
+  assert "selected" in refined and "selected" not in control
+  assert not (tmp_path / "refine_control" / "best_checkpoint.json").exists()
   # Its rows hold the chosen answers alone and no reference scores its training pairs.
   assert control["layout"]["chosen_only"] and not refined["layout"]["chosen_only"]
   assert control["layout"]["rows_per_step"] <= refined["layout"]["rows_per_step"]

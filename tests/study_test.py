@@ -100,7 +100,10 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   study = _study_module()
   assert study.VARIANTS["rpo_3_rounds_sft_reference"].parent == "rpo_3_rounds"
   assert study.VARIANTS["rpo_3_rounds"].parent == "rpo"
-  for variant, phases in {"base": ("sft", "refine"), "rpo": ("sft", "refine", "refine_control")}.items():
+  for variant, phases in {
+    "base": ("sft", "refine"),
+    "rpo": ("sft", "refine", "refine_control", "eval/srit", "eval/control"),
+  }.items():
     for phase in phases:
       (tmp_path / variant / phase).mkdir(parents=True)
       (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
@@ -117,6 +120,9 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
   assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
   assert (workdir / "refine_control").is_dir()
+  # Every stage's evaluation too (the pipeline reruns one whose student changed).
+  assert json.loads((workdir / "eval" / "control" / "DONE.json").read_text()) == {"phase": "rpo/eval/control"}
+  assert (workdir / "eval" / "srit").is_dir()
 
   # A phase the nearest ancestor lacks (it skipped the untuned student) comes from further up.
   (tmp_path / "base" / "eval" / "untuned").mkdir(parents=True)

@@ -305,6 +305,14 @@ def problems(config: ConfigDict, command: str) -> list[str]:
       found.append(f"refine_iterations = {config.refine_iterations!r}: must be an integer >= 1")
     if config.refine_reference not in ("sft", "previous"):
       found.append(f"refine_reference = {config.refine_reference!r}: must be one of sft, previous")
+    from srit_jax.configs.refine import SELECT_CHECKPOINT
+
+    if config.control_select_checkpoint not in ("", *SELECT_CHECKPOINT):
+      choices = ", ".join(SELECT_CHECKPOINT)
+      found.append(
+        f"control_select_checkpoint = {config.control_select_checkpoint!r}: must be empty "
+        f"(as refine.select_checkpoint) or one of {choices}"
+      )
     found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir"))
   elif command in COMMANDS:
     found += command_problems(config, command)

@@ -39,6 +39,10 @@ def get_config(variant: str = ""):
   config.refine_iterations = 1  # rounds of sample -> pairs -> DPO, each from the policy the last one left
   config.refine_reference = "sft"  # the reference of every round: sft (the SFT student) | previous (its own start)
   config.control = False  # also train the compute-matched control (cross-entropy on the same chosen answers)
+  # The control's exported step: empty as refine.select_checkpoint, or last | best_heldout. Its
+  # held-out loss is the chosen answers' NLL alone, which can stay flat where the preference's
+  # falls, so best_heldout may keep step 0 (the SFT student); last matches the steps kept too.
+  config.control_select_checkpoint = ""
   config.eval_rounds = False  # evaluate every round's student in-domain (a learning curve over rounds)
   config.eval_untuned = True  # evaluate the untuned student too (off where another run of it has: a study's variants)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)

@@ -284,6 +284,8 @@ def _refine_rounds(
     )
     if samples_from:
       refine_config = _with(refine_config, loss_type="nll", nll_weight=0.0, label_smoothing=0.0)
+      if config.control_select_checkpoint:
+        refine_config = _with(refine_config, select_checkpoint=config.control_select_checkpoint)
     if adapted:
       with refine_config.unlocked():
         refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
