@@ -206,6 +206,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
     f"--config.demos_file={demos_file}",
     "--config.mesh.fsdp=1",
     "--config.num_steps=8",
+    "--config.eval_every=2",
   ]
   env = subprocess_env(1)
   root = os.path.dirname(os.path.dirname(__file__))
@@ -234,8 +235,13 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
   resumed = load_file(str(workdir / "export/model.safetensors"))
   for name in full:
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
-  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert steps == list(range(1, 9))
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "eval/loss" not in r] == list(range(1, 9))  # each training step once
+  # The held-out curve holds the steps the killed run evaluated as well as the resumed run's.
+  curves = [json.loads((d / "refine_summary.json").read_text())["heldout_curve"] for d in (tmp_path / "full", workdir)]
+  assert sorted(curves[1], key=int) == ["0", "2", "4", "6", "8"]
+  for step, values in curves[0].items():
+    assert curves[1][step] == pytest.approx(values, rel=1e-6), step
 
 
 @pytest.mark.slow

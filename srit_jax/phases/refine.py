@@ -290,6 +290,18 @@ class BestCheckpoint:
     return restored
 
 
+def _logged_heldout(workdir: pathlib.Path) -> dict[int, dict]:
+  """The held-out figures in WORKDIR/metrics.jsonl, by step (a resumed run's earlier process
+  logged those up to its checkpoint; the lines after it were dropped on resume)."""
+  logged = {}
+  for line in io.complete_lines(workdir / "metrics.jsonl"):
+    record = json.loads(line)
+    values = {name: value for name, value in record.items() if name.startswith("eval/")}
+    if values:
+      logged[record["step"]] = values
+  return logged
+
+
 def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray, np.ndarray]:
   """Read from `path` when it was made for `key` (pairs and model), else computed and saved."""
   if path.exists():
@@ -462,6 +474,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     progress_keys=("loss", "rewards/accuracies", "pairs_per_s"),
   )
   final = evaluate(run.state, config.num_steps) if held_out else {}
+  for step, values in _logged_heldout(workdir).items():  # evaluated before a resume, by the killed run
+    held_out_metrics.setdefault(step, values)
 
   # 4. Export.
   summary = {
