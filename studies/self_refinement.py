@@ -341,6 +341,42 @@ def _rounds(results: dict) -> list[dict]:
   return rows
 
 
+# A variant taught otherwise than the base (its own SFT: fewer demonstrations, say) has its SFT
+# and SRIT students paired with the base's SFT student too, on the same questions: does
+# self-refinement after fewer demonstrations reach SFT on all of them?
+BASE_SFT_COMPARISONS = (
+  ("sft_vs_base_sft", "SFT − base SFT", "sft"),
+  ("srit_vs_base_sft", "SRIT − base SFT", "srit"),
+)
+
+
+def _outcomes(answers: pathlib.Path) -> dict[str, bool]:
+  """Question id -> correct, from an evaluation's answers (empty where there are none)."""
+  if not answers.exists():
+    return {}
+  return {str(row["id"]): row["correct"] for row in map(json.loads, answers.read_text().splitlines())}
+
+
+def _base_sft_evaluation(root: pathlib.Path) -> pathlib.Path | None:
+  """The finished evaluation of the SFT student that every variant with the base's shared
+  settings shares, from the first such variant here."""
+  for name in VARIANTS:
+    evaluation = root / name / "eval" / "sft"
+    if not shared_settings(name) and (evaluation / "DONE.json").exists():
+      return evaluation
+  return None
+
+
+def _paired_with_base_sft(workdir: pathlib.Path, base_sft: pathlib.Path, task: str) -> dict:
+  base = _outcomes(base_sft / f"{task}.cot.jsonl")
+  paired = {}
+  for key, _, stage in BASE_SFT_COMPARISONS:
+    own = _outcomes(workdir / "eval" / stage / f"{task}.cot.jsonl")
+    if base and own.keys() == base.keys():
+      paired[key] = statistics.paired_comparison(base, own)
+  return paired
+
+
 ARITHMETIC_STAGES = (("sft", "SFT"), ("srit", "SRIT"), ("control", "control"))
 
 
@@ -407,16 +443,22 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   json_path = doc.with_suffix(".json")
   reported = json.loads(json_path.read_text()) if json_path.exists() else {}
   rows, round_rows, arithmetic_rows, summary = [], [], [], {}
+  base_sft = _base_sft_evaluation(root)
   for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
     if (root / name / "STUDY_DONE").exists() and results_path.exists():
       results = json.loads(results_path.read_text())
+      paired = results["paired"]
+      if shared_settings(name) and base_sft is not None:
+        paired = {
+          task: {**entry, **_paired_with_base_sft(root / name, base_sft, task)} for task, entry in paired.items()
+        }
       summary[name] = {
         "what": variant.what,
         "overrides": list(variant.overrides),
         "domains": results["domains"],
         "stages": results["stages"],
-        "paired": results["paired"],
+        "paired": paired,
         "pairs": results["pairs"],
         "rounds": _rounds(results),
         "arithmetic": _arithmetic(root / name, results),
@@ -426,7 +468,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
       summary[name] = reported[name]
     else:
       continue
-    for key, label in COMPARISONS:
+    for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS)):
       for task, domain in summary[name]["domains"].items():
         if key in summary[name]["paired"][task]:
           rows.append(_row(name, label, task, domain, summary[name]["paired"][task][key]))

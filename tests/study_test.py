@@ -225,3 +225,28 @@ def test_the_gpu_script_runs_every_variant_of_the_study():
   names = [name for value in values for name in value.split(",") if name]
   assert names[0] == "base" and len(names) == len(set(names))
   assert set(names) == set(_study_module().VARIANTS)
+
+
+def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_path):
+  root, doc = tmp_path / "runs", tmp_path / "study.md"
+  _finished(root, "base", srit_correct=32)
+  _finished(root, "cot_vs_direct_nll_demos_100", srit_correct=33)
+
+  def answers(variant: str, stage: str, correct: list[bool]) -> None:
+    evaluation = root / variant / "eval" / stage
+    evaluation.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"test-{i}", "generation": "The answer is 1.", "correct": c} for i, c in enumerate(correct)]
+    (evaluation / "wordmath.cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  answers("base", "sft", [True, True, False, False])
+  (root / "base" / "eval" / "sft" / "DONE.json").write_text("{}")
+  answers("cot_vs_direct_nll_demos_100", "sft", [True, False, False, False])
+  answers("cot_vs_direct_nll_demos_100", "srit", [True, True, True, False])
+  text, summary = _report(root, doc)
+  # Paired question by question with the base's SFT student: 2 of 4 right there.
+  assert "| cot_vs_direct_nll_demos_100 | SFT − base SFT | wordmath (in-domain) | 4 | 50.0 | 25.0 | -25.0 " in text
+  assert "| cot_vs_direct_nll_demos_100 | SRIT − base SFT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
+  paired = summary["cot_vs_direct_nll_demos_100"]["paired"]["wordmath"]["srit_vs_base_sft"]
+  assert (paired["only_first_correct"], paired["only_second_correct"]) == (0, 1)
+  # The base, taught as itself, is not paired with itself; a task without answers gets no row.
+  assert "| base | SFT − base SFT" not in text and "wordmath_ood (out-domain) | 4 |" not in text
