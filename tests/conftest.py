@@ -61,6 +61,12 @@ def subprocess_env(devices: int, **variables: str) -> dict:
 # compile-only TPU programs cannot be read back either (a warning, then a compile).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is installed for plan tests; run on CPU
+# Ops in their device's thread, as the command line runs them on emulated devices: a program
+# with collectives loaded from the compilation cache could otherwise wedge the shared pool.
+# (After the JAX_* settings above, which JAX reads when imported.)
+from srit_jax import sharding  # noqa: E402
+
+sharding.single_threaded_ops_on_emulated_devices()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import jax
 

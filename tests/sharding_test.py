@@ -1,5 +1,7 @@
 """Sharded loading on 8 emulated devices: same logits, and every parameter where its axes say."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -78,3 +80,27 @@ def test_init_params_on_a_mesh_are_created_sharded():
   assert kernel.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
   single = model_lib.init_params(config, jax.random.key(0))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), params, single)
+
+
+@pytest.mark.parametrize(
+  ("given", "expected"),
+  [
+    (
+      "--xla_force_host_platform_device_count=8",
+      "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false",
+    ),
+    (
+      "--xla_force_host_platform_device_count=1",
+      "--xla_force_host_platform_device_count=1",
+    ),  # one device: no pool to wedge
+    ("", ""),
+    (  # the user's own choice stands
+      "--xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=true",
+      "--xla_force_host_platform_device_count=4 --xla_cpu_multi_thread_eigen=true",
+    ),
+  ],
+)
+def test_ops_run_in_their_devices_thread_only_on_several_emulated_devices(monkeypatch, given, expected):
+  monkeypatch.setenv("XLA_FLAGS", given)
+  sharding.single_threaded_ops_on_emulated_devices()
+  assert os.environ["XLA_FLAGS"] == expected
