@@ -251,4 +251,3 @@ def test_killed_runs_resume_to_the_same_parameters_bit_for_bit(tiny_with_tokeniz
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
   steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert steps == list(range(1, 11)), "metrics of redone steps must replace, not repeat"
-
