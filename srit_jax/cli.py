@@ -414,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
       config = None
     print(command_help(name, config, config_name))
     return 0
-  from srit_jax import host_memory, preemption, sharding, topology
+  from srit_jax import host_memory, preemption, topology
 
   topology.quiet_libtpu_without_chips()  # before JAX looks for backends
-  sharding.single_threaded_ops_on_emulated_devices()
+  topology.single_threaded_ops_on_emulated_devices()
   host_memory.fewer_malloc_arenas()  # before XLA starts its threads
   try:
     remaining = _parse([argv[0], *argv[2:]])

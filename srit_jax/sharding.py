@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 from collections.abc import Sequence
 
 import jax
@@ -21,19 +19,6 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
-
-
-def single_threaded_ops_on_emulated_devices() -> None:
-  """Before JAX starts its backends: with several emulated CPU devices
-  (--xla_force_host_platform_device_count), each device runs its programs in a thread of its
-  own, and XLA:CPU also splits single ops over one shared pool, where a collective's
-  participants can wedge it for good (jax 0.10.2: a data-parallel SFT step over 8 emulated
-  devices, loaded from the compilation cache, hung at its second step on every try, and ran 30
-  steps with this). Ops then run in their device's thread, unless XLA_FLAGS says otherwise."""
-  given = os.environ.get("XLA_FLAGS", "")
-  devices = re.search(r"--xla_force_host_platform_device_count=(\d+)", given)
-  if devices and int(devices.group(1)) > 1 and "xla_cpu_multi_thread_eigen" not in given:
-    os.environ["XLA_FLAGS"] = f"{given} --xla_cpu_multi_thread_eigen=false".strip()
 
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (

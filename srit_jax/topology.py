@@ -5,7 +5,9 @@ description; nothing runs), and what each device holds.
 
 Names are the slice names of `gcloud` (v4-8, v5e-16, v5p-8, v6e-8, ...); v4 and v5p chips run
 as one device each (megacore), v5e and v6e have one core per chip. The HBM figures are what
-XLA reports as available per device for programs (a little under the chip's HBM).
+XLA reports as available per device for programs (a little under the chip's HBM). Also the
+settings a command makes before JAX starts its backends (libtpu on a host without chips,
+emulated CPU devices); this module imports no JAX, so they cost nothing at start-up.
 """
 
 from __future__ import annotations
@@ -86,6 +88,19 @@ def quiet_libtpu_without_chips() -> None:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def single_threaded_ops_on_emulated_devices() -> None:
+  """Before JAX starts its backends: with several emulated CPU devices
+  (--xla_force_host_platform_device_count), each device runs its programs in a thread of its
+  own, and XLA:CPU also splits single ops over one shared pool, where a collective's
+  participants can wedge it for good (jax 0.10.2: a data-parallel SFT step over 8 emulated
+  devices, loaded from the compilation cache, hung at its second step on every try, and ran 30
+  steps with this). Ops then run in their device's thread, unless XLA_FLAGS says otherwise."""
+  given = os.environ.get("XLA_FLAGS", "")
+  devices = re.search(r"--xla_force_host_platform_device_count=(\d+)", given)
+  if devices and int(devices.group(1)) > 1 and "xla_cpu_multi_thread_eigen" not in given:
+    os.environ["XLA_FLAGS"] = f"{given} --xla_cpu_multi_thread_eigen=false".strip()
 
 
 def tpu_devices(name: str):

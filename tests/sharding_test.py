@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
-from srit_jax import sharding
+from srit_jax import sharding, topology
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.model import decoder as model_lib
 
@@ -102,5 +102,5 @@ def test_init_params_on_a_mesh_are_created_sharded():
 )
 def test_ops_run_in_their_devices_thread_only_on_several_emulated_devices(monkeypatch, given, expected):
   monkeypatch.setenv("XLA_FLAGS", given)
-  sharding.single_threaded_ops_on_emulated_devices()
+  topology.single_threaded_ops_on_emulated_devices()
   assert os.environ["XLA_FLAGS"] == expected
