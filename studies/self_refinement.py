@@ -62,6 +62,12 @@ RPO = [
 # and checkpoint choice.
 COT_VS_DIRECT_NLL = tuple(o for o in RPO if "strategy" not in o and "num_cot" not in o and "num_direct" not in o)
 
+# cot_vs_direct_nll after SFT on 100 demonstrations, its control's last step exported: after
+# that SFT the control's held-out loss (the chosen answers' NLL) was flat, lowest at step 0 by
+# 7e-6, so best_heldout exported the SFT student as the control. The last step matches it to SRIT
+# (whose last step was its best) in steps kept as well as run.
+DEMOS_100_LAST_CONTROL = (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100", "control_select_checkpoint=last")
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -97,24 +103,14 @@ VARIANTS = {
     "cot_vs_direct_nll after SFT on a quarter of the demonstrations (100)",
     (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100"),
   ),
-  # After SFT on 100 demonstrations the control's held-out loss (the chosen answers' NLL) was
-  # flat, lowest at step 0 by 7e-6, so best_heldout exported the SFT student as the control.
-  # Exporting the control's last step matches it to SRIT (whose last step was its best) in steps
-  # kept as well as run; only the control and its evaluation rerun.
-  "cot_vs_direct_nll_demos_100_last_control": Variant(
+  "cot_vs_direct_nll_demos_100_last_control": Variant(  # only the control and its evaluation rerun
     "cot_vs_direct_nll_demos_100 with the control's last step exported (its held-out loss kept step 0)",
-    (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100", "control_select_checkpoint=last"),
+    DEMOS_100_LAST_CONTROL,
     parent="cot_vs_direct_nll_demos_100",
   ),
   "cot_vs_direct_nll_demos_100_seed_1": Variant(
     "cot_vs_direct_nll_demos_100_last_control with another sampling and shuffling seed",
-    (
-      *COT_VS_DIRECT_NLL,
-      "control=True",
-      "demos.limit=100",
-      "control_select_checkpoint=last",
-      "refine.sampling_seed=1",
-    ),
+    (*DEMOS_100_LAST_CONTROL, "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_demos_100_last_control",
   ),
   "cot_vs_direct_nll_new_questions": Variant(
@@ -350,13 +346,6 @@ BASE_SFT_COMPARISONS = (
 )
 
 
-def _outcomes(answers: pathlib.Path) -> dict[str, bool]:
-  """Question id -> correct, from an evaluation's answers (empty where there are none)."""
-  if not answers.exists():
-    return {}
-  return {str(row["id"]): row["correct"] for row in map(json.loads, answers.read_text().splitlines())}
-
-
 def _base_sft_evaluation(root: pathlib.Path) -> pathlib.Path | None:
   """The finished evaluation of the SFT student that every variant with the base's shared
   settings shares, from the first such variant here."""
@@ -368,10 +357,15 @@ def _base_sft_evaluation(root: pathlib.Path) -> pathlib.Path | None:
 
 
 def _paired_with_base_sft(workdir: pathlib.Path, base_sft: pathlib.Path, task: str) -> dict:
-  base = _outcomes(base_sft / f"{task}.cot.jsonl")
+  from srit_jax.phases.evaluate import per_question_outcomes  # JAX's import: only where a report needs it
+
+  def outcomes(answers: pathlib.Path) -> dict[str, bool]:
+    return per_question_outcomes(answers) if answers.exists() else {}
+
+  base = outcomes(base_sft / f"{task}.cot.jsonl")
   paired = {}
   for key, _, stage in BASE_SFT_COMPARISONS:
-    own = _outcomes(workdir / "eval" / stage / f"{task}.cot.jsonl")
+    own = outcomes(workdir / "eval" / stage / f"{task}.cot.jsonl")
     if base and own.keys() == base.keys():
       paired[key] = statistics.paired_comparison(base, own)
   return paired

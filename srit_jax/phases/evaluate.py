@@ -40,6 +40,12 @@ def score_generations(examples: Sequence[Example], completions: Sequence[Complet
   return rows
 
 
+def per_question_outcomes(answers: str | pathlib.Path) -> dict[str, bool]:
+  """Question id -> correct, from an evaluation's answers file (TASK.cot.jsonl): what paired
+  statistics compare."""
+  return {str(row["id"]): row["correct"] for _, row in io.read_records(answers)}
+
+
 def accuracy_entry(rows: list[dict]) -> dict:
   correct = sum(r["correct"] for r in rows)
   low, high = wilson_interval(correct, len(rows))

@@ -204,10 +204,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       phase.finish()
     eval_phases.append(phase)
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
-    outcomes[stage] = {
-      task: {str(row["id"]): row["correct"] for _, row in io.read_records(phase.dir / f"{task}.cot.jsonl")}
-      for task in stage_tasks
-    }
+    outcomes[stage] = {task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.jsonl") for task in stage_tasks}
 
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
   comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
@@ -283,9 +280,13 @@ def _refine_rounds(
       **shared,
     )
     if samples_from:
-      refine_config = _with(refine_config, loss_type="nll", nll_weight=0.0, label_smoothing=0.0)
-      if config.control_select_checkpoint:
-        refine_config = _with(refine_config, select_checkpoint=config.control_select_checkpoint)
+      refine_config = _with(
+        refine_config,
+        loss_type="nll",
+        nll_weight=0.0,
+        label_smoothing=0.0,
+        select_checkpoint=config.control_select_checkpoint or refine_config.select_checkpoint,
+      )
     if adapted:
       with refine_config.unlocked():
         refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
