@@ -74,6 +74,8 @@ class Variant:
   what: str
   overrides: tuple[str, ...] = ()
   parent: str = "base"  # whose finished phases it starts from
+  second_seed_of: str = ""  # the variant it draws again with another sampling seed
+  replaced_by: str = ""  # a rerun that stands for it in the recipes' verdicts (a control redone)
 
 
 VARIANTS = {
@@ -91,6 +93,7 @@ VARIANTS = {
   "cot_vs_direct_nll_seed_1": Variant(
     "cot_vs_direct_nll with another sampling and shuffling seed",
     (*COT_VS_DIRECT_NLL, "control=True", "refine.sampling_seed=1"),
+    second_seed_of="cot_vs_direct_nll",
   ),
   "slip_corrected_nll": Variant(
     "pairs aimed at the calculation that went wrong: a wrong CoT answer over the student's own continuation from "
@@ -102,6 +105,7 @@ VARIANTS = {
   "cot_vs_direct_nll_demos_100": Variant(
     "cot_vs_direct_nll after SFT on a quarter of the demonstrations (100)",
     (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100"),
+    replaced_by="cot_vs_direct_nll_demos_100_last_control",
   ),
   "cot_vs_direct_nll_demos_100_last_control": Variant(  # only the control and its evaluation rerun
     "cot_vs_direct_nll_demos_100 with the control's last step exported (its held-out loss kept step 0)",
@@ -112,6 +116,7 @@ VARIANTS = {
     "cot_vs_direct_nll_demos_100_last_control with another sampling and shuffling seed",
     (*DEMOS_100_LAST_CONTROL, "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_demos_100_last_control",
+    second_seed_of="cot_vs_direct_nll_demos_100_last_control",
   ),
   "cot_vs_direct_nll_new_questions": Variant(
     "cot_vs_direct_nll on 400 more training questions that no demonstration answers (600 in all)",
@@ -122,11 +127,13 @@ VARIANTS = {
     "cot_vs_direct_nll_new_questions with another sampling and shuffling seed (on cot_vs_direct_nll_seed_1's samples)",
     (*COT_VS_DIRECT_NLL, "control=True", "refine.new_questions=400", "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_seed_1",
+    second_seed_of="cot_vs_direct_nll_new_questions",
   ),
   "slip_corrected_nll_seed_1": Variant(
     "slip_corrected_nll with another sampling and shuffling seed (on cot_vs_direct_nll_seed_1's samples)",
     (*COT_VS_DIRECT_NLL, "refine.strategy=slip_corrected", "control=True", "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_seed_1",
+    second_seed_of="slip_corrected_nll",
   ),
   # Under Adam, which is nearly indifferent to the loss's scale, DPO + 10 x NLL trains as
   # 0.1 x DPO + NLL: the preference at a tenth of the weight it has in cot_vs_direct_nll, between
@@ -166,7 +173,11 @@ VARIANTS = {
   "correct_vs_incorrect": Variant(
     "pairs: a correct CoT answer over an incorrect one (20 steps)", ("refine.strategy=correct_vs_incorrect",)
   ),
-  "rpo_seed_1": Variant("rpo with another sampling and shuffling seed", (*RPO, "refine.sampling_seed=1")),
+  "rpo_seed_1": Variant(
+    "rpo with another sampling and shuffling seed, with its control",
+    (*RPO, "control=True", "refine.sampling_seed=1"),
+    second_seed_of="rpo",
+  ),
 }
 # Phases a variant may share with its parent; the pipeline reruns those whose settings differ.
 SHARED_PHASES = ("demos", "sft", "eval/untuned", "eval/sft")
@@ -400,6 +411,76 @@ def _arithmetic_cell(profile: dict | None) -> str:
   )
 
 
+# The rule for a new default (docs/self_refinement_study.md): a recipe becomes the default only
+# where, on each of two sampling seeds, SRIT beats SFT on every in-domain task and on at least
+# one out-of-domain task, and beats its compute-matched control on every in-domain task — each a
+# positive difference with McNemar p < 0.05.
+SIGNIFICANT = 0.05
+
+
+def _gain(paired: dict | None) -> bool:
+  return paired is not None and paired["difference"] > 0 and paired["mcnemar_p"] < SIGNIFICANT
+
+
+def _difference(paired: dict | None) -> str:
+  if paired is None:
+    return "—"
+  p = paired["mcnemar_p"]
+  return f"{100 * paired['difference']:+.1f} ({'p < 0.001' if p < 0.001 else f'p {p:.3f}'})"
+
+
+def _verdict_of_one_seed(variant: dict) -> tuple[list[str], list[str]]:
+  """(cells, what fails) of one finished variant against the rule: SRIT − SFT in-domain, the
+  best out-of-domain SRIT − SFT, SRIT − control in-domain."""
+  tasks = variant["domains"].items()
+  in_domain = [variant["paired"][t] for t, d in tasks if d == "in-domain"]
+  out_domain = {t: variant["paired"][t].get("srit_vs_sft") for t, d in tasks if d != "in-domain"}
+  best_out = max((t for t in out_domain if out_domain[t]), key=lambda t: out_domain[t]["difference"], default=None)
+  fails = []
+  if not all(_gain(p.get("srit_vs_sft")) for p in in_domain):
+    fails.append("no in-domain gain over SFT")
+  if not any(_gain(p) for p in out_domain.values()):
+    fails.append("no out-of-domain gain over SFT")
+  if not any("srit_vs_control" in p for p in in_domain):
+    fails.append("no control run")
+  elif not all(_gain(p.get("srit_vs_control")) for p in in_domain):
+    fails.append("not above its control")
+  cells = [
+    "; ".join(_difference(p.get("srit_vs_sft")) for p in in_domain),
+    f"{best_out} {_difference(out_domain[best_out])}" if best_out else "—",
+    "; ".join(_difference(p.get("srit_vs_control")) for p in in_domain),
+  ]
+  return cells, fails
+
+
+def verdicts(summary: dict) -> list[str]:
+  """A table row per recipe reported (its second seed beside it): each comparison of the rule
+  for a new default, and whether the recipe meets it."""
+  rows = []
+  for name, variant in summary.items():
+    definition = VARIANTS.get(name)
+    if definition is None or definition.second_seed_of or definition.replaced_by in summary:
+      continue
+    if not any("srit_vs_sft" in paired for paired in variant["paired"].values()):
+      continue
+    runs = [variant]
+    second = next((n for n, v in VARIANTS.items() if v.second_seed_of == name), None)
+    if second in summary:
+      runs.append(summary[second])
+    verdicts_by_seed = [_verdict_of_one_seed(run) for run in runs]
+    cells = [" / ".join(column) for column in zip(*(cells for cells, _ in verdicts_by_seed))]
+    first_fails = verdicts_by_seed[0][1]
+    if len(runs) == 1:
+      second_fails = [f"{'queued' if second else 'not defined'}"]
+    else:
+      second_fails = [fail for fail in verdicts_by_seed[1][1] if fail not in first_fails]
+    fails = ", ".join(first_fails) + ("; second seed: " + ", ".join(second_fails) if second_fails else "")
+    verdict = "no: " + fails.removeprefix("; ") if fails else "yes"
+    seeds = name if len(runs) == 1 else f"{name} / {second}"
+    rows.append(f"| {seeds} | " + " | ".join(cells) + f" | {verdict} |")
+  return rows
+
+
 def learning_curves(summary: dict, path: pathlib.Path) -> None:
   """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
   kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
@@ -484,6 +565,14 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   curves = doc.with_name(doc.stem + "_curves.png")
   learning_curves(summary, curves)
   table = [
+    "Each recipe against the rule for a new default (each seed's figure, first / second; a gain"
+    f" counts at McNemar p < {SIGNIFICANT}):",
+    "",
+    "| recipe (seeds) | SRIT − SFT in-domain | best out-of-domain SRIT − SFT | SRIT − control in-domain "
+    "| meets the rule |",
+    "|---|---:|---:|---:|---|",
+    *verdicts(summary),
+    "",
     "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
     "| only first / only second right | McNemar p | detectable, points |",
     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",

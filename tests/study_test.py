@@ -250,3 +250,55 @@ def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_
   assert (paired["only_first_correct"], paired["only_second_correct"]) == (0, 1)
   # The base, taught as itself, is not paired with itself; a task without answers gets no row.
   assert "| base | SFT − base SFT" not in text and "wordmath_ood (out-domain) | 4 |" not in text
+
+
+def test_each_recipe_is_judged_by_the_rule_for_a_new_default_on_both_seeds(tmp_path):
+  root, doc = tmp_path / "runs", tmp_path / "study.md"
+
+  def finished(variant: str, wordmath: dict, wordmath_ood: dict) -> None:
+    _finished(root, variant, srit_correct=30)
+    results = json.loads((root / variant / "results.json").read_text())
+    results["paired"] = {"wordmath": wordmath, "wordmath_ood": wordmath_ood}
+    (root / variant / "results.json").write_text(json.dumps(results))
+
+  def gain(points: int, p: float) -> dict:
+    return {**_paired(30, 30 + points), "mcnemar_p": p}
+
+  # Both seeds beat SFT in and out of domain and beat the control in-domain: the rule is met.
+  finished(
+    "cot_vs_direct_nll",
+    {"srit_vs_sft": gain(6, 0.001), "srit_vs_control": gain(3, 0.01)},
+    {"srit_vs_sft": gain(4, 0.02)},
+  )
+  finished(
+    "cot_vs_direct_nll_seed_1",
+    {"srit_vs_sft": gain(5, 0.001), "srit_vs_control": gain(2, 0.04)},
+    {"srit_vs_sft": gain(3, 0.03)},
+  )
+  # The second seed's out-of-domain gain misses p < 0.05; the first seed is below its control.
+  finished(
+    "slip_corrected_nll",
+    {"srit_vs_sft": gain(6, 0.001), "srit_vs_control": gain(-2, 0.01)},
+    {"srit_vs_sft": gain(4, 0.02)},
+  )
+  finished(
+    "slip_corrected_nll_seed_1",
+    {"srit_vs_sft": gain(5, 0.001), "srit_vs_control": gain(2, 0.04)},
+    {"srit_vs_sft": gain(3, 0.2)},
+  )
+  # One seed so far, no control.
+  finished("base", {"srit_vs_sft": gain(6, 0.001)}, {"srit_vs_sft": gain(4, 0.02)})
+  text, _ = _report(root, doc)
+  verdict_rows = [line for line in text.splitlines() if line.endswith("| yes |") or "| no: " in line]
+  rows = {line.split(" | ")[0].removeprefix("| "): line for line in verdict_rows}
+  assert len(rows) == len(verdict_rows) == 3
+  assert rows["cot_vs_direct_nll / cot_vs_direct_nll_seed_1"].endswith(
+    "| +6.0 (p 0.001) / +5.0 (p 0.001) | wordmath_ood +4.0 (p 0.020) / wordmath_ood +3.0 (p 0.030) "
+    "| +3.0 (p 0.010) / +2.0 (p 0.040) | yes |"
+  )
+  assert rows["slip_corrected_nll / slip_corrected_nll_seed_1"].endswith(
+    "| no: not above its control; second seed: no out-of-domain gain over SFT |"
+  )
+  assert rows["base"].endswith("| no: no control run; second seed: not defined |")
+  # A second seed has no row of its own.
+  assert "cot_vs_direct_nll_seed_1" not in rows and "slip_corrected_nll_seed_1" not in rows
