@@ -2,6 +2,7 @@
 the tpu extra), a fitting table for a tiny model, a named shortfall for an oversized one, and
 one-line errors for topologies, meshes and batches that cannot be."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -341,6 +342,18 @@ def test_the_rows_the_95_percent_rule_allows_double_while_the_training_steps_fit
   assert tpu_plan.rows_the_rule_allows(result(10.0, 12.0, 4.0)) == 16  # the DPO step: 1.8x, no doubling
   assert tpu_plan.rows_the_rule_allows(result(6.0, 6.0, 1.0)) == 16 * 8  # 10.2x: three doublings
   assert tpu_plan.rows_the_rule_allows(result(15.5, 10.0, 4.0)) is None  # over the line already
+
+
+def test_every_stored_plan_sets_its_variants_rows_by_the_95_percent_rule():
+  """configs/paper.py takes each planned variant's SFT rows from its stored plan: the most the
+  rule allows (a plan over the line already keeps its rows); a plan made at other rows is queued."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  results = json.loads(tpu_plan.RESULTS.read_text())
+  for variant, result in results.items():
+    allowed = tpu_plan.rows_the_rule_allows(result) or result["sft_rows"]
+    assert tpu_plan.configured_rows(variant)[0] == allowed, f"{variant}: SIZES gives other rows than its plan allows"
 
 
 def test_stored_plans_are_counted_again_from_the_config_as_it_is():
