@@ -123,7 +123,9 @@ def test_every_student_has_a_size_on_every_slice():
   from srit_jax.configs import paper
 
   assert set(paper.SIZES) == {(s, t) for s in paper.STUDENTS for t in paper.SLICES}
-  assert {method for method, _, _ in paper.SIZES.values()} <= {"full", "lora", "qlora"}
+  assert {method for method, *_ in paper.SIZES.values()} <= {"full", "lora", "qlora"}
+  # Rows per chip for each method: full, LoRA, QLoRA.
+  assert all(len(rows) == 3 and min(rows) >= 1 for _, *rows in paper.SIZES.values())
 
 
 HOSTILE = '~/runs/my run; touch PWNED "quoted" $(id) `id`'

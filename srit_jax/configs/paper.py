@@ -40,54 +40,55 @@ STUDENTS = {
 SLICES = ("v4-8", "v4-16", "v4-32", "v5e-8", "v5e-16", "v5e-32", "v5p-8", "v6e-8")
 METHODS = ("", "full", "lora", "qlora")
 
-# (student, slice): (its own method, training rows per chip for full, for lora/qlora). Measured
-# with `srit-jax plan` (docs/tpu.md): full fine-tuning is the default where its largest program
-# stays under 95% of a chip's HBM, and a planned variant's rows are the most the 95% rule
-# allows by its plan (# planned); the others' are estimates from the planned rows of the same
-# slice and method, until their plans.
+# (student, slice): (its own method, training rows per chip with full fine-tuning, with LoRA,
+# with QLoRA). Measured with `srit-jax plan` (docs/tpu.md): full fine-tuning is the default
+# where its largest program stays under 95% of a chip's HBM, and a planned variant's rows are
+# the most the 95% rule allows by its plan (# planned: the own method's; the other methods'
+# rows follow their own `,full` / `,lora` / `,qlora` plans); the others' are estimates from the
+# planned rows of the same slice and method, until their plans.
 SIZES = {
-  ("llama2_7b", "v4-8"): ("lora", 1, 16),  # planned; full fits at 1 row per chip, with 98% of HBM in use
-  ("llama2_7b", "v4-16"): ("full", 4, 4),  # planned
-  ("llama2_7b", "v4-32"): ("full", 8, 4),  # planned
-  ("llama2_7b", "v5e-8"): ("lora", 1, 16),  # planned
-  ("llama2_7b", "v5e-16"): ("full", 2, 4),  # planned
-  ("llama2_7b", "v5e-32"): ("full", 4, 4),  # planned
-  ("llama2_7b", "v5p-8"): ("full", 16, 8),  # planned
-  ("llama2_7b", "v6e-8"): ("full", 4, 4),  # planned
-  ("mistral_7b", "v4-8"): ("lora", 1, 16),  # planned
-  ("mistral_7b", "v4-16"): ("full", 4, 4),  # planned
-  ("mistral_7b", "v4-32"): ("full", 8, 4),  # planned
-  ("mistral_7b", "v5e-8"): ("lora", 1, 8),  # planned
-  ("mistral_7b", "v5e-16"): ("full", 1, 4),  # planned
-  ("mistral_7b", "v5e-32"): ("full", 4, 4),  # planned
-  ("mistral_7b", "v5p-8"): ("full", 16, 8),  # planned
-  ("mistral_7b", "v6e-8"): ("full", 4, 4),  # planned
-  ("llama2_13b", "v4-8"): ("lora", 1, 8),  # planned
-  ("llama2_13b", "v4-16"): ("lora", 1, 16),  # planned
-  ("llama2_13b", "v4-32"): ("full", 4, 4),  # planned
-  ("llama2_13b", "v5e-8"): ("qlora", 1, 4),  # planned
-  ("llama2_13b", "v5e-16"): ("lora", 1, 8),  # planned
-  ("llama2_13b", "v5e-32"): ("full", 1, 4),  # planned
-  ("llama2_13b", "v5p-8"): ("full", 4, 4),  # planned
-  ("llama2_13b", "v6e-8"): ("lora", 1, 16),  # planned
+  ("llama2_7b", "v4-8"): ("lora", 1, 16, 16),  # planned; full fits at 1 row per chip, with 98% of HBM in use
+  ("llama2_7b", "v4-16"): ("full", 4, 4, 4),  # planned
+  ("llama2_7b", "v4-32"): ("full", 8, 4, 4),  # planned
+  ("llama2_7b", "v5e-8"): ("lora", 1, 16, 16),  # planned
+  ("llama2_7b", "v5e-16"): ("full", 2, 4, 4),  # planned
+  ("llama2_7b", "v5e-32"): ("full", 4, 4, 4),  # planned
+  ("llama2_7b", "v5p-8"): ("full", 16, 8, 8),  # planned
+  ("llama2_7b", "v6e-8"): ("full", 4, 4, 4),  # planned
+  ("mistral_7b", "v4-8"): ("lora", 1, 16, 16),  # planned
+  ("mistral_7b", "v4-16"): ("full", 4, 4, 4),  # planned
+  ("mistral_7b", "v4-32"): ("full", 8, 4, 4),  # planned
+  ("mistral_7b", "v5e-8"): ("lora", 1, 8, 8),  # planned
+  ("mistral_7b", "v5e-16"): ("full", 1, 4, 4),  # planned
+  ("mistral_7b", "v5e-32"): ("full", 4, 4, 4),  # planned
+  ("mistral_7b", "v5p-8"): ("full", 16, 8, 8),  # planned
+  ("mistral_7b", "v6e-8"): ("full", 4, 4, 4),  # planned
+  ("llama2_13b", "v4-8"): ("lora", 1, 8, 8),  # planned
+  ("llama2_13b", "v4-16"): ("lora", 1, 16, 16),  # planned
+  ("llama2_13b", "v4-32"): ("full", 4, 4, 4),  # planned
+  ("llama2_13b", "v5e-8"): ("qlora", 1, 4, 4),  # planned
+  ("llama2_13b", "v5e-16"): ("lora", 1, 8, 8),  # planned
+  ("llama2_13b", "v5e-32"): ("full", 1, 4, 4),  # planned
+  ("llama2_13b", "v5p-8"): ("full", 4, 4, 4),  # planned
+  ("llama2_13b", "v6e-8"): ("lora", 1, 16, 16),  # planned
   # 9.2B parameters, a 256k vocabulary (logits of a 1024-position row: 1 GB in float32).
-  ("gemma2_9b", "v4-8"): ("lora", 1, 8),  # planned
-  ("gemma2_9b", "v4-16"): ("full", 1, 4),  # planned
-  ("gemma2_9b", "v4-32"): ("full", 8, 4),  # planned
-  ("gemma2_9b", "v5e-8"): ("lora", 1, 4),  # planned
-  ("gemma2_9b", "v5e-16"): ("full", 1, 4),  # planned
-  ("gemma2_9b", "v5e-32"): ("full", 4, 4),  # planned
-  ("gemma2_9b", "v5p-8"): ("full", 8, 4),  # planned
-  ("gemma2_9b", "v6e-8"): ("full", 1, 4),
+  ("gemma2_9b", "v4-8"): ("lora", 1, 8, 8),  # planned
+  ("gemma2_9b", "v4-16"): ("full", 1, 4, 4),  # planned
+  ("gemma2_9b", "v4-32"): ("full", 8, 4, 4),  # planned
+  ("gemma2_9b", "v5e-8"): ("lora", 1, 4, 4),  # planned
+  ("gemma2_9b", "v5e-16"): ("full", 1, 4, 4),  # planned
+  ("gemma2_9b", "v5e-32"): ("full", 4, 4, 4),  # planned
+  ("gemma2_9b", "v5p-8"): ("full", 8, 4, 4),  # planned
+  ("gemma2_9b", "v6e-8"): ("full", 1, 4, 4),  # planned
   # 8.2B parameters, a 152k vocabulary.
-  ("qwen3_8b", "v4-8"): ("lora", 1, 16),  # planned
-  ("qwen3_8b", "v4-16"): ("full", 1, 4),
-  ("qwen3_8b", "v4-32"): ("full", 2, 4),
-  ("qwen3_8b", "v5e-8"): ("lora", 1, 8),  # planned
-  ("qwen3_8b", "v5e-16"): ("full", 1, 4),
-  ("qwen3_8b", "v5e-32"): ("full", 2, 4),
-  ("qwen3_8b", "v5p-8"): ("full", 2, 8),
-  ("qwen3_8b", "v6e-8"): ("full", 1, 4),
+  ("qwen3_8b", "v4-8"): ("lora", 1, 16, 16),  # planned
+  ("qwen3_8b", "v4-16"): ("full", 1, 4, 4),
+  ("qwen3_8b", "v4-32"): ("full", 2, 4, 4),
+  ("qwen3_8b", "v5e-8"): ("lora", 1, 8, 8),  # planned
+  ("qwen3_8b", "v5e-16"): ("full", 1, 4, 4),
+  ("qwen3_8b", "v5e-32"): ("full", 2, 4, 4),
+  ("qwen3_8b", "v5p-8"): ("full", 2, 8, 8),
+  ("qwen3_8b", "v6e-8"): ("full", 1, 4, 4),
 }
 
 VARIANTS = (tuple(STUDENTS), SLICES, METHODS)  # student,slice[,method]
@@ -96,7 +97,7 @@ VARIANTS = (tuple(STUDENTS), SLICES, METHODS)  # student,slice[,method]
 def get_config(variant: str = ""):
   student, slice_name, method = variants(variant, __file__, *VARIANTS)
   hub_id, teacher_model = STUDENTS[student]
-  own_method, full_rows, adapter_rows = SIZES[(student, slice_name)]
+  own_method, *rows_per_chip = SIZES[(student, slice_name)]
   method = method or own_method
   chips = topology.SLICES[slice_name].devices
   config = pipeline.get_config()
@@ -114,7 +115,7 @@ def get_config(variant: str = ""):
   config.demos.num_samples = 2
   config.demos.keep = "correct"
 
-  rows = chips * (full_rows if method == "full" else adapter_rows)
+  rows = chips * dict(zip(("full", "lora", "qlora"), rows_per_chip))[method]
   for phase in (config.sft, config.refine):
     phase.dtype = "bfloat16"  # compute; master weights (or adapters) stay float32
     phase.param_dtype = "float32"
