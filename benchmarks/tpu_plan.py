@@ -27,6 +27,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 from absl import app, flags
 
 ROOT = pathlib.Path(__file__).parents[1]
+PAPER = ROOT / "srit_jax" / "configs" / "paper.py"
 RESULTS = ROOT / "benchmarks" / "results" / "tpu_plan.json"
 DOC = ROOT / "docs" / "tpu.md"
 
@@ -69,6 +70,44 @@ def rows_the_rule_allows(result: dict) -> int | None:
   while 2 * multiple <= factor:
     multiple *= 2
   return result["sft_rows"] * multiple
+
+
+ROWS_PER_CHIP = ("full", "lora", "qlora")  # the order of SIZES' rows per chip after the own method
+
+
+def set_rows_the_rule_allows(variant: str, result: dict, paper_file: pathlib.Path = PAPER) -> str | None:
+  """Sets the variant's training rows per chip in configs/paper.py's SIZES to what the 95% rule
+  allows by its plan (the own method's entry marked `# planned`); returns the change, or None
+  where there is none (the rows already are, or the planned rows are over the line)."""
+  rows = rows_the_rule_allows(result)
+  if rows is None:
+    return None
+  student, slice_name, *_ = variant.split(",")
+  key = f'("{student}", "{slice_name}"): ('
+  lines = paper_file.read_text().splitlines(keepends=True)
+  (index,) = [i for i, line in enumerate(lines) if line.strip().startswith(key)]
+  line = lines[index]
+  start = line.index(key) + len(key)
+  end = line.index(")", start)
+  own_method, *per_chip = [field.strip().strip('"') for field in line[start:end].split(",")]
+  column = ROWS_PER_CHIP.index(result["method"])
+  new = str(rows // result["devices"])
+  if per_chip[column] == new:
+    return None
+  change = f"{variant}: {result['method']} rows per chip {per_chip[column]} -> {new}"
+  per_chip[column] = new
+  code = line[:start] + ", ".join([f'"{own_method}"', *per_chip]) + line[end:]
+  if result["method"] == own_method and "# planned" not in code:
+    code = code.rstrip("\n") + "  # planned\n"
+  lines[index] = code
+  paper_file.write_text("".join(lines))
+  if paper_file == PAPER:  # the configs of this process follow
+    import importlib
+
+    from srit_jax.configs import paper
+
+    importlib.reload(paper)
+  return change
 
 
 def configured_rows(variant: str) -> tuple[int, int, int, int]:
@@ -407,20 +446,30 @@ def main(argv):
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
   recount(results)
   _save(results)
-  if options.doc_only:
-    variants = []
-  elif options.variants:
-    variants = options.variants
-  else:
-    variants = planning_queue(results)
-  for variant in variants:
+  given = list(options.variants or [])
+  planned_here = set()  # (variant, rows): each planned once a run
+
+  def next_variant() -> str | None:
+    """--variants in order; else the queue, taken again after each plan: a variant whose rows the
+    rule has just raised is planned again at them (after the unplanned ones)."""
+    if options.doc_only:
+      return None
+    if options.variants:
+      return given.pop(0) if given else None
+    queue = [v for v in planning_queue(results) if (v, configured_rows(v)) not in planned_here]
+    return queue[0] if queue else None
+
+  while variant := next_variant():
+    planned_here.add((variant, configured_rows(variant)))
     print(f"planning {variant}", flush=True)
     results[variant] = plan_variant(variant, options.prompt_length)
+    change = set_rows_the_rule_allows(variant, results[variant])
     _save(results)
     worst = max(results[variant]["programs"], key=lambda p: p["total_gb"])
     print(
       f"  {results[variant]['seconds']:.0f} s; largest {worst['name'][:40]} {worst['total_gb']:.2f} GB "
-      f"of {results[variant]['hbm_gb']:.2f}; fits: {all(p['fits'] for p in results[variant]['programs'])}",
+      f"of {results[variant]['hbm_gb']:.2f}; fits: {all(p['fits'] for p in results[variant]['programs'])}"
+      + (f"; configs/paper.py: {change} (the 95% rule; queued to be planned again)" if change else ""),
       flush=True,
     )
   print(DOC)

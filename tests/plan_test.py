@@ -5,6 +5,7 @@ one-line errors for topologies, meshes and batches that cannot be."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -342,6 +343,56 @@ def test_the_rows_the_95_percent_rule_allows_double_while_the_training_steps_fit
   assert tpu_plan.rows_the_rule_allows(result(10.0, 12.0, 4.0)) == 16  # the DPO step: 1.8x, no doubling
   assert tpu_plan.rows_the_rule_allows(result(6.0, 6.0, 1.0)) == 16 * 8  # 10.2x: three doublings
   assert tpu_plan.rows_the_rule_allows(result(15.5, 10.0, 4.0)) is None  # over the line already
+
+
+def test_a_plan_sets_its_methods_rows_per_chip_in_the_paper_config(tmp_path):
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import importlib.util
+
+  import tpu_plan
+
+  # The config as it is, with the two entries this test plans set to known rows.
+  text = tpu_plan.PAPER.read_text()
+  text = re.sub(r'  \("qwen3_8b", "v4-16"\): .*\n', '  ("qwen3_8b", "v4-16"): ("full", 1, 4, 4),\n', text)
+  text = re.sub(r'  \("qwen3_8b", "v5e-8"\): .*\n', '  ("qwen3_8b", "v5e-8"): ("lora", 1, 8, 8),  # planned\n', text)
+  paper_file = tmp_path / "paper.py"
+  paper_file.write_text(text)
+
+  def sizes():
+    spec = importlib.util.spec_from_file_location("paper_copy", paper_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SIZES
+
+  def plan(method, sft_rows, devices, step_gb, temporaries_gb):
+    programs = [{"name": name, "total_gb": step_gb, "temporaries_gb": temporaries_gb} for name in ("SFT", "DPO")]
+    return {"method": method, "devices": devices, "sft_rows": sft_rows, "hbm_gb": 32.0, "programs": programs}
+
+  before = sizes()
+  assert before[("qwen3_8b", "v4-16")] == ("full", 1, 4, 4)
+  # 8 rows over 8 chips, 10 GB fixed + 4 GB of temporaries: 95% of 32 GB allows 5.1x, so 4x the rows.
+  change = tpu_plan.set_rows_the_rule_allows("qwen3_8b,v4-16", plan("full", 8, 8, 14.0, 4.0), paper_file)
+  assert change == "qwen3_8b,v4-16: full rows per chip 1 -> 4"
+  assert sizes()[("qwen3_8b", "v4-16")] == ("full", 4, 4, 4)
+  assert _line(paper_file, '("qwen3_8b", "v4-16")').endswith("),  # planned\n")
+  assert tpu_plan.set_rows_the_rule_allows("qwen3_8b,v4-16", plan("full", 32, 8, 28.0, 16.0), paper_file) is None
+
+  # Another method's plan sets its own column only.
+  # 64 rows over 8 chips, 20 GB fixed + 4 GB: 2.6x fits, so twice the rows: 16 a chip.
+  change = tpu_plan.set_rows_the_rule_allows("qwen3_8b,v5e-8,qlora", plan("qlora", 64, 8, 24.0, 4.0), paper_file)
+  assert change == "qwen3_8b,v5e-8,qlora: qlora rows per chip 8 -> 16"
+  assert sizes()[("qwen3_8b", "v5e-8")] == ("lora", 1, 8, 16)
+
+  # Over the line already: nothing changes.
+  text = paper_file.read_text()
+  assert tpu_plan.set_rows_the_rule_allows("qwen3_8b,v5e-16", plan("full", 16, 16, 31.0, 8.0), paper_file) is None
+  assert paper_file.read_text() == text
+  others = [key for key in before if key[0] != "qwen3_8b"]
+  assert [sizes()[key] for key in others] == [before[key] for key in others]
+
+
+def _line(path, key: str) -> str:
+  return next(line for line in path.read_text().splitlines(keepends=True) if line.strip().startswith(key))
 
 
 def test_every_stored_plan_sets_its_variants_rows_by_the_95_percent_rule():
