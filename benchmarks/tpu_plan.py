@@ -313,9 +313,10 @@ def write_doc(results: dict) -> None:
     "generation batch. Prompts of 512 tokens; 384 new tokens. The last column: the SFT rows per",
     "step that would keep the training steps under 95% of HBM, the planned rows doubled while",
     "their temporaries, scaled with the rows, fit (they grow less than that: part is per",
-    "parameter). `configs/paper.py` (SIZES) takes each planned variant's rows from this column;",
-    "a variant whose rows changed shows them as queued and is planned again at them, so that its",
-    "row here describes the run it configures.",
+    "parameter). `benchmarks/tpu_plan.py` sets each planned variant's rows in `configs/paper.py`",
+    "(SIZES: rows per chip of its method) from this column; a variant whose rows changed shows",
+    "them as queued and is planned again at them, in the same run, so that its row here describes",
+    "the run it configures.",
     "",
     "| variant | method | chips | HBM/chip | SFT rows | DPO pairs | gen rows | SFT step | DPO step | ref. log-probs "
     "| refine sampler | eval sampler | fits | SFT rows under 95% |",
