@@ -118,6 +118,15 @@ def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_pat
   assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
 
 
+def test_the_reference_pass_shows_its_progress(tiny_student, tmp_path, capfd):
+  demos_file = _demos_file(tmp_path / "demos.jsonl")
+  config = _tiny_config(tiny_student, demos_file, num_steps=1, batch_size=4, precompute_reference=True)
+  refine.run(config, tmp_path / "run", progress=True)
+  pairs = len((tmp_path / "run" / "pairs.jsonl").read_text().splitlines())
+  batches = -(-pairs // max(4, 2 * 4))  # at least two pairs for each of the mesh's 4 devices
+  assert f"reference log-probs: 100%|██████████| {batches}/{batches}" in capfd.readouterr().err
+
+
 def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(monkeypatch, tmp_path):
   seen = {}
 

@@ -33,6 +33,7 @@ from io import BytesIO
 
 import jax
 import numpy as np
+import tqdm
 
 from srit_jax import host_memory, io, programs, sharding
 from srit_jax.configs import checks
@@ -232,10 +233,12 @@ class PairScorer:
   def _padded(self, indices: list[int]) -> list[int]:
     return indices + [indices[0]] * (self.batch_size - len(indices))  # whole batches: one compilation
 
-  def __call__(self, params, base=None) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, params, base=None, *, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair (chosen, rejected) log-prob sums; with `desc`, a progress bar of that name."""
     chosen, rejected = [], []
     process = jax.process_index()
-    for indices in self.chunks:
+    bar = tqdm.tqdm(self.chunks, desc=desc, unit="batch", disable=desc is None or process != 0)
+    for indices in bar:
       mine = self._padded(indices)[process * self.per_process : (process + 1) * self.per_process]
       local = pair_batches.make_pair_batch(
         self.pairs,
@@ -403,7 +406,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   if precompute_reference:
     reference_scorer = score(tokenized)
     reference = _cached_log_probs(
-      workdir / "reference_logps.npz", key, lambda: reference_scorer(reference_params, base)
+      workdir / "reference_logps.npz",
+      key,
+      lambda: reference_scorer(reference_params, base, desc="reference log-probs" if progress else None),
     )
   held_out_scorer = score(held_out) if held_out else None
   if held_out:
