@@ -282,10 +282,14 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep
     if not keep_checkpoints:
       drop_checkpoints(workdir)
     return
-  command = ["nice", "-n", "10", "srit-jax", "pipeline", f"--config={CONFIG}", *overrides, f"--workdir={workdir}"]
+  # The pipeline runs this checkout's package, as the study itself does, whichever `srit-jax`
+  # an editable install elsewhere would have put first on the PATH.
+  command = ["nice", "-n", "10", sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={CONFIG}"]
+  command += [*overrides, f"--workdir={workdir}"]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
-  subprocess.run(command, check=True, cwd=ROOT)
+  subprocess.run(command, check=True, cwd=ROOT, env=env)
   seconds = done.get("seconds", 0.0) + time.time() - start  # a rerun adds its own time
   marker.write_text(json.dumps({"seconds": seconds, "overrides": overrides}) + "\n")
   if not keep_checkpoints:
@@ -471,11 +475,13 @@ def verdicts(summary: dict) -> list[str]:
     cells = [" / ".join(column) for column in zip(*(cells for cells, _ in verdicts_by_seed))]
     first_fails = verdicts_by_seed[0][1]
     if len(runs) == 1:
-      second_fails = [f"{'queued' if second else 'not defined'}"]
+      second_fails = ["queued" if second else "not defined"]
     else:
       second_fails = [fail for fail in verdicts_by_seed[1][1] if fail not in first_fails]
-    fails = ", ".join(first_fails) + ("; second seed: " + ", ".join(second_fails) if second_fails else "")
-    verdict = "no: " + fails.removeprefix("; ") if fails else "yes"
+    parts = ([", ".join(first_fails)] if first_fails else []) + (
+      ["second seed: " + ", ".join(second_fails)] if second_fails else []
+    )
+    verdict = "no: " + "; ".join(parts) if parts else "yes"
     seeds = name if len(runs) == 1 else f"{name} / {second}"
     rows.append(f"| {seeds} | " + " | ".join(cells) + f" | {verdict} |")
   return rows

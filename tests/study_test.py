@@ -166,10 +166,11 @@ def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_pat
 
 def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(tmp_path, monkeypatch):
   study = _study_module()
-  commands = []
+  commands, environments = [], []
 
   def pipeline(command, **kwargs):
     commands.append(command)
+    environments.append(kwargs["env"])
     workdir = pathlib.Path(command[-1].removeprefix("--workdir="))
     workdir.mkdir(exist_ok=True)
     (workdir / "results.json").write_text("{}")
@@ -181,6 +182,9 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
     "--config.eval_untuned=False",  # the base's to evaluate
     "--config.eval.batch_size=256",
   ]
+  # The pipeline runs the study's own checkout, not whatever `srit-jax` is first on the PATH.
+  assert commands[0][3:6] == [sys.executable, "-m", "srit_jax.cli"]
+  assert environments[0]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
   marker = json.loads((tmp_path / "correct_vs_incorrect" / "STUDY_DONE").read_text())
   assert marker["overrides"] == commands[0][-4:-1]
   study.run_variant(tmp_path, "base")
