@@ -47,7 +47,7 @@ METHODS = ("", "full", "lora", "qlora")
 # rows follow their own `,full` / `,lora` / `,qlora` plans); the others' are estimates from the
 # planned rows of the same slice and method, until their plans.
 SIZES = {
-  ("llama2_7b", "v4-8"): ("lora", 1, 16, 16),  # planned; full fits at 1 row per chip, with 98% of HBM in use
+  ("llama2_7b", "v4-8"): ("lora", 1, 16, 32),  # planned; full fits at 1 row per chip, with 98% of HBM in use
   ("llama2_7b", "v4-16"): ("full", 4, 4, 4),  # planned
   ("llama2_7b", "v4-32"): ("full", 8, 4, 4),  # planned
   ("llama2_7b", "v5e-8"): ("lora", 1, 16, 16),  # planned
@@ -88,7 +88,7 @@ SIZES = {
   ("qwen3_8b", "v5e-16"): ("full", 1, 4, 4),
   ("qwen3_8b", "v5e-32"): ("full", 4, 4, 4),  # planned
   ("qwen3_8b", "v5p-8"): ("full", 8, 8, 8),  # planned
-  ("qwen3_8b", "v6e-8"): ("full", 1, 4, 4),
+  ("qwen3_8b", "v6e-8"): ("full", 2, 4, 4),  # planned
 }
 
 VARIANTS = (tuple(STUDENTS), SLICES, METHODS)  # student,slice[,method]
