@@ -200,6 +200,51 @@ def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, mon
   assert plan.cost is not None and shallow == [1, 2]
 
 
+@requires_libtpu
+def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_effort_counts(
+  tiny_with_tokenizer, tmp_path, monkeypatch
+):
+  """The shallow copies are compiled only for XLA's cost, with `COST_ONLY_OPTIONS` (a fraction
+  of the compile time at paper scale); the program itself, whose memory the plan reads, at the
+  default effort. Their FLOPs are the default effort's; bytes within the method's tolerance."""
+  from srit_jax import configs, programs, topology
+
+  block = configs.load("sft", "tiny")
+  block.model, block.batch_size = str(tiny_with_tokenizer), 16
+  devices, _ = topology.tpu_devices("v5e-8")
+  compiled_with = []
+  real = programs.compile_figures
+  monkeypatch.setattr(
+    programs, "compile_figures", lambda *a, **k: compiled_with.append(a[3] if len(a) > 3 else None) or real(*a, **k)
+  )
+  programs.programs(block, "sft", devices, prompt_length=16, figures_cache=tmp_path)
+  assert compiled_with == [None, programs.COST_ONLY_OPTIONS, programs.COST_ONLY_OPTIONS]
+  assert len(list(tmp_path.glob("*.json"))) == 3
+
+  model_config = programs._model_config(block, block.model)
+  lower, arguments = programs.sft_build(block, devices)(programs._shallow(model_config, 2), whole_rows=True)
+  least = real(lower, arguments, tmp_path, programs.COST_ONLY_OPTIONS)
+  default = real(lower, arguments, tmp_path)
+  assert least.cached and not default.cached  # the options are part of the figures' key
+  assert least.cost.flops == pytest.approx(default.cost.flops, rel=1e-3)
+  assert least.cost.bytes == pytest.approx(default.cost.bytes, rel=0.1)
+
+
+def test_plans_whose_cost_copies_compiled_otherwise_are_planned_again_last():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  from srit_jax import programs
+
+  first, second, *rest = tpu_plan.all_variants()
+  timed = {"devices": 4, "estimates": [{"phase": "sft"}]}
+  results = {
+    first: {**timed, **_planned_at(tpu_plan, first)},  # cost copies at the default effort
+    second: {**timed, **_planned_at(tpu_plan, second), "cost_options": dict(programs.COST_ONLY_OPTIONS)},
+  }
+  assert tpu_plan.planning_queue(results) == [*rest, first]
+
+
 def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_with_tokenizer, tmp_path, monkeypatch):
   """JAX cannot load a program compiled for a slice it is not on, so the plan keeps each
   program's figures by the lowered program's hash: the same program on the same devices is read
