@@ -156,9 +156,10 @@ FIGURES_VERSION = 1  # raised whenever what `compile_figures` reads of a program
 
 # The shallow copies compiled only for their cost are compiled with XLA's least effort on the
 # program's speed: their FLOPs are the same and their bytes within a few percent (llama2_7b's SFT
-# step on v5e-8 at depth 1 and 2: FLOPs equal to 6 digits, bytes +1.4% and +2.9%), in an eighth of
-# the time (24 s and 30 s instead of 194 s and 240 s on a 2-core CPU). Memory is never read
-# from them: every program's memory comes from its own compile at the default effort.
+# step on v5e-8 at depth 1 and 2: FLOPs equal to 6 digits, bytes +1.4% and +2.9%), the training
+# steps' in an eighth of the time (that step's: 24 s and 30 s instead of 194 s and 240 s on a
+# 2-core CPU; the samplers' copies take about 2 minutes either way). Memory is never read from
+# them: every program's memory comes from its own compile at the default effort.
 COST_ONLY_OPTIONS = {"exec_time_optimization_effort": -1.0}
 
 
