@@ -285,6 +285,16 @@ def time_table(results: dict) -> list[str]:
   untimed = [v for v in results if not results[v].get("estimates")]
   if untimed:
     lines += ["", f"{len(untimed)} variants were planned before the time estimate existed."]
+  from srit_jax import programs
+
+  default_effort = [v for v in timed if results[v].get("cost_options") != programs.COST_ONLY_OPTIONS]
+  if default_effort:
+    lines += [
+      "",
+      f"The bounds of {len(default_effort)} of these variants come from cost copies compiled at XLA's default",
+      "effort (planned before the least effort was used; queued to be planned again, which compiles",
+      "only the copies).",
+    ]
   return lines
 
 

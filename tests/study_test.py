@@ -87,8 +87,13 @@ def test_the_report_keeps_rows_whose_runs_are_gone_until_they_finish_again(tmp_p
 
 
 def _study_module():
+  """The study's script as a module, loaded once a process: loading it again defines its absl
+  flags again, which absl allows only while the old module object is alive (it tells a reload
+  from a second definition by the module's id, which a new module may reuse)."""
   import importlib.util
 
+  if "self_refinement_study" in sys.modules:
+    return sys.modules["self_refinement_study"]
   spec = importlib.util.spec_from_file_location("self_refinement_study", ROOT / "studies" / "self_refinement.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # its dataclasses look their module up
