@@ -126,6 +126,14 @@ def sizes_changed(variant: str, result: dict) -> bool:
   return configured_rows(variant) != planned
 
 
+def cost_copies_compiled_otherwise(result: dict) -> bool:
+  """Whether a plan's bounds came from cost copies compiled otherwise than plans compile them now
+  (`programs.COST_ONLY_OPTIONS`): it is planned again, so the time table has one method."""
+  from srit_jax import programs
+
+  return result.get("cost_options") != programs.COST_ONLY_OPTIONS
+
+
 def recount(results: dict) -> None:
   """Every stored estimate's calls and hours counted again from configs/paper.py as it is now:
   each program's bound per call stays; how often a run makes it (steps, questions, evaluations)
@@ -240,12 +248,11 @@ def time_table(results: dict) -> list[str]:
     "of every stage on every task. Whole splits (`limit` 0) count at the sizes their dataset cards",
     "publish: the paper configs sample all 7,473 GSM8K training questions and evaluate 21,354 test",
     "questions of eight tasks per stage (an upper bound: the teacher's wrong answers and",
-    "decontamination only remove questions). The columns are at 40%",
-    "of the roofline (MFU 40% where a program is compute-bound): a planning figure, not a measurement.",
-    "The calls are counted again from `configs/paper.py` each time this table is written (no",
-    "compile needed when only steps, questions or evaluations change). MMLU's 14,042 test",
-    "questions are two thirds of the 21,354 each stage answers; `--config.eval.limit=N` caps",
-    "every task at its first N.",
+    "decontamination only remove questions). The columns are at 40% of the roofline (MFU 40% where",
+    "a program is compute-bound): a planning figure, not a measurement. The calls are counted again",
+    "from `configs/paper.py` each time this table is written (no compile needed when only steps,",
+    "questions or evaluations change). MMLU's 14,042 test questions are two thirds of the 21,354",
+    "each stage answers; `--config.eval.limit=N` caps every task at its first N.",
     "",
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -285,9 +292,7 @@ def time_table(results: dict) -> list[str]:
   untimed = [v for v in results if not results[v].get("estimates")]
   if untimed:
     lines += ["", f"{len(untimed)} variants were planned before the time estimate existed."]
-  from srit_jax import programs
-
-  default_effort = [v for v in timed if results[v].get("cost_options") != programs.COST_ONLY_OPTIONS]
+  default_effort = [v for v in timed if cost_copies_compiled_otherwise(results[v])]
   if default_effort:
     lines += [
       "",
@@ -450,16 +455,10 @@ def planning_queue(results: dict) -> list[str]:
   """What to plan: the unplanned variants first, then those whose rows changed since their plan,
   then those planned without bounds per call, then those whose bounds came from cost copies
   compiled otherwise than the planner compiles them now (one method for every row of the table)."""
-  from srit_jax import programs
-
   queue = [v for v in all_variants() if v not in results]
   queue += [v for v in all_variants() if v in results and sizes_changed(v, results[v])]
   queue += [v for v in all_variants() if v in results and v not in queue and not results[v].get("estimates")]
-  queue += [
-    v
-    for v in all_variants()
-    if v in results and v not in queue and results[v].get("cost_options") != programs.COST_ONLY_OPTIONS
-  ]
+  queue += [v for v in all_variants() if v in results and v not in queue and cost_copies_compiled_otherwise(results[v])]
   return queue
 
 

@@ -158,8 +158,9 @@ FIGURES_VERSION = 1  # raised whenever what `compile_figures` reads of a program
 # program's speed: their FLOPs are the same and their bytes within a few percent (llama2_7b's SFT
 # step on v5e-8 at depth 1 and 2: FLOPs equal to 6 digits, bytes +1.4% and +2.9%), the training
 # steps' in an eighth of the time (that step's: 24 s and 30 s instead of 194 s and 240 s on a
-# 2-core CPU; the samplers' copies take about 2 minutes either way). Memory is never read from
-# them: every program's memory comes from its own compile at the default effort.
+# 2-core CPU; the samplers' copies take about 2 minutes either way; benchmarks/plan_cost_effort.py,
+# figures in benchmarks/RESULTS.md). Memory is never read from them: every program's memory comes
+# from its own compile at the default effort.
 COST_ONLY_OPTIONS = {"exec_time_optimization_effort": -1.0}
 
 
@@ -220,7 +221,7 @@ def compile_figures(
       entry = figures_cache / f"{_figures_key(lowered, arguments, compiler_options)}.json"
       if (cached := _cached_figures(entry)) is not None:
         return cached
-    compiled = lowered.compile(compiler_options=compiler_options) if compiler_options else lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options)
   except Exception as e:  # XLA refuses a program that cannot fit: its report is the finding
     text = str(e)
     found, allocation = _TEMPORARIES.search(text), _ALLOCATION.search(text)
