@@ -257,7 +257,7 @@ def time_table(results: dict) -> list[str]:
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  uncounted = replanned = False
+  uncounted = replanned = uncompiled = False
   for variant in timed:
     r = results[variant]
     stale = sizes_changed(variant, r)
@@ -268,10 +268,16 @@ def time_table(results: dict) -> list[str]:
         unknown.add(x["phase"])
       else:
         hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
+    # A program that did not compile (out of HBM at its rows) has no cost to bound its phase by.
+    failed = {p["phase"] for p in r.get("programs", ()) if p.get("error")}
     uncounted |= bool(unknown)
+    uncompiled |= bool(failed)
     total, chips = sum(hours.values()), r["devices"]
-    at_least = "≥ " if unknown else ""
-    phases = ["n/a" if p in unknown else _at_40_percent(hours.get(p, 0)) for p in ("sft", "refine", "eval")]
+    at_least = "≥ " if unknown or failed else ""
+    phases = [
+      "✗" if p in failed else "n/a" if p in unknown else _at_40_percent(hours.get(p, 0))
+      for p in ("sft", "refine", "eval")
+    ]
     lines.append(
       f"| `{variant}`{' ¹' if stale else ''} | {chips} | {' | '.join(phases)} | {at_least}{_at_40_percent(total)} "
       f"| {at_least}{_at_40_percent(total * chips)} | {at_least}{total * chips:.3g} |"
@@ -281,6 +287,12 @@ def time_table(results: dict) -> list[str]:
       "",
       "n/a: a phase reads a whole split whose size the plan does not know; the run's figures",
       "then count the other phases only (≥).",
+    ]
+  if uncompiled:
+    lines += [
+      "",
+      "✗: one of the phase's programs does not compile on the slice (out of HBM at its rows: the",
+      "table above), so it has no bound; the run's figures count the other phases only (≥).",
     ]
   if replanned:
     lines += [

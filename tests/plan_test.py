@@ -306,6 +306,25 @@ def test_the_time_table_says_which_phases_it_could_not_count():
   assert cells[2:] == ["0.5", "n/a", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
 
 
+def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  variant = tpu_plan.all_variants()[0]
+  estimates = [
+    {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": 1, "hours_bound": hours, "assumption": ""}
+    for phase, hours in (("refine", 0.2), ("eval", 0.1))
+  ]
+  programs = [{"phase": "sft", "error": "RESOURCE_EXHAUSTED: Ran out of memory on HBM"}, {"phase": "eval", "error": ""}]
+  results = {variant: {"devices": 4, "estimates": estimates, "programs": programs, **_planned_at(tpu_plan, variant)}}
+  table = tpu_plan.time_table(results)
+  (row,) = [line for line in table if line.startswith(f"| `{variant}`")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # SFT's step did not compile: no hours for it, and the run's figures are at least the others'
+  assert cells[2:] == ["✗", "0.5", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
+  assert any(line.startswith("✗: one of the phase's programs does not compile") for line in table)
+
+
 def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_planned():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan
