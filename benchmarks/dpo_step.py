@@ -29,7 +29,10 @@ and run, unread) and on the chosen answers alone with no reference, as refine ru
 2R, every projection) over the frozen base, as the study's `lora` variant does. With
 --epoch_steps=N each layout also trains N successive batches of the epoch twice, timed from
 first to last (every row count compiled before): each batch with only the rows its pairs need
-(as refine runs: `PairBatchIterator.trim_rows`) and each with the most any of them needs.
+(as refine runs: `PairBatchIterator.trim_rows`) and each with the most any of them needs. With
+--output_at=every,answers each layout runs with the output layer (the vocabulary projection and
+its softmax) at every position of its rows and at their answer positions alone (as refine runs:
+`PairBatchIterator.answer_positions`, the most any timed batch needs, rounded up).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ _LOSS_TYPE = flags.DEFINE_enum(
 _LORA_RANKS = flags.DEFINE_list("lora_ranks", ["0"], "on --pairs_file: full fine-tuning (0) and/or LoRA of these ranks")
 _EPOCH_STEPS = flags.DEFINE_integer(
   "epoch_steps", 0, "on --pairs_file: time this many successive steps with each batch's own rows and with the most"
+)
+_OUTPUT_AT = flags.DEFINE_list(
+  "output_at", ["every"], "on --pairs_file: the output layer at every position and/or at the answers alone"
 )
 _UNEVEN_PAIRS = flags.DEFINE_integer(
   "uneven_pairs", 0, "time each packing on this many random pairs shaped like the study's (no tokenizer needed)"
@@ -114,8 +120,9 @@ def _with_reference(model, host: list[dict]) -> None:
     batch.update(ref_chosen_logps=jax.device_get(chosen), ref_rejected_logps=jax.device_get(rejected))
 
 
-def _jit_step(model, config, tx, layout, precomputed: bool, loss_type: str):
-  """(state, LoRA base, our jitted step) for `config` on `layout`'s batches."""
+def _jit_step(model, config, tx, layout, precomputed: bool, loss_type: str, answer_positions: bool = False):
+  """(state, LoRA base, our jitted step) for `config` on `layout`'s batches (listing their answer
+  positions with `answer_positions`)."""
   from srit_jax.training import dpo_step
 
   state, base = common.initial_state(model, config, tx)
@@ -127,6 +134,7 @@ def _jit_step(model, config, tx, layout, precomputed: bool, loss_type: str):
     precomputed_reference=precomputed,
     num_microbatches=_MICROBATCHES.value,
     branched=layout.packing == "shared_prompt",
+    answer_positions=answer_positions,
     loss_type=loss_type,
   )
   return state, base, step
@@ -184,10 +192,19 @@ def epoch(model, pairs, layout, loss_type: str) -> dict:
   return figures
 
 
-def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = "sigmoid", config=None) -> dict:
+def ours(
+  model,
+  batches,
+  layout,
+  precomputed: bool,
+  rows: int,
+  loss_type: str = "sigmoid",
+  config=None,
+  answer_positions: int = 0,
+) -> dict:
   """Our step on `batches` (a list of index lists, one per call, cycled) of the pairs in `layout`,
   of `config` (default the model's; with LoRA, its adapters over the frozen base, the reference
-  precomputed)."""
+  precomputed); the output layer at `answer_positions` a row (0: at every position)."""
   import jax
 
   from srit_jax import configs, sharding
@@ -197,14 +214,17 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
   pairs, index_lists = batches
   k = _MICROBATCHES.value
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
-  host = [pair_batches.make_pair_batch(pairs, indices, layout, rows, num_microbatches=k) for indices in index_lists]
+  host = [
+    pair_batches.make_pair_batch(pairs, indices, layout, rows, num_microbatches=k, answer_positions=answer_positions)
+    for indices in index_lists
+  ]
   reference = None
   if precomputed:  # one pass over the pairs, before training
     _with_reference(model, host)
   else:
     reference = jax.tree.map(lambda x: x.astype(model.config.dtype), model.params)
   config = config or model.config
-  state, base, step = _jit_step(model, config, tx, layout, precomputed, loss_type)
+  state, base, step = _jit_step(model, config, tx, layout, precomputed, loss_type, bool(answer_positions))
   on_mesh = [sharding.shard_rows(batch, model.mesh) for batch in host]
   start = time.perf_counter()
   compiled = step.lower(state, reference, on_mesh[0], base).compile()
@@ -229,6 +249,7 @@ def ours(model, batches, layout, precomputed: bool, rows: int, loss_type: str = 
     "lora_rank": config.lora_rank,
     "rows": rows * k,
     "row_length": layout.row_length,
+    "answer_positions": answer_positions,
     "positions_per_step": positions,
     "padding_share": 1 - tokens / positions,
   }
@@ -253,21 +274,25 @@ def each_packing(model, peak, pairs) -> dict:
   runs = []
   for packing in _PACKINGS.value:
     for factor in [1] if packing == "none" else map(int, _PACK_LENGTHS.value):
-      for chosen_only, rank in itertools.product(
-        [False, True] if loss_type == "nll" else [False], map(int, _LORA_RANKS.value)
+      for chosen_only, rank, output_at in itertools.product(
+        [False, True] if loss_type == "nll" else [False], map(int, _LORA_RANKS.value), _OUTPUT_AT.value
       ):
         layout = pair_batches.PairLayout(packing, factor * _MAX_LENGTH.value, chosen_only)
         iterator = pair_batches.PairBatchIterator(
           pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
         )
         rows = iterator.rows_for_steps(steps)
+        answers = 0
+        if output_at == "answers":
+          answers = pair_batches.answer_positions_per_row(iterator.answer_positions_for_steps(steps), layout.row_length)
         index_lists = [iterator.next_indices() for _ in range(steps)]
         config = common.lora_config(model.config, rank) if rank else model.config
-        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, config)
-        step_flops = flops.dpo_step_flops(config, figures["rows"], layout.row_length, False)
+        figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, config, answers)
+        step_flops = flops.dpo_step_flops(config, figures["rows"], layout.row_length, False, answers or None)
         figures.update(
           packing=packing,
           chosen_only=chosen_only,
+          output_at=output_at,
           pairs_per_s=_BATCH_SIZE.value / figures["step_s"],
           mfu=step_flops / figures["step_s"] / peak,
         )
@@ -275,6 +300,7 @@ def each_packing(model, peak, pairs) -> dict:
           figures["epoch"] = epoch(model, pairs, layout, loss_type)
         runs.append(figures)
         what = f"{packing} x{factor}{', chosen only' if chosen_only else ''}{f', LoRA rank {rank}' if rank else ''}"
+        what += f", output layer at {f'{answers} answer positions a row' if answers else 'every position'}"
         print(f"{what}: {figures['pairs_per_s']:.3f} pairs/s, padding {figures['padding_share']:.2f}")
   unpacked = next((r for r in runs if r["packing"] == "none" and not r["chosen_only"] and not r["lora_rank"]), None)
   for run in runs:

@@ -194,16 +194,22 @@ def test_dpo_step_times_every_packing_on_real_pairs(tmp_path, tiny_with_tokenize
     "--pack_lengths=2",
     "--max_length=96",
     "--batch_size=2",
+    "--output_at=every,answers",
   )
   real = figures["real_pairs"]
   assert real["pairs"] == 6 and real["mean_tokens"]["shared_prompt"] > 10
-  by_packing = {run["packing"]: run for run in real["runs"]}
-  assert set(by_packing) == {"none", "sides", "shared_prompt"}
+  by_packing = {(run["packing"], run["output_at"]): run for run in real["runs"]}
+  assert set(by_packing) == {(p, at) for p in ("none", "sides", "shared_prompt") for at in ("every", "answers")}
   for run in real["runs"]:
     assert _positive(run["pairs_per_s"]) and 0 <= run["padding_share"] < 1
   # One row per side holds the most positions; sharing the prompt the fewest.
-  positions = {name: run["positions_per_step"] for name, run in by_packing.items()}
+  positions = {name: run["positions_per_step"] for (name, at), run in by_packing.items() if at == "every"}
   assert positions["none"] >= positions["sides"] > positions["shared_prompt"]
+  # At the answers alone the output layer runs at fewer positions than the rows hold: fewer FLOPs.
+  for packing in ("none", "sides", "shared_prompt"):
+    every, answers = by_packing[packing, "every"], by_packing[packing, "answers"]
+    assert every["answer_positions"] == 0 < answers["answer_positions"] < answers["row_length"]
+    assert answers["mfu"] * answers["step_s"] < every["mfu"] * every["step_s"]
 
 
 def test_dpo_step_times_an_epoch_with_each_batch_holding_only_the_rows_it_needs(tmp_path, tiny_with_tokenizer):

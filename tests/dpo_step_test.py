@@ -193,7 +193,8 @@ def test_microbatched_step_equals_one_pass(tiny, precomputed):
   options = dict(steps=2, nll_weight=0.3, beta=0.5)
   whole_state, whole = _run(config, params, ref, batch, **options)
   for k in (2, 4):
-    dealt = _pairs(pairs=8, packing="shared_prompt", row_length=24, num_microbatches=k)
+    # With 4, the rows also list their answer positions (dealt with the rows).
+    dealt = _pairs(pairs=8, packing="shared_prompt", row_length=24, num_microbatches=k, answers=k == 4)
     if precomputed:
       dealt.update(ref_chosen_logps=batch["ref_chosen_logps"], ref_rejected_logps=batch["ref_rejected_logps"])
     state, metrics = _run(config, params, ref, dealt, num_microbatches=k, **options)
@@ -223,8 +224,11 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   shardings = state_shardings(state, config, mesh)
   state = jax.device_put(state, shardings)
   mesh_ref = None if precomputed else jax.device_put(ref, shardings.params)
-  step = dpo.jit_dpo_step(state, config, tx, mesh, precomputed_reference=precomputed)
-  mesh_batch = jax.device_put(batch, dpo.pair_batch_shardings(mesh, precomputed))
+  # The sharded run's rows list their answer positions: the output layer there alone.
+  listed = _pairs(answers=True)
+  batch = {**batch, "rows": listed["rows"]}
+  step = dpo.jit_dpo_step(state, config, tx, mesh, precomputed_reference=precomputed, answer_positions=True)
+  mesh_batch = jax.device_put(batch, dpo.pair_batch_shardings(mesh, precomputed, answer_positions=True))
   assert mesh_batch["rows"]["tokens"].shape[0] % 4 == 0
   for _ in range(2):
     state, metrics = jax.block_until_ready(step(state, mesh_ref, mesh_batch, None))  # one run at a time: conftest

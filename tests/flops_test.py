@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from srit_jax.model import decoder, presets
-from srit_jax.training import flops, sft_step
+from srit_jax.training import flops, losses, sft_step
 
 BATCH, LENGTH = 2, 64
 BASE = dataclasses.replace(
@@ -56,6 +56,18 @@ def test_forward_and_full_step_flops_match_xla(trees):
   step = _xla_flops(jax.grad(lambda p: _loss(BASE, p)), params)
   assert flops.forward_flops(BASE, BATCH, LENGTH) == pytest.approx(forward, rel=0.05)
   assert flops.train_step_flops(BASE, BATCH, LENGTH) == pytest.approx(step, rel=0.05)
+
+
+def test_the_output_layer_at_some_positions_is_counted_at_those_alone(trees):
+  params, _ = trees
+  some = LENGTH // 4
+  at = jnp.broadcast_to(jnp.arange(some), (BATCH, some))
+  loss = lambda p: -jnp.sum(losses.token_log_probs(BASE, p, _batch(), chunk_size=LENGTH, at=at))
+  forward, step = _xla_flops(loss, params), _xla_flops(jax.grad(loss), params)
+  assert flops.forward_flops(BASE, BATCH, LENGTH, some) == pytest.approx(forward, rel=0.02)
+  assert flops.train_step_flops(BASE, BATCH, LENGTH, some) == pytest.approx(step, rel=0.02)
+  everywhere = _xla_flops(jax.grad(lambda p: _loss(BASE, p)), params)
+  assert step < everywhere - 0.5 * 3 * 2 * BATCH * (LENGTH - some) * BASE.embed_dim * BASE.vocab_size
 
 
 def test_lora_step_flops_leave_out_the_frozen_base_gradients(trees):

@@ -1,5 +1,6 @@
 """Preference pairs in rows: every packing gives the log-probs, losses and gradients of one row
-per side; the layouts themselves; the iterator's state, shares and row count."""
+per side, and so does the output layer at the answer positions alone; the layouts themselves;
+the iterator's state, shares, row count and answer positions."""
 
 import jax
 import numpy as np
@@ -44,6 +45,45 @@ def test_packed_pairs_give_the_log_probs_losses_and_gradients_of_one_row_per_sid
   reference = [np.asarray(x) - 0.5 for x in expected]
   grads = [jax.grad(_dpo_loss, argnums=1)(config, params, b, reference) for b in (unpacked, packed)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+
+
+@pytest.mark.parametrize("packing, factor", [("none", 1), *LAYOUTS])
+@pytest.mark.parametrize("chosen_only", [False, True])
+def test_the_output_layer_at_answer_positions_alone_gives_the_log_probs_losses_and_gradients(
+  tiny, packing, factor, chosen_only
+):
+  config, params = tiny
+  pairs = random_pairs(12, seed=7, prompt=(3, 12), chosen=(2, 14), rejected=(1, 4))
+  row_length = int(factor * max_side(pairs))
+  everywhere = pair_batch(pairs, packing, row_length, chosen_only=chosen_only)
+  at_answers = pair_batch(pairs, packing, row_length, chosen_only=chosen_only, answers=True)
+  at = at_answers["rows"][pair_batches.ANSWER_FIELD]
+  assert at.shape[1] < row_length  # fewer positions through the output layer than the row holds
+  expected = dpo_step.pair_log_probs(config, params, everywhere)
+  got = dpo_step.pair_log_probs(config, params, at_answers)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-5)
+  reference = [np.asarray(x) - 0.5 for x in expected]
+  grads = [jax.grad(_dpo_loss, argnums=1)(config, params, b, reference) for b in (everywhere, at_answers)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *grads)
+
+
+def test_answer_positions_list_each_rows_answer_tokens_then_the_row_length():
+  pairs = [
+    pair_batches.TokenizedPair(TokenizedExample([5, 6, 7, 8], [0, 0, 1, 1]), TokenizedExample([5, 6, 9], [0, 0, 1]))
+  ]
+  batch = pair_batch(pairs, "shared_prompt", 6, answers=True)
+  # The trunk predicts 6; the chosen branch 7 and 8 (positions 1, 2); the rejected branch 9 (position 3).
+  assert batch["rows"]["loss_weights"][0].tolist() == [0, 1, 1, 1, 0, 0]
+  assert batch["rows"][pair_batches.ANSWER_FIELD].tolist() == [[1, 2, 3]]
+  wide = pair_batches.make_pair_batch(pairs, [0], pair_batches.PairLayout("shared_prompt", 6), 2, answer_positions=5)
+  assert wide["rows"][pair_batches.ANSWER_FIELD].tolist() == [[1, 2, 3, 6, 6], [6] * 5]  # padding: past the end
+  with pytest.raises(ValueError, match="3 answer positions, more than answer_positions=2"):
+    pair_batches.make_pair_batch(pairs, [0], pair_batches.PairLayout("shared_prompt", 6), 1, answer_positions=2)
+  # A run's width: rounded up, and none where it would not be shorter than the row.
+  assert pair_batches.answer_positions_per_row(1, 448) == pair_batches.ANSWER_MULTIPLE
+  assert pair_batches.answer_positions_per_row(168, 448) == 192
+  assert pair_batches.answer_positions_per_row(420, 448) == 0
 
 
 def test_shared_prompt_rows_hold_the_prompt_once_and_each_answer_as_a_branch():
@@ -127,13 +167,16 @@ def test_packed_pairs_equal_one_row_per_side_under_lora(hf_model_dir):
   model = loading.load_model(hf_model_dir("llama")[0], lora=_lora())
   adapters = jax.tree.map(lambda x: x + 0.01 * np.random.default_rng(0).normal(size=x.shape), model.adapters)
   pairs = random_pairs(8, seed=5)
-  batches = [pair_batch(pairs), _layout_batch(pairs, "shared_prompt", 2)]
+  shared = lambda **kw: pair_batch(pairs, "shared_prompt", 2 * max_side(pairs), **kw)
+  batches = [pair_batch(pairs), shared(), shared(answers=True)]  # the last: the output layer at answers alone
   logps = [dpo_step.pair_log_probs(model.config, adapters, b, base=model.params) for b in batches]
-  for a, b in zip(*logps):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  for packed in logps[1:]:
+    for a, b in zip(packed, logps[0]):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   reference = [np.asarray(x) - 0.5 for x in logps[0]]
   grads = [jax.grad(_dpo_loss, argnums=1)(model.config, adapters, b, reference, model.params) for b in batches]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+  for packed in grads[1:]:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), packed, grads[0])
 
 
 def test_iterator_state_shares_and_the_row_count_of_a_run():
@@ -153,11 +196,24 @@ def test_iterator_state_shares_and_the_row_count_of_a_run():
   iterator = make(num_microbatches=2)
   rows = iterator.rows_for_steps(6)
   assert iterator.get_state() == {"epoch": 0, "index": 0}
-  needs = []
+  answers = iterator.answer_positions_for_steps(6)
+  assert iterator.get_state() == {"epoch": 0, "index": 0}
+  needs, answer_needs = [], []
   for _ in range(6):
     indices = iterator.next_indices()
     needs.append(layout.rows_needed(pairs, indices, 2))
+    answer_needs.append(layout.answer_positions_needed(pairs, indices, 2))
   assert rows == max(needs)
+  assert answers == max(answer_needs) and len(set(answer_needs)) > 1
+  # Its batches list the answer positions of every row: where the loss weights are.
+  iterator = make(num_microbatches=2, rows_per_microbatch=rows)
+  iterator.answer_positions = answers
+  for _ in range(6):
+    batch = next(iterator)
+    listed = batch["rows"][pair_batches.ANSWER_FIELD]
+    for weights_row, listed_row in zip(batch["rows"]["loss_weights"], listed):
+      padding = [layout.row_length] * (answers - int(weights_row.sum()))
+      assert listed_row.tolist() == [*np.flatnonzero(weights_row), *padding]
 
   # Each process keeps its share; slots number the whole batch's pairs per microbatch.
   reference = (np.arange(10.0), -np.arange(10.0))

@@ -25,12 +25,22 @@ def max_side(pairs) -> int:
 
 
 def pair_batch(
-  pairs, packing="none", row_length=None, *, num_microbatches=1, reference=None, rows=None, chosen_only=False
+  pairs,
+  packing="none",
+  row_length=None,
+  *,
+  num_microbatches=1,
+  reference=None,
+  rows=None,
+  chosen_only=False,
+  answers=False,
 ):
-  """A batch of all `pairs` in one process, with the rows it needs (or `rows` per microbatch)."""
+  """A batch of all `pairs` in one process, with the rows it needs (or `rows` per microbatch);
+  with `answers`, listing each row's answer positions (as many as a row needs)."""
   layout = pair_batches.PairLayout(packing, row_length or max_side(pairs), chosen_only)
   indices = list(range(len(pairs)))
   rows = rows or layout.rows_needed(pairs, indices, num_microbatches)
+  width = layout.answer_positions_needed(pairs, indices, num_microbatches) if answers else 0
   return pair_batches.make_pair_batch(
-    pairs, indices, layout, rows, num_microbatches=num_microbatches, reference=reference
+    pairs, indices, layout, rows, num_microbatches=num_microbatches, reference=reference, answer_positions=width
   )

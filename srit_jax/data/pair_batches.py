@@ -24,6 +24,12 @@ rows m, m + k, m + 2k, ... — the slices `accumulated_value_and_grad` deals —
 split between microbatches. The number of rows is fixed for a run (one compilation): the most
 any of its batches needs, found by laying out the run's batches ahead (`rows_per_microbatch`).
 
+Only answer tokens carry loss, and in the study's pairs they are about a quarter of a row's
+positions (prompts are long, the padding is the rest). With `answer_positions` K set, each row
+also lists where its answers are (`answer_positions` [R, K], then the row length as padding),
+and the step runs the output layer (the vocabulary projection and its softmax) at those
+positions only; K, like the rows, is the most any batch of the run needs.
+
 Shapes: R rows, L row length, P pairs.
 """
 
@@ -40,6 +46,8 @@ from srit_jax.data import sft_examples as sft_data
 PACKINGS = ("none", "sides", "shared_prompt")
 ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_weights", "answer_slots")
 BRANCH_FIELD = "branch_ids"  # in rows of shared-prompt pairs only
+ANSWER_FIELD = "answer_positions"  # in batches made with answer_positions only
+ANSWER_MULTIPLE = 32  # answer positions a row round up to a multiple of
 LENGTH_FIELDS = ("chosen_lengths", "rejected_lengths")  # answer tokens per pair [P]
 
 
@@ -123,6 +131,11 @@ def _unit_size(unit: _Unit) -> int:
   return sum(piece.size for segment in unit for piece in segment)
 
 
+def _answer_count(row: list[_Segment]) -> int:
+  """Positions of a row whose targets carry loss (answer tokens)."""
+  return sum(int(np.count_nonzero(piece.example.loss_mask[piece.start + 1 :])) for segment in row for piece in segment)
+
+
 def _pack(units: list[_Unit], row_length: int, packing: str) -> list[list[_Segment]]:
   """Segments per row: one unit per row ("none"), else units first-fit in decreasing size."""
   if packing == "none":
@@ -173,6 +186,21 @@ class PairLayout:
     """Rows per microbatch that these pairs (one process's share of a batch) need."""
     return max(len(self.rows(pairs, indices[m::num_microbatches])) for m in range(min(num_microbatches, len(indices))))
 
+  def answer_positions_needed(
+    self, pairs: Sequence[TokenizedPair], indices: Sequence[int], num_microbatches: int = 1
+  ) -> int:
+    """The most answer positions any row of these pairs holds."""
+    microbatches = range(min(num_microbatches, len(indices)))
+    return max(_answer_count(row) for m in microbatches for row in self.rows(pairs, indices[m::num_microbatches]))
+
+
+def answer_positions_per_row(most: int, row_length: int) -> int:
+  """The answer positions every row of a run lists: `most` (what its batches need) rounded up
+  to a multiple of ANSWER_MULTIPLE; 0 (the output layer at every position) where that would not
+  be shorter than the row."""
+  width = -(-max(most, 1) // ANSWER_MULTIPLE) * ANSWER_MULTIPLE
+  return width if width < row_length else 0
+
 
 def make_pair_batch(
   pairs: Sequence[TokenizedPair],
@@ -184,9 +212,11 @@ def make_pair_batch(
   first_slot: int = 0,
   slots_per_microbatch: int | None = None,
   reference=None,
+  answer_positions: int = 0,
 ) -> dict:
   """{"rows": [R, L] arrays, "chosen_lengths" / "rejected_lengths": [P]} for the given pairs (this
-  process's share of a batch; + their precomputed reference log-probs).
+  process's share of a batch; + their precomputed reference log-probs; + with `answer_positions`
+  K, each row's answer positions [R, K], padded with L).
 
   Local pair i goes to microbatch i mod k as slot `first_slot` + i // k of that microbatch
   (processes before this one hold the slots below `first_slot`); `slots_per_microbatch` (the
@@ -235,10 +265,24 @@ def make_pair_batch(
   }
   if layout.packing == "shared_prompt":
     batch["rows"][BRANCH_FIELD] = branches
+  if answer_positions:
+    batch["rows"][ANSWER_FIELD] = _answer_positions(weights, answer_positions)
   if reference is not None:
     batch["ref_chosen_logps"] = reference[0][np.asarray(indices)]
     batch["ref_rejected_logps"] = reference[1][np.asarray(indices)]
   return batch
+
+
+def _answer_positions(weights_RxL: np.ndarray, width: int) -> np.ndarray:
+  """[R, width]: each row's positions of nonzero loss weight, then the row length (past its end)."""
+  num_rows, length = weights_RxL.shape
+  positions = np.full((num_rows, width), length, np.int32)
+  for row in range(num_rows):
+    where = np.flatnonzero(weights_RxL[row])
+    if len(where) > width:
+      raise ValueError(f"a row holds {len(where)} answer positions, more than answer_positions={width}")
+    positions[row, : len(where)] = where
+  return positions
 
 
 class PairBatchIterator:
@@ -248,7 +292,8 @@ class PairBatchIterator:
   Every batch has `rows_per_microbatch` rows per microbatch; with `trim_rows` set (the multiple
   the rows round up to, such as the devices a process splits them over), only the rows its pairs
   need on any process, at most that many: the rows left out would hold padding alone, and a step
-  runs one of a few shapes (one compilation each) instead of the largest every time."""
+  runs one of a few shapes (one compilation each) instead of the largest every time. With
+  `answer_positions` set (see the module), batches list each row's answer positions."""
 
   def __init__(
     self,
@@ -276,6 +321,7 @@ class PairBatchIterator:
     self.per_process = batch_size // self.process_count
     self.rows_per_microbatch = rows_per_microbatch or 2 * self.per_process // num_microbatches
     self.trim_rows: int | None = None
+    self.answer_positions = 0
     self.epoch, self.index = 0, 0
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -297,13 +343,21 @@ class PairBatchIterator:
 
   def rows_for_steps(self, num_steps: int) -> int:
     """Rows per microbatch that the first `num_steps` batches need at most (on any process)."""
+    return self._most_for_steps(num_steps, self.layout.rows_needed)
+
+  def answer_positions_for_steps(self, num_steps: int) -> int:
+    """Answer positions that a row of the first `num_steps` batches holds at most (on any process)."""
+    return self._most_for_steps(num_steps, self.layout.answer_positions_needed)
+
+  def _most_for_steps(self, num_steps: int, need) -> int:
+    """The most `need(pairs, share, num_microbatches)` of any process's share of the first batches."""
     state = self.get_state()
     self.set_state({"epoch": 0, "index": 0})
     most = 1
     for _ in range(num_steps):
       indices = self.next_indices()
       for process in range(self.process_count):
-        most = max(most, self.layout.rows_needed(self.pairs, self._share(indices, process), self.num_microbatches))
+        most = max(most, need(self.pairs, self._share(indices, process), self.num_microbatches))
     self.set_state(state)
     return most
 
@@ -328,6 +382,7 @@ class PairBatchIterator:
       first_slot=self.process_index * per_microbatch,
       slots_per_microbatch=self.batch_size // self.num_microbatches,
       reference=self.reference,
+      answer_positions=self.answer_positions,
     )
 
   def get_state(self) -> dict:

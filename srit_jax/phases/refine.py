@@ -212,7 +212,8 @@ def _round_up(n: int, multiple: int) -> int:
 class PairScorer:
   """(chosen, rejected) summed answer log-probs of a fixed list of pairs under any parameters:
   the reference's once, the policy's on held-out pairs. Batches of `batch_size` pairs, laid out
-  like training batches, with the most rows any of them needs (one compilation)."""
+  like training batches, with the most rows and answer positions any of them needs (one
+  compilation)."""
 
   def __init__(self, pairs, layout: pair_batches.PairLayout, model_config, mesh, batch_size: int, chunk_size: int):
     self.pairs, self.layout, self.mesh, self.batch_size = pairs, layout, mesh, batch_size
@@ -224,6 +225,8 @@ class PairScorer:
     ]
     most = max((layout.rows_needed(pairs, share) for share in shares), default=1)
     self.rows = _round_up(most, _row_multiple(mesh))
+    most_answers = max((layout.answer_positions_needed(pairs, share) for share in shares), default=1)
+    self.answer_positions = pair_batches.answer_positions_per_row(most_answers, layout.row_length)
     self._log_probs = jax.jit(
       lambda params, batch, base: dpo_step.pair_log_probs(
         model_config, params, batch, mesh=mesh, chunk_size=chunk_size, base=base
@@ -247,6 +250,7 @@ class PairScorer:
         self.rows,
         first_slot=process * self.per_process,
         slots_per_microbatch=self.batch_size,
+        answer_positions=self.answer_positions,
       )
       both = self._log_probs(params, sharding.shard_rows(local, self.mesh), base)
       chosen.append(io.to_host(both[0])[: len(indices)])
@@ -419,20 +423,6 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none
   host_memory.release()  # the sampler's and the reference pass's programs, before training
 
-  state = run.init_state()
-  loss_options = dict(beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
-  jitted = dpo_step.jit_dpo_step(
-    state,
-    model_config,
-    run.optimizer,
-    mesh,
-    precomputed_reference=precompute_reference,
-    branched=layout.packing == "shared_prompt",
-    nll_weight=config.nll_weight,
-    num_microbatches=config.num_microbatches,
-    chunk_size=config.chunk_size,
-    **loss_options,
-  )
   iterator = pair_batches.PairBatchIterator(
     tokenized,
     batch_size=config.batch_size,
@@ -445,13 +435,33 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   # rest would be padding), in multiples the mesh splits: a few shapes, one compilation each.
   iterator.rows_per_microbatch = _round_up(iterator.rows_for_steps(config.num_steps), _row_multiple(mesh))
   iterator.trim_rows = _row_multiple(mesh)
+  # Likewise the most answer positions a row holds: the output layer runs there alone.
+  iterator.answer_positions = pair_batches.answer_positions_per_row(
+    iterator.answer_positions_for_steps(config.num_steps), layout.row_length
+  )
   rows_per_step = iterator.rows_per_microbatch * config.num_microbatches * jax.process_count()
   positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
   what = "chosen answers" if layout.chosen_only else "pairs"
   print(
     f"{what} packed as {layout.packing!r}: up to {rows_per_step} rows of {layout.row_length} per step of "
     f"{config.batch_size} pairs (one row per side: {2 * config.batch_size} of {config.max_length}); "
-    f"{positions:.0f} positions per pair unpacked"
+    f"{positions:.0f} positions per pair unpacked; the output layer at "
+    + (f"{iterator.answer_positions} answer positions a row" if iterator.answer_positions else "every position")
+  )
+  state = run.init_state()
+  loss_options = dict(beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+  jitted = dpo_step.jit_dpo_step(
+    state,
+    model_config,
+    run.optimizer,
+    mesh,
+    precomputed_reference=precompute_reference,
+    branched=layout.packing == "shared_prompt",
+    answer_positions=bool(iterator.answer_positions),
+    nll_weight=config.nll_weight,
+    num_microbatches=config.num_microbatches,
+    chunk_size=config.chunk_size,
+    **loss_options,
   )
   held_out_lengths = np.asarray([sum(p.chosen.loss_mask) for p in held_out], np.float32)
   held_out_metrics: dict[int, dict] = {}  # by step: the last step's is logged and reported, computed once
@@ -471,7 +481,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   last = run.fit(
     lambda state, batch: jitted(state, reference_params, batch, base),
     DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch, mesh)),
-    step_flops=lambda rows: flops.dpo_step_flops(model_config, rows, layout.row_length, reference_params is not None),
+    step_flops=lambda rows: flops.dpo_step_flops(
+      model_config, rows, layout.row_length, reference_params is not None, iterator.answer_positions or None
+    ),
     data_identity=key,
     evaluate=evaluate if held_out else None,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
@@ -492,6 +504,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       "row_length": layout.row_length,
       "chosen_only": layout.chosen_only,
       "rows_per_step": rows_per_step,  # the most a step holds
+      "answer_positions": iterator.answer_positions,  # per row, where the output layer runs; 0: everywhere
     },
     "heldout_before": initial,
     "heldout_after": final,

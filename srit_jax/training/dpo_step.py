@@ -113,13 +113,17 @@ def pair_log_probs(
   adapters over the one shared base). Also the one-pass precomputation of the reference's.
   """
   rows = batch["rows"]
-  token_log_probs_RxL = losses.token_log_probs(
-    config, params, rows, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng
+  at = rows.get(pair_batches.ANSWER_FIELD)  # [R, K]: the output layer at answer positions only
+  token_log_probs = losses.token_log_probs(
+    config, params, rows, mesh=mesh, chunk_size=chunk_size, base=base, dropout_rng=dropout_rng, at=at
   )
   num_pairs = batch["chosen_lengths"].shape[0]
-  weighted = (token_log_probs_RxL * rows["loss_weights"].astype(jnp.float32)).reshape(-1)
+  weights, slots = rows["loss_weights"], rows["answer_slots"]
+  if at is not None:  # the padding past a row's end weighs nothing
+    weights, slots = losses.gather_positions(weights, at, fill_value=0), losses.gather_positions(slots, at)
+  weighted = (token_log_probs * weights.astype(jnp.float32)).reshape(-1)
   # Slot 2p: the chosen answer of pair p, 2p + 1: its rejected answer, 2B: no answer.
-  sums = jax.ops.segment_sum(weighted, rows["answer_slots"].reshape(-1), num_segments=2 * num_pairs + 1)
+  sums = jax.ops.segment_sum(weighted, slots.reshape(-1), num_segments=2 * num_pairs + 1)
   return sums[0 : 2 * num_pairs : 2], sums[1 : 2 * num_pairs : 2]
 
 
@@ -220,10 +224,14 @@ def pair_layout(block, model_config: ModelConfig, mesh: Mesh | None) -> pair_bat
   return pair_batches.PairLayout(packing, row_length, chosen_only=not uses_reference(block.loss_type))
 
 
-def pair_batch_shardings(mesh: Mesh, precomputed_reference: bool, branched: bool = False) -> dict:
+def pair_batch_shardings(
+  mesh: Mesh, precomputed_reference: bool, branched: bool = False, answer_positions: bool = False
+) -> dict:
   """Shardings of a pair batch: rows and per-pair values split over the data and fsdp axes.
-  `branched`: the rows hold shared-prompt pairs (branch ids)."""
+  `branched`: the rows hold shared-prompt pairs (branch ids); `answer_positions`: they list
+  their answer positions."""
   row_fields = pair_batches.ROW_FIELDS + ((pair_batches.BRANCH_FIELD,) if branched else ())
+  row_fields += (pair_batches.ANSWER_FIELD,) if answer_positions else ()
   shardings = {"rows": dict.fromkeys(row_fields, sharding.row_sharding(mesh, 2))}
   per_pair = pair_batches.LENGTH_FIELDS + (REFERENCE_FIELDS if precomputed_reference else ())
   return shardings | dict.fromkeys(per_pair, sharding.row_sharding(mesh, 1))
@@ -237,11 +245,12 @@ def jit_dpo_step(
   *,
   precomputed_reference: bool,
   branched: bool = False,
+  answer_positions: bool = False,
   **loss_options,
 ):
   """`dpo_step(state, reference, batch, base)` jitted with explicit shardings: the state donated; the
   reference (sharded like the trained tree) and the LoRA base never donated. `branched`: batches
-  of shared-prompt pairs."""
+  of shared-prompt pairs; `answer_positions`: batches that list their rows' answer positions."""
   shardings = state_shardings(state, config, mesh)
   reference_tree = not precomputed_reference and uses_reference(loss_options.get("loss_type", "sigmoid"))
   step = functools.partial(dpo_step, config=config, optimizer=optimizer, mesh=mesh, **loss_options)
@@ -250,7 +259,7 @@ def jit_dpo_step(
     in_shardings=(
       shardings,
       shardings.params if reference_tree else None,  # precomputed or unread: no reference tree is passed
-      pair_batch_shardings(mesh, precomputed_reference, branched),
+      pair_batch_shardings(mesh, precomputed_reference, branched, answer_positions),
       sft_step.base_shardings(config, mesh),
     ),
     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),

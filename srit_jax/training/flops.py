@@ -24,18 +24,21 @@ _PEAK_BF16 = {
 }
 
 
-def _forward_parts(config: ModelConfig, batch: int, length: int) -> tuple[float, float]:
-  """(weight matmuls, causal attention) FLOPs of one forward pass: 2 per weight per token."""
+def _forward_parts(
+  config: ModelConfig, batch: int, length: int, output_positions: int | None = None
+) -> tuple[float, float]:
+  """(weight matmuls, causal attention) FLOPs of one forward pass: 2 per weight per token (the
+  output layer's at `output_positions` a row, when it runs at fewer than all)."""
   per_layer = config.embed_dim * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
   per_layer += config.num_heads * config.head_dim * config.embed_dim + 3 * config.embed_dim * config.mlp_dim
-  weights = config.num_layers * per_layer + config.embed_dim * config.vocab_size
+  output = config.embed_dim * config.vocab_size * (length if output_positions is None else output_positions)
   attention = config.num_layers * 2 * 2 * config.num_heads * config.head_dim * length * length / 2
-  return batch * 2 * weights * length, batch * attention
+  return batch * 2 * (config.num_layers * per_layer * length + output), batch * attention
 
 
-def forward_flops(config: ModelConfig, batch: int, length: int) -> float:
+def forward_flops(config: ModelConfig, batch: int, length: int, output_positions: int | None = None) -> float:
   """Matmul FLOPs of one forward pass: 2 per weight per token, plus causal attention."""
-  return sum(_forward_parts(config, batch, length))
+  return sum(_forward_parts(config, batch, length, output_positions))
 
 
 def adapter_parameters(config: ModelConfig) -> int:
@@ -46,12 +49,12 @@ def adapter_parameters(config: ModelConfig) -> int:
   return config.num_layers * per_layer
 
 
-def train_step_flops(config: ModelConfig, batch: int, length: int) -> float:
+def train_step_flops(config: ModelConfig, batch: int, length: int, output_positions: int | None = None) -> float:
   """Forward plus backward. Full fine-tuning: the backward is twice the forward (gradients of
   the activations and of the weights). Under LoRA the frozen base gets no weight gradients:
   its matmuls run twice (forward, activation gradients), attention three times, and each
   adapter weight costs 6 FLOPs a token."""
-  weights, attention = _forward_parts(config, batch, length)
+  weights, attention = _forward_parts(config, batch, length, output_positions)
   if not config.lora_rank:
     return 3 * (weights + attention)
   return 2 * weights + 3 * attention + 6 * adapter_parameters(config) * batch * length
@@ -96,8 +99,11 @@ def peak_flops(dtype: str = "bfloat16") -> float:
   return per_device_peak_flops(dtype) * jax.device_count()
 
 
-def dpo_step_flops(config: ModelConfig, rows: int, length: int, in_step_reference: bool) -> float:
+def dpo_step_flops(
+  config: ModelConfig, rows: int, length: int, in_step_reference: bool, output_positions: int | None = None
+) -> float:
   """Policy forward and backward over the step's rows of pairs (2 per pair unpacked; fewer packed),
-  plus the reference forward when it runs in the step."""
-  flops = train_step_flops(config, rows, length)
-  return flops + (forward_flops(config, rows, length) if in_step_reference else 0.0)
+  plus the reference forward when it runs in the step; the output layer at `output_positions` a
+  row where it runs at the answers alone."""
+  flops = train_step_flops(config, rows, length, output_positions)
+  return flops + (forward_flops(config, rows, length, output_positions) if in_step_reference else 0.0)
