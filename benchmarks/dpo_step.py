@@ -156,7 +156,7 @@ def epoch(model, pairs, layout, loss_type: str) -> dict:
   tx = optimizer.make_optimizer(configs.load("optimizer"), 1000)
   most = pair_batches.PairBatchIterator(
     pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=k
-  ).rows_for_steps(steps)
+  ).needs_for_steps(steps)[0]
   figures, reference = {"steps": steps}, None
   for name, trim in (("most_rows", None), ("own_rows", 1)):
     iterator = pair_batches.PairBatchIterator(
@@ -281,10 +281,10 @@ def each_packing(model, peak, pairs) -> dict:
         iterator = pair_batches.PairBatchIterator(
           pairs, batch_size=_BATCH_SIZE.value, layout=layout, seed=0, num_microbatches=_MICROBATCHES.value
         )
-        rows = iterator.rows_for_steps(steps)
+        rows, most_answers = iterator.needs_for_steps(steps)
         answers = 0
         if output_at == "answers":
-          answers = pair_batches.answer_positions_per_row(iterator.answer_positions_for_steps(steps), layout.row_length)
+          answers = pair_batches.answer_positions_per_row(most_answers, layout.row_length)
         index_lists = [iterator.next_indices() for _ in range(steps)]
         config = common.lora_config(model.config, rank) if rank else model.config
         figures = ours(model, (pairs, index_lists), layout, not chosen_only, rows, loss_type, config, answers)

@@ -32,19 +32,25 @@ def _dpo_loss(config, params, batch, reference, base=None):
   return per_pair.mean() + 0.3 * dpo_step.length_normalized_nll(policy[0], batch["chosen_lengths"]).mean()
 
 
+def _assert_same_log_probs_and_gradients(config, params, expected_batch, batch, *, rtol, grad_rtol, grad_atol):
+  """`batch` gives the (chosen, rejected) log-probs of `expected_batch` (rtol, atol 1e-5), and the
+  same gradients of a DPO + NLL loss."""
+  expected = dpo_step.pair_log_probs(config, params, expected_batch)
+  got = dpo_step.pair_log_probs(config, params, batch)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=1e-5)
+  reference = [np.asarray(x) - 0.5 for x in expected]
+  grads = [jax.grad(_dpo_loss, argnums=1)(config, params, b, reference) for b in (expected_batch, batch)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=grad_rtol, atol=grad_atol), *grads)
+
+
 @pytest.mark.parametrize("packing, factor", LAYOUTS)
 def test_packed_pairs_give_the_log_probs_losses_and_gradients_of_one_row_per_side(tiny, packing, factor):
   config, params = tiny
   pairs = random_pairs(12, seed=1, prompt=(3, 12), chosen=(2, 14), rejected=(1, 4))
   unpacked, packed = pair_batch(pairs), _layout_batch(pairs, packing, factor)
   assert packed["rows"]["tokens"].size < unpacked["rows"]["tokens"].size or factor == 1
-  expected = dpo_step.pair_log_probs(config, params, unpacked)
-  got = dpo_step.pair_log_probs(config, params, packed)
-  for a, b in zip(got, expected):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-  reference = [np.asarray(x) - 0.5 for x in expected]
-  grads = [jax.grad(_dpo_loss, argnums=1)(config, params, b, reference) for b in (unpacked, packed)]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+  _assert_same_log_probs_and_gradients(config, params, unpacked, packed, rtol=1e-5, grad_rtol=1e-4, grad_atol=1e-6)
 
 
 @pytest.mark.parametrize("packing, factor", [("none", 1), *LAYOUTS])
@@ -59,13 +65,9 @@ def test_the_output_layer_at_answer_positions_alone_gives_the_log_probs_losses_a
   at_answers = pair_batch(pairs, packing, row_length, chosen_only=chosen_only, answers=True)
   at = at_answers["rows"][pair_batches.ANSWER_FIELD]
   assert at.shape[1] < row_length  # fewer positions through the output layer than the row holds
-  expected = dpo_step.pair_log_probs(config, params, everywhere)
-  got = dpo_step.pair_log_probs(config, params, at_answers)
-  for a, b in zip(got, expected):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-5)
-  reference = [np.asarray(x) - 0.5 for x in expected]
-  grads = [jax.grad(_dpo_loss, argnums=1)(config, params, b, reference) for b in (everywhere, at_answers)]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *grads)
+  _assert_same_log_probs_and_gradients(
+    config, params, everywhere, at_answers, rtol=1e-6, grad_rtol=1e-5, grad_atol=1e-7
+  )
 
 
 def test_answer_positions_list_each_rows_answer_tokens_then_the_row_length():
@@ -194,15 +196,14 @@ def test_iterator_state_shares_and_the_row_count_of_a_run():
 
   # The run's row count covers every batch of the run, and leaves the iterator where it was.
   iterator = make(num_microbatches=2)
-  rows = iterator.rows_for_steps(6)
-  assert iterator.get_state() == {"epoch": 0, "index": 0}
-  answers = iterator.answer_positions_for_steps(6)
+  rows, answers = iterator.needs_for_steps(6)
   assert iterator.get_state() == {"epoch": 0, "index": 0}
   needs, answer_needs = [], []
   for _ in range(6):
     indices = iterator.next_indices()
     needs.append(layout.rows_needed(pairs, indices, 2))
-    answer_needs.append(layout.answer_positions_needed(pairs, indices, 2))
+    answer_needs.append(layout.needs(pairs, indices, 2)[1])
+    assert layout.needs(pairs, indices, 2)[0] == needs[-1]
   assert rows == max(needs)
   assert answers == max(answer_needs) and len(set(answer_needs)) > 1
   # Its batches list the answer positions of every row: where the loss weights are.
@@ -242,7 +243,7 @@ def test_trimmed_batches_leave_out_only_rows_of_padding(num_microbatches, proces
       process_index=process_index,
       process_count=process_count,
     )
-    iterator.rows_per_microbatch = iterator.rows_for_steps(12)
+    iterator.rows_per_microbatch, _ = iterator.needs_for_steps(12)
     iterator.trim_rows = trim_rows
     return iterator
 

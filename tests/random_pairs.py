@@ -39,8 +39,8 @@ def pair_batch(
   with `answers`, listing each row's answer positions (as many as a row needs)."""
   layout = pair_batches.PairLayout(packing, row_length or max_side(pairs), chosen_only)
   indices = list(range(len(pairs)))
-  rows = rows or layout.rows_needed(pairs, indices, num_microbatches)
-  width = layout.answer_positions_needed(pairs, indices, num_microbatches) if answers else 0
+  most_rows, most_answers = layout.needs(pairs, indices, num_microbatches)
+  rows, width = rows or most_rows, most_answers if answers else 0
   return pair_batches.make_pair_batch(
     pairs, indices, layout, rows, num_microbatches=num_microbatches, reference=reference, answer_positions=width
   )

@@ -133,7 +133,7 @@ def _unit_size(unit: _Unit) -> int:
 
 def _answer_count(row: list[_Segment]) -> int:
   """Positions of a row whose targets carry loss (answer tokens)."""
-  return sum(int(np.count_nonzero(piece.example.loss_mask[piece.start + 1 :])) for segment in row for piece in segment)
+  return sum(sum(map(bool, piece.example.loss_mask[piece.start + 1 :])) for segment in row for piece in segment)
 
 
 def _pack(units: list[_Unit], row_length: int, packing: str) -> list[list[_Segment]]:
@@ -186,12 +186,10 @@ class PairLayout:
     """Rows per microbatch that these pairs (one process's share of a batch) need."""
     return max(len(self.rows(pairs, indices[m::num_microbatches])) for m in range(min(num_microbatches, len(indices))))
 
-  def answer_positions_needed(
-    self, pairs: Sequence[TokenizedPair], indices: Sequence[int], num_microbatches: int = 1
-  ) -> int:
-    """The most answer positions any row of these pairs holds."""
-    microbatches = range(min(num_microbatches, len(indices)))
-    return max(_answer_count(row) for m in microbatches for row in self.rows(pairs, indices[m::num_microbatches]))
+  def needs(self, pairs: Sequence[TokenizedPair], indices: Sequence[int], num_microbatches: int = 1) -> tuple[int, int]:
+    """(rows per microbatch, the most answer positions a row holds) of these pairs, laid out once."""
+    microbatches = [self.rows(pairs, indices[m::num_microbatches]) for m in range(min(num_microbatches, len(indices)))]
+    return max(map(len, microbatches)), max(_answer_count(row) for rows in microbatches for row in rows)
 
 
 def answer_positions_per_row(most: int, row_length: int) -> int:
@@ -341,25 +339,19 @@ class PairBatchIterator:
   def _share(self, indices: list[int], process: int) -> list[int]:
     return indices[process * self.per_process : (process + 1) * self.per_process]
 
-  def rows_for_steps(self, num_steps: int) -> int:
-    """Rows per microbatch that the first `num_steps` batches need at most (on any process)."""
-    return self._most_for_steps(num_steps, self.layout.rows_needed)
-
-  def answer_positions_for_steps(self, num_steps: int) -> int:
-    """Answer positions that a row of the first `num_steps` batches holds at most (on any process)."""
-    return self._most_for_steps(num_steps, self.layout.answer_positions_needed)
-
-  def _most_for_steps(self, num_steps: int, need) -> int:
-    """The most `need(pairs, share, num_microbatches)` of any process's share of the first batches."""
+  def needs_for_steps(self, num_steps: int) -> tuple[int, int]:
+    """(rows per microbatch, answer positions a row) that the first `num_steps` batches need at
+    most (on any process): each batch laid out once."""
     state = self.get_state()
     self.set_state({"epoch": 0, "index": 0})
-    most = 1
+    rows = answers = 1
     for _ in range(num_steps):
       indices = self.next_indices()
       for process in range(self.process_count):
-        most = max(most, need(self.pairs, self._share(indices, process), self.num_microbatches))
+        share_rows, share_answers = self.layout.needs(self.pairs, self._share(indices, process), self.num_microbatches)
+        rows, answers = max(rows, share_rows), max(answers, share_answers)
     self.set_state(state)
-    return most
+    return rows, answers
 
   def rows_of(self, indices: list[int]) -> int:
     """Rows per microbatch of the batch of `indices` (see the class)."""

@@ -223,9 +223,9 @@ class PairScorer:
     shares = [
       self._padded(c)[p * self.per_process : (p + 1) * self.per_process] for c in self.chunks for p in processes
     ]
-    most = max((layout.rows_needed(pairs, share) for share in shares), default=1)
-    self.rows = _round_up(most, _row_multiple(mesh))
-    most_answers = max((layout.answer_positions_needed(pairs, share) for share in shares), default=1)
+    needs = [layout.needs(pairs, share) for share in shares] or [(1, 1)]
+    self.rows = _round_up(max(rows for rows, _ in needs), _row_multiple(mesh))
+    most_answers = max(answers for _, answers in needs)
     self.answer_positions = pair_batches.answer_positions_per_row(most_answers, layout.row_length)
     self._log_probs = jax.jit(
       lambda params, batch, base: dpo_step.pair_log_probs(
@@ -433,12 +433,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   )
   # The most rows any batch of the run needs; each batch holds only what it needs of them (the
   # rest would be padding), in multiples the mesh splits: a few shapes, one compilation each.
-  iterator.rows_per_microbatch = _round_up(iterator.rows_for_steps(config.num_steps), _row_multiple(mesh))
-  iterator.trim_rows = _row_multiple(mesh)
   # Likewise the most answer positions a row holds: the output layer runs there alone.
-  iterator.answer_positions = pair_batches.answer_positions_per_row(
-    iterator.answer_positions_for_steps(config.num_steps), layout.row_length
-  )
+  most_rows, most_answers = iterator.needs_for_steps(config.num_steps)
+  iterator.rows_per_microbatch = _round_up(most_rows, _row_multiple(mesh))
+  iterator.trim_rows = _row_multiple(mesh)
+  iterator.answer_positions = pair_batches.answer_positions_per_row(most_answers, layout.row_length)
   rows_per_step = iterator.rows_per_microbatch * config.num_microbatches * jax.process_count()
   positions = sum(len(p.chosen.tokens) + len(p.rejected.tokens) - 2 for p in tokenized) / len(tokenized)
   what = "chosen answers" if layout.chosen_only else "pairs"

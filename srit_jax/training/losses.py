@@ -74,16 +74,16 @@ def token_log_probs(
   )
   targets = rows["targets"]
   if at is not None:
-    hidden = jax.vmap(lambda hidden_TxD, at_K: hidden_TxD.at[at_K].get(mode="clip"))(hidden, at)
-    targets = gather_positions(targets, at)
+    hidden, targets = gather_positions(hidden, at), gather_positions(targets, at)
   return chunked_token_log_probs(model, params, hidden, targets, chunk_size, base)
 
 
-def gather_positions(values_BxT: jax.Array, at_BxK: jax.Array, fill_value=None) -> jax.Array:
-  """values[b, at[b, k]], [B, K]: a position past the row's end reads `fill_value`, or the row's
-  last value when None."""
+def gather_positions(values_BxTx_: jax.Array, at_BxK: jax.Array, fill_value=None) -> jax.Array:
+  """values[b, at[b, k]], [B, K, ...]: a position past the row's end reads `fill_value`, or the
+  row's last value when None."""
   mode = "clip" if fill_value is None else "fill"
-  return jnp.take_along_axis(values_BxT, at_BxK, axis=1, mode=mode, fill_value=fill_value)
+  at = at_BxK.reshape(at_BxK.shape + (1,) * (values_BxTx_.ndim - 2))  # broadcast over trailing axes
+  return jnp.take_along_axis(values_BxTx_, at, axis=1, mode=mode, fill_value=fill_value)
 
 
 def weighted_nll_sum(log_probs_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
