@@ -163,7 +163,8 @@ def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_give
     assert [g.tokens for g in shared] == [g.tokens for g in whole]
     assert [g.stop_reason for g in shared] == [g.stop_reason for g in whole]
     for a, b in zip(shared, whole):
-      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+      # Float32 over two summation orders: up to about 1e-5 apart on an AVX-512 host.
+      np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=2e-5)
     lengths |= {len(g.tokens) for g in whole}
   assert len(lengths) > 2, "rows should end at different steps"
 
