@@ -48,11 +48,11 @@ METHODS = ("", "full", "lora", "qlora")
 # planned rows of the same slice and method, until their plans.
 SIZES = {
   ("llama2_7b", "v4-8"): ("lora", 1, 16, 32),  # planned; full fits at 1 row per chip, with 98% of HBM in use
-  ("llama2_7b", "v4-16"): ("full", 4, 4, 4),  # planned
-  ("llama2_7b", "v4-32"): ("full", 8, 4, 4),  # planned
+  ("llama2_7b", "v4-16"): ("full", 8, 4, 4),  # planned
+  ("llama2_7b", "v4-32"): ("full", 16, 4, 4),  # planned
   ("llama2_7b", "v5e-8"): ("lora", 1, 16, 16),  # planned
-  ("llama2_7b", "v5e-16"): ("full", 2, 4, 4),  # planned
-  ("llama2_7b", "v5e-32"): ("full", 4, 4, 4),  # planned
+  ("llama2_7b", "v5e-16"): ("full", 4, 4, 4),  # planned
+  ("llama2_7b", "v5e-32"): ("full", 8, 4, 4),  # planned
   ("llama2_7b", "v5p-8"): ("full", 16, 8, 8),  # planned
   ("llama2_7b", "v6e-8"): ("full", 4, 4, 4),  # planned
   ("mistral_7b", "v4-8"): ("lora", 1, 16, 32),  # planned
