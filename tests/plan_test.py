@@ -89,8 +89,8 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
 @pytest.mark.slow
 @requires_libtpu
 def test_a_paper_variant_fits_its_slice():
-  """A paper-scale training step as `plan` sees it: Mistral-7B's SFT step (full fine-tuning, 16
-  rows of 1024 positions per chip, splash attention) compiled for v5p-8 fits its chips, 47 of
+  """A paper-scale training step as `plan` sees it: Mistral-7B's SFT step (full fine-tuning, 32
+  rows of 1024 positions per chip, splash attention) compiled for v5p-8 fits its chips, 62 of
   103 GB. Its sampler, DPO step and reference pass compile alike (about 200 s more on this
   2-core CPU; the tiny pipeline's plan has every kind of program), and every phase of every
   variant is planned by benchmarks/tpu_plan.py (docs/tpu.md)."""
