@@ -82,10 +82,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
       outcome = "slow" if behaviour == "slow" else str(status)
       with LOCK:
         STATS["status"][outcome] = STATS["status"].get(outcome, 0) + 1
-      self._reply(status, reply, headers)
     finally:
+      # Out of flight before the reply is written: once the client has it, its next request may
+      # arrive before this thread runs again.
       with LOCK:
         STATS["in_flight"] -= 1
+    self._reply(status, reply, headers)
 
 
 if __name__ == "__main__":
