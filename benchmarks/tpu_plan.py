@@ -78,8 +78,9 @@ ROWS_PER_CHIP = ("full", "lora", "qlora")  # the order of SIZES' rows per chip a
 
 def set_rows_the_rule_allows(variant: str, result: dict, paper_file: pathlib.Path = PAPER) -> str | None:
   """Sets the variant's training rows per chip in configs/paper.py's SIZES to what the 95% rule
-  allows by its plan (the own method's entry marked `# planned`); returns the change, or None
-  where there is none (the rows already are, or the planned rows are over the line)."""
+  allows by its plan (the own method's entry marked `# planned`, also where its rows already
+  are what the rule allows); returns the change, or None where there is none (the rows already
+  are, or the planned rows are over the line)."""
   rows = rows_the_rule_allows(result)
   if rows is None:
     return None
@@ -93,13 +94,14 @@ def set_rows_the_rule_allows(variant: str, result: dict, paper_file: pathlib.Pat
   own_method, *per_chip = [field.strip().strip('"') for field in line[start:end].split(",")]
   column = ROWS_PER_CHIP.index(result["method"])
   new = str(rows // result["devices"])
-  if per_chip[column] == new:
-    return None
-  change = f"{variant}: {result['method']} rows per chip {per_chip[column]} -> {new}"
+  old = per_chip[column]
+  change = f"{variant}: {result['method']} rows per chip {old} -> {new}" if old != new else None
   per_chip[column] = new
   code = line[:start] + ", ".join([f'"{own_method}"', *per_chip]) + line[end:]
   if result["method"] == own_method and "# planned" not in code:
     code = code.rstrip("\n") + "  # planned\n"
+  if code == line:
+    return None
   lines[index] = code
   paper_file.write_text("".join(lines))
   if paper_file == PAPER:  # the configs of this process follow

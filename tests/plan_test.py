@@ -419,6 +419,7 @@ def test_a_plan_sets_its_methods_rows_per_chip_in_the_paper_config(tmp_path):
   text = tpu_plan.PAPER.read_text()
   text = re.sub(r'  \("qwen3_8b", "v4-16"\): .*\n', '  ("qwen3_8b", "v4-16"): ("full", 1, 4, 4),\n', text)
   text = re.sub(r'  \("qwen3_8b", "v5e-8"\): .*\n', '  ("qwen3_8b", "v5e-8"): ("lora", 1, 8, 8),  # planned\n', text)
+  text = re.sub(r'  \("qwen3_8b", "v5e-16"\): .*\n', '  ("qwen3_8b", "v5e-16"): ("full", 1, 4, 4),\n', text)
   paper_file = tmp_path / "paper.py"
   paper_file.write_text(text)
 
@@ -451,6 +452,11 @@ def test_a_plan_sets_its_methods_rows_per_chip_in_the_paper_config(tmp_path):
   text = paper_file.read_text()
   assert tpu_plan.set_rows_the_rule_allows("qwen3_8b,v5e-16", plan("full", 16, 16, 31.0, 8.0), paper_file) is None
   assert paper_file.read_text() == text
+
+  # Planned at the rows the rule allows (14 GB fixed + 10 GB: 1.3x fits, not 2x): no change, but marked planned.
+  assert tpu_plan.set_rows_the_rule_allows("qwen3_8b,v5e-16", plan("full", 16, 16, 24.0, 10.0), paper_file) is None
+  assert sizes()[("qwen3_8b", "v5e-16")] == ("full", 1, 4, 4)
+  assert _line(paper_file, '("qwen3_8b", "v5e-16")').endswith("),  # planned\n")
   others = [key for key in before if key[0] != "qwen3_8b"]
   assert [sizes()[key] for key in others] == [before[key] for key in others]
 
