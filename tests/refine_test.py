@@ -127,6 +127,50 @@ def test_the_reference_pass_shows_its_progress(tiny_student, tmp_path, capfd):
   assert f"reference log-probs: 100%|██████████| {batches}/{batches}" in capfd.readouterr().err
 
 
+def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_them(
+  tiny_student, tmp_path, monkeypatch
+):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), num_steps=2, batch_size=4)
+  config.mesh.update(fsdp=1)  # batches of 4 pairs: several of them
+  refine.run(config, tmp_path / "full", progress=False)
+
+  reference_batches = []  # the pairs scored so far, after each batch of the reference pass
+  score = refine.PairScorer.__call__
+
+  def counted(scorer, params, base=None, *, desc=None, on_batch=None, **options):
+    def after_batch(chosen, rejected):
+      if desc == "reference log-probs":
+        reference_batches.append(len(chosen))
+      if on_batch is not None:
+        on_batch(chosen, rejected)
+
+    return score(scorer, params, base, desc=desc, on_batch=after_batch, **options)
+
+  monkeypatch.setattr(refine.PairScorer, "__call__", counted)
+  monkeypatch.setattr(refine.preemption, "requested", lambda: len(reference_batches) == 2)
+  workdir = tmp_path / "preempted"
+  with pytest.raises(refine.preemption.Preempted, match=r"the log-probs of 8 of \d+ pairs are kept in"):
+    refine.run(config, workdir, progress=True)
+  full = np.load(tmp_path / "full" / "reference_logps.npz")
+  kept = np.load(workdir / "reference_logps.so_far.npz")
+  assert not (workdir / "reference_logps.npz").exists()
+  for side in ("chosen", "rejected"):
+    np.testing.assert_array_equal(kept[side], full[side][:8])
+
+  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
+  reference_batches.clear()
+  refine.run(config, workdir, progress=True)
+  batches = -(-len(full["chosen"]) // 4)
+  assert batches > 2 and reference_batches == [min(4 * b, len(full["chosen"])) for b in range(3, batches + 1)]
+  resumed = np.load(workdir / "reference_logps.npz")
+  for side in ("chosen", "rejected"):
+    np.testing.assert_array_equal(resumed[side], full[side])
+  assert not (workdir / "reference_logps.so_far.npz").exists()
+  exported = [load_file(str(d / "export" / "model.safetensors")) for d in (tmp_path / "full", workdir)]
+  for name, value in exported[0].items():
+    np.testing.assert_array_equal(exported[1][name], value, err_msg=name)
+
+
 def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(monkeypatch, tmp_path):
   seen = {}
 

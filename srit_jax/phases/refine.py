@@ -14,7 +14,8 @@
    pair_stats.json.
 3. DPO against a frozen reference = the student as loaded. By default the reference
    log-probabilities are computed once over the fixed pairs (reference_logps.npz) and the
-   reference tree is dropped; otherwise it runs inside each step under stop_gradient.
+   reference tree is dropped (a preempted pass keeps its finished batches and goes on from
+   them); otherwise it runs inside each step under stop_gradient.
    Pairs are packed into rows (`pair_packing`: shared prompts by default, see
    srit_jax/data/pair_batches.py). Checkpoints, exact resume, progress, metrics and the NaN
    guard are the shared training run's. Held-out reward accuracy, margin and loss (the run's
@@ -29,13 +30,14 @@ import dataclasses
 import json
 import math
 import pathlib
+import time
 from io import BytesIO
 
 import jax
 import numpy as np
 import tqdm
 
-from srit_jax import host_memory, io, programs, sharding
+from srit_jax import host_memory, io, preemption, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.configs.refine import QUESTIONS
 from srit_jax.conversion import loading
@@ -236,12 +238,18 @@ class PairScorer:
   def _padded(self, indices: list[int]) -> list[int]:
     return indices + [indices[0]] * (self.batch_size - len(indices))  # whole batches: one compilation
 
-  def __call__(self, params, base=None, *, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair (chosen, rejected) log-prob sums; with `desc`, a progress bar of that name."""
-    chosen, rejected = [], []
+  def __call__(self, params, base=None, *, desc: str | None = None, done=((), ()), on_batch=None):
+    """Per-pair (chosen, rejected) log-prob sums, going on after `done` (the sums of a pass's
+    first whole batches); `on_batch(chosen, rejected)` gets the sums so far after each batch.
+    With `desc`, a progress bar of that name."""
+    chosen, rejected = [np.asarray(done[0], np.float32)], [np.asarray(done[1], np.float32)]
+    finished = -(-len(chosen[0]) // self.batch_size)
+    if len(chosen[0]) != min(finished * self.batch_size, len(self.pairs)):
+      raise ValueError(f"{len(chosen[0])} pairs done is not a whole number of batches of {self.batch_size}")
     process = jax.process_index()
-    bar = tqdm.tqdm(self.chunks, desc=desc, unit="batch", disable=desc is None or process != 0)
-    for indices in bar:
+    hidden = desc is None or process != 0
+    bar = tqdm.tqdm(total=len(self.chunks), initial=finished, desc=desc, unit="batch", disable=hidden)
+    for indices in self.chunks[finished:]:
       mine = self._padded(indices)[process * self.per_process : (process + 1) * self.per_process]
       local = pair_batches.make_pair_batch(
         self.pairs,
@@ -255,6 +263,10 @@ class PairScorer:
       both = self._log_probs(params, sharding.shard_rows(local, self.mesh), base)
       chosen.append(io.to_host(both[0])[: len(indices)])
       rejected.append(io.to_host(both[1])[: len(indices)])
+      bar.update()
+      if on_batch is not None:
+        on_batch(np.concatenate(chosen), np.concatenate(rejected))
+    bar.close()
     return np.concatenate(chosen), np.concatenate(rejected)
 
 
@@ -309,17 +321,52 @@ def _logged_heldout(workdir: pathlib.Path) -> dict[int, dict]:
   return logged
 
 
-def _cached_log_probs(path: pathlib.Path, key: str, compute) -> tuple[np.ndarray, np.ndarray]:
-  """Read from `path` when it was made for `key` (pairs and model), else computed and saved."""
-  if path.exists():
-    saved = np.load(BytesIO(path.read_bytes()))
-    if str(saved["key"]) == key:
-      return saved["chosen"], saved["rejected"]
-  chosen, rejected = compute()
+KEEP_EVERY_S = 60.0  # how often a log-prob pass keeps its finished batches (and at a preemption)
+
+
+def _saved_log_probs(path: pathlib.Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """(chosen, rejected) saved in `path` for `key` (pairs and model), or None."""
+  if not path.exists():
+    return None
+  saved = np.load(BytesIO(path.read_bytes()))
+  return (saved["chosen"], saved["rejected"]) if str(saved["key"]) == key else None
+
+
+def _save_log_probs(path: pathlib.Path, key: str, chosen: np.ndarray, rejected: np.ndarray) -> None:
   arrays = BytesIO()
   np.savez(arrays, key=key, chosen=chosen, rejected=rejected)
   io.write_bytes(path, arrays.getvalue())
+
+
+def _cached_log_probs(path: pathlib.Path, key: str, scorer: PairScorer, params, base, *, desc=None):
+  """`scorer`'s log-prob sums under `params`, read from `path` when made for `key`, else
+  computed and saved there. A pass in progress keeps its finished batches in PATH.so_far.npz
+  every KEEP_EVERY_S and at a preemption notice (then raises Preempted); a rerun goes on from them."""
+  saved = _saved_log_probs(path, key)
+  if saved is not None:
+    return saved
+  so_far = path.with_name(path.name.removesuffix(".npz") + ".so_far.npz")
+  done = _saved_log_probs(so_far, key) or ((), ())
+  kept_at = time.monotonic()
+
+  def keep(chosen, rejected):
+    nonlocal kept_at
+    stop = preemption.requested()  # a safe point of every process, after each batch
+    if stop or time.monotonic() - kept_at > KEEP_EVERY_S:
+      _save_log_probs(so_far, key, chosen, rejected)
+      kept_at = time.monotonic()
+    if stop:
+      io.barrier(f"wrote {so_far}")
+      raise preemption.Preempted(
+        f"preempted: the log-probs of {len(chosen)} of {len(scorer.pairs)} pairs are kept in {so_far}; "
+        "run the same command again to go on from there"
+      )
+
+  chosen, rejected = scorer(params, base, desc=desc, done=done, on_batch=keep)
+  _save_log_probs(path, key, chosen, rejected)
   io.barrier(f"wrote {path}")
+  if io.is_writer():
+    so_far.unlink(missing_ok=True)
   return chosen, rejected
 
 
@@ -412,12 +459,15 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     reference = _cached_log_probs(
       workdir / "reference_logps.npz",
       key,
-      lambda: reference_scorer(reference_params, base, desc="reference log-probs" if progress else None),
+      reference_scorer,
+      reference_params,
+      base,
+      desc="reference log-probs" if progress else None,
     )
   held_out_scorer = score(held_out) if held_out else None
   if held_out:
     held_out_reference = _cached_log_probs(
-      workdir / "heldout_reference_logps.npz", key, lambda: held_out_scorer(reference_params, base)
+      workdir / "heldout_reference_logps.npz", key, held_out_scorer, reference_params, base
     )
   if precompute_reference or not reads_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none
