@@ -133,8 +133,11 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
   config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), num_steps=2, batch_size=4)
   config.mesh.update(fsdp=1)  # batches of 4 pairs: several of them
   refine.run(config, tmp_path / "full", progress=False)
+  full = np.load(tmp_path / "full" / "reference_logps.npz")
+  batches = -(-len(full["chosen"]) // 4)
+  assert batches > 3
 
-  reference_batches = []  # the pairs scored so far, after each batch of the reference pass
+  reference_batches = []  # the pairs scored so far, after each batch of this run's reference pass
   score = refine.PairScorer.__call__
 
   def counted(scorer, params, base=None, *, desc=None, on_batch=None, **options):
@@ -146,26 +149,41 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
 
     return score(scorer, params, base, desc=desc, on_batch=after_batch, **options)
 
-  monkeypatch.setattr(refine.PairScorer, "__call__", counted)
-  monkeypatch.setattr(refine.preemption, "requested", lambda: len(reference_batches) == 2)
-  workdir = tmp_path / "preempted"
-  with pytest.raises(refine.preemption.Preempted, match=r"the log-probs of 8 of \d+ pairs are kept in"):
-    refine.run(config, workdir, progress=True)
-  full = np.load(tmp_path / "full" / "reference_logps.npz")
-  kept = np.load(workdir / "reference_logps.so_far.npz")
-  assert not (workdir / "reference_logps.npz").exists()
-  for side in ("chosen", "rejected"):
-    np.testing.assert_array_equal(kept[side], full[side][:8])
+  def killed_after(batches):
+    def requested():
+      if len(reference_batches) == batches + 1:
+        raise KeyboardInterrupt("killed")  # before the batch in flight is kept
+      return False
 
-  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
+    return requested
+
+  monkeypatch.setattr(refine.PairScorer, "__call__", counted)
+  workdir, kept = tmp_path / "preempted", tmp_path / "preempted" / "reference_logps.so_far.npz"
+  # Killed without notice: what the last minute's keep wrote is there (here, kept after every batch).
+  monkeypatch.setattr(refine, "KEEP_EVERY_S", 0.0)
+  monkeypatch.setattr(refine.preemption, "requested", killed_after(2))
+  with pytest.raises(KeyboardInterrupt):
+    refine.run(config, workdir, progress=True)
+  for side in ("chosen", "rejected"):
+    np.testing.assert_array_equal(np.load(kept)[side], full[side][:8])
+  # A notice after the rerun's first batch: the 12 pairs scored so far are kept.
+  monkeypatch.setattr(refine, "KEEP_EVERY_S", 60.0)
   reference_batches.clear()
+  monkeypatch.setattr(refine.preemption, "requested", lambda: len(reference_batches) == 1)
+  with pytest.raises(refine.preemption.Preempted, match=r"the log-probs of 12 of \d+ pairs are kept in"):
+    refine.run(config, workdir, progress=True)
+  assert reference_batches == [12] and not (workdir / "reference_logps.npz").exists()
+  for side in ("chosen", "rejected"):
+    np.testing.assert_array_equal(np.load(kept)[side], full[side][:12])
+
+  reference_batches.clear()
+  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
   refine.run(config, workdir, progress=True)
-  batches = -(-len(full["chosen"]) // 4)
-  assert batches > 2 and reference_batches == [min(4 * b, len(full["chosen"])) for b in range(3, batches + 1)]
+  assert reference_batches == [min(4 * b, len(full["chosen"])) for b in range(4, batches + 1)]  # only the rest
   resumed = np.load(workdir / "reference_logps.npz")
   for side in ("chosen", "rejected"):
     np.testing.assert_array_equal(resumed[side], full[side])
-  assert not (workdir / "reference_logps.so_far.npz").exists()
+  assert not kept.exists()
   exported = [load_file(str(d / "export" / "model.safetensors")) for d in (tmp_path / "full", workdir)]
   for name, value in exported[0].items():
     np.testing.assert_array_equal(exported[1][name], value, err_msg=name)

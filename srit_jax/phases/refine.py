@@ -346,14 +346,15 @@ def _cached_log_probs(path: pathlib.Path, key: str, scorer: PairScorer, params, 
   if saved is not None:
     return saved
   so_far = path.with_name(path.name.removesuffix(".npz") + ".so_far.npz")
-  done = _saved_log_probs(so_far, key) or ((), ())
+  so_far_key = f"{key} in batches of {scorer.batch_size}"  # whole batches of this pass's size
+  done = _saved_log_probs(so_far, so_far_key) or ((), ())
   kept_at = time.monotonic()
 
   def keep(chosen, rejected):
     nonlocal kept_at
     stop = preemption.requested()  # a safe point of every process, after each batch
     if stop or time.monotonic() - kept_at > KEEP_EVERY_S:
-      _save_log_probs(so_far, key, chosen, rejected)
+      _save_log_probs(so_far, so_far_key, chosen, rejected)
       kept_at = time.monotonic()
     if stop:
       io.barrier(f"wrote {so_far}")
