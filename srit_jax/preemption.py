@@ -54,6 +54,13 @@ def requested() -> bool:
   return _notice.is_set()
 
 
+def noticed() -> bool:
+  """Whether this process got the notice itself: for work that one process does alone (asking a
+  teacher over HTTP), where no safe point is shared. Under `jax.distributed` JAX's service takes
+  the signal, so this stays False there and only `requested` sees it."""
+  return _notice.is_set()
+
+
 def notify() -> None:
   """The notice as SIGTERM gives it (for tests and for callers with their own signal)."""
   _notice.set()

@@ -5,12 +5,14 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import requests
 from conftest import SHARED_DATA
 
+from srit_jax import preemption
 from srit_jax.tasks import answers
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.tasks.prompts import COT, prompt
@@ -229,3 +231,26 @@ def test_http_teacher_keeps_to_its_concurrency_limit(openai_server, tmp_path):
   stats = requests.get(stats_url, timeout=5).json()
   assert stats["max_in_flight"] == 3 and stats["requests"] == 12  # reached, never passed; no retries
   assert elapsed < 12 * 0.2 / 2  # 0.2 s per answer, three at a time
+
+
+def test_a_preemption_notice_stops_the_http_teacher_with_every_answer_it_got_kept(openai_server, tmp_path):
+  base_url, stats_url = openai_server
+  cache = tmp_path / "c.jsonl"
+  teacher = lambda: OpenAICompatibleTeacher(base_url, "well-behaved", cache_path=cache, concurrency=2, progress=False)
+  questions = _questions(20)
+  notice = threading.Timer(0.7, preemption.notify)  # 0.2 s an answer, two at a time: 2 s in all
+  notice.start()
+  try:
+    with pytest.raises(preemption.Preempted, match=r"answers of well-behaved are kept in .*c\.jsonl"):
+      teacher().rationales(questions, num_samples=1)
+  finally:
+    notice.cancel()
+    preemption.clear()
+  kept = len(cache.read_text().splitlines())
+  assert 2 <= kept < 20
+  stats = requests.get(stats_url, timeout=5).json()
+  assert stats["requests"] == kept  # whatever was asked was answered and kept
+  rerun = teacher()
+  assert len(rerun.rationales(questions, num_samples=1)) == 20
+  assert rerun.requests_sent == 20 - kept
+  assert set(requests.get(stats_url, timeout=5).json()["answered"].values()) == {1}  # none asked twice

@@ -3,8 +3,9 @@
 Requests run `concurrency` at a time; 429 and 5xx answers, timeouts and dropped connections
 are retried with exponential backoff (honouring Retry-After); every answer is appended to an
 on-disk cache keyed by (teacher, prompt, sample index) before the next is asked, so that a
-restarted run asks nothing twice. The API key is read from an environment variable and never
-logged or saved.
+restarted run asks nothing twice. On a preemption notice (SIGTERM) the requests in flight finish
+and are cached, none starts or is retried, and `Preempted` is raised. The API key is read from an
+environment variable and never logged or saved.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import requests
 import tqdm
 
+from srit_jax import preemption
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.teachers.base import Teacher, TeacherError, family_of
@@ -80,10 +82,18 @@ class OpenAICompatibleTeacher(Teacher):
       ) as bar,
     ):
       futures = [pool.submit(self._answer, session, *job) for job in missing]
+      pending = set(futures)
       try:
-        for future in concurrent.futures.as_completed(futures):
-          future.result()
-          bar.update(1)
+        while pending:
+          done, pending = concurrent.futures.wait(pending, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+          for future in done:
+            future.result()
+            bar.update(1)
+          if preemption.noticed():  # the requests in flight finish (and are cached); no new one starts
+            raise preemption.Preempted(
+              f"preempted: {len(self.cache)} answers of {self.model} are kept in {self.cache.path}; "
+              "run the same command again to go on from there"
+            )
       except BaseException:
         for f in futures:
           f.cancel()
@@ -109,6 +119,8 @@ class OpenAICompatibleTeacher(Teacher):
     problem = ""
     for attempt in range(self.max_retries + 1):
       if attempt:
+        if preemption.noticed():
+          return  # not retried while the run stops: the rerun asks it again
         time.sleep(self._delay(attempt, problem))
       self.requests_sent += 1
       try:
