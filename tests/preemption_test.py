@@ -126,6 +126,38 @@ def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_stud
   _preempt_and_resume(base, tmp_path, processes=1)
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_during_the_reference_pass_keeps_its_batches_and_resumes_exactly(tiny_student, tmp_path, processes):
+  base = [
+    "refine",
+    "--config=configs/refine.py:tiny",
+    f"--config.model={tiny_student}",
+    "--config.teacher_fallback=True",
+    f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
+    "--config.mesh.fsdp=-1",
+    "--config.num_steps=4",
+    "--config.batch_size=2",  # reference batches of 2 pairs per device: several of them
+  ]
+  _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
+  workdir = tmp_path / "preempted"
+  # The pairs are written just before the reference pass begins: the notice comes amid it.
+  results = _terminate_when(
+    _start([*base, f"--workdir={workdir}"], processes=processes), (workdir / "pairs.jsonl").exists
+  )
+  for result in results:
+    assert result.returncode == preemption.EXIT_CODE, result.stderr[-3000:]
+  message = results[0].stderr.strip().splitlines()[-1]
+  assert message.startswith("preempted: the log-probs of ") and "reference_logps.so_far.npz" in message, message
+  assert not (workdir / "reference_logps.npz").exists() and not _metric_steps(workdir)
+  full = np.load(tmp_path / "full" / "reference_logps.npz")
+  kept = np.load(workdir / "reference_logps.so_far.npz")
+  assert 0 < len(kept["chosen"]) < len(full["chosen"])
+  np.testing.assert_array_equal(kept["chosen"], full["chosen"][: len(kept["chosen"])])
+  _finish([*base, f"--workdir={workdir}"], processes=processes)
+  np.testing.assert_array_equal(np.load(workdir / "reference_logps.npz")["rejected"], full["rejected"])
+  _assert_same_export(tmp_path / "full", workdir)
+
+
 def test_sigterm_during_sampling_keeps_every_finished_line(tiny_with_tokenizer, tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"prompt": f"Count to {i}.", "id": i}) + "\n" for i in range(64)))

@@ -248,25 +248,24 @@ class PairScorer:
       raise ValueError(f"{len(chosen[0])} pairs done is not a whole number of batches of {self.batch_size}")
     process = jax.process_index()
     hidden = desc is None or process != 0
-    bar = tqdm.tqdm(total=len(self.chunks), initial=finished, desc=desc, unit="batch", disable=hidden)
-    for indices in self.chunks[finished:]:
-      mine = self._padded(indices)[process * self.per_process : (process + 1) * self.per_process]
-      local = pair_batches.make_pair_batch(
-        self.pairs,
-        mine,
-        self.layout,
-        self.rows,
-        first_slot=process * self.per_process,
-        slots_per_microbatch=self.batch_size,
-        answer_positions=self.answer_positions,
-      )
-      both = self._log_probs(params, sharding.shard_rows(local, self.mesh), base)
-      chosen.append(io.to_host(both[0])[: len(indices)])
-      rejected.append(io.to_host(both[1])[: len(indices)])
-      bar.update()
-      if on_batch is not None:
-        on_batch(np.concatenate(chosen), np.concatenate(rejected))
-    bar.close()
+    with tqdm.tqdm(total=len(self.chunks), initial=finished, desc=desc, unit="batch", disable=hidden) as bar:
+      for indices in self.chunks[finished:]:
+        mine = self._padded(indices)[process * self.per_process : (process + 1) * self.per_process]
+        local = pair_batches.make_pair_batch(
+          self.pairs,
+          mine,
+          self.layout,
+          self.rows,
+          first_slot=process * self.per_process,
+          slots_per_microbatch=self.batch_size,
+          answer_positions=self.answer_positions,
+        )
+        both = self._log_probs(params, sharding.shard_rows(local, self.mesh), base)
+        chosen.append(io.to_host(both[0])[: len(indices)])
+        rejected.append(io.to_host(both[1])[: len(indices)])
+        bar.update()
+        if on_batch is not None:
+          on_batch(np.concatenate(chosen), np.concatenate(rejected))
     return np.concatenate(chosen), np.concatenate(rejected)
 
 
