@@ -65,7 +65,14 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | 
       raise ValueError(f"{len(devices)} devices cannot be split as {config}")
     sizes[sizes.index(-1)] = len(devices) // known
   if -1 not in [config.data, config.fsdp, config.tensor] and math.prod(sizes) < len(devices):
-    devices = devices[: math.prod(sizes)]  # a fully sized mesh may use the first devices only
+    available, devices = devices, devices[: math.prod(sizes)]  # a fully sized mesh may use the first devices only
+    left_out = sorted({d.process_index for d in available} - {d.process_index for d in devices})
+    if jax.process_count() > 1 and left_out:  # those processes would hold no shard of anything
+      raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} uses {len(devices)} of {len(available)} devices, none of "
+        f"process {', '.join(map(str, left_out))}: with {jax.process_count()} processes the mesh takes "
+        "every process's devices (set one axis to -1 for the rest)"
+      )
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
   try:

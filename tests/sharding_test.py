@@ -1,6 +1,7 @@
 """Sharded loading on 8 emulated devices: same logits, and every parameter where its axes say."""
 
 import os
+import types
 
 import jax
 import numpy as np
@@ -70,6 +71,17 @@ def test_make_mesh_fills_one_axis_and_rejects_impossible_shapes():
     sharding.make_mesh(sharding.MeshConfig(3, 2, 2))
   with pytest.raises(ValueError, match="cannot be split"):
     sharding.make_mesh(sharding.MeshConfig(3, -1, 1))
+
+
+def test_a_mesh_that_leaves_a_process_without_devices_is_a_one_line_error(monkeypatch):
+  # Two processes of 4 devices each (process_index as jax.distributed gives it), a mesh of 4.
+  devices = [types.SimpleNamespace(id=i, process_index=i // 4) for i in range(8)]
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match=r"uses 4 of 8 devices, none of process 1: with 2 processes"):
+    sharding.make_mesh(sharding.MeshConfig(1, 4, 1), devices)
+  # One process: a mesh may take its first devices.
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  assert dict(sharding.make_mesh(sharding.MeshConfig(1, 4, 1)).shape) == {"data": 1, "fsdp": 4, "tensor": 1}
 
 
 def test_init_params_on_a_mesh_are_created_sharded():
