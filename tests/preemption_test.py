@@ -112,18 +112,19 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_with_t
   _preempt_and_resume(_sft_args(tiny_with_tokenizer, _records(tmp_path / "demos.jsonl")), tmp_path, processes=2)
 
 
-def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_student, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_student, tmp_path, processes):
   base = [
     "refine",
     "--config=configs/refine.py:tiny",
     f"--config.model={tiny_student}",
     "--config.teacher_fallback=True",
     f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
-    "--config.mesh.fsdp=1",
+    "--config.mesh.fsdp=-1",  # one device a process
     "--config.num_steps=40",
     "--config.save_every=50",
   ]
-  _preempt_and_resume(base, tmp_path, processes=1)
+  _preempt_and_resume(base, tmp_path, processes=processes)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
