@@ -189,6 +189,48 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
     np.testing.assert_array_equal(exported[1][name], value, err_msg=name)
 
 
+def test_kept_reference_batches_of_other_pairs_or_another_batch_size_are_not_taken(tmp_path, monkeypatch):
+  class Scorer:  # log-prob sums of 10 pairs in batches of 4: pair i scores (-i, -2i)
+    pairs, batch_size = list(range(10)), 4
+
+    def __init__(self):
+      self.scored = []
+
+    def __call__(self, params, base=None, *, desc=None, done=((), ()), on_batch=None):
+      chosen, rejected = list(done[0]), list(done[1])
+      for start in range(len(chosen), len(self.pairs), self.batch_size):
+        batch = self.pairs[start : start + self.batch_size]
+        self.scored += batch
+        chosen += [-float(i) for i in batch]
+        rejected += [-2.0 * i for i in batch]
+        on_batch(np.asarray(chosen), np.asarray(rejected))
+      return np.asarray(chosen), np.asarray(rejected)
+
+  path, kept = tmp_path / "reference_logps.npz", tmp_path / "reference_logps.so_far.npz"
+  monkeypatch.setattr(refine.preemption, "requested", lambda: True)  # a notice after the first batch
+  with pytest.raises(refine.preemption.Preempted, match="the log-probs of 4 of 10 pairs"):
+    refine._cached_log_probs(path, "pairs A", Scorer(), None, None)
+  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
+  other_pairs = Scorer()
+  refine._cached_log_probs(path, "pairs B", other_pairs, None, None)
+  assert other_pairs.scored == list(range(10))  # pairs A's batch was not taken for pairs B's
+  assert not kept.exists() and path.exists()
+
+  path.unlink()
+  monkeypatch.setattr(refine.preemption, "requested", lambda: True)
+  with pytest.raises(refine.preemption.Preempted):
+    refine._cached_log_probs(path, "pairs A", Scorer(), None, None)
+  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
+  other_batches = Scorer()
+  other_batches.batch_size = 3
+  chosen, rejected = refine._cached_log_probs(path, "pairs A", other_batches, None, None)
+  assert other_batches.scored == list(range(10))  # batches of 4 are not whole batches of 3
+  np.testing.assert_array_equal(rejected, -2.0 * np.arange(10))
+  resumed = Scorer()  # the whole pass is saved: read, nothing scored
+  assert refine._cached_log_probs(path, "pairs A", resumed, None, None)[0].tolist() == chosen.tolist()
+  assert resumed.scored == []
+
+
 def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(monkeypatch, tmp_path):
   seen = {}
 
