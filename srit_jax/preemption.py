@@ -51,7 +51,7 @@ def requested() -> bool:
       return multihost_utils.reached_preemption_sync_point(point)
     except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
       return False
-  return _notice.is_set()
+  return noticed()
 
 
 def noticed() -> bool:

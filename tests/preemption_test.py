@@ -104,6 +104,19 @@ def _sft_args(model_dir, train_file, steps=40):
   ]
 
 
+def _refine_args(student_dir, tmp_path, *settings):
+  """`srit-jax refine` of the tiny student on the teacher's demonstrations, one device a process."""
+  return [
+    "refine",
+    "--config=configs/refine.py:tiny",
+    f"--config.model={student_dir}",
+    "--config.teacher_fallback=True",
+    f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
+    "--config.mesh.fsdp=-1",
+    *settings,
+  ]
+
+
 def test_sigterm_during_sft_saves_the_step_reached_and_resumes_exactly(tiny_with_tokenizer, tmp_path):
   _preempt_and_resume(_sft_args(tiny_with_tokenizer, _records(tmp_path / "demos.jsonl")), tmp_path, processes=1)
 
@@ -114,31 +127,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_with_t
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_student, tmp_path, processes):
-  base = [
-    "refine",
-    "--config=configs/refine.py:tiny",
-    f"--config.model={tiny_student}",
-    "--config.teacher_fallback=True",
-    f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
-    "--config.mesh.fsdp=-1",  # one device a process
-    "--config.num_steps=40",
-    "--config.save_every=50",
-  ]
+  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=40", "--config.save_every=50")
   _preempt_and_resume(base, tmp_path, processes=processes)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_during_the_reference_pass_keeps_its_batches_and_resumes_exactly(tiny_student, tmp_path, processes):
-  base = [
-    "refine",
-    "--config=configs/refine.py:tiny",
-    f"--config.model={tiny_student}",
-    "--config.teacher_fallback=True",
-    f"--config.demos_file={_demos_file(tmp_path / 'demos.jsonl')}",
-    "--config.mesh.fsdp=-1",
-    "--config.num_steps=4",
-    "--config.batch_size=2",  # reference batches of 2 pairs per device: several of them
-  ]
+  # Reference batches of 2 pairs per device: several of them.
+  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=4", "--config.batch_size=2")
   _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
   workdir = tmp_path / "preempted"
   # The pairs are written just before the reference pass begins: the notice comes amid it.
