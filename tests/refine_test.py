@@ -11,11 +11,13 @@ import pytest
 from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config, subprocess_env
 from safetensors.numpy import load_file
 
+from srit_jax import preemption
 from srit_jax.data.preference_pairs import ScoredAnswer
 from srit_jax.generation.jsonl import Completion
 from srit_jax.phases import refine
 from srit_jax.tasks import prompts, synthetic
 from srit_jax.tasks.example import NUMBER, Example
+from srit_jax.training import pair_scoring
 
 
 def _demos_file(path, n=16):
@@ -138,7 +140,7 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
   assert batches > 3
 
   reference_batches = []  # the pairs scored so far, after each batch of this run's reference pass
-  score = refine.PairScorer.__call__
+  score = pair_scoring.PairScorer.__call__
 
   def counted(scorer, params, base=None, *, desc=None, on_batch=None, **options):
     def after_batch(chosen, rejected):
@@ -157,27 +159,27 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
 
     return requested
 
-  monkeypatch.setattr(refine.PairScorer, "__call__", counted)
+  monkeypatch.setattr(pair_scoring.PairScorer, "__call__", counted)
   workdir, kept = tmp_path / "preempted", tmp_path / "preempted" / "reference_logps.so_far.npz"
   # Killed without notice: what the last minute's keep wrote is there (here, kept after every batch).
-  monkeypatch.setattr(refine, "KEEP_EVERY_S", 0.0)
-  monkeypatch.setattr(refine.preemption, "requested", killed_after(2))
+  monkeypatch.setattr(pair_scoring, "KEEP_EVERY_S", 0.0)
+  monkeypatch.setattr(preemption, "requested", killed_after(2))
   with pytest.raises(KeyboardInterrupt):
     refine.run(config, workdir, progress=True)
   for side in ("chosen", "rejected"):
     np.testing.assert_array_equal(np.load(kept)[side], full[side][:8])
   # A notice after the rerun's first batch: the 12 pairs scored so far are kept.
-  monkeypatch.setattr(refine, "KEEP_EVERY_S", 60.0)
+  monkeypatch.setattr(pair_scoring, "KEEP_EVERY_S", 60.0)
   reference_batches.clear()
-  monkeypatch.setattr(refine.preemption, "requested", lambda: len(reference_batches) == 1)
-  with pytest.raises(refine.preemption.Preempted, match=r"the log-probs of 12 of \d+ pairs are kept in"):
+  monkeypatch.setattr(preemption, "requested", lambda: len(reference_batches) == 1)
+  with pytest.raises(preemption.Preempted, match=r"the log-probs of 12 of \d+ pairs are kept in"):
     refine.run(config, workdir, progress=True)
   assert reference_batches == [12] and not (workdir / "reference_logps.npz").exists()
   for side in ("chosen", "rejected"):
     np.testing.assert_array_equal(np.load(kept)[side], full[side][:12])
 
   reference_batches.clear()
-  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
+  monkeypatch.setattr(preemption, "requested", lambda: False)
   refine.run(config, workdir, progress=True)
   assert reference_batches == [min(4 * b, len(full["chosen"])) for b in range(4, batches + 1)]  # only the rest
   resumed = np.load(workdir / "reference_logps.npz")
@@ -187,48 +189,6 @@ def test_a_preempted_reference_pass_keeps_its_finished_batches_and_goes_on_from_
   exported = [load_file(str(d / "export" / "model.safetensors")) for d in (tmp_path / "full", workdir)]
   for name, value in exported[0].items():
     np.testing.assert_array_equal(exported[1][name], value, err_msg=name)
-
-
-def test_kept_reference_batches_of_other_pairs_or_another_batch_size_are_not_taken(tmp_path, monkeypatch):
-  class Scorer:  # log-prob sums of 10 pairs in batches of 4: pair i scores (-i, -2i)
-    pairs, batch_size = list(range(10)), 4
-
-    def __init__(self):
-      self.scored = []
-
-    def __call__(self, params, base=None, *, desc=None, done=((), ()), on_batch=None):
-      chosen, rejected = list(done[0]), list(done[1])
-      for start in range(len(chosen), len(self.pairs), self.batch_size):
-        batch = self.pairs[start : start + self.batch_size]
-        self.scored += batch
-        chosen += [-float(i) for i in batch]
-        rejected += [-2.0 * i for i in batch]
-        on_batch(np.asarray(chosen), np.asarray(rejected))
-      return np.asarray(chosen), np.asarray(rejected)
-
-  path, kept = tmp_path / "reference_logps.npz", tmp_path / "reference_logps.so_far.npz"
-  monkeypatch.setattr(refine.preemption, "requested", lambda: True)  # a notice after the first batch
-  with pytest.raises(refine.preemption.Preempted, match="the log-probs of 4 of 10 pairs"):
-    refine._cached_log_probs(path, "pairs A", Scorer(), None, None)
-  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
-  other_pairs = Scorer()
-  refine._cached_log_probs(path, "pairs B", other_pairs, None, None)
-  assert other_pairs.scored == list(range(10))  # pairs A's batch was not taken for pairs B's
-  assert not kept.exists() and path.exists()
-
-  path.unlink()
-  monkeypatch.setattr(refine.preemption, "requested", lambda: True)
-  with pytest.raises(refine.preemption.Preempted):
-    refine._cached_log_probs(path, "pairs A", Scorer(), None, None)
-  monkeypatch.setattr(refine.preemption, "requested", lambda: False)
-  other_batches = Scorer()
-  other_batches.batch_size = 3
-  chosen, rejected = refine._cached_log_probs(path, "pairs A", other_batches, None, None)
-  assert other_batches.scored == list(range(10))  # batches of 4 are not whole batches of 3
-  np.testing.assert_array_equal(rejected, -2.0 * np.arange(10))
-  resumed = Scorer()  # the whole pass is saved: read, nothing scored
-  assert refine._cached_log_probs(path, "pairs A", resumed, None, None)[0].tolist() == chosen.tolist()
-  assert resumed.scored == []
 
 
 def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(monkeypatch, tmp_path):
