@@ -1,5 +1,5 @@
 """Compile time and XLA's cost of a plan's cost copies at the default effort and at
-`programs.COST_ONLY_OPTIONS`: the check behind compiling those copies at XLA's least effort.
+`compiled_figures.COST_ONLY_OPTIONS`: the check behind compiling those copies at XLA's least effort.
 
     python benchmarks/plan_cost_effort.py --variant=llama2_7b,v5e-8 --depths=1,2
 
@@ -27,7 +27,7 @@ _OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
 
 def main(argv):
   del argv
-  from srit_jax import configs, programs, topology
+  from srit_jax import compiled_figures, configs, programs, topology
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])
@@ -36,10 +36,10 @@ def main(argv):
   figures = {}
   for depth in map(int, _DEPTHS.value):
     lower, _ = build(programs._shallow(model_config, depth), whole_rows=True)
-    for effort, options in (("least", programs.COST_ONLY_OPTIONS), ("default", None)):
+    for effort, options in (("least", compiled_figures.COST_ONLY_OPTIONS), ("default", None)):
       start = time.perf_counter()
       compiled = lower().compile(compiler_options=options)
-      cost = programs.xla_cost(compiled)
+      cost = compiled_figures.xla_cost(compiled)
       figures[f"depth {depth}, {effort} effort"] = row = {
         "compile_s": time.perf_counter() - start,
         "flops": cost.flops,

@@ -8,7 +8,7 @@ variant (the TPU compiler comes with the tpu extra) and writes benchmarks/result
 (kept between runs, so a killed run resumes in the order of `planning_queue`: unplanned
 variants first, then those whose rows per step changed since their plans, then those planned
 before the time estimate existed, then those whose cost copies were compiled at XLA's default
-effort instead of `programs.COST_ONLY_OPTIONS`) and the tables of docs/tpu.md. Each compiled program's
+effort instead of `compiled_figures.COST_ONLY_OPTIONS`) and the tables of docs/tpu.md. Each compiled program's
 figures are kept where `srit-jax plan` keeps them (`$SRIT_JAX_CACHE/xla/plan_figures`): a
 variant planned again, or resumed after a kill, compiles only the programs it has not compiled.
 """
@@ -130,10 +130,10 @@ def sizes_changed(variant: str, result: dict) -> bool:
 
 def cost_copies_compiled_otherwise(result: dict) -> bool:
   """Whether a plan's bounds came from cost copies compiled otherwise than plans compile them now
-  (`programs.COST_ONLY_OPTIONS`): it is planned again, so the time table has one method."""
-  from srit_jax import programs
+  (`compiled_figures.COST_ONLY_OPTIONS`): it is planned again, so the time table has one method."""
+  from srit_jax import compiled_figures
 
-  return result.get("cost_options") != programs.COST_ONLY_OPTIONS
+  return result.get("cost_options") != compiled_figures.COST_ONLY_OPTIONS
 
 
 def recount(results: dict) -> None:
@@ -158,7 +158,7 @@ def recount(results: dict) -> None:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import configs, io, programs, run_time, topology
+  from srit_jax import compiled_figures, configs, io, programs, run_time, topology
   from srit_jax.configs import paper
 
   student, slice_name, *rest = variant.split(",")
@@ -170,7 +170,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
     "pipeline",
     devices,
     prompt_length=prompt_length,
-    figures_cache=programs.figures_cache_in(io.compilation_cache_dir()),  # where `srit-jax plan` keeps them
+    figures_cache=compiled_figures.figures_cache_in(io.compilation_cache_dir()),  # where `srit-jax plan` keeps them
     progress=lambda line: print(line, flush=True),
   )
   estimates = run_time.run_estimate(config, plans, devices)
@@ -188,7 +188,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
     "eval_rows": config.eval.batch_size,
     "seconds": time.perf_counter() - start,
     "planned": time.strftime("%Y-%m-%d"),
-    "cost_options": programs.COST_ONLY_OPTIONS,  # how the cost copies behind the estimates compiled
+    "cost_options": compiled_figures.COST_ONLY_OPTIONS,  # how the cost copies behind the estimates compiled
     "programs": [
       {
         "phase": p.phase,

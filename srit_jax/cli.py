@@ -266,7 +266,7 @@ def _plan(args: list[str]) -> int:
   problems = checks.field_problems(config)
   if problems:
     raise UsageError(str(checks.ConfigError(problems)))
-  from srit_jax import programs
+  from srit_jax import compiled_figures
 
   cache = _compilation_cache()  # JAX's own cache cannot load a program compiled for a slice: figures only
   try:
@@ -276,7 +276,7 @@ def _plan(args: list[str]) -> int:
       topology_name=_TOPOLOGY.value,
       prompt_length=_PROMPT_LENGTH.value,
       time=_TIME.value,
-      figures_cache=None if cache is None else programs.figures_cache_in(cache),
+      figures_cache=None if cache is None else compiled_figures.figures_cache_in(cache),
     )
   except ValueError as e:  # a topology, mesh or batch that cannot be: one line
     raise UsageError(str(e)) from None

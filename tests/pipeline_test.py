@@ -196,7 +196,7 @@ def test_the_in_domain_tasks_follow_the_refine_task():
 def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_stages():
   import math
 
-  from srit_jax import configs, programs, run_time, topology
+  from srit_jax import compiled_figures, configs, programs, run_time, topology
   from srit_jax.configs import checks
 
   config = configs.load("csqa_palm", "full")
@@ -204,7 +204,7 @@ def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_sta
   domains = {"csqa": "in-domain", "obqa": "out-domain", "arc_challenge": "out-domain"}
   assert registry.evaluation_domains(config) == domains
   devices, _ = topology.tpu_devices("v5e-8")
-  one = programs.Cost(1e12, 1e9)
+  one = compiled_figures.Cost(1e12, 1e9)
   plans = [
     programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
     programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),

@@ -143,7 +143,7 @@ def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
   import jax
   import jax.numpy as jnp
 
-  from srit_jax import programs, topology
+  from srit_jax import compiled_figures, topology
 
   devices, _ = topology.tpu_devices("v5e-8")
   mesh = jax.sharding.Mesh(np.array(devices).reshape(8), ("rows",))
@@ -152,7 +152,7 @@ def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
   a = jax.ShapeDtypeStruct((8 * 256, 1024), jnp.bfloat16, sharding=rows)
   b = jax.ShapeDtypeStruct((1024, 4096), jnp.bfloat16, sharding=whole)
   compiled = jax.jit(lambda a, b: a @ b, out_shardings=rows).lower(a, b).compile()
-  cost = programs.xla_cost(compiled)
+  cost = compiled_figures.xla_cost(compiled)
   # By hand, per chip: 256 x 1024 x 4096 multiply-adds; at least the operands read and the product
   # written once (XLA counts what its tiled program touches, which is more).
   assert cost.flops == pytest.approx(2 * 256 * 1024 * 4096, rel=0.01)
@@ -166,18 +166,18 @@ def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
 def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_tokenizer):
   import dataclasses
 
-  from srit_jax import configs, programs, topology
+  from srit_jax import compiled_figures, configs, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size, block.num_microbatches = str(tiny_with_tokenizer), 16, 2
   devices, _ = topology.tpu_devices("v5e-8")
   model_config = programs._model_config(block, block.model)
   build = programs.sft_build(block, devices)
-  scanned = programs.xla_cost(build(model_config)[0]().compile())
+  scanned = compiled_figures.xla_cost(build(model_config)[0]().compile())
   corrected = programs.extrapolated_cost(build, model_config)
   # Every layer unrolled, whole rows and one pass: nothing under a loop, so XLA counts it all.
   unrolled = dataclasses.replace(model_config, scan_unroll=model_config.num_layers)
-  truth = programs.xla_cost(build(unrolled, whole_rows=True)[0]().compile())
+  truth = compiled_figures.xla_cost(build(unrolled, whole_rows=True)[0]().compile())
   assert model_config.num_layers == 3 and scanned.flops < 0.75 * truth.flops  # the scan hides layers
   assert corrected.flops == pytest.approx(truth.flops, rel=0.02)
   assert corrected.bytes == pytest.approx(truth.bytes, rel=0.1)
@@ -207,23 +207,25 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   """The shallow copies are compiled only for XLA's cost, with `COST_ONLY_OPTIONS` (a fraction
   of the compile time at paper scale); the program itself, whose memory the plan reads, at the
   default effort. Their FLOPs are the default effort's; bytes within the method's tolerance."""
-  from srit_jax import configs, programs, topology
+  from srit_jax import compiled_figures, configs, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 16
   devices, _ = topology.tpu_devices("v5e-8")
   compiled_with = []
-  real = programs.compile_figures
+  real = compiled_figures.compile_figures
   monkeypatch.setattr(
-    programs, "compile_figures", lambda *a, **k: compiled_with.append(a[3] if len(a) > 3 else None) or real(*a, **k)
+    compiled_figures,
+    "compile_figures",
+    lambda *a, **k: compiled_with.append(a[3] if len(a) > 3 else None) or real(*a, **k),
   )
   programs.programs(block, "sft", devices, prompt_length=16, figures_cache=tmp_path)
-  assert compiled_with == [None, programs.COST_ONLY_OPTIONS, programs.COST_ONLY_OPTIONS]
+  assert compiled_with == [None, compiled_figures.COST_ONLY_OPTIONS, compiled_figures.COST_ONLY_OPTIONS]
   assert len(list(tmp_path.glob("*.json"))) == 3
 
   model_config = programs._model_config(block, block.model)
   lower, arguments = programs.sft_build(block, devices)(programs._shallow(model_config, 2), whole_rows=True)
-  least = real(lower, arguments, tmp_path, programs.COST_ONLY_OPTIONS)
+  least = real(lower, arguments, tmp_path, compiled_figures.COST_ONLY_OPTIONS)
   default = real(lower, arguments, tmp_path)
   assert least.cached and not default.cached  # the options are part of the figures' key
   assert least.cost.flops == pytest.approx(default.cost.flops, rel=1e-3)
@@ -234,13 +236,13 @@ def test_plans_whose_cost_copies_compiled_otherwise_are_planned_again_last():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan
 
-  from srit_jax import programs
+  from srit_jax import compiled_figures
 
   first, second, *rest = tpu_plan.all_variants()
   timed = {"devices": 4, "estimates": [{"phase": "sft"}]}
   results = {
     first: {**timed, **_planned_at(tpu_plan, first)},  # cost copies at the default effort
-    second: {**timed, **_planned_at(tpu_plan, second), "cost_options": dict(programs.COST_ONLY_OPTIONS)},
+    second: {**timed, **_planned_at(tpu_plan, second), "cost_options": dict(compiled_figures.COST_ONLY_OPTIONS)},
   }
   assert tpu_plan.planning_queue(results) == [*rest, first]
 
@@ -350,11 +352,11 @@ def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_plann
 def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   import math
 
-  from srit_jax import configs, programs, run_time, topology
+  from srit_jax import compiled_figures, configs, programs, run_time, topology
 
   config = configs.load("paper", "llama2_7b,v5e-8")  # limit 0 everywhere; the hub's splits
   devices, _ = topology.tpu_devices("v5e-8")
-  one = programs.Cost(1e12, 1e9)
+  one = compiled_figures.Cost(1e12, 1e9)
   plans = [
     programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
     programs.ProgramPlan("refine", "DPO step", "splash", cost=one),

@@ -29,7 +29,7 @@ def run(
   figures_cache: pathlib.Path | None = None,
 ) -> int:
   """Prints the plan table (and with `time` each program's time bound and the run's hours);
-  returns 0 when every program fits, 1 otherwise. `figures_cache`: see `programs.compile_figures`."""
+  returns 0 when every program fits, 1 otherwise. `figures_cache`: see `compiled_figures.compile_figures`."""
   devices, hbm = plan_devices(topology_name)
   where = f"{topology_name} ({len(devices)} devices, {devices[0].device_kind})" if topology_name else "local devices"
   print(f"planning {command} for {where}; prompts of {prompt_length} tokens")
