@@ -11,6 +11,7 @@ from conftest import TINY_HF_CONFIGS, torch_logits
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.generation import batched as generation
 from srit_jax.model import decoder as model_lib
+from srit_jax.model import kv_cache
 
 
 def _tokens(batch, length, seed=0, vocab=128):
@@ -68,7 +69,7 @@ def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, famil
   continuation = _tokens(2, 7, seed=3)
   tokens, mask = generation.left_pad(prompts, pad_id=0)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-  cache = model_lib.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
+  cache = kv_cache.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
   last_logits, cache = model_lib.prefill(config, params, tokens, positions, mask, cache, rows_per_chunk=rows_per_chunk)
   layer_params = model_lib.unstack_layers(params)
   outputs = [last_logits[:, None]]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from srit_jax.model import decoder as model_lib
+from srit_jax.model import kv_cache
 from srit_jax.model.config import ModelConfig
 
 STOP_LENGTH, STOP_EOS, STOP_SEQUENCE = 0, 1, 2  # why a row stopped
@@ -130,7 +131,7 @@ def _ends_with_stop(window_BxQ: jax.Array, stops_MxQ: jax.Array) -> jax.Array:
 class DecodeState:
   """A batch of rows mid-generation. An idle or finished row is `done`."""
 
-  cache: model_lib.KVCache
+  cache: kv_cache.KVCache
   logits_BxV: jax.Array  # float32: the next token's logits
   position_B: jax.Array  # the next token's position
   step_B: jax.Array  # new tokens generated so far
@@ -142,7 +143,7 @@ class DecodeState:
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters=None) -> model_lib.KVCache:
+def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters=None) -> kv_cache.KVCache:
   """The cache of a prompt prefix that every row of a call shares, computed once (one row).
 
   `sample`, `start` and `insert` take it as `prefix` with prompts that leave it out: each row's
@@ -150,7 +151,7 @@ def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters
   a mesh the row is left to the compiler's layout (it is broadcast to every row's shard)."""
   length = tokens_1xL.shape[1]
   positions = jnp.arange(length, dtype=jnp.int32)[None]
-  cache = model_lib.init_cache(config, 1, length)
+  cache = kv_cache.init_cache(config, 1, length)
   _, cache = model_lib.prefill(
     config, params, tokens_1xL, positions, jnp.ones_like(positions), cache, adapters=adapters
   )
@@ -196,7 +197,7 @@ def _prefilled(
       rows_per_chunk,
     )
   else:
-    cache = model_lib.init_cache(config, prompts, cache_length, mesh=mesh)
+    cache = kv_cache.init_cache(config, prompts, cache_length, mesh=mesh)
     last_logits_UxV, cache = model_lib.prefill(
       config,
       params,
@@ -211,7 +212,7 @@ def _prefilled(
   if source_B is None:
     last_logits_BxV, positions_BxP, mask_BxP = last_logits_UxV, positions_UxP, mask_UxP
   else:
-    cache = model_lib.take_rows(cache, source_B, mesh)
+    cache = kv_cache.take_rows(cache, source_B, mesh)
     last_logits_BxV, positions_BxP, mask_BxP = (x[source_B] for x in (last_logits_UxV, positions_UxP, mask_UxP))
   return DecodeState(
     cache=cache,
@@ -240,7 +241,7 @@ def _after_prefix(
 
   def run(chunk):
     tokens_RxP, positions_RxP, mask_RxP = chunk
-    cache = model_lib.with_prefix(model_lib.init_cache(config, rows, cache_length, mesh=mesh), prefix, mesh)
+    cache = kv_cache.with_prefix(kv_cache.init_cache(config, rows, cache_length, mesh=mesh), prefix, mesh)
     logits_Rx1xV, cache = model_lib.decode(
       config, params, layer_params, tokens_RxP, positions_RxP, mask_RxP, cache, mesh, layer_adapters, last_only=True
     )
@@ -250,7 +251,7 @@ def _after_prefix(
     return run(inputs)
   logits_CxRxV, cache_C = model_lib.map_row_chunks(run, inputs, rows)
   merge = model_lib.merge_row_chunks
-  cache = model_lib.KVCache(
+  cache = kv_cache.KVCache(
     keys=tuple(map(merge, cache_C.keys)),
     values=tuple(map(merge, cache_C.values)),
     positions=merge(cache_C.positions),
@@ -260,7 +261,7 @@ def _after_prefix(
   return merge(logits_CxRxV), cache
 
 
-def prefix_length(prefix: model_lib.KVCache | None) -> int:
+def prefix_length(prefix: kv_cache.KVCache | None) -> int:
   """The tokens a `prefix_cache` holds (0 for none)."""
   return 0 if prefix is None else prefix.positions.shape[1]
 
@@ -330,7 +331,7 @@ def sample(
   max_new_tokens: int,
   mesh: Mesh | None = None,
   adapters=None,
-  prefix: model_lib.KVCache | None = None,
+  prefix: kv_cache.KVCache | None = None,
   source_B: jax.Array | None = None,
 ):
   """Generates up to `max_new_tokens` per left-padded row; rows with an all-zero mask are idle.
@@ -364,7 +365,7 @@ def start(
   max_new_tokens: int,
   mesh: Mesh | None = None,
   adapters=None,
-  prefix: model_lib.KVCache | None = None,
+  prefix: kv_cache.KVCache | None = None,
   source_B: jax.Array | None = None,
 ) -> DecodeState:
   """A batch that will take new prompts: its first prompts in a cache of `cache_length` slots
@@ -422,7 +423,7 @@ def insert(
   *,
   mesh: Mesh | None = None,
   adapters=None,
-  prefix: model_lib.KVCache | None = None,
+  prefix: kv_cache.KVCache | None = None,
   source_G: jax.Array | None = None,
 ) -> DecodeState:
   """`state` with G new left-padded prompts prefilled into rows `rows_G` (a row index of B or
@@ -447,7 +448,7 @@ def insert(
   )
   put = lambda old, rows: old.at[rows_G].set(rows, mode="drop")
   slots = lambda x: jnp.pad(x, ((0, 0), (0, cache_length - prompt_len)))  # the emptied slots: segment 0
-  cache = model_lib.KVCache(
+  cache = kv_cache.KVCache(
     keys=tuple(
       old.at[rows_G, :, :, :prompt_len].set(k, mode="drop") for old, k in zip(state.cache.keys, new.cache.keys)
     ),

@@ -1,4 +1,4 @@
-"""The decoder in Flax linen, with a KV-cache path for generation.
+"""The decoder in Flax linen, with a KV-cache path for generation (the cache: kv_cache.py).
 
 One module covers Llama 2/3.x, Mistral, Qwen2/2.5/3, Phi-3, Gemma 2/3, SmolLM2 and TinyLlama:
 each way a family differs is a `ModelConfig` switch (see there). Layers run under `nn.scan`
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import functools
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
 from srit_jax import sharding
-from srit_jax.model import attention, rotary
+from srit_jax.model import attention, kv_cache, rotary
 from srit_jax.model.config import ModelConfig
 from srit_jax.model.lora import Projection, _kernel_init, _param
 
@@ -32,61 +31,6 @@ _REMAT_POLICIES = {
   "dots": jax.checkpoint_policies.checkpoint_dots,
   "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
-
-
-@flax.struct.dataclass
-class KVCache:
-  """Preallocated keys and values of every layer, and what each slot holds.
-
-  keys: one [B, K, H, S] array per layer, values one [B, K, S, H] array per layer: laid out
-  so that each step's two attention matmuls read them as they lie, and kept as separate
-  arrays rather than one stacked [L, ...] array, so no step copies a layer's slice out of a
-  stack. positions, segment_ids: [B, S]
-  (segment 0 = empty slot); end: the number of slots written so far, an int32 scalar when
-  every row has as many, or one per row [B] when rows start at different times (a batch
-  whose finished rows take new prompts).
-  """
-
-  keys: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
-  positions: jax.Array
-  segment_ids: jax.Array
-  end: jax.Array
-
-
-KEY_CACHE_AXES = ("batch", "act_kv_heads", "head_dim", "length")  # each layer's keys
-VALUE_CACHE_AXES = ("batch", "act_kv_heads", "length", "head_dim")  # each layer's values
-
-
-@flax.struct.dataclass
-class CacheView:
-  """What every layer sees of the cache: slot contents and how to attend.
-
-  mode "prefill": attend among the new tokens only (the cache must be empty) and hand back
-  their keys and values; mode "step": write the new keys and values into the layer's cache
-  at slots [end, end + T), attend over the whole cache, and hand back the layer's cache.
-  """
-
-  positions: jax.Array  # [B, S], this call's tokens included (mode "step")
-  segment_ids: jax.Array  # [B, S], likewise
-  end: jax.Array  # int32 scalar or [B]: the first slot this call writes
-  mode: str = flax.struct.field(pytree_node=False, default="step")
-
-
-def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None, mesh=None) -> KVCache:
-  """An empty cache; on a mesh, each layer's keys and values laid out by their logical axes."""
-  dtype = dtype or config.dtype
-  key_shape = (batch_size, config.num_kv_heads, config.head_dim, max_length)
-  value_shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
-  return KVCache(
-    keys=tuple(sharding.constrain(jnp.zeros(key_shape, dtype), KEY_CACHE_AXES, mesh) for _ in range(config.num_layers)),
-    values=tuple(
-      sharding.constrain(jnp.zeros(value_shape, dtype), VALUE_CACHE_AXES, mesh) for _ in range(config.num_layers)
-    ),
-    positions=jnp.zeros((batch_size, max_length), jnp.int32),
-    segment_ids=jnp.zeros((batch_size, max_length), jnp.int32),
-    end=jnp.zeros((), jnp.int32),
-  )
 
 
 class RMSNorm(nn.Module):
@@ -188,8 +132,8 @@ class Attention(nn.Module):
     else:
       # Written before they are read, so the update happens in place: the attention reads
       # the array the write produced, never the one it replaced.
-      keys_BxKxHxS = write_keys(layer_kv[0], k_BxTxKxH, cache_view.end, self.mesh)
-      values_BxKxSxH = write_values(layer_kv[1], v_BxTxKxH, cache_view.end, self.mesh)
+      keys_BxKxHxS = kv_cache.write_keys(layer_kv[0], k_BxTxKxH, cache_view.end, self.mesh)
+      values_BxKxSxH = kv_cache.write_values(layer_kv[1], v_BxTxKxH, cache_view.end, self.mesh)
       new_kv = (keys_BxKxHxS, values_BxKxSxH)
       out_BxTxNxH = attention.attend_cached(
         q_BxTxNxH,
@@ -333,7 +277,7 @@ class Transformer(nn.Module):
 
   def prefill_kv(self, tokens_BxT, positions_BxT, segment_ids_BxT):
     """Runs a prompt; returns (logits of the last position [B, V], (keys, values) [L, B, T, K, H])."""
-    view = CacheView(positions_BxT, segment_ids_BxT, jnp.zeros((), jnp.int32), mode="prefill")
+    view = kv_cache.CacheView(positions_BxT, segment_ids_BxT, jnp.zeros((), jnp.int32), mode="prefill")
     hidden, new_kv = self._backbone(tokens_BxT, positions_BxT, segment_ids_BxT, None, view)
     return self.logits_from_hidden(hidden[:, -1]), new_kv
 
@@ -394,7 +338,7 @@ def prefill(
   tokens_BxT,
   positions_BxT,
   segment_ids_BxT,
-  cache: KVCache,
+  cache: kv_cache.KVCache,
   mesh=None,
   rows_per_chunk: int | None = None,
   adapters=None,
@@ -418,7 +362,7 @@ def prefill(
     logits_CxRxV, kv_CxLxRxTxKxH = map_row_chunks(run, inputs, rows_per_chunk)
     last_logits_BxV = merge_row_chunks(logits_CxRxV)
     new_kv = tuple(merge_row_chunks(kv, row_axis=1) for kv in kv_CxLxRxTxKxH)  # [L, B, T, K, H]
-  return last_logits_BxV, _write(cache, new_kv, positions_BxT, segment_ids_BxT, mesh)
+  return last_logits_BxV, kv_cache.write_prefill(cache, new_kv, positions_BxT, segment_ids_BxT, mesh)
 
 
 def map_row_chunks(run, inputs: tuple, rows: int):
@@ -446,7 +390,7 @@ def decode(
   tokens_BxT,
   positions_BxT,
   segment_ids_BxT,
-  cache: KVCache,
+  cache: kv_cache.KVCache,
   mesh=None,
   layer_adapters=None,
   last_only: bool = False,
@@ -461,8 +405,8 @@ def decode(
   """
   model = Transformer(config, mesh)
   block = DecoderBlock(config, mesh)
-  positions_BxS, segment_ids_BxS = _write_slots(cache, positions_BxT, segment_ids_BxT)
-  view = CacheView(positions_BxS, segment_ids_BxS, cache.end, mode="step")
+  positions_BxS, segment_ids_BxS = kv_cache.write_slots(cache, positions_BxT, segment_ids_BxT)
+  view = kv_cache.CacheView(positions_BxS, segment_ids_BxS, cache.end, mode="step")
   x_BxTxD = model.apply({"params": params}, tokens_BxT, method=Transformer.embed)
   keys, values = [], []
   for layer, layer_kv in enumerate(zip(cache.keys, cache.values)):
@@ -479,90 +423,8 @@ def decode(
   if last_only:
     x_BxTxD = x_BxTxD[:, -1:]
   logits = model.apply({"params": params}, x_BxTxD, method=Transformer.head)
-  cache = KVCache(tuple(keys), tuple(values), positions_BxS, segment_ids_BxS, cache.end + tokens_BxT.shape[1])
+  cache = kv_cache.KVCache(tuple(keys), tuple(values), positions_BxS, segment_ids_BxS, cache.end + tokens_BxT.shape[1])
   return logits, cache
-
-
-def with_prefix(cache: KVCache, prefix: KVCache, mesh=None) -> KVCache:
-  """`cache` (empty) with every row's first slots holding `prefix`, the cache of one row ([1, ...]):
-  a prompt prefix all rows share, computed once. The rows' own tokens are written after it."""
-  batch = cache.positions.shape[0]
-
-  def put(old, new, axes=None):
-    new = jnp.broadcast_to(new, (batch, *new.shape[1:])).astype(old.dtype)
-    written = jax.lax.dynamic_update_slice(old, new, (0,) * old.ndim)
-    return sharding.constrain(written, axes, mesh) if axes else written
-
-  return KVCache(
-    keys=tuple(put(old, new, KEY_CACHE_AXES) for old, new in zip(cache.keys, prefix.keys)),
-    values=tuple(put(old, new, VALUE_CACHE_AXES) for old, new in zip(cache.values, prefix.values)),
-    positions=put(cache.positions, prefix.positions),
-    segment_ids=put(cache.segment_ids, prefix.segment_ids),
-    end=jnp.asarray(prefix.positions.shape[1], jnp.int32),
-  )
-
-
-def take_rows(cache: KVCache, rows_B, mesh=None) -> KVCache:
-  """`cache` with row b a copy of its row `rows_B[b]`: rows whose prompts are alike (a prompt's
-  samples) prefill it once and take copies."""
-  take = lambda x, axes: sharding.constrain(x[rows_B], axes, mesh)
-  return KVCache(
-    keys=tuple(take(k, KEY_CACHE_AXES) for k in cache.keys),
-    values=tuple(take(v, VALUE_CACHE_AXES) for v in cache.values),
-    positions=take(cache.positions, ("batch", None)),
-    segment_ids=take(cache.segment_ids, ("batch", None)),
-    end=cache.end if jnp.ndim(cache.end) == 0 else cache.end[rows_B],
-  )
-
-
-def _write_at(cache_array, new, end, slot_axis: int):
-  """`new` written into `cache_array` from slot `end` along `slot_axis`.
-
-  `end` is one slot for every row (one `dynamic_update_slice`) or one per row ([B]: the same
-  update per row, which XLA turns into one scatter).
-  """
-  if jnp.ndim(end) == 0:
-    return jax.lax.dynamic_update_slice(cache_array, new, tuple(end if a == slot_axis else 0 for a in range(new.ndim)))
-
-  def row(array, update, row_end):
-    return jax.lax.dynamic_update_slice(
-      array, update, tuple(row_end if a == slot_axis - 1 else 0 for a in range(update.ndim))
-    )
-
-  return jax.vmap(row)(cache_array, new, end)
-
-
-def _write_slots(cache: KVCache, positions_BxT, segment_ids_BxT):
-  """The cache's slot positions and segment ids with T new tokens written at [end, end + T)."""
-  positions = _write_at(cache.positions, positions_BxT.astype(jnp.int32), cache.end, 1)
-  segment_ids = _write_at(cache.segment_ids, segment_ids_BxT.astype(jnp.int32), cache.end, 1)
-  return positions, segment_ids
-
-
-def write_keys(keys_BxKxHxS, new_BxTxKxH, end, mesh=None):
-  """A layer's key cache with T new keys written at slots [end, end + T)."""
-  new = new_BxTxKxH.transpose(0, 2, 3, 1).astype(keys_BxKxHxS.dtype)
-  return sharding.constrain(_write_at(keys_BxKxHxS, new, end, 3), KEY_CACHE_AXES, mesh)
-
-
-def write_values(values_BxKxSxH, new_BxTxKxH, end, mesh=None):
-  """A layer's value cache with T new values written at slots [end, end + T)."""
-  new = new_BxTxKxH.transpose(0, 2, 1, 3).astype(values_BxKxSxH.dtype)
-  return sharding.constrain(_write_at(values_BxKxSxH, new, end, 2), VALUE_CACHE_AXES, mesh)
-
-
-def _write(cache: KVCache, new_kv, positions_BxT, segment_ids_BxT, mesh) -> KVCache:
-  """The cache after a prefill: every layer's keys and values ([L, B, T, K, H] from the layer
-  scan) and their slot metadata written at slots [end, end + T)."""
-  new_keys, new_values = new_kv
-  positions, segment_ids = _write_slots(cache, positions_BxT, segment_ids_BxT)
-  return KVCache(
-    keys=tuple(write_keys(old, new, cache.end, mesh) for old, new in zip(cache.keys, new_keys)),
-    values=tuple(write_values(old, new, cache.end, mesh) for old, new in zip(cache.values, new_values)),
-    positions=positions,
-    segment_ids=segment_ids,
-    end=cache.end + positions_BxT.shape[1],
-  )
 
 
 @functools.cache
