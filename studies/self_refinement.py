@@ -319,6 +319,12 @@ COMPARISONS = (
 )
 
 
+def _steps(entry: dict) -> str:
+  """A round's steps as run, "of" those planned where it stopped early."""
+  planned = entry.get("planned_steps") or entry["steps"]
+  return str(entry["steps"]) if entry["steps"] == planned else f"{entry['steps']} of {planned}"
+
+
 def _rounds(results: dict) -> list[dict]:
   """Per round: pairs, steps, held-out reward accuracy and margin (first and kept step), and the
   greedy in-domain accuracy where the round was evaluated."""
@@ -337,8 +343,9 @@ def _rounds(results: dict) -> list[dict]:
       {
         "round": number,
         "pairs": entry["pairs"],
-        "steps": entry.get("num_steps"),
-        "selected_step": (entry.get("selected") or {}).get("step") or entry.get("num_steps"),  # else the last
+        "steps": entry.get("steps_run") or entry.get("num_steps"),  # fewer than planned where it stopped early
+        "planned_steps": entry.get("num_steps"),
+        "selected_step": (entry.get("selected") or {}).get("step", entry.get("steps_run") or entry.get("num_steps")),
         "reference": (entry.get("reference") or {}).get("model"),
         "heldout_reward_accuracy": [before.get("eval/rewards/accuracies"), after.get("eval/rewards/accuracies")],
         "heldout_margin": [before.get("eval/rewards/margins"), after.get("eval/rewards/margins")],
@@ -564,7 +571,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
       margin_before, margin_after = entry["heldout_margin"]
       fmt = lambda x: "—" if x is None else f"{x:.3f}"
       round_rows.append(
-        f"| {name} | {entry['round']} | {entry['pairs']} | {entry['steps']} | {entry['selected_step']} "
+        f"| {name} | {entry['round']} | {entry['pairs']} | {_steps(entry)} | {entry['selected_step']} "
         f"| {fmt(before)} → {fmt(after)} | {fmt(margin_before)} → {fmt(margin_after)} | {accuracy} |"
       )
   json_path.write_text(json.dumps(summary, indent=2) + "\n")

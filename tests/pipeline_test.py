@@ -168,13 +168,27 @@ def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_befo
   config = _tiny_pipeline_config("unused")
   settings = configs.fingerprinted(config.refine.to_dict())
   assert "sampling_seed" not in settings and settings["seed"] == config.refine.seed
-  assert {**settings, "sampling_seed": 0} == config.refine.to_dict()
+  assert {**settings, "sampling_seed": 0, "early_stopping_patience": 0} == config.refine.to_dict()
   # The phase made before the setting existed (its settings without it) is the same phase.
   before = pipeline.Phase(tmp_path, "refine", settings, "upstream").fingerprint
   assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint == before
+  config.refine.early_stopping_patience = 4  # another stopping rule is another phase
+  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
+  config.refine.early_stopping_patience = 0
   config.refine.sampling_seed = 1  # another draw is another phase
   assert configs.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
   assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
+
+
+def test_a_control_stopped_early_must_keep_its_best_step():
+  from srit_jax.configs import checks
+
+  config = _tiny_pipeline_config("unused")
+  config.update(control=True, control_select_checkpoint="last")
+  config.refine.update(select_checkpoint="best_heldout", eval_every=1, early_stopping_patience=2)
+  assert any(p.startswith("control_select_checkpoint = 'last' with") for p in checks.problems(config, "pipeline"))
+  config.control_select_checkpoint = ""
+  assert not any("early_stopping" in p for p in checks.problems(config, "pipeline"))
 
 
 def test_the_in_domain_tasks_follow_the_refine_task():

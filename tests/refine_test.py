@@ -12,6 +12,7 @@ from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_
 from safetensors.numpy import load_file
 
 from srit_jax import preemption
+from srit_jax.configs import checks
 from srit_jax.data.preference_pairs import ScoredAnswer
 from srit_jax.generation.jsonl import Completion
 from srit_jax.phases import refine
@@ -263,6 +264,56 @@ def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_st
   assert summary["selected"] == {"step": best, "heldout_loss": curve[best]}
   # The exported student is that step's: its held-out loss, measured again, is the best one.
   assert summary["heldout_after"]["eval/loss"] == pytest.approx(curve[best], abs=1e-6)
+
+
+def test_early_stopping_ends_after_patience_evaluations_without_a_lower_held_out_loss(tiny_student, tmp_path):
+  patience = 2
+  config = _tiny_config(
+    tiny_student,
+    _demos_file(tmp_path / "demos.jsonl"),
+    num_steps=12,
+    eval_every=1,
+    select_checkpoint="best_heldout",
+    early_stopping_patience=patience,
+    nll_weight=1.0,
+  )
+  config.optimizer.learning_rate = 1.5e-1  # big steps: the held-out loss falls, then rises
+  workdir = tmp_path / "run"
+  summary = refine.run(config, workdir, progress=False)
+  curve = {int(step): values["eval/loss"] for step, values in summary["heldout_curve"].items()}
+  stop = summary["steps_run"]
+  assert 0 < stop < config.num_steps, curve  # it stopped early
+  assert sorted(curve) == list(range(stop + 1))
+
+  def lowest_up_to(step):
+    return min(range(step + 1), key=lambda s: (curve[s], s))
+
+  # The first step `patience` evaluations past the lowest loss so far: not one step later.
+  assert stop - lowest_up_to(stop) == patience
+  assert all(step - lowest_up_to(step) < patience for step in range(stop))
+  assert summary["selected"] == {"step": lowest_up_to(stop), "heldout_loss": curve[lowest_up_to(stop)]}
+  assert summary["heldout_after"]["eval/loss"] == pytest.approx(curve[lowest_up_to(stop)], abs=1e-6)
+
+  def training_steps():
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if "eval/loss" not in r]
+
+  assert training_steps() == list(range(1, stop + 1))
+
+  # Run again: the stopped run is not trained on, and exports the same student.
+  exported = load_file(str(workdir / "export/model.safetensors"))
+  again = refine.run(config, workdir, progress=False)
+  assert again["steps_run"] == stop and again["selected"] == summary["selected"]
+  assert training_steps() == list(range(1, stop + 1))
+  for name, value in load_file(str(workdir / "export/model.safetensors")).items():
+    np.testing.assert_array_equal(value, exported[name], err_msg=name)
+
+
+def test_early_stopping_needs_the_held_out_loss_and_its_best_step(tiny_student, tmp_path):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), eval_every=1, early_stopping_patience=3)
+  with pytest.raises(checks.ConfigError, match="early_stopping_patience = 3: stopping early needs select_checkpoint"):
+    refine.run(config, tmp_path / "run", progress=False)
+  assert not (tmp_path / "run" / "samples.cot.jsonl").exists()
 
 
 @pytest.mark.slow

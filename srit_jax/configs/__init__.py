@@ -42,7 +42,7 @@ def variants(arg: str, config_file: str, *axes: Sequence[str]) -> tuple[str, ...
 # Settings added after runs were made, at the value that leaves a phase as it was: left out of
 # fingerprints there, so that a run made (or checkpointed) before they existed is still found
 # done (or resumed).
-NEUTRAL_SETTINGS = {"sampling_seed": 0}
+NEUTRAL_SETTINGS = {"sampling_seed": 0, "early_stopping_patience": 0}
 
 
 def fingerprinted(settings: dict) -> dict:

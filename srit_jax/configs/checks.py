@@ -93,6 +93,7 @@ def _rules() -> dict[str, Callable]:
         "top_k",
         "seed",
         "sampling_seed",
+        "early_stopping_patience",
         "max_retries",
         "new_questions",
         "pack_length",
@@ -245,6 +246,13 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         problems.append(f"{field('demos_file')}: required by questions='demos', teacher_fallback=True or new_questions")
       elif config.demos_file:
         _exists(config.demos_file, field("demos_file"), problems)
+    held_out_loss = config.select_checkpoint == "best_heldout" and config.eval_every and config.heldout_fraction
+    if config.early_stopping_patience and not held_out_loss:
+      problems.append(
+        f"{field('early_stopping_patience')} = {config.early_stopping_patience}: stopping early needs "
+        f"{field('select_checkpoint')}='best_heldout', {field('eval_every')} > 0 and {field('heldout_fraction')} > 0 "
+        "(it stops on the held-out loss and keeps its lowest step)"
+      )
     if config.loss_type == "nll" and config.nll_weight:
       problems.append(
         f"{field('nll_weight')} = {config.nll_weight}: the loss type 'nll' is the NLL term alone; set it to 0"
@@ -312,6 +320,11 @@ def problems(config: ConfigDict, command: str) -> list[str]:
       found.append(
         f"control_select_checkpoint = {config.control_select_checkpoint!r}: must be empty "
         f"(as refine.select_checkpoint) or one of {choices}"
+      )
+    if config.control and config.control_select_checkpoint == "last" and config.refine.early_stopping_patience:
+      found.append(
+        "control_select_checkpoint = 'last' with refine.early_stopping_patience: a control stopped early keeps "
+        "its step of lowest held-out loss; set control_select_checkpoint to '' or 'best_heldout'"
       )
     found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir"))
   elif command in COMMANDS:

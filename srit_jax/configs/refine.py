@@ -79,6 +79,9 @@ def get_config(variant: str = ""):
   config.async_checkpoints = True
   config.eval_every = 10  # steps between held-out reward accuracies; 0 = start and end only
   config.select_checkpoint = "last"  # last | best_heldout (the evaluated step of lowest held-out loss is exported)
+  # > 0: training stops once this many held-out evaluations in a row have not lowered the held-out
+  # loss (with select_checkpoint="best_heldout" and eval_every); 0 = every step is run
+  config.early_stopping_patience = 0
   config.export = True  # write the refined student as an HF directory to workdir/export
   config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # axis sizes; -1 = the rest
   if variant == "tiny":

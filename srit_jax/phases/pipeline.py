@@ -313,7 +313,16 @@ def _refine_rounds(
 def _round_summary(phase: Phase) -> dict:
   """A round's pairs, held-out curve and chosen step, from its completion marker."""
   summary = json.loads(phase.marker.read_text(encoding="utf-8"))["summary"]
-  keys = ("reference", "layout", "heldout_before", "heldout_after", "heldout_curve", "selected", "num_steps")
+  keys = (
+    "reference",
+    "layout",
+    "heldout_before",
+    "heldout_after",
+    "heldout_curve",
+    "selected",
+    "num_steps",
+    "steps_run",
+  )
   return {"phase": phase.name, "pairs": summary["pairs"]["pairs"], **{k: summary.get(k) for k in keys}}
 
 

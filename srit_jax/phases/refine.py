@@ -20,7 +20,8 @@
    srit_jax/data/pair_batches.py). Checkpoints, exact resume, progress, metrics and the NaN
    guard are the shared training run's. Held-out reward accuracy, margin and loss (the run's
    own loss) are logged every eval_every steps; with select_checkpoint="best_heldout" the
-   step of the lowest held-out loss is kept (WORKDIR/best_checkpoint) and exported.
+   step of the lowest held-out loss is kept (WORKDIR/best_checkpoint) and exported, and with
+   early_stopping_patience the run ends once that many evaluations have not lowered it.
 4. Export to WORKDIR/export (HF format) and refine_summary.json.
 """
 
@@ -408,6 +409,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
         best.offer(state, step, held_out_metrics[step]["eval/loss"])
     return held_out_metrics[step]
 
+  def stop_early(step):
+    """Why to stop at `step`: `early_stopping_patience` evaluations since the lowest held-out loss."""
+    patience = config.early_stopping_patience
+    if best is not None and patience and best.step is not None and step - best.step >= patience * config.eval_every:
+      return f"the held-out loss has not fallen below step {best.step}'s ({best.loss:.4f}) in {patience} evaluations"
+    return None
+
   initial = evaluate(run.state, 0) if held_out else {}
   last = run.fit(
     lambda state, batch: jitted(state, reference_params, batch, base),
@@ -417,11 +425,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     ),
     data_identity=key,
     evaluate=evaluate if held_out else None,
+    stop_early=stop_early,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
     desc="dpo",
     progress_keys=("loss", "rewards/accuracies", "pairs_per_s"),
   )
-  final = evaluate(run.state, config.num_steps) if held_out else {}
+  steps_run = int(run.state.step)  # num_steps, or fewer where the run stopped early
+  final = evaluate(run.state, steps_run) if held_out else {}
   for step, values in _logged_heldout(workdir).items():  # evaluated before a resume, by the killed run
     held_out_metrics.setdefault(step, values)
 
@@ -430,6 +440,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     "pairs": stats,
     "reference": {"model": config.reference_model or config.model, "identity": reference_identity},
     "num_steps": config.num_steps,
+    "steps_run": steps_run,
     "layout": {
       "packing": layout.packing,
       "row_length": layout.row_length,
@@ -444,7 +455,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   }
   if best is not None:
     summary["selected"] = {"step": best.step, "heldout_loss": best.loss}
-    if best.step != config.num_steps:
+    if best.step != steps_run:
       print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
       run.state = run.state.replace(params=best.restore(run.state.params))
       summary["heldout_after"] = held_out_metrics.get(best.step) or evaluate(run.state, best.step)

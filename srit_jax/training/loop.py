@@ -5,6 +5,8 @@ A step's metrics are pulled to the host after the next step is dispatched, so th
 waits for the host; a state is never saved before its loss was checked. A non-finite loss or
 gradient norm stops the run naming the step, and the last good checkpoint stays intact. A
 preemption notice (srit_jax/preemption.py) saves the step reached, waits for the save and stops.
+A run told to stop early (its held-out loss no longer falls) saves the step reached and ends
+there; resumed, it ends again without training.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def run_steps(
   derived_metrics: Callable[[int, dict, float], dict] = lambda step, values, seconds: {},
   evaluate: Callable[[Any, int], dict] | None = None,
   eval_every: int = 0,
+  stop_early: Callable[[int], str | None] | None = None,
   desc: str = "train",
   progress_keys: tuple[str, ...] = ("loss",),
 ):
@@ -51,6 +54,8 @@ def run_steps(
   `data_state()` / `restore_data_state()` save and restore the data position.
   `derived_metrics(step, values, seconds)` adds host-side figures (throughput, MFU, learning
   rate); `evaluate(state, step)` returns held-out metrics every `eval_every` steps.
+  `stop_early(step)`, asked after each evaluation and once on resume, says why training should
+  end at `step` (None: go on); the state of that step is saved and the loop returns.
   """
   checkpoints = checkpointing.CheckpointManager(
     workdir / "checkpoints", max_to_keep=keep_checkpoints, async_save=async_checkpoints
@@ -63,6 +68,9 @@ def run_steps(
     print(f"resumed from the checkpoint of step {start_step}")
   if start_step >= num_steps:
     print(f"already trained {start_step} of {num_steps} steps")
+  elif start_step and stop_early is not None and (reason := stop_early(start_step)):
+    print(f"stopped early at step {start_step} of {num_steps}: {reason}")
+    num_steps = start_step
   writer = metrics.MetricWriter(workdir, resume_step=start_step)
   bar = tqdm.tqdm(total=num_steps, initial=start_step, desc=desc, unit="step", disable=jax.process_index() != 0)
   last: dict = {}
@@ -100,19 +108,25 @@ def run_steps(
       bar.update(1)
       preempted = preemption.requested()
       # Evaluated before the save: a run killed in between evaluates this step again on resume.
+      stopping_early = None
       if evaluate is not None and eval_every and step % eval_every == 0:
         writer.write(step, evaluate(state, step))
-      if preempted or step % save_every == 0 or step == num_steps:
+        stopping_early = stop_early(step) if stop_early is not None else None
+      if preempted or stopping_early or step % save_every == 0 or step == num_steps:
         record(*pending)  # never save a state whose loss was not checked
         pending = None
         host_memory.trim()  # the step's freed temporaries go back before the save copies the state
-        checkpoints.save(step, state, data_state(), force=preempted)
+        checkpoints.save(step, state, data_state(), force=preempted or bool(stopping_early))
       if preempted:
         checkpoints.wait()
         raise preemption.Preempted(
           f"preempted: saved the checkpoint of step {step} of {num_steps} in {checkpoints.directory}; "
           "run the same command again to resume"
         )
+      if stopping_early:
+        bar.close()
+        print(f"stopped early at step {step} of {num_steps}: {stopping_early}")
+        break
     if pending is not None:
       record(*pending)
   finally:

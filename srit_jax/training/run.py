@@ -136,6 +136,7 @@ class TrainingRun:
     step_flops: float | Callable[[float], float],
     data_identity: str,
     evaluate: Callable[[TrainState, int], dict] | None = None,
+    stop_early: Callable[[int], str | None] | None = None,
     rates: Callable[[dict, float], dict] | None = None,
     desc: str = "train",
     progress_keys: tuple[str, ...] = ("loss",),
@@ -187,6 +188,7 @@ class TrainingRun:
       derived_metrics=derived_metrics,
       evaluate=evaluate,
       eval_every=config.eval_every,
+      stop_early=stop_early,
       desc=desc,
       progress_keys=progress_keys,
     )
