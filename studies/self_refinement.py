@@ -57,6 +57,11 @@ RPO = [
 ]
 
 
+# Rounds that end once 4 held-out evaluations (100 steps) have not lowered the held-out loss: the
+# step kept is the one a full run keeps unless its loss would have reached a new low later (rpo
+# kept step 125 of 276, its control step 25).
+STOP_EARLY = ("refine.early_stopping_patience=4",)
+
 # The paper's pairs (a correct CoT answer over a direct one, the teacher's demonstration as the
 # chosen answer where the student has no correct chain) with the same NLL term, pair cap, epochs
 # and checkpoint choice.
@@ -155,13 +160,14 @@ VARIANTS = {
   ),
   "rpo_3_rounds": Variant(
     "rpo iterated: 3 rounds, each sampling from the last round's student, which is its reference; with the "
-    "compute-matched control iterated alike (each round cross-entropy on its own correct chains)",
-    (*RPO, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True", "control=True"),
+    "compute-matched control iterated alike (each round cross-entropy on its own correct chains); each round "
+    "of either stops once 4 held-out evaluations (100 steps) have not lowered its held-out loss",
+    (*RPO, *STOP_EARLY, "refine_iterations=3", "refine_reference=previous", "eval_rounds=True", "control=True"),
     parent="rpo",
   ),
   "rpo_3_rounds_sft_reference": Variant(
-    "rpo iterated: 3 rounds, the reference fixed at the SFT student",
-    (*RPO, "refine_iterations=3", "refine_reference=sft", "eval_rounds=True"),
+    "rpo iterated: 3 rounds, the reference fixed at the SFT student; stopping early as rpo_3_rounds",
+    (*RPO, *STOP_EARLY, "refine_iterations=3", "refine_reference=sft", "eval_rounds=True"),
     parent="rpo_3_rounds",
   ),
   "rpo_new_questions": Variant(
