@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import load_tiny_pipeline_config
 
-from srit_jax import configs
 from srit_jax.conversion import loading
+from srit_jax.data import fingerprint
 from srit_jax.phases import pipeline
 from srit_jax.tasks import registry
 
@@ -166,7 +166,7 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
 
 def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_before_it(tmp_path):
   config = _tiny_pipeline_config("unused")
-  settings = configs.fingerprinted(config.refine.to_dict())
+  settings = fingerprint.fingerprinted(config.refine.to_dict())
   assert "sampling_seed" not in settings and settings["seed"] == config.refine.seed
   assert {**settings, "sampling_seed": 0, "early_stopping_patience": 0} == config.refine.to_dict()
   # The phase made before the setting existed (its settings without it) is the same phase.
@@ -176,7 +176,7 @@ def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_befo
   assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
   config.refine.early_stopping_patience = 0
   config.refine.sampling_seed = 1  # another draw is another phase
-  assert configs.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
+  assert fingerprint.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
   assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
 
 

@@ -176,18 +176,18 @@ def test_a_rerun_with_other_settings_does_not_resume_checkpoints_it_did_not_make
 def test_checkpoints_made_before_a_setting_existed_resume_at_its_neutral_value(
   tiny_with_tokenizer, tmp_path, monkeypatch
 ):
-  from srit_jax import configs
+  from srit_jax.data import fingerprint
 
   train_file = _write_records(tmp_path / "demos.jsonl")
   config = _config(tiny_with_tokenizer, train_file, num_steps=2, save_every=1, export=False)
   with monkeypatch.context() as patch:  # the run is made before `seed` existed: its inputs lack it
-    patch.setitem(configs.NEUTRAL_SETTINGS, "seed", config.seed)
+    patch.setitem(fingerprint.NEUTRAL_SETTINGS, "seed", config.seed)
     sft_loop.train(config, tmp_path / "run")
   saved = json.loads((tmp_path / "run" / "train_inputs.json").read_text())["settings"]
   assert "seed" not in saved and "learning_rate" in saved["optimizer"]
   with pytest.raises(ValueError, match=r"checkpoints of a run with other seed;"):  # were it not neutral
     sft_loop.train(config, tmp_path / "run")
-  monkeypatch.setitem(configs.NEUTRAL_SETTINGS, "seed", config.seed)
+  monkeypatch.setitem(fingerprint.NEUTRAL_SETTINGS, "seed", config.seed)
   last = sft_loop.train(config, tmp_path / "run")  # resumes its last checkpoint: nothing left to train
   assert last.state.step == 2
 

@@ -39,17 +39,6 @@ def variants(arg: str, config_file: str, *axes: Sequence[str]) -> tuple[str, ...
   return tuple(chosen)
 
 
-# Settings added after runs were made, at the value that leaves a phase as it was: left out of
-# fingerprints there, so that a run made (or checkpointed) before they existed is still found
-# done (or resumed).
-NEUTRAL_SETTINGS = {"sampling_seed": 0, "early_stopping_patience": 0}
-
-
-def fingerprinted(settings: dict) -> dict:
-  """`settings` (a block as a dict) as fingerprints read them: neutral settings left out."""
-  return {k: v for k, v in settings.items() if k not in NEUTRAL_SETTINGS or v != NEUTRAL_SETTINGS[k]}
-
-
 def load(name: str, variant: str = ""):
   """configs/<name>.py's config for `variant`, as `--config=configs/<name>.py:<variant>` gives it."""
   module = importlib.import_module(f"srit_jax.configs.{name}")

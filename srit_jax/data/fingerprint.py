@@ -19,6 +19,17 @@ _BLOCK = 1 << 20  # bytes per sampled block
 _SAMPLES = 8  # blocks sampled across a large file
 
 
+# Settings added after runs were made, at the value that leaves a phase as it was: left out of
+# fingerprints there, so that a run made (or checkpointed) before they existed is still found
+# done (or resumed).
+NEUTRAL_SETTINGS = {"sampling_seed": 0, "early_stopping_patience": 0}
+
+
+def fingerprinted(settings: dict) -> dict:
+  """`settings` (a block as a dict) as fingerprints read them: neutral settings left out."""
+  return {k: v for k, v in settings.items() if k not in NEUTRAL_SETTINGS or v != NEUTRAL_SETTINGS[k]}
+
+
 def digest(*parts: Any) -> str:
   """A short hex digest of JSON-serialisable parts (sets and tuples as lists, other objects by str)."""
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import configs, host_memory, io, programs, sharding
+from srit_jax import host_memory, io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
@@ -51,11 +51,11 @@ class Phase:
   change of DPO settings leaves valid). A phase about to run starts from what the phases before
   it gave back (their models, optimizer states and compiled programs); its marker records its
   own peak resident memory. Settings blocks (dicts) are read without their neutral settings
-  (configs.NEUTRAL_SETTINGS), so a phase made before a setting existed is still found done."""
+  (fingerprint.NEUTRAL_SETTINGS), so a phase made before a setting existed is still found done."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
-    inputs = [configs.fingerprinted(i) if isinstance(i, dict) else i for i in inputs]
+    inputs = [fingerprint.fingerprinted(i) if isinstance(i, dict) else i for i in inputs]
     self.fingerprint = fingerprint.digest(fingerprint.portable(inputs, workdir))
     self.marker = self.dir / "DONE.json"
     self.keep = keep

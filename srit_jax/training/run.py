@@ -27,8 +27,9 @@ import jax
 import optax
 from jax.sharding import Mesh
 
-from srit_jax import configs, host_memory, io, sharding
+from srit_jax import host_memory, io, sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
+from srit_jax.data import fingerprint
 from srit_jax.model import decoder, lora
 from srit_jax.training import flops, loop, optimizer
 from srit_jax.training.state import TrainState, create_train_state, state_shardings
@@ -200,7 +201,7 @@ class TrainingRun:
     before any other work) and again with the data before training, when the fingerprint is
     written."""
     derived = {"num_steps"} if self.config.get("num_epochs") else set()  # set from the epochs and the data
-    settings = configs.fingerprinted(self.config.to_dict())
+    settings = fingerprint.fingerprinted(self.config.to_dict())
     settings = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES | derived}
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
     inputs = {"settings": settings, "model": self.model.identity, "data": data_identity}
