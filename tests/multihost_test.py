@@ -190,3 +190,40 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are
   writes = [(tmp_path / f"writes.{i}.log").read_text().splitlines() for i in range(2)]
   assert any(w.endswith("/results.json.partial") for w in writes[0])
   assert [w for w in writes[1] if "/checkpoints/" not in w] == []
+
+
+def test_two_processes_stop_early_at_the_step_one_process_stops_and_keep_the_same_step(tiny_student, tmp_path):
+  """Early stopping decided on every process from the same held-out losses: both stop together,
+  at one process's step, keep its step of lowest held-out loss, and only process 0 writes."""
+  from srit_jax.tasks import synthetic
+
+  demos = tmp_path / "demos.jsonl"
+  demos.write_text(
+    "".join(
+      json.dumps({"task": "arith", "id": e.id, "output": e.solution, "correct": True}) + "\n"
+      for e in synthetic.generate("arith", "train", size=16)
+    )
+  )
+  args = [
+    "refine",
+    "--config=configs/refine.py:tiny",
+    f"--config.model={tiny_student}",
+    "--config.teacher_fallback=True",
+    f"--config.demos_file={demos}",
+    "--config.num_steps=12",
+    "--config.eval_every=1",
+    "--config.select_checkpoint=best_heldout",
+    "--config.early_stopping_patience=2",
+    "--config.nll_weight=1.0",
+    "--config.optimizer.learning_rate=0.15",  # the held-out loss falls, then rises
+  ]
+  one, two = tmp_path / "one", tmp_path / "two"
+  _one_process([*args, f"--workdir={one}"])
+  _two_processes([*args, f"--workdir={two}"], audit=(tmp_path / "writes", two))
+  summaries = [json.loads((d / "refine_summary.json").read_text()) for d in (one, two)]
+  assert summaries[0]["steps_run"] < 12, summaries[0]["heldout_curve"]
+  assert summaries[1]["steps_run"] == summaries[0]["steps_run"]
+  assert summaries[1]["selected"]["step"] == summaries[0]["selected"]["step"]
+  _assert_same_parameters(one / "export", two / "export", atol=1e-5)
+  writes = (tmp_path / "writes.1.log").read_text().splitlines()
+  assert [w for w in writes if "/checkpoints/" not in w and "/best_checkpoint/" not in w] == []
