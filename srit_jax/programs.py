@@ -127,6 +127,13 @@ def _shallow(model_config, depth: int):
   )
 
 
+class _OutOfMemory(RuntimeError):
+  """A cost copy XLA refused for lack of HBM."""
+
+
+MAX_ROW_SHARE = 64  # the smallest share of the rows a refused cost copy is compiled at: 1/64
+
+
 def extrapolated_cost(build, model_config, how: Compiling = Compiling(), what: str = "the program") -> Cost:
   """One call's cost with every layer counted. XLA's cost analysis counts a loop body once, so a
   program whose layers run under the scan counts one layer: the program is compiled again at
@@ -134,18 +141,40 @@ def extrapolated_cost(build, model_config, how: Compiling = Compiling(), what: s
   optimizer update alike), which the full depth has `num_layers` of. The output layer, which
   the run projects in chunks of positions, and the microbatches of gradient accumulation (loops
   too) take whole rows and one pass in those copies: the same work, counted whole. The copies
-  are compiled with `COST_ONLY_OPTIONS`."""
+  are compiled with `COST_ONLY_OPTIONS`.
 
-  def cost_at(depth):
-    lower, arguments = build(_shallow(model_config, depth), whole_rows=True)
-    label = f"{what}, {depth} unrolled layer{'s' if depth > 1 else ''} (for its cost)"
+  Whole rows can need more HBM than the chip has where the program itself fits (the output
+  layer's logits of every position at once: a 152k vocabulary over 32 rows of 1024 a chip is
+  20 GB): then the copies are compiled at 1/2, 1/4, ... of the rows until they fit, and at half
+  that share again, and the cost, a fixed part (the optimizer's update, the weights read) plus a
+  part per row, is carried from those two shares to all the rows."""
+
+  def cost_at(depth, share):
+    lower, arguments = build(_shallow(model_config, depth), whole_rows=True, share=share)
+    label = f"{what}, {depth} unrolled layer{'s' if depth > 1 else ''}"
+    label += f", 1/{share} of the rows (for its cost)" if share > 1 else " (for its cost)"
     figures = how.figures(lower, arguments, label, COST_ONLY_OPTIONS)
     if figures.error:
-      raise RuntimeError(figures.error)
+      raise (_OutOfMemory if figures.temporaries else RuntimeError)(figures.error)
     return figures.cost
 
-  one, two = cost_at(1), cost_at(2)
-  return one + (two - one) * (model_config.num_layers - 1)
+  def every_layer(share):
+    one, two = cost_at(1, share), cost_at(2, share)
+    return one + (two - one) * (model_config.num_layers - 1)
+
+  share = 1
+  while True:
+    try:
+      cost = every_layer(share)
+      break
+    except _OutOfMemory:
+      if share >= MAX_ROW_SHARE:
+        raise
+      share *= 2
+  if share == 1:
+    return cost
+  # Linear in the share f of the rows: cost(1) = cost(1/s) + (cost(1/s) - cost(1/2s)) (2s - 2).
+  return cost + (cost - every_layer(2 * share)) * (2 * share - 2)
 
 
 def decode_step_cost(model_config, weights_tree, batch: int, cache_length: int, mesh) -> Cost:
@@ -186,13 +215,14 @@ def sft_build(block, devices):
   mesh = sharding.mesh_from_config(block.mesh, devices)
   sharding.check_batch_divides(block.batch_size, mesh, "sft batch_size", block.num_microbatches)
   tx = optimizer.make_optimizer(block.optimizer, block.num_steps)
-  rows = (block.batch_size, block.max_length)
-  batch = {
-    name: jax.ShapeDtypeStruct(rows, jnp.float32 if name == "loss_weights" else jnp.int32, sharding=s)
-    for name, s in sft_step.batch_shardings(mesh).items()
-  }
 
-  def build(cfg, whole_rows=False):
+  def build(cfg, whole_rows=False, share=1):
+    rows = (block.batch_size // share, block.max_length)
+    sharding.check_batch_divides(rows[0], mesh, f"1/{share} of sft batch_size")
+    batch = {
+      name: jax.ShapeDtypeStruct(rows, jnp.float32 if name == "loss_weights" else jnp.int32, sharding=s)
+      for name, s in sft_step.batch_shardings(mesh).items()
+    }
     trained, base = _trained_and_base(cfg, mesh)
     state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
     state = _abstract(state, state_shardings(state, cfg, mesh))
@@ -250,7 +280,11 @@ def dpo_programs(block, model_source: str, devices, how: Compiling = Compiling()
   batch = _pair_batch(mesh, block.batch_size, layout, block.max_length, precomputed, block.num_microbatches)
   rows = batch["rows"]["tokens"].shape[0]
 
-  def build_step(cfg, whole_rows=False):
+  def build_step(cfg, whole_rows=False, share=1):
+    step_batch = batch
+    if share > 1:  # a cost copy on a share of the pairs
+      sharding.check_batch_divides(block.batch_size // share, mesh, f"1/{share} of refine batch_size")
+      step_batch = _pair_batch(mesh, block.batch_size // share, layout, block.max_length, precomputed)
     trained, base = _trained_and_base(cfg, mesh)
     state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
     state = _abstract(state, state_shardings(state, cfg, mesh))
@@ -271,7 +305,7 @@ def dpo_programs(block, model_source: str, devices, how: Compiling = Compiling()
       num_microbatches=1 if whole_rows else block.num_microbatches,
       chunk_size=layout.row_length if whole_rows else block.chunk_size,
     )
-    return (lambda: step.lower(state, reference, batch, base)), (state, reference, batch, base)
+    return (lambda: step.lower(state, reference, step_batch, base)), (state, reference, step_batch, base)
 
   kernel = attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", layout.row_length)
   mode = "reference precomputed" if precomputed else "reference in the step" if reads_reference else "no reference"
@@ -294,14 +328,18 @@ def dpo_programs(block, model_source: str, devices, how: Compiling = Compiling()
     pair_batch = _pair_batch(mesh, pairs, layout, block.max_length, False)
     rows = pair_batch["rows"]["tokens"].shape[0]
 
-    def build_reference(cfg, whole_rows=False):
+    def build_reference(cfg, whole_rows=False, share=1):
+      scored = pair_batch
+      if share > 1:  # a cost copy on a share of the pairs
+        sharding.check_batch_divides(pairs // share, mesh, f"1/{share} of the scored pairs")
+        scored = _pair_batch(mesh, pairs // share, layout, block.max_length, False)
       trained, base = _trained_and_base(cfg, mesh)
       reference = trained if cfg.lora_rank else _params(cfg, mesh, cfg.dtype)
       chunk = layout.row_length if whole_rows else block.chunk_size
       log_probs = jax.jit(
         lambda p, batch, base: dpo_step.pair_log_probs(cfg, p, batch, mesh=mesh, chunk_size=chunk, base=base)
       )
-      return (lambda: log_probs.lower(reference, pair_batch, base)), (reference, pair_batch, base)
+      return (lambda: log_probs.lower(reference, scored, base)), (reference, scored, base)
 
     plans.append(
       _measured(
@@ -342,17 +380,19 @@ def sampler_program(
     shape, dtype, sharding=sharding.logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  args = (
-    row((batch, width), jnp.int32),
-    row((batch, width), jnp.int32),
-    row((batch,), jnp.int32),
-    jax.ShapeDtypeStruct((max(1, len(model_config.eos_token_ids)),), jnp.int32, sharding=replicated),
-    jax.ShapeDtypeStruct((2, 4), jnp.int32, sharding=replicated),
-  )
   settings = sampler.SamplingSettings(temperature=block.get("temperature", 0.0), top_p=block.get("top_p", 1.0))
 
-  def build(cfg, whole_rows=False):  # the sampler projects only each row's last position
+  def build(cfg, whole_rows=False, share=1):  # the sampler projects only each row's last position
     del whole_rows
+    rows = batch // share
+    sharding.check_batch_divides(rows, mesh, f"1/{share} of the sampler's rows")
+    args = (
+      row((rows, width), jnp.int32),
+      row((rows, width), jnp.int32),
+      row((rows,), jnp.int32),
+      jax.ShapeDtypeStruct((max(1, len(model_config.eos_token_ids)),), jnp.int32, sharding=replicated),
+      jax.ShapeDtypeStruct((2, 4), jnp.int32, sharding=replicated),
+    )
     trained, base = _trained_and_base(cfg, mesh)
     params, adapters = (base, trained) if base is not None else (trained, None)
     lower = lambda: sampler.sample.lower(

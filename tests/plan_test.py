@@ -184,6 +184,42 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
 
 
 @requires_libtpu
+def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(tiny_with_tokenizer):
+  """Where the whole-row copies are refused for lack of HBM, the copies at 1/2 and 1/4 of the
+  rows give the cost of all of them: what the whole-row copies count, within the method's
+  tolerance (FLOPs are linear in the rows; bytes nearly so)."""
+  from srit_jax import compiled_figures, configs, programs, topology
+
+  compiled = []
+
+  class WholeRowsRefused(compiled_figures.Compiling):
+    def figures(self, lower, arguments, what, compiler_options=None):
+      compiled.append(what)
+      if what.endswith(" layer (for its cost)") or what.endswith(" layers (for its cost)"):
+        return compiled_figures.Compiled(temporaries=2**40, error="RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+      return super().figures(lower, arguments, what, compiler_options)
+
+  block = configs.load("sft", "tiny")
+  block.model, block.batch_size = str(tiny_with_tokenizer), 32
+  devices, _ = topology.tpu_devices("v5e-8")
+  model_config = programs._model_config(block, block.model)
+  build = programs.sft_build(block, devices)
+  carried = programs.extrapolated_cost(build, model_config, WholeRowsRefused(), "SFT step")
+  truth = programs.extrapolated_cost(build, model_config)
+  assert [c.split(", ", 1)[1] for c in compiled] == [
+    "1 unrolled layer (for its cost)",
+    "1 unrolled layer, 1/2 of the rows (for its cost)",
+    "2 unrolled layers, 1/2 of the rows (for its cost)",
+    "1 unrolled layer, 1/4 of the rows (for its cost)",
+    "2 unrolled layers, 1/4 of the rows (for its cost)",
+  ]
+  assert carried.flops == pytest.approx(truth.flops, rel=1e-6)
+  assert carried.bytes == pytest.approx(truth.bytes, rel=0.01)
+  half = programs.extrapolated_cost(lambda cfg, whole_rows, share: build(cfg, whole_rows, 2 * share), model_config)
+  assert half.flops < 0.6 * truth.flops  # the shares are of the rows: half of them, about half the work
+
+
+@requires_libtpu
 def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, monkeypatch):
   """`--notime` and the fit check before a TPU run need memory only: no shallow copies."""
   from srit_jax import configs, programs, topology
