@@ -311,3 +311,19 @@ def test_each_recipe_is_judged_by_the_rule_for_a_new_default_on_both_seeds(tmp_p
   assert rows["base"].endswith("| no: no control run; second seed: not defined |")
   # A second seed has no row of its own.
   assert "cot_vs_direct_nll_seed_1" not in rows and "slip_corrected_nll_seed_1" not in rows
+
+
+def test_a_round_stopped_early_shows_its_steps_run_of_planned_and_its_kept_step_even_at_zero():
+  study = _study_module()
+  results = {
+    "domains": {"wordmath": "in-domain"},
+    "stages": {},
+    "rounds": [
+      {"pairs": 900, "num_steps": 276, "steps_run": 225, "selected": {"step": 125, "heldout_loss": 0.7}},
+      {"pairs": 800, "num_steps": 250, "steps_run": 100, "selected": {"step": 0, "heldout_loss": 0.9}},
+      {"pairs": 700, "num_steps": 220},  # before steps_run was recorded; its last step kept
+    ],
+  }
+  rounds = study._rounds(results)
+  assert [study._steps(r) for r in rounds] == ["225 of 276", "100 of 250", "220"]
+  assert [r["selected_step"] for r in rounds] == [125, 0, 220]
