@@ -220,6 +220,17 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
   }
 
 
+def uncosted_phases(result: dict) -> set[str]:
+  """Phases with a program that compiled but has no time bound: its cost copies were refused
+  (planned before a refused copy was compiled at a share of its rows)."""
+  estimated = {(x["phase"], x["program"]) for x in result.get("estimates") or ()}
+  return {
+    p["phase"]
+    for p in result.get("programs", ())
+    if not p.get("error") and (p["phase"], p["name"].split(" (")[0]) not in estimated
+  }
+
+
 def _at_40_percent(hours_at_the_bound: float) -> str:
   return f"{hours_at_the_bound / 0.4:.3g}"
 
@@ -263,7 +274,7 @@ def time_table(results: dict) -> list[str]:
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  uncounted = replanned = uncompiled = False
+  uncounted = replanned = uncompiled = uncosted = False
   for variant in timed:
     r = results[variant]
     stale = sizes_changed(variant, r)
@@ -276,12 +287,14 @@ def time_table(results: dict) -> list[str]:
         hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
     # A program that did not compile (out of HBM at its rows) has no cost to bound its phase by.
     failed = {p["phase"] for p in r.get("programs", ()) if p.get("error")}
+    unbounded = uncosted_phases(r) - failed
     uncounted |= bool(unknown)
     uncompiled |= bool(failed)
+    uncosted |= bool(unbounded)
     total, chips = sum(hours.values()), r["devices"]
-    at_least = "≥ " if unknown or failed else ""
+    at_least = "≥ " if unknown or failed or unbounded else ""
     phases = [
-      "✗" if p in failed else "n/a" if p in unknown else _at_40_percent(hours.get(p, 0))
+      "✗" if p in failed else "?" if p in unbounded else "n/a" if p in unknown else _at_40_percent(hours.get(p, 0))
       for p in ("sft", "refine", "eval")
     ]
     lines.append(
@@ -299,6 +312,13 @@ def time_table(results: dict) -> list[str]:
       "",
       "✗: one of the phase's programs does not compile on the slice (out of HBM at its rows: the",
       "table above), so it has no bound; the run's figures count the other phases only (≥).",
+    ]
+  if uncosted:
+    lines += [
+      "",
+      "?: one of the phase's programs fits, but the shallow copies that count its cost were refused",
+      "for lack of HBM when it was planned (they are now compiled at a share of the rows); queued to",
+      "be planned again. The run's figures count the other programs only (≥).",
     ]
   if replanned:
     lines += [
@@ -474,11 +494,12 @@ def _save(results: dict) -> None:
 
 def planning_queue(results: dict) -> list[str]:
   """What to plan: the unplanned variants first, then those whose rows changed since their plan,
-  then those planned without bounds per call, then those whose bounds came from cost copies
+  then those planned without bounds per call (or without one program's), then those whose bounds came from cost copies
   compiled otherwise than the planner compiles them now (one method for every row of the table)."""
   queue = [v for v in all_variants() if v not in results]
   queue += [v for v in all_variants() if v in results and sizes_changed(v, results[v])]
   queue += [v for v in all_variants() if v in results and v not in queue and not results[v].get("estimates")]
+  queue += [v for v in all_variants() if v in results and v not in queue and uncosted_phases(results[v])]
   queue += [v for v in all_variants() if v in results and v not in queue and cost_copies_compiled_otherwise(results[v])]
   return queue
 

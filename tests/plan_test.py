@@ -275,7 +275,7 @@ def test_plans_whose_cost_copies_compiled_otherwise_are_planned_again_last():
   from srit_jax import compiled_figures
 
   first, second, *rest = tpu_plan.all_variants()
-  timed = {"devices": 4, "estimates": [{"phase": "sft"}]}
+  timed = {"devices": 4, "estimates": [{"phase": "sft", "program": "SFT step"}]}
   results = {
     first: {**timed, **_planned_at(tpu_plan, first)},  # cost copies at the default effort
     second: {**timed, **_planned_at(tpu_plan, second), "cost_options": dict(compiled_figures.COST_ONLY_OPTIONS)},
@@ -353,7 +353,10 @@ def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
     {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": 1, "hours_bound": hours, "assumption": ""}
     for phase, hours in (("refine", 0.2), ("eval", 0.1))
   ]
-  programs = [{"phase": "sft", "error": "RESOURCE_EXHAUSTED: Ran out of memory on HBM"}, {"phase": "eval", "error": ""}]
+  programs = [
+    {"phase": "sft", "name": "SFT step", "error": "RESOURCE_EXHAUSTED: Ran out of memory on HBM"},
+    {"phase": "eval", "name": "p (32 rows)", "error": ""},
+  ]
   results = {variant: {"devices": 4, "estimates": estimates, "programs": programs, **_planned_at(tpu_plan, variant)}}
   table = tpu_plan.time_table(results)
   (row,) = [line for line in table if line.startswith(f"| `{variant}`")]
@@ -361,6 +364,41 @@ def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
   # SFT's step did not compile: no hours for it, and the run's figures are at least the others'
   assert cells[2:] == ["✗", "0.5", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
   assert any(line.startswith("✗: one of the phase's programs does not compile") for line in table)
+
+
+def test_a_phase_whose_program_has_no_bound_is_marked_and_the_variant_planned_again():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  variant = tpu_plan.all_variants()[0]
+  estimates = [
+    {"phase": phase, "program": program, "seconds_per_call": 1.0, "calls": 1, "hours_bound": hours, "assumption": ""}
+    for phase, program, hours in (("refine", "sampler", 0.2), ("eval", "sampler", 0.1))
+  ]
+  # The SFT step and the DPO step fit, but their cost copies were refused: no bound for either.
+  programs = [
+    {"phase": phase, "name": name, "error": ""}
+    for phase, name in (
+      ("sft", "SFT step"),
+      ("refine", "sampler (32 rows, 512-token prompts)"),
+      ("refine", "DPO step (reference precomputed)"),
+      ("eval", "sampler (32 rows, 512-token prompts)"),
+    )
+  ]
+  result = {"devices": 4, "estimates": estimates, "programs": programs, **_planned_at(tpu_plan, variant)}
+  assert tpu_plan.uncosted_phases(result) == {"sft", "refine"}
+  table = tpu_plan.time_table({variant: result})
+  (row,) = [line for line in table if line.startswith(f"| `{variant}`")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[2:] == ["?", "?", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
+  assert any(line.startswith("?: one of the phase's programs fits") for line in table)
+  from srit_jax import compiled_figures
+
+  result["cost_options"] = dict(compiled_figures.COST_ONLY_OPTIONS)
+  assert variant in tpu_plan.planning_queue({variant: result})
+  del programs[0], programs[1]  # every program that compiled has its bound
+  assert tpu_plan.uncosted_phases(result) == set()
+  assert variant not in tpu_plan.planning_queue({variant: result})
 
 
 def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_planned():
