@@ -63,7 +63,7 @@ SIZES = {
   ("mistral_7b", "v5e-32"): ("full", 8, 4, 4),  # planned
   ("mistral_7b", "v5p-8"): ("full", 32, 8, 8),  # planned
   ("mistral_7b", "v6e-8"): ("full", 8, 4, 4),  # planned
-  ("llama2_13b", "v4-8"): ("lora", 1, 8, 16),  # planned
+  ("llama2_13b", "v4-8"): ("lora", 1, 16, 16),  # planned
   ("llama2_13b", "v4-16"): ("lora", 1, 16, 16),  # planned
   ("llama2_13b", "v4-32"): ("full", 4, 4, 4),  # planned
   ("llama2_13b", "v5e-8"): ("qlora", 1, 8, 4),  # planned
