@@ -223,11 +223,13 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
 def uncosted_phases(result: dict) -> set[str]:
   """Phases with a program that compiled but has no time bound: its cost copies were refused
   (planned before a refused copy was compiled at a share of its rows)."""
+  from srit_jax import run_time
+
   estimated = {(x["phase"], x["program"]) for x in result.get("estimates") or ()}
   return {
     p["phase"]
     for p in result.get("programs", ())
-    if not p.get("error") and (p["phase"], p["name"].split(" (")[0]) not in estimated
+    if not p.get("error") and (p["phase"], run_time.program_of(p["name"])) not in estimated
   }
 
 

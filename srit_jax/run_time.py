@@ -126,6 +126,11 @@ def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | N
   return (rounds + control) * steps, f"{pairs:,} pairs" if block.get("num_epochs") else ""
 
 
+def program_of(name: str) -> str:
+  """The program a plan's name stands for, without its sizes: "DPO step (…, 128 rows)" -> "DPO step"."""
+  return name.split(" (")[0]
+
+
 def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
   """Each program's step-time bound on the slice (roofline: its FLOPs at the chip's peak or its
   bytes at full HBM bandwidth, whichever is slower, every layer counted) and how often the run
@@ -137,7 +142,7 @@ def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
   for plan in plans:
     if plan.cost is None:
       continue
-    program = plan.name.split(" (")[0]
+    program = program_of(plan.name)
     calls, assumption = count_calls(config, plan.phase, program, plan.per_call)
     seconds = plan.cost.seconds(peak, bandwidth)
     out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call))

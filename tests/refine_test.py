@@ -247,16 +247,23 @@ def test_new_questions_are_training_questions_no_demonstration_answers(tmp_path)
   assert len(refine.training_questions(config)) == 8
 
 
-def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_student, tmp_path):
+def _best_heldout_config(tiny_student, tmp_path, *, num_steps, learning_rate):
+  """DPO + NLL evaluated on the held-out pairs every step, the step of lowest held-out loss kept."""
   config = _tiny_config(
     tiny_student,
     _demos_file(tmp_path / "demos.jsonl"),
-    num_steps=4,
+    num_steps=num_steps,
     eval_every=1,
     select_checkpoint="best_heldout",
     nll_weight=1.0,
   )
-  config.optimizer.learning_rate = 3e-2  # big steps: the held-out loss moves, not always down
+  config.optimizer.learning_rate = learning_rate
+  return config
+
+
+def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_student, tmp_path):
+  # big steps: the held-out loss moves, not always down
+  config = _best_heldout_config(tiny_student, tmp_path, num_steps=4, learning_rate=3e-2)
   summary = refine.run(config, tmp_path / "run", progress=False)
   curve = {int(step): values["eval/loss"] for step, values in summary["heldout_curve"].items()}
   assert sorted(curve) == [0, 1, 2, 3, 4]
@@ -268,16 +275,9 @@ def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_st
 
 def test_early_stopping_ends_after_patience_evaluations_without_a_lower_held_out_loss(tiny_student, tmp_path):
   patience = 2
-  config = _tiny_config(
-    tiny_student,
-    _demos_file(tmp_path / "demos.jsonl"),
-    num_steps=12,
-    eval_every=1,
-    select_checkpoint="best_heldout",
-    early_stopping_patience=patience,
-    nll_weight=1.0,
-  )
-  config.optimizer.learning_rate = 1.5e-1  # big steps: the held-out loss falls, then rises
+  # big steps: the held-out loss falls, then rises
+  config = _best_heldout_config(tiny_student, tmp_path, num_steps=12, learning_rate=1.5e-1)
+  config.early_stopping_patience = patience
   workdir = tmp_path / "run"
   summary = refine.run(config, workdir, progress=False)
   curve = {int(step): values["eval/loss"] for step, values in summary["heldout_curve"].items()}

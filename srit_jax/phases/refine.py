@@ -410,9 +410,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     return held_out_metrics[step]
 
   def stop_early(step):
-    """Why to stop at `step`: `early_stopping_patience` evaluations since the lowest held-out loss."""
+    """Why to stop at `step`: `early_stopping_patience` evaluations since the lowest held-out loss
+    (config checks guarantee best_heldout, a held-out share and eval_every with it)."""
     patience = config.early_stopping_patience
-    if best is not None and patience and best.step is not None and step - best.step >= patience * config.eval_every:
+    if best.step is not None and step - best.step >= patience * config.eval_every:
       return f"the held-out loss has not fallen below step {best.step}'s ({best.loss:.4f}) in {patience} evaluations"
     return None
 
@@ -425,7 +426,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     ),
     data_identity=key,
     evaluate=evaluate if held_out else None,
-    stop_early=stop_early,
+    stop_early=stop_early if config.early_stopping_patience and best is not None else None,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
     desc="dpo",
     progress_keys=("loss", "rewards/accuracies", "pairs_per_s"),
