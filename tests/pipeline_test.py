@@ -180,6 +180,17 @@ def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_befo
   assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
 
 
+def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tmp_path):
+  config = _tiny_pipeline_config("unused")
+  # SFT gained held-out selection after refine had it: neutral in SFT's fingerprint alone.
+  sft_before = {k: v for k, v in config.sft.to_dict().items() if k not in fingerprint.NEUTRAL_SETTINGS["sft"]}
+  assert len(sft_before) == len(config.sft.to_dict()) - 2
+  assert fingerprint.fingerprinted(config.sft.to_dict(), "sft") == fingerprint.fingerprinted(sft_before)
+  assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["select_checkpoint"] == "last"
+  config.sft.select_checkpoint = "best_heldout"  # another choice of step is another phase
+  assert fingerprint.fingerprinted(config.sft.to_dict(), "sft")["select_checkpoint"] == "best_heldout"
+
+
 def test_a_control_stopped_early_must_keep_its_best_step():
   from srit_jax.configs import checks
 

@@ -127,6 +127,90 @@ def test_run_writes_metrics_checkpoints_and_an_export_transformers_loads(tiny_wi
   jax.tree.map(np.testing.assert_array_equal, exported, jax.device_get(result.state.params))
 
 
+def _best_heldout_config(model_dir, train_file, **overrides):
+  """A quarter of the questions held out, evaluated every step, the step of lowest held-out loss
+  kept; big constant steps, so that the held-out loss falls and then rises."""
+  config = _config(
+    model_dir, train_file, heldout_fraction=0.25, eval_every=1, select_checkpoint="best_heldout", **overrides
+  )
+  config.optimizer.update(learning_rate=3e-2, schedule="constant")
+  return config
+
+
+def test_held_out_questions_choose_the_step_exported_and_stop_the_run_early(tiny_with_tokenizer, tmp_path):
+  from safetensors.numpy import load_file
+
+  patience = 2
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  config = _best_heldout_config(tiny_with_tokenizer, train_file, num_steps=24, early_stopping_patience=patience)
+  workdir = tmp_path / "run"
+  result = sft_loop.train(config, workdir)
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  curve = {line["step"]: line["eval_loss"] for line in lines if "eval_loss" in line}
+  stop = result.steps_run
+  assert 1 < stop < config.num_steps, curve  # it stopped early
+  assert sorted(curve) == list(range(1, stop + 1))
+  assert [line["step"] for line in lines if "loss" in line] == list(range(1, stop + 1))
+
+  def lowest_up_to(step):
+    return min(range(1, step + 1), key=lambda s: (curve[s], s))
+
+  # The first step `patience` evaluations past the lowest loss so far: not one step later.
+  assert stop - lowest_up_to(stop) == patience
+  assert all(step - lowest_up_to(step) < patience for step in range(1, stop))
+  best = lowest_up_to(stop)
+  assert result.selected_step == best and int(result.state.step) == stop
+
+  # The export is the kept step's student: the same bytes as a run of that many steps that
+  # keeps its last (the schedule is constant, the data order the same).
+  plain = _config(tiny_with_tokenizer, train_file, heldout_fraction=0.25, num_steps=best, save_every=best)
+  plain.optimizer.update(learning_rate=3e-2, schedule="constant")
+  sft_loop.train(plain, tmp_path / "plain")
+  exported = load_file(str(workdir / "export/model.safetensors"))
+  for name, value in load_file(str(tmp_path / "plain/export/model.safetensors")).items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+  # Run again: the stopped run trains no further and exports the same student.
+  again = sft_loop.train(config, workdir)
+  assert (again.steps_run, again.selected_step) == (stop, best)
+  for name, value in load_file(str(workdir / "export/model.safetensors")).items():
+    np.testing.assert_array_equal(value, exported[name], err_msg=name)
+
+
+def test_held_out_questions_never_train_and_hold_each_question_whole(tmp_path):
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  recs = records.read_instruction_records(train_file)
+  recs += recs[:4]  # a question answered twice
+  training, held_out = sft_loop.split_held_out(recs, 0.25, seed=0)
+  question = lambda r: (r.instruction, r.input)
+  assert held_out and training and len(training) + len(held_out) == len(recs)
+  assert not {question(r) for r in training} & {question(r) for r in held_out}
+  assert sft_loop.split_held_out(recs, 0.25, seed=1) != (training, held_out)  # another seed, another share
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (dict(select_checkpoint="best_heldout", eval_every=1), r"select_checkpoint = 'best_heldout': needs held-out"),
+    (dict(select_checkpoint="best_heldout", heldout_fraction=0.25), r"best_heldout': needs eval_every > 0"),
+    (dict(early_stopping_patience=2, heldout_fraction=0.25, eval_every=1), "stopping early needs select_checkpoint"),
+    (dict(heldout_fraction=0.25, eval_file="SELF"), r"heldout_fraction = 0.25 with eval_file: one held-out set"),
+  ],
+)
+def test_choosing_the_step_by_held_out_loss_needs_held_out_data_and_evaluations(
+  tiny_with_tokenizer, tmp_path, overrides, message
+):
+  from srit_jax.configs import checks
+
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  if overrides.get("eval_file") == "SELF":
+    overrides["eval_file"] = str(train_file)
+  config = _config(tiny_with_tokenizer, train_file, **overrides)
+  with pytest.raises(checks.ConfigError, match=message):
+    sft_loop.train(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_with_tokenizer, tmp_path):
   import re
 
@@ -181,13 +265,13 @@ def test_checkpoints_made_before_a_setting_existed_resume_at_its_neutral_value(
   train_file = _write_records(tmp_path / "demos.jsonl")
   config = _config(tiny_with_tokenizer, train_file, num_steps=2, save_every=1, export=False)
   with monkeypatch.context() as patch:  # the run is made before `seed` existed: its inputs lack it
-    patch.setitem(fingerprint.NEUTRAL_SETTINGS, "seed", config.seed)
+    patch.setitem(fingerprint.NEUTRAL_SETTINGS[""], "seed", config.seed)
     sft_loop.train(config, tmp_path / "run")
   saved = json.loads((tmp_path / "run" / "train_inputs.json").read_text())["settings"]
   assert "seed" not in saved and "learning_rate" in saved["optimizer"]
   with pytest.raises(ValueError, match=r"checkpoints of a run with other seed;"):  # were it not neutral
     sft_loop.train(config, tmp_path / "run")
-  monkeypatch.setitem(fingerprint.NEUTRAL_SETTINGS, "seed", config.seed)
+  monkeypatch.setitem(fingerprint.NEUTRAL_SETTINGS[""], "seed", config.seed)
   last = sft_loop.train(config, tmp_path / "run")  # resumes its last checkpoint: nothing left to train
   assert last.state.step == 2
 

@@ -206,6 +206,29 @@ def _task_problems(names: str, field: str, *, required: bool = True) -> list[str
   return [f"{field}: unknown task {name!r}; tasks: {', '.join(sorted(TASKS))}" for name in listed if name not in TASKS]
 
 
+def _held_out_selection_problems(config: ConfigDict, field, *, held_out: bool, start_and_end: bool = False) -> list:
+  """A training block's choice of its step by held-out loss (select_checkpoint, early stopping):
+  it needs held-out data, and evaluations during the run (`start_and_end`: a block that also
+  evaluates its first and last steps chooses between those without eval_every)."""
+  held_out_name = (
+    field("heldout_fraction") + " > 0" if start_and_end else f"{field('eval_file')} or {field('heldout_fraction')}"
+  )
+  problems = []
+  if config.select_checkpoint == "best_heldout" and not held_out:
+    problems.append(f"{field('select_checkpoint')} = 'best_heldout': needs held-out data ({held_out_name})")
+  elif config.select_checkpoint == "best_heldout" and not (start_and_end or config.eval_every):
+    problems.append(f"{field('select_checkpoint')} = 'best_heldout': needs {field('eval_every')} > 0 (its candidates)")
+  if config.early_stopping_patience and not (
+    config.select_checkpoint == "best_heldout" and config.eval_every and held_out
+  ):
+    problems.append(
+      f"{field('early_stopping_patience')} = {config.early_stopping_patience}: stopping early needs "
+      f"{field('select_checkpoint')}='best_heldout', {field('eval_every')} > 0 and {held_out_name} "
+      "(it stops on the held-out loss and keeps its lowest step)"
+    )
+  return problems
+
+
 def command_problems(config: ConfigDict, command: str, prefix: str = "", *, linked: tuple[str, ...] = ()) -> list[str]:
   """What `command` needs of its block: files that exist, known tasks, a loadable model.
 
@@ -233,6 +256,12 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         _exists(config.train_file, field("train_file"), problems)
     if config.eval_file:
       _exists(config.eval_file, field("eval_file"), problems)
+      if config.heldout_fraction:
+        problems.append(
+          f"{field('heldout_fraction')} = {config.heldout_fraction} with {field('eval_file')}: one held-out set; "
+          "set either"
+        )
+    problems += _held_out_selection_problems(config, field, held_out=bool(config.eval_file or config.heldout_fraction))
   if command == "refine":
     if wanted("reference_model") and config.reference_model:
       problem = _model_problem(config.reference_model, field("reference_model"))
@@ -246,13 +275,7 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         problems.append(f"{field('demos_file')}: required by questions='demos', teacher_fallback=True or new_questions")
       elif config.demos_file:
         _exists(config.demos_file, field("demos_file"), problems)
-    held_out_loss = config.select_checkpoint == "best_heldout" and config.eval_every and config.heldout_fraction
-    if config.early_stopping_patience and not held_out_loss:
-      problems.append(
-        f"{field('early_stopping_patience')} = {config.early_stopping_patience}: stopping early needs "
-        f"{field('select_checkpoint')}='best_heldout', {field('eval_every')} > 0 and {field('heldout_fraction')} > 0 "
-        "(it stops on the held-out loss and keeps its lowest step)"
-      )
+    problems += _held_out_selection_problems(config, field, held_out=bool(config.heldout_fraction), start_and_end=True)
     if config.loss_type == "nll" and config.nll_weight:
       problems.append(
         f"{field('nll_weight')} = {config.nll_weight}: the loss type 'nll' is the NLL term alone; set it to 0"

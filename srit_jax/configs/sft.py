@@ -23,8 +23,13 @@ def get_config(variant: str = ""):
   config.remat_policy = "none"  # none | full | dots | dots_no_batch
   config.attention = "auto"  # auto (splash on TPU, cuDNN/blockwise on GPU, XLA on CPU) | xla | splash | blockwise
   config.train_file = ""  # JSONL instruction records (required)
-  config.eval_file = ""  # JSONL records for held-out loss; empty: none
+  config.eval_file = ""  # JSONL records for held-out loss; empty: none (or heldout_fraction's)
+  config.heldout_fraction = 0.0  # > 0: this share of train_file's questions, chosen by hash, is held out instead
   config.eval_every = 0  # steps between held-out losses; 0 = never
+  config.select_checkpoint = "last"  # last | best_heldout (the evaluated step of lowest held-out loss is exported)
+  # > 0: training stops once this many held-out evaluations in a row have not lowered the held-out
+  # loss (with select_checkpoint="best_heldout" and eval_every); 0 = every step is run
+  config.early_stopping_patience = 0
   config.skip_bad_records = False  # skip and count malformed records instead of stopping
   config.use_chat_template = True  # the student's chat template; False: plain "### Instruction" format
   config.max_length = 512  # positions per row; longer examples lose prompt tokens first

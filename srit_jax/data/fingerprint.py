@@ -21,13 +21,18 @@ _SAMPLES = 8  # blocks sampled across a large file
 
 # Settings added after runs were made, at the value that leaves a phase as it was: left out of
 # fingerprints there, so that a run made (or checkpointed) before they existed is still found
-# done (or resumed).
-NEUTRAL_SETTINGS = {"sampling_seed": 0, "early_stopping_patience": 0}
+# done (or resumed). By config block: "" holds those of every block; a block's own are those it
+# gained after another block had them (SFT's held-out selection, long in refine's fingerprints).
+NEUTRAL_SETTINGS = {
+  "": {"sampling_seed": 0, "early_stopping_patience": 0},
+  "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last"},
+}
 
 
-def fingerprinted(settings: dict) -> dict:
-  """`settings` (a block as a dict) as fingerprints read them: neutral settings left out."""
-  return {k: v for k, v in settings.items() if k not in NEUTRAL_SETTINGS or v != NEUTRAL_SETTINGS[k]}
+def fingerprinted(settings: dict, block: str = "") -> dict:
+  """`settings` (config block `block` as a dict) as fingerprints read them: neutral settings left out."""
+  neutral = {**NEUTRAL_SETTINGS[""], **NEUTRAL_SETTINGS.get(block, {})}
+  return {k: v for k, v in settings.items() if k not in neutral or v != neutral[k]}
 
 
 def digest(*parts: Any) -> str:

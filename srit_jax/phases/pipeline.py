@@ -117,11 +117,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Instruction tuning.
   sft_config = _with(config.sft, model=config.student, train_file=str(demos_phase.dir / "demos.jsonl"), export=True)
-  sft_phase = Phase(workdir, "sft", sft_config.to_dict(), demos_phase.fingerprint)
+  sft_phase = Phase(workdir, "sft", fingerprint.fingerprinted(sft_config.to_dict(), "sft"), demos_phase.fingerprint)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
-    sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
-    sft_phase.finish()
+    result = sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
+    sft_phase.finish({"summary": {"steps_run": result.steps_run, "selected_step": result.selected_step}})
 
   # Self-refinement, in one or more rounds; and the compute-matched control beside it.
   refine_task = config.refine_task or config.train_task

@@ -46,7 +46,7 @@ from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
-from srit_jax.training import checkpointing, dpo_step, flops, pair_scoring
+from srit_jax.training import best_step, dpo_step, flops, pair_scoring
 from srit_jax.training.run import DeviceBatches, TrainingRun
 
 
@@ -212,32 +212,6 @@ def reward_metrics(policy, reference, chosen_lengths, *, nll_weight: float = 0.0
   return {f"eval/{name}": float(value) for name, value in values.items()}
 
 
-class BestCheckpoint:
-  """The trained tree at the step of the lowest held-out loss so far, in WORKDIR/best_checkpoint
-  (one Orbax checkpoint, its step and loss beside it), kept across a resume."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.manager = checkpointing.CheckpointManager(workdir / "best_checkpoint", max_to_keep=1, async_save=False)
-    self.info_path = workdir / "best_checkpoint.json"
-    self.step, self.loss = None, float("inf")
-    if self.info_path.exists():  # written once its checkpoint is complete
-      info = json.loads(self.info_path.read_text(encoding="utf-8"))
-      if info["step"] == self.manager.latest_step():
-        self.step, self.loss = info["step"], info["loss"]
-
-  def offer(self, state, step: int, loss: float) -> None:
-    if loss < self.loss:
-      self.manager.save(step, state.params, {"step": step, "loss": loss}, force=True)
-      self.manager.wait()
-      io.write_json(self.info_path, {"step": step, "loss": loss})
-      self.step, self.loss = step, loss
-
-  def restore(self, params):
-    """The kept tree, in the shardings of `params`."""
-    restored, _ = self.manager.restore(self.step, params)
-    return restored
-
-
 def _logged_heldout(workdir: pathlib.Path) -> dict[int, dict]:
   """The held-out figures in WORKDIR/metrics.jsonl, by step (a resumed run's earlier process
   logged those up to its checkpoint; the lines after it were dropped on resume)."""
@@ -275,7 +249,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   checks.check(config, "refine")
   if check_memory:
     programs.check_fits(config, "refine")
-  run = TrainingRun.start(config, workdir, batch_name="batch_size (pairs per step)")
+  run = TrainingRun.start(config, workdir, "refine", batch_name="batch_size (pairs per step)")
   workdir, model, mesh = run.workdir, run.model, run.mesh
   if model.tokenizer is None:
     raise ValueError(f"{config.model}: has no tokenizer (tokenizer.json or tokenizer.model), which refine needs")
@@ -397,7 +371,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   )
   held_out_lengths = np.asarray([sum(p.chosen.loss_mask) for p in held_out], np.float32)
   held_out_metrics: dict[int, dict] = {}  # by step: the last step's is logged and reported, computed once
-  best = BestCheckpoint(workdir) if config.select_checkpoint == "best_heldout" and held_out else None
+  best = best_step.BestCheckpoint(workdir) if config.select_checkpoint == "best_heldout" and held_out else None
 
   def evaluate(state, step):
     if step not in held_out_metrics:
@@ -409,14 +383,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
         best.offer(state, step, held_out_metrics[step]["eval/loss"])
     return held_out_metrics[step]
 
-  def stop_early(step):
-    """Why to stop at `step`: `early_stopping_patience` evaluations since the lowest held-out loss
-    (config checks guarantee best_heldout, a held-out share and eval_every with it)."""
-    patience = config.early_stopping_patience
-    if best.step is not None and step - best.step >= patience * config.eval_every:
-      return f"the held-out loss has not fallen below step {best.step}'s ({best.loss:.4f}) in {patience} evaluations"
-    return None
-
+  stop_early = None  # config checks guarantee best_heldout, a held-out share and eval_every with it
+  if config.early_stopping_patience and best is not None:
+    stop_early = best_step.patience_rule(best, config.early_stopping_patience, config.eval_every)
   initial = evaluate(run.state, 0) if held_out else {}
   last = run.fit(
     lambda state, batch: jitted(state, reference_params, batch, base),
@@ -426,7 +395,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     ),
     data_identity=key,
     evaluate=evaluate if held_out else None,
-    stop_early=stop_early if config.early_stopping_patience and best is not None else None,
+    stop_early=stop_early,
     rates=lambda values, seconds: {"pairs_per_s": config.batch_size / seconds},
     desc="dpo",
     progress_keys=("loss", "rewards/accuracies", "pairs_per_s"),

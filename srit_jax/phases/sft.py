@@ -5,6 +5,11 @@
 Resumes from the latest checkpoint in `workdir` (state and data position), so a killed run
 ends with the same parameters as an uninterrupted one. A non-finite loss or gradient stops
 the run naming the step, and the last good checkpoint is left as it was.
+
+The held-out loss (on eval_file, or on a share of train_file's questions held out by hash) is
+logged every eval_every steps; with select_checkpoint="best_heldout" the evaluated step of the
+lowest held-out loss is kept (WORKDIR/best_checkpoint) and exported, and with
+early_stopping_patience the run ends once that many evaluations have not lowered it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import numpy as np
 
 from srit_jax import programs, sharding
 from srit_jax.configs import checks
-from srit_jax.data import fingerprint, records, sft_batches, sft_examples
-from srit_jax.training import flops
+from srit_jax.data import fingerprint, preference_pairs, records, sft_batches, sft_examples
+from srit_jax.training import best_step, flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 from srit_jax.training.sft_step import batch_nll_sum, jit_sft_step
 from srit_jax.training.state import TrainState
@@ -32,6 +37,8 @@ class SftResult:
   state: TrainState
   export_dir: pathlib.Path | None
   last_metrics: dict
+  steps_run: int  # num_steps, or fewer where the run stopped early
+  selected_step: int  # the step exported: steps_run, or that of the lowest held-out loss
 
 
 def tokenize_records(tokenizer, recs, config, stats: sft_examples.TokenizeStats):
@@ -47,6 +54,13 @@ def tokenize_records(tokenizer, recs, config, stats: sft_examples.TokenizeStats)
     if example is not None:
       examples.append(example)
   return examples
+
+
+def split_held_out(recs: list[records.InstructionRecord], fraction: float, seed: int):
+  """(training, held-out) records: a `fraction` of the questions (instruction and input) chosen
+  by hash, as refine holds out questions, so that no question's answers are on both sides."""
+  held = [preference_pairs.is_held_out("sft", f"{r.instruction}\n{r.input}", fraction, seed) for r in recs]
+  return [r for r, h in zip(recs, held) if not h], [r for r, h in zip(recs, held) if h]
 
 
 def _eval_batches(eval_examples, config) -> list[sft_examples.Batch]:
@@ -72,7 +86,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   checks.check(config, "sft")
   if check_memory:
     programs.check_fits(config, "sft")
-  run = TrainingRun.start(config, workdir)
+  run = TrainingRun.start(config, workdir, "sft")
   tokenizer = run.model.tokenizer
   if tokenizer is None:
     raise ValueError(f"{config.model}: has no tokenizer (tokenizer.json or tokenizer.model), which SFT needs")
@@ -83,12 +97,19 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   )
   if report.skipped:
     log.warning("skipped %d bad records: %s", sum(report.skipped.values()), dict(report.skipped))
-  stats = sft_examples.TokenizeStats()
-  examples = tokenize_records(tokenizer, train_records, config, stats)
-  eval_examples = []
+  eval_records = []
   if config.eval_file:
     eval_records = records.read_instruction_records(config.eval_file, skip_bad_records=config.skip_bad_records)
-    eval_examples = tokenize_records(tokenizer, eval_records, config, sft_examples.TokenizeStats())
+  elif config.heldout_fraction:
+    train_records, eval_records = split_held_out(train_records, config.heldout_fraction, config.seed)
+    if not train_records or not eval_records:
+      raise ValueError(
+        f"{config.train_file}: heldout_fraction={config.heldout_fraction} leaves {len(train_records)} training "
+        f"and {len(eval_records)} held-out records; both need some"
+      )
+  stats = sft_examples.TokenizeStats()
+  examples = tokenize_records(tokenizer, train_records, config, stats)
+  eval_examples = tokenize_records(tokenizer, eval_records, config, sft_examples.TokenizeStats())
   print(
     f"{len(examples)} training examples ({stats.prompt_truncated} prompts cut, {stats.dropped_too_long} too long "
     f"dropped, {sum(report.skipped.values())} bad records skipped); {len(eval_examples)} held out"
@@ -119,7 +140,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   )
   batches = DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch.as_dict(), mesh))
 
-  evaluate = None
+  evaluate, best = None, None
   if eval_examples:
     eval_batches = _eval_batches(eval_examples, config)
     nll_fn = jax.jit(
@@ -129,12 +150,24 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
     )
     weight = sum(float(np.sum(b.loss_weights)) for b in eval_batches)
 
+    if config.select_checkpoint == "best_heldout":
+      best = best_step.BestCheckpoint(run.workdir)
+    held_out_losses: dict[int, float] = {}  # by step: the last step's is computed once
+
     def evaluate(state, step):
-      nll = sum(
-        float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh), base))
-        for b in eval_batches
-      )
-      return {"eval_loss": nll / max(weight, 1e-6)}
+      if step not in held_out_losses:
+        nll = sum(
+          float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh), base))
+          for b in eval_batches
+        )
+        held_out_losses[step] = nll / max(weight, 1e-6)
+        if best is not None:
+          best.offer(state, step, held_out_losses[step])
+      return {"eval_loss": held_out_losses[step]}
+
+  stop_early = None  # config checks guarantee best_heldout, held-out data and eval_every with it
+  if config.early_stopping_patience and best is not None:
+    stop_early = best_step.patience_rule(best, config.early_stopping_patience, config.eval_every)
 
   last = run.fit(
     step_fn,
@@ -142,8 +175,16 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
     step_flops=flops.train_step_flops(model_config, config.batch_size, config.max_length),
     data_identity=fingerprint.file_digest(config.train_file),
     evaluate=evaluate,
+    stop_early=stop_early,
     desc="sft",
     progress_keys=("loss", "tokens_per_s"),
   )
+  steps_run = selected_step = int(run.state.step)
+  if best is not None:
+    evaluate(run.state, steps_run)  # the last step is a candidate too
+    if best.step != steps_run:
+      print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
+      run.state = run.state.replace(params=best.restore(run.state.params))
+      selected_step = best.step
   export_dir = run.export()  # lets the optimizer state go first
-  return SftResult(run.state, export_dir, last)
+  return SftResult(run.state, export_dir, last, steps_run, selected_step)

@@ -3,7 +3,7 @@ the jitted step → the shared loop (resume, NaN guard, checkpoints, metrics) �
 
 A phase adds only what is its own — its data and its step:
 
-    run = TrainingRun.start(config, workdir)          # mesh, model, optimizer
+    run = TrainingRun.start(config, workdir, "sft")   # mesh, model, optimizer
     examples = ...tokenise with run.model.tokenizer...
     state = run.init_state()                          # sharded train state
     step = jit_sft_step(state, run.model.config, run.optimizer, run.mesh, ...)
@@ -73,10 +73,11 @@ class TrainingRun:
   model: loading.LoadedModel
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
+  block: str  # the config block the run reads ("sft", "refine"), for its neutral settings
   state: TrainState | None = None
 
   @classmethod
-  def start(cls, config, workdir: str | pathlib.Path, *, batch_name: str = "batch_size") -> TrainingRun:
+  def start(cls, config, workdir: str | pathlib.Path, block: str, *, batch_name: str = "batch_size") -> TrainingRun:
     """The mesh, the batch checked against it, the model loaded into its shardings, the optimizer."""
     workdir = io.as_path(workdir)
     if io.is_writer():
@@ -99,6 +100,7 @@ class TrainingRun:
       model=model,
       optimizer=optimizer.make_optimizer(config.optimizer, config.num_steps),
       schedule=optimizer.learning_rate_schedule(config.optimizer, config.num_steps),
+      block=block,
     )
     run._check_inputs(None)
     return run
@@ -201,7 +203,7 @@ class TrainingRun:
     before any other work) and again with the data before training, when the fingerprint is
     written."""
     derived = {"num_steps"} if self.config.get("num_epochs") else set()  # set from the epochs and the data
-    settings = fingerprint.fingerprinted(self.config.to_dict())
+    settings = fingerprint.fingerprinted(self.config.to_dict(), self.block)
     settings = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES | derived}
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
     inputs = {"settings": settings, "model": self.model.identity, "data": data_identity}
