@@ -227,3 +227,39 @@ def test_two_processes_stop_early_at_the_step_one_process_stops_and_keep_the_sam
   _assert_same_parameters(one / "export", two / "export", atol=1e-5)
   writes = (tmp_path / "writes.1.log").read_text().splitlines()
   assert [w for w in writes if "/checkpoints/" not in w and "/best_checkpoint/" not in w] == []
+
+
+def test_two_processes_end_sft_early_like_one_and_export_the_same_kept_step(tiny_with_tokenizer, tmp_path):
+  """SFT's held-out selection on a pod: both processes score the same held-out questions, stop
+  at one process's step, export its step of lowest held-out loss, and only process 0 writes."""
+  train_file = _records(tmp_path / "demos.jsonl")
+  args = [
+    "sft",
+    "--config=configs/sft.py:tiny",
+    f"--config.model={tiny_with_tokenizer}",
+    f"--config.train_file={train_file}",
+    "--config.num_steps=24",
+    "--config.mesh.fsdp=-1",
+    "--config.heldout_fraction=0.25",
+    "--config.eval_every=1",
+    "--config.select_checkpoint=best_heldout",
+    "--config.early_stopping_patience=2",
+    "--config.optimizer.learning_rate=3e-2",  # the held-out loss falls, then rises
+    "--config.optimizer.schedule=constant",
+  ]
+  one, two = tmp_path / "one", tmp_path / "two"
+  _one_process([*args, f"--workdir={one}"])
+  _two_processes([*args, f"--workdir={two}"], audit=(tmp_path / "writes", two))
+
+  def run(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [line["step"] for line in lines if "loss" in line]
+    return steps, json.loads((workdir / "best_checkpoint.json").read_text())
+
+  (steps, kept), (steps_two, kept_two) = run(one), run(two)
+  assert len(steps) < 24 and steps_two == steps  # stopped early, at the same step
+  assert kept_two["step"] == kept["step"] < steps[-1]
+  assert kept_two["loss"] == pytest.approx(kept["loss"], rel=1e-5)
+  _assert_same_parameters(one / "export", two / "export", atol=1e-5)
+  writes = (tmp_path / "writes.1.log").read_text().splitlines()
+  assert [w for w in writes if "/checkpoints/" not in w and "/best_checkpoint/" not in w] == []
