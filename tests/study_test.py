@@ -251,10 +251,12 @@ def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_
   (root / "base" / "eval" / "sft" / "DONE.json").write_text("{}")
   answers("cot_vs_direct_nll_demos_100", "sft", [True, False, False, False])
   answers("cot_vs_direct_nll_demos_100", "srit", [True, True, True, False])
+  answers("cot_vs_direct_nll_demos_100", "control", [False, True, True, True])
   text, summary = _report(root, doc)
   # Paired question by question with the base's SFT student: 2 of 4 right there.
   assert "| cot_vs_direct_nll_demos_100 | SFT − base SFT | wordmath (in-domain) | 4 | 50.0 | 25.0 | -25.0 " in text
   assert "| cot_vs_direct_nll_demos_100 | SRIT − base SFT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
+  assert "| cot_vs_direct_nll_demos_100 | control − base SFT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
   paired = summary["cot_vs_direct_nll_demos_100"]["paired"]["wordmath"]["srit_vs_base_sft"]
   assert (paired["only_first_correct"], paired["only_second_correct"]) == (0, 1)
   # The base, taught as itself, is not paired with itself; a task without answers gets no row.
