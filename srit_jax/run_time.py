@@ -72,7 +72,7 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   pipeline = "student" in config
   block = config[phase] if pipeline else config
   if phase == "sft":
-    return block.num_steps, ""
+    return block.num_steps, _at_most_if_stopping_early(block, "")
   if phase == "refine":
     return _refine_calls(program, per_call, config, block)
   # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.
@@ -122,8 +122,19 @@ def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | N
     evaluations += not block.eval_every or steps % block.eval_every != 0
     held_out_calls = (1 + evaluations) * _ceil(held_out, per_call)
     calls = rounds * (_ceil(pairs, per_call) + held_out_calls) + control * held_out_calls
-    return calls, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
-  return (rounds + control) * steps, f"{pairs:,} pairs" if block.get("num_epochs") else ""
+    return calls, _at_most_if_stopping_early(
+      block, f"{pairs:,} training pairs, {held_out:,} held out, scored {evaluations + 1} times"
+    )
+  return (rounds + control) * steps, _at_most_if_stopping_early(
+    block, f"{pairs:,} pairs" if block.get("num_epochs") else ""
+  )
+
+
+def _at_most_if_stopping_early(block, assumption: str) -> str:
+  """A training phase's assumption, its count said to be at most where the run may stop early."""
+  if not block.get("early_stopping_patience"):
+    return assumption
+  return ", ".join(filter(None, (assumption, "at most: it stops early on the held-out loss")))
 
 
 def program_of(name: str) -> str:

@@ -448,6 +448,10 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   assert calls()[("refine", "sampler")] == 2 * math.ceil(7473 * 4 / 64) + math.ceil(7473 / 64)
   config.refine.strategy = "cot_vs_direct"
   assert calls()[("refine", "DPO step")] == config.refine.num_steps
+  config.refine.update(select_checkpoint="best_heldout", early_stopping_patience=3)  # every step at most
+  (stopping,) = [e for e in run_time.run_estimate(config, plans, devices) if e.program == "DPO step"]
+  assert stopping.calls == config.refine.num_steps and "at most: it stops early" in stopping.assumption
+  config.refine.update(select_checkpoint="last", early_stopping_patience=0)
   # Up to 2 pairs a question, a tenth of the questions held out: 13,451 training pairs once, the
   # 1,495 held-out ones by the reference once and the policy at steps 0, 100, ..., 600.
   assert (config.refine.num_steps, config.refine.eval_every) == (600, 100)
