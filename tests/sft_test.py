@@ -160,6 +160,10 @@ def test_held_out_questions_choose_the_step_exported_and_stop_the_run_early(tiny
   assert all(step - lowest_up_to(step) < patience for step in range(1, stop))
   best = lowest_up_to(stop)
   assert result.selected_step == best and int(result.state.step) == stop
+  summary = json.loads((workdir / "sft_summary.json").read_text())
+  assert (summary["num_steps"], summary["steps_run"]) == (config.num_steps, stop)
+  assert summary["selected"] == {"step": best, "heldout_loss": curve[best]}
+  assert {int(step): loss for step, loss in summary["heldout_curve"].items()} == curve
 
   # The export is the kept step's student: the same bytes as a run of that many steps that
   # keeps its last (the schedule is constant, the data order the same).

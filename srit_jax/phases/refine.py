@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 
@@ -212,18 +211,6 @@ def reward_metrics(policy, reference, chosen_lengths, *, nll_weight: float = 0.0
   return {f"eval/{name}": float(value) for name, value in values.items()}
 
 
-def _logged_heldout(workdir: pathlib.Path) -> dict[int, dict]:
-  """The held-out figures in WORKDIR/metrics.jsonl, by step (a resumed run's earlier process
-  logged those up to its checkpoint; the lines after it were dropped on resume)."""
-  logged = {}
-  for line in io.complete_lines(workdir / "metrics.jsonl"):
-    record = json.loads(line)
-    values = {name: value for name, value in record.items() if name.startswith("eval/")}
-    if values:
-      logged[record["step"]] = values
-  return logged
-
-
 def _reference(config, model, mesh):
   """(tree, identity) of the frozen reference: the loaded student itself (its parameters in the
   compute dtype; under LoRA its adapters, over the shared base), or `reference_model` (the SFT
@@ -402,7 +389,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   )
   steps_run = int(run.state.step)  # num_steps, or fewer where the run stopped early
   final = evaluate(run.state, steps_run) if held_out else {}
-  for step, values in _logged_heldout(workdir).items():  # evaluated before a resume, by the killed run
+  for step, values in best_step.logged_held_out(workdir).items():  # evaluated before a resume, by the killed run
     held_out_metrics.setdefault(step, values)
 
   # 4. Export.

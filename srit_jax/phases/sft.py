@@ -21,7 +21,7 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import programs, sharding
+from srit_jax import io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.data import fingerprint, preference_pairs, records, sft_batches, sft_examples
 from srit_jax.training import best_step, flops
@@ -179,12 +179,20 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
     desc="sft",
     progress_keys=("loss", "tokens_per_s"),
   )
-  steps_run = selected_step = int(run.state.step)
-  if best is not None:
-    evaluate(run.state, steps_run)  # the last step is a candidate too
-    if best.step != steps_run:
-      print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
-      run.state = run.state.replace(params=best.restore(run.state.params))
-      selected_step = best.step
+  steps_run = selected_step = int(run.state.step)  # num_steps, or fewer where the run stopped early
+  summary = {"num_steps": config.num_steps, "steps_run": steps_run, "last_step": last}
+  if evaluate is not None:
+    curve = {step: values["eval_loss"] for step, values in best_step.logged_held_out(run.workdir).items()}
+    if best is not None:
+      curve[steps_run] = evaluate(run.state, steps_run)["eval_loss"]  # the last step is a candidate too
+      summary["selected"] = {"step": best.step, "heldout_loss": best.loss}
+      if best.step != steps_run:
+        print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
+        run.state = run.state.replace(params=best.restore(run.state.params))
+        selected_step = best.step
+    summary["heldout_curve"] = {str(step): loss for step, loss in sorted(curve.items())}
   export_dir = run.export()  # lets the optimizer state go first
+  if export_dir is not None:
+    summary["export_dir"] = str(export_dir)
+  io.write_json(run.workdir / "sft_summary.json", summary)
   return SftResult(run.state, export_dir, last, steps_run, selected_step)
