@@ -72,6 +72,8 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   pipeline = "student" in config
   block = config[phase] if pipeline else config
   if phase == "sft":
+    if block.get("num_epochs"):
+      return None, f"{block.num_epochs} epochs: the steps follow from the packed examples"
     return block.num_steps, _at_most_if_stopping_early(block, "")
   if phase == "refine":
     return _refine_calls(program, per_call, config, block)
@@ -181,8 +183,14 @@ def estimate_report(estimates: list[Estimate], chips: int) -> str:
     )
     if hours is not None:
       phases[e.phase] = phases.get(e.phase, 0.0) + hours
+  open_phases = sorted({e.phase for e in estimates if e.hours is None})
+  at_least = "≥ " if open_phases else ""  # the programs whose calls are open are left out
   total = sum(phases.values())
-  summary = ", ".join(f"{phase} {hours / MFU:.3g} h" for phase, hours in phases.items())
-  lines += ["", f"at 40%: {summary}; the run {total / MFU:.3g} h, {total / MFU * chips:.3g} chip-hours "
-            f"(bound {total:.3g} h, {total * chips:.3g} chip-hours)"]  # fmt: skip
+  summary = ", ".join(
+    f"{phase} {'≥ ' if phase in open_phases else ''}{hours / MFU:.3g} h" for phase, hours in phases.items()
+  )
+  lines += ["", f"at 40%: {summary}; the run {at_least}{total / MFU:.3g} h, {at_least}{total / MFU * chips:.3g} "
+            f"chip-hours (bound {at_least}{total:.3g} h, {at_least}{total * chips:.3g} chip-hours)"]  # fmt: skip
+  if open_phases:
+    lines.append(f"(≥: without the programs of {', '.join(open_phases)} whose calls the config leaves open: '?' above)")
   return "\n".join(lines)

@@ -344,6 +344,21 @@ def test_the_time_table_says_which_phases_it_could_not_count():
   assert cells[2:] == ["0.5", "n/a", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
 
 
+def test_plans_time_report_counts_a_phase_whose_calls_are_open_as_at_least():
+  from srit_jax import run_time
+
+  estimates = [
+    run_time.Estimate("sft", "SFT step", 3.6, None, "1.5 epochs: the steps follow from the packed examples"),
+    run_time.Estimate("refine", "DPO step", 3.6, 100),  # 0.1 h at the bound, 0.25 h at 40%
+  ]
+  report = run_time.estimate_report(estimates, chips=8)
+  assert "| sft | SFT step | 3.6 | ? | ? | ? | ? | 1.5 epochs" in report
+  assert "at 40%: refine 0.25 h; the run ≥ 0.25 h, ≥ 2 chip-hours (bound ≥ 0.1 h, ≥ 0.8 chip-hours)" in report
+  assert "without the programs of sft" in report
+  estimates[0].calls = 100  # every count known: exact figures
+  assert "≥" not in run_time.estimate_report(estimates, chips=8)
+
+
 def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan

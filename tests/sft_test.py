@@ -90,6 +90,24 @@ def test_iterator_state_restores_the_same_batches():
     np.testing.assert_array_equal(next(second).tokens, want)
 
 
+@pytest.mark.parametrize("epochs", [1, 2.5, 0.01])
+def test_epochs_take_the_batches_that_pass_over_every_example_that_often(epochs):
+  examples = _examples()
+  iterator = data_iterator.PackedBatchIterator(examples, batch_size=4, row_length=16, seed=3)
+  next(iterator)
+  state = iterator.get_state()
+  steps = iterator.steps_for_epochs(epochs)
+  assert iterator.get_state() == state  # counting moves nothing
+
+  def examples_in(batch):  # the segments of each row
+    return sum(len(set(row[row > 0].tolist())) for row in batch.segment_ids)
+
+  fresh = data_iterator.PackedBatchIterator(examples, batch_size=4, row_length=16, seed=3)
+  seen = np.cumsum([examples_in(next(fresh)) for _ in range(steps)])
+  assert seen[-1] >= epochs * len(examples)
+  assert steps == 1 or seen[-2] < epochs * len(examples)
+
+
 def test_each_process_gets_its_own_rows_of_the_global_batch():
   full = data_iterator.PackedBatchIterator(
     _examples(), batch_size=4, row_length=16, seed=3, process_count=1, process_index=0
@@ -179,6 +197,24 @@ def test_held_out_questions_choose_the_step_exported_and_stop_the_run_early(tiny
   assert (again.steps_run, again.selected_step) == (stop, best)
   for name, value in load_file(str(workdir / "export/model.safetensors")).items():
     np.testing.assert_array_equal(value, exported[name], err_msg=name)
+
+
+def test_a_run_in_epochs_takes_its_steps_from_the_packed_examples(tiny_with_tokenizer, tmp_path):
+  import transformers
+
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  config = _config(tiny_with_tokenizer, train_file, num_epochs=1.5, export=False)
+  result = sft_loop.train(config, tmp_path / "run")
+  summary = json.loads((tmp_path / "run" / "sft_summary.json").read_text())
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_with_tokenizer)
+  recs = records.read_instruction_records(train_file)
+  examples = sft_loop.tokenize_records(tokenizer, recs, config, sft_data.TokenizeStats())
+  iterator = data_iterator.PackedBatchIterator(examples, batch_size=4, row_length=config.max_length, seed=config.seed)
+  steps = iterator.steps_for_epochs(1.5)
+  assert summary["num_steps"] == summary["steps_run"] == int(result.state.step) == steps != config.num_steps
+  # Resumed with the same epochs: the derived length is the run's own, nothing is trained again.
+  again = sft_loop.train(config, tmp_path / "run")
+  assert int(again.state.step) == summary["steps_run"]
 
 
 def test_held_out_questions_never_train_and_hold_each_question_whole(tmp_path):

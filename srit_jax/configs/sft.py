@@ -39,6 +39,7 @@ def get_config(variant: str = ""):
   config.loss_normalization = "token"  # token: every answer token weighs 1; sequence: every answer weighs 1
   config.chunk_size = 128  # positions per vocabulary-projection chunk of the loss
   config.num_steps = 100  # optimizer steps
+  config.num_epochs = 0.0  # > 0: num_steps from the data instead, this many passes over the packed examples
   config.seed = 0  # data order
   config.optimizer = optimizer.get_config()  # AdamW settings (see srit_jax/optimizer.py)
   config.lora = lora.get_config()  # LoRA / QLoRA adapters (rank 0: every parameter trains)

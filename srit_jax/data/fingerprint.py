@@ -25,7 +25,7 @@ _SAMPLES = 8  # blocks sampled across a large file
 # gained after another block had them (SFT's held-out selection, long in refine's fingerprints).
 NEUTRAL_SETTINGS = {
   "": {"sampling_seed": 0, "early_stopping_patience": 0},
-  "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last"},
+  "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last", "num_epochs": 0.0},
 }
 
 

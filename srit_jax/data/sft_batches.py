@@ -65,6 +65,23 @@ class PackedBatchIterator:
 
   def next_global_batch(self) -> sft_data.Batch:
     """The next batch of all processes' rows; advances the state."""
+    return sft_data.make_batch(self.examples, self._next_rows(), self.row_length, self.normalization)
+
+  def steps_for_epochs(self, epochs: float) -> int:
+    """How many batches, from the start, pass over the examples `epochs` times (the last one may
+    run into the next pass); the iterator's own state is left as it was."""
+    kept, self.state = self.state, IteratorState()
+    steps, target = 0, epochs * len(self.examples)
+    try:
+      while self.state.epoch * len(self.examples) + self.state.index < target:
+        self._next_rows()
+        steps += 1
+    finally:
+      self.state = kept
+    return max(steps, 1)
+
+  def _next_rows(self) -> list[list[int]]:
+    """The example indices of each row of the next batch; advances the state."""
     rows: list[list[int]] = [[]]
     used = 0
     while True:
@@ -84,7 +101,7 @@ class PackedBatchIterator:
       rows[-1].append(example_index)
       used += need
       self.state.index += 1
-    return sft_data.make_batch(self.examples, rows, self.row_length, self.normalization)
+    return rows
 
   def __next__(self) -> sft_data.Batch:
     """This process's rows of the next global batch."""

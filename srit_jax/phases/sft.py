@@ -120,6 +120,19 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
       f"({stats.dropped_too_long} too long)"
     )
 
+  iterator = sft_batches.PackedBatchIterator(
+    examples,
+    batch_size=config.batch_size,
+    row_length=config.max_length,
+    seed=config.seed,
+    pack=config.pack,
+    normalization=config.loss_normalization,
+  )
+  if config.num_epochs:  # the run's length from its packed rows
+    run.reschedule(iterator.steps_for_epochs(config.num_epochs))
+    config = run.config
+    print(f"{config.num_epochs} epochs over {len(examples)} examples: {config.num_steps} steps of {config.batch_size}")
+
   state = run.init_state()
   model_config, mesh = run.model.config, run.mesh
   jitted = jit_sft_step(
@@ -130,14 +143,6 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   def step_fn(state, batch):
     return jitted(state, batch, base)
 
-  iterator = sft_batches.PackedBatchIterator(
-    examples,
-    batch_size=config.batch_size,
-    row_length=config.max_length,
-    seed=config.seed,
-    pack=config.pack,
-    normalization=config.loss_normalization,
-  )
   batches = DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch.as_dict(), mesh))
 
   evaluate, best = None, None
