@@ -228,6 +228,13 @@ def test_held_out_questions_never_train_and_hold_each_question_whole(tmp_path):
   assert sft_loop.split_held_out(recs, 0.25, seed=1) != (training, held_out)  # another seed, another share
 
 
+def test_a_held_out_share_that_leaves_nothing_to_train_is_refused_naming_the_file(tiny_with_tokenizer, tmp_path):
+  train_file = _write_records(tmp_path / "demos.jsonl")
+  config = _config(tiny_with_tokenizer, train_file, heldout_fraction=0.9999)
+  with pytest.raises(ValueError, match=r"demos\.jsonl: heldout_fraction=0.9999 leaves 0 training and 16 held-out"):
+    sft_loop.train(config, tmp_path / "run")
+
+
 @pytest.mark.parametrize(
   "overrides, message",
   [

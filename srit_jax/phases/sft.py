@@ -81,6 +81,54 @@ def _this_process_rows(batch: dict) -> dict:
   return {k: v[jax.process_index() * rows : (jax.process_index() + 1) * rows] for k, v in batch.items()}
 
 
+def _read_records(config, report: records.ReadReport):
+  """(training, held-out) records: train_file's, and eval_file's or a heldout_fraction of train_file's questions."""
+  train_records = records.read_instruction_records(
+    config.train_file, skip_bad_records=config.skip_bad_records, report=report
+  )
+  if report.skipped:
+    log.warning("skipped %d bad records: %s", sum(report.skipped.values()), dict(report.skipped))
+  if config.eval_file:
+    return train_records, records.read_instruction_records(config.eval_file, skip_bad_records=config.skip_bad_records)
+  if not config.heldout_fraction:
+    return train_records, []
+  train_records, eval_records = split_held_out(train_records, config.heldout_fraction, config.seed)
+  if not train_records or not eval_records:
+    raise ValueError(
+      f"{config.train_file}: heldout_fraction={config.heldout_fraction} leaves {len(train_records)} training "
+      f"and {len(eval_records)} held-out records; both need some"
+    )
+  return train_records, eval_records
+
+
+def _held_out_loss(eval_examples, config, run: TrainingRun):
+  """(evaluate, best): `evaluate(state, step)` gives the held-out loss per answer token (each
+  step's computed once), offered to `best`, the step kept, where select_checkpoint asks for it."""
+  eval_batches = _eval_batches(eval_examples, config)
+  mesh, base = run.mesh, run.base
+  nll_fn = jax.jit(
+    lambda params, batch, base: batch_nll_sum(
+      params, batch, config=run.model.config, mesh=mesh, chunk_size=config.chunk_size, base=base
+    )
+  )
+  weight = sum(float(np.sum(b.loss_weights)) for b in eval_batches)
+  best = best_step.BestCheckpoint(run.workdir) if config.select_checkpoint == "best_heldout" else None
+  losses: dict[int, float] = {}
+
+  def evaluate(state, step):
+    if step not in losses:
+      nll = sum(
+        float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh), base))
+        for b in eval_batches
+      )
+      losses[step] = nll / max(weight, 1e-6)
+      if best is not None:
+        best.offer(state, step, losses[step])
+    return {"eval_loss": losses[step]}
+
+  return evaluate, best
+
+
 def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> SftResult:
   """Instruction tuning; on TPU its step is first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "sft")
@@ -92,21 +140,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
     raise ValueError(f"{config.model}: has no tokenizer (tokenizer.json or tokenizer.model), which SFT needs")
 
   report = records.ReadReport()
-  train_records = records.read_instruction_records(
-    config.train_file, skip_bad_records=config.skip_bad_records, report=report
-  )
-  if report.skipped:
-    log.warning("skipped %d bad records: %s", sum(report.skipped.values()), dict(report.skipped))
-  eval_records = []
-  if config.eval_file:
-    eval_records = records.read_instruction_records(config.eval_file, skip_bad_records=config.skip_bad_records)
-  elif config.heldout_fraction:
-    train_records, eval_records = split_held_out(train_records, config.heldout_fraction, config.seed)
-    if not train_records or not eval_records:
-      raise ValueError(
-        f"{config.train_file}: heldout_fraction={config.heldout_fraction} leaves {len(train_records)} training "
-        f"and {len(eval_records)} held-out records; both need some"
-      )
+  train_records, eval_records = _read_records(config, report)
   stats = sft_examples.TokenizeStats()
   examples = tokenize_records(tokenizer, train_records, config, stats)
   eval_examples = tokenize_records(tokenizer, eval_records, config, sft_examples.TokenizeStats())
@@ -145,31 +179,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
 
   batches = DeviceBatches(iterator, lambda batch: sharding.shard_rows(batch.as_dict(), mesh))
 
-  evaluate, best = None, None
-  if eval_examples:
-    eval_batches = _eval_batches(eval_examples, config)
-    nll_fn = jax.jit(
-      lambda params, batch, base: batch_nll_sum(
-        params, batch, config=model_config, mesh=mesh, chunk_size=config.chunk_size, base=base
-      )
-    )
-    weight = sum(float(np.sum(b.loss_weights)) for b in eval_batches)
-
-    if config.select_checkpoint == "best_heldout":
-      best = best_step.BestCheckpoint(run.workdir)
-    held_out_losses: dict[int, float] = {}  # by step: the last step's is computed once
-
-    def evaluate(state, step):
-      if step not in held_out_losses:
-        nll = sum(
-          float(nll_fn(state.params, sharding.shard_rows(_this_process_rows(b.as_dict()), mesh), base))
-          for b in eval_batches
-        )
-        held_out_losses[step] = nll / max(weight, 1e-6)
-        if best is not None:
-          best.offer(state, step, held_out_losses[step])
-      return {"eval_loss": held_out_losses[step]}
-
+  evaluate, best = _held_out_loss(eval_examples, config, run) if eval_examples else (None, None)
   stop_early = None  # config checks guarantee best_heldout, held-out data and eval_every with it
   if config.early_stopping_patience and best is not None:
     stop_early = best_step.patience_rule(best, config.early_stopping_patience, config.eval_every)
