@@ -38,6 +38,41 @@ def test_losses_equal_closed_form(loss_type, ls):
     np.testing.assert_allclose(rejected_rewards, beta * (pr - rr), rtol=1e-5, atol=1e-4)
 
 
+def _log_one_minus_exp(x):
+  return np.log(-np.expm1(x))
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+def test_reference_free_losses_equal_their_papers_closed_forms_on_mean_log_probs(ls):
+  rng = np.random.default_rng(3)
+  pc, pr = rng.normal(-40, 10, (2, 64))
+  lc, lr = rng.integers(5, 60, (2, 64)).astype(np.float64)
+  ignored = np.full(64, np.nan)  # the reference: never read
+  log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+  ac, ar = pc / lc, pr / lr  # mean log-prob per answer token
+  for beta, gamma in ((2.0, 0.5), (2.5, 1.4), (0.1, 0.0)):
+    common = dict(beta=beta, chosen_lengths_B=lc, rejected_lengths_B=lr, label_smoothing=ls)
+    simpo, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, ignored, ignored, **common, loss_type="simpo",
+                                                           simpo_gamma=gamma)  # fmt: skip
+    z = beta * (ac - ar) - gamma  # SimPO: -log σ(β/|y_w| log π(y_w) - β/|y_l| log π(y_l) - γ)
+    np.testing.assert_allclose(simpo, -(1 - ls) * log_sigmoid(z) - ls * log_sigmoid(-z), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(chosen_rewards, beta * ac, rtol=1e-5)
+    np.testing.assert_allclose(rejected_rewards, beta * ar, rtol=1e-5)
+    orpo, _, _ = dpo.dpo_loss(pc, pr, ignored, ignored, beta=beta, chosen_lengths_B=lc, rejected_lengths_B=lr,
+                              loss_type="orpo")  # fmt: skip
+    # ORPO: -λ log σ(log (odds(y_w) / odds(y_l))), odds = P / (1 - P), P the mean per-token probability
+    log_odds = (ac - _log_one_minus_exp(ac)) - (ar - _log_one_minus_exp(ar))
+    np.testing.assert_allclose(orpo, -beta * log_sigmoid(log_odds), rtol=2e-5, atol=1e-6)
+
+
+def test_orpo_stays_finite_where_an_answer_is_certain_or_very_unlikely():
+  chosen = jnp.array([0.0, -1e-9, -0.69, -0.7, -200.0])
+  loss = lambda c: dpo.dpo_loss(c, jnp.full(5, -30.0), None, None, beta=0.1, loss_type="orpo",
+                                chosen_lengths_B=jnp.ones(5), rejected_lengths_B=jnp.ones(5))[0].sum()  # fmt: skip
+  assert np.isfinite(float(loss(chosen)))
+  assert np.all(np.isfinite(np.asarray(jax.grad(loss)(chosen))))
+
+
 @pytest.mark.parametrize("loss_type", dpo.LOSS_TYPES)
 def test_raising_the_chosen_log_prob_lowers_the_loss(loss_type):
   base = dict(
@@ -46,7 +81,8 @@ def test_raising_the_chosen_log_prob_lowers_the_loss(loss_type):
     ref_rejected_logps_B=jnp.array([-18.0]),
     beta=0.1,
     loss_type=loss_type,
-    chosen_lengths_B=jnp.array([6.0]),  # the nll loss type's normaliser
+    chosen_lengths_B=jnp.array([6.0]),  # the normalisers of the nll, simpo and orpo loss types
+    rejected_lengths_B=jnp.array([4.0]),
   )
   # Margins h = -8, -3, 2: below IPO's target 1/(2 beta) = 5, past which IPO pulls back by design.
   losses = [float(dpo.dpo_loss(jnp.array([c]), **base)[0][0]) for c in (-25.0, -20.0, -15.0)]
@@ -178,6 +214,23 @@ def test_the_nll_step_trains_on_chosen_rows_alone_without_a_reference(tiny):
     if name not in ("tokens", "rows"):
       np.testing.assert_allclose(value, whole[name], rtol=1e-5, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state.params, whole_state.params)
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_reference_free_steps_train_without_a_reference_and_report_their_rewards(tiny, loss_type):
+  config, params = tiny
+  batch = _pairs()
+  chosen, rejected = dpo.pair_log_probs(config, params, batch)
+  expected, _, _ = dpo.dpo_loss(
+    chosen, rejected, None, None, beta=2.0, loss_type=loss_type,
+    chosen_lengths_B=batch["chosen_lengths"], rejected_lengths_B=batch["rejected_lengths"],
+  )  # fmt: skip
+  _, first = _run(config, params, None, batch, beta=2.0, loss_type=loss_type)  # no reference tree at all
+  assert float(first["loss"]) == pytest.approx(float(np.mean(expected)), rel=1e-5)
+  assert float(first["rewards/chosen"]) == pytest.approx(float(2.0 * np.mean(chosen / batch["chosen_lengths"])), 1e-5)
+  _, last = _run(config, params, None, batch, steps=8, beta=2.0, loss_type=loss_type)
+  assert float(last["rewards/margins"]) > float(first["rewards/margins"])
+  assert float(last["loss"]) < float(first["loss"])
 
 
 @pytest.mark.slow

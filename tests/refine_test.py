@@ -93,7 +93,7 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   beta = 0.3
   lengths = rng.integers(3, 40, 16).astype(np.float32)
   metrics = refine.reward_metrics(
-    policy, reference, lengths, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    policy, reference, (lengths, lengths[::-1]), beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
   )
   # By hand: h is the policy's log-ratio margin over the reference's.
   h = (policy[0] - reference[0]) - (policy[1] - reference[1])
@@ -109,9 +109,28 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   nll = np.mean(-policy[0] / lengths)
   np.testing.assert_allclose(metrics["eval/nll/chosen"], nll, rtol=1e-5)
   with_nll = refine.reward_metrics(
-    policy, reference, lengths, nll_weight=0.5, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    policy,
+    reference,
+    (lengths, lengths[::-1]),
+    nll_weight=0.5,
+    beta=beta,
+    loss_type=loss_type,
+    label_smoothing=label_smoothing,
   )
   np.testing.assert_allclose(with_nll["eval/loss"], expected.mean() + 0.5 * nll, rtol=1e-5)
+
+
+def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own_rewards(tiny_student, tmp_path):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="orpo", num_steps=2, beta=0.5)
+  workdir = tmp_path / "run"
+  summary = refine.run(config, workdir, progress=False)
+  assert summary["reference"] is None
+  assert not (workdir / "reference_logps.npz").exists() and not (workdir / "heldout_reference_logps.npz").exists()
+  assert summary["layout"]["chosen_only"] is False  # the rejected answers are read
+  before = summary["heldout_before"]
+  # The rewards are beta times each side's mean log-prob per token: below zero, with no reference.
+  assert before["eval/rewards/chosen"] < 0 and before["eval/rewards/rejected"] < 0
+  assert before["eval/loss"] > 0 and (workdir / "export" / "model.safetensors").exists()
 
 
 def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):

@@ -198,14 +198,14 @@ def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, p
   return corrections
 
 
-def reward_metrics(policy, reference, chosen_lengths, *, nll_weight: float = 0.0, **loss_options) -> dict:
-  """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference:
-  the run's own loss (its loss_type, label_smoothing, beta and NLL term), the chosen answers'
-  length-normalised NLL, reward accuracy and margin."""
+def reward_metrics(policy, reference, lengths, *, nll_weight: float = 0.0, **loss_options) -> dict:
+  """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference
+  and their (chosen, rejected) answer lengths: the run's own loss (its loss_type, label_smoothing,
+  beta and NLL term), the chosen answers' length-normalised NLL, reward accuracy and margin."""
   per_pair, chosen_rewards, rejected_rewards = dpo_step.dpo_loss(
-    *policy, *reference, chosen_lengths_B=chosen_lengths, **loss_options
+    *policy, *reference, chosen_lengths_B=lengths[0], rejected_lengths_B=lengths[1], **loss_options
   )
-  nll = dpo_step.length_normalized_nll(policy[0], chosen_lengths)
+  nll = dpo_step.length_normalized_nll(policy[0], lengths[0])
   values = dpo_step.pair_metrics(per_pair + nll_weight * nll, chosen_rewards, rejected_rewards)
   values["nll/chosen"] = np.mean(nll)
   return {f"eval/{name}": float(value) for name, value in values.items()}
@@ -293,10 +293,16 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   def score(pairs):
     return pair_scoring.PairScorer(pairs, scoring_layout, model_config, mesh, eval_batch, config.chunk_size)
 
-  reference_params, reference_identity = _reference(config, model, mesh)
-  key = fingerprint.digest(reference_identity, config.max_length, train_pairs, held_out_pairs)
+  # A reference-free preference loss (SimPO, ORPO) has no reference at all: its rewards are its
+  # own. The NLL alone trains without one, but its held-out pairs are scored against it (DPO's rewards).
+  reference_free = config.loss_type in dpo_step.REFERENCE_FREE_PREFERENCE
+  if reference_free:
+    reference_params, reference_identity = None, None
+  else:
+    reference_params, reference_identity = _reference(config, model, mesh)
+  key = fingerprint.digest(reference_identity or model.identity, config.max_length, train_pairs, held_out_pairs)
   reference = held_out_reference = None
-  reads_reference = dpo_step.uses_reference(config.loss_type)  # the NLL alone trains without it
+  reads_reference = dpo_step.uses_reference(config.loss_type)
   precompute_reference = config.precompute_reference and reads_reference
   if precompute_reference:
     reference_scorer = score(tokenized)
@@ -309,7 +315,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       desc="reference log-probs" if progress else None,
     )
   held_out_scorer = score(held_out) if held_out else None
-  if held_out:
+  if held_out and reference_free:
+    held_out_reference = (np.zeros(len(held_out), np.float32),) * 2  # unread
+  elif held_out:
     held_out_reference = pair_scoring.cached_log_probs(
       workdir / "heldout_reference_logps.npz", key, held_out_scorer, reference_params, base
     )
@@ -342,7 +350,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     + (f"{iterator.answer_positions} answer positions a row" if iterator.answer_positions else "every position")
   )
   state = run.init_state()
-  loss_options = dict(beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)
+  loss_options = dict(
+    beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing, simpo_gamma=config.simpo_gamma
+  )
   jitted = dpo_step.jit_dpo_step(
     state,
     model_config,
@@ -356,7 +366,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     chunk_size=config.chunk_size,
     **loss_options,
   )
-  held_out_lengths = np.asarray([sum(p.chosen.loss_mask) for p in held_out], np.float32)
+  held_out_lengths = tuple(
+    np.asarray([sum(getattr(p, side).loss_mask) for p in held_out], np.float32) for side in ("chosen", "rejected")
+  )
   held_out_metrics: dict[int, dict] = {}  # by step: the last step's is logged and reported, computed once
   best = best_step.BestCheckpoint(workdir) if config.select_checkpoint == "best_heldout" and held_out else None
 
@@ -395,7 +407,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   # 4. Export.
   summary = {
     "pairs": stats,
-    "reference": {"model": config.reference_model or config.model, "identity": reference_identity},
+    "reference": None
+    if reference_free
+    else {"model": config.reference_model or config.model, "identity": reference_identity},
     "num_steps": config.num_steps,
     "steps_run": steps_run,
     "layout": {

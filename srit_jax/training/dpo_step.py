@@ -20,6 +20,7 @@ Shapes: B pairs, R rows, L row length.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,9 @@ from srit_jax.training.state import (
   state_shardings,
 )
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nll")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo", "nll")
+REFERENCE_FREE_PREFERENCE = ("simpo", "orpo")  # preference losses whose rewards need no reference
+REFERENCE_FREE = (*REFERENCE_FREE_PREFERENCE, "nll")  # losses that read no reference
 PAIR_PACKINGS = ("auto", *pair_batches.PACKINGS)
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -54,16 +57,33 @@ def dpo_loss(
   loss_type: str = "sigmoid",
   label_smoothing: float = 0.0,
   chosen_lengths_B=None,
+  rejected_lengths_B=None,
+  simpo_gamma: float = 0.5,
 ):
   """(per-pair loss [B], chosen reward [B], rejected reward [B]).
 
   sigmoid: -(1 - ε) log σ(β h) - ε log σ(-β h) (ε = label smoothing: robust/cDPO);
   ipo: (h - 1 / (2β))²; hinge: max(0, 1 - β h); where h is the policy's log-ratio margin
-  minus the reference's. nll: the chosen answer's negative log-likelihood over its length
-  (`chosen_lengths_B` answer tokens), no preference term. The rewards are β times each side's
-  log-ratio whatever the loss.
+  minus the reference's. The rewards are β times each side's log-ratio.
+
+  Reference-free, on each side's mean log-prob per answer token a = log p / length
+  (`chosen_lengths_B`, `rejected_lengths_B`), the rewards β a:
+  simpo (Meng et al., 2024): -(1 - ε) log σ(β Δa - γ) - ε log σ(-(β Δa - γ)), γ = `simpo_gamma`;
+  orpo (Hong et al., 2024): -β log σ(log odds(chosen) - log odds(rejected)), odds = e^a / (1 - e^a),
+  β weighing the odds-ratio term (ORPO's λ) beside the NLL term (`nll_weight`, 1 in ORPO).
+  nll: the chosen answer's negative log-likelihood over its length, no preference term.
   """
   f32 = jnp.float32
+  if loss_type in ("simpo", "orpo"):
+    chosen_mean_B = policy_chosen_logps_B.astype(f32) / jnp.maximum(chosen_lengths_B.astype(f32), 1.0)
+    rejected_mean_B = policy_rejected_logps_B.astype(f32) / jnp.maximum(rejected_lengths_B.astype(f32), 1.0)
+    if loss_type == "simpo":
+      logits_B = beta * (chosen_mean_B - rejected_mean_B) - simpo_gamma
+      per_pair = -(1 - label_smoothing) * jax.nn.log_sigmoid(logits_B) - label_smoothing * jax.nn.log_sigmoid(-logits_B)
+    else:
+      log_odds_B = (chosen_mean_B - rejected_mean_B) - (_log1mexp(chosen_mean_B) - _log1mexp(rejected_mean_B))
+      per_pair = -beta * jax.nn.log_sigmoid(log_odds_B)
+    return per_pair, beta * chosen_mean_B, beta * rejected_mean_B
   chosen_ratio_B = policy_chosen_logps_B.astype(f32) - ref_chosen_logps_B.astype(f32)
   rejected_ratio_B = policy_rejected_logps_B.astype(f32) - ref_rejected_logps_B.astype(f32)
   margin_B = chosen_ratio_B - rejected_ratio_B
@@ -82,8 +102,20 @@ def dpo_loss(
   return per_pair, beta * chosen_ratio_B, beta * rejected_ratio_B
 
 
+def _log1mexp(x):
+  """log(1 - e^x) for x < 0, stable on both sides of -log 2; a mean log-prob of 0 (an answer
+  the model is sure of) is kept just below it."""
+  x = jnp.minimum(x, -1e-6)
+  return jnp.where(x > -math.log(2), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
 def uses_reference(loss_type: str) -> bool:
-  """Whether a loss reads the reference's log-probs and the rejected answers (the NLL alone does not)."""
+  """Whether a loss reads the reference's log-probs (DPO, IPO and hinge do; SimPO, ORPO and the NLL do not)."""
+  return loss_type not in REFERENCE_FREE
+
+
+def reads_rejected(loss_type: str) -> bool:
+  """Whether a loss reads the rejected answers (the NLL alone does not)."""
   return loss_type != "nll"
 
 
@@ -138,6 +170,7 @@ def dpo_step(
   beta: float = 0.1,
   loss_type: str = "sigmoid",
   label_smoothing: float = 0.0,
+  simpo_gamma: float = 0.5,
   nll_weight: float = 0.0,
   num_microbatches: int = 1,
   chunk_size: int = 128,
@@ -180,6 +213,8 @@ def dpo_step(
       loss_type=loss_type,
       label_smoothing=label_smoothing,
       chosen_lengths_B=micro["chosen_lengths"],
+      rejected_lengths_B=micro["rejected_lengths"],
+      simpo_gamma=simpo_gamma,
     )
     loss = jnp.sum(per_pair) / num_pairs
     if nll_weight:
@@ -199,7 +234,7 @@ def dpo_step(
     "tokens": jnp.sum(batch["rows"]["segment_ids"] > 0),
     "rows": jnp.float32(batch["rows"]["segment_ids"].shape[0]),  # a batch may hold fewer than the run's most
   }
-  if reads_reference:  # rewards and rejected answers: none without them
+  if reads_rejected(loss_type):  # rewards and rejected answers: none without them
     metrics = (
       pair_metrics(per_pair, chosen_rewards, rejected_rewards) | metrics | {"logps/rejected": jnp.mean(rejected)}
     )
@@ -221,7 +256,7 @@ def pair_layout(block, model_config: ModelConfig, mesh: Mesh | None) -> pair_bat
   row_length = max_length if packing == "none" else block.pack_length or default
   if row_length < max_length:
     raise ValueError(f"pack_length {row_length} is shorter than max_length {max_length}: a side would not fit")
-  return pair_batches.PairLayout(packing, row_length, chosen_only=not uses_reference(block.loss_type))
+  return pair_batches.PairLayout(packing, row_length, chosen_only=not reads_rejected(block.loss_type))
 
 
 def pair_batch_shardings(
