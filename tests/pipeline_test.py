@@ -33,6 +33,8 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert saved["domains"] == {"arith": "in-domain", "arith_hard": "out-domain"}
   assert saved["teacher"] == "reference-solutions" and saved["family"] == "out-family"
   assert set(saved["stages"]) == {"untuned", "sft", "srit"}
+  steps = config.sft.num_steps
+  assert saved["sft"] == {"steps_run": steps, "selected_step": steps}  # the SFT phase's own summary
   # Each phase's own peak resident memory (Linux), also in its completion marker.
   peaks = saved["peak_rss_bytes"]
   assert set(peaks) == {"demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"}
@@ -189,6 +191,19 @@ def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tm
   assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["select_checkpoint"] == "last"
   config.sft.select_checkpoint = "best_heldout"  # another choice of step is another phase
   assert fingerprint.fingerprinted(config.sft.to_dict(), "sft")["select_checkpoint"] == "best_heldout"
+
+
+def test_the_results_say_which_step_sft_kept_where_it_is_not_its_last():
+  from srit_jax.phases import report
+
+  results = {
+    "student": "s", "student_family": "f", "teacher": "t", "teacher_family": "g", "family": "out-family",
+    "train_task": "arith", "domains": {"arith": "in-domain"}, "stages": {"sft": {}},
+  }  # fmt: skip
+  line = "SFT kept step 60 of the 110 it ran (its lowest held-out loss)."
+  assert line in report.results_markdown(results | {"sft": {"steps_run": 110, "selected_step": 60}})
+  assert "SFT kept" not in report.results_markdown(results | {"sft": {"steps_run": 110, "selected_step": 110}})
+  assert "SFT kept" not in report.results_markdown(results)  # a run made before SFT recorded its steps
 
 
 def test_a_control_stopped_early_must_keep_its_best_step():

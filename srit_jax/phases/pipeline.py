@@ -230,6 +230,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     },
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
+    "sft": json.loads(sft_phase.marker.read_text(encoding="utf-8")).get("summary", {}),  # steps run and kept
     "rounds": [_round_summary(phase) for phase in refine_phases],
     "control_rounds": [_round_summary(phase) for phase in control_phases],
     "left_out_as_seen_in_training": removed,

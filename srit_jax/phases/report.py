@@ -56,6 +56,9 @@ def results_markdown(results: dict) -> str:
     lines += [f"- {task}, {stage_label(s)}: {_cell(e)}" for task, s, e in direct]
   lines += arithmetic_markdown(results)
   lines += paired_markdown(results)
+  sft = results.get("sft") or {}
+  if sft.get("selected_step", sft.get("steps_run")) != sft.get("steps_run"):
+    lines += ["", f"SFT kept step {sft['selected_step']} of the {sft['steps_run']} it ran (its lowest held-out loss)."]
   pairs = results.get("pairs")
   if pairs:
     lines += [
