@@ -133,6 +133,14 @@ def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own
   assert before["eval/loss"] > 0 and (workdir / "export" / "model.safetensors").exists()
 
 
+def test_a_reference_model_for_a_reference_free_loss_is_refused(tiny_student, tmp_path):
+  config = _tiny_config(
+    tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="simpo", reference_model=str(tiny_student)
+  )
+  with pytest.raises(checks.ConfigError, match="reference_model: loss_type 'simpo' reads no reference"):
+    refine.run(config, tmp_path / "run", progress=False)
+
+
 def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):
   config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
   summary = refine.run(config, tmp_path / "run", progress=False)

@@ -264,8 +264,12 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         )
     problems += _held_out_selection_problems(config, field, held_out=bool(config.eval_file or config.heldout_fraction))
   if command == "refine":
+    from srit_jax.training import dpo_step
+
     if wanted("reference_model") and config.reference_model:
       problem = _model_problem(config.reference_model, field("reference_model"))
+      if config.loss_type in dpo_step.REFERENCE_FREE_PREFERENCE:
+        problem = f"{field('reference_model')}: loss_type {config.loss_type!r} reads no reference; leave it empty"
       if problem:
         problems.append(problem)
     if wanted("task"):

@@ -36,6 +36,7 @@ from srit_jax.tasks import registry
 from srit_jax.tasks.registry import load_examples
 from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key
+from srit_jax.training import dpo_step
 
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
 CONTROL = "control"  # the compute-matched control: the refine rounds with cross-entropy on chosen answers only
@@ -268,12 +269,16 @@ def _refine_rounds(
   # starts from the previous adapters, its reference is the SFT adapters (or its own start).
   adapted = bool(config.sft.lora.rank)
   output = "export_adapter" if adapted else "export"
+  # The reference of rounds after the first: the SFT student where asked; a round's own start
+  # (reference_model empty) where asked, and in a refined chain whose loss reads no reference.
+  reference_free = not samples_from and config.refine.loss_type in dpo_step.REFERENCE_FREE_PREFERENCE
+  own_start = config.refine_reference == "previous" or reference_free
   for round_ in range(1, config.refine_iterations + 1):
     previous = phases[-1] if phases else sft_phase
     refine_config = _with(
       config.refine,
       model=config.student if adapted else str(previous.dir / "export"),
-      reference_model="" if round_ == 1 or config.refine_reference == "previous" else str(sft_phase.dir / output),
+      reference_model="" if round_ == 1 or own_start else str(sft_phase.dir / output),
       task=task,
       demos_file=str(demos_phase.dir / "demos.jsonl"),
       export=True,
