@@ -191,6 +191,12 @@ VARIANTS = {
     (*SFT_BEST_HELDOUT, *COT_VS_DIRECT_NLL, "control=True"),
     parent="cot_vs_direct_nll",
   ),
+  "cot_vs_direct_orpo": Variant(
+    "cot_vs_direct_nll's pairs, steps and NLL term with ORPO's reference-free odds-ratio term (weight 0.1, as in "
+    "ORPO) in place of DPO's; with the compute-matched control",
+    (*COT_VS_DIRECT_NLL, "refine.loss_type=orpo", "refine.beta=0.1", "control=True"),
+    parent="cot_vs_direct_nll",
+  ),
   "rpo_new_questions": Variant(
     "rpo on 400 more training questions that no demonstration answers (600 in all)",
     (*RPO, "refine.new_questions=400"),
