@@ -584,6 +584,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         "paired": paired,
         "pairs": results["pairs"],
         "rounds": _rounds(results),
+        **({"sft": results["sft"]} if results.get("sft") else {}),  # its steps run and kept
         "arithmetic": _arithmetic(root / name, results),
         "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
       }

@@ -240,6 +240,9 @@ def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_
   root, doc = tmp_path / "runs", tmp_path / "study.md"
   _finished(root, "base", srit_correct=32)
   _finished(root, "cot_vs_direct_nll_demos_100", srit_correct=33)
+  results_path = root / "cot_vs_direct_nll_demos_100" / "results.json"
+  sft = {"steps_run": 110, "selected_step": 60}  # an SFT that kept its step of lowest held-out loss
+  results_path.write_text(json.dumps(json.loads(results_path.read_text()) | {"sft": sft}))
 
   def answers(variant: str, stage: str, correct: list[bool]) -> None:
     evaluation = root / variant / "eval" / stage
@@ -257,6 +260,7 @@ def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_
   assert "| cot_vs_direct_nll_demos_100 | SFT − base SFT | wordmath (in-domain) | 4 | 50.0 | 25.0 | -25.0 " in text
   assert "| cot_vs_direct_nll_demos_100 | SRIT − base SFT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
   assert "| cot_vs_direct_nll_demos_100 | control − base SFT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
+  assert summary["cot_vs_direct_nll_demos_100"]["sft"] == sft and "sft" not in summary["base"]
   paired = summary["cot_vs_direct_nll_demos_100"]["paired"]["wordmath"]["srit_vs_base_sft"]
   assert (paired["only_first_correct"], paired["only_second_correct"]) == (0, 1)
   # The base, taught as itself, is not paired with itself; a task without answers gets no row.
