@@ -88,6 +88,22 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
 
 @pytest.mark.slow
 @requires_libtpu
+def test_a_reference_free_loss_plans_no_reference_and_a_step_without_one(tiny_with_tokenizer):
+  args = (f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+  result = _plan(*args, "--config.refine.loss_type=orpo", "--config.refine.nll_weight=1.0")
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  names = [(r[0], r[1]) for r in _rows(result.stdout)]
+  assert [(phase, name.split(" (")[0]) for phase, name in names] == [
+    ("sft", "SFT step"),
+    ("refine", "sampler"),
+    ("refine", "DPO step"),
+    ("eval", "sampler"),
+  ]  # no reference pass
+  assert "(no reference;" in names[2][1]
+
+
+@pytest.mark.slow
+@requires_libtpu
 def test_a_paper_variant_fits_its_slice():
   """A paper-scale training step as `plan` sees it: Mistral-7B's SFT step (full fine-tuning, 32
   rows of 1024 positions per chip, splash attention) compiled for v5p-8 fits its chips, 62 of
