@@ -75,13 +75,13 @@ DEMOS_100_LAST_CONTROL = (*COT_VS_DIRECT_NLL, "control=True", "demos.limit=100",
 
 
 # Instruction tuning run longer, its step chosen by held-out loss: up to 200 SFT steps (4x the
-# base's 50), evaluated every 10 on a tenth of the demonstrated questions held out (so 360
-# demonstrations train), the lowest held-out loss kept, stopping once 5 evaluations (50 steps)
-# have not lowered it. Every control gains 6-7 points in-domain over the base's SFT student:
-# is that what more instruction tuning on the teacher's demonstrations gives anyway?
+# base's 50) on the base's 400 demonstrations, evaluated every 10 on the teacher's solutions of
+# the next 40 training questions (which never train), the lowest held-out loss kept, stopping
+# once 5 evaluations (50 steps) have not lowered it. Every control gains 6-7 points in-domain
+# over the base's SFT student: is that what more instruction tuning gives anyway?
 SFT_BEST_HELDOUT = (
   "sft.num_steps=200",
-  "sft.heldout_fraction=0.1",
+  "demos.heldout_questions=40",
   "sft.eval_every=10",
   "sft.select_checkpoint=best_heldout",
   "sft.early_stopping_patience=5",
@@ -185,9 +185,9 @@ VARIANTS = {
     parent="rpo_3_rounds",
   ),
   "sft_best_heldout": Variant(
-    "cot_vs_direct_nll with its control after SFT run up to 200 steps, the step of lowest held-out loss kept (a "
-    "tenth of the demonstrated questions held out, evaluated every 10 steps, stopping after 5 evaluations without a "
-    "new low)",
+    "cot_vs_direct_nll with its control after SFT run up to 200 steps on the same 400 demonstrations, the step of "
+    "lowest held-out loss kept (on the solutions of 40 more training questions, evaluated every 10 steps, stopping "
+    "after 5 evaluations without a new low)",
     (*SFT_BEST_HELDOUT, *COT_VS_DIRECT_NLL, "control=True"),
     parent="cot_vs_direct_nll",
   ),

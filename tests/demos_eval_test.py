@@ -48,6 +48,44 @@ def test_demos_from_a_precomputed_teacher_train_the_sft_reader(tmp_path):
   assert len(records.read_instruction_records(tmp_path / "demos.jsonl")) == len(kept)
 
 
+@pytest.mark.parametrize("reader", ["", "palm_csqa"])  # a task's own solutions; a precomputed teacher
+def test_held_out_questions_are_the_next_ones_and_leave_the_demonstrations_as_they_were(tmp_path, reader):
+  config = load_config("demos", reader)
+  if reader:
+    config.teacher.path = str(SHARED_DATA / "teachers" / "palm540b_cqa")
+  config.limit = 30
+  demos.run(config, tmp_path / "plain")
+  config.heldout_questions = 10
+  summary = demos.run(config, tmp_path / "held")
+  for name in ("demos.jsonl", "all_answers.jsonl"):  # training demonstrations: byte for byte the same
+    assert (tmp_path / "held" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+  training = {json.loads(line)["id"] for line in (tmp_path / "held" / "all_answers.jsonl").read_text().splitlines()}
+  held_out = [json.loads(line) for line in (tmp_path / "held" / demos.HELD_OUT_FILE).read_text().splitlines()]
+  assert len(training) == 30 and held_out and all(r["correct"] for r in held_out)
+  assert not training & {r["id"] for r in held_out}
+  assert summary["heldout"] == {"questions": 10, "kept": len(held_out)}
+  assert not (tmp_path / "plain" / demos.HELD_OUT_FILE).exists()
+
+
+def test_held_out_questions_need_a_limit_and_the_pipeline_holds_sft_out_on_them():
+  from srit_jax import configs
+  from srit_jax.configs import checks
+
+  config = load_config("demos")
+  config.heldout_questions = 10
+  with pytest.raises(checks.ConfigError, match="heldout_questions = 10: the held-out questions are those after"):
+    checks.check(config, "demos")
+  pipeline = configs.load("wordmath")
+  pipeline.sft.update(eval_every=10, select_checkpoint="best_heldout")
+  with pytest.raises(checks.ConfigError, match=r"sft\.select_checkpoint = 'best_heldout': needs held-out data"):
+    checks.check(pipeline, "pipeline")
+  pipeline.demos.heldout_questions = 40  # SFT's held-out loss on their demonstrations
+  checks.check(pipeline, "pipeline")
+  pipeline.sft.heldout_fraction = 0.1
+  with pytest.raises(checks.ConfigError, match=r"heldout_fraction = 0\.1 with demos\.heldout_questions: one held-out"):
+    checks.check(pipeline, "pipeline")
+
+
 @pytest.mark.slow
 def test_demos_with_smollm2_as_a_local_teacher(smollm2_dir, tmp_path):
   config = load_config("demos", "local")

@@ -21,8 +21,14 @@ def _tiny_pipeline_config(model_dir):
 @pytest.mark.slow
 def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys):
   config = _tiny_pipeline_config(tiny_student)
+  config.demos.heldout_questions, config.sft.eval_every = 6, 1  # SFT's held-out loss on 6 untaught questions
   results = pipeline.run(config, tmp_path, progress=False)
   first = capsys.readouterr().out
+  sft_metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in sft_metrics if "eval_loss" in line] == [1, 2, 3]
+  held_out = {json.loads(line)["id"] for line in (tmp_path / "demos" / "heldout.jsonl").read_text().splitlines()}
+  taught = {json.loads(line)["id"] for line in (tmp_path / "demos" / "demos.jsonl").read_text().splitlines()}
+  assert held_out and not held_out & taught
 
   for name in ("results.json", "results.md", "accuracy.png", "training_curves.png"):
     assert (tmp_path / name).exists(), name

@@ -96,6 +96,7 @@ def _rules() -> dict[str, Callable]:
         "early_stopping_patience",
         "max_retries",
         "new_questions",
+        "heldout_questions",
         "pack_length",
       ),
       NON_NEGATIVE_INT,
@@ -255,14 +256,15 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
         problems.append(f"{field('train_file')}: required (JSONL instruction records, e.g. DIR/demos.jsonl)")
       else:
         _exists(config.train_file, field("train_file"), problems)
+    eval_file = config.eval_file or ("eval_file" in linked)  # the pipeline's: the held-out questions' demonstrations
     if config.eval_file:
       _exists(config.eval_file, field("eval_file"), problems)
-      if config.heldout_fraction:
-        problems.append(
-          f"{field('heldout_fraction')} = {config.heldout_fraction} with {field('eval_file')}: one held-out set; "
-          "set either"
-        )
-    problems += _held_out_selection_problems(config, field, held_out=bool(config.eval_file or config.heldout_fraction))
+    if eval_file and config.heldout_fraction:
+      problems.append(
+        f"{field('heldout_fraction')} = {config.heldout_fraction} with "
+        f"{'demos.heldout_questions' if 'eval_file' in linked else field('eval_file')}: one held-out set; set either"
+      )
+    problems += _held_out_selection_problems(config, field, held_out=bool(eval_file or config.heldout_fraction))
   if command == "refine":
     from srit_jax.training import dpo_step
 
@@ -288,6 +290,11 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
   if command == "eval" and wanted("tasks"):
     problems += _task_problems(config.tasks, field("tasks"))
   if command == "demos":
+    if config.heldout_questions and not config.limit:
+      problems.append(
+        f"{field('heldout_questions')} = {config.heldout_questions}: the held-out questions are those after the "
+        f"first {field('limit')}; set a limit"
+      )
     teacher = config.teacher
     if teacher.kind != "precomputed" and wanted("task"):
       problems += _task_problems(config.task, field("task"))
@@ -326,7 +333,10 @@ def problems(config: ConfigDict, command: str) -> list[str]:
     if config.data_dir:
       _exists(config.data_dir, "data_dir", found, "directory")
     found += command_problems(config.demos, "demos", "demos.", linked=("task", "data_dir"))
-    found += command_problems(config.sft, "sft", "sft.", linked=("model", "train_file"))
+    held_out_demos = ("eval_file",) if config.demos.heldout_questions else ()
+    if held_out_demos and config.sft.eval_file:
+      found.append("sft.eval_file with demos.heldout_questions: the pipeline's SFT is held out on those; set either")
+    found += command_problems(config.sft, "sft", "sft.", linked=("model", "train_file", *held_out_demos))
     found += command_problems(
       config.refine, "refine", "refine.", linked=("model", "reference_model", "task", "demos_file", "data_dir")
     )

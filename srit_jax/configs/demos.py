@@ -6,7 +6,9 @@
     srit-jax demos --config=configs/demos.py:openai --config.teacher.base_url=http://localhost:8000/v1 \\
         --config.teacher.model=meta-llama/Llama-2-70b-chat-hf --workdir=...
 
-Writes WORKDIR/demos.jsonl (the SFT phase's train_file), all_answers.jsonl and summary.json.
+Writes WORKDIR/demos.jsonl (the SFT phase's train_file), all_answers.jsonl and summary.json;
+with heldout_questions, heldout.jsonl (the demonstrations of the questions after `limit`, which
+never train: the pipeline's SFT measures its held-out loss on them).
 """
 
 import ml_collections
@@ -65,6 +67,7 @@ def get_config(variant: str = ""):
   config.data_dir = ""  # folder of local benchmark files (layout of ../shared/data/benchmarks)
   config.hub_path = ""  # replaces the hub dataset id (a mirror or local copy)
   config.limit = 0  # questions at most; 0 = all
+  config.heldout_questions = 0  # > 0: the teacher also answers this many questions after `limit`: heldout.jsonl
   config.seed = 0  # synthetic tasks: which problems
   config.num_samples = 1  # teacher answers per question
   config.keep = "correct"  # correct | all | first_correct

@@ -22,6 +22,8 @@ from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
 from srit_jax.teachers.base import Teacher
 
+HELD_OUT_FILE = "heldout.jsonl"  # demonstrations of the held-out questions, for SFT's held-out loss
+
 
 def demonstration_records(
   examples: Sequence[Example], rationales: Sequence[Sequence[str]], teacher: Teacher
@@ -128,6 +130,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
 def _ask(teacher, config, workdir: pathlib.Path) -> dict:
   examples = teacher.examples()
+  asked = config.limit + config.heldout_questions if config.limit else 0  # checks: held-out ones need a limit
   if examples is None:
     examples = load_training_examples(
       config.task,
@@ -135,19 +138,30 @@ def _ask(teacher, config, workdir: pathlib.Path) -> dict:
       source=config.source,
       data_dir=config.data_dir or None,
       hub_path=config.hub_path or None,
-      limit=config.limit or None,
+      limit=asked or None,
       seed=config.seed,
     )
-  elif config.limit:
-    examples = examples[: config.limit]
+  elif asked:
+    examples = examples[:asked]
   rationales = teacher.rationales(examples, config.num_samples)
   records = demonstration_records(examples, rationales, teacher)
+  # The questions after the first `limit` (heldout_questions of them) never train: their kept
+  # demonstrations measure SFT's held-out loss (WORKDIR/heldout.jsonl).
+  training_ids = {(e.task, e.id) for e in examples[: config.limit or None]}
+  held_out = [r for r in records if (r["task"], r["id"]) not in training_ids]
+  records = [r for r in records if (r["task"], r["id"]) in training_ids]
   kept = filter_records(records, config.keep)
   if not kept:
     raise ValueError(f"no demonstration kept (keep={config.keep!r}) of {len(records)} teacher answers")
   io.write_jsonl(workdir / "all_answers.jsonl", records)
   io.write_jsonl(workdir / "demos.jsonl", kept)
   summary = summarize(records, kept, teacher)
+  if config.heldout_questions:
+    kept_held_out = filter_records(held_out, config.keep)
+    if not kept_held_out:
+      raise ValueError(f"no held-out demonstration kept (keep={config.keep!r}) of {len(held_out)} teacher answers")
+    io.write_jsonl(workdir / HELD_OUT_FILE, kept_held_out)
+    summary["heldout"] = {"questions": config.heldout_questions, "kept": len(kept_held_out)}
   io.write_json(workdir / "summary.json", summary)
   print(summary_table(summary))
   print(workdir / "demos.jsonl")

@@ -118,6 +118,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Instruction tuning.
   sft_config = _with(config.sft, model=config.student, train_file=str(demos_phase.dir / "demos.jsonl"), export=True)
+  if config.demos.heldout_questions:  # SFT's held-out loss on the demonstrations of questions it never trains on
+    sft_config = _with(sft_config, eval_file=str(demos_phase.dir / demos.HELD_OUT_FILE))
   sft_phase = Phase(workdir, "sft", fingerprint.fingerprinted(sft_config.to_dict(), "sft"), demos_phase.fingerprint)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
