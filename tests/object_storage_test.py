@@ -175,3 +175,36 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   assert losses(workdir / "refine" / "metrics.jsonl") == losses(tmp_path / "local" / "refine" / "metrics.jsonl")
   assert (workdir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not (workdir / workdir_lock.LOCK_NAME).exists()
+
+
+def test_a_kept_best_step_on_object_storage_is_the_local_runs(remote, tiny_with_tokenizer, tmp_path):
+  """SFT that keeps its step of lowest held-out loss and stops early, on a gs:// workdir: the
+  best checkpoint and its record through object storage, the export the local run's."""
+  from conftest import TEACHER_MATH_FILE, load_config
+  from safetensors.numpy import load_file
+
+  from srit_jax.phases import sft
+
+  rows = json.loads(TEACHER_MATH_FILE.read_text())[:16]
+  train_file = tmp_path / "demos.jsonl"
+  train_file.write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")}) + "\n" for r in rows))
+  config = load_config("sft", "tiny")
+  config.update(
+    model=str(tiny_with_tokenizer),
+    train_file=str(train_file),
+    num_steps=24,
+    heldout_fraction=0.25,
+    eval_every=1,
+    select_checkpoint="best_heldout",
+    early_stopping_patience=2,
+  )
+  config.mesh.update(data=1, fsdp=4, tensor=1)
+  config.optimizer.update(learning_rate=3e-2, schedule="constant")  # the held-out loss falls, then rises
+  local = sft.train(config, tmp_path / "local")
+  on_bucket = sft.train(config, remote / "sft")
+  assert (on_bucket.steps_run, on_bucket.selected_step) == (local.steps_run, local.selected_step)
+  assert local.steps_run < 24 and local.selected_step < local.steps_run
+  assert json.loads((remote / "sft" / "best_checkpoint.json").read_text())["step"] == local.selected_step
+  exported = load_file(str(io.local_copy(remote / "sft" / "export") / "model.safetensors"))
+  for name, value in load_file(str(tmp_path / "local" / "export" / "model.safetensors")).items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
