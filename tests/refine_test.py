@@ -141,6 +141,13 @@ def test_a_reference_model_for_a_reference_free_loss_is_refused(tiny_student, tm
     refine.run(config, tmp_path / "run", progress=False)
 
 
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge", "orpo"])
+def test_label_smoothing_is_refused_for_a_loss_that_has_none(tiny_student, tmp_path, loss_type):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type=loss_type, label_smoothing=0.1)
+  with pytest.raises(checks.ConfigError, match=f"label_smoothing = 0.1: loss_type '{loss_type}' has none"):
+    refine.run(config, tmp_path / "run", progress=False)
+
+
 def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):
   config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
   summary = refine.run(config, tmp_path / "run", progress=False)

@@ -283,6 +283,11 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
       elif config.demos_file:
         _exists(config.demos_file, field("demos_file"), problems)
     problems += _held_out_selection_problems(config, field, held_out=bool(config.heldout_fraction), start_and_end=True)
+    if config.label_smoothing and config.loss_type not in dpo_step.SMOOTHED:
+      problems.append(
+        f"{field('label_smoothing')} = {config.label_smoothing}: loss_type {config.loss_type!r} has none "
+        f"(only {' and '.join(dpo_step.SMOOTHED)} smooth their labels)"
+      )
     if config.loss_type == "nll" and config.nll_weight:
       problems.append(
         f"{field('nll_weight')} = {config.nll_weight}: the loss type 'nll' is the NLL term alone; set it to 0"

@@ -60,7 +60,7 @@ def get_config(variant: str = ""):
   # nll_weight=1) | nll (the NLL term alone: fine-tuning on chosen answers)
   config.loss_type = "sigmoid"
   config.simpo_gamma = 0.5  # simpo: the target margin γ in log σ(β Δ - γ)
-  config.label_smoothing = 0.0  # sigmoid only: robust DPO / cDPO
+  config.label_smoothing = 0.0  # sigmoid and simpo only: robust DPO / cDPO
   config.nll_weight = 0.0  # weight of a length-normalised NLL term on chosen answers (RPO; 0 = off)
   config.precompute_reference = True  # reference log-probs once over the fixed pairs; False: in each step
   config.max_length = 384  # positions per side of a pair; longer prompts are cut from the left

@@ -43,6 +43,7 @@ from srit_jax.training.state import (
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo", "nll")
 REFERENCE_FREE_PREFERENCE = ("simpo", "orpo")  # preference losses whose rewards need no reference
 REFERENCE_FREE = (*REFERENCE_FREE_PREFERENCE, "nll")  # losses that read no reference
+SMOOTHED = ("sigmoid", "simpo")  # losses with label smoothing
 PAIR_PACKINGS = ("auto", *pair_batches.PACKINGS)
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -74,7 +75,7 @@ def dpo_loss(
   nll: the chosen answer's negative log-likelihood over its length, no preference term.
   """
   f32 = jnp.float32
-  if loss_type in ("simpo", "orpo"):
+  if loss_type in REFERENCE_FREE_PREFERENCE:
     chosen_mean_B = policy_chosen_logps_B.astype(f32) / jnp.maximum(chosen_lengths_B.astype(f32), 1.0)
     rejected_mean_B = policy_rejected_logps_B.astype(f32) / jnp.maximum(rejected_lengths_B.astype(f32), 1.0)
     if loss_type == "simpo":
