@@ -120,8 +120,12 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   np.testing.assert_allclose(with_nll["eval/loss"], expected.mean() + 0.5 * nll, rtol=1e-5)
 
 
-def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own_rewards(tiny_student, tmp_path):
-  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="orpo", num_steps=2, beta=0.5)
+@pytest.mark.parametrize("loss_type, lora_rank", [("orpo", 0), ("simpo", 4)])
+def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own_rewards(
+  tiny_student, tmp_path, loss_type, lora_rank
+):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type=loss_type, num_steps=2, beta=0.5)
+  config.lora.rank = lora_rank  # under LoRA: no copy of the adapters as a reference either
   workdir = tmp_path / "run"
   summary = refine.run(config, workdir, progress=False)
   assert summary["reference"] is None
