@@ -66,7 +66,7 @@ SIZES = {
   ("llama2_13b", "v4-8"): ("lora", 1, 16, 16),  # planned
   ("llama2_13b", "v4-16"): ("lora", 1, 16, 16),  # planned
   ("llama2_13b", "v4-32"): ("full", 4, 4, 4),  # planned
-  ("llama2_13b", "v5e-8"): ("qlora", 1, 8, 4),  # planned
+  ("llama2_13b", "v5e-8"): ("qlora", 1, 8, 8),  # planned
   ("llama2_13b", "v5e-16"): ("lora", 1, 8, 8),  # planned
   ("llama2_13b", "v5e-32"): ("full", 1, 4, 4),  # planned
   ("llama2_13b", "v5p-8"): ("full", 4, 4, 4),  # planned
