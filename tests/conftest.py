@@ -1,6 +1,7 @@
 """Shared fixtures. Eight emulated CPU devices are set up before JAX starts."""
 
 import importlib.util
+import json
 import mmap
 import os
 import pathlib
@@ -128,6 +129,14 @@ SHARED_DATA = pathlib.Path(
   os.environ.get("SRIT_JAX_SHARED_DATA", pathlib.Path(__file__).parents[2] / "shared" / "data")
 )
 TEACHER_MATH_FILE = SHARED_DATA / "teachers" / "chatgpt_math" / "math_data.json"
+
+
+def write_instruction_records(path, n=16):
+  """The first `n` of the real teacher's math solutions as SFT instruction records at `path`."""
+  demos = json.loads(TEACHER_MATH_FILE.read_text(encoding="utf-8"))[:n]
+  path.write_text("".join(json.dumps({k: d[k] for k in ("instruction", "input", "output")}) + "\n" for d in demos))
+  return path
+
 
 # Tiny random configurations, one per supported family, in transformers' own terms.
 TINY_HF_CONFIGS = {

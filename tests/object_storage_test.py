@@ -180,14 +180,12 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
 def test_a_kept_best_step_on_object_storage_is_the_local_runs(remote, tiny_with_tokenizer, tmp_path):
   """SFT that keeps its step of lowest held-out loss and stops early, on a gs:// workdir: the
   best checkpoint and its record through object storage, the export the local run's."""
-  from conftest import TEACHER_MATH_FILE, load_config
+  from conftest import load_config, write_instruction_records
   from safetensors.numpy import load_file
 
   from srit_jax.phases import sft
 
-  rows = json.loads(TEACHER_MATH_FILE.read_text())[:16]
-  train_file = tmp_path / "demos.jsonl"
-  train_file.write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")}) + "\n" for r in rows))
+  train_file = write_instruction_records(tmp_path / "demos.jsonl")
   config = load_config("sft", "tiny")
   config.update(
     model=str(tiny_with_tokenizer),

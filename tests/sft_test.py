@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import TEACHER_MATH_FILE, checkpoint_being_saved, kill_at_moments, load_config, subprocess_env
+from conftest import checkpoint_being_saved, kill_at_moments, load_config, subprocess_env, write_instruction_records
 from safetensors.numpy import load_file
 
 from srit_jax.conversion import hf_checkpoint
@@ -22,10 +22,7 @@ from srit_jax.training.loop import NonFiniteLossError
 
 
 def _write_records(path, n=16):
-  with open(TEACHER_MATH_FILE, encoding="utf-8") as f:
-    demos = json.load(f)[:n]
-  path.write_text("".join(json.dumps({k: d[k] for k in ("instruction", "input", "output")}) + "\n" for d in demos))
-  return path
+  return write_instruction_records(path, n)
 
 
 def _config(model_dir, train_file, **overrides):
