@@ -95,8 +95,14 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   if unknown:
     return None, f"limit 0: every test question of {', '.join(unknown)} (sizes not known here)"
   styles = 2 if block.direct else 1
-  calls = sum(styles * _ceil(questions[t], per_call) for tasks in stages.values() for t in tasks)
-  return calls, f"{len(stages)} stages, {sum(questions.values()):,} questions of {len(questions)} tasks"
+  sampled = block.get("sampled_answers", 0)  # CoT answers sampled per question beside the greedy one
+  calls = sum(
+    styles * _ceil(questions[t], per_call) + (_ceil(sampled * questions[t], per_call) if sampled else 0)
+    for tasks in stages.values()
+    for t in tasks
+  )
+  which = f"{len(stages)} stages, {sum(questions.values()):,} questions of {len(questions)} tasks"
+  return calls, which + (f", {sampled} sampled CoT answers each" if sampled else "")
 
 
 def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | None, str]:

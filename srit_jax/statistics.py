@@ -6,6 +6,8 @@
 - `bootstrap_difference`: a 95% interval of the accuracy difference by resampling questions
   (paired: a question's two outcomes are drawn together).
 - `paired_comparison`: all of it for two stages' per-question outcomes, keyed by question.
+- `pass_at_k` and `mean_interval`: sampled answers' pass@k per question (the unbiased estimator
+  of Chen et al., 2021) and a bootstrap interval of its mean over questions.
 """
 
 from __future__ import annotations
@@ -106,3 +108,25 @@ def paired_comparison(first: Mapping[str, bool], second: Mapping[str, bool], *, 
     "resolves_5_points": resolves(len(ids), only_first + only_second),
     "detectable_difference": detectable_difference(len(ids), only_first + only_second),
   }
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+  """The chance that at least one of k answers drawn without replacement from `num_samples`, of
+  which `num_correct` are right, is right: 1 − C(n − c, k) / C(n, k), unbiased for pass@k."""
+  if not 0 < k <= num_samples or not 0 <= num_correct <= num_samples:
+    raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n, got k={k}, n={num_samples}, c={num_correct}")
+  return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)
+
+
+def mean_interval(values, *, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high) of per-question values: the percentile interval over question resamples."""
+  values = np.asarray(values, float)
+  if values.ndim != 1:
+    raise ValueError(f"per-question values must be a vector, got shape {values.shape}")
+  if len(values) == 0:
+    return 0.0, 0.0, 1.0
+  rng = np.random.default_rng(seed)
+  means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return float(values.mean()), float(low), float(high)

@@ -8,6 +8,7 @@ from conftest import load_tiny_pipeline_config
 
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
+from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import pipeline
 from srit_jax.tasks import registry
 
@@ -123,6 +124,25 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert (tmp_path / "refine_2" / "samples.cot.jsonl").read_text() != first_samples  # new samples
   assert results["stages"]["srit"] == json.loads((tmp_path / "eval/srit/summary.json").read_text())
 
+  # Sampled answers beside the greedy ones rerun the evaluations alone: pass@k and the majority
+  # vote per stage, the stages' votes paired as their greedy answers are.
+  config.eval.sampled_answers = 2
+  results = pipeline.run(config, tmp_path, progress=False)
+  fifth = capsys.readouterr().out
+  assert "[refine_2] done already, skipped" in fifth and "[eval/sft] its config or an earlier phase changed" in fifth
+  for stage in ("untuned", "sft", "srit"):
+    assert results["stages"][stage]["arith"]["cot"]["sampled"]["samples"] == 2
+  votes = {
+    stage: evaluation.per_question_outcomes(tmp_path / "eval" / stage / "arith.cot.sampled.jsonl")
+    for stage in ("sft", "srit")
+  }
+  majority = results["paired_majority"]["arith"]["srit_vs_sft"]
+  assert majority["only_first_correct"] == sum(votes["sft"][i] and not votes["srit"][i] for i in votes["sft"])
+  assert majority["second_correct"] == sum(votes["srit"].values()) and majority["n"] == 4
+  table = (tmp_path / "results.md").read_text()
+  assert "2 CoT answers sampled a question (temperature 0.7, top-p 1): pass@1 / pass@2 / majority-vote" in table
+  assert "majority-vote accuracy points of the sampled answers" in table
+
 
 @pytest.mark.slow
 def test_iterated_rounds_against_their_own_start_with_the_control_and_every_round_evaluated(tiny_student, tmp_path):
@@ -198,6 +218,13 @@ def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tm
   assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["select_checkpoint"] == "last"
   config.sft.select_checkpoint = "best_heldout"  # another choice of step is another phase
   assert fingerprint.fingerprinted(config.sft.to_dict(), "sft")["select_checkpoint"] == "best_heldout"
+  # Evaluation gained sampled answers (their temperature 0.7, unlike refine's sampling seed's block).
+  sampled = ("sampled_answers", "temperature", "top_p", "sampling_seed")
+  eval_before = {k: v for k, v in config.eval.to_dict().items() if k not in sampled}
+  assert fingerprint.fingerprinted(config.eval.to_dict(), "eval") == fingerprint.fingerprinted(eval_before)
+  assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["temperature"] == config.refine.temperature
+  config.eval.sampled_answers = 4
+  assert fingerprint.fingerprinted(config.eval.to_dict(), "eval")["sampled_answers"] == 4
 
 
 def test_the_results_say_which_step_sft_kept_where_it_is_not_its_last():
@@ -261,6 +288,12 @@ def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_sta
   assert calls[("eval", "sampler")] == 4 * sum(math.ceil(n / 64) for n in (1221, 500, 1172))
   # 300 demonstrated questions, 4 CoT answers and 1 direct answer each; the control reuses them.
   assert calls[("refine", "sampler")] == math.ceil(1200 / 64) + math.ceil(300 / 64)
+  config.eval.sampled_answers = 8  # and 8 sampled CoT answers a question
+  estimate = {(e.phase, e.program): e for e in run_time.run_estimate(config, plans, devices)}
+  assert estimate[("eval", "sampler")].calls == 4 * sum(
+    math.ceil(n / 64) + math.ceil(8 * n / 64) for n in (1221, 500, 1172)
+  )
+  assert "8 sampled CoT answers each" in estimate[("eval", "sampler")].assumption
 
 
 @pytest.mark.slow

@@ -76,3 +76,30 @@ def test_whether_an_evaluation_can_resolve_five_points():
   assert statistics.resolves(300, 40)  # 13 against 28: p < 0.05
   assert not statistics.resolves(300, 60)  # 23 against 38: p > 0.05
   assert statistics.mcnemar_exact(13, 28) < 0.05 < statistics.mcnemar_exact(23, 38)
+
+
+@pytest.mark.parametrize("n,c", [(1, 0), (1, 1), (4, 1), (5, 2), (8, 3), (8, 8), (6, 0)])
+def test_pass_at_k_is_the_share_of_k_subsets_holding_a_right_answer(n, c):
+  import itertools
+
+  right = [True] * c + [False] * (n - c)
+  for k in range(1, n + 1):
+    subsets = list(itertools.combinations(right, k))
+    expected = sum(any(s) for s in subsets) / len(subsets)
+    assert statistics.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12), (n, c, k)
+  assert statistics.pass_at_k(n, c, 1) == pytest.approx(c / n)  # pass@1: the share of right answers
+
+
+@pytest.mark.parametrize("n,c,k", [(4, 1, 0), (4, 1, 5), (4, 5, 2), (4, -1, 2)])
+def test_pass_at_k_refuses_impossible_counts(n, c, k):
+  with pytest.raises(ValueError, match="pass@k needs"):
+    statistics.pass_at_k(n, c, k)
+
+
+def test_mean_interval_over_questions():
+  values = np.random.default_rng(0).uniform(size=400)
+  mean, low, high = statistics.mean_interval(values, seed=1)
+  assert mean == pytest.approx(values.mean()) and low < mean < high
+  half = 1.96 * values.std() / np.sqrt(len(values))  # the normal interval, which the bootstrap approaches
+  assert low == pytest.approx(mean - half, abs=0.2 * half) and high == pytest.approx(mean + half, abs=0.2 * half)
+  assert statistics.mean_interval(np.full(50, 0.25)) == (0.25, 0.25, 0.25)

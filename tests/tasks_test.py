@@ -302,3 +302,17 @@ def test_math500_gold_answers_match_their_solutions():
   """Each MATH-500 solution's last \\boxed{} is its gold answer (the file also states it)."""
   for example in load_examples("math", "test", data_dir=BENCHMARKS):
     assert answers.extract_latex(example.solution) == example.gold
+
+
+def test_the_majority_vote_counts_equal_answers_together_and_ignores_no_answer():
+  number = Example(task="t", id="1", question="q", gold="12", answer_type=NUMBER)
+  assert answers.majority_answer(number, ["13", "12", "$12.0", None, None, "13.000"]) == "13"  # 2 to 2: the first
+  assert answers.majority_answer(number, ["13", "12", "12.0", None, None, "1,2"]) == "12"
+  assert answers.majority_answer(number, ["7", "8", "8.0", "7"]) == "7"  # a tie: the answer given first
+  assert answers.majority_answer(number, [None, None]) is None
+  assert answers.vote_key(number, "3/4") == answers.vote_key(number, "0.75") == "0.75"
+  choice = Example(task="t", id="2", question="q", gold="B", answer_type=CHOICE, choices=("x", "y", "z"))
+  assert answers.majority_answer(choice, ["A", "B", None, "B"]) == "B"
+  latex = Example(task="t", id="3", question="q", gold="\\frac{1}{2}", answer_type=LATEX)
+  assert answers.majority_answer(latex, ["\\dfrac{1}{2}", "x+1", "0.5", "x + 1"]) == "\\dfrac{1}{2}"
+  assert answers.is_correct(latex, answers.majority_answer(latex, ["0.5", "x+1", "\\frac12"]))

@@ -98,6 +98,7 @@ def _rules() -> dict[str, Callable]:
         "new_questions",
         "heldout_questions",
         "pack_length",
+        "sampled_answers",
       ),
       NON_NEGATIVE_INT,
     ),
@@ -294,6 +295,11 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
       )
   if command == "eval" and wanted("tasks"):
     problems += _task_problems(config.tasks, field("tasks"))
+  if command == "eval" and config.sampled_answers and config.temperature == 0:
+    problems.append(
+      f"{field('temperature')} = 0: the {config.sampled_answers} sampled answers of {field('sampled_answers')} "
+      "would all be the greedy one; set a temperature > 0"
+    )
   if command == "demos":
     if config.heldout_questions and not config.limit:
       problems.append(

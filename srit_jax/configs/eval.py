@@ -5,7 +5,10 @@
         --config.tasks=gsm8k,multiarith --config.data_dir=DATA/benchmarks --config.limit=200 --workdir=...
 
 Writes WORKDIR/{task}.{style}.jsonl (prompt, generation, extracted answer, gold, correct),
-summary.json and results.md (accuracy with 95% intervals). A rerun resumes.
+summary.json and results.md (accuracy with 95% intervals). A rerun resumes. With
+--config.sampled_answers=8, each question is also answered 8 times at --config.temperature:
+pass@1, 2, 4, 8 and the majority vote's accuracy (self-consistency), in {task}.cot.sampled.jsonl
+and the summary.
 """
 
 import ml_collections
@@ -31,6 +34,10 @@ def get_config(variant: str = ""):
   config.max_new_tokens = 256  # CoT answers
   config.max_new_tokens_direct = 32  # direct answers
   config.batch_size = 16  # rows per generation batch
+  config.sampled_answers = 0  # also sample this many CoT answers a question: pass@k, majority vote; 0 = greedy only
+  config.temperature = 0.7  # of the sampled answers
+  config.top_p = 1.0  # of the sampled answers; 1 = off
+  config.sampling_seed = 0  # of the sampled answers
   config.chat_template = True  # wrap prompts in the model's chat template
   config.stop_strings = ("\nQuestion:",)  # a model that starts a new question has finished
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # axis sizes; -1: the remaining devices

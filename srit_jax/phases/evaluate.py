@@ -2,18 +2,21 @@
 optionally, direct answers), 95% Wilson intervals, per-example JSONL, summary JSON and a
 Markdown table. On numeric tasks each entry also says how many CoT answers hold a wrong
 arithmetic step and how accurate the others are (srit_jax/tasks/arithmetic.py): a slip of
-calculation against a wrong chain of reasoning. Generations stream to disk, so a killed
-evaluation resumes."""
+calculation against a wrong chain of reasoning. With `SampledAnswers`, each question is also
+answered several times by sampling: pass@k (the unbiased estimator, for k = 1, 2, 4, ... up to
+the count) and the majority vote's accuracy (self-consistency), with bootstrap and Wilson
+intervals. Generations stream to disk, so a killed evaluation resumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Sequence
 
 from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.sampler import SamplingSettings
-from srit_jax.statistics import wilson_interval
+from srit_jax.statistics import mean_interval, pass_at_k, wilson_interval
 from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.tasks.registry import get_task, load_examples, task_names
@@ -40,10 +43,61 @@ def score_generations(examples: Sequence[Example], completions: Sequence[Complet
   return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class SampledAnswers:
+  """CoT answers sampled per question beside the greedy one."""
+
+  count: int
+  settings: SamplingSettings
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.count < 1 or self.settings.greedy:
+      raise ValueError(f"sampled answers need a count >= 1 and a temperature > 0, got {self}")
+
+  def ks(self) -> list[int]:
+    """The k of pass@k reported: 1, 2, 4, ... below the count, and the count."""
+    return sorted({2**i for i in range(self.count.bit_length()) if 2**i <= self.count} | {self.count})
+
+
+def score_samples(examples: Sequence[Example], completions: Sequence[Sequence[Completion]]) -> list[dict]:
+  """Per question: each sample's extracted answer and whether it is right, and the majority vote's."""
+  rows = []
+  for example, samples in zip(examples, completions, strict=True):
+    extracted = [answers.extract_answer(example, c.text) for c in samples]
+    majority = answers.majority_answer(example, extracted)
+    rows.append(
+      {
+        "task": example.task,
+        "id": example.id,
+        "extracted": extracted,
+        "correct": [answers.is_correct(example, e) for e in extracted],
+        "majority": majority,
+        "majority_correct": answers.is_correct(example, majority),
+        "gold": example.gold,
+      }
+    )
+  return rows
+
+
+def sampled_entry(rows: list[dict], sampled: SampledAnswers) -> dict:
+  """pass@k with 95% bootstrap intervals over questions, and the majority vote's accuracy."""
+  pass_at = {}
+  for k in sampled.ks():
+    value, low, high = mean_interval([pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in rows])
+    pass_at[str(k)] = {"value": value, "ci95": [low, high]}
+  majority = accuracy_entry([{"correct": r["majority_correct"]} for r in rows])
+  settings = dataclasses.asdict(sampled.settings)
+  return {"samples": sampled.count, **settings, "seed": sampled.seed, "pass_at": pass_at, "majority": majority}
+
+
 def per_question_outcomes(answers: str | pathlib.Path) -> dict[str, bool]:
   """Question id -> correct, from an evaluation's answers file (TASK.cot.jsonl): what paired
-  statistics compare."""
-  return {str(row["id"]): row["correct"] for _, row in io.read_records(answers)}
+  statistics compare. Of a sampled answers file (TASK.cot.sampled.jsonl): the majority vote's."""
+  return {
+    str(row["id"]): row["majority_correct"] if "majority_correct" in row else row["correct"]
+    for _, row in io.read_records(answers)
+  }
 
 
 def accuracy_entry(rows: list[dict]) -> dict:
@@ -62,9 +116,11 @@ def evaluate(
   batch_size: int = 16,
   chat_template: bool = True,
   stop_strings: Sequence[str] = (),
+  sampled: SampledAnswers | None = None,
   progress: bool = True,
 ) -> dict:
-  """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md."""
+  """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md,
+  and with `sampled` {task}.cot.sampled.jsonl (each question's sampled answers and their vote)."""
   out_dir = io.as_path(out_dir)
   max_new_tokens = {prompts.COT: 256, prompts.DIRECT: 32, **(max_new_tokens or {})}
   summary: dict[str, dict] = {}
@@ -74,22 +130,38 @@ def evaluate(
         {"prompt": prompts.prompt(e, style), "response_prefix": prompts.response_prefix(e, style), "id": e.id}
         for e in examples
       ]
-      completions = generate_texts(
-        model,
-        records,
-        out_dir / f"{task}.{style}.generations.jsonl",
+      generation = dict(
         max_new_tokens=max_new_tokens[style],
-        settings=SamplingSettings(temperature=0.0),
         batch_size=batch_size,
         stop_strings=prompts.stop_strings(style, stop_strings),
         chat_template=chat_template,
         progress=progress,
+      )
+      completions = generate_texts(
+        model,
+        records,
+        out_dir / f"{task}.{style}.generations.jsonl",
+        settings=SamplingSettings(temperature=0.0),
+        **generation,
       )
       rows = score_generations(examples, [samples[0] for samples in completions], style)
       io.write_jsonl(out_dir / f"{task}.{style}.jsonl", rows)
       entry = accuracy_entry(rows)
       if style == prompts.COT and examples and examples[0].answer_type == NUMBER:
         entry["arithmetic"] = arithmetic.profile((r["generation"], r["correct"]) for r in rows)
+      if style == prompts.COT and sampled:
+        completions = generate_texts(
+          model,
+          records,
+          out_dir / f"{task}.{style}.sampled.generations.jsonl",
+          settings=sampled.settings,
+          num_samples=sampled.count,
+          seed=sampled.seed,
+          **generation,
+        )
+        sampled_rows = score_samples(examples, completions)
+        io.write_jsonl(out_dir / f"{task}.{style}.sampled.jsonl", sampled_rows)
+        entry["sampled"] = sampled_entry(sampled_rows, sampled)
       summary.setdefault(task, {})[style] = entry
   io.write_json(out_dir / "summary.json", summary)
   io.write_text(out_dir / "results.md", results_table(summary) + "\n")
@@ -106,11 +178,46 @@ def results_table(summary: dict) -> str:
     for s in styles:
       if s in entry:
         e = entry[s]
-        cells.append(f"{100 * e['accuracy']:.1f}% ({100 * e['ci95'][0]:.1f}–{100 * e['ci95'][1]:.1f})")
+        cells.append(_percent(e["accuracy"], e["ci95"]))
       else:
         cells.append("")
     lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+  sampled = {
+    task: entry[prompts.COT]["sampled"] for task, entry in summary.items() if "sampled" in entry.get(prompts.COT, {})
+  }
+  if sampled:
+    lines += ["", sampled_table(sampled)]
   return "\n".join(lines)
+
+
+def sampled_table(sampled: dict[str, dict]) -> str:
+  """pass@k and majority-vote accuracy per task, from the summaries' "sampled" entries."""
+  ks = sorted({int(k) for entry in sampled.values() for k in entry["pass_at"]})
+  header = "| task | n | answers (temperature) | " + " | ".join(f"pass@{k}" for k in ks) + " | majority vote |"
+  lines = [header, "|---|---:|---:|" + "---:|" * (len(ks) + 1)]
+  for task, entry in sampled.items():
+    cells = []
+    for k in ks:
+      value = entry["pass_at"].get(str(k))
+      cells.append(_percent(value["value"], value["ci95"]) if value else "")
+    majority = entry["majority"]
+    cells.append(_percent(majority["accuracy"], majority["ci95"]))
+    row = f"| {task} | {majority['n']} | {entry['samples']} ({entry['temperature']:g}) | " + " | ".join(cells) + " |"
+    lines.append(row)
+  return "\n".join(lines)
+
+
+def _percent(value: float, ci95) -> str:
+  return f"{100 * value:.1f}% ({100 * ci95[0]:.1f}–{100 * ci95[1]:.1f})"
+
+
+def sampled_answers(config) -> SampledAnswers | None:
+  """The sampled answers an eval config asks for (`sampled_answers`, `temperature`, `top_p`,
+  `sampling_seed`), or None."""
+  if not config.sampled_answers:
+    return None
+  settings = SamplingSettings(temperature=config.temperature, top_p=config.top_p)
+  return SampledAnswers(config.sampled_answers, settings, seed=config.sampling_seed)
 
 
 def evaluation_examples(config) -> dict[str, list[Example]]:
@@ -153,6 +260,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     batch_size=config.batch_size,
     chat_template=config.chat_template,
     stop_strings=tuple(config.stop_strings),
+    sampled=sampled_answers(config),
     progress=progress,
   )
   print(results_table(summary))

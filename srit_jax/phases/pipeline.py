@@ -16,7 +16,9 @@ sampling from the student the last one left, against the SFT student or (refine_
 it: the same rounds, steps and pairs (its first round uses the refined chain's own samples),
 cross-entropy on the chosen answers only (loss_type "nll"), evaluated and paired with both SFT
 and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domain tasks; with
-`eval_untuned` off, the untuned student is not (nor paired with the others).
+`eval_untuned` off, the untuned student is not (nor paired with the others). With
+`eval.sampled_answers`, every stage also samples that many CoT answers a question: pass@k and
+the majority vote per stage, and the stages' majority votes paired like their greedy answers.
 """
 
 from __future__ import annotations
@@ -175,13 +177,21 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for task, count in removed.items():
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
-  results, outcomes, eval_phases = {}, {}, []
+  results, outcomes, majority_outcomes, eval_phases = {}, {}, {}, []
+  sampled = evaluation.sampled_answers(config.eval)
   for stage in models:
     model_path, upstream = models[stage]
     stage_tasks = {t: d for t, d in tasks.items() if d == "in-domain"} if stage.startswith("srit_round_") else tasks
     stage_ids = {t: evaluated_ids[t] for t in stage_tasks}
     phase = Phase(
-      workdir, f"eval/{stage}", config.eval.to_dict(), stage_tasks, stage_ids, model_path, upstream, config.student
+      workdir,
+      f"eval/{stage}",
+      fingerprint.fingerprinted(config.eval.to_dict(), "eval"),
+      stage_tasks,
+      stage_ids,
+      model_path,
+      upstream,
+      config.student,
     )
     if not phase.done():
       print(f"[{phase.name}] {model_path}")
@@ -202,12 +212,17 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         max_new_tokens={"cot": config.eval.max_new_tokens, "direct": config.eval.max_new_tokens_direct},
         batch_size=config.eval.batch_size,
         stop_strings=tuple(config.eval.stop_strings),
+        sampled=sampled,
         progress=progress,
       )
       phase.finish()
     eval_phases.append(phase)
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
     outcomes[stage] = {task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.jsonl") for task in stage_tasks}
+    if sampled:
+      majority_outcomes[stage] = {
+        task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
+      }
 
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
   comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
@@ -223,14 +238,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "refine_task": refine_task,
     "domains": tasks,
     "stages": results,
-    "paired": {
-      task: {
-        f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=config.seed)
-        for first, second in comparisons
-        if task in outcomes.get(first, {}) and task in outcomes.get(second, {})
-      }
-      for task in tasks
-    },
+    "paired": _paired(outcomes, comparisons, tasks, config.seed),
+    **({"paired_majority": _paired(majority_outcomes, comparisons, tasks, config.seed)} if sampled else {}),
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
     "sft": json.loads(sft_phase.marker.read_text(encoding="utf-8")).get("summary", {}),  # steps run and kept
@@ -317,6 +326,19 @@ def _refine_rounds(
       phase.finish({"summary": summary})
     phases.append(phase)
   return phases
+
+
+def _paired(outcomes: dict, comparisons, tasks, seed: int) -> dict:
+  """Per task, each comparison (first, second) of two evaluated stages: paired statistics of their
+  per-question outcomes (second against first)."""
+  return {
+    task: {
+      f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=seed)
+      for first, second in comparisons
+      if task in outcomes.get(first, {}) and task in outcomes.get(second, {})
+    }
+    for task in tasks
+  }
 
 
 def _round_summary(phase: Phase) -> dict:

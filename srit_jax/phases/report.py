@@ -55,7 +55,9 @@ def results_markdown(results: dict) -> str:
     lines += ["", "Direct-answer accuracy, %:", ""]
     lines += [f"- {task}, {stage_label(s)}: {_cell(e)}" for task, s, e in direct]
   lines += arithmetic_markdown(results)
+  lines += sampled_markdown(results)
   lines += paired_markdown(results)
+  lines += paired_markdown(results, "paired_majority")
   sft = results.get("sft") or {}
   if sft.get("selected_step", sft.get("steps_run")) != sft.get("steps_run"):
     lines += ["", f"SFT kept step {sft['selected_step']} of the {sft['steps_run']} it ran (its lowest held-out loss)."]
@@ -96,12 +98,47 @@ def _points(value: float) -> str:
   return f"{100 * value:+.1f}"
 
 
-def paired_markdown(results: dict) -> list[str]:
+def sampled_markdown(results: dict) -> list[str]:
+  """Per task and stage, of the CoT answers sampled per question: pass@1, pass@k (k the count)
+  and the majority vote's accuracy."""
+  stages = list(results["stages"])
+  rows, described = [], None
+  for task, domain in results["domains"].items():
+    entries = [results["stages"][s].get(task, {}).get("cot", {}).get("sampled") for s in stages]
+    if not any(entries):
+      continue
+    described = described or next(e for e in entries if e)
+    cells = [
+      " / ".join(f"{100 * v:.1f}" for v in (e["pass_at"]["1"]["value"], e["pass_at"][str(e["samples"])]["value"]))
+      + f" / {100 * e['majority']['accuracy']:.1f}"
+      if e
+      else ""
+      for e in entries
+    ]
+    rows.append(f"| {task} | {domain} | " + " | ".join(cells) + " |")
+  if not rows:
+    return []
+  k = described["samples"]
+  return [
+    "",
+    f"{k} CoT answers sampled a question (temperature {described['temperature']:g}, top-p {described['top_p']:g}): "
+    f"pass@1 / pass@{k} / majority-vote accuracy, %:",
+    "",
+    "| task | domain | " + " | ".join(stage_label(s) for s in stages) + " |",
+    "|---|---|" + "---:|" * len(stages),
+    *rows,
+  ]
+
+
+def paired_markdown(results: dict, which: str = "paired") -> list[str]:
   """Paired tables (same questions): SRIT against SFT, and SFT against the untuned student, with a
-  plain verdict on whether self-refinement's difference is significant."""
-  paired = results.get("paired")
+  plain verdict on whether self-refinement's difference is significant; of "paired_majority",
+  the same for the majority votes of the sampled answers (without the verdict, which is the
+  greedy answers')."""
+  paired = results.get(which)
   if not paired:
     return []
+  measure = "CoT accuracy points" if which == "paired" else "majority-vote accuracy points of the sampled answers"
   lines = []
   keys = {key for task in paired.values() for key in task}
   tables = [("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")]
@@ -114,8 +151,7 @@ def paired_markdown(results: dict) -> list[str]:
       continue
     lines += [
       "",
-      f"{second} − {first}, paired on the same questions (CoT accuracy points, 95% bootstrap interval; "
-      "exact McNemar test):",
+      f"{second} − {first}, paired on the same questions ({measure}, 95% bootstrap interval; exact McNemar test):",
       "",
       f"| task | domain | n | {second} − {first} | {first} right, {second} wrong | {second} right, {first} wrong "
       "| McNemar p |",
@@ -130,6 +166,8 @@ def paired_markdown(results: dict) -> list[str]:
         f"| {task} | {domain} | {c['n']} | {_points(c['difference'])} ({_points(low)} to {_points(high)}) "
         f"| {c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |"
       )
+  if which != "paired":
+    return lines
   significant = [t for t in results["domains"] if paired[t]["srit_vs_sft"]["mcnemar_p"] < 0.05]
   better = [t for t in significant if paired[t]["srit_vs_sft"]["difference"] > 0]
   worse = [t for t in significant if paired[t]["srit_vs_sft"]["difference"] < 0]

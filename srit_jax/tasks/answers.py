@@ -197,3 +197,33 @@ def is_correct(example: Example, predicted: str | None) -> bool:
     return predicted == example.gold
   assert example.answer_type == LATEX
   return latex_equal(predicted, example.gold)
+
+
+def vote_key(example: Example, predicted: str | None) -> str | None:
+  """The form in which equal answers vote together in a majority vote ("12", "12.0" and "$12"
+  as one number; LaTeX normalised); None for no answer, which does not vote."""
+  if predicted is None:
+    return None
+  if example.answer_type == NUMBER:
+    value = parse_number(predicted)
+    return None if value is None else format_number(round(value, 6))
+  if example.answer_type == CHOICE:
+    return predicted
+  normalized = normalize_latex(predicted)
+  value = parse_number(normalized)
+  return normalized if value is None else format_number(round(value, 6))
+
+
+def majority_answer(example: Example, predictions: list[str | None]) -> str | None:
+  """Self-consistency's answer: the most frequent of `predictions` by `vote_key`, a tie going to
+  the answer given first; None when no prediction holds an answer."""
+  counts: dict[str, int] = {}
+  first: dict[str, str] = {}
+  for predicted in predictions:
+    key = vote_key(example, predicted)
+    if key is not None:
+      counts[key] = counts.get(key, 0) + 1
+      first.setdefault(key, predicted)
+  if not counts:
+    return None
+  return first[max(counts, key=counts.get)]  # max keeps the first of equal counts: the earliest given

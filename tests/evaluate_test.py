@@ -1,0 +1,89 @@
+"""Evaluation's sampled answers: pass@k and the majority vote, scored from known answers and
+run end to end on a tiny model beside the greedy answers, which they leave as they were."""
+
+import json
+
+import pytest
+
+from srit_jax.configs import checks
+from srit_jax.configs.eval import get_config
+from srit_jax.conversion import loading
+from srit_jax.generation.jsonl import Completion
+from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.phases import evaluate
+from srit_jax.statistics import pass_at_k
+from srit_jax.tasks import load_examples
+from srit_jax.tasks.example import NUMBER, Example
+
+
+def _answers(*texts):
+  return [Completion(f"... so the answer is {t}." if t else "I do not know.", "eos") for t in texts]
+
+
+def test_sampled_answers_score_pass_at_k_and_the_majority_vote():
+  examples = [Example("t", str(i), "q", gold, NUMBER) for i, gold in enumerate(["4", "10", "7", "1"])]
+  completions = [
+    _answers("4", "5", "4.0", ""),  # 2 of 4 right; the vote right
+    _answers("11", "10", "11", "12"),  # 1 of 4; the vote wrong
+    _answers("", "", "", ""),  # no answer: no vote
+    _answers("1", "1", "1", "1"),
+  ]
+  rows = evaluate.score_samples(examples, completions)
+  assert [r["correct"] for r in rows][:2] == [[True, False, True, False], [False, True, False, False]]
+  assert [r["majority"] for r in rows] == ["4", "11", None, "1"]
+  assert [r["majority_correct"] for r in rows] == [True, False, False, True]
+  sampled = evaluate.SampledAnswers(4, SamplingSettings(temperature=0.7))
+  entry = evaluate.sampled_entry(rows, sampled)
+  assert sampled.ks() == [1, 2, 4] and set(entry["pass_at"]) == {"1", "2", "4"}
+  assert entry["pass_at"]["1"]["value"] == pytest.approx((2 / 4 + 1 / 4 + 0 + 1) / 4)
+  assert entry["pass_at"]["2"]["value"] == pytest.approx((pass_at_k(4, 2, 2) + pass_at_k(4, 1, 2) + 0 + 1) / 4)
+  assert entry["pass_at"]["4"]["value"] == pytest.approx(3 / 4)  # questions with any right answer
+  low, high = entry["pass_at"]["1"]["ci95"]
+  assert low <= entry["pass_at"]["1"]["value"] <= high
+  assert entry["majority"]["correct"] == 2 and entry["majority"]["n"] == 4
+  assert entry["samples"] == 4 and entry["temperature"] == 0.7 and entry["seed"] == 0
+  table = evaluate.sampled_table({"t": entry})
+  assert "| pass@1 | pass@2 | pass@4 | majority vote |" in table and "| t | 4 | 4 (0.7) | 43.8% (" in table
+  assert evaluate.SampledAnswers(6, SamplingSettings(temperature=1.0)).ks() == [1, 2, 4, 6]
+
+
+def test_sampled_answers_need_a_temperature():
+  with pytest.raises(ValueError, match="temperature > 0"):
+    evaluate.SampledAnswers(4, SamplingSettings(temperature=0.0))
+  config = get_config()
+  config.update(sampled_answers=4, temperature=0.0)
+  assert any(p.startswith("temperature = 0: the 4 sampled answers") for p in checks.problems(config, "eval"))
+  config.temperature = 0.7
+  assert not any("sampled" in p for p in checks.problems(config, "eval"))
+
+
+def test_an_evaluation_with_sampled_answers_keeps_its_greedy_answers(tiny_student, tmp_path):
+  model = loading.load_model(tiny_student)
+  examples = {"arith": load_examples("arith", "test", limit=5)}
+  options = dict(max_new_tokens={"cot": 12}, batch_size=8, progress=False)
+  greedy = evaluate.evaluate(model, examples, tmp_path / "greedy", **options)
+  sampled = evaluate.SampledAnswers(3, SamplingSettings(temperature=1.0), seed=1)
+  summary = evaluate.evaluate(model, examples, tmp_path / "sampled", sampled=sampled, **options)
+  assert (tmp_path / "sampled" / "arith.cot.jsonl").read_bytes() == (
+    tmp_path / "greedy" / "arith.cot.jsonl"
+  ).read_bytes()
+  entry = summary["arith"]["cot"]
+  assert {k: v for k, v in entry.items() if k != "sampled"} == greedy["arith"]["cot"]
+  generations = (tmp_path / "sampled" / "arith.cot.sampled.generations.jsonl").read_text().splitlines()
+  assert len(generations) == 5 * 3
+  texts = {json.loads(line)["completion"] for line in generations}
+  assert len(texts) > 5  # sampled: not one answer a question
+  rows = [json.loads(line) for line in (tmp_path / "sampled" / "arith.cot.sampled.jsonl").read_text().splitlines()]
+  assert [r["id"] for r in rows] == [e.id for e in examples["arith"]] and all(len(r["correct"]) == 3 for r in rows)
+  assert entry["sampled"] == evaluate.sampled_entry(rows, sampled)
+  assert evaluate.per_question_outcomes(tmp_path / "sampled" / "arith.cot.sampled.jsonl") == {
+    r["id"]: r["majority_correct"] for r in rows
+  }
+  assert "pass@3" in (tmp_path / "sampled" / "results.md").read_text()
+  # Another sampling seed is another draw; the same one resumes from the file as it is.
+  before = (tmp_path / "sampled" / "arith.cot.sampled.generations.jsonl").read_bytes()
+  evaluate.evaluate(model, examples, tmp_path / "sampled", sampled=sampled, **options)
+  assert (tmp_path / "sampled" / "arith.cot.sampled.generations.jsonl").read_bytes() == before
+  other = evaluate.SampledAnswers(3, SamplingSettings(temperature=1.0), seed=2)
+  evaluate.evaluate(model, examples, tmp_path / "other", sampled=other, **options)
+  assert (tmp_path / "other" / "arith.cot.sampled.generations.jsonl").read_bytes() != before
