@@ -95,6 +95,7 @@ class Variant:
   parent: str = "base"  # whose finished phases it starts from
   second_seed_of: str = ""  # the variant it draws again with another sampling seed
   replaced_by: str = ""  # a rerun that stands for it in the recipes' verdicts (a control redone)
+  diagnostic: bool = False  # its parent's students evaluated again (sampled answers): its own table, no verdict
 
 
 VARIANTS = {
@@ -196,6 +197,14 @@ VARIANTS = {
     "ORPO) in place of DPO's; with the compute-matched control",
     (*COT_VS_DIRECT_NLL, "refine.loss_type=orpo", "refine.beta=0.1", "control=True"),
     parent="cot_vs_direct_nll",
+  ),
+  "cot_vs_direct_nll_sampled": Variant(
+    "cot_vs_direct_nll's SFT, SRIT and control students answering the first 300 in-domain test questions 8 times "
+    "each by sampling (temperature 0.7): pass@1, pass@8 and the majority vote, the votes paired; does the "
+    "preference narrow what the student can reach (pass@8) where the control's cross-entropy does not?",
+    (*COT_VS_DIRECT_NLL, "control=True", "eval.limit=300", "eval.sampled_answers=8", "out_domain_tasks="),
+    parent="cot_vs_direct_nll",
+    diagnostic=True,
   ),
   "rpo_new_questions": Variant(
     "rpo on 400 more training questions that no demonstration answers (600 in all)",
@@ -352,6 +361,28 @@ COMPARISONS = (
 )
 
 
+def _sampled_rows(name: str, variant: dict) -> list[str]:
+  """Per task and stage (SFT, SRIT, control): pass@1, pass@k (k the answers sampled) and the
+  majority vote's accuracy."""
+  rows = []
+  for task, domain in variant["domains"].items():
+    for stage, label in ARITHMETIC_STAGES:
+      entry = variant["stages"].get(stage, {}).get(task, {}).get("cot", {}).get("sampled")
+      if not entry:
+        continue
+      first, last = entry["pass_at"]["1"], entry["pass_at"][str(entry["samples"])]
+      majority = entry["majority"]
+      cells = [f"{_percent(v['value'])} ({_percent(v['ci95'][0])}–{_percent(v['ci95'][1])})" for v in (first, last)] + [
+        f"{_percent(majority['accuracy'])} ({_percent(majority['ci95'][0])}–{_percent(majority['ci95'][1])})"
+      ]
+      rows.append(
+        f"| {name} | {task} ({domain}) | {label} | {majority['n']} | {entry['samples']} ({entry['temperature']:g}) | "
+        + " | ".join(cells)
+        + " |"
+      )
+  return rows
+
+
 def _steps(entry: dict) -> str:
   """A round's steps as run, "of" those planned where it stopped early."""
   planned = entry.get("planned_steps") or entry["steps"]
@@ -505,7 +536,7 @@ def verdicts(summary: dict) -> list[str]:
   rows = []
   for name, variant in summary.items():
     definition = VARIANTS.get(name)
-    if definition is None or definition.second_seed_of or definition.replaced_by in summary:
+    if definition is None or definition.second_seed_of or definition.replaced_by in summary or definition.diagnostic:
       continue
     if not any("srit_vs_sft" in paired for paired in variant["paired"].values()):
       continue
@@ -539,6 +570,8 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   for name, variant in summary.items():
+    if name in VARIANTS and VARIANTS[name].diagnostic:
+      continue  # its parent's rounds
     for entry in variant["rounds"]:
       label = name if len(variant["rounds"]) == 1 else f"{name}, round {entry['round']}"
       curve = sorted((int(step), values) for step, values in entry["heldout_curve"].items())
@@ -565,14 +598,14 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   finishes again."""
   json_path = doc.with_suffix(".json")
   reported = json.loads(json_path.read_text()) if json_path.exists() else {}
-  rows, round_rows, arithmetic_rows, summary = [], [], [], {}
+  rows, round_rows, arithmetic_rows, sampled_rows, majority_rows, summary = [], [], [], [], [], {}
   base_sft = _base_sft_evaluation(root)
   for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
     if (root / name / "STUDY_DONE").exists() and results_path.exists():
       results = json.loads(results_path.read_text())
       paired = results["paired"]
-      if shared_settings(name) and base_sft is not None:
+      if shared_settings(name) and base_sft is not None and not variant.diagnostic:
         paired = {
           task: {**entry, **_paired_with_base_sft(root / name, base_sft, task)} for task, entry in paired.items()
         }
@@ -587,10 +620,18 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         **({"sft": results["sft"]} if results.get("sft") else {}),  # its steps run and kept
         "arithmetic": _arithmetic(root / name, results),
         "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
+        **({"paired_majority": results["paired_majority"]} if "paired_majority" in results else {}),
       }
     elif name in reported:
       summary[name] = reported[name]
     else:
+      continue
+    if variant.diagnostic:  # sampled answers of students the tables above hold: their own tables
+      sampled_rows += _sampled_rows(name, summary[name])
+      for key, label in COMPARISONS:
+        for task, domain in summary[name]["domains"].items():
+          if key in summary[name].get("paired_majority", {}).get(task, {}):
+            majority_rows.append(_row(name, label, task, domain, summary[name]["paired_majority"][task][key]))
       continue
     for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS)):
       for task, domain in summary[name]["domains"].items():
@@ -638,6 +679,26 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
     "| variant | task | " + " | ".join(label for _, label in ARITHMETIC_STAGES) + " |",
     "|---|---|" + "---:|" * len(ARITHMETIC_STAGES),
     *arithmetic_rows,
+    *(
+      [
+        "",
+        "Sampled answers (each question answered k times; pass@k by the unbiased estimator, % with 95% "
+        "bootstrap intervals; the majority vote's accuracy with its Wilson interval):",
+        "",
+        "| variant | task | stage | n | answers (temperature) | pass@1 | pass@k | majority vote |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *sampled_rows,
+        "",
+        "The majority votes paired on the same questions:",
+        "",
+        "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
+        "| only first / only second right | McNemar p | detectable, points |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *majority_rows,
+      ]
+      if sampled_rows
+      else []
+    ),
     "",
     f"![Held-out reward accuracy and margin over the DPO steps of each variant]({curves.name})",
   ]

@@ -333,3 +333,59 @@ def test_a_round_stopped_early_shows_its_steps_run_of_planned_and_its_kept_step_
   rounds = study._rounds(results)
   assert [study._steps(r) for r in rounds] == ["225 of 276", "100 of 250", "220"]
   assert [r["selected_step"] for r in rounds] == [125, 0, 220]
+
+
+def test_sampled_answers_of_a_parents_students_have_their_own_tables_and_no_verdict(tmp_path):
+  from srit_jax import configs
+  from srit_jax.configs import checks
+  from srit_jax.tasks import registry
+
+  study = _study_module()
+  root, doc = tmp_path / "runs", tmp_path / "study.md"
+  _finished(root, "base", srit_correct=32)
+  name = "cot_vs_direct_nll_sampled"
+  assert study.VARIANTS[name].diagnostic
+  config = configs.load("wordmath")
+  for override in study.VARIANTS[name].overrides:  # as the command line sets them
+    key, value = override.split("=", 1)
+    block, _, field = key.rpartition(".")
+    target = config[block] if block else config
+    target[field] = value == "True" if isinstance(target[field], bool) else type(target[field])(value)
+  checks.check(config, "pipeline")
+  assert registry.evaluation_domains(config) == {"wordmath": "in-domain"}  # in-domain alone
+  assert config.eval.sampled_answers == 8 and config.eval.limit == 300
+
+  def sampled(pass_1, pass_8, majority):
+    return {
+      "samples": 8,
+      "temperature": 0.7,
+      "pass_at": {
+        "1": {"value": pass_1, "ci95": [pass_1 - 0.05, pass_1 + 0.05]},
+        "8": {"value": pass_8, "ci95": [0.5, 0.7]},
+      },
+      "majority": {"n": 300, "accuracy": majority, "ci95": [majority - 0.05, majority + 0.05]},
+    }
+
+  workdir = root / name
+  workdir.mkdir(parents=True)
+  stages = {"sft": (0.3, 0.6, 0.35), "srit": (0.4, 0.55, 0.42), "control": (0.42, 0.65, 0.45)}
+  results = {
+    "domains": {"wordmath": "in-domain"},
+    "stages": {stage: {"wordmath": {"cot": {"accuracy": v[0], "sampled": sampled(*v)}}} for stage, v in stages.items()},
+    "paired": {"wordmath": {"srit_vs_sft": _paired(30, 40)}},
+    "paired_majority": {"wordmath": {"srit_vs_sft": _paired(35, 42), "srit_vs_control": _paired(45, 42)}},
+    "pairs": {"pairs": 12},
+    "rounds": [{"pairs": 12, "num_steps": 20, "heldout_curve": {"10": {"eval/rewards/accuracies": 0.75}}}],
+  }
+  (workdir / "results.json").write_text(json.dumps(results))
+  (workdir / "STUDY_DONE").write_text(json.dumps({"seconds": 60.0, "overrides": []}))
+  text, summary = _report(root, doc)
+  assert "| cot_vs_direct_nll_sampled | wordmath (in-domain) | SRIT | 300 | 8 (0.7) | 40.0 (35.0–45.0) | 55.0 " in text
+  assert "| cot_vs_direct_nll_sampled | wordmath (in-domain) | control | 300 | 8 (0.7) | 42.0 " in text
+  majority = text.split("The majority votes paired on the same questions:")[1]
+  assert "| cot_vs_direct_nll_sampled | SRIT − SFT | wordmath (in-domain) | 100 | 35.0 | 42.0 | +7.0 " in majority
+  assert "| cot_vs_direct_nll_sampled | SRIT − control | wordmath (in-domain) | 100 | 45.0 | 42.0 | -3.0 " in majority
+  verdicts = text.split("| variant | comparison |")[0]
+  assert "| base |" in verdicts and name not in verdicts  # a diagnostic, not a recipe
+  assert "| cot_vs_direct_nll_sampled | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0" not in text
+  assert summary[name]["paired_majority"] == results["paired_majority"]
