@@ -4,6 +4,7 @@ run end to end on a tiny model beside the greedy answers, which they leave as th
 import json
 
 import pytest
+from conftest import load_tiny_pipeline_config
 
 from srit_jax.configs import checks
 from srit_jax.configs.eval import get_config
@@ -87,3 +88,43 @@ def test_an_evaluation_with_sampled_answers_keeps_its_greedy_answers(tiny_studen
   other = evaluate.SampledAnswers(3, SamplingSettings(temperature=1.0), seed=2)
   evaluate.evaluate(model, examples, tmp_path / "other", sampled=other, **options)
   assert (tmp_path / "other" / "arith.cot.sampled.generations.jsonl").read_bytes() != before
+
+
+def _write_answers(path, correct: dict[str, bool], key: str = "correct"):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps({"id": i, key: c}) + "\n" for i, c in correct.items()))
+
+
+def test_answers_pair_with_another_evaluation_on_the_questions_both_answered(tmp_path):
+  this, other = tmp_path / "this", tmp_path / "other"
+  _write_answers(this / "arith.cot.jsonl", {"1": True, "2": True, "3": False, "4": True})
+  _write_answers(other / "arith.cot.jsonl", {"1": False, "2": True, "3": False, "5": True})  # 4 and 5: unpaired
+  _write_answers(this / "arith.cot.sampled.jsonl", {"1": True, "2": False, "3": True}, key="majority_correct")
+  _write_answers(other / "arith.cot.sampled.jsonl", {"1": True, "2": True, "3": True}, key="majority_correct")
+  paired = evaluate.paired_with({"arith": {}, "gsm8k": {}}, this, other)  # gsm8k: answered by neither
+  greedy, majority = paired["arith"]["greedy"], paired["arith"]["majority vote"]
+  assert set(paired) == {"arith"} and greedy["n"] == 3 and greedy["difference"] == pytest.approx(1 / 3)
+  assert (greedy["only_first_correct"], greedy["only_second_correct"]) == (0, 1)  # first: the other one
+  assert majority["difference"] == pytest.approx(-1 / 3)
+  table = evaluate.paired_table(paired, other)
+  assert "| arith | greedy | 3 | +33.3 (" in table and "| arith | majority vote | 3 | -33.3 (" in table
+  with pytest.raises(ValueError, match=r"paired_with = '.*empty': holds no answers to the questions of arith"):
+    evaluate.paired_with({"arith": {}}, this, tmp_path / "empty")
+
+
+def test_an_evaluation_paired_with_an_earlier_one_of_the_same_model_differs_by_nothing(tiny_student, tmp_path):
+  config = get_config()
+  config.update(model=str(tiny_student), tasks="arith", limit=4, max_new_tokens=8, batch_size=4)
+  config.mesh.fsdp = 1
+  evaluate.run(config, tmp_path / "first", progress=False)
+  config.paired_with = str(tmp_path / "first")
+  evaluate.run(config, tmp_path / "second", progress=False)
+  paired = json.loads((tmp_path / "second" / "paired.json").read_text())
+  assert paired["arith"]["greedy"]["n"] == 4 and paired["arith"]["greedy"]["difference"] == 0.0
+  assert paired["arith"]["greedy"]["mcnemar_p"] == 1.0
+  assert f"the model evaluated in {tmp_path / 'first'}" in (tmp_path / "second" / "results.md").read_text()
+  config.paired_with = str(tmp_path / "missing")
+  assert any(p.startswith("paired_with = ") and "no such directory" in p for p in checks.problems(config, "eval"))
+  pipeline_config = load_tiny_pipeline_config()
+  pipeline_config.eval.paired_with = str(tmp_path / "first")
+  assert any("the pipeline pairs its own stages" in p for p in checks.problems(pipeline_config, "pipeline"))

@@ -295,6 +295,8 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
       )
   if command == "eval" and wanted("tasks"):
     problems += _task_problems(config.tasks, field("tasks"))
+  if command == "eval" and config.get("paired_with"):
+    _exists(config.paired_with, field("paired_with"), problems, kind="directory")
   if command == "eval" and config.sampled_answers and config.temperature == 0:
     problems.append(
       f"{field('temperature')} = 0: the {config.sampled_answers} sampled answers of {field('sampled_answers')} "
@@ -375,7 +377,12 @@ def problems(config: ConfigDict, command: str) -> list[str]:
         "control_select_checkpoint = 'last' with refine.early_stopping_patience: a control stopped early keeps "
         "its step of lowest held-out loss; set control_select_checkpoint to '' or 'best_heldout'"
       )
-    found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir"))
+    found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir", "paired_with"))
+    if config.eval.get("paired_with"):
+      found.append(
+        f"eval.paired_with = {config.eval.paired_with!r}: the pipeline pairs its own stages with each other; "
+        "pair with another evaluation through `srit-jax eval`"
+      )
   elif command in COMMANDS:
     found += command_problems(config, command)
   return found

@@ -8,7 +8,10 @@ Writes WORKDIR/{task}.{style}.jsonl (prompt, generation, extracted answer, gold,
 summary.json and results.md (accuracy with 95% intervals). A rerun resumes. With
 --config.sampled_answers=8, each question is also answered 8 times at --config.temperature:
 pass@1, 2, 4, 8 and the majority vote's accuracy (self-consistency), in {task}.cot.sampled.jsonl
-and the summary.
+and the summary. With --config.paired_with=OTHER (an earlier eval workdir, say of the model
+before training), each task's answers are paired with OTHER's on the questions both answered:
+the difference with its bootstrap interval and the exact McNemar test, in paired.json and
+results.md.
 """
 
 import ml_collections
@@ -38,6 +41,7 @@ def get_config(variant: str = ""):
   config.temperature = 0.7  # of the sampled answers
   config.top_p = 1.0  # of the sampled answers; 1 = off
   config.sampling_seed = 0  # of the sampled answers
+  config.paired_with = ""  # an earlier eval workdir: this model's answers paired with its model's (paired.json)
   config.chat_template = True  # wrap prompts in the model's chat template
   config.stop_strings = ("\nQuestion:",)  # a model that starts a new question has finished
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # axis sizes; -1: the remaining devices

@@ -69,7 +69,7 @@ SIZES = {
   ("llama2_13b", "v5e-8"): ("qlora", 1, 8, 8),  # planned
   ("llama2_13b", "v5e-16"): ("lora", 1, 8, 8),  # planned
   ("llama2_13b", "v5e-32"): ("full", 1, 4, 4),  # planned
-  ("llama2_13b", "v5p-8"): ("full", 4, 4, 4),  # planned
+  ("llama2_13b", "v5p-8"): ("full", 8, 4, 4),  # planned
   ("llama2_13b", "v6e-8"): ("lora", 1, 16, 16),  # planned
   # 9.2B parameters, a 256k vocabulary (logits of a 1024-position row: 1 GB in float32).
   ("gemma2_9b", "v4-8"): ("lora", 1, 8, 16),  # planned

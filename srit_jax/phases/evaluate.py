@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.sampler import SamplingSettings
-from srit_jax.statistics import mean_interval, pass_at_k, wilson_interval
+from srit_jax.statistics import mean_interval, paired_comparison, pass_at_k, wilson_interval
 from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.tasks.registry import get_task, load_examples, task_names
@@ -264,4 +264,52 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     progress=progress,
   )
   print(results_table(summary))
+  if config.paired_with:
+    paired = paired_with(summary, workdir, config.paired_with)
+    io.write_json(io.as_path(workdir) / "paired.json", paired)
+    table = paired_table(paired, config.paired_with)
+    io.write_text(io.as_path(workdir) / "results.md", results_table(summary) + "\n\n" + table + "\n")
+    print(table)
   return summary
+
+
+PAIRED_FILES = (("greedy", "{task}.cot.jsonl"), ("majority vote", "{task}.cot.sampled.jsonl"))
+
+
+def paired_with(summary: dict, out_dir: str | pathlib.Path, other_dir: str | pathlib.Path) -> dict:
+  """Per task of `summary` that another evaluation (`other_dir`, an earlier eval workdir) also
+  answered: this evaluation's CoT answers paired with its answers on the questions both answered
+  (second − first is this − other), and the majority votes too where both sampled answers."""
+  out_dir, other_dir = io.as_path(out_dir), io.as_path(other_dir)
+  paired = {}
+  for task in summary:
+    for answers_kind, name in PAIRED_FILES:
+      mine, theirs = out_dir / name.format(task=task), other_dir / name.format(task=task)
+      if mine.exists() and theirs.exists():
+        comparison = paired_comparison(per_question_outcomes(theirs), per_question_outcomes(mine))
+        if comparison["n"]:
+          paired.setdefault(task, {})[answers_kind] = comparison
+  if not paired:
+    raise ValueError(
+      f"paired_with = {str(other_dir)!r}: holds no answers to the questions of {', '.join(summary)} "
+      "(TASK.cot.jsonl of an eval workdir, on the same questions)"
+    )
+  return paired
+
+
+def paired_table(paired: dict, other_dir) -> str:
+  lines = [
+    f"This model − the model evaluated in {other_dir}, paired on the questions both answered (accuracy points, "
+    "95% bootstrap interval; exact McNemar test):",
+    "",
+    "| task | answers | n | this − other | other right, this wrong | this right, other wrong | McNemar p |",
+    "|---|---|---:|---:|---:|---:|---:|",
+  ]
+  for task, kinds in paired.items():
+    for answers_kind, c in kinds.items():
+      low, high = c["ci95"]
+      lines.append(
+        f"| {task} | {answers_kind} | {c['n']} | {100 * c['difference']:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) "
+        f"| {c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |"
+      )
+  return "\n".join(lines)
