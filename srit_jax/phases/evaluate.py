@@ -265,6 +265,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   )
   print(results_table(summary))
   if config.paired_with:
+    io.barrier("answers written")  # every process reads them back, as process 0 wrote them
     paired = paired_with(summary, workdir, config.paired_with)
     io.write_json(io.as_path(workdir) / "paired.json", paired)
     table = paired_table(paired, config.paired_with)
