@@ -473,6 +473,8 @@ def _eval_program(block, student, devices, prompt_length, how):
   block = block.copy_and_resolve_references()
   with block.unlocked():
     block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
+    if not block.get("sampled_answers"):  # greedy answers alone; sampled ones run the sampling program
+      block.temperature, block.top_p = 0.0, 1.0
   return sampler_program(
     "eval",
     block,

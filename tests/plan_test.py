@@ -603,3 +603,18 @@ def test_stored_plans_are_counted_again_from_the_config_as_it_is():
   assert stored["per_call"] == 16  # the program's bound and rows per call stay
   assert stored["calls"] > pairs / 16 and stored["hours_bound"] == pytest.approx(0.5 * stored["calls"] / 3600)
   assert stored["assumption"].startswith(f"{pairs:,} training pairs")
+
+
+def test_evaluation_plans_the_greedy_program_unless_it_samples_answers(monkeypatch):
+  from srit_jax import configs, programs
+
+  planned = []
+  monkeypatch.setattr(programs, "sampler_program", lambda phase, block, *a, **k: planned.append(block) or block)
+  config = configs.load("eval")
+  config.model = "smollm2-135m-instruct"
+  programs._eval_program(config, config.model, [], 512, None)
+  assert (planned[-1].temperature, planned[-1].top_p) == (0.0, 1.0)  # the eval block's 0.7 samples nothing
+  config.update(sampled_answers=8, temperature=0.6, top_p=0.9)
+  programs._eval_program(config, config.model, [], 512, None)
+  assert (planned[-1].temperature, planned[-1].top_p) == (0.6, 0.9)
+  assert config.temperature == 0.6  # the config itself as it was
