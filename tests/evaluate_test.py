@@ -128,3 +128,16 @@ def test_an_evaluation_paired_with_an_earlier_one_of_the_same_model_differs_by_n
   pipeline_config = load_tiny_pipeline_config()
   pipeline_config.eval.paired_with = str(tmp_path / "first")
   assert any("the pipeline pairs its own stages" in p for p in checks.problems(pipeline_config, "pipeline"))
+
+
+def test_answers_without_their_fields_are_named_by_file_line_and_field(tmp_path):
+  from srit_jax.tasks import DataError
+
+  _write_answers(tmp_path / "arith.cot.jsonl", {"1": True})
+  with open(tmp_path / "arith.cot.jsonl", "a") as f:
+    f.write(json.dumps({"id": "2", "correct": "yes"}) + "\n")
+  with pytest.raises(DataError, match=r"arith\.cot\.jsonl:2: field 'correct' must be bool, got str"):
+    evaluate.per_question_outcomes(tmp_path / "arith.cot.jsonl")
+  _write_answers(tmp_path / "arith.cot.sampled.jsonl", {"1": True})  # a sampled file without its votes
+  with pytest.raises(DataError, match=r"arith\.cot\.sampled\.jsonl:1: field 'majority_correct' is missing"):
+    evaluate.per_question_outcomes(tmp_path / "arith.cot.sampled.jsonl")

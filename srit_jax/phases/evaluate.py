@@ -94,10 +94,9 @@ def sampled_entry(rows: list[dict], sampled: SampledAnswers) -> dict:
 def per_question_outcomes(answers: str | pathlib.Path) -> dict[str, bool]:
   """Question id -> correct, from an evaluation's answers file (TASK.cot.jsonl): what paired
   statistics compare. Of a sampled answers file (TASK.cot.sampled.jsonl): the majority vote's."""
-  return {
-    str(row["id"]): row["majority_correct"] if "majority_correct" in row else row["correct"]
-    for _, row in io.read_records(answers)
-  }
+  outcome = "majority_correct" if pathlib.PurePath(str(answers)).name.endswith(".sampled.jsonl") else "correct"
+  rows = io.read_records(answers, required={"id": (str, int), outcome: bool})
+  return {str(row["id"]): row[outcome] for _, row in rows}
 
 
 def accuracy_entry(rows: list[dict]) -> dict:
