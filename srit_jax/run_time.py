@@ -74,7 +74,9 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   if phase == "sft":
     if block.get("num_epochs"):
       return None, f"{block.num_epochs} epochs: the steps follow from the packed examples"
-    return block.num_steps, _at_most_if_stopping_early(block, "")
+    held_out = block.get("heldout_fraction") or block.get("eval_file") or (pipeline and config.demos.heldout_questions)
+    uncounted = f"its held-out loss every {block.eval_every} steps not counted" if held_out and block.eval_every else ""
+    return block.num_steps, _at_most_if_stopping_early(block, uncounted)
   if phase == "refine":
     return _refine_calls(program, per_call, config, block)
   # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.

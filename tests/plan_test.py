@@ -483,6 +483,12 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   (stopping,) = [e for e in run_time.run_estimate(config, plans, devices) if e.program == "DPO step"]
   assert stopping.calls == config.refine.num_steps and "at most: it stops early" in stopping.assumption
   config.refine.update(select_checkpoint="last", early_stopping_patience=0)
+  sft_plan = programs.ProgramPlan("sft", "SFT step", "splash", cost=one)
+  sft_estimate = lambda: next(e for e in run_time.run_estimate(config, [sft_plan], devices) if e.phase == "sft")
+  assert sft_estimate().calls == config.sft.num_steps and "held-out" not in sft_estimate().assumption
+  config.demos.heldout_questions, config.sft.eval_every = 40, 50  # SFT's held-out passes: said, not counted
+  assert "its held-out loss every 50 steps not counted" in sft_estimate().assumption
+  config.demos.heldout_questions, config.sft.eval_every = 0, 0
   # Up to 2 pairs a question, a tenth of the questions held out: 13,451 training pairs once, the
   # 1,495 held-out ones by the reference once and the policy at steps 0, 100, ..., 600.
   assert (config.refine.num_steps, config.refine.eval_every) == (600, 100)
