@@ -265,6 +265,18 @@ def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
   return found
 
 
+# Those each shared phase depends on: demonstrations and SFT not on what evaluation is asked.
+PHASE_SETTINGS = {
+  "demos": ("student", "seed=", "train_task", "demos."),
+  "sft": ("student", "seed=", "train_task", "demos.", "sft."),
+}
+
+
+def phase_settings(name: str, phase: str) -> list[str]:
+  """The variant's overrides that shared phase `phase` depends on."""
+  return sorted(o for o in VARIANTS[name].overrides if o.startswith(PHASE_SETTINGS.get(phase, SHARED_SETTINGS)))
+
+
 def shared_settings(name: str) -> list[str]:
   """The variant's overrides that the shared phases (demonstrations, SFT, its evaluation) depend on."""
   return sorted(o for o in VARIANTS[name].overrides if o.startswith(SHARED_SETTINGS))
@@ -281,8 +293,13 @@ def start_from_finished_phases(root: pathlib.Path, name: str) -> pathlib.Path:
     return workdir
   sources = [(root / ancestor, _finished_phases(root / ancestor)) for ancestor in finished_ancestors(root, name)]
   for other in VARIANTS:
-    if other != name and (root / other).is_dir() and shared_settings(other) == shared_settings(name):
-      shared = [p for p in _finished_phases(root / other) if p.relative_to(root / other).as_posix() in SHARED_PHASES]
+    if other != name and (root / other).is_dir():
+      shared = [
+        p
+        for p in _finished_phases(root / other)
+        if (phase := p.relative_to(root / other).as_posix()) in SHARED_PHASES
+        and phase_settings(other, phase) == phase_settings(name, phase)
+      ]
       sources.append((root / other, shared))
   if not any(phases for _, phases in sources):
     return workdir

@@ -164,6 +164,12 @@ def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_pat
     assert json.loads((workdir / phase / "DONE.json").read_text()) == {"phase": f"slip_corrected_nll_seed_1/{phase}"}
   workdir = study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100")
   assert json.loads((workdir / "sft" / "DONE.json").read_text()) == {"phase": "cot_vs_direct_nll_demos_100/sft"}
+  # Other evaluation settings (a diagnostic's sampled answers): the same demonstrations and SFT.
+  workdir = study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_sampled")
+  assert sorted(p.relative_to(workdir).as_posix() for p in workdir.glob("**/DONE.json")) == [
+    "demos/DONE.json",
+    "sft/DONE.json",
+  ]
   # Other demonstrations, other SFT: nothing to share, it starts empty.
   (tmp_path / "cot_vs_direct_nll_demos_100").rename(tmp_path / "kept_aside")
   assert not study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100").exists()
