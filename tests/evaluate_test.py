@@ -4,7 +4,7 @@ run end to end on a tiny model beside the greedy answers, which they leave as th
 import json
 
 import pytest
-from conftest import load_tiny_pipeline_config
+from conftest import SHARED_DATA, TINY_TOKENIZER, load_tiny_pipeline_config
 
 from srit_jax.configs import checks
 from srit_jax.configs.eval import get_config
@@ -141,3 +141,65 @@ def test_answers_without_their_fields_are_named_by_file_line_and_field(tmp_path)
   _write_answers(tmp_path / "arith.cot.sampled.jsonl", {"1": True})  # a sampled file without its votes
   with pytest.raises(DataError, match=r"arith\.cot\.sampled\.jsonl:1: field 'majority_correct' is missing"):
     evaluate.per_question_outcomes(tmp_path / "arith.cot.sampled.jsonl")
+
+
+def test_worked_examples_show_their_solution_closed_by_the_answer_sentence():
+  from srit_jax.tasks import prompts
+  from srit_jax.tasks.example import CHOICE
+
+  gsm8k_like = Example("gsm8k", "7", "How many?", "5", NUMBER, solution="2 + 3 = 5\nThe answer is 5.")
+  assert prompts.shot(gsm8k_like) == {"prompt": prompts.prompt(gsm8k_like), "answer": "2 + 3 = 5\nThe answer is 5."}
+  aqua_like = Example("aqua", "3", "Which?", "B", CHOICE, ("x", "y"), solution="Twice 4 is 8, which is y.")
+  assert prompts.shot(aqua_like)["answer"] == "Twice 4 is 8, which is y. The answer is (B)."
+  assert prompts.shot(aqua_like, prompts.DIRECT) == {
+    "prompt": prompts.prompt(aqua_like, prompts.DIRECT),
+    "answer": "The answer is (B).",
+  }
+  with pytest.raises(ValueError, match=r"csqa/9: has no worked solution to show as a chain-of-thought example"):
+    prompts.shot(Example("csqa", "9", "Where?", "A", CHOICE, ("x", "y")))
+
+
+def test_worked_examples_come_first_as_earlier_chat_turns_or_plain_text():
+  from transformers import AutoTokenizer
+
+  from srit_jax.generation.jsonl import encode_prompt
+
+  tokenizer = AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))
+  shots = [{"prompt": "1 + 1?", "answer": "2"}, {"prompt": "2 + 2?", "answer": "4"}]
+  record = {"prompt": "3 + 3?", "shots": shots}
+  turns = [
+    {"role": "user", "content": "1 + 1?"},
+    {"role": "assistant", "content": "2"},
+    {"role": "user", "content": "2 + 2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "3 + 3?"},
+  ]
+  expected = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+  expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+  assert encode_prompt(tokenizer, record, True, "r") == expected
+  assert encode_prompt(tokenizer, record, False, "r") == tokenizer("1 + 1?\n2\n\n2 + 2?\n4\n\n3 + 3?")["input_ids"]
+  assert encode_prompt(tokenizer, {"prompt": "3 + 3?"}, True, "r") != expected  # zero-shot: the question alone
+  with pytest.raises(ValueError, match=r"record 4: shots\[1\] needs a non-empty string 'answer'"):
+    encode_prompt(tokenizer, {"prompt": "3 + 3?", "shots": [shots[0], {"prompt": "x"}]}, True, "record 4")
+
+
+def test_a_few_shot_evaluation_is_its_own_generation_and_says_how_many_shots(tiny_student, tmp_path):
+  config = get_config()
+  config.update(model=str(tiny_student), tasks="arith", limit=3, max_new_tokens=8, batch_size=4, num_shots=2)
+  config.mesh.fsdp = 1
+  summary = evaluate.run(config, tmp_path / "two_shots", progress=False)
+  assert summary["arith"]["cot"]["shots"] == 2
+  config.num_shots = 0
+  summary = evaluate.run(config, tmp_path / "zero_shot", progress=False)
+  assert "shots" not in summary["arith"]["cot"]
+  meta = [
+    json.loads((tmp_path / d / "arith.cot.generations.jsonl.meta.json").read_text()) for d in ("two_shots", "zero_shot")
+  ]
+  assert meta[0]["inputs"] != meta[1]["inputs"]  # the worked examples are part of what was generated from
+  config.tasks, config.num_shots = "csqa", 2  # no worked solutions in CSQA's training split
+  config.data_dir = str(SHARED_DATA / "benchmarks")
+  with pytest.raises(ValueError, match="has no worked solution"):
+    evaluate.run(config, tmp_path / "csqa", progress=False)
+  pipeline_config = load_tiny_pipeline_config()
+  pipeline_config.eval.num_shots = 4
+  assert any("evaluates its students zero-shot" in p for p in checks.problems(pipeline_config, "pipeline"))

@@ -219,7 +219,7 @@ def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tm
   config.sft.select_checkpoint = "best_heldout"  # another choice of step is another phase
   assert fingerprint.fingerprinted(config.sft.to_dict(), "sft")["select_checkpoint"] == "best_heldout"
   # Evaluation gained sampled answers (their temperature 0.7, unlike refine's sampling seed's block).
-  sampled = ("sampled_answers", "temperature", "top_p", "sampling_seed", "paired_with")
+  sampled = ("sampled_answers", "temperature", "top_p", "sampling_seed", "paired_with", "num_shots")
   eval_before = {k: v for k, v in config.eval.to_dict().items() if k not in sampled}
   assert fingerprint.fingerprinted(config.eval.to_dict(), "eval") == fingerprint.fingerprinted(eval_before)
   assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["temperature"] == config.refine.temperature

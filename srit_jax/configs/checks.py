@@ -99,6 +99,7 @@ def _rules() -> dict[str, Callable]:
         "heldout_questions",
         "pack_length",
         "sampled_answers",
+        "num_shots",
       ),
       NON_NEGATIVE_INT,
     ),
@@ -378,6 +379,11 @@ def problems(config: ConfigDict, command: str) -> list[str]:
         "its step of lowest held-out loss; set control_select_checkpoint to '' or 'best_heldout'"
       )
     found += command_problems(config.eval, "eval", "eval.", linked=("model", "tasks", "data_dir", "paired_with"))
+    if config.eval.get("num_shots"):
+      found.append(
+        f"eval.num_shots = {config.eval.num_shots}: the pipeline evaluates its students zero-shot, as the method "
+        "does; evaluate with worked examples through `srit-jax eval`"
+      )
     if config.eval.get("paired_with"):
       found.append(
         f"eval.paired_with = {config.eval.paired_with!r}: the pipeline pairs its own stages with each other; "

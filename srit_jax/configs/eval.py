@@ -8,10 +8,11 @@ Writes WORKDIR/{task}.{style}.jsonl (prompt, generation, extracted answer, gold,
 summary.json and results.md (accuracy with 95% intervals). A rerun resumes. With
 --config.sampled_answers=8, each question is also answered 8 times at --config.temperature:
 pass@1, 2, 4, 8 and the majority vote's accuracy (self-consistency), in {task}.cot.sampled.jsonl
-and the summary. With --config.paired_with=OTHER (an earlier eval workdir, say of the model
-before training), each task's answers are paired with OTHER's on the questions both answered:
-the difference with its bootstrap interval and the exact McNemar test, in paired.json and
-results.md.
+and the summary. --config.num_shots=8 shows 8 worked examples of each task's training split
+before every question (earlier chat turns; CoT shows their worked solutions). With
+--config.paired_with=OTHER (an earlier eval workdir, say of the model before training), each
+task's answers are paired with OTHER's on the questions both answered: the difference with its
+bootstrap interval and the exact McNemar test, in paired.json and results.md.
 """
 
 import ml_collections
@@ -34,6 +35,7 @@ def get_config(variant: str = ""):
   config.limit = 0  # examples per task at most (the first ones); 0 = all
   config.seed = 0  # synthetic tasks: which problems
   config.direct = False  # also measure direct answers (no chain of thought)
+  config.num_shots = 0  # worked examples of each task's training split before every question; 0 = zero-shot
   config.max_new_tokens = 256  # CoT answers
   config.max_new_tokens_direct = 32  # direct answers
   config.batch_size = 16  # rows per generation batch

@@ -26,7 +26,7 @@ _SAMPLES = 8  # blocks sampled across a large file
 NEUTRAL_SETTINGS = {
   "": {"sampling_seed": 0, "early_stopping_patience": 0, "simpo_gamma": 0.5, "heldout_questions": 0},
   "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last", "num_epochs": 0.0},
-  "eval": {"sampled_answers": 0, "temperature": 0.7, "top_p": 1.0, "paired_with": ""},
+  "eval": {"sampled_answers": 0, "temperature": 0.7, "top_p": 1.0, "paired_with": "", "num_shots": 0},
 }
 
 

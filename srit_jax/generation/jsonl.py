@@ -49,17 +49,29 @@ class Completion:
 
 def encode_prompt(tokenizer, record: dict[str, Any], chat_template: bool, where: str) -> list[int]:
   """Token ids of a record's "prompt" (through the chat template when asked), followed by its
-  optional "response_prefix": the words the answer starts with, which generation continues."""
+  optional "response_prefix": the words the answer starts with, which generation continues.
+  A record's optional "shots" (worked examples, each {"prompt", "answer"}) come first: earlier
+  user and assistant turns through the chat template, or "prompt\nanswer\n\n" blocks of plain text."""
   prompt = record.get("prompt")
   if not isinstance(prompt, str) or not prompt:
     raise ValueError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
+  shots = record.get("shots") or []
+  for i, shot in enumerate(shots):
+    for field in ("prompt", "answer"):
+      if not isinstance(shot, dict) or not isinstance(shot.get(field), str) or not shot[field]:
+        raise ValueError(f"{where}: shots[{i}] needs a non-empty string {field!r}, got {shot!r}")
   if chat_template:
     if not getattr(tokenizer, "chat_template", None):
       raise ValueError(f"{where}: the tokenizer has no chat template; set chat_template=False to send plain prompts")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    turns = [
+      turn
+      for shot in shots
+      for turn in ({"role": "user", "content": shot["prompt"]}, {"role": "assistant", "content": shot["answer"]})
+    ]
+    ids = tokenizer.apply_chat_template([*turns, {"role": "user", "content": prompt}], add_generation_prompt=True)
     ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
   else:
-    ids = tokenizer(prompt)["input_ids"]
+    ids = tokenizer("".join(f"{shot['prompt']}\n{shot['answer']}\n\n" for shot in shots) + prompt)["input_ids"]
   prefix = record.get("response_prefix") or ""
   return ids + (tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
 
@@ -123,7 +135,10 @@ def generate_to_jsonl(
   prompts = [encode_prompt(tokenizer, r, chat_template, where=f"record {i}") for i, r in enumerate(records)]
   inputs = fingerprint.digest(
     model_identity,
-    [[r["prompt"], r.get("id"), r.get("response_prefix", "")] for r in records],
+    [
+      [r["prompt"], r.get("id"), r.get("response_prefix", ""), *([r["shots"]] if r.get("shots") else [])]
+      for r in records
+    ],
     dataclasses.asdict(settings),
     max_new_tokens,
     num_samples,

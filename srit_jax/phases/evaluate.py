@@ -19,7 +19,7 @@ from srit_jax.generation.sampler import SamplingSettings
 from srit_jax.statistics import mean_interval, paired_comparison, pass_at_k, wilson_interval
 from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import NUMBER, Example
-from srit_jax.tasks.registry import get_task, load_examples, task_names
+from srit_jax.tasks.registry import get_task, load_examples, load_training_examples, task_names
 
 
 def score_generations(examples: Sequence[Example], completions: Sequence[Completion], style: str) -> list[dict]:
@@ -116,17 +116,21 @@ def evaluate(
   chat_template: bool = True,
   stop_strings: Sequence[str] = (),
   sampled: SampledAnswers | None = None,
+  shots: dict[str, list[Example]] | None = None,
   progress: bool = True,
 ) -> dict:
   """Accuracy per task and prompt style; writes {task}.{style}.jsonl, summary.json, results.md,
-  and with `sampled` {task}.cot.sampled.jsonl (each question's sampled answers and their vote)."""
+  and with `sampled` {task}.cot.sampled.jsonl (each question's sampled answers and their vote).
+  `shots` (per task, worked examples of its training split) go before every question."""
   out_dir = io.as_path(out_dir)
   max_new_tokens = {prompts.COT: 256, prompts.DIRECT: 32, **(max_new_tokens or {})}
   summary: dict[str, dict] = {}
   for task, examples in examples_by_task.items():
     for style in styles:
+      worked = [prompts.shot(e, style) for e in (shots or {}).get(task, [])]
       records = [
         {"prompt": prompts.prompt(e, style), "response_prefix": prompts.response_prefix(e, style), "id": e.id}
+        | ({"shots": worked} if worked else {})
         for e in examples
       ]
       generation = dict(
@@ -145,7 +149,7 @@ def evaluate(
       )
       rows = score_generations(examples, [samples[0] for samples in completions], style)
       io.write_jsonl(out_dir / f"{task}.{style}.jsonl", rows)
-      entry = accuracy_entry(rows)
+      entry = accuracy_entry(rows) | ({"shots": len(worked)} if worked else {})
       if style == prompts.COT and examples and examples[0].answer_type == NUMBER:
         entry["arithmetic"] = arithmetic.profile((r["generation"], r["correct"]) for r in rows)
       if style == prompts.COT and sampled:
@@ -219,6 +223,21 @@ def sampled_answers(config) -> SampledAnswers | None:
   return SampledAnswers(config.sampled_answers, settings, seed=config.sampling_seed)
 
 
+def worked_examples(config) -> dict[str, list[Example]] | None:
+  """Per task, the first `num_shots` examples of its training split (worked examples shown before
+  each question), or None for zero-shot evaluation."""
+  if not config.num_shots:
+    return None
+  shots = {}
+  for name in task_names(config.tasks):
+    shots[name] = load_training_examples(
+      name, source=config.source, data_dir=config.data_dir or None, limit=config.num_shots, seed=config.seed
+    )
+    if len(shots[name]) < config.num_shots:
+      raise ValueError(f"num_shots = {config.num_shots}: {name}'s training split holds {len(shots[name])} examples")
+  return shots
+
+
 def evaluation_examples(config) -> dict[str, list[Example]]:
   return {
     name: load_examples(
@@ -260,6 +279,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     chat_template=config.chat_template,
     stop_strings=tuple(config.stop_strings),
     sampled=sampled_answers(config),
+    shots=worked_examples(config),
     progress=progress,
   )
   print(results_table(summary))

@@ -1,5 +1,7 @@
 """Prompts in the paper's style: an instruction, the question, its options, then either the
-zero-shot-CoT trigger "Let's think step by step." or a request for the bare answer."""
+zero-shot-CoT trigger "Let's think step by step." or a request for the bare answer. Few-shot
+evaluation puts worked examples before the question (`shot`): each a prompt of the same style
+and its answer (the dataset's worked solution, or the bare answer sentence)."""
 
 from __future__ import annotations
 
@@ -79,3 +81,21 @@ def answer_sentence(example: Example, answer: str) -> str:
   if example.answer_type == LATEX:
     return f"The answer is $\\boxed{{{answer}}}$."
   return f"The answer is {answer}."
+
+
+def shot(example: Example, style: str = COT) -> dict[str, str]:
+  """A worked example shown before the question: its prompt and its answer, in `style`. A CoT
+  answer is the example's worked solution, closed by the answer sentence the prompt asks for
+  where the solution does not already hold it; examples without a solution cannot show CoT."""
+  if style == DIRECT:
+    return {"prompt": prompt(example, DIRECT), "answer": answer_sentence(example, example.gold)}
+  solution = example.solution.strip()
+  if not solution:
+    raise ValueError(
+      f"{example.task}/{example.id}: has no worked solution to show as a chain-of-thought example "
+      f"(few-shot CoT needs a task whose training split has them: GSM8K, AQuA, MATH, the built-in tasks)"
+    )
+  closing = answer_sentence(example, example.gold)
+  if closing.rstrip(".").lower() not in solution.lower():  # "Therefore, the answer is 76." holds it
+    solution += ("" if solution.endswith((".", "\n")) else ".") + " " + closing
+  return {"prompt": prompt(example, COT), "answer": solution}
