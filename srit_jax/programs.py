@@ -475,6 +475,8 @@ def _eval_program(block, student, devices, prompt_length, how):
     block.param_dtype = block.dtype  # evaluation loads its model in the compute dtype
     if not block.get("sampled_answers"):  # greedy answers alone; sampled ones run the sampling program
       block.temperature, block.top_p = 0.0, 1.0
+  # Worked examples come before each question: each a prompt and its answer at most as long.
+  prompt_length += block.get("num_shots", 0) * (prompt_length + block.max_new_tokens)
   return sampler_program(
     "eval",
     block,

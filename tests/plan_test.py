@@ -624,3 +624,8 @@ def test_evaluation_plans_the_greedy_program_unless_it_samples_answers(monkeypat
   programs._eval_program(config, config.model, [], 512, None)
   assert (planned[-1].temperature, planned[-1].top_p) == (0.6, 0.9)
   assert config.temperature == 0.6  # the config itself as it was
+  lengths = []
+  monkeypatch.setattr(programs, "sampler_program", lambda *a, prompt_length, **k: lengths.append(prompt_length))
+  config.update(num_shots=4, max_new_tokens=256)
+  programs._eval_program(config, config.model, [], 512, None)
+  assert lengths == [512 + 4 * (512 + 256)]  # four worked examples, each a prompt and an answer, first
