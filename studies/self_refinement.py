@@ -381,21 +381,18 @@ COMPARISONS = (
 def _sampled_rows(name: str, variant: dict) -> list[str]:
   """Per task and stage (SFT, SRIT, control): pass@1, pass@k (k the answers sampled) and the
   majority vote's accuracy."""
+  from srit_jax.phases.evaluate import headline_figures  # JAX's import: only where a report needs it
+
   rows = []
   for task, domain in variant["domains"].items():
     for stage, label in ARITHMETIC_STAGES:
       entry = variant["stages"].get(stage, {}).get(task, {}).get("cot", {}).get("sampled")
       if not entry:
         continue
-      first, last = entry["pass_at"]["1"], entry["pass_at"][str(entry["samples"])]
-      majority = entry["majority"]
-      cells = [f"{_percent(v['value'])} ({_percent(v['ci95'][0])}–{_percent(v['ci95'][1])})" for v in (first, last)] + [
-        f"{_percent(majority['accuracy'])} ({_percent(majority['ci95'][0])}–{_percent(majority['ci95'][1])})"
-      ]
+      cells = [f"{_percent(v)} ({_percent(low)}–{_percent(high)})" for _, v, (low, high) in headline_figures(entry)]
+      answers = f"{entry['samples']} ({entry['temperature']:g})"
       rows.append(
-        f"| {name} | {task} ({domain}) | {label} | {majority['n']} | {entry['samples']} ({entry['temperature']:g}) | "
-        + " | ".join(cells)
-        + " |"
+        f"| {name} | {task} ({domain}) | {label} | {entry['majority']['n']} | {answers} | " + " | ".join(cells) + " |"
       )
   return rows
 

@@ -193,6 +193,18 @@ def results_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+def headline_figures(entry: dict) -> list[tuple[str, float, list[float]]]:
+  """(name, value, 95% interval) of a "sampled" summary entry's pass@1, pass@k (k the answers
+  sampled) and majority vote: what the pipeline's and the study's tables show of it."""
+  k = entry["samples"]
+  first, last, majority = entry["pass_at"]["1"], entry["pass_at"][str(k)], entry["majority"]
+  return [
+    ("pass@1", first["value"], first["ci95"]),
+    (f"pass@{k}", last["value"], last["ci95"]),
+    ("majority vote", majority["accuracy"], majority["ci95"]),
+  ]
+
+
 def sampled_table(sampled: dict[str, dict]) -> str:
   """pass@k and majority-vote accuracy per task, from the summaries' "sampled" entries."""
   ks = sorted({int(k) for entry in sampled.values() for k in entry["pass_at"]})

@@ -8,6 +8,7 @@ import pathlib
 from io import BytesIO
 
 from srit_jax import io
+from srit_jax.phases.evaluate import headline_figures
 
 STAGE_LABELS = {
   "untuned": "untuned student",
@@ -108,13 +109,7 @@ def sampled_markdown(results: dict) -> list[str]:
     if not any(entries):
       continue
     described = described or next(e for e in entries if e)
-    cells = [
-      " / ".join(f"{100 * v:.1f}" for v in (e["pass_at"]["1"]["value"], e["pass_at"][str(e["samples"])]["value"]))
-      + f" / {100 * e['majority']['accuracy']:.1f}"
-      if e
-      else ""
-      for e in entries
-    ]
+    cells = [" / ".join(f"{100 * v:.1f}" for _, v, _ in headline_figures(e)) if e else "" for e in entries]
     rows.append(f"| {task} | {domain} | " + " | ".join(cells) + " |")
   if not rows:
     return []
