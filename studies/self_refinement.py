@@ -4,6 +4,7 @@ the base recipe and the recipes that matter, with paired statistics.
     python studies/self_refinement.py --root=runs/study            # every variant, then the report
     python studies/self_refinement.py --root=runs/study --variants=base,rpo
     python studies/self_refinement.py --root=runs/study --report_only
+    python studies/self_refinement.py --root=runs/study --status       # where each variant stands
 
 The base is `configs/wordmath.py` (SmolLM2-135M-Instruct taught 400 worked word problems,
 then refined on its own samples of 200 training questions; 1,000 in-domain test questions and
@@ -234,6 +235,7 @@ VARIANT_SETTINGS = ("eval_untuned=False",)
 _ROOT_DIR = flags.DEFINE_string("root", "runs/study", "folder of the study's runs (one workdir per variant)")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "variants to run, in order")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "write the report from finished variants; run nothing")
+_STATUS = flags.DEFINE_bool("status", False, "where each variant stands (finished, queued, its phases); run nothing")
 _DOC = flags.DEFINE_string("doc", str(ROOT / "docs" / "self_refinement_study.md"), "the report")
 _KEEP_CHECKPOINTS = flags.DEFINE_bool(
   "keep_checkpoints", False, "keep a finished variant's training checkpoints (default: removed; exports stay)"
@@ -325,12 +327,33 @@ def drop_checkpoints(workdir: pathlib.Path) -> None:
       shutil.rmtree(phase / folder, ignore_errors=True)
 
 
+def pipeline_overrides(name: str, extra: tuple[str, ...] = ()) -> list[str]:
+  """The variant's settings as the pipeline's command-line flags: its own, then `extra`."""
+  own = VARIANTS[name].overrides + (() if name == "base" else VARIANT_SETTINGS)
+  return [f"--config.{o}" for o in (*own, *extra)]
+
+
+def print_status(root: pathlib.Path, names, extra: tuple[str, ...] = ()) -> None:
+  """Where each variant stands: finished, queued, or its phases (`srit-jax status`)."""
+  from srit_jax import cli
+
+  for name in names:
+    workdir = root / name
+    if (workdir / "STUDY_DONE").exists() and (workdir / "results.json").exists():
+      print(f"[{name}] finished")
+    elif not workdir.exists():
+      print(f"[{name}] queued")
+    else:
+      print(f"[{name}]")
+      cli.main(["srit-jax", "status", f"--config={CONFIG}", *pipeline_overrides(name, extra), f"--workdir={workdir}"])
+    print(flush=True)
+
+
 def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep_checkpoints: bool = False) -> None:
   """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field).
   A finished variant's checkpoints are removed unless `keep_checkpoints`."""
   workdir = start_from_finished_phases(root, name)
-  own = VARIANTS[name].overrides + (() if name == "base" else VARIANT_SETTINGS)
-  overrides = [f"--config.{o}" for o in (*own, *extra)]
+  overrides = pipeline_overrides(name, extra)
   # A finished variant whose definition has changed since runs again: the pipeline skips every
   # phase whose settings are unchanged and runs what is new (a control added, say). Markers
   # written before the overrides were recorded count as finished with today's.
@@ -732,6 +755,9 @@ def main(argv):
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; variants: {', '.join(VARIANTS)}")
+  if _STATUS.value:
+    print_status(root, _VARIANTS.value, tuple(_OVERRIDES.value))
+    return
   if not _REPORT_ONLY.value:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     for name in _VARIANTS.value:

@@ -93,9 +93,11 @@ def test_checkpoints_on_object_storage_save_and_restore(remote):
 
 
 def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
+  assert workdir_lock.live_holder(remote) is None
   with workdir_lock.hold(remote):
     holder = json.loads((remote / workdir_lock.LOCK_NAME).read_text())
     assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+    assert workdir_lock.live_holder(remote) == holder  # what `srit-jax status` says
     with pytest.raises(workdir_lock.WorkdirLockedError, match=f"in use by pid {os.getpid()}"):
       workdir_lock.WorkdirLock(remote).acquire()
   assert not (remote / workdir_lock.LOCK_NAME).exists()  # released
@@ -104,6 +106,7 @@ def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
   record = {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "earlier", "token": "dead"}
   (remote / workdir_lock.LOCK_NAME).write_text(json.dumps(record))
+  assert workdir_lock.live_holder(remote) is None
   with workdir_lock.hold(remote):
     assert json.loads((remote / workdir_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
 
@@ -112,6 +115,7 @@ def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
   (remote / workdir_lock.LOCK_NAME).write_text(json.dumps(record))
   with pytest.raises(workdir_lock.WorkdirLockedError, match="in use by pid 1 on host another-host"):
     workdir_lock.WorkdirLock(remote).acquire()
+  assert workdir_lock.live_holder(remote) == record
 
 
 def _steps_saved(checkpoints) -> list[int]:
@@ -155,6 +159,16 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   first.wait()
   log.close()
   assert (workdir / "sft" / "DONE.json").exists() and not (workdir / "results.json").exists()
+  # Where it stands, read from the bucket: SFT done, DPO under way from its saved step, no live run.
+  where = subprocess.run(
+    [sys.executable, "-m", "srit_jax.cli", "status", f"--workdir={workdir}", f"--config={TINY_PIPELINE_CONFIG}"],
+    env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert where.returncode == 0, where.stderr[-2000:]
+  assert "no run holds it; the same command resumes the phase under way" in where.stdout
+  assert "| sft | done |" in where.stdout and "| eval/srit | not started |" in where.stdout
+  saved = _steps_saved(workdir / "refine" / "checkpoints")[-1]
+  assert f"step {saved} saved" in where.stdout.split("| refine | under way |")[1].splitlines()[0]
 
   rerun = run(workdir, timeout=900)  # takes the dead run's lock over and resumes
   assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -9,7 +9,7 @@ from conftest import load_tiny_pipeline_config
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
 from srit_jax.phases import evaluate as evaluation
-from srit_jax.phases import pipeline
+from srit_jax.phases import pipeline, status
 from srit_jax.tasks import registry
 
 
@@ -181,6 +181,11 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   assert [r["phase"] for r in results["rounds"]] == ["refine", "refine_2"]
   assert [r["phase"] for r in results["control_rounds"]] == ["refine_control", "refine_control_2"]
   assert "control" in (tmp_path / "results.md").read_text()
+  # `srit-jax status` knows the phases the run made, in its order, and finds each done.
+  made = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.glob("**/DONE.json"))
+  assert sorted(pipeline.phase_names(config)) == made
+  phases = status.workdir_status(tmp_path, pipeline.phase_names(config))["phases"]
+  assert [(p.name, p.state) for p in phases] == [(name, status.DONE) for name in pipeline.phase_names(config)]
 
   # A control rerun over samples kept from a run with other settings (a variant linked from
   # another seed's run) takes the refined chain's samples again instead of drawing its own.

@@ -395,3 +395,24 @@ def test_sampled_answers_of_a_parents_students_have_their_own_tables_and_no_verd
   assert "| base |" in verdicts and name not in verdicts  # a diagnostic, not a recipe
   assert "| cot_vs_direct_nll_sampled | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0" not in text
   assert summary[name]["paired_majority"] == results["paired_majority"]
+
+
+def test_the_status_of_the_study_says_which_variants_finished_which_are_queued_and_where_one_stands(tmp_path):
+  _finished(tmp_path, "base", 33)
+  (tmp_path / "rpo_3_rounds" / "refine_2").mkdir(parents=True)  # a variant under way: its second round sampling
+  for name in ("demos", "sft", "refine"):
+    (tmp_path / "rpo_3_rounds" / name).mkdir()
+    (tmp_path / "rpo_3_rounds" / name / "DONE.json").write_text("{}")
+  (tmp_path / "rpo_3_rounds" / "refine_2" / "samples.cot.jsonl").write_text('{"sample": 0}\n')
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "studies" / "self_refinement.py"), f"--root={tmp_path}", "--status",
+     "--variants=base,rpo_3_rounds,sft_best_heldout"],
+    capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "[base] finished" in out and "[sft_best_heldout] queued" in out
+  under_way = out.split("[rpo_3_rounds]")[1]
+  # Its own settings give its phases: three rounds of each chain, every round evaluated.
+  assert "| refine_2 | under way |" in under_way and "| refine_control_3 | not started |" in under_way
+  assert "| eval/srit_round_2 | not started |" in under_way and "3 of 13 phases done" in under_way

@@ -147,16 +147,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     )
 
   # Evaluation of every stage.
-  models = {"untuned": (config.student, "student")} if config.eval_untuned else {}
-  models |= {
-    "sft": (str(sft_phase.dir / "export"), sft_phase.fingerprint),
-    "srit": (str(refine_phase.dir / "export"), refine_phase.fingerprint),
-  }
-  if control_phases:
-    models[CONTROL] = (str(control_phases[-1].dir / "export"), control_phases[-1].fingerprint)
-  if config.eval_rounds:  # every round but the last (which is the SRIT stage), in-domain only
-    for round_, phase in enumerate(refine_phases[:-1], start=1):
-      models[f"srit_round_{round_}"] = (str(phase.dir / "export"), phase.fingerprint)
+  trained = {"sft": sft_phase, "srit": refine_phase, **({CONTROL: control_phases[-1]} if control_phases else {})}
+  trained |= {f"srit_round_{round_}": phase for round_, phase in enumerate(refine_phases[:-1], start=1)}
+  made = {"untuned": (config.student, "student")}
+  made |= {stage: (str(phase.dir / "export"), phase.fingerprint) for stage, phase in trained.items()}
+  models = {stage: made[stage] for stage in evaluated_stages(config)}
   tasks = registry.evaluation_domains(config)
   examples = {
     name: load_examples(
@@ -269,6 +264,27 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   return out
 
 
+def evaluated_stages(config) -> list[str]:
+  """The students a run of `config` evaluates, in order: the untuned one where asked, SFT, SRIT,
+  the control where trained, and with `eval_rounds` every round but the last (the SRIT stage),
+  those in-domain only."""
+  stages = (["untuned"] if config.eval_untuned else []) + ["sft", "srit"] + ([CONTROL] if config.control else [])
+  if config.eval_rounds:
+    stages += [f"srit_round_{round_}" for round_ in range(1, config.refine_iterations)]
+  return stages
+
+
+def _round_name(prefix: str, round_: int) -> str:
+  return prefix if round_ == 1 else f"{prefix}_{round_}"
+
+
+def phase_names(config) -> list[str]:
+  """The phase folders a run of `config` makes in its workdir, in the order it makes them."""
+  chains = ["refine"] + (["refine_control"] if config.control else [])
+  rounds = [_round_name(chain, r) for chain in chains for r in range(1, config.refine_iterations + 1)]
+  return ["demos", "sft", *rounds, *(f"eval/{stage}" for stage in evaluated_stages(config))]
+
+
 def _refine_rounds(
   config, workdir, prefix, sft_phase, demos_phase, task, shared, progress, samples_from=()
 ) -> list[Phase]:
@@ -307,7 +323,7 @@ def _refine_rounds(
     if adapted:
       with refine_config.unlocked():
         refine_config.lora = _with(config.sft.lora, init_adapter=str(previous.dir / "export_adapter"))
-    name = prefix if round_ == 1 else f"{prefix}_{round_}"
+    name = _round_name(prefix, round_)
     phase = Phase(
       workdir,
       name,

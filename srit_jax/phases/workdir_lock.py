@@ -62,6 +62,11 @@ def _is_stale(path: pathlib.Path, holder: dict | None) -> bool:
   return time.time() - path.stat().st_mtime > STALE_AFTER_S
 
 
+def _object_is_stale(holder: dict | None, age: float) -> bool:
+  same_host = holder is not None and holder.get("host") == socket.gethostname()
+  return not _alive(int(holder.get("pid", -1))) if same_host else age > STALE_AFTER_S
+
+
 class _LockObject:
   """The lock as an object on Cloud Storage, every change conditional on its generation."""
 
@@ -140,9 +145,7 @@ class WorkdirLock:
       if found is None:
         continue  # released in between: try again
       holder, generation, age = found
-      same_host = holder is not None and holder.get("host") == socket.gethostname()
-      stale = not _alive(int(holder.get("pid", -1))) if same_host else age > STALE_AFTER_S
-      if not stale:
+      if not _object_is_stale(holder, age):
         raise self._refused(holder)
       if lock.write(self._record(), if_generation=generation):
         return  # taken over from a holder that is gone
@@ -194,6 +197,22 @@ class WorkdirLock:
         if self._made_folder:
           with contextlib.suppress(OSError):  # not empty: the run wrote something
             self.path.parent.rmdir()
+
+
+def live_holder(workdir: str | pathlib.Path, name: str = LOCK_NAME) -> dict | None:
+  """The record of the live run that holds `workdir` (its host, pid and start), {} where the lock
+  cannot be read yet, or None where no live run holds it (no lock, or a holder that is gone)."""
+  path = places.as_path(workdir) / name
+  if places.is_remote(path):
+    found = _LockObject(path).read()
+    if found is None:
+      return None
+    holder, _, age = found
+    return None if _object_is_stale(holder, age) else holder or {}
+  if not path.exists():
+    return None
+  holder = _holder(path)
+  return None if _is_stale(path, holder) else holder or {}
 
 
 def _process_layout() -> tuple[int, int]:

@@ -163,6 +163,10 @@ class TrainingRun:
         "mesh": dict(self.mesh.shape),
         "batch_size": config.batch_size,
         "num_microbatches": config.num_microbatches,
+        # How long the run is, for `srit-jax status`: its steps, and where it may stop early.
+        "num_steps": config.num_steps,
+        "eval_every": config.get("eval_every", 0),
+        "early_stopping_patience": config.get("early_stopping_patience", 0),
         **({} if callable(step_flops) else {"model_flops_per_step": step_flops}),
         "peak_flops": peak,
       },
