@@ -256,6 +256,19 @@ def complete_lines(path: str | pathlib.Path) -> list[bytes]:
   return path.read_bytes().split(b"\n")[:-1]
 
 
+def complete_records(path: str | pathlib.Path) -> list[dict]:
+  """The JSON objects of a file's newline-terminated lines (a last line cut short by a kill left
+  out); a line that is not a JSON object raises `DataError` naming file and line."""
+  records = []
+  for number, line in enumerate(complete_lines(path), start=1):
+    try:
+      record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise DataError(f"{path}:{number}: not valid JSON ({e})") from None
+    records.append(_object(record, path, number))
+  return records
+
+
 class JsonlAppender:
   """Appends whole batches of JSON lines to a file that holds `keep_lines` trusted lines.
 

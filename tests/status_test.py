@@ -130,3 +130,12 @@ def test_the_command_needs_a_workdir_that_exists(tmp_path, capsys):
   assert cli.main(["srit-jax", "status", f"--workdir={tmp_path}", "--config=configs/demo.py"]) == 0
   out = capsys.readouterr().out
   assert "| demos | done | 2 demonstrations kept |" in out and "| eval/srit | not started |  |" in out
+
+
+def test_a_metrics_line_broken_amid_whole_ones_is_named_by_file_and_line(tmp_path):
+  _training_phase(tmp_path / "sft", reached=3)
+  metrics = tmp_path / "sft" / "metrics.jsonl"
+  lines = metrics.read_text().splitlines(keepends=True)
+  metrics.write_text(lines[0] + "{not json\n" + "".join(lines[1:]))
+  with pytest.raises(ValueError, match=rf"{metrics}:2: not valid JSON"):
+    status.phase_status(tmp_path / "sft", "sft")

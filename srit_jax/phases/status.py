@@ -62,8 +62,7 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
   """A training phase's steps (reached, saved, of how many, where it may stop early), its
   held-out loss, and the time to its last step at the median of its recent step times."""
   run = _json(directory / "run.json") or {}
-  steps = [json.loads(line) for line in io.complete_lines(directory / "metrics.jsonl")]
-  steps = [s for s in steps if s.get("tokens_per_s")]
+  steps = [s for s in io.complete_records(directory / "metrics.jsonl") if s.get("tokens_per_s")]
   reached = max((s["step"] for s in steps), default=0)
   kept = _json(directory / "best_checkpoint.json")
   if done:

@@ -65,8 +65,7 @@ def logged_held_out(workdir: pathlib.Path) -> dict[int, dict]:
   """The held-out figures (metrics named eval...) in WORKDIR/metrics.jsonl, by step: a resumed
   run's earlier process logged those up to its checkpoint; the lines after it were dropped on resume."""
   logged = {}
-  for line in io.complete_lines(workdir / "metrics.jsonl"):
-    record = json.loads(line)
+  for record in io.complete_records(workdir / "metrics.jsonl"):
     values = {name: value for name, value in record.items() if name.startswith("eval")}
     if values:
       logged[record["step"]] = values
