@@ -24,7 +24,6 @@ from srit_jax.training import best_step
 
 DONE, UNDER_WAY, NOT_STARTED = "done", "under way", "not started"
 _RECENT_STEPS = 20  # the pace of a training phase: the median step time of its last steps
-_GENERATIONS = re.compile(r".*\.jsonl$")
 
 
 @dataclasses.dataclass
@@ -43,12 +42,15 @@ def _json(path) -> dict | None:
 
 
 def _saved_steps(directory) -> list[int]:
-  """The steps of the finished checkpoints in `directory`/checkpoints (Orbax names each folder
-  by its step; a save under way has another name until it is committed)."""
+  """The steps of the finished checkpoints in `directory`/checkpoints, by Orbax's own rule (a
+  local save under way has a temporary name until it is renamed; on `gs://` a step's folder
+  counts once it holds its commit marker)."""
+  import orbax.checkpoint as ocp
+
   folder = directory / "checkpoints"
   if not folder.exists():
     return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
 def _held_out_losses(directory) -> dict[int, float]:
@@ -94,7 +96,7 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
 
 def _generations(directory) -> list[str]:
   """Each streamed generation file's whole lines against the lines it will hold (its records
-  times their samples, from the file's `.meta.json`)."""
+  times their samples, from the file's `.meta.json`); a file on `gs://` is read whole to count."""
   out = []
   for meta_path in sorted(directory.glob("*.jsonl.meta.json"), key=str):
     meta = _json(meta_path) or {}
