@@ -597,6 +597,30 @@ def verdicts(summary: dict) -> list[str]:
   return rows
 
 
+def largest_gains_allowed(summary: dict) -> str:
+  """The largest gain that the 95% intervals allow over every recipe and seed reported, for each
+  comparison of the rule (the upper end of the interval, where it lies highest): what the study
+  rules out, whichever recipes fall short of the rule."""
+  found = {}  # comparison -> (upper end, where)
+  for name, variant in summary.items():
+    definition = VARIANTS.get(name)
+    if definition is None or definition.diagnostic or definition.replaced_by in summary:
+      continue
+    for task, domain in variant["domains"].items():
+      for key, label in (("srit_vs_sft", "SRIT − SFT"), ("srit_vs_control", "SRIT − control")):
+        paired = variant["paired"][task].get(key)
+        if paired is None or (key == "srit_vs_control" and domain != "in-domain"):
+          continue
+        comparison = f"{label} {'in-domain' if domain == 'in-domain' else 'out of domain'}"
+        where = name if domain == "in-domain" else f"{name}, {task}"
+        if comparison not in found or paired["ci95"][1] > found[comparison][0]:
+          found[comparison] = (paired["ci95"][1], where)
+  if not found:
+    return ""
+  parts = [f"{comparison} {100 * high:+.1f} points ({where})" for comparison, (high, where) in found.items()]
+  return "The largest gain the 95% intervals allow, over every recipe and seed reported: " + "; ".join(parts) + "."
+
+
 def learning_curves(summary: dict, path: pathlib.Path) -> None:
   """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
   kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
@@ -699,6 +723,8 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
     "| meets the rule |",
     "|---|---:|---:|---:|---|",
     *verdicts(summary),
+    "",
+    largest_gains_allowed(summary),
     "",
     "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
     "| only first / only second right | McNemar p | detectable, points |",

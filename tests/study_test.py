@@ -416,3 +416,42 @@ def test_the_status_of_the_study_says_which_variants_finished_which_are_queued_a
   # Its own settings give its phases: three rounds of each chain, every round evaluated.
   assert "| refine_2 | under way |" in under_way and "| refine_control_3 | not started |" in under_way
   assert "| eval/srit_round_2 | not started |" in under_way and "3 of 13 phases done" in under_way
+
+
+def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_comparison():
+  study = _study_module()
+
+  def paired(high: float) -> dict:
+    return {"ci95": [high - 0.05, high], "difference": high - 0.025, "mcnemar_p": 0.5}
+
+  domains = {"wordmath": "in-domain", "wordmath_ood": "out-domain", "wordmath_hard": "out-domain"}
+  summary = {
+    "cot_vs_direct_nll": {
+      "domains": domains,
+      "paired": {
+        "wordmath": {"srit_vs_sft": paired(0.074), "srit_vs_control": paired(-0.009)},
+        "wordmath_ood": {"srit_vs_sft": paired(0.018), "srit_vs_control": paired(0.30)},  # not in the rule
+        "wordmath_hard": {"srit_vs_sft": paired(0.010)},
+      },
+    },
+    "cot_vs_direct_nll_demos_100_last_control": {
+      "domains": domains,
+      "paired": {
+        "wordmath": {"srit_vs_sft": paired(0.051), "srit_vs_control": paired(0.017)},
+        "wordmath_ood": {"srit_vs_sft": paired(0.012)},
+        "wordmath_hard": {"srit_vs_sft": paired(0.026)},
+      },
+    },
+    # Replaced by the rerun of its control above, and a diagnostic: neither counts.
+    "cot_vs_direct_nll_demos_100": {"domains": domains, "paired": {"wordmath": {"srit_vs_control": paired(0.5)}}},
+    "cot_vs_direct_nll_sampled": {"domains": domains, "paired": {"wordmath": {"srit_vs_sft": paired(0.5)}}},
+  }
+  for variant in summary.values():
+    for task in domains:
+      variant["paired"].setdefault(task, {})
+  assert study.largest_gains_allowed(summary) == (
+    "The largest gain the 95% intervals allow, over every recipe and seed reported: "
+    "SRIT − SFT in-domain +7.4 points (cot_vs_direct_nll); "
+    "SRIT − control in-domain +1.7 points (cot_vs_direct_nll_demos_100_last_control); "
+    "SRIT − SFT out of domain +2.6 points (cot_vs_direct_nll_demos_100_last_control, wordmath_hard)."
+  )
