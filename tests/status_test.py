@@ -96,6 +96,9 @@ def test_the_phases_a_pipeline_makes_in_its_order_on_disk_and_still_to_come(tmp_
   config.update(refine_iterations=2, control=True, eval_rounds=True, eval_untuned=False)
   phases = status.workdir_status(tmp_path, pipeline.phase_names(config))["phases"]
   assert [p.state for p in phases].count(status.NOT_STARTED) == 4  # refine_control_2 and three evaluations
+  # Without a config given, the one the pipeline recorded when it started.
+  (tmp_path / pipeline.RUN_CONFIG).write_text(config.to_json())
+  assert [p.name for p in status.run(tmp_path)["phases"]] == pipeline.phase_names(config)
 
 
 def _lock(workdir, pid: int) -> None:

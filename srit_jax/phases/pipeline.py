@@ -40,6 +40,7 @@ from srit_jax.teachers.base import family_of
 from srit_jax.teachers.precomputed import question_key
 from srit_jax.training import dpo_step
 
+RUN_CONFIG = "run_config.json"  # the config of the run started last in the workdir
 STAGES = ("untuned", "sft", "srit")  # the student before tuning, after SFT, after self-refinement
 CONTROL = "control"  # the compute-matched control: the refine rounds with cross-entropy on chosen answers only
 COMPARISONS = (("sft", "srit"), ("untuned", "sft"), ("untuned", "srit"))  # (first, second): second − first
@@ -108,6 +109,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   workdir = io.as_path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
+  # The settings of the run started last here: what `srit-jax status` reads its phases from.
+  io.write_json(workdir / RUN_CONFIG, json.loads(config.to_json()))
   shared = dict(data_dir=config.data_dir, source=config.source, seed=config.seed)
 
   # Demonstrations.

@@ -1,10 +1,11 @@
 """Where a run stands, read from its workdir alone: whether a live run holds it, and each phase
 done, under way (how far, and at the recent pace how long to go) or not started.
 
-    srit-jax status --workdir=runs/demo                              # what is on disk
-    srit-jax status --workdir=runs/demo --config=configs/demo.py     # and the phases still to come
+    srit-jax status --workdir=runs/demo
+    srit-jax status --workdir=runs/demo --config=configs/demo.py     # a config other than the run's
 
-A pipeline's workdir shows its phases in the order the pipeline runs them; the workdir of one
+A pipeline's workdir shows its phases in the order the pipeline runs them, those still to come
+too (from the config the pipeline recorded in its run_config.json, or the one given); the workdir of one
 phase (`sft`, `refine`, `eval`, `demos`, or the folder of `generate`'s file) shows that phase.
 Local and `gs://` workdirs alike. It only reads, so it is safe beside the running job, from any
 host. "done" says a phase finished; whether it is still current for a changed config only the
@@ -216,10 +217,15 @@ def report(workdir, status: dict) -> str:
 
 
 def run(workdir, config=None) -> dict:
-  """Prints where the run in `workdir` stands; with a pipeline's `config`, its phases not started
-  yet as well."""
+  """Prints where the run in `workdir` stands; with a pipeline's `config` (by default the one the
+  last pipeline started there recorded), its phases not started yet as well."""
+  import ml_collections
+
   from srit_jax.phases import pipeline
 
+  recorded = _json(io.as_path(workdir) / pipeline.RUN_CONFIG)
+  if config is None and recorded is not None:
+    config = ml_collections.ConfigDict(recorded)
   expected = pipeline.phase_names(config) if config is not None and "student" in config else ()
   status = workdir_status(workdir, expected)
   print(report(workdir, status))
