@@ -119,8 +119,11 @@ def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
 
 
 def _steps_saved(checkpoints) -> list[int]:
+  """The finished checkpoints: on gs:// a step's folder exists before its commit marker."""
+  import orbax.checkpoint as ocp
+
   try:
-    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p))
   except FileNotFoundError:
     return []
 

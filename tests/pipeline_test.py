@@ -88,7 +88,8 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done already, skipped" in second
   changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
-  assert sorted(p.name for p in changed) == ["results.json", "results.md"]
+  assert sorted(p.name for p in changed) == ["results.json", "results.md", "run_config.json"]  # the run's own
+  assert json.loads((tmp_path / pipeline.RUN_CONFIG).read_text()) == json.loads(config.to_json())
 
   # A changed DPO setting reruns refine and the evaluation of its student, nothing else; the
   # student's samples, made by the same model with the same settings, are kept as they are.
