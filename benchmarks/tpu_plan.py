@@ -333,7 +333,8 @@ def time_table(results: dict) -> list[str]:
     ]
   untimed = [v for v in results if not results[v].get("estimates")]
   if untimed:
-    lines += ["", f"{len(untimed)} variants were planned before the time estimate existed."]
+    planned = "1 variant was" if len(untimed) == 1 else f"{len(untimed)} variants were"
+    lines += ["", f"{planned} planned before the time estimate existed."]
   default_effort = [v for v in timed if cost_copies_compiled_otherwise(results[v])]
   if default_effort:
     lines += [
@@ -464,6 +465,13 @@ def write_doc(results: dict) -> None:
     "last seen, so two runs can never both hold it; a preempted VM's lock goes stale a minute",
     "after its last refresh. Data may stay on a read-only gcsfuse mount (`setup.sh --mount-data`)",
     "or be read from `gs://` directly.",
+    "",
+    "From any machine with read access to the bucket, `srit-jax status --workdir=gs://BUCKET/RUN`",
+    "says where the run stands without touching it: whether a live run holds the workdir (a lock",
+    "refreshed within the minute), each phase done, under way (lines sampled, the step reached and",
+    "the step saved, which is where a preempted run resumes, the held-out loss, and the time to the",
+    "last step at the recent pace) or not started (from the config the pipeline recorded in",
+    "`run_config.json`).",
     "",
     "## Checking the estimate's method",
     "",

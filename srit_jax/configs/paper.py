@@ -75,7 +75,7 @@ SIZES = {
   ("gemma2_9b", "v4-8"): ("lora", 1, 16, 16),  # planned
   ("gemma2_9b", "v4-16"): ("full", 1, 4, 4),  # planned
   ("gemma2_9b", "v4-32"): ("full", 16, 4, 4),  # planned
-  ("gemma2_9b", "v5e-8"): ("lora", 1, 4, 8),  # planned
+  ("gemma2_9b", "v5e-8"): ("lora", 1, 8, 8),  # planned
   ("gemma2_9b", "v5e-16"): ("full", 1, 4, 4),  # planned
   ("gemma2_9b", "v5e-32"): ("full", 4, 4, 4),  # planned
   ("gemma2_9b", "v5p-8"): ("full", 8, 4, 4),  # planned
