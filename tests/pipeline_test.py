@@ -3,6 +3,7 @@ phase rerun with the phases after it."""
 
 import json
 
+import jax
 import pytest
 from conftest import load_tiny_pipeline_config
 
@@ -20,10 +21,21 @@ def _tiny_pipeline_config(model_dir):
 
 
 @pytest.mark.slow
-def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys):
+def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys, monkeypatch):
   config = _tiny_pipeline_config(tiny_student)
   config.demos.heldout_questions, config.sft.eval_every = 6, 1  # SFT's held-out loss on 6 untaught questions
+  # While a stage is evaluated, its model is the only one resident: not the SFT phase's trained
+  # parameters, nor the model of the stage evaluated before it.
+  evaluate, resident = evaluation.evaluate, []
+
+  def evaluate_and_count(model, *args, **kwargs):
+    model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
+    resident.append(sum(array.nbytes for array in jax.live_arrays()) / model_bytes)
+    return evaluate(model, *args, **kwargs)
+
+  monkeypatch.setattr(evaluation, "evaluate", evaluate_and_count)
   results = pipeline.run(config, tmp_path, progress=False)
+  assert len(resident) == 3 and max(resident) < 1.5, resident  # models resident, in units of one
   first = capsys.readouterr().out
   sft_metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in sft_metrics if "eval_loss" in line] == [1, 2, 3]

@@ -128,8 +128,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   sft_phase = Phase(workdir, "sft", fingerprint.fingerprinted(sft_config.to_dict(), "sft"), demos_phase.fingerprint)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
-    result = sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
-    sft_phase.finish({"summary": {"steps_run": result.steps_run, "selected_step": result.selected_step}})
+    trained = sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
+    summary = {"steps_run": trained.steps_run, "selected_step": trained.selected_step}
+    del trained  # its train state (the SFT parameters) would stay resident through every later phase
+    sft_phase.finish({"summary": summary})
 
   # Self-refinement, in one or more rounds; and the compute-matched control beside it.
   refine_task = config.refine_task or config.train_task
@@ -213,6 +215,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         sampled=sampled,
         progress=progress,
       )
+      del model  # else it would stay resident while the next stage's model loads
       phase.finish()
     eval_phases.append(phase)
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
