@@ -112,6 +112,7 @@ def test_the_live_run_holding_a_workdir_is_named_and_a_dead_ones_lock_is_not(tmp
   _lock(tmp_path, os.getpid())
   text = status.report(tmp_path, status.workdir_status(tmp_path))
   assert f"a run is under way (pid {os.getpid()} on {socket.gethostname()}" in text.splitlines()[0]
+  assert "results:" not in text
   # A phase's folder is held through its pipeline's workdir.
   assert status.workdir_status(tmp_path / "refine")["holder"]["pid"] == os.getpid()
 
@@ -133,6 +134,9 @@ def test_the_command_needs_a_workdir_that_exists(tmp_path, capsys):
   assert cli.main(["srit-jax", "status", f"--workdir={tmp_path}", "--config=configs/demo.py"]) == 0
   out = capsys.readouterr().out
   assert "| demos | done | 2 demonstrations kept |" in out and "| eval/srit | not started |  |" in out
+  (tmp_path / "results.md").write_text("table\n")
+  assert cli.main(["srit-jax", "status", f"--workdir={tmp_path}"]) == 0  # every phase on disk done
+  assert capsys.readouterr().out.splitlines()[-1] == f"results: {tmp_path / 'results.md'}"
 
 
 def test_a_metrics_line_broken_amid_whole_ones_is_named_by_file_and_line(tmp_path):

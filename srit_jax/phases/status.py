@@ -213,6 +213,9 @@ def report(workdir, status: dict) -> str:
   lines += [f"| {p.name} | {p.state} | {'; '.join(p.details)} |" for p in phases]
   done = sum(p.state == DONE for p in phases)
   lines += ["", f"{done} of {len(phases)} phases done"]
+  results = io.as_path(workdir) / "results.md"
+  if done == len(phases) and results.exists():  # a pipeline's table of every stage
+    lines.append(f"results: {results}")
   return "\n".join(lines)
 
 
