@@ -50,6 +50,11 @@ def test_a_training_phase_under_way_shows_its_steps_its_held_out_loss_and_the_ti
   assert "held-out loss lowest at step 20 (0.4000), last evaluated at step 30" in phase.details
   assert phase.seconds_left == pytest.approx(10 * 2.0)
   assert phase.details[-1].endswith("to step 40 if it stops early then")
+  # The untrained start, evaluated before step 1 and kept, is the lowest: the run ends at step 20.
+  (tmp_path / "dpo" / "best_checkpoint.json").write_text(json.dumps({"step": 0, "loss": 0.3}))
+  phase = status.phase_status(tmp_path / "dpo", "refine")
+  assert "held-out loss lowest at step 0 (0.3000), last evaluated at step 30" in phase.details
+  assert phase.seconds_left == 0 and phase.details[-1].endswith("to step 20 if it stops early then")
 
 
 def test_finished_phases_say_what_they_kept(tmp_path):

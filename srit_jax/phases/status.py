@@ -75,6 +75,8 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
   of = f" of {run['num_steps']}" if run.get("num_steps") else ""
   details = [f"step {reached}{of} reached, " + (f"step {saved[-1]} saved" if saved else "none saved yet")]
   held_out = _held_out_losses(directory)
+  if kept:  # the evaluation before the first step, which the metrics do not log, may be the lowest
+    held_out.setdefault(kept["step"], kept["loss"])
   if held_out:
     lowest = min(held_out, key=held_out.get)
     details.append(
