@@ -78,7 +78,7 @@ SIZES = {
   ("gemma2_9b", "v5e-8"): ("lora", 1, 8, 8),  # planned
   ("gemma2_9b", "v5e-16"): ("full", 1, 4, 4),  # planned
   ("gemma2_9b", "v5e-32"): ("full", 4, 4, 4),  # planned
-  ("gemma2_9b", "v5p-8"): ("full", 8, 4, 4),  # planned
+  ("gemma2_9b", "v5p-8"): ("full", 32, 4, 4),  # planned
   ("gemma2_9b", "v6e-8"): ("full", 1, 4, 4),  # planned
   # 8.2B parameters, a 152k vocabulary.
   ("qwen3_8b", "v4-8"): ("lora", 1, 32, 32),  # planned
