@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from srit_jax import io
-from srit_jax.phases import workdir_lock
+from srit_jax.phases import status, workdir_lock
 from srit_jax.training.checkpointing import CheckpointManager
 
 
@@ -118,12 +118,10 @@ def test_a_workdir_lock_on_object_storage_is_held_by_one_run(remote):
   assert workdir_lock.live_holder(remote) == record
 
 
-def _steps_saved(checkpoints) -> list[int]:
-  """The finished checkpoints: on gs:// a step's folder exists before its commit marker."""
-  import orbax.checkpoint as ocp
-
+def _steps_saved(phase) -> list[int]:
+  """The phase's finished checkpoints (on gs:// a step's folder exists before its commit marker)."""
   try:
-    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p))
+    return status.saved_steps(phase)
   except FileNotFoundError:
     return []
 
@@ -155,7 +153,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   second = run(workdir, timeout=300)  # while the first holds the workdir
   assert second.returncode != 0 and f"in use by pid {first.pid}" in second.stderr, second.stderr[-2000:]
   # Killed once DPO has saved a checkpoint on the bucket (the refine phase's own workdir).
-  while first.poll() is None and not _steps_saved(workdir / "refine" / "checkpoints") and time.time() < deadline:
+  while first.poll() is None and not _steps_saved(workdir / "refine") and time.time() < deadline:
     time.sleep(0.05)
   assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
   first.kill()
@@ -170,7 +168,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   assert where.returncode == 0, where.stderr[-2000:]
   assert "no run holds it; the same command resumes the phase under way" in where.stdout
   assert "| sft | done |" in where.stdout and "| eval/srit | not started |" in where.stdout
-  saved = _steps_saved(workdir / "refine" / "checkpoints")[-1]
+  saved = _steps_saved(workdir / "refine")[-1]
   assert f"step {saved} saved" in where.stdout.split("| refine | under way |")[1].splitlines()[0]
 
   rerun = run(workdir, timeout=900)  # takes the dead run's lock over and resumes

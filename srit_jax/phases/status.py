@@ -42,7 +42,7 @@ def _json(path) -> dict | None:
     return None
 
 
-def _saved_steps(directory) -> list[int]:
+def saved_steps(directory) -> list[int]:
   """The steps of the finished checkpoints in `directory`/checkpoints, by Orbax's own rule (a
   local save under way has a temporary name until it is renamed; on `gs://` a step's folder
   counts once it holds its commit marker)."""
@@ -54,9 +54,9 @@ def _saved_steps(directory) -> list[int]:
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
-def _held_out_losses(directory) -> dict[int, float]:
+def _held_out_losses(records: list[dict]) -> dict[int, float]:
   """The held-out loss logged at each evaluated step (DPO's "eval/loss", SFT's "eval_loss")."""
-  logged = best_step.logged_held_out(directory)
+  logged = best_step.held_out_figures(records)
   losses = {step: values.get("eval/loss", values.get("eval_loss")) for step, values in logged.items()}
   return {step: loss for step, loss in losses.items() if loss is not None}
 
@@ -65,16 +65,17 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
   """A training phase's steps (reached, saved, of how many, where it may stop early), its
   held-out loss, and the time to its last step at the median of its recent step times."""
   run = _json(directory / "run.json") or {}
-  steps = [s for s in io.complete_records(directory / "metrics.jsonl") if s.get("tokens_per_s")]
+  records = io.complete_records(directory / "metrics.jsonl")  # read once: on gs:// each read downloads it
+  steps = [s for s in records if s.get("tokens_per_s")]
   reached = max((s["step"] for s in steps), default=0)
   kept = _json(directory / "best_checkpoint.json")
   if done:
     kept_step = f", step {kept['step']} kept (lowest held-out loss {kept['loss']:.4f})" if kept else ""
     return [f"{reached} steps run{kept_step}"], None
-  saved = _saved_steps(directory)
+  saved = saved_steps(directory)
   of = f" of {run['num_steps']}" if run.get("num_steps") else ""
   details = [f"step {reached}{of} reached, " + (f"step {saved[-1]} saved" if saved else "none saved yet")]
-  held_out = _held_out_losses(directory)
+  held_out = _held_out_losses(records)
   if kept:  # the evaluation before the first step, which the metrics do not log, may be the lowest
     held_out.setdefault(kept["step"], kept["loss"])
   if held_out:
@@ -228,8 +229,7 @@ def run(workdir, config=None) -> dict:
 
   from srit_jax.phases import pipeline
 
-  recorded = _json(io.as_path(workdir) / pipeline.RUN_CONFIG)
-  if config is None and recorded is not None:
+  if config is None and (recorded := _json(io.as_path(workdir) / pipeline.RUN_CONFIG)) is not None:
     config = ml_collections.ConfigDict(recorded)
   expected = pipeline.phase_names(config) if config is not None and "student" in config else ()
   status = workdir_status(workdir, expected)

@@ -64,8 +64,13 @@ def patience_rule(best: BestCheckpoint, patience: int, eval_every: int) -> Calla
 def logged_held_out(workdir: pathlib.Path) -> dict[int, dict]:
   """The held-out figures (metrics named eval...) in WORKDIR/metrics.jsonl, by step: a resumed
   run's earlier process logged those up to its checkpoint; the lines after it were dropped on resume."""
+  return held_out_figures(io.complete_records(workdir / "metrics.jsonl"))
+
+
+def held_out_figures(records: list[dict]) -> dict[int, dict]:
+  """The held-out figures (metrics named eval...) among a run's metric records, by step."""
   logged = {}
-  for record in io.complete_records(workdir / "metrics.jsonl"):
+  for record in records:
     values = {name: value for name, value in record.items() if name.startswith("eval")}
     if values:
       logged[record["step"]] = values
