@@ -181,8 +181,8 @@ def workdir_status(workdir, expected_phases=()) -> dict:
   workdir = io.as_path(workdir)
   if not workdir.exists():
     raise FileNotFoundError(f"{workdir}: no such workdir")
-  names = list(expected_phases) or _pipeline_phases_on_disk(workdir)
-  names += [n for n in _pipeline_phases_on_disk(workdir) if n not in names]  # folders of another config
+  on_disk = _pipeline_phases_on_disk(workdir)
+  names = list(expected_phases) + [n for n in on_disk if n not in expected_phases]  # and folders of another config
   if names:
     phases = [phase_status(workdir / name, name) for name in names]
   else:
