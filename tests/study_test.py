@@ -94,11 +94,20 @@ def _study_module():
 
   if "self_refinement_study" in sys.modules:
     return sys.modules["self_refinement_study"]
+  sys.path.insert(0, str(ROOT / "studies"))  # as when run as a script: its own modules beside it
   spec = importlib.util.spec_from_file_location("self_refinement_study", ROOT / "studies" / "self_refinement.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # its dataclasses look their module up
   spec.loader.exec_module(module)
   return module
+
+
+def _study_part(name: str):
+  """One of the modules the study's script imports from beside it (study_variants, study_report)."""
+  import importlib
+
+  _study_module()
+  return importlib.import_module(name)
 
 
 def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the_others(tmp_path):
@@ -151,8 +160,9 @@ def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_pat
       (tmp_path / variant / phase).mkdir(parents=True)
       (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
   (tmp_path / "slip_corrected_nll_seed_1" / "eval" / "srit").mkdir(parents=True)  # unfinished: not linked
-  assert study.shared_settings("cot_vs_direct_nll_demos_100") == ["demos.limit=100"]
-  assert study.shared_settings("rpo_3_rounds") == study.shared_settings("slip_corrected_nll_seed_1") == []
+  shared_settings = _study_part("study_variants").shared_settings
+  assert shared_settings("cot_vs_direct_nll_demos_100") == ["demos.limit=100"]
+  assert shared_settings("rpo_3_rounds") == shared_settings("slip_corrected_nll_seed_1") == []
 
   workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
   assert sorted(p.relative_to(workdir).as_posix() for p in workdir.glob("**/DONE.json")) == [
@@ -326,7 +336,7 @@ def test_each_recipe_is_judged_by_the_rule_for_a_new_default_on_both_seeds(tmp_p
 
 
 def test_a_round_stopped_early_shows_its_steps_run_of_planned_and_its_kept_step_even_at_zero():
-  study = _study_module()
+  study_report = _study_part("study_report")
   results = {
     "domains": {"wordmath": "in-domain"},
     "stages": {},
@@ -336,8 +346,8 @@ def test_a_round_stopped_early_shows_its_steps_run_of_planned_and_its_kept_step_
       {"pairs": 700, "num_steps": 220},  # before steps_run was recorded; its last step kept
     ],
   }
-  rounds = study._rounds(results)
-  assert [study._steps(r) for r in rounds] == ["225 of 276", "100 of 250", "220"]
+  rounds = study_report._rounds(results)
+  assert [study_report._steps(r) for r in rounds] == ["225 of 276", "100 of 250", "220"]
   assert [r["selected_step"] for r in rounds] == [125, 0, 220]
 
 
@@ -419,7 +429,7 @@ def test_the_status_of_the_study_says_which_variants_finished_which_are_queued_a
 
 
 def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_comparison():
-  study = _study_module()
+  study_report = _study_part("study_report")
 
   def paired(high: float) -> dict:
     return {"ci95": [high - 0.05, high], "difference": high - 0.025, "mcnemar_p": 0.5}
@@ -449,7 +459,7 @@ def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_c
   for variant in summary.values():
     for task in domains:
       variant["paired"].setdefault(task, {})
-  assert study.largest_gains_allowed(summary) == (
+  assert study_report.largest_gains_allowed(summary) == (
     "The largest gain the 95% intervals allow, over every recipe and seed reported: "
     "SRIT − SFT in-domain +7.4 points (cot_vs_direct_nll); "
     "SRIT − control in-domain +1.7 points (cot_vs_direct_nll_demos_100_last_control); "

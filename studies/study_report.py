@@ -1,0 +1,413 @@
+"""The self-refinement study's report: from each finished variant's results.json, the rule
+table (each recipe held to the bar for a new default), every paired comparison (SRIT with SFT,
+and where a variant trains the compute-matched control, the control with both), the rounds with
+their held-out curves, the arithmetic profile of each stage's answers and the sampled answers'
+pass@k; written between the table markers of docs/self_refinement_study.md and to
+docs/self_refinement_study.json, where rows reported before stay while their run folders are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from study_variants import VARIANTS, shared_settings
+
+from srit_jax import statistics
+from srit_jax.tasks import arithmetic
+
+
+def _percent(x: float) -> str:
+  return f"{100 * x:.1f}"
+
+
+def _row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
+  low, high = paired["ci95"]
+  detectable = paired.get("detectable_difference", float("inf"))
+  return (
+    f"| {variant} | {comparison} | {task} ({domain}) | {paired['n']} "
+    f"| {_percent(paired['first_correct'] / paired['n'])} | {_percent(paired['second_correct'] / paired['n'])} "
+    f"| {100 * paired['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) "
+    f"| {paired['only_first_correct']} / {paired['only_second_correct']} | {paired['mcnemar_p']:.3f} "
+    f"| {100 * detectable:.1f} |"
+  )
+
+
+COMPARISONS = (
+  ("srit_vs_sft", "SRIT − SFT"),
+  ("control_vs_sft", "control − SFT"),
+  ("srit_vs_control", "SRIT − control"),
+)
+
+
+def _sampled_rows(name: str, variant: dict) -> list[str]:
+  """Per task and stage (SFT, SRIT, control): pass@1, pass@k (k the answers sampled) and the
+  majority vote's accuracy."""
+  from srit_jax.phases.evaluate import headline_figures  # JAX's import: only where a report needs it
+
+  rows = []
+  for task, domain in variant["domains"].items():
+    for stage, label in ARITHMETIC_STAGES:
+      entry = variant["stages"].get(stage, {}).get(task, {}).get("cot", {}).get("sampled")
+      if not entry:
+        continue
+      cells = [f"{_percent(v)} ({_percent(low)}–{_percent(high)})" for _, v, (low, high) in headline_figures(entry)]
+      answers = f"{entry['samples']} ({entry['temperature']:g})"
+      rows.append(
+        f"| {name} | {task} ({domain}) | {label} | {entry['majority']['n']} | {answers} | " + " | ".join(cells) + " |"
+      )
+  return rows
+
+
+def _steps(entry: dict) -> str:
+  """A round's steps as run, "of" those planned where it stopped early."""
+  planned = entry.get("planned_steps") or entry["steps"]
+  return str(entry["steps"]) if entry["steps"] == planned else f"{entry['steps']} of {planned}"
+
+
+def _rounds(results: dict) -> list[dict]:
+  """Per round: pairs, steps, held-out reward accuracy and margin (first and kept step), and the
+  greedy in-domain accuracy where the round was evaluated."""
+  rows = []
+  last = len(results.get("rounds", []))
+  for number, entry in enumerate(results.get("rounds", []), start=1):
+    stage = "srit" if number == last else f"srit_round_{number}"
+    accuracy = {
+      task: results["stages"][stage][task]["cot"]["accuracy"]
+      for task, domain in results["domains"].items()
+      if domain == "in-domain" and stage in results["stages"] and task in results["stages"][stage]
+    }
+    after = entry.get("heldout_after") or {}
+    before = entry.get("heldout_before") or {}
+    rows.append(
+      {
+        "round": number,
+        "pairs": entry["pairs"],
+        "steps": entry.get("steps_run") or entry.get("num_steps"),  # fewer than planned where it stopped early
+        "planned_steps": entry.get("num_steps"),
+        "selected_step": (entry.get("selected") or {}).get("step", entry.get("steps_run") or entry.get("num_steps")),
+        "reference": (entry.get("reference") or {}).get("model"),
+        "heldout_reward_accuracy": [before.get("eval/rewards/accuracies"), after.get("eval/rewards/accuracies")],
+        "heldout_margin": [before.get("eval/rewards/margins"), after.get("eval/rewards/margins")],
+        "heldout_curve": {  # step -> [reward accuracy, margin] at every held-out evaluation
+          step: [values.get("eval/rewards/accuracies"), values.get("eval/rewards/margins")]
+          for step, values in (entry.get("heldout_curve") or {}).items()
+        },
+        "in_domain_accuracy": accuracy,
+      }
+    )
+  return rows
+
+
+# A variant taught otherwise than the base (its own SFT: fewer demonstrations, or longer) has its
+# SFT, SRIT and control students paired with the base's SFT student too, on the same questions:
+# does self-refinement after fewer demonstrations reach SFT on all of them; does longer SFT give
+# what the control gives?
+BASE_SFT_COMPARISONS = (
+  ("sft_vs_base_sft", "SFT − base SFT", "sft"),
+  ("srit_vs_base_sft", "SRIT − base SFT", "srit"),
+  ("control_vs_base_sft", "control − base SFT", "control"),
+)
+
+
+def _base_sft_evaluation(root: pathlib.Path) -> pathlib.Path | None:
+  """The finished evaluation of the SFT student that every variant with the base's shared
+  settings shares, from the first such variant here."""
+  for name in VARIANTS:
+    evaluation = root / name / "eval" / "sft"
+    if not shared_settings(name) and (evaluation / "DONE.json").exists():
+      return evaluation
+  return None
+
+
+def _paired_with_base_sft(workdir: pathlib.Path, base_sft: pathlib.Path, task: str) -> dict:
+  from srit_jax.phases.evaluate import per_question_outcomes  # JAX's import: only where a report needs it
+
+  def outcomes(answers: pathlib.Path) -> dict[str, bool]:
+    return per_question_outcomes(answers) if answers.exists() else {}
+
+  base = outcomes(base_sft / f"{task}.cot.jsonl")
+  paired = {}
+  for key, _, stage in BASE_SFT_COMPARISONS:
+    own = outcomes(workdir / "eval" / stage / f"{task}.cot.jsonl")
+    if base and own.keys() == base.keys():
+      paired[key] = statistics.paired_comparison(base, own)
+  return paired
+
+
+ARITHMETIC_STAGES = (("sft", "SFT"), ("srit", "SRIT"), ("control", "control"))
+
+
+def _arithmetic(workdir: pathlib.Path, results: dict) -> dict:
+  """{stage: {task: arithmetic profile}} of every evaluated stage: the evaluation's own, or (for
+  an evaluation made before it recorded one) read again from its answers."""
+  profiles = {}
+  for stage, tasks in results["stages"].items():
+    for task, entry in tasks.items():
+      profile = entry.get("cot", {}).get("arithmetic")
+      answers = workdir / "eval" / stage / f"{task}.cot.jsonl"
+      if profile is None and answers.exists():
+        rows = [json.loads(line) for line in answers.read_text().splitlines()]
+        profile = arithmetic.profile((r["generation"], r["correct"]) for r in rows)
+      if profile:
+        profiles.setdefault(stage, {})[task] = profile
+  return profiles
+
+
+def _arithmetic_cell(profile: dict | None) -> str:
+  if not profile:
+    return "—"
+  low, high = statistics.wilson_interval(profile["answers_with_slip"], profile["answers"])
+  return (
+    f"{_percent(profile['slip_share'])} ({_percent(low)}–{_percent(high)}) "
+    f"/ {_percent(profile['accuracy_without_slip'])}"
+  )
+
+
+# The rule for a new default (docs/self_refinement_study.md): a recipe becomes the default only
+# where, on each of two sampling seeds, SRIT beats SFT on every in-domain task and on at least
+# one out-of-domain task, and beats its compute-matched control on every in-domain task — each a
+# positive difference with McNemar p < 0.05.
+SIGNIFICANT = 0.05
+
+
+def _gain(paired: dict | None) -> bool:
+  return paired is not None and paired["difference"] > 0 and paired["mcnemar_p"] < SIGNIFICANT
+
+
+def _difference(paired: dict | None) -> str:
+  if paired is None:
+    return "—"
+  p = paired["mcnemar_p"]
+  return f"{100 * paired['difference']:+.1f} ({'p < 0.001' if p < 0.001 else f'p {p:.3f}'})"
+
+
+def _verdict_of_one_seed(variant: dict) -> tuple[list[str], list[str]]:
+  """(cells, what fails) of one finished variant against the rule: SRIT − SFT in-domain, the
+  best out-of-domain SRIT − SFT, SRIT − control in-domain."""
+  tasks = variant["domains"].items()
+  in_domain = [variant["paired"][t] for t, d in tasks if d == "in-domain"]
+  out_domain = {t: variant["paired"][t].get("srit_vs_sft") for t, d in tasks if d != "in-domain"}
+  best_out = max((t for t in out_domain if out_domain[t]), key=lambda t: out_domain[t]["difference"], default=None)
+  fails = []
+  if not all(_gain(p.get("srit_vs_sft")) for p in in_domain):
+    fails.append("no in-domain gain over SFT")
+  if not any(_gain(p) for p in out_domain.values()):
+    fails.append("no out-of-domain gain over SFT")
+  if not any("srit_vs_control" in p for p in in_domain):
+    fails.append("no control run")
+  elif not all(_gain(p.get("srit_vs_control")) for p in in_domain):
+    fails.append("not above its control")
+  cells = [
+    "; ".join(_difference(p.get("srit_vs_sft")) for p in in_domain),
+    f"{best_out} {_difference(out_domain[best_out])}" if best_out else "—",
+    "; ".join(_difference(p.get("srit_vs_control")) for p in in_domain),
+  ]
+  return cells, fails
+
+
+def verdicts(summary: dict) -> list[str]:
+  """A table row per recipe reported (its second seed beside it): each comparison of the rule
+  for a new default, and whether the recipe meets it."""
+  rows = []
+  for name, variant in summary.items():
+    definition = VARIANTS.get(name)
+    if definition is None or definition.second_seed_of or definition.replaced_by in summary or definition.diagnostic:
+      continue
+    if not any("srit_vs_sft" in paired for paired in variant["paired"].values()):
+      continue
+    runs = [variant]
+    second = next((n for n, v in VARIANTS.items() if v.second_seed_of == name), None)
+    if second in summary:
+      runs.append(summary[second])
+    verdicts_by_seed = [_verdict_of_one_seed(run) for run in runs]
+    cells = [" / ".join(column) for column in zip(*(cells for cells, _ in verdicts_by_seed))]
+    first_fails = verdicts_by_seed[0][1]
+    if len(runs) == 1:
+      second_fails = ["queued" if second else "not defined"]
+    else:
+      second_fails = [fail for fail in verdicts_by_seed[1][1] if fail not in first_fails]
+    parts = ([", ".join(first_fails)] if first_fails else []) + (
+      ["second seed: " + ", ".join(second_fails)] if second_fails else []
+    )
+    verdict = "no: " + "; ".join(parts) if parts else "yes"
+    seeds = name if len(runs) == 1 else f"{name} / {second}"
+    rows.append(f"| {seeds} | " + " | ".join(cells) + f" | {verdict} |")
+  return rows
+
+
+def largest_gains_allowed(summary: dict) -> str:
+  """The largest gain that the 95% intervals allow over every recipe and seed reported, for each
+  comparison of the rule (the upper end of the interval, where it lies highest): what the study
+  rules out, whichever recipes fall short of the rule."""
+  found = {}  # comparison -> (upper end, where)
+  for name, variant in summary.items():
+    definition = VARIANTS.get(name)
+    if definition is None or definition.diagnostic or definition.replaced_by in summary:
+      continue
+    for task, domain in variant["domains"].items():
+      for key, label in (("srit_vs_sft", "SRIT − SFT"), ("srit_vs_control", "SRIT − control")):
+        paired = variant["paired"][task].get(key)
+        if paired is None or (key == "srit_vs_control" and domain != "in-domain"):
+          continue
+        comparison = f"{label} {'in-domain' if domain == 'in-domain' else 'out of domain'}"
+        where = name if domain == "in-domain" else f"{name}, {task}"
+        if comparison not in found or paired["ci95"][1] > found[comparison][0]:
+          found[comparison] = (paired["ci95"][1], where)
+  if not found:
+    return ""
+  parts = [f"{comparison} {100 * high:+.1f} points ({where})" for comparison, (high, where) in found.items()]
+  return "The largest gain the 95% intervals allow, over every recipe and seed reported: " + "; ".join(parts) + "."
+
+
+def learning_curves(summary: dict, path: pathlib.Path) -> None:
+  """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
+  kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  for name, variant in summary.items():
+    if name in VARIANTS and VARIANTS[name].diagnostic:
+      continue  # its parent's rounds
+    for entry in variant["rounds"]:
+      label = name if len(variant["rounds"]) == 1 else f"{name}, round {entry['round']}"
+      curve = sorted((int(step), values) for step, values in entry["heldout_curve"].items())
+      for ax, column in zip(axes, (0, 1)):
+        points = [(step, values[column]) for step, values in curve if values[column] is not None]
+        if not points:
+          continue
+        (line,) = ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+        kept = [p for p in points if p[0] == entry["selected_step"]]
+        if kept:
+          ax.plot(*kept[0], marker="o", markersize=8, fillstyle="none", color=line.get_color())
+  for ax, title in zip(axes, ("held-out reward accuracy", "held-out reward margin")):
+    ax.set_title(f"{title} (circle: the kept step)", fontsize=9)
+    ax.set_xlabel("DPO step")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
+  """The study's tables from every finished variant. A variant reported before whose run folder
+  is gone (a study resumed on another machine) keeps its rows from the report's json until it
+  finishes again."""
+  json_path = doc.with_suffix(".json")
+  reported = json.loads(json_path.read_text()) if json_path.exists() else {}
+  rows, round_rows, arithmetic_rows, sampled_rows, majority_rows, summary = [], [], [], [], [], {}
+  base_sft = _base_sft_evaluation(root)
+  for name, variant in VARIANTS.items():
+    results_path = root / name / "results.json"
+    if (root / name / "STUDY_DONE").exists() and results_path.exists():
+      results = json.loads(results_path.read_text())
+      paired = results["paired"]
+      if shared_settings(name) and base_sft is not None and not variant.diagnostic:
+        paired = {
+          task: {**entry, **_paired_with_base_sft(root / name, base_sft, task)} for task, entry in paired.items()
+        }
+      summary[name] = {
+        "what": variant.what,
+        "overrides": list(variant.overrides),
+        "domains": results["domains"],
+        "stages": results["stages"],
+        "paired": paired,
+        "pairs": results["pairs"],
+        "rounds": _rounds(results),
+        **({"sft": results["sft"]} if results.get("sft") else {}),  # its steps run and kept
+        "arithmetic": _arithmetic(root / name, results),
+        "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
+        **({"paired_majority": results["paired_majority"]} if "paired_majority" in results else {}),
+      }
+    elif name in reported:
+      summary[name] = reported[name]
+    else:
+      continue
+    if variant.diagnostic:  # sampled answers of students the tables above hold: their own tables
+      sampled_rows += _sampled_rows(name, summary[name])
+      for key, label in COMPARISONS:
+        for task, domain in summary[name]["domains"].items():
+          if key in summary[name].get("paired_majority", {}).get(task, {}):
+            majority_rows.append(_row(name, label, task, domain, summary[name]["paired_majority"][task][key]))
+      continue
+    for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS)):
+      for task, domain in summary[name]["domains"].items():
+        if key in summary[name]["paired"][task]:
+          rows.append(_row(name, label, task, domain, summary[name]["paired"][task][key]))
+    profiles = summary[name].get("arithmetic", {})
+    for task, domain in summary[name]["domains"].items():
+      cells = [_arithmetic_cell(profiles.get(stage, {}).get(task)) for stage, _ in ARITHMETIC_STAGES]
+      if any(cell != "—" for cell in cells):
+        arithmetic_rows.append(f"| {name} | {task} ({domain}) | " + " | ".join(cells) + " |")
+    for entry in summary[name]["rounds"]:
+      accuracy = ", ".join(f"{task} {_percent(a)}" for task, a in entry["in_domain_accuracy"].items()) or "—"
+      before, after = entry["heldout_reward_accuracy"]
+      margin_before, margin_after = entry["heldout_margin"]
+      fmt = lambda x: "—" if x is None else f"{x:.3f}"
+      round_rows.append(
+        f"| {name} | {entry['round']} | {entry['pairs']} | {_steps(entry)} | {entry['selected_step']} "
+        f"| {fmt(before)} → {fmt(after)} | {fmt(margin_before)} → {fmt(margin_after)} | {accuracy} |"
+      )
+  json_path.write_text(json.dumps(summary, indent=2) + "\n")
+  curves = doc.with_name(doc.stem + "_curves.png")
+  learning_curves(summary, curves)
+  table = [
+    "Each recipe against the rule for a new default (each seed's figure, first / second; a gain"
+    f" counts at McNemar p < {SIGNIFICANT}):",
+    "",
+    "| recipe (seeds) | SRIT − SFT in-domain | best out-of-domain SRIT − SFT | SRIT − control in-domain "
+    "| meets the rule |",
+    "|---|---:|---:|---:|---|",
+    *verdicts(summary),
+    "",
+    largest_gains_allowed(summary),
+    "",
+    "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
+    "| only first / only second right | McNemar p | detectable, points |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    *rows,
+    "",
+    "| variant | round | pairs | steps | kept step | held-out reward accuracy | held-out margin "
+    "| greedy in-domain accuracy % |",
+    "|---|---:|---:|---:|---:|---:|---:|---|",
+    *round_rows,
+    "",
+    "Arithmetic: % of CoT answers with a wrong calculation step (95% interval) / accuracy % of the answers "
+    "without one (srit_jax/tasks/arithmetic.py):",
+    "",
+    "| variant | task | " + " | ".join(label for _, label in ARITHMETIC_STAGES) + " |",
+    "|---|---|" + "---:|" * len(ARITHMETIC_STAGES),
+    *arithmetic_rows,
+    *(
+      [
+        "",
+        "Sampled answers (each question answered k times; pass@k by the unbiased estimator, % with 95% "
+        "bootstrap intervals; the majority vote's accuracy with its Wilson interval):",
+        "",
+        "| variant | task | stage | n | answers (temperature) | pass@1 | pass@k | majority vote |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *sampled_rows,
+        "",
+        "The majority votes paired on the same questions:",
+        "",
+        "| variant | comparison | task | n | first % | second % | difference, points (95% CI) "
+        "| only first / only second right | McNemar p | detectable, points |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *majority_rows,
+      ]
+      if sampled_rows
+      else []
+    ),
+    "",
+    f"![Held-out reward accuracy and margin over the DPO steps of each variant]({curves.name})",
+  ]
+  marker_start, marker_end = "<!-- study table -->", "<!-- end study table -->"
+  text = doc.read_text() if doc.exists() else f"# Self-refinement study\n\n{marker_start}\n{marker_end}\n"
+  before, _, rest = text.partition(marker_start)
+  _, _, after = rest.partition(marker_end)
+  doc.write_text(before + marker_start + "\n" + "\n".join(table) + "\n" + marker_end + after)
+  print("\n".join(table))
+  return summary
