@@ -268,25 +268,30 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for name, variant in summary.items():
-    if name in VARIANTS and VARIANTS[name].diagnostic:
-      continue  # its parent's rounds
-    for entry in variant["rounds"]:
-      label = name if len(variant["rounds"]) == 1 else f"{name}, round {entry['round']}"
+  shown = [
+    name for name in summary if not (name in VARIANTS and VARIANTS[name].diagnostic)
+  ]  # diagnostics: their parent's rounds
+  colors = plt.get_cmap("tab20").colors  # one a variant; its rounds told apart by line style
+  round_styles = ("-", "--", ":", "-.")
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  for index, name in enumerate(shown):
+    rounds = summary[name]["rounds"]
+    for entry in rounds:
+      label = name if len(rounds) == 1 else f"{name}, round {entry['round']}"
+      style = dict(color=colors[index % len(colors)], linestyle=round_styles[(entry["round"] - 1) % len(round_styles)])
       curve = sorted((int(step), values) for step, values in entry["heldout_curve"].items())
       for ax, column in zip(axes, (0, 1)):
         points = [(step, values[column]) for step, values in curve if values[column] is not None]
         if not points:
           continue
-        (line,) = ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+        ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None, **style)
         kept = [p for p in points if p[0] == entry["selected_step"]]
         if kept:
-          ax.plot(*kept[0], marker="o", markersize=8, fillstyle="none", color=line.get_color())
+          ax.plot(*kept[0], marker="o", markersize=8, fillstyle="none", color=style["color"])
   for ax, title in zip(axes, ("held-out reward accuracy", "held-out reward margin")):
     ax.set_title(f"{title} (circle: the kept step)", fontsize=9)
     ax.set_xlabel("DPO step")
-  axes[0].legend(fontsize=7)
+  axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
