@@ -153,6 +153,13 @@ VARIANTS = {
     (*RPO, *STOP_EARLY, "refine_iterations=3", "refine_reference=sft", "eval_rounds=True"),
     parent="rpo_3_rounds",
   ),
+  "rpo_dpop": Variant(
+    "rpo with DPO-Positive's penalty (lambda 50) where a chosen chain falls below the reference: in rpo_3_rounds "
+    "the chosen chains' likelihood fell each round while the margin grew; stopping early as rpo_3_rounds; its "
+    "control is rpo_3_rounds' first control round (the same pairs and steps)",
+    (*RPO, *STOP_EARLY, "refine.loss_type=dpop", "control=True"),
+    parent="rpo_3_rounds",
+  ),
   "sft_best_heldout": Variant(
     "cot_vs_direct_nll with its control after SFT run up to 200 steps on the same 400 demonstrations, the step of "
     "lowest held-out loss kept (on the solutions of 40 more training questions, evaluated every 10 steps, stopping "

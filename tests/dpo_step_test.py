@@ -38,6 +38,34 @@ def test_losses_equal_closed_form(loss_type, ls):
     np.testing.assert_allclose(rejected_rewards, beta * (pr - rr), rtol=1e-5, atol=1e-4)
 
 
+def test_dpop_is_dpo_with_a_penalty_where_the_chosen_answer_falls_below_the_reference():
+  rng = np.random.default_rng(5)
+  pc, pr, rc, rr = (rng.normal(-40, 10, 64) for _ in range(4))
+  log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+  h = (pc - rc) - (pr - rr)
+  for beta, lam in ((0.1, 50.0), (0.5, 5.0)):
+    dpop, chosen_rewards, rejected_rewards = dpo.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type="dpop", dpop_lambda=lam)
+    # DPO-Positive (Pal et al., 2024, eq. 3): -log σ(β (h - λ max(0, log π_ref(y_w) - log π(y_w))))
+    np.testing.assert_allclose(dpop, -log_sigmoid(beta * (h - lam * np.maximum(0.0, rc - pc))), rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(chosen_rewards, beta * (pc - rc), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(rejected_rewards, beta * (pr - rr), rtol=1e-5, atol=1e-4)
+  sigmoid, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="sigmoid")
+  no_penalty, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="dpop", dpop_lambda=0.0)
+  np.testing.assert_allclose(no_penalty, sigmoid, rtol=1e-6)
+  above = pc >= rc  # the chosen answer at least as likely as under the reference: plain DPO
+  dpop, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="dpop")
+  np.testing.assert_allclose(np.asarray(dpop)[above], np.asarray(sigmoid)[above], rtol=1e-6)
+  assert np.all(np.asarray(dpop)[~above] > np.asarray(sigmoid)[~above])
+
+  # Below the reference, the chosen answer's log-prob gets a stronger push up than under DPO.
+  def chosen_gradient(loss_type):
+    loss = lambda c: dpo.dpo_loss(c, jnp.array([-30.0]), jnp.array([-10.0]), jnp.array([-40.0]), beta=0.1,
+                                  loss_type=loss_type)[0].sum()  # fmt: skip
+    return float(jax.grad(loss)(jnp.array([-12.0]))[0])
+
+  assert chosen_gradient("dpop") < chosen_gradient("sigmoid") < 0
+
+
 def _log_one_minus_exp(x):
   return np.log(-np.expm1(x))
 
@@ -154,6 +182,18 @@ def test_precomputed_reference_equals_in_step_reference(tiny):
   np.testing.assert_allclose(metrics_b["loss"], metrics_a["loss"], rtol=1e-6)
   np.testing.assert_allclose(metrics_b["grad_norm"], metrics_a["grad_norm"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), state_b.params, state_a.params)
+
+
+def test_the_dpop_step_takes_its_lambda(tiny):
+  config, params = tiny
+  ref = jax.tree.map(lambda x: x * 1.01, params)  # some chosen answers likelier under it than the policy
+  batch = _pairs()
+  policy, reference = dpo.pair_log_probs(config, params, batch), dpo.pair_log_probs(config, ref, batch)
+  for lam in (0.0, 3.0):
+    _, metrics = _run(config, params, ref, batch, loss_type="dpop", dpop_lambda=lam)
+    per_pair, _, _ = dpo.dpo_loss(*policy, *reference, beta=0.1, loss_type="dpop", dpop_lambda=lam)
+    np.testing.assert_allclose(metrics["loss"], np.mean(per_pair), rtol=1e-5)
+  assert bool(np.any(np.asarray(reference[0]) > np.asarray(policy[0])))  # so that λ mattered
 
 
 def test_training_raises_reward_accuracy_and_leaves_the_reference_bit_identical(tiny):

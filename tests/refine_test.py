@@ -86,37 +86,30 @@ def test_refine_runs_with_precomputed_and_in_step_reference(tiny_student, tmp_pa
       np.testing.assert_allclose(runs[other][name], value, atol=2e-5, err_msg=f"{other}: {name}")
 
 
-@pytest.mark.parametrize("loss_type,label_smoothing", [("ipo", 0.0), ("sigmoid", 0.2), ("hinge", 0.0)])
+@pytest.mark.parametrize("loss_type,label_smoothing", [("ipo", 0.0), ("sigmoid", 0.2), ("hinge", 0.0), ("dpop", 0.0)])
 def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   rng = np.random.default_rng(0)
   policy, reference = rng.normal(-20, 3, (2, 16)), rng.normal(-20, 3, (2, 16))
   beta = 0.3
   lengths = rng.integers(3, 40, 16).astype(np.float32)
-  metrics = refine.reward_metrics(
-    policy, reference, (lengths, lengths[::-1]), beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
-  )
+  options = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, dpop_lambda=2.0)
+  metrics = refine.reward_metrics(policy, reference, (lengths, lengths[::-1]), **options)
   # By hand: h is the policy's log-ratio margin over the reference's.
   h = (policy[0] - reference[0]) - (policy[1] - reference[1])
+  chosen_fall = np.maximum(0.0, reference[0] - policy[0])
   log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
   expected = {
     "ipo": (h - 1 / (2 * beta)) ** 2,
     "sigmoid": -(1 - label_smoothing) * log_sigmoid(beta * h) - label_smoothing * log_sigmoid(-beta * h),
     "hinge": np.maximum(0.0, 1 - beta * h),
+    "dpop": -log_sigmoid(beta * (h - 2.0 * chosen_fall)),
   }[loss_type]
   np.testing.assert_allclose(metrics["eval/loss"], expected.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["eval/rewards/margins"], beta * h.mean(), rtol=1e-5)
   assert metrics["eval/rewards/accuracies"] == pytest.approx(np.mean(h > 0))
   nll = np.mean(-policy[0] / lengths)
   np.testing.assert_allclose(metrics["eval/nll/chosen"], nll, rtol=1e-5)
-  with_nll = refine.reward_metrics(
-    policy,
-    reference,
-    (lengths, lengths[::-1]),
-    nll_weight=0.5,
-    beta=beta,
-    loss_type=loss_type,
-    label_smoothing=label_smoothing,
-  )
+  with_nll = refine.reward_metrics(policy, reference, (lengths, lengths[::-1]), nll_weight=0.5, **options)
   np.testing.assert_allclose(with_nll["eval/loss"], expected.mean() + 0.5 * nll, rtol=1e-5)
 
 

@@ -116,6 +116,7 @@ def _rules() -> dict[str, Callable]:
     "b2": _number(0, 1, high_open=True),
     "clip_norm": _number(),
     "simpo_gamma": _number(),
+    "dpop_lambda": _number(0),
     "dtype": _one_of(*DTYPES),
     "param_dtype": _one_of(*DTYPES),
     "remat_policy": _one_of(*REMAT_POLICIES),

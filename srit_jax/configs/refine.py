@@ -56,10 +56,12 @@ def get_config(variant: str = ""):
   config.heldout_fraction = 0.1  # share of questions whose pairs only measure reward accuracy
   # DPO
   config.beta = 0.1  # the one place beta lives
-  # sigmoid | ipo | hinge | simpo | orpo (reference-free, on mean log-probs per token; ORPO with
+  # sigmoid | ipo | hinge | dpop (DPO-Positive: the chosen answer kept at least as likely as
+  # under the reference) | simpo | orpo (reference-free, on mean log-probs per token; ORPO with
   # nll_weight=1) | nll (the NLL term alone: fine-tuning on chosen answers)
   config.loss_type = "sigmoid"
   config.simpo_gamma = 0.5  # simpo: the target margin γ in log σ(β Δ - γ)
+  config.dpop_lambda = 50.0  # dpop: weight λ of max(0, log π_ref(chosen) - log π(chosen)) inside σ
   config.label_smoothing = 0.0  # sigmoid and simpo only: robust DPO / cDPO
   config.nll_weight = 0.0  # weight of a length-normalised NLL term on chosen answers (RPO; 0 = off)
   config.precompute_reference = True  # reference log-probs once over the fixed pairs; False: in each step

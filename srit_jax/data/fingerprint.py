@@ -24,7 +24,13 @@ _SAMPLES = 8  # blocks sampled across a large file
 # done (or resumed). By config block: "" holds those of every block; a block's own are those it
 # gained after another block had them (SFT's held-out selection, long in refine's fingerprints).
 NEUTRAL_SETTINGS = {
-  "": {"sampling_seed": 0, "early_stopping_patience": 0, "simpo_gamma": 0.5, "heldout_questions": 0},
+  "": {
+    "sampling_seed": 0,
+    "early_stopping_patience": 0,
+    "simpo_gamma": 0.5,
+    "heldout_questions": 0,
+    "dpop_lambda": 50.0,
+  },
   "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last", "num_epochs": 0.0},
   "eval": {"sampled_answers": 0, "temperature": 0.7, "top_p": 1.0, "paired_with": "", "num_shots": 0},
 }

@@ -341,7 +341,7 @@ def _refine_rounds(
     if not phase.done():
       if samples_from and round_ == 1:
         io.link_files(samples_from[0].dir, phase.dir, refine.SAMPLE_FILES)
-      what = {"simpo": "SimPO", "orpo": "ORPO"}.get(refine_config.loss_type, "DPO")
+      what = {"simpo": "SimPO", "orpo": "ORPO", "dpop": "DPO-Positive"}.get(refine_config.loss_type, "DPO")
       what = "the control: the same pairs, cross-entropy on the chosen answers" if samples_from else what
       print(f"[{name}] self-refinement round {round_}: the student's samples, preference pairs, {what}")
       summary = refine.run(refine_config, phase.dir, progress=progress, check_memory=False)

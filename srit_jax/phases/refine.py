@@ -200,8 +200,8 @@ def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, p
 
 def reward_metrics(policy, reference, lengths, *, nll_weight: float = 0.0, **loss_options) -> dict:
   """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference
-  and their (chosen, rejected) answer lengths: the run's own loss (its loss_type, label_smoothing,
-  beta and NLL term), the chosen answers' length-normalised NLL, reward accuracy and margin."""
+  and their (chosen, rejected) answer lengths: the run's own loss (its loss_type and that loss's
+  settings, beta and NLL term), the chosen answers' length-normalised NLL, reward accuracy and margin."""
   per_pair, chosen_rewards, rejected_rewards = dpo_step.dpo_loss(
     *policy, *reference, chosen_lengths_B=lengths[0], rejected_lengths_B=lengths[1], **loss_options
   )
@@ -351,7 +351,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   )
   state = run.init_state()
   loss_options = dict(
-    beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing, simpo_gamma=config.simpo_gamma
+    beta=config.beta,
+    loss_type=config.loss_type,
+    label_smoothing=config.label_smoothing,
+    simpo_gamma=config.simpo_gamma,
+    dpop_lambda=config.dpop_lambda,
   )
   jitted = dpo_step.jit_dpo_step(
     state,

@@ -40,7 +40,7 @@ from srit_jax.training.state import (
   state_shardings,
 )
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo", "nll")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "dpop", "simpo", "orpo", "nll")
 REFERENCE_FREE_PREFERENCE = ("simpo", "orpo")  # preference losses whose rewards need no reference
 REFERENCE_FREE = (*REFERENCE_FREE_PREFERENCE, "nll")  # losses that read no reference
 SMOOTHED = ("sigmoid", "simpo")  # losses with label smoothing
@@ -60,12 +60,16 @@ def dpo_loss(
   chosen_lengths_B=None,
   rejected_lengths_B=None,
   simpo_gamma: float = 0.5,
+  dpop_lambda: float = 50.0,
 ):
   """(per-pair loss [B], chosen reward [B], rejected reward [B]).
 
   sigmoid: -(1 - ε) log σ(β h) - ε log σ(-β h) (ε = label smoothing: robust/cDPO);
   ipo: (h - 1 / (2β))²; hinge: max(0, 1 - β h); where h is the policy's log-ratio margin
-  minus the reference's. The rewards are β times each side's log-ratio.
+  minus the reference's; dpop (DPO-Positive, Pal et al., 2024): -log σ(β (h - λ max(0, -r_w)))
+  with r_w the chosen answer's log-ratio and λ = `dpop_lambda`: a chosen answer less likely than
+  under the reference is penalised, which plain DPO allows while the rejected one falls faster.
+  The rewards are β times each side's log-ratio.
 
   Reference-free, on each side's mean log-prob per answer token a = log p / length
   (`chosen_lengths_B`, `rejected_lengths_B`), the rewards β a:
@@ -96,6 +100,8 @@ def dpo_loss(
     per_pair = (margin_B - 1 / (2 * beta)) ** 2
   elif loss_type == "hinge":
     per_pair = jax.nn.relu(1 - beta * margin_B)
+  elif loss_type == "dpop":
+    per_pair = -jax.nn.log_sigmoid(beta * (margin_B - dpop_lambda * jax.nn.relu(-chosen_ratio_B)))
   elif loss_type == "nll":
     per_pair = length_normalized_nll(policy_chosen_logps_B, chosen_lengths_B)
   else:
@@ -111,7 +117,7 @@ def _log1mexp(x):
 
 
 def uses_reference(loss_type: str) -> bool:
-  """Whether a loss reads the reference's log-probs (DPO, IPO and hinge do; SimPO, ORPO and the NLL do not)."""
+  """Whether a loss reads the reference's log-probs (DPO, IPO, hinge and DPOP do; SimPO, ORPO and the NLL do not)."""
   return loss_type not in REFERENCE_FREE
 
 
@@ -172,6 +178,7 @@ def dpo_step(
   loss_type: str = "sigmoid",
   label_smoothing: float = 0.0,
   simpo_gamma: float = 0.5,
+  dpop_lambda: float = 50.0,
   nll_weight: float = 0.0,
   num_microbatches: int = 1,
   chunk_size: int = 128,
@@ -216,6 +223,7 @@ def dpo_step(
       chosen_lengths_B=micro["chosen_lengths"],
       rejected_lengths_B=micro["rejected_lengths"],
       simpo_gamma=simpo_gamma,
+      dpop_lambda=dpop_lambda,
     )
     loss = jnp.sum(per_pair) / num_pairs
     if nll_weight:
