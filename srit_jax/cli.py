@@ -416,6 +416,8 @@ def _quiet_background_tracebacks() -> None:
 def main(argv: list[str] | None = None) -> int:
   """Runs the command line `argv` (sys.argv by default); returns the exit status."""
   argv = list(sys.argv if argv is None else argv)
+  if len(argv) > 2 and argv[1] == "help":  # help COMMAND [--config=...]: as COMMAND --help
+    argv = [argv[0], argv[2], "--help", *argv[3:]]
   name = argv[1] if len(argv) > 1 else None
   if name in ("-h", "--help", "help"):
     print(commands_help())

@@ -43,6 +43,15 @@ def test_command_help_shows_its_flags_and_config_fields_with_comments_and_defaul
   assert "mesh axis sizes" in lines["mesh.fsdp"]
 
 
+def test_help_command_is_the_commands_own_help():
+  result = _cli("help", "refine")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == _cli("refine", "--help").stdout
+  assert result.stdout.startswith("usage: srit-jax refine") and "dpop_lambda" in result.stdout
+  unknown = _cli("help", "nosuch")
+  assert unknown.returncode == 2 and "unknown command 'nosuch'" in unknown.stderr
+
+
 def test_help_of_a_pipeline_config_shows_its_phase_blocks(tmp_path):
   result = _cli("pipeline", "--help", "--config=configs/paper.py:mistral_7b,v5e-8")
   assert result.returncode == 0, result.stderr
