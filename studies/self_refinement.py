@@ -19,7 +19,9 @@ unless listed. Only the base evaluates the untuned student. Variants run one aft
 under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
-compute-matched control, the control with both.
+compute-matched control, the control with both. The variants are defined in
+studies/study_variants.py, the report is written by studies/study_report.py; this script runs
+them.
 """
 
 from __future__ import annotations
