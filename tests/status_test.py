@@ -57,6 +57,17 @@ def test_a_training_phase_under_way_shows_its_steps_its_held_out_loss_and_the_ti
   assert phase.seconds_left == 0 and phase.details[-1].endswith("to step 20 if it stops early then")
 
 
+def test_the_step_reached_counts_a_held_out_loss_logged_before_its_steps_own_line(tmp_path):
+  # The loop writes step 30's metrics once step 31 is under way; its evaluation and save came first.
+  _training_phase(tmp_path / "sft", reached=29, saved=(20, 30), held_out={10: 0.5, 20: 0.4})
+  metrics = tmp_path / "sft" / "metrics.jsonl"
+  whole_lines = metrics.read_text().splitlines(keepends=True)[:-1]  # less the line a kill cut short
+  metrics.write_text("".join(whole_lines) + json.dumps({"step": 30, "eval/loss": 0.3}) + "\n")
+  phase = status.phase_status(tmp_path / "sft", "sft")
+  assert phase.details[0] == "step 30 of 100 reached, step 30 saved"
+  assert "held-out loss lowest at step 30 (0.3000), last evaluated at step 30" in phase.details
+
+
 def test_finished_phases_say_what_they_kept(tmp_path):
   _training_phase(tmp_path / "refine", reached=40, held_out={10: 0.5, 20: 0.4, 30: 0.45, 40: 0.46}, patience=2)
   (tmp_path / "refine" / "DONE.json").write_text("{}")

@@ -73,9 +73,12 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
     kept_step = f", step {kept['step']} kept (lowest held-out loss {kept['loss']:.4f})" if kept else ""
     return [f"{reached} steps run{kept_step}"], None
   saved = saved_steps(directory)
+  held_out = _held_out_losses(records)
+  # A step's held-out loss and its checkpoint can land before its own line of metrics, which the
+  # loop writes once the next step is under way.
+  reached = max(reached, max(held_out, default=0), max(saved, default=0))
   of = f" of {run['num_steps']}" if run.get("num_steps") else ""
   details = [f"step {reached}{of} reached, " + (f"step {saved[-1]} saved" if saved else "none saved yet")]
-  held_out = _held_out_losses(records)
   if kept:  # the evaluation before the first step, which the metrics do not log, may be the lowest
     held_out.setdefault(kept["step"], kept["loss"])
   if held_out:
