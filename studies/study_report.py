@@ -120,19 +120,26 @@ def _base_sft_evaluation(root: pathlib.Path) -> pathlib.Path | None:
   return None
 
 
-def _paired_with_base_sft(workdir: pathlib.Path, base_sft: pathlib.Path, task: str) -> dict:
+def _paired_with(workdir: pathlib.Path, other: pathlib.Path, task: str, comparisons) -> dict:
+  """The variant's stages paired with another evaluation (`other`) on `task`'s questions: for each
+  (key, stage) of `comparisons` where both answered the same questions."""
   from srit_jax.phases.evaluate import per_question_outcomes  # JAX's import: only where a report needs it
 
   def outcomes(answers: pathlib.Path) -> dict[str, bool]:
     return per_question_outcomes(answers) if answers.exists() else {}
 
-  base = outcomes(base_sft / f"{task}.cot.jsonl")
+  first = outcomes(other / f"{task}.cot.jsonl")
   paired = {}
-  for key, _, stage in BASE_SFT_COMPARISONS:
+  for key, stage in comparisons:
     own = outcomes(workdir / "eval" / stage / f"{task}.cot.jsonl")
-    if base and own.keys() == base.keys():
-      paired[key] = statistics.paired_comparison(base, own)
+    if first and own.keys() == first.keys():
+      paired[key] = statistics.paired_comparison(first, own)
   return paired
+
+
+# A variant that changes one thing in another's recipe (`Variant.versus`) has its SRIT student
+# paired with that variant's student on the same questions too.
+VERSUS = "srit_vs_versus"
 
 
 ARITHMETIC_STAGES = (("sft", "SFT"), ("srit", "SRIT"), ("control", "control"))
@@ -311,8 +318,16 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
       results = json.loads(results_path.read_text())
       paired = results["paired"]
       if shared_settings(name) and base_sft is not None and not variant.diagnostic:
+        base_comparisons = [(key, stage) for key, _, stage in BASE_SFT_COMPARISONS]
         paired = {
-          task: {**entry, **_paired_with_base_sft(root / name, base_sft, task)} for task, entry in paired.items()
+          task: {**entry, **_paired_with(root / name, base_sft, task, base_comparisons)}
+          for task, entry in paired.items()
+        }
+      if variant.versus and (root / variant.versus[0] / "STUDY_DONE").exists():
+        other = root / variant.versus[0] / "eval" / variant.versus[1]
+        paired = {
+          task: {**entry, **_paired_with(root / name, other, task, [(VERSUS, "srit")])}
+          for task, entry in paired.items()
         }
       summary[name] = {
         "what": variant.what,
@@ -338,7 +353,8 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
           if key in summary[name].get("paired_majority", {}).get(task, {}):
             majority_rows.append(_row(name, label, task, domain, summary[name]["paired_majority"][task][key]))
       continue
-    for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS)):
+    versus = ((VERSUS, f"SRIT − {variant.versus[2]}"),) if variant.versus else ()
+    for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS), *versus):
       for task, domain in summary[name]["domains"].items():
         if key in summary[name]["paired"][task]:
           rows.append(_row(name, label, task, domain, summary[name]["paired"][task][key]))

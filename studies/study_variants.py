@@ -64,6 +64,8 @@ class Variant:
   second_seed_of: str = ""  # the variant it draws again with another sampling seed
   replaced_by: str = ""  # a rerun that stands for it in the recipes' verdicts (a control redone)
   diagnostic: bool = False  # its parent's students evaluated again (sampled answers): its own table, no verdict
+  # (variant, stage, label): its SRIT student also paired with that variant's evaluated stage
+  versus: tuple[str, str, str] = ()
 
 
 VARIANTS = {
@@ -136,6 +138,7 @@ VARIANTS = {
       "refine.sampling_seed=1",
     ),
     parent="cot_vs_direct_nll_seed_1",
+    versus=("cot_vs_direct_nll_seed_1", "srit", "NLL weight 1's SRIT"),
   ),
   "lora": Variant(
     "the base recipe with LoRA (rank 16 on every projection) in SFT and DPO",
@@ -152,6 +155,7 @@ VARIANTS = {
     "rpo iterated: 3 rounds, the reference fixed at the SFT student; stopping early as rpo_3_rounds",
     (*RPO, *STOP_EARLY, "refine_iterations=3", "refine_reference=sft", "eval_rounds=True"),
     parent="rpo_3_rounds",
+    versus=("rpo_3_rounds", "srit", "rpo_3_rounds' SRIT"),
   ),
   "rpo_dpop": Variant(
     "rpo with DPO-Positive's penalty (lambda 50) where a chosen chain falls below the reference: in rpo_3_rounds "
@@ -159,6 +163,7 @@ VARIANTS = {
     "control is rpo_3_rounds' first control round (the same pairs and steps)",
     (*RPO, *STOP_EARLY, "refine.loss_type=dpop", "control=True"),
     parent="rpo_3_rounds",
+    versus=("rpo_3_rounds", "srit_round_1", "rpo's SRIT"),
   ),
   "sft_best_heldout": Variant(
     "cot_vs_direct_nll with its control after SFT run up to 200 steps on the same 400 demonstrations, the step of "
@@ -172,6 +177,7 @@ VARIANTS = {
     "ORPO) in place of DPO's; with the compute-matched control",
     (*COT_VS_DIRECT_NLL, "refine.loss_type=orpo", "refine.beta=0.1", "control=True"),
     parent="cot_vs_direct_nll",
+    versus=("cot_vs_direct_nll", "srit", "DPO's SRIT"),
   ),
   "cot_vs_direct_nll_sampled": Variant(
     "cot_vs_direct_nll's SFT, SRIT and control students answering the first 300 in-domain test questions 8 times "

@@ -283,6 +283,32 @@ def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_
   assert "| base | SFT − base SFT" not in text and "wordmath_ood (out-domain) | 4 |" not in text
 
 
+def test_a_variant_that_changes_one_thing_is_paired_with_the_student_it_changes(tmp_path):
+  root, doc = tmp_path / "runs", tmp_path / "study.md"
+  _finished(root, "rpo_dpop", srit_correct=33)
+  for stage, correct in (("srit", [True, True, True, False]), ("sft", [False, False, True, False])):
+    evaluation = root / "rpo_dpop" / "eval" / stage
+    evaluation.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"test-{i}", "generation": "The answer is 1.", "correct": c} for i, c in enumerate(correct)]
+    (evaluation / "wordmath.cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  text, _ = _report(root, doc)
+  assert "SRIT − rpo's SRIT" not in text  # rpo_3_rounds has not finished here: nothing to pair with
+
+  _finished(root, "rpo_3_rounds", srit_correct=31)
+  evaluation = root / "rpo_3_rounds" / "eval" / "srit_round_1"  # its first round: the same steps as rpo_dpop's
+  evaluation.mkdir(parents=True)
+  rows = [
+    {"id": f"test-{i}", "generation": "The answer is 1.", "correct": c}
+    for i, c in enumerate([True, False, False, True])
+  ]
+  (evaluation / "wordmath.cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  text, summary = _report(root, doc)
+  assert "| rpo_dpop | SRIT − rpo's SRIT | wordmath (in-domain) | 4 | 50.0 | 75.0 | +25.0 " in text
+  paired = summary["rpo_dpop"]["paired"]["wordmath"]["srit_vs_versus"]
+  assert (paired["only_first_correct"], paired["only_second_correct"]) == (1, 2)
+  assert "| rpo_3_rounds | SRIT − " in text and "| rpo_3_rounds | SRIT − rpo" not in text
+
+
 def test_each_recipe_is_judged_by_the_rule_for_a_new_default_on_both_seeds(tmp_path):
   root, doc = tmp_path / "runs", tmp_path / "study.md"
 
