@@ -8,7 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, checkpoint_being_saved, kill_at_moments, load_config, subprocess_env
+from conftest import (
+  SHARED_DATA,
+  checkpoint_being_saved,
+  kill_at_moments,
+  load_config,
+  save_tiny_model,
+  subprocess_env,
+)
 from safetensors.numpy import load_file
 
 from srit_jax import preemption
@@ -128,6 +135,26 @@ def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own
   # The rewards are beta times each side's mean log-prob per token: below zero, with no reference.
   assert before["eval/rewards/chosen"] < 0 and before["eval/rewards/rejected"] < 0
   assert before["eval/loss"] > 0 and (workdir / "export" / "model.safetensors").exists()
+
+
+def test_dpop_without_its_penalty_trains_as_dpo_and_with_it_otherwise(tiny_student, tmp_path):
+  demos_file = _demos_file(tmp_path / "demos.jsonl")
+  # Another random model as the reference: some chosen answers start less likely than under it.
+  reference = save_tiny_model(tmp_path / "reference", seed=1, eos_probability=0.25)
+  exported, before = {}, {}
+  for name, loss_type, lam in (("dpo", "sigmoid", 50.0), ("dpop_0", "dpop", 0.0), ("dpop_50", "dpop", 50.0)):
+    config = _tiny_config(
+      tiny_student, demos_file, loss_type=loss_type, dpop_lambda=lam, num_steps=2, reference_model=str(reference)
+    )
+    before[name] = refine.run(config, tmp_path / name, progress=False)["heldout_before"]
+    exported[name] = load_file(str(tmp_path / name / "export" / "model.safetensors"))
+  for key, value in exported["dpo"].items():
+    np.testing.assert_array_equal(exported["dpop_0"][key], value, err_msg=key)
+  assert before["dpop_0"] == before["dpo"]
+  # The penalty: a higher held-out loss from the start, and another update.
+  assert before["dpop_50"]["eval/loss"] > before["dpo"]["eval/loss"]
+  assert before["dpop_50"]["eval/rewards/margins"] == before["dpo"]["eval/rewards/margins"]
+  assert any(not np.array_equal(exported["dpop_50"][k], v) for k, v in exported["dpo"].items())
 
 
 def test_a_reference_model_for_a_reference_free_loss_is_refused(tiny_student, tmp_path):
