@@ -88,7 +88,7 @@ SIZES = {
   ("qwen3_8b", "v5e-16"): ("full", 1, 4, 4),  # planned
   ("qwen3_8b", "v5e-32"): ("full", 8, 4, 4),  # planned
   ("qwen3_8b", "v5p-8"): ("full", 32, 8, 8),  # planned
-  ("qwen3_8b", "v6e-8"): ("full", 2, 4, 4),  # planned
+  ("qwen3_8b", "v6e-8"): ("full", 4, 4, 4),  # planned
 }
 
 VARIANTS = (tuple(STUDENTS), SLICES, METHODS)  # student,slice[,method]
