@@ -82,7 +82,6 @@ def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
   return found
 
 
-# Those each shared phase depends on: demonstrations and SFT not on what evaluation is asked.
 def start_from_finished_phases(root: pathlib.Path, name: str) -> pathlib.Path:
   """The variant's workdir, first filled with hard links to finished phases: those of its
   finished ancestors, each phase from the nearest one that has it (a parent that skipped the

@@ -275,9 +275,8 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  shown = [
-    name for name in summary if not (name in VARIANTS and VARIANTS[name].diagnostic)
-  ]  # diagnostics: their parent's rounds
+  # A diagnostic variant's rounds are its parent's.
+  shown = [name for name in summary if not (name in VARIANTS and VARIANTS[name].diagnostic)]
   colors = plt.get_cmap("tab20").colors  # one a variant; its rounds told apart by line style
   round_styles = ("-", "--", ":", "-.")
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))

@@ -207,6 +207,7 @@ VARIANTS = {
 # variants that override none of them differently share those phases whichever ran first.
 SHARED_SETTINGS = ("student", "seed=", "train_task", "in_domain_tasks", "out_domain_tasks", "demos.", "sft.", "eval.")
 
+# Those each shared phase depends on: demonstrations and SFT not on what evaluation is asked.
 PHASE_SETTINGS = {
   "demos": ("student", "seed=", "train_task", "demos."),
   "sft": ("student", "seed=", "train_task", "demos.", "sft."),
