@@ -2,6 +2,7 @@
 phase rerun with the phases after it."""
 
 import json
+import time
 
 import jax
 import pytest
@@ -10,7 +11,7 @@ from conftest import load_tiny_pipeline_config
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
 from srit_jax.phases import evaluate as evaluation
-from srit_jax.phases import pipeline, status
+from srit_jax.phases import phase_time, pipeline, status
 from srit_jax.tasks import registry
 
 
@@ -34,7 +35,9 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
     return evaluate(model, *args, **kwargs)
 
   monkeypatch.setattr(evaluation, "evaluate", evaluate_and_count)
+  started = time.time()
   results = pipeline.run(config, tmp_path, progress=False)
+  run_seconds = time.time() - started
   assert len(resident) == 3 and max(resident) < 1.5, resident  # models resident, in units of one
   first = capsys.readouterr().out
   sft_metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
@@ -59,6 +62,11 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   assert set(peaks) == {"demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"}
   assert all(isinstance(p, int) and 10**7 < p < 64 * 2**30 for p in peaks.values())
   assert json.loads((tmp_path / "sft" / "DONE.json").read_text())["peak_rss_bytes"] == peaks["sft"]
+  # And the wall time each phase took, in one attempt each, within the run's own.
+  took = saved["seconds"]
+  assert set(took) == set(peaks) and all(t > 0 for t in took.values()) and sum(took.values()) <= run_seconds
+  assert json.loads((tmp_path / "refine" / "DONE.json").read_text())["attempts"] == 1
+  assert f"wall time {phase_time.duration(sum(took.values()))} over 6 phases" in first
   for stage in saved["stages"].values():
     for task in ("arith", "arith_hard"):
       assert stage[task]["cot"]["n"] == 4 and "direct" in stage[task]

@@ -81,6 +81,11 @@ def test_finished_phases_say_what_they_kept(tmp_path):
   (evaluation / "results.md").write_text("table\n")
   phase = status.phase_status(evaluation, "eval/sft")
   assert (phase.state, phase.details) == (status.DONE, ["arith cot 36.5% of 200"])
+  # A pipeline's phase says how long it took, over how many attempts.
+  (evaluation / "DONE.json").write_text(json.dumps({"seconds": 754.0, "attempts": 1}))
+  assert status.phase_status(evaluation, "eval/sft").details == ["arith cot 36.5% of 200", "took 13 min"]
+  (tmp_path / "refine" / "DONE.json").write_text(json.dumps({"seconds": 7200.0, "attempts": 3}))
+  assert status.phase_status(tmp_path / "refine", "refine").details[-1] == "took 2.0 h over 3 attempts"
 
 
 def test_sampling_under_way_counts_the_whole_lines_of_each_file(tmp_path):

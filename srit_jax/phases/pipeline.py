@@ -30,7 +30,7 @@ from srit_jax import host_memory, io, programs, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
-from srit_jax.phases import demos, refine, report
+from srit_jax.phases import demos, phase_time, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
 from srit_jax.statistics import paired_comparison
@@ -54,8 +54,9 @@ class Phase:
   fingerprint and are remade when theirs no longer matches (the student's samples, which a
   change of DPO settings leaves valid). A phase about to run starts from what the phases before
   it gave back (their models, optimizer states and compiled programs); its marker records its
-  own peak resident memory. Settings blocks (dicts) are read without their neutral settings
-  (fingerprint.NEUTRAL_SETTINGS), so a phase made before a setting existed is still found done."""
+  own peak resident memory and the wall time it took over its attempts (`phase_time`). Settings
+  blocks (dicts) are read without their neutral settings (fingerprint.NEUTRAL_SETTINGS), so a
+  phase made before a setting existed is still found done."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
@@ -69,6 +70,7 @@ class Phase:
       return True
     host_memory.release()
     host_memory.reset_peak()
+    phase_time.start_attempt(self.dir)
     return False
 
   def _done(self) -> bool:
@@ -88,12 +90,16 @@ class Phase:
     return False
 
   def finish(self, details: dict | None = None) -> None:
-    details = {**(details or {}), "peak_rss_bytes": host_memory.peak_bytes()}
+    details = {**(details or {}), "peak_rss_bytes": host_memory.peak_bytes(), **phase_time.finish_attempt(self.dir)}
     io.write_json(self.marker, {"fingerprint": self.fingerprint, **details})
     io.barrier(f"finished {self.marker}")
 
   def peak_rss_bytes(self) -> int | None:
     return json.loads(self.marker.read_text(encoding="utf-8")).get("peak_rss_bytes")
+
+  def seconds(self) -> float | None:
+    """The wall time the phase took over its attempts (None for a phase finished before it was kept)."""
+    return json.loads(self.marker.read_text(encoding="utf-8")).get("seconds")
 
 
 def _with(block, **fields):
@@ -225,6 +231,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
       }
 
+  all_phases = (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
   comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
   teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
@@ -247,10 +254,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "rounds": [_round_summary(phase) for phase in refine_phases],
     "control_rounds": [_round_summary(phase) for phase in control_phases],
     "left_out_as_seen_in_training": removed,
-    "peak_rss_bytes": {
-      phase.name: phase.peak_rss_bytes()
-      for phase in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)
-    },
+    "peak_rss_bytes": {phase.name: phase.peak_rss_bytes() for phase in all_phases},
+    "seconds": {phase.name: phase.seconds() for phase in all_phases},
   }
   io.write_json(workdir / "results.json", out)
   table = report.results_markdown(out)
@@ -266,6 +271,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   if peaks:
     name = max(peaks, key=peaks.get)
     print(f"peak resident memory {peaks[name] / 2**30:.1f} GiB (in {name}; each phase's in results.json)")
+  took = {name: seconds for name, seconds in out["seconds"].items() if seconds is not None}
+  if took:
+    name = max(took, key=took.get)
+    print(
+      f"wall time {phase_time.duration(sum(took.values()))} over {len(took)} phases"
+      f" (the longest: {name}, {phase_time.duration(took[name])}; each phase's in results.json)"
+    )
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
 

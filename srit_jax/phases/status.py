@@ -20,7 +20,7 @@ import re
 import statistics
 
 from srit_jax import io
-from srit_jax.phases import workdir_lock
+from srit_jax.phases import phase_time, workdir_lock
 from srit_jax.training import best_step
 
 DONE, UNDER_WAY, NOT_STARTED = "done", "under way", "not started"
@@ -97,7 +97,7 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
   pace = statistics.median(recent)
   seconds_left = max(last - reached, 0) * pace
   early = " if it stops early then" if last != run.get("num_steps") else ""
-  details.append(f"{pace:.3g} s a step lately: about {_duration(seconds_left)} to step {last}{early}")
+  details.append(f"{pace:.3g} s a step lately: about {phase_time.duration(seconds_left)} to step {last}{early}")
   return details, seconds_left
 
 
@@ -146,6 +146,12 @@ def phase_status(directory, name: str) -> PhaseStatus:
     details.append(f"{len(io.complete_lines(directory / 'demos.jsonl')):,} demonstrations kept")
   if not done or not details:
     details = _generations(directory) + details
+  marker = (_json(directory / "DONE.json") or {}) if done else {}
+  if marker.get("seconds") is not None:  # a pipeline's phase: the wall time over its attempts
+    attempts = marker.get("attempts", 1)
+    details.append(
+      f"took {phase_time.duration(marker['seconds'])}" + (f" over {attempts} attempts" if attempts > 1 else "")
+    )
   return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left)
 
 
@@ -194,14 +200,6 @@ def workdir_status(workdir, expected_phases=()) -> dict:
   if holder is None and (pipeline := _pipeline_of(workdir)) is not None:
     holder = workdir_lock.live_holder(pipeline)  # a pipeline's phase folder is held through its workdir
   return {"holder": holder, "phases": phases}
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 90:
-    return f"{seconds:.0f} s"
-  if seconds < 90 * 60:
-    return f"{seconds / 60:.0f} min"
-  return f"{seconds / 3600:.1f} h"
 
 
 def report(workdir, status: dict) -> str:
