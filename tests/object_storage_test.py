@@ -174,6 +174,8 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   rerun = run(workdir, timeout=900)  # takes the dead run's lock over and resumes
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "[sft] done already, skipped" in rerun.stdout and "resuming" in rerun.stdout
+  refined = json.loads((workdir / "refine" / "DONE.json").read_text())  # its time: the killed attempt's unread
+  assert refined["attempts"] == 2 and refined["seconds"] > 0
   local = run(tmp_path / "local", timeout=900)
   assert local.returncode == 0, local.stderr[-3000:]
 
