@@ -121,6 +121,18 @@ def test_the_phases_a_pipeline_makes_in_its_order_on_disk_and_still_to_come(tmp_
   (tmp_path / pipeline.RUN_CONFIG).write_text(config.to_json())
   assert [p.name for p in status.run(tmp_path)["phases"]] == pipeline.phase_names(config)
 
+  # The wall time of the phases done, where they kept it.
+  text = status.report(tmp_path, status.workdir_status(tmp_path))
+  assert text.endswith("6 of 6 phases done")  # phases finished before their time was kept
+  (tmp_path / "sft" / "DONE.json").write_text(json.dumps({"seconds": 1800}))
+  (tmp_path / "refine" / "DONE.json").write_text(json.dumps({"seconds": 3600}))
+  text = status.report(tmp_path, status.workdir_status(tmp_path))
+  assert text.endswith("6 of 6 phases done; 2 of them took 1.5 h of wall time")
+  for name in ("refine_control", "eval/sft", "refine_2", "demos"):
+    (tmp_path / name / "DONE.json").write_text(json.dumps({"seconds": 900}))
+  text = status.report(tmp_path, status.workdir_status(tmp_path))
+  assert text.endswith("6 of 6 phases done, in 2.5 h of wall time")
+
 
 def _lock(workdir, pid: int) -> None:
   record = {"host": socket.gethostname(), "pid": pid, "since": "2026-12-04 20:02:01", "token": "t"}

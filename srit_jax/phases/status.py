@@ -33,6 +33,7 @@ class PhaseStatus:
   state: str  # DONE | UNDER_WAY | NOT_STARTED
   details: list[str] = dataclasses.field(default_factory=list)
   seconds_left: float | None = None  # a training phase under way, at its recent pace
+  seconds_taken: float | None = None  # a pipeline's phase done: its wall time over its attempts
 
 
 def _json(path) -> dict | None:
@@ -147,12 +148,11 @@ def phase_status(directory, name: str) -> PhaseStatus:
   if not done or not details:
     details = _generations(directory) + details
   marker = (_json(directory / "DONE.json") or {}) if done else {}
-  if marker.get("seconds") is not None:  # a pipeline's phase: the wall time over its attempts
+  taken = marker.get("seconds")
+  if taken is not None:  # a pipeline's phase: the wall time over its attempts
     attempts = marker.get("attempts", 1)
-    details.append(
-      f"took {phase_time.duration(marker['seconds'])}" + (f" over {attempts} attempts" if attempts > 1 else "")
-    )
-  return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left)
+    details.append(f"took {phase_time.duration(taken)}" + (f" over {attempts} attempts" if attempts > 1 else ""))
+  return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left, taken)
 
 
 def _phase_order(name: str) -> tuple:
@@ -216,7 +216,13 @@ def report(workdir, status: dict) -> str:
   lines = [head, "", "| phase | state | progress |", "|---|---|---|"]
   lines += [f"| {p.name} | {p.state} | {'; '.join(p.details)} |" for p in phases]
   done = sum(p.state == DONE for p in phases)
-  lines += ["", f"{done} of {len(phases)} phases done"]
+  taken = [p.seconds_taken for p in phases if p.seconds_taken is not None]
+  timed = ""
+  if taken and len(taken) == done:
+    timed = f", in {phase_time.duration(sum(taken))} of wall time"
+  elif taken:  # the others finished before their time was kept
+    timed = f"; {len(taken)} of them took {phase_time.duration(sum(taken))} of wall time"
+  lines += ["", f"{done} of {len(phases)} phases done{timed}"]
   results = io.as_path(workdir) / "results.md"
   if done == len(phases) and results.exists():  # a pipeline's table of every stage
     lines.append(f"results: {results}")
