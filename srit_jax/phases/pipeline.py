@@ -94,12 +94,10 @@ class Phase:
     io.write_json(self.marker, {"fingerprint": self.fingerprint, **details})
     io.barrier(f"finished {self.marker}")
 
-  def peak_rss_bytes(self) -> int | None:
-    return json.loads(self.marker.read_text(encoding="utf-8")).get("peak_rss_bytes")
-
-  def seconds(self) -> float | None:
-    """The wall time the phase took over its attempts (None for a phase finished before it was kept)."""
-    return json.loads(self.marker.read_text(encoding="utf-8")).get("seconds")
+  def recorded(self) -> dict:
+    """What the finished phase's marker holds: its peak resident memory ("peak_rss_bytes") and its
+    wall time over its attempts ("seconds", "attempts"; absent where it finished before they were kept)."""
+    return json.loads(self.marker.read_text(encoding="utf-8"))
 
 
 def _with(block, **fields):
@@ -231,7 +229,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
         task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
       }
 
-  all_phases = (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)
+  markers = {p.name: p.recorded() for p in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)}
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
   comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
   teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
@@ -254,8 +252,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "rounds": [_round_summary(phase) for phase in refine_phases],
     "control_rounds": [_round_summary(phase) for phase in control_phases],
     "left_out_as_seen_in_training": removed,
-    "peak_rss_bytes": {phase.name: phase.peak_rss_bytes() for phase in all_phases},
-    "seconds": {phase.name: phase.seconds() for phase in all_phases},
+    "peak_rss_bytes": {name: marker.get("peak_rss_bytes") for name, marker in markers.items()},
+    "seconds": {name: marker.get("seconds") for name, marker in markers.items()},
   }
   io.write_json(workdir / "results.json", out)
   table = report.results_markdown(out)
