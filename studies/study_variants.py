@@ -165,6 +165,13 @@ VARIANTS = {
     parent="rpo_3_rounds",
     versus=("rpo_3_rounds", "srit_round_1", "rpo's SRIT"),
   ),
+  "rpo_dpop_dpo_selection": Variant(
+    "rpo_dpop with its step chosen (and its early stop decided) by the held-out DPO + NLL loss, DPOP's penalty "
+    "left out: rpo's own criterion. rpo_dpop's held-out DPOP loss rose from step 0, so it kept the SFT student",
+    (*RPO, *STOP_EARLY, "refine.loss_type=dpop", "refine.selection_loss_type=sigmoid", "control=True"),
+    parent="rpo_dpop",
+    versus=("rpo_3_rounds", "srit_round_1", "rpo's SRIT"),
+  ),
   "sft_best_heldout": Variant(
     "cot_vs_direct_nll with its control after SFT run up to 200 steps on the same 400 demonstrations, the step of "
     "lowest held-out loss kept (on the solutions of 40 more training questions, evaluated every 10 steps, stopping "

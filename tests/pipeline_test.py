@@ -171,6 +171,7 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   config.update(refine_iterations=2, refine_reference="previous", control=True, eval_rounds=True, eval_untuned=False)
   # The preference's step is chosen on held-out pairs; the control exports its last step.
   config.refine.select_checkpoint = "best_heldout"
+  config.refine.selection_loss_type = "hinge"  # by another loss: the control's is its own (it reads no reference)
   config.control_select_checkpoint = "last"
   results = pipeline.run(config, tmp_path, progress=False)
   # Each round's reference is its own start: round 2's is round 1's student.
@@ -184,7 +185,7 @@ def test_iterated_rounds_against_their_own_start_with_the_control_and_every_roun
   control = json.loads((tmp_path / "refine_control" / "DONE.json").read_text())["summary"]
   refined = json.loads((tmp_path / "refine" / "DONE.json").read_text())["summary"]
   assert control["num_steps"] == refined["num_steps"]
-  assert "selected" in refined and "selected" not in control
+  assert refined["selected"]["by"] == "eval/selection_loss" and "selected" not in control
   assert not (tmp_path / "refine_control" / "best_checkpoint.json").exists()
   # Its rows hold the chosen answers alone and no reference scores its training pairs.
   assert control["layout"]["chosen_only"] and not refined["layout"]["chosen_only"]

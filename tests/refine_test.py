@@ -120,6 +120,56 @@ def test_held_out_metrics_are_the_runs_own_dpo_loss(loss_type, label_smoothing):
   np.testing.assert_allclose(with_nll["eval/loss"], expected.mean() + 0.5 * nll, rtol=1e-5)
 
 
+def test_a_selection_loss_is_reported_beside_the_runs_own_with_the_same_settings():
+  rng = np.random.default_rng(1)
+  policy, reference = rng.normal(-20, 3, (2, 16)), rng.normal(-20, 3, (2, 16))
+  lengths = (rng.integers(3, 40, 16).astype(np.float32),) * 2
+  options = dict(beta=0.3, dpop_lambda=2.0, nll_weight=0.5)
+  dpop = refine.reward_metrics(policy, reference, lengths, loss_type="dpop", selection_loss_type="sigmoid", **options)
+  dpo = refine.reward_metrics(policy, reference, lengths, loss_type="sigmoid", **options)
+  # The penalty left out: the DPO term with the run's beta and NLL term, as a sigmoid run's own loss.
+  np.testing.assert_allclose(dpop["eval/selection_loss"], dpo["eval/loss"], rtol=1e-6)
+  assert dpop["eval/loss"] > dpo["eval/loss"]  # some chosen answers fall below the reference
+  assert "eval/selection_loss" not in dpo
+  same = refine.reward_metrics(policy, reference, lengths, loss_type="dpop", selection_loss_type="dpop", **options)
+  assert "eval/selection_loss" not in same  # the run's own loss is not repeated
+
+
+def test_a_run_keeps_the_step_of_lowest_held_out_selection_loss_not_its_own(tiny_student, tmp_path):
+  # Big steps: DPO's loss falls at each step while the margin overshoots IPO's target 1 / (2 beta).
+  config = _best_heldout_config(tiny_student, tmp_path, num_steps=4, learning_rate=3e-2)
+  config.selection_loss_type = "ipo"
+  summary = refine.run(config, tmp_path / "run", progress=False)
+  curve = {int(step): values for step, values in summary["heldout_curve"].items()}
+  assert sorted(curve) == [0, 1, 2, 3, 4]
+  own = {step: values["eval/loss"] for step, values in curve.items()}
+  selection = {step: values["eval/selection_loss"] for step, values in curve.items()}
+  best = min(selection, key=selection.get)
+  assert best != min(own, key=own.get)  # the two losses choose differently here
+  assert summary["selected"] == {"step": best, "heldout_loss": selection[best], "by": "eval/selection_loss"}
+  assert summary["heldout_after"]["eval/selection_loss"] == pytest.approx(selection[best], abs=1e-6)
+  # At the start the policy is the reference: every margin 0, IPO's term (1 / (2 beta))^2, plus the NLL term.
+  start = curve[0]
+  assert start["eval/selection_loss"] == pytest.approx(1 / (4 * config.beta**2) + start["eval/nll/chosen"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+  "settings, message",
+  [
+    (dict(selection_loss_type="sigmoid"), "selection_loss_type = 'sigmoid': it chooses the step kept"),
+    (
+      dict(loss_type="simpo", selection_loss_type="sigmoid", select_checkpoint="best_heldout", eval_every=1),
+      "selection_loss_type = 'sigmoid' reads a reference; loss_type 'simpo' has none",
+    ),
+    (dict(selection_loss_type="dpo"), "selection_loss_type = 'dpo': must be one of"),
+  ],
+)
+def test_a_selection_loss_that_cannot_choose_is_refused(tiny_student, tmp_path, settings, message):
+  config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), **settings)
+  with pytest.raises(checks.ConfigError, match=message):
+    refine.run(config, tmp_path / "run", progress=False)
+
+
 @pytest.mark.parametrize("loss_type, lora_rank", [("orpo", 0), ("simpo", 4)])
 def test_a_reference_free_loss_loads_and_scores_no_reference_and_reports_its_own_rewards(
   tiny_student, tmp_path, loss_type, lora_rank
@@ -326,7 +376,7 @@ def test_best_heldout_exports_the_evaluated_step_of_lowest_held_out_loss(tiny_st
   curve = {int(step): values["eval/loss"] for step, values in summary["heldout_curve"].items()}
   assert sorted(curve) == [0, 1, 2, 3, 4]
   best = min(curve, key=curve.get)
-  assert summary["selected"] == {"step": best, "heldout_loss": curve[best]}
+  assert summary["selected"] == {"step": best, "heldout_loss": curve[best], "by": "eval/loss"}
   # The exported student is that step's: its held-out loss, measured again, is the best one.
   assert summary["heldout_after"]["eval/loss"] == pytest.approx(curve[best], abs=1e-6)
 
@@ -349,7 +399,8 @@ def test_early_stopping_ends_after_patience_evaluations_without_a_lower_held_out
   # The first step `patience` evaluations past the lowest loss so far: not one step later.
   assert stop - lowest_up_to(stop) == patience
   assert all(step - lowest_up_to(step) < patience for step in range(stop))
-  assert summary["selected"] == {"step": lowest_up_to(stop), "heldout_loss": curve[lowest_up_to(stop)]}
+  kept = lowest_up_to(stop)
+  assert summary["selected"] == {"step": kept, "heldout_loss": curve[kept], "by": "eval/loss"}
   assert summary["heldout_after"]["eval/loss"] == pytest.approx(curve[lowest_up_to(stop)], abs=1e-6)
 
   def training_steps():

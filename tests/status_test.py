@@ -57,6 +57,18 @@ def test_a_training_phase_under_way_shows_its_steps_its_held_out_loss_and_the_ti
   assert phase.seconds_left == 0 and phase.details[-1].endswith("to step 20 if it stops early then")
 
 
+def test_a_run_chosen_by_another_loss_shows_that_loss(tmp_path):
+  _training_phase(tmp_path / "dpo", reached=20, saved=(20,), held_out={10: 0.5, 20: 0.4})
+  metrics = tmp_path / "dpo" / "metrics.jsonl"
+  records = [json.loads(line) for line in metrics.read_text().splitlines()[:-1]]  # the line cut short left out
+  for record in records:  # the run's own loss rises while its selection loss falls
+    if "eval/loss" in record:
+      record.update({"eval/loss": 2.0 - record["eval/loss"], "eval/selection_loss": record["eval/loss"]})
+  _lines(metrics, records)
+  phase = status.phase_status(tmp_path / "dpo", "refine")
+  assert "held-out loss lowest at step 20 (0.4000), last evaluated at step 20" in phase.details
+
+
 def test_the_step_reached_counts_a_held_out_loss_logged_before_its_steps_own_line(tmp_path):
   # The loop writes step 30's metrics once step 31 is under way; its evaluation and save came first.
   _training_phase(tmp_path / "sft", reached=29, saved=(20, 30), held_out={10: 0.5, 20: 0.4})

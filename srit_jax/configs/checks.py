@@ -45,7 +45,8 @@ def _number(low=None, high=None, *, low_open=False, high_open=False, integer=Fal
 
 
 def _one_of(*allowed) -> Callable:
-  return lambda value: None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
+  named = ", ".join(str(a) if a != "" else "'' (the default)" for a in allowed)
+  return lambda value: None if value in allowed else f"must be one of {named}"
 
 
 POSITIVE_INT = _number(1, integer=True)
@@ -122,6 +123,7 @@ def _rules() -> dict[str, Callable]:
     "remat_policy": _one_of(*REMAT_POLICIES),
     "attention": _one_of(*ATTENTION_KERNELS),
     "loss_type": _one_of(*dpo_step.LOSS_TYPES),
+    "selection_loss_type": _one_of("", *dpo_step.LOSS_TYPES),
     "loss_normalization": _one_of("token", "sequence"),
     "strategy": _one_of(*preference_pairs.STRATEGIES),
     "keep": _one_of(*demos.KEEP),
@@ -290,6 +292,18 @@ def command_problems(config: ConfigDict, command: str, prefix: str = "", *, link
       problems.append(
         f"{field('label_smoothing')} = {config.label_smoothing}: loss_type {config.loss_type!r} has none "
         f"(only {' and '.join(dpo_step.SMOOTHED)} smooth their labels)"
+      )
+    if config.selection_loss_type and config.select_checkpoint != "best_heldout":
+      problems.append(
+        f"{field('selection_loss_type')} = {config.selection_loss_type!r}: it chooses the step kept; "
+        f"set {field('select_checkpoint')} = 'best_heldout' or leave it empty"
+      )
+    if dpo_step.uses_reference(config.selection_loss_type or config.loss_type) and not dpo_step.uses_reference(
+      config.loss_type
+    ):
+      problems.append(
+        f"{field('selection_loss_type')} = {config.selection_loss_type!r} reads a reference; "
+        f"loss_type {config.loss_type!r} has none"
       )
     if config.loss_type == "nll" and config.nll_weight:
       problems.append(

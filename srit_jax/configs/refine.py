@@ -84,6 +84,10 @@ def get_config(variant: str = ""):
   config.async_checkpoints = True
   config.eval_every = 10  # steps between held-out reward accuracies; 0 = start and end only
   config.select_checkpoint = "last"  # last | best_heldout (the evaluated step of lowest held-out loss is exported)
+  # The loss whose held-out value chooses that step and stops early: "" = loss_type; another loss
+  # type (its beta and NLL term the run's) where the run's own would mislead, e.g. "sigmoid" for
+  # dpop, whose penalty can rise while the DPO term falls
+  config.selection_loss_type = ""
   # > 0: training stops once this many held-out evaluations in a row have not lowered the held-out
   # loss (with select_checkpoint="best_heldout" and eval_every); 0 = every step is run
   config.early_stopping_patience = 0

@@ -30,6 +30,7 @@ NEUTRAL_SETTINGS = {
     "simpo_gamma": 0.5,
     "heldout_questions": 0,
     "dpop_lambda": 50.0,
+    "selection_loss_type": "",
   },
   "sft": {"heldout_fraction": 0.0, "select_checkpoint": "last", "num_epochs": 0.0},
   "eval": {"sampled_answers": 0, "temperature": 0.7, "top_p": 1.0, "paired_with": "", "num_shots": 0},

@@ -334,6 +334,7 @@ def _refine_rounds(
         loss_type="nll",
         nll_weight=0.0,
         label_smoothing=0.0,
+        selection_loss_type="",  # its own: the cross-entropy
         select_checkpoint=config.control_select_checkpoint or refine_config.select_checkpoint,
       )
     if adapted:

@@ -20,8 +20,9 @@
    srit_jax/data/pair_batches.py). Checkpoints, exact resume, progress, metrics and the NaN
    guard are the shared training run's. Held-out reward accuracy, margin and loss (the run's
    own loss) are logged every eval_every steps; with select_checkpoint="best_heldout" the
-   step of the lowest held-out loss is kept (WORKDIR/best_checkpoint) and exported, and with
-   early_stopping_patience the run ends once that many evaluations have not lowered it.
+   step of the lowest held-out loss (the run's own, or selection_loss_type's) is kept
+   (WORKDIR/best_checkpoint) and exported, and with early_stopping_patience the run ends once
+   that many evaluations have not lowered it.
 4. Export to WORKDIR/export (HF format) and refine_summary.json.
 """
 
@@ -198,17 +199,30 @@ def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, p
   return corrections
 
 
-def reward_metrics(policy, reference, lengths, *, nll_weight: float = 0.0, **loss_options) -> dict:
+def reward_metrics(
+  policy, reference, lengths, *, nll_weight: float = 0.0, selection_loss_type: str = "", **loss_options
+) -> dict:
   """Held-out figures of pairs from (chosen, rejected) log-probs of the policy and the reference
   and their (chosen, rejected) answer lengths: the run's own loss (its loss_type and that loss's
-  settings, beta and NLL term), the chosen answers' length-normalised NLL, reward accuracy and margin."""
-  per_pair, chosen_rewards, rejected_rewards = dpo_step.dpo_loss(
-    *policy, *reference, chosen_lengths_B=lengths[0], rejected_lengths_B=lengths[1], **loss_options
-  )
-  nll = dpo_step.length_normalized_nll(policy[0], lengths[0])
+  settings, beta and NLL term), the chosen answers' length-normalised NLL, reward accuracy and
+  margin; with a `selection_loss_type` other than the run's, that loss too (same settings)."""
+  lengths = dict(chosen_lengths_B=lengths[0], rejected_lengths_B=lengths[1])
+  per_pair, chosen_rewards, rejected_rewards = dpo_step.dpo_loss(*policy, *reference, **lengths, **loss_options)
+  nll = dpo_step.length_normalized_nll(policy[0], lengths["chosen_lengths_B"])
   values = dpo_step.pair_metrics(per_pair + nll_weight * nll, chosen_rewards, rejected_rewards)
   values["nll/chosen"] = np.mean(nll)
-  return {f"eval/{name}": float(value) for name, value in values.items()}
+  values = {f"eval/{name}": float(value) for name, value in values.items()}
+  if selection_loss_type and selection_loss_type != loss_options.get("loss_type", "sigmoid"):
+    options = {**loss_options, "loss_type": selection_loss_type}
+    selection, _, _ = dpo_step.dpo_loss(*policy, *reference, **lengths, **options)
+    values[best_step.SELECTION_LOSS] = float(np.mean(selection + nll_weight * nll))
+  return values
+
+
+def selection_key(config) -> str:
+  """The held-out figure a run's step is chosen by: its own loss, or its selection_loss_type's."""
+  own = not config.selection_loss_type or config.selection_loss_type == config.loss_type
+  return "eval/loss" if own else best_step.SELECTION_LOSS
 
 
 def _reference(config, model, mesh):
@@ -380,10 +394,15 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     if step not in held_out_metrics:
       policy = held_out_scorer(state.params, base)
       held_out_metrics[step] = reward_metrics(
-        policy, held_out_reference, held_out_lengths, nll_weight=config.nll_weight, **loss_options
+        policy,
+        held_out_reference,
+        held_out_lengths,
+        nll_weight=config.nll_weight,
+        selection_loss_type=config.selection_loss_type,
+        **loss_options,
       )
       if best is not None:
-        best.offer(state, step, held_out_metrics[step]["eval/loss"])
+        best.offer(state, step, held_out_metrics[step][selection_key(config)])
     return held_out_metrics[step]
 
   stop_early = None  # config checks guarantee best_heldout, a held-out share and eval_every with it
@@ -429,9 +448,10 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     "last_step": last,
   }
   if best is not None:
-    summary["selected"] = {"step": best.step, "heldout_loss": best.loss}
+    summary["selected"] = {"step": best.step, "heldout_loss": best.loss, "by": selection_key(config)}
     if best.step != steps_run:
-      print(f"keeping the step of the lowest held-out loss: step {best.step} ({best.loss:.4f})")
+      by = f"{config.selection_loss_type} " if selection_key(config) == best_step.SELECTION_LOSS else ""
+      print(f"keeping the step of the lowest held-out {by}loss: step {best.step} ({best.loss:.4f})")
       run.state = run.state.replace(params=best.restore(run.state.params))
       summary["heldout_after"] = held_out_metrics.get(best.step) or evaluate(run.state, best.step)
   export_dir = run.export()

@@ -56,9 +56,13 @@ def saved_steps(directory) -> list[int]:
 
 
 def _held_out_losses(records: list[dict]) -> dict[int, float]:
-  """The held-out loss logged at each evaluated step (DPO's "eval/loss", SFT's "eval_loss")."""
+  """The held-out loss that chooses the step, logged at each evaluated step (DPO's "eval/loss" or
+  its selection loss where another, SFT's "eval_loss")."""
   logged = best_step.held_out_figures(records)
-  losses = {step: values.get("eval/loss", values.get("eval_loss")) for step, values in logged.items()}
+  losses = {
+    step: values.get(best_step.SELECTION_LOSS, values.get("eval/loss", values.get("eval_loss")))
+    for step, values in logged.items()
+  }
   return {step: loss for step, loss in losses.items() if loss is not None}
 
 

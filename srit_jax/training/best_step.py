@@ -21,6 +21,10 @@ from collections.abc import Callable
 from srit_jax import io
 from srit_jax.training import checkpointing
 
+# The held-out figure a DPO run's step is chosen by where that is not its own loss ("eval/loss"):
+# another loss type's (refine's selection_loss_type).
+SELECTION_LOSS = "eval/selection_loss"
+
 
 class BestCheckpoint:
   """The trained tree at the step of the lowest held-out loss so far, in WORKDIR/best_checkpoint
