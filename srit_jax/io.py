@@ -3,8 +3,8 @@
 A run directory, a model or a data file may be local or on object storage (`gs://BUCKET/...`):
 `as_path()` gives a `pathlib.Path` for a local one and an `etils.epath.Path` for a URL, and every
 write below does what is safe where it lands. An object is only ever seen whole once written, so
-remote writes need no rename (a rename there is a copy and a delete); a remote append rewrites
-the object with every line so far; models and adapters are read from a local copy
+remote writes need no rename (a rename there is a copy and a delete); a remote append composes
+each batch onto the object's end; models and adapters are read from a local copy
 (`local_copy`) and exports staged locally, then uploaded (`staged`).
 
 On a multi-process run (a TPU pod) every process runs the same code over one shared workdir.
@@ -270,25 +270,23 @@ def complete_records(path: str | pathlib.Path) -> list[dict]:
 
 
 class JsonlAppender:
-  """Appends whole batches of JSON lines to a file that holds `keep_lines` trusted lines.
+  """Appends whole batches of JSON lines to a file that holds `keep_lines` trusted lines (its first).
 
   Opening truncates the file to those lines (what a kill left after them is dropped); each
   `append` writes a batch, flushes and syncs it. Only the writing process touches the file. A
   file hard-linked from elsewhere (a run started from another's finished files) is first made
   a file of its own, so that the other never changes. On object storage, where an object
-  cannot grow, each `append` writes the object anew with every line so far (whole batches:
-  sampling's, of 64 prompts and more).
+  cannot grow, each batch is composed onto its end (`ObjectAppender`).
   """
 
   def __init__(self, path: str | pathlib.Path, keep_lines: Sequence[bytes] = ()):
     self.path = as_path(path)
     self._file = None
-    self._remote_lines: list[bytes] | None = None
+    self._object: ObjectAppender | None = None
     if not is_writer():
       return
     if is_remote(self.path):
-      self._remote_lines = list(keep_lines)
-      self._rewrite()
+      self._object = ObjectAppender(self.path, b"".join(line + b"\n" for line in keep_lines))
       return
     with writing("the file", self.path):
       self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,19 +296,15 @@ class JsonlAppender:
         f.truncate(sum(len(line) + 1 for line in keep_lines))
       self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
-  def _rewrite(self) -> None:
-    with writing("lines to", self.path):
-      self.path.write_bytes(b"".join(line + b"\n" for line in self._remote_lines))
-
   def append(self, records: Iterable[dict]) -> None:
-    if self._remote_lines is not None:
-      self._remote_lines += [json.dumps(r, ensure_ascii=False).encode() for r in records]
-      self._rewrite()
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+    if self._object is not None:
+      self._object.append("".join(lines).encode())
       return
     if self._file is None:
       return
     with writing("lines to", self.path):  # what a full disk cut short is dropped at the next start
-      self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+      self._file.writelines(lines)
       self._file.flush()
       os.fsync(self._file.fileno())
 
@@ -325,6 +319,50 @@ class JsonlAppender:
 
   def __exit__(self, *exc):
     self.close()
+
+
+class ObjectAppender:
+  """Appends to an object on object storage, which cannot grow. Each batch is uploaded as an
+  object beside it (NAME.append) and composed onto its end (Cloud Storage's compose: one
+  request that replaces the object whole, so a kill leaves it with or without the batch), then
+  deleted: each append uploads its batch alone, not the object so far. Cloud Storage refuses an
+  object of more than 1,024 composed parts: before that the object is rewritten whole (one part
+  again). A store without compose gets the object rewritten with every batch."""
+
+  MOST_PARTS = 1024
+
+  def __init__(self, path, trusted: bytes):
+    """`path`'s object, cut to its first bytes `trusted` (rewritten only where it holds more)."""
+    import fsspec
+
+    self.path = path
+    self.fs, self.key = fsspec.core.url_to_fs(str(path))
+    self.batch = self.key + ".append"
+    self.composes = hasattr(self.fs, "merge")
+    self.content = None if self.composes else trusted  # without compose: every line so far
+    with writing("lines to", path):
+      if self.fs.exists(self.batch):
+        self.fs.rm_file(self.batch)  # a batch a kill left before it was appended
+      info = self.fs.info(self.key) if self.fs.exists(self.key) else None
+      if info is not None and info["size"] == len(trusted):
+        self.parts = int(info.get("componentCount", 1))
+      else:
+        self.fs.pipe_file(self.key, trusted)
+        self.parts = 1
+
+  def append(self, data: bytes) -> None:
+    with writing("lines to", self.path):
+      if not self.composes:
+        self.content += data
+        self.fs.pipe_file(self.key, self.content)
+      elif self.parts + 1 >= self.MOST_PARTS:
+        self.fs.pipe_file(self.key, self.fs.cat_file(self.key) + data)
+        self.parts = 1
+      else:
+        self.fs.pipe_file(self.batch, data)
+        self.fs.merge(self.key, [self.key, self.batch])
+        self.fs.rm_file(self.batch)
+        self.parts += 1
 
 
 def read_records(

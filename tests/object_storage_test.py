@@ -40,7 +40,7 @@ def test_files_of_a_run_directory_on_object_storage(remote):
   io.write_jsonl(remote / "rows.jsonl", [{"x": 1}, {"x": 2}])
   assert [row for _, row in io.read_rows(remote / "rows.jsonl")] == [{"x": 1}, {"x": 2}]
 
-  # An append rewrites the object with every line so far; reopening keeps the trusted lines only.
+  # Appends land whole; reopening keeps the trusted lines only.
   with io.JsonlAppender(remote / "samples.jsonl") as appender:
     appender.append([{"i": 0}, {"i": 1}])
     appender.append([{"i": 2}])
@@ -59,6 +59,44 @@ def test_files_of_a_run_directory_on_object_storage(remote):
   assert (remote / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
   io.reset_directory(remote, keep=("samples.jsonl",))
   assert sorted(p.name for p in remote.iterdir()) == ["samples.jsonl"]
+
+
+def test_an_append_on_object_storage_uploads_its_batch_alone_and_composes_it_on(remote, monkeypatch):
+  import fsspec
+
+  path = remote / "samples.jsonl"
+  fs, key = fsspec.core.url_to_fs(str(path))
+  uploads, composes = [], []
+  pipe, merge = fs.pipe_file, fs.merge
+  monkeypatch.setattr(fs, "pipe_file", lambda name, data, **kw: (uploads.append(len(data)), pipe(name, data, **kw)))
+  monkeypatch.setattr(fs, "merge", lambda name, parts, **kw: (composes.append(len(parts)), merge(name, parts, **kw)))
+  batch = [{"text": "x" * 100}] * 4
+  size = len(b"".join(json.dumps(r).encode() + b"\n" for r in batch))
+  with io.JsonlAppender(path) as appender:
+    for _ in range(5):
+      appender.append(batch)
+  assert uploads == [0] + [size] * 5 and composes == [2] * 5  # each batch's bytes once, not the object so far
+  assert len(io.complete_records(path)) == 20 and not fs.exists(key + ".append")
+
+  # A batch a kill left uploaded but not composed on is dropped; the trusted lines are not uploaded again.
+  fs.pipe(key + ".append", b'{"lost": 1}\n')
+  generation = fs.info(key)["generation"]
+  uploads.clear()
+  with io.JsonlAppender(path, keep_lines=io.complete_lines(path)) as appender:
+    assert fs.info(key)["generation"] == generation and not fs.exists(key + ".append")
+    appender.append(batch)
+  assert uploads == [size] and len(io.complete_records(path)) == 24
+
+  # Before Cloud Storage's limit on composed parts the object is rewritten whole, one part again.
+  monkeypatch.setattr(io.ObjectAppender, "MOST_PARTS", 4)
+  uploads.clear(), composes.clear()
+  with io.JsonlAppender(path, keep_lines=io.complete_lines(path)[:2]) as appender:  # cut to 2 lines: rewritten
+    for _ in range(4):
+      appender.append(batch)
+  lines = 2 * size // 4
+  assert uploads == [lines, size, size, lines + 3 * size, size] and composes == [2, 2, 2]
+  records = io.complete_records(path)
+  assert len(records) == 18 and records[2:] == batch * 4
 
 
 def test_a_remote_model_is_read_from_a_cached_copy_and_an_export_is_uploaded(remote, tmp_path, monkeypatch):

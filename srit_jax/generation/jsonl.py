@@ -1,8 +1,8 @@
 """Generation for a dataset of prompts, streamed to a JSONL file that a killed run resumes.
 
 `generate_to_jsonl` writes one line per (prompt, sample), in the order the rows finish, a
-batch's worth of finished rows at a time, flushed and synced (on object storage each write
-rewrites the object); at a preemption every row finished so far is written. A restarted run
+batch's worth of finished rows at a time, flushed and synced (on object storage each batch is
+composed onto the object's end); at a preemption every row finished so far is written. A restarted run
 keeps every whole line already written, drops a line cut short by a kill and generates only
 the rows still missing. A row's tokens depend on its seed alone, so the resumed file holds the
 lines of an uninterrupted run (in another order). Beside the file, `<file>.meta.json` holds a
