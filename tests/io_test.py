@@ -18,6 +18,18 @@ def test_an_appender_cuts_what_a_kill_left_and_keeps_the_trusted_lines(tmp_path)
   assert path.read_text() == '{"a": 1}\n{"a": 9}\n'
 
 
+def test_a_store_without_compose_gets_the_object_rewritten_with_every_batch():
+  import fsspec
+
+  fs = fsspec.filesystem("memory")
+  assert not hasattr(fs, "merge")
+  fs.pipe_file("/run/samples.jsonl", b"1\n2\n3\n")
+  appender = io.ObjectAppender("memory://run/samples.jsonl", b"1\n")  # the trusted line kept
+  appender.append(b"4\n")
+  appender.append(b"5\n")
+  assert fs.cat_file("/run/samples.jsonl") == b"1\n4\n5\n"
+
+
 def test_linked_files_are_shared_until_one_side_appends(tmp_path):
   source, target = tmp_path / "base", tmp_path / "variant"
   source.mkdir()
