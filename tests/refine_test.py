@@ -148,6 +148,7 @@ def test_a_run_keeps_the_step_of_lowest_held_out_selection_loss_not_its_own(tiny
   assert best != min(own, key=own.get)  # the two losses choose differently here
   assert summary["selected"] == {"step": best, "heldout_loss": selection[best], "by": "eval/selection_loss"}
   assert summary["heldout_after"]["eval/selection_loss"] == pytest.approx(selection[best], abs=1e-6)
+  assert json.loads((tmp_path / "run" / "run.json").read_text())["selection_loss"] == "ipo"  # for status
   # At the start the policy is the reference: every margin 0, IPO's term (1 / (2 beta))^2, plus the NLL term.
   start = curve[0]
   assert start["eval/selection_loss"] == pytest.approx(1 / (4 * config.beta**2) + start["eval/nll/chosen"], rel=1e-5)

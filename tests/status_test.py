@@ -65,8 +65,10 @@ def test_a_run_chosen_by_another_loss_shows_that_loss(tmp_path):
     if "eval/loss" in record:
       record.update({"eval/loss": 2.0 - record["eval/loss"], "eval/selection_loss": record["eval/loss"]})
   _lines(metrics, records)
+  run = json.loads((tmp_path / "dpo" / "run.json").read_text())
+  (tmp_path / "dpo" / "run.json").write_text(json.dumps({**run, "selection_loss": "sigmoid"}))
   phase = status.phase_status(tmp_path / "dpo", "refine")
-  assert "held-out loss lowest at step 20 (0.4000), last evaluated at step 20" in phase.details
+  assert "held-out sigmoid loss lowest at step 20 (0.4000), last evaluated at step 20" in phase.details
 
 
 def test_the_step_reached_counts_a_held_out_loss_logged_before_its_steps_own_line(tmp_path):

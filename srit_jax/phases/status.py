@@ -88,8 +88,9 @@ def _training(directory, done: bool) -> tuple[list[str], float | None]:
     held_out.setdefault(kept["step"], kept["loss"])
   if held_out:
     lowest = min(held_out, key=held_out.get)
+    loss = f"{run['selection_loss']} loss" if run.get("selection_loss") else "loss"
     details.append(
-      f"held-out loss lowest at step {lowest} ({held_out[lowest]:.4f}), last evaluated at step {max(held_out)}"
+      f"held-out {loss} lowest at step {lowest} ({held_out[lowest]:.4f}), last evaluated at step {max(held_out)}"
     )
   last = run.get("num_steps")
   patience, every = run.get("early_stopping_patience", 0), run.get("eval_every", 0)

@@ -155,6 +155,7 @@ class TrainingRun:
     config = self.config
     self._check_inputs(data_identity)
     peak = flops.peak_flops(config.dtype)
+    selection = config.get("selection_loss_type", "")  # a DPO run's step chosen by another loss
     io.write_json(
       self.workdir / "run.json",
       {
@@ -167,6 +168,7 @@ class TrainingRun:
         "num_steps": config.num_steps,
         "eval_every": config.get("eval_every", 0),
         "early_stopping_patience": config.get("early_stopping_patience", 0),
+        "selection_loss": selection if selection != config.get("loss_type") else "",
         **({} if callable(step_flops) else {"model_flops_per_step": step_flops}),
         "peak_flops": peak,
       },
