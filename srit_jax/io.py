@@ -341,9 +341,12 @@ class ObjectAppender:
     self.composes = hasattr(self.fs, "merge")
     self.content = None if self.composes else trusted  # without compose: every line so far
     with writing("lines to", path):
-      if self.fs.exists(self.batch):
+      with contextlib.suppress(FileNotFoundError):
         self.fs.rm_file(self.batch)  # a batch a kill left before it was appended
-      info = self.fs.info(self.key) if self.fs.exists(self.key) else None
+      try:
+        info = self.fs.info(self.key)
+      except FileNotFoundError:
+        info = None
       if info is not None and info["size"] == len(trusted):
         self.parts = int(info.get("componentCount", 1))
       else:

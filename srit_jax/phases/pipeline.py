@@ -232,7 +232,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   markers = {p.name: p.recorded() for p in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)}
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
   comparisons += [("sft", stage) for stage in models if stage.startswith("srit_round_")]
-  teacher = json.loads(demos_phase.marker.read_text(encoding="utf-8"))["summary"]
+  teacher = markers[demos_phase.name]["summary"]
   student_family = config.student_family or family_of(str(config.student))
   out = {
     "student": config.student,
@@ -248,9 +248,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     **({"paired_majority": _paired(majority_outcomes, comparisons, tasks, config.seed)} if sampled else {}),
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
-    "sft": json.loads(sft_phase.marker.read_text(encoding="utf-8")).get("summary", {}),  # steps run and kept
-    "rounds": [_round_summary(phase) for phase in refine_phases],
-    "control_rounds": [_round_summary(phase) for phase in control_phases],
+    "sft": markers[sft_phase.name].get("summary", {}),  # steps run and kept
+    "rounds": [_round_summary(phase.name, markers[phase.name]) for phase in refine_phases],
+    "control_rounds": [_round_summary(phase.name, markers[phase.name]) for phase in control_phases],
     "left_out_as_seen_in_training": removed,
     "peak_rss_bytes": {name: marker.get("peak_rss_bytes") for name, marker in markers.items()},
     "seconds": {name: marker.get("seconds") for name, marker in markers.items()},
@@ -374,9 +374,9 @@ def _paired(outcomes: dict, comparisons, tasks, seed: int) -> dict:
   }
 
 
-def _round_summary(phase: Phase) -> dict:
+def _round_summary(name: str, marker: dict) -> dict:
   """A round's pairs, held-out curve and chosen step, from its completion marker."""
-  summary = json.loads(phase.marker.read_text(encoding="utf-8"))["summary"]
+  summary = marker["summary"]
   keys = (
     "reference",
     "layout",
@@ -387,7 +387,7 @@ def _round_summary(phase: Phase) -> dict:
     "num_steps",
     "steps_run",
   )
-  return {"phase": phase.name, "pairs": summary["pairs"]["pairs"], **{k: summary.get(k) for k in keys}}
+  return {"phase": name, "pairs": summary["pairs"]["pairs"], **{k: summary.get(k) for k in keys}}
 
 
 def decontaminate(examples: dict[str, list], training_files) -> tuple[dict[str, list], dict[str, int]]:

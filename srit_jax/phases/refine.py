@@ -221,8 +221,7 @@ def reward_metrics(
 
 def selection_key(config) -> str:
   """The held-out figure a run's step is chosen by: its own loss, or its selection_loss_type's."""
-  own = not config.selection_loss_type or config.selection_loss_type == config.loss_type
-  return "eval/loss" if own else best_step.SELECTION_LOSS
+  return best_step.SELECTION_LOSS if best_step.other_selection_loss(config) else "eval/loss"
 
 
 def _reference(config, model, mesh):
@@ -398,7 +397,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
         held_out_reference,
         held_out_lengths,
         nll_weight=config.nll_weight,
-        selection_loss_type=config.selection_loss_type,
+        selection_loss_type=best_step.other_selection_loss(config),
         **loss_options,
       )
       if best is not None:
@@ -450,8 +449,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   if best is not None:
     summary["selected"] = {"step": best.step, "heldout_loss": best.loss, "by": selection_key(config)}
     if best.step != steps_run:
-      by = f"{config.selection_loss_type} " if selection_key(config) == best_step.SELECTION_LOSS else ""
-      print(f"keeping the step of the lowest held-out {by}loss: step {best.step} ({best.loss:.4f})")
+      loss = " ".join(filter(None, (best_step.other_selection_loss(config), "loss")))
+      print(f"keeping the step of the lowest held-out {loss}: step {best.step} ({best.loss:.4f})")
       run.state = run.state.replace(params=best.restore(run.state.params))
       summary["heldout_after"] = held_out_metrics.get(best.step) or evaluate(run.state, best.step)
   export_dir = run.export()

@@ -26,6 +26,13 @@ from srit_jax.training import checkpointing
 SELECTION_LOSS = "eval/selection_loss"
 
 
+def other_selection_loss(config) -> str:
+  """The loss type other than a run's own that chooses its step (refine's selection_loss_type),
+  or "" where its own does (SFT's always)."""
+  selection = config.get("selection_loss_type", "")
+  return selection if selection != config.get("loss_type") else ""
+
+
 class BestCheckpoint:
   """The trained tree at the step of the lowest held-out loss so far, in WORKDIR/best_checkpoint
   (one Orbax checkpoint, its step and loss beside it), kept across a resume."""

@@ -31,7 +31,7 @@ from srit_jax import host_memory, io, sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
 from srit_jax.data import fingerprint
 from srit_jax.model import decoder, lora
-from srit_jax.training import flops, loop, optimizer
+from srit_jax.training import best_step, flops, loop, optimizer
 from srit_jax.training.state import TrainState, create_train_state, state_shardings
 
 # Settings that do not change what a run trains (how often it saves, where files lie: the model
@@ -155,7 +155,6 @@ class TrainingRun:
     config = self.config
     self._check_inputs(data_identity)
     peak = flops.peak_flops(config.dtype)
-    selection = config.get("selection_loss_type", "")  # a DPO run's step chosen by another loss
     io.write_json(
       self.workdir / "run.json",
       {
@@ -168,7 +167,7 @@ class TrainingRun:
         "num_steps": config.num_steps,
         "eval_every": config.get("eval_every", 0),
         "early_stopping_patience": config.get("early_stopping_patience", 0),
-        "selection_loss": selection if selection != config.get("loss_type") else "",
+        "selection_loss": best_step.other_selection_loss(config),
         **({} if callable(step_flops) else {"model_flops_per_step": step_flops}),
         "peak_flops": peak,
       },
