@@ -27,7 +27,8 @@ _OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
 
 def main(argv):
   del argv
-  from srit_jax import compiled_figures, configs, programs, topology
+  from srit_jax import configs
+  from srit_jax.planning import compiled_figures, programs, topology
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])

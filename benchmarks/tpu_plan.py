@@ -131,7 +131,7 @@ def sizes_changed(variant: str, result: dict) -> bool:
 def cost_copies_compiled_otherwise(result: dict) -> bool:
   """Whether a plan's bounds came from cost copies compiled otherwise than plans compile them now
   (`compiled_figures.COST_ONLY_OPTIONS`): it is planned again, so the time table has one method."""
-  from srit_jax import compiled_figures
+  from srit_jax.planning import compiled_figures
 
   return result.get("cost_options") != compiled_figures.COST_ONLY_OPTIONS
 
@@ -141,7 +141,8 @@ def recount(results: dict) -> None:
   each program's bound per call stays; how often a run makes it (steps, questions, evaluations)
   follows the config, so a change there needs no compile. A plan made at other rows per step
   than the config's now is left as it was (its bounds per call are of other programs)."""
-  from srit_jax import configs, run_time
+  from srit_jax import configs
+  from srit_jax.planning import run_time
 
   for variant, result in results.items():
     if not result.get("estimates") or variant not in all_variants() or sizes_changed(variant, result):
@@ -158,8 +159,9 @@ def recount(results: dict) -> None:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import compiled_figures, configs, io, programs, run_time, topology
+  from srit_jax import configs, io
   from srit_jax.configs import paper
+  from srit_jax.planning import compiled_figures, programs, run_time, topology
 
   student, slice_name, *rest = variant.split(",")
   config = configs.load("paper", variant)
@@ -223,7 +225,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
 def uncosted_phases(result: dict) -> set[str]:
   """Phases with a program that compiled but has no time bound: its cost copies were refused
   (planned before a refused copy was compiled at a share of its rows)."""
-  from srit_jax import run_time
+  from srit_jax.planning import run_time
 
   estimated = {(x["phase"], x["program"]) for x in result.get("estimates") or ()}
   return {

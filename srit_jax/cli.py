@@ -275,7 +275,7 @@ def _plan(args: list[str]) -> int:
   problems = checks.field_problems(config)
   if problems:
     raise UsageError(str(checks.ConfigError(problems)))
-  from srit_jax import compiled_figures
+  from srit_jax.planning import compiled_figures
 
   cache = _compilation_cache()  # JAX's own cache cannot load a program compiled for a slice: figures only
   try:
@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
       config = None
     print(command_help(name, config, config_name))
     return 0
-  from srit_jax import host_memory, preemption, topology
+  from srit_jax import host_memory, preemption
+  from srit_jax.planning import topology
 
   topology.quiet_libtpu_without_chips()  # before JAX looks for backends
   topology.single_threaded_ops_on_emulated_devices()

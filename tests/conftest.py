@@ -65,7 +65,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the tpu extra) is insta
 # Ops in their device's thread, as the command line runs them on emulated devices: a program
 # with collectives loaded from the compilation cache could otherwise wedge the shared pool.
 # (After the JAX_* settings above, which JAX reads when imported.)
-from srit_jax import topology  # noqa: E402
+from srit_jax.planning import topology  # noqa: E402
 
 topology.single_threaded_ops_on_emulated_devices()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -297,8 +297,9 @@ def test_the_in_domain_tasks_follow_the_refine_task():
 def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_stages():
   import math
 
-  from srit_jax import compiled_figures, configs, programs, run_time, topology
+  from srit_jax import configs
   from srit_jax.configs import checks
+  from srit_jax.planning import compiled_figures, programs, run_time, topology
 
   config = configs.load("csqa_palm", "full")
   checks.check(config, "pipeline")

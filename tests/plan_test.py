@@ -137,6 +137,32 @@ def test_an_oversized_step_is_named_with_its_shortfall_and_what_would_fit(tiny_w
   assert "num_microbatches=" in line and "remat_policy=full" in line
 
 
+@requires_libtpu
+def test_on_a_tpu_a_training_phase_refuses_a_step_that_cannot_fit_before_any_work(tiny_with_tokenizer, monkeypatch):
+  """`fit.check_fits`, which `sft`, `refine` and `pipeline` run first on a TPU: the local devices
+  here stand in for a v5e-8's (compile-only) chips."""
+  import jax
+
+  from srit_jax import configs
+  from srit_jax.planning import fit, topology
+
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  monkeypatch.setattr(fit, "plan_devices", lambda name: topology.tpu_devices("v5e-8"))
+  config = configs.load("sft")
+  config.model = str(tiny_with_tokenizer)
+  config.max_length = 2048
+  config.attention = "xla"  # scores kept for the backward pass
+  fit.check_fits(config, "sft")  # 8 rows of 2048 fit: nothing said
+
+  config.batch_size = 4096
+  with pytest.raises(fit.PlanError) as refused:
+    fit.check_fits(config, "sft")
+  message = str(refused.value)
+  assert message.startswith("programs that do not fit this slice:\nsft SFT step"), message
+  assert "of 16.91 GB" in message and "num_microbatches=" in message
+  assert "| sft | SFT step" in message  # the plan's table follows
+
+
 @pytest.mark.parametrize(
   "args,message",
   [
@@ -159,7 +185,7 @@ def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
   import jax
   import jax.numpy as jnp
 
-  from srit_jax import compiled_figures, topology
+  from srit_jax.planning import compiled_figures, topology
 
   devices, _ = topology.tpu_devices("v5e-8")
   mesh = jax.sharding.Mesh(np.array(devices).reshape(8), ("rows",))
@@ -182,7 +208,8 @@ def test_a_step_time_bound_is_its_cost_analysis_against_the_chips_peaks():
 def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_tokenizer):
   import dataclasses
 
-  from srit_jax import compiled_figures, configs, programs, topology
+  from srit_jax import configs
+  from srit_jax.planning import compiled_figures, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size, block.num_microbatches = str(tiny_with_tokenizer), 16, 2
@@ -204,7 +231,8 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   """Where the whole-row copies are refused for lack of HBM, the copies at 1/2 and 1/4 of the
   rows give the cost of all of them: what the whole-row copies count, within the method's
   tolerance (FLOPs are linear in the rows; bytes nearly so)."""
-  from srit_jax import compiled_figures, configs, programs, topology
+  from srit_jax import configs
+  from srit_jax.planning import compiled_figures, programs, topology
 
   compiled = []
 
@@ -238,7 +266,8 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
 @requires_libtpu
 def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, monkeypatch):
   """`--notime` and the fit check before a TPU run need memory only: no shallow copies."""
-  from srit_jax import configs, programs, topology
+  from srit_jax import configs
+  from srit_jax.planning import programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 8
@@ -259,7 +288,8 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   """The shallow copies are compiled only for XLA's cost, with `COST_ONLY_OPTIONS` (a fraction
   of the compile time at paper scale); the program itself, whose memory the plan reads, at the
   default effort. Their FLOPs are the default effort's; bytes within the method's tolerance."""
-  from srit_jax import compiled_figures, configs, programs, topology
+  from srit_jax import configs
+  from srit_jax.planning import compiled_figures, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 16
@@ -288,7 +318,7 @@ def test_plans_whose_cost_copies_compiled_otherwise_are_planned_again_last():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan
 
-  from srit_jax import compiled_figures
+  from srit_jax.planning import compiled_figures
 
   first, second, *rest = tpu_plan.all_variants()
   timed = {"devices": 4, "estimates": [{"phase": "sft", "program": "SFT step"}]}
@@ -306,7 +336,8 @@ def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_wit
   import jax
   import jax.stages
 
-  from srit_jax import configs, programs
+  from srit_jax import configs
+  from srit_jax.planning import programs
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 8
@@ -361,7 +392,7 @@ def test_the_time_table_says_which_phases_it_could_not_count():
 
 
 def test_plans_time_report_counts_a_phase_whose_calls_are_open_as_at_least():
-  from srit_jax import run_time
+  from srit_jax.planning import run_time
 
   estimates = [
     run_time.Estimate("sft", "SFT step", 3.6, None, "1.5 epochs: the steps follow from the packed examples"),
@@ -423,7 +454,7 @@ def test_a_phase_whose_program_has_no_bound_is_marked_and_the_variant_planned_ag
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[2:] == ["?", "?", "0.25", "≥ 0.75", "≥ 3", "≥ 1.2"]
   assert any(line.startswith("?: one of the phase's programs fits") for line in table)
-  from srit_jax import compiled_figures
+  from srit_jax.planning import compiled_figures
 
   result["cost_options"] = dict(compiled_figures.COST_ONLY_OPTIONS)
   assert variant in tpu_plan.planning_queue({variant: result})
@@ -457,7 +488,8 @@ def test_a_plan_made_at_other_rows_than_the_configs_is_queued_and_timed_as_plann
 def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   import math
 
-  from srit_jax import compiled_figures, configs, programs, run_time, topology
+  from srit_jax import configs
+  from srit_jax.planning import compiled_figures, programs, run_time, topology
 
   config = configs.load("paper", "llama2_7b,v5e-8")  # limit 0 everywhere; the hub's splits
   devices, _ = topology.tpu_devices("v5e-8")
@@ -612,7 +644,8 @@ def test_stored_plans_are_counted_again_from_the_config_as_it_is():
 
 
 def test_evaluation_plans_the_greedy_program_unless_it_samples_answers(monkeypatch):
-  from srit_jax import configs, programs
+  from srit_jax import configs
+  from srit_jax.planning import programs
 
   planned = []
   monkeypatch.setattr(programs, "sampler_program", lambda phase, block, *a, **k: planned.append(block) or block)

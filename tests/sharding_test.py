@@ -9,9 +9,10 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
-from srit_jax import sharding, topology
+from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.model import decoder as model_lib
+from srit_jax.planning import topology
 
 TOKENS = np.random.default_rng(0).integers(3, 128, size=(8, 12)).astype(np.int32)
 

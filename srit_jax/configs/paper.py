@@ -26,8 +26,8 @@ the PaLM 540B files for CSQA (out-family). Parameters and optimizer states shard
 chip of the slice (FSDP over the slice's interconnect); each host feeds its own rows.
 """
 
-from srit_jax import topology
 from srit_jax.configs import pipeline, variants
+from srit_jax.planning import topology
 
 STUDENTS = {
   # name: (hub id, teacher model served behind the OpenAI-compatible endpoint)

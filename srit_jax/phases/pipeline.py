@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import pathlib
 
-from srit_jax import host_memory, io, programs, sharding
+from srit_jax import host_memory, io, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
 from srit_jax.phases import demos, phase_time, refine, report
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
+from srit_jax.planning import fit
 from srit_jax.statistics import paired_comparison
 from srit_jax.tasks import registry
 from srit_jax.tasks.registry import load_examples
@@ -109,7 +110,7 @@ def _with(block, **fields):
 
 def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   checks.check(config, "pipeline")
-  programs.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
+  fit.check_fits(config, "pipeline")  # on TPU: every program compiled and checked before any work
   workdir = io.as_path(workdir)
   if io.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)

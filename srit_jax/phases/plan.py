@@ -4,7 +4,7 @@ slice (or the local devices) without running anything, and checked against each 
     srit-jax plan --config=configs/paper.py:llama2_7b,v5e-8 --topology=v5e-8
     srit-jax plan --config=configs/sft.py --topology=v4-8 --command=sft
 
-The programs and their measurement are srit_jax/programs.py's; this prints them as a table
+The programs and their measurement are srit_jax/planning/programs.py's; this prints them as a table
 and exits non-zero when one does not fit, naming what would make it fit. Each program's figures
 are kept in the compilation cache's `plan_figures/` (`--compilation_cache`), so a second plan of
 the same program reads them instead of compiling it; `--compilation_cache=none` compiles all.
@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import pathlib
 
-from srit_jax.programs import failures, plan_devices, programs, report
-from srit_jax.run_time import estimate_report, run_estimate
+from srit_jax.planning.fit import failures, plan_devices, report
+from srit_jax.planning.programs import programs
+from srit_jax.planning.run_time import estimate_report, run_estimate
 
 
 def run(

@@ -35,7 +35,7 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import host_memory, io, programs, sharding
+from srit_jax import host_memory, io, sharding
 from srit_jax.configs import checks
 from srit_jax.configs.refine import QUESTIONS
 from srit_jax.conversion import loading
@@ -43,6 +43,7 @@ from srit_jax.data import fingerprint, pair_batches, preference_pairs, records
 from srit_jax.data.sft_examples import TokenizeStats
 from srit_jax.generation.jsonl import generate_texts
 from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.planning import fit
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples
@@ -248,7 +249,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
   """Self-refinement; on TPU its programs are first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "refine")
   if check_memory:
-    programs.check_fits(config, "refine")
+    fit.check_fits(config, "refine")
   run = TrainingRun.start(config, workdir, "refine", batch_name="batch_size (pairs per step)")
   workdir, model, mesh = run.workdir, run.model, run.mesh
   if model.tokenizer is None:

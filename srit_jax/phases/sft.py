@@ -21,9 +21,10 @@ import pathlib
 import jax
 import numpy as np
 
-from srit_jax import io, programs, sharding
+from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.data import fingerprint, preference_pairs, records, sft_batches, sft_examples
+from srit_jax.planning import fit
 from srit_jax.training import best_step, flops
 from srit_jax.training.run import DeviceBatches, TrainingRun
 from srit_jax.training.sft_step import batch_nll_sum, jit_sft_step
@@ -133,7 +134,7 @@ def train(config, workdir: str | pathlib.Path, *, check_memory: bool = True) -> 
   """Instruction tuning; on TPU its step is first compiled and checked against HBM (`check_memory`)."""
   checks.check(config, "sft")
   if check_memory:
-    programs.check_fits(config, "sft")
+    fit.check_fits(config, "sft")
   run = TrainingRun.start(config, workdir, "sft")
   tokenizer = run.model.tokenizer
   if tokenizer is None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from srit_jax import topology
-from srit_jax.programs import ProgramPlan
+from srit_jax.planning import topology
+from srit_jax.planning.programs import ProgramPlan
 from srit_jax.tasks import registry
 
 MFU = 0.4  # the stated utilisation beside the bound: 40% of the roofline

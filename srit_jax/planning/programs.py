@@ -1,19 +1,17 @@
 """Every jitted program a config will run, compiled ahead of time for its TPU slice (or the
-local devices) without running anything, and checked against each chip's HBM: the inventory
-behind `srit-jax plan` (srit_jax/phases/plan.py) and the check `sft`, `refine` and `pipeline`
-run before any work on a TPU (`check_fits`).
+local devices) without running anything: the inventory behind `srit-jax plan`
+(srit_jax/phases/plan.py) and the fit check of the training phases (srit_jax/planning/fit.py).
 
 Programs: the SFT step; the DPO step with its reference in the step or precomputed; the
 reference log-prob pass; the sampler (prefill and decode loop) of self-refinement and of
 evaluation at their batch sizes and lengths. Parameters are abstract (shapes, dtypes and
 shardings), so nothing is downloaded or allocated. For each program: per-chip bytes of
-arguments, temporaries and outputs (less what donation aliases), their total against the
-chip's HBM, XLA's FLOPs beside the model-FLOPs formula, the attention kernel, the compile
-time. A program that does not fit is named with its shortfall and the settings that would
-make it fit.
+arguments, temporaries and outputs (less what donation aliases), XLA's FLOPs beside the
+model-FLOPs formula, the attention kernel, the compile time, and with `cost` its FLOPs and
+bytes with every layer counted (for its time bound, srit_jax/planning/run_time.py).
 
 Each program's figures are compiled, or read where a `figures_cache` keeps them, by
-srit_jax/compiled_figures.py.
+srit_jax/planning/compiled_figures.py.
 """
 
 from __future__ import annotations
@@ -27,18 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from srit_jax import sharding, topology
-from srit_jax.compiled_figures import COST_ONLY_OPTIONS, Compiling, Cost
+from srit_jax import sharding
 from srit_jax.conversion import loading
 from srit_jax.model import attention, decoder
+from srit_jax.planning.compiled_figures import COST_ONLY_OPTIONS, Compiling, Cost
 from srit_jax.training import dpo_step, flops, optimizer, sft_step
 from srit_jax.training.state import create_train_state, state_shardings
-
-GB = 1e9
-
-
-class PlanError(ValueError):
-  """Programs that do not fit their devices; the message names each and what would fit."""
 
 
 @dataclasses.dataclass
@@ -429,7 +421,7 @@ def programs(
   """Every program `command` runs for `config`, compiled for `devices`; with `cost`, each one's
   FLOPs and bytes with every layer counted, for its time bound (three compiles a program, not one).
   With `figures_cache`, a folder: each compiled program's figures are kept there and read back
-  by later plans of the same program instead of compiling it (srit_jax/compiled_figures.py). `progress` is
+  by later plans of the same program instead of compiling it (srit_jax/planning/compiled_figures.py). `progress` is
   told of each compile as it ends.
 
   A pipeline config (one with a `student`) plans its phase blocks for the student: all of
@@ -487,98 +479,3 @@ def _eval_program(block, student, devices, prompt_length, how):
     max_new_tokens=block.max_new_tokens,
     how=how,
   )
-
-
-def suggestions(plan: ProgramPlan, hbm: float, block) -> list[str]:
-  """Settings that would make a program fit (estimates from its parts)."""
-  if plan.error and not plan.temporaries:
-    return ["see XLA's report above"]
-  tips = []
-  room = hbm - plan.arguments - plan.outputs + plan.aliased
-  if room <= 0:
-    return [
-      f"its arguments alone (parameters, optimizer state, reference) need {plan.arguments / GB:.1f} GB per chip: "
-      "a slice with more chips, or parameter-efficient tuning (lora.rank=8, with lora.base_quantization=int8 or nf4)"
-    ]
-  if plan.phase in ("sft", "refine") and "sampler" not in plan.name and "log-probs" not in plan.name:
-    factor = plan.temporaries / room
-    micro = block.num_microbatches
-    for k in (2, 4, 8, 16, 32, 64):
-      candidate = micro * k
-      if block.batch_size % candidate == 0 and k >= factor:
-        tips.append(f"num_microbatches={candidate} (temporaries scale with the microbatch)")
-        break
-    if block.get("remat_policy", "none") in ("none", "dots", "dots_no_batch"):
-      tips.append("remat_policy=full (recompute each layer in the backward pass)")
-    tips.append(f"batch_size={max(1, int(block.batch_size / max(factor, 1.0) / 2))} or lower")
-  else:
-    tips.append("a smaller batch (generate_batch_size or eval batch_size), or shorter prompts / max_new_tokens")
-  return tips
-
-
-def _gb(size: float) -> str:
-  return f"{size / GB:.2f}" if size >= 0.01 * GB else f"{size / GB:.2g}"
-
-
-def report(plans: list[ProgramPlan], hbm: float) -> str:
-  lines = [
-    f"per chip, HBM {hbm / GB:.2f} GB",
-    "",
-    "| phase | program | attention | arguments | temporaries | outputs | aliased | total | fits | XLA TFLOP | "
-    "model TFLOP | compile s |",
-    "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
-  ]
-  for p in plans:
-    if p.error and not p.temporaries:
-      fits = "no (compile failed)"
-      sizes = "| – | – | – | – | – "
-    else:
-      fits = "yes" if p.total <= hbm else f"no (+{(p.total - hbm) / GB:.2f} GB)"
-      sizes = "".join(f"| {_gb(x)} " for x in (p.arguments, p.temporaries, p.outputs, p.aliased, p.total))
-    lines.append(
-      f"| {p.phase} | {p.name} | {p.attention} {sizes}| {fits} | {p.compiled_flops / 1e12:.3g} "
-      f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f}{' (cached)' if p.cached else ''} |"
-    )
-  return "\n".join(lines)
-
-
-def failures(plans: list[ProgramPlan], hbm: float, config, command: str) -> list[str]:
-  """One line per program that does not fit: its shortfall and what would make it fit."""
-  out = []
-  for p in plans:
-    if p.error or p.total > hbm:
-      block = config[p.phase] if "student" in config else config
-      shortfall = f"needs {p.total / GB:.2f} GB of {hbm / GB:.2f} GB" if p.temporaries else p.error
-      out.append(f"{p.phase} {p.name}: {shortfall}; would fit with: {'; '.join(suggestions(p, hbm, block))}")
-  return out
-
-
-def plan_devices(topology_name: str | None):
-  """(devices, HBM per device): a TPU slice's compile-only devices, or the local devices."""
-  if topology_name:
-    return topology.tpu_devices(topology_name)
-  devices = jax.devices()
-  hbm = topology.hbm_bytes(devices[0]) if devices[0].platform == "tpu" else _local_memory(devices[0])
-  return devices, hbm
-
-
-def _local_memory(device) -> float:
-  try:
-    return float(device.memory_stats()["bytes_limit"])
-  except Exception:  # CPU devices report no limit: the host's memory, shared by its devices
-    import os
-
-    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return pages * size / max(1, jax.local_device_count())
-
-
-def check_fits(config, command: str, *, prompt_length: int = 512) -> None:
-  """Raises PlanError when a program of `command` cannot fit the local TPU devices (nothing
-  runs; on other platforms this does nothing)."""
-  if jax.default_backend() != "tpu":
-    return
-  devices, hbm = plan_devices(None)
-  plans = programs(config, command, devices, prompt_length=prompt_length, cost=False)  # memory only
-  problems = failures(plans, hbm, config, command)
-  if problems:
-    raise PlanError("programs that do not fit this slice:\n" + "\n".join(problems) + "\n\n" + report(plans, hbm))
