@@ -163,6 +163,50 @@ def test_on_a_tpu_a_training_phase_refuses_a_step_that_cannot_fit_before_any_wor
   assert "| sft | SFT step" in message  # the plan's table follows
 
 
+@requires_libtpu
+def test_an_sft_with_a_held_out_loss_plans_its_forward_pass_beside_the_step(tiny_with_tokenizer):
+  from srit_jax import configs
+  from srit_jax.planning import programs, topology
+  from srit_jax.training import flops
+
+  devices, hbm = topology.tpu_devices("v5e-8")
+  config = configs.load("sft")
+  config.update(model=str(tiny_with_tokenizer), max_length=256, heldout_fraction=0.2)
+  plan = lambda: programs.programs(config, "sft", devices, prompt_length=64, cost=False)
+  assert [p.name for p in plan()] == ["SFT step"]  # held out, but never evaluated (eval_every 0)
+  config.eval_every = 2
+  step, held_out = plan()
+  assert held_out.name == "SFT held-out loss" and held_out.per_call == config.batch_size
+  assert 0 < held_out.total < step.total <= hbm  # the parameters alone: no gradients, no optimizer state
+  assert held_out.arguments < step.arguments / 2 and held_out.temporaries < step.temporaries
+  model_config = programs._model_config(config, config.model)
+  assert held_out.model_flops == pytest.approx(flops.forward_flops(model_config, 8, 256) / 8)
+  assert held_out.compiled_flops > 0
+
+
+def test_what_would_make_a_program_fit_follows_what_the_program_is():
+  import ml_collections
+
+  from srit_jax.planning import fit, programs
+
+  gb = fit.GB
+  block = ml_collections.ConfigDict(dict(batch_size=64, num_microbatches=1, remat_policy="none", chunk_size=128))
+  too_big = lambda phase, name: programs.ProgramPlan(phase, name, "splash", arguments=4 * gb, temporaries=36 * gb)
+  # 16 GB of HBM, 4 of them the arguments: the temporaries need 3x the room.
+  step = fit.suggestions(too_big("sft", "SFT step"), 16 * gb, block)
+  assert step == ["num_microbatches=4 (temporaries scale with the microbatch)", "remat_policy=full "
+                  "(recompute each layer in the backward pass)", "batch_size=10 or lower"]  # fmt: skip
+  for phase, name in (("sft", "SFT held-out loss"), ("refine", "reference log-probs (64 pairs)")):
+    forward = fit.suggestions(too_big(phase, name), 16 * gb, block)  # no backward pass to recompute or split
+    assert forward == ["batch_size=10 or lower", "chunk_size=64 (positions of logits at a time)"], name
+  assert fit.suggestions(too_big("refine", "sampler (64 rows)"), 16 * gb, block) == [
+    "a smaller generate_batch_size, or shorter prompts / max_new_tokens"
+  ]
+  assert fit.suggestions(too_big("eval", "sampler (64 rows)"), 16 * gb, block)[0].startswith("a smaller batch_size,")
+  (alone,) = fit.suggestions(too_big("sft", "SFT step"), 3 * gb, block)
+  assert alone.startswith("its arguments alone (parameters, optimizer state, reference) need 4.0 GB per chip")
+
+
 @pytest.mark.parametrize(
   "args,message",
   [
@@ -518,9 +562,18 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   sft_plan = programs.ProgramPlan("sft", "SFT step", "splash", cost=one)
   sft_estimate = lambda: next(e for e in run_time.run_estimate(config, [sft_plan], devices) if e.phase == "sft")
   assert sft_estimate().calls == config.sft.num_steps and "held-out" not in sft_estimate().assumption
-  config.demos.heldout_questions, config.sft.eval_every = 40, 50  # SFT's held-out passes: said, not counted
-  assert "its held-out loss every 50 steps not counted" in sft_estimate().assumption
-  config.demos.heldout_questions, config.sft.eval_every = 0, 0
+  # SFT's held-out loss, a program of its own: 40 solutions at most, a row each, at steps 50, 100, ...
+  config.demos.heldout_questions, config.sft.eval_every = 40, 50
+  held_out_plan = programs.ProgramPlan("sft", "SFT held-out loss", "splash", cost=one, per_call=config.sft.batch_size)
+  (held_out,) = [e for e in run_time.run_estimate(config, [held_out_plan], devices)]
+  evaluations = config.sft.num_steps // 50
+  assert held_out.calls == evaluations * math.ceil(40 / config.sft.batch_size) and evaluations > 1
+  assert f"40 held-out solutions at most, a row each, at {evaluations} evaluations" == held_out.assumption
+  assert sft_estimate().calls == config.sft.num_steps and "held-out" not in sft_estimate().assumption
+  config.demos.heldout_questions, config.sft.heldout_fraction = 0, 0.1  # a share of records read at run time
+  (held_out,) = [e for e in run_time.run_estimate(config, [held_out_plan], devices)]
+  assert held_out.calls is None and "not known here" in held_out.assumption
+  config.sft.heldout_fraction, config.sft.eval_every = 0.0, 0
   # Up to 2 pairs a question, a tenth of the questions held out: 13,451 training pairs once, the
   # 1,495 held-out ones by the reference once and the policy at steps 0, 100, ..., 600.
   assert (config.refine.num_steps, config.refine.eval_every) == (600, 100)

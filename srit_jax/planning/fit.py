@@ -30,8 +30,8 @@ def suggestions(plan: ProgramPlan, hbm: float, block) -> list[str]:
       f"its arguments alone (parameters, optimizer state, reference) need {plan.arguments / GB:.1f} GB per chip: "
       "a slice with more chips, or parameter-efficient tuning (lora.rank=8, with lora.base_quantization=int8 or nf4)"
     ]
-  if plan.phase in ("sft", "refine") and "sampler" not in plan.name and "log-probs" not in plan.name:
-    factor = plan.temporaries / room
+  factor = plan.temporaries / room
+  if plan.name.startswith(("SFT step", "DPO step")):
     micro = block.num_microbatches
     for k in (2, 4, 8, 16, 32, 64):
       candidate = micro * k
@@ -41,8 +41,12 @@ def suggestions(plan: ProgramPlan, hbm: float, block) -> list[str]:
     if block.get("remat_policy", "none") in ("none", "dots", "dots_no_batch"):
       tips.append("remat_policy=full (recompute each layer in the backward pass)")
     tips.append(f"batch_size={max(1, int(block.batch_size / max(factor, 1.0) / 2))} or lower")
-  else:
-    tips.append("a smaller batch (generate_batch_size or eval batch_size), or shorter prompts / max_new_tokens")
+  elif "sampler" in plan.name:
+    batch = "generate_batch_size" if plan.phase == "refine" else "batch_size"
+    tips.append(f"a smaller {batch}, or shorter prompts / max_new_tokens")
+  else:  # a forward pass over a batch: the reference log-probs, SFT's held-out loss
+    tips.append(f"batch_size={max(1, int(block.batch_size / max(factor, 1.0) / 2))} or lower")
+    tips.append(f"chunk_size={max(1, block.chunk_size // 2)} (positions of logits at a time)")
   return tips
 
 

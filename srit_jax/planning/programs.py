@@ -2,13 +2,14 @@
 local devices) without running anything: the inventory behind `srit-jax plan`
 (srit_jax/phases/plan.py) and the fit check of the training phases (srit_jax/planning/fit.py).
 
-Programs: the SFT step; the DPO step with its reference in the step or precomputed; the
-reference log-prob pass; the sampler (prefill and decode loop) of self-refinement and of
-evaluation at their batch sizes and lengths. Parameters are abstract (shapes, dtypes and
-shardings), so nothing is downloaded or allocated. For each program: per-chip bytes of
-arguments, temporaries and outputs (less what donation aliases), XLA's FLOPs beside the
-model-FLOPs formula, the attention kernel, the compile time, and with `cost` its FLOPs and
-bytes with every layer counted (for its time bound, srit_jax/planning/run_time.py).
+Programs: the SFT step (and its held-out loss, where it has one); the DPO step with its
+reference in the step or precomputed; the reference log-prob pass; the sampler (prefill and
+decode loop) of self-refinement and of evaluation at their batch sizes and lengths. Parameters
+are abstract (shapes, dtypes and shardings), so nothing is downloaded or allocated. For each
+program: per-chip bytes of arguments, temporaries and outputs (less what donation aliases),
+XLA's FLOPs beside the model-FLOPs formula, the attention kernel, the compile time, and with
+`cost` its FLOPs and bytes with every layer counted (for its time bound,
+srit_jax/planning/run_time.py).
 
 Each program's figures are compiled, or read where a `figures_cache` keeps them, by
 srit_jax/planning/compiled_figures.py.
@@ -31,6 +32,8 @@ from srit_jax.model import attention, decoder
 from srit_jax.planning.compiled_figures import COST_ONLY_OPTIONS, Compiling, Cost
 from srit_jax.training import dpo_step, flops, optimizer, sft_step
 from srit_jax.training.state import create_train_state, state_shardings
+
+SFT_HELD_OUT = "SFT held-out loss"
 
 
 @dataclasses.dataclass
@@ -211,10 +214,7 @@ def sft_build(block, devices):
   def build(cfg, whole_rows=False, share=1):
     rows = (block.batch_size // share, block.max_length)
     sharding.check_batch_divides(rows[0], mesh, f"1/{share} of sft batch_size")
-    batch = {
-      name: jax.ShapeDtypeStruct(rows, jnp.float32 if name == "loss_weights" else jnp.int32, sharding=s)
-      for name, s in sft_step.batch_shardings(mesh).items()
-    }
+    batch = _sft_batch(mesh, rows)
     trained, base = _trained_and_base(cfg, mesh)
     state = jax.eval_shape(lambda p: create_train_state(p, tx), trained)
     state = _abstract(state, state_shardings(state, cfg, mesh))
@@ -234,6 +234,53 @@ def sft_program(block, model_source: str, devices, how: Compiling = Compiling())
     "SFT step",
     attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
+  )
+  return _measured(plan, build, model_config, how)
+
+
+def _sft_batch(mesh, rows: tuple[int, int]) -> dict:
+  return {
+    name: jax.ShapeDtypeStruct(rows, jnp.float32 if name == "loss_weights" else jnp.int32, sharding=s)
+    for name, s in sft_step.batch_shardings(mesh).items()
+  }
+
+
+def sft_holds_out(config) -> bool:
+  """Whether a config's SFT computes a held-out loss (every `eval_every` steps): on its
+  `eval_file`, a `heldout_fraction` of its records, or in a pipeline the teacher's solutions of
+  `demos.heldout_questions` more questions."""
+  block = config.sft if "student" in config else config
+  held_out = block.get("heldout_fraction") or block.get("eval_file")
+  held_out = held_out or ("student" in config and config.demos.heldout_questions)
+  return bool(block.get("eval_every") and held_out)
+
+
+def sft_held_out_program(block, model_source: str, devices, how: Compiling = Compiling()) -> ProgramPlan:
+  """SFT's held-out loss: the NLL sum of a batch of held-out rows under the trained parameters
+  (a forward pass at the step's rows; no gradients, no optimizer state)."""
+  model_config = _model_config(block, model_source)
+  mesh = sharding.mesh_from_config(block.mesh, devices)
+
+  def build(cfg, whole_rows=False, share=1):
+    rows = (block.batch_size // share, block.max_length)
+    sharding.check_batch_divides(rows[0], mesh, f"1/{share} of sft batch_size")
+    batch = _sft_batch(mesh, rows)
+    trained, base = _trained_and_base(cfg, mesh)
+    chunk = rows[1] if whole_rows else block.chunk_size
+    nll = jax.jit(
+      lambda params, batch, base: sft_step.batch_nll_sum(
+        params, batch, config=cfg, mesh=mesh, chunk_size=chunk, base=base
+      )
+    )
+    return (lambda: nll.lower(trained, batch, base)), (trained, batch, base)
+
+  rows = (block.batch_size, block.max_length)
+  plan = ProgramPlan(
+    "sft",
+    SFT_HELD_OUT,
+    attention.kernel_for(model_config, "tpu" if _is_tpu(devices) else "cpu", rows[1]),
+    model_flops=flops.forward_flops(model_config, *rows) / len(devices),
+    per_call=block.batch_size,
   )
   return _measured(plan, build, model_config, how)
 
@@ -440,6 +487,8 @@ def programs(
   plans = []
   if command in ("sft", "pipeline"):
     plans.append(sft_program(blocks["sft"], student, devices, how))
+    if sft_holds_out(config):
+      plans.append(sft_held_out_program(blocks["sft"], student, devices, how))
   if command in ("refine", "pipeline"):
     plans += _refine_programs(blocks["refine"], student, devices, prompt_length, how)
   if command in ("eval", "pipeline"):

@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from srit_jax.planning import topology
-from srit_jax.planning.programs import ProgramPlan
+from srit_jax.planning.programs import SFT_HELD_OUT, ProgramPlan
 from srit_jax.tasks import registry
 
 MFU = 0.4  # the stated utilisation beside the bound: 40% of the roofline
@@ -66,17 +66,17 @@ def _pairs_assumed(block, questions: int) -> int:
 
 
 def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float | None, str]:
-  """How often a run of `config` makes a program of `phase` ("SFT step", "sampler", "DPO step",
-  "reference log-probs"; `per_call` rows or pairs a call), and what that count assumes. A
+  """How often a run of `config` makes a program of `phase` ("SFT step", "SFT held-out loss",
+  "sampler", "DPO step", "reference log-probs"; `per_call` rows or pairs a call), and what that count assumes. A
   stored plan's calls are counted again this way when only the config's counts change."""
   pipeline = "student" in config
   block = config[phase] if pipeline else config
   if phase == "sft":
     if block.get("num_epochs"):
       return None, f"{block.num_epochs} epochs: the steps follow from the packed examples"
-    held_out = block.get("heldout_fraction") or block.get("eval_file") or (pipeline and config.demos.heldout_questions)
-    uncounted = f"its held-out loss every {block.eval_every} steps not counted" if held_out and block.eval_every else ""
-    return block.num_steps, _at_most_if_stopping_early(block, uncounted)
+    if program == SFT_HELD_OUT:
+      return _sft_held_out_calls(config, block, per_call)
+    return block.num_steps, _at_most_if_stopping_early(block, "")
   if phase == "refine":
     return _refine_calls(program, per_call, config, block)
   # eval: every stage on every task, CoT (and direct) answers; the rounds' stages in-domain only.
@@ -105,6 +105,20 @@ def count_calls(config, phase: str, program: str, per_call: int) -> tuple[float 
   )
   which = f"{len(stages)} stages, {sum(questions.values()):,} questions of {len(questions)} tasks"
   return calls, which + (f", {sampled} sampled CoT answers each" if sampled else "")
+
+
+def _sft_held_out_calls(config, block, per_call: int) -> tuple[float | None, str]:
+  """SFT's held-out passes: at every `eval_every`-th step, each over the held-out examples, a
+  row each at most (packing only lowers it). Only a pipeline's count is known before the run:
+  its held-out demonstrations are the teacher's solutions of `demos.heldout_questions` questions
+  (those it gets right, at most); a held-out file or share of the records is counted when read."""
+  evaluations = block.num_steps // block.eval_every
+  if not ("student" in config and config.demos.heldout_questions):
+    return None, f"{evaluations} evaluations of held-out records whose number is not known here"
+  examples = config.demos.heldout_questions
+  return evaluations * _ceil(examples, per_call), _at_most_if_stopping_early(
+    block, f"{examples:,} held-out solutions at most, a row each, at {evaluations} evaluations"
+  )
 
 
 def _refine_calls(program: str, per_call: int, config, block) -> tuple[float | None, str]:
