@@ -92,7 +92,7 @@ def _preempt_and_resume(base, tmp_path, *, processes, at_step=3, save_every=50):
   assert _metric_steps(workdir) == _metric_steps(tmp_path / "full")
 
 
-def _sft_args(model_dir, train_file, steps=40):
+def _sft_args(model_dir, train_file, steps=16):
   return [
     "sft",
     "--config=configs/sft.py:tiny",
@@ -127,7 +127,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_with_t
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_student, tmp_path, processes):
-  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=40", "--config.save_every=50")
+  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=16", "--config.save_every=50")
   _preempt_and_resume(base, tmp_path, processes=processes)
 
 
