@@ -31,12 +31,12 @@ def test_smollm2_overfits_4_teacher_demonstrations(smollm2_dir, optimized_progra
     train_file=str(train_file),
     max_length=224,
     batch_size=2,
-    num_steps=12,
+    num_steps=8,  # losses 1.03, 1.09, 0.47, 0.18, 0.11, 0.055, 0.024, 0.014 (6 steps at 6e-4 spiked to 1.26)
     save_every=1000,
     export=False,
   )
   config.mesh.update(data=1, fsdp=1, tensor=1)  # one device: sharded steps are checked against it elsewhere
-  config.optimizer.update(learning_rate=3e-4, warmup_steps=0)  # cosine to a tenth: the last steps settle
+  config.optimizer.update(learning_rate=4e-4, warmup_steps=0)  # cosine to a tenth: the last steps settle
   result = sft_loop.train(config, tmp_path / "run")
   losses = [json.loads(line)["loss"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
   assert losses[0] > 0.5 and losses[-1] < 0.05, losses
