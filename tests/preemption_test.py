@@ -72,9 +72,9 @@ def _assert_same_export(a: pathlib.Path, b: pathlib.Path):
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
 
 
-def _preempt_and_resume(base, tmp_path, *, processes, at_step=3, save_every=50):
-  _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
-  workdir = tmp_path / "preempted"
+def _preempt_at_step(base, workdir, *, processes, at_step=3, save_every=50):
+  """Starts the run on `workdir` and sends the notice once `at_step` steps are logged: it saves
+  the step it reached (not the last `save_every`) and exits with the preemption status."""
   results = _terminate_when(
     _start([*base, f"--workdir={workdir}"], processes=processes), lambda: len(_metric_steps(workdir)) >= at_step
   )
@@ -82,11 +82,16 @@ def _preempt_and_resume(base, tmp_path, *, processes, at_step=3, save_every=50):
     assert result.returncode == preemption.EXIT_CODE, result.stderr[-3000:]
   message = results[0].stderr.strip().splitlines()[-1]
   assert message.startswith("preempted: saved the checkpoint of step "), message
-  # The checkpoint is of the step reached, not of the last save_every.
   reached = max(_metric_steps(workdir))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved[-1] == reached and reached % save_every, (saved, reached)
   assert f"step {reached} of" in message
+
+
+def _preempt_and_resume(base, tmp_path, *, processes):
+  _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
+  workdir = tmp_path / "preempted"
+  _preempt_at_step(base, workdir, processes=processes)
   _finish([*base, f"--workdir={workdir}"], processes=processes)
   _assert_same_export(tmp_path / "full", workdir)
   assert _metric_steps(workdir) == _metric_steps(tmp_path / "full")
@@ -126,15 +131,15 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_with_t
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_sigterm_during_dpo_saves_the_step_reached_and_resumes_exactly(tiny_student, tmp_path, processes):
-  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=16", "--config.save_every=50")
-  _preempt_and_resume(base, tmp_path, processes=processes)
-
-
-@pytest.mark.parametrize("processes", [1, 2])
-def test_sigterm_during_the_reference_pass_keeps_its_batches_and_resumes_exactly(tiny_student, tmp_path, processes):
+def test_sigterm_in_the_reference_pass_then_in_dpo_keeps_what_each_reached_and_resumes_exactly(
+  tiny_student, tmp_path, processes
+):
+  """One run preempted twice: amid its reference pass (the finished batches kept), then, resumed,
+  at DPO step 3 (that step saved); resumed again, it ends as an uninterrupted run ends."""
   # Reference batches of 2 pairs per device: several of them.
-  base = _refine_args(tiny_student, tmp_path, "--config.num_steps=4", "--config.batch_size=2")
+  base = _refine_args(
+    tiny_student, tmp_path, "--config.num_steps=16", "--config.batch_size=2", "--config.save_every=50"
+  )
   _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
   workdir = tmp_path / "preempted"
   # The pairs are written just before the reference pass begins: the notice comes amid it.
@@ -150,9 +155,13 @@ def test_sigterm_during_the_reference_pass_keeps_its_batches_and_resumes_exactly
   kept = np.load(workdir / "reference_logps.so_far.npz")
   assert 0 < len(kept["chosen"]) < len(full["chosen"])
   np.testing.assert_array_equal(kept["chosen"], full["chosen"][: len(kept["chosen"])])
+
+  _preempt_at_step(base, workdir, processes=processes)  # the reference pass finished from its kept batches
+  for side in ("chosen", "rejected"):
+    np.testing.assert_array_equal(np.load(workdir / "reference_logps.npz")[side], full[side])
   _finish([*base, f"--workdir={workdir}"], processes=processes)
-  np.testing.assert_array_equal(np.load(workdir / "reference_logps.npz")["rejected"], full["rejected"])
   _assert_same_export(tmp_path / "full", workdir)
+  assert _metric_steps(workdir) == _metric_steps(tmp_path / "full")
 
 
 def test_sigterm_during_sampling_keeps_every_finished_line(tiny_with_tokenizer, tmp_path):
