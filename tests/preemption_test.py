@@ -72,15 +72,21 @@ def _assert_same_export(a: pathlib.Path, b: pathlib.Path):
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
 
 
-def _preempt_at_step(base, workdir, *, processes, at_step=3, save_every=50):
-  """Starts the run on `workdir` and sends the notice once `at_step` steps are logged: it saves
-  the step it reached (not the last `save_every`) and exits with the preemption status."""
-  results = _terminate_when(
-    _start([*base, f"--workdir={workdir}"], processes=processes), lambda: len(_metric_steps(workdir)) >= at_step
-  )
+def _preempt(args, ready, *, processes=1) -> str:
+  """Starts the command and sends the notice once `ready()` holds: every process exits with the
+  preemption status. Returns the first process's last line (its one-line message)."""
+  results = _terminate_when(_start(args, processes=processes), ready)
   for result in results:
     assert result.returncode == preemption.EXIT_CODE, result.stderr[-3000:]
-  message = results[0].stderr.strip().splitlines()[-1]
+  return results[0].stderr.strip().splitlines()[-1]
+
+
+def _preempt_at_step(base, workdir, *, processes, at_step=3, save_every=50):
+  """The run on `workdir` preempted once `at_step` steps are logged: it saves the step it
+  reached (not the last `save_every`)."""
+  message = _preempt(
+    [*base, f"--workdir={workdir}"], lambda: len(_metric_steps(workdir)) >= at_step, processes=processes
+  )
   assert message.startswith("preempted: saved the checkpoint of step "), message
   reached = max(_metric_steps(workdir))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -143,12 +149,7 @@ def test_sigterm_in_the_reference_pass_then_in_dpo_keeps_what_each_reached_and_r
   _finish([*base, f"--workdir={tmp_path / 'full'}"], processes=processes)
   workdir = tmp_path / "preempted"
   # The pairs are written just before the reference pass begins: the notice comes amid it.
-  results = _terminate_when(
-    _start([*base, f"--workdir={workdir}"], processes=processes), (workdir / "pairs.jsonl").exists
-  )
-  for result in results:
-    assert result.returncode == preemption.EXIT_CODE, result.stderr[-3000:]
-  message = results[0].stderr.strip().splitlines()[-1]
+  message = _preempt([*base, f"--workdir={workdir}"], (workdir / "pairs.jsonl").exists, processes=processes)
   assert message.startswith("preempted: the log-probs of ") and "reference_logps.so_far.npz" in message, message
   assert not (workdir / "reference_logps.npz").exists() and not _metric_steps(workdir)
   full = np.load(tmp_path / "full" / "reference_logps.npz")
@@ -178,9 +179,7 @@ def test_sigterm_during_sampling_keeps_every_finished_line(tiny_with_tokenizer, 
   full, out = tmp_path / "full.jsonl", tmp_path / "preempted.jsonl"
   _finish([*base, f"--out={full}"])
   lines = lambda: out.read_text().count("\n") if out.exists() else 0
-  (result,) = _terminate_when(_start([*base, f"--out={out}"]), lambda: lines() >= 8)
-  assert result.returncode == preemption.EXIT_CODE, result.stderr[-3000:]
-  assert "prompts are answered in" in result.stderr.strip().splitlines()[-1]
+  assert "prompts are answered in" in _preempt([*base, f"--out={out}"], lambda: lines() >= 8)
   kept = out.read_text()
   assert kept.endswith("\n") and 8 <= kept.count("\n") < 64  # whole lines only, none lost
   for line in kept.splitlines():
