@@ -123,7 +123,8 @@ def test_refilled_batch_equals_a_batch_per_row_set(tiny, monkeypatch, batch_size
 def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_gives(hf_model_dir, family):
   """Prompts sharing 20 leading tokens (shorter prompts than a window's reach among them):
   the same tokens, stop reasons and log-probs with the prefix prefilled once as without, in a
-  batch of its own, a refilled batch and with LoRA adapters."""
+  batch of its own and a refilled batch; for Llama also with LoRA adapters (which do not depend
+  on the family's attention)."""
   import dataclasses
 
   directory, _ = hf_model_dir(family)
@@ -151,7 +152,7 @@ def test_a_shared_prefix_prefilled_once_gives_what_each_row_prefilled_whole_give
     (config, params, None, dict(batch_size=16)),
     (config, params, None, dict(batch_size=4, settings=SamplingSettings(temperature=1.0, top_p=0.9))),
     (lora_config, params, adapters, dict(batch_size=4)),
-  ]
+  ][: 3 if family == "llama" else 2]
   lengths = set()
   for model_config, model_params, model_adapters, options in cases:
     kwargs = dict(max_new_tokens=10, num_samples=2, seed=4, eos_ids=tuple(range(3, 23)), adapters=model_adapters)
