@@ -44,6 +44,10 @@ os.environ["XLA_FLAGS"] = (
 if "xla_backend_optimization_level" not in _GIVEN_FLAGS:
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Each training run on CPU would otherwise time a 2048^3 matmul for its MFU's denominator (about
+# a second, once per process: every command a test starts), a figure that the tests never read
+# and that two busy workers make meaningless. flops_test measures it.
+os.environ.setdefault("SRIT_JAX_DEVICE_PEAK_FLOPS", "1e11")
 
 
 def subprocess_env(devices: int, **variables: str) -> dict:

@@ -76,3 +76,15 @@ def test_lora_step_flops_leave_out_the_frozen_base_gradients(trees):
   assert flops.train_step_flops(LORA, BATCH, LENGTH) == pytest.approx(step, rel=0.05)
   # a third less than full fine-tuning, not the same figure
   assert flops.train_step_flops(LORA, BATCH, LENGTH) < 0.75 * flops.train_step_flops(BASE, BATCH, LENGTH)
+
+
+def test_a_cpu_devices_peak_is_its_share_of_the_measured_matmul_speed_unless_one_is_given(monkeypatch):
+  """The suite fixes the peak ($SRIT_JAX_DEVICE_PEAK_FLOPS, conftest.py); unset, a CPU device's
+  peak is the measured float32 matmul speed shared among the emulated devices."""
+  monkeypatch.delenv("SRIT_JAX_DEVICE_PEAK_FLOPS")
+  measured = flops.measured_matmul_peak(dtype="float32")
+  assert 1e8 < measured < 1e14  # FLOP/s of this CPU: between a tenth of a GFLOP/s and 100 TFLOP/s
+  assert flops.per_device_peak_flops() == measured / jax.local_device_count()
+  assert flops.peak_flops() == measured / jax.local_device_count() * jax.device_count()
+  monkeypatch.setenv("SRIT_JAX_DEVICE_PEAK_FLOPS", "3e12")
+  assert flops.per_device_peak_flops() == 3e12 and flops.peak_flops() == 3e12 * jax.device_count()
