@@ -6,16 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from random_pairs import pair_batch, random_pairs
+from random_pairs import pair_batch, pair_log_probs, random_pairs
 
 from srit_jax import configs, sharding
 from srit_jax.conversion import hf_checkpoint
 from srit_jax.training import dpo_step as dpo
 from srit_jax.training import optimizer
 from srit_jax.training.state import create_train_state, state_shardings
-
-# Jitted, as the DPO step runs it: one program per batch shape instead of an op at a time.
-_pair_log_probs = jax.jit(dpo.pair_log_probs, static_argnums=0)
 
 
 def _numpy_loss(pc, pr, rc, rr, beta, loss_type, ls):
@@ -178,7 +175,7 @@ def test_precomputed_reference_equals_in_step_reference(tiny):
   config, params = tiny
   ref = jax.tree.map(lambda x: x * 1.01, params)  # a reference that differs from the policy
   batch = _pairs()
-  ref_chosen, ref_rejected = _pair_log_probs(config, ref, batch)
+  ref_chosen, ref_rejected = pair_log_probs(config, ref, batch)
   precomputed = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
   state_a, metrics_a = _run(config, params, ref, batch)
   state_b, metrics_b = _run(config, params, None, precomputed)
@@ -191,7 +188,7 @@ def test_the_dpop_step_takes_its_lambda(tiny):
   config, params = tiny
   ref = jax.tree.map(lambda x: x * 1.01, params)  # some chosen answers likelier under it than the policy
   batch = _pairs()
-  policy, reference = _pair_log_probs(config, params, batch), _pair_log_probs(config, ref, batch)
+  policy, reference = pair_log_probs(config, params, batch), pair_log_probs(config, ref, batch)
   for lam in (0.0, 3.0):
     _, metrics = _run(config, params, ref, batch, loss_type="dpop", dpop_lambda=lam)
     per_pair, _, _ = dpo.dpo_loss(*policy, *reference, beta=0.1, loss_type="dpop", dpop_lambda=lam)
@@ -214,7 +211,7 @@ def test_training_raises_reward_accuracy_and_leaves_the_reference_bit_identical(
 def test_nll_term_adds_each_chosen_answers_length_normalised_cross_entropy(tiny):
   config, params = tiny
   batch = _pairs()
-  chosen, _ = _pair_log_probs(config, params, batch)
+  chosen, _ = pair_log_probs(config, params, batch)
   # RPO's term: the mean over pairs of -log p(chosen) / |chosen|, pairs of uneven answer lengths.
   expected_nll = np.mean(-np.asarray(chosen) / batch["chosen_lengths"])
   assert len(set(batch["chosen_lengths"])) > 2
@@ -238,7 +235,7 @@ def test_the_nll_loss_type_is_cross_entropy_on_the_chosen_answers_only(tiny):
     rejected = rows["answer_slots"] % 2 == 1
     rows["tokens"][rejected] = (rows["tokens"][rejected] + 7 * other_rejected) % 128
     loss = lambda p, b=changed: dpo.dpo_loss(
-      *_pair_log_probs(config, p, b), *_pair_log_probs(config, params, b), beta=0.1, loss_type="nll",
+      *pair_log_probs(config, p, b), *pair_log_probs(config, params, b), beta=0.1, loss_type="nll",
       chosen_lengths_B=b["chosen_lengths"],
     )[0].mean()  # fmt: skip
     grads[name] = jax.grad(loss)(params)
@@ -263,7 +260,7 @@ def test_the_nll_step_trains_on_chosen_rows_alone_without_a_reference(tiny):
 def test_reference_free_steps_train_without_a_reference_and_report_their_rewards(tiny, loss_type):
   config, params = tiny
   batch = _pairs()
-  chosen, rejected = _pair_log_probs(config, params, batch)
+  chosen, rejected = pair_log_probs(config, params, batch)
   expected, _, _ = dpo.dpo_loss(
     chosen, rejected, None, None, beta=2.0, loss_type=loss_type,
     chosen_lengths_B=batch["chosen_lengths"], rejected_lengths_B=batch["rejected_lengths"],
@@ -283,7 +280,7 @@ def test_microbatched_step_equals_one_pass(tiny, precomputed):
   ref = jax.tree.map(lambda x: x * 1.01, params)
   batch = _pairs(pairs=8, packing="shared_prompt", row_length=24, num_microbatches=1)
   if precomputed:
-    ref_chosen, ref_rejected = _pair_log_probs(config, ref, batch)
+    ref_chosen, ref_rejected = pair_log_probs(config, ref, batch)
     batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
     ref = None
   options = dict(steps=2, nll_weight=0.3, beta=0.5)
@@ -309,7 +306,7 @@ def test_sharded_dpo_step_equals_single_device(hf_model_dir, precomputed):
   ref = jax.tree.map(lambda x: x * 1.01, params)
   batch = _pairs()
   if precomputed:
-    ref_chosen, ref_rejected = _pair_log_probs(config, ref, batch)
+    ref_chosen, ref_rejected = pair_log_probs(config, ref, batch)
     batch = dict(batch, ref_chosen_logps=np.asarray(ref_chosen), ref_rejected_logps=np.asarray(ref_rejected))
   single, single_metrics = _run(config, params, None if precomputed else ref, batch, steps=2)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load_config, subprocess_env, torch_logits
-from random_pairs import pair_batch, random_pairs
+from random_pairs import pair_batch, pair_log_probs, random_pairs
 
 from srit_jax import sharding
 from srit_jax.conversion import hf_checkpoint, loading, peft
@@ -161,9 +161,9 @@ def test_dpo_with_lora_starts_at_log_2_against_base_plus_sft_adapters(hf_model_d
   reference = jax.tree.map(lambda x: x.copy(), student.adapters)  # base + SFT adapters, no second base
   pairs = pair_batch(random_pairs(4, seed=1), "shared_prompt", 24)
   # The reference's log-probs equal those of the SFT export run as a whole model.
-  ours = dpo_step.pair_log_probs(student.config, reference, pairs, base=student.params)
+  ours = pair_log_probs(student.config, reference, pairs, base=student.params)
   export = loading.load_model(tmp_path / "sft_export")
-  full = dpo_step.pair_log_probs(export.config, export.params, pairs)
+  full = pair_log_probs(export.config, export.params, pairs)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(full), atol=1e-4)
 
   tx = _tx(1e-3)

@@ -5,7 +5,7 @@ the iterator's state, shares, row count and answer positions."""
 import jax
 import numpy as np
 import pytest
-from random_pairs import max_side, pair_batch, random_pairs
+from random_pairs import max_side, pair_batch, pair_log_probs, random_pairs
 
 from srit_jax.conversion import hf_checkpoint, loading
 from srit_jax.data import pair_batches
@@ -22,16 +22,12 @@ def tiny(hf_model_dir):
   return hf_checkpoint.load_hf_checkpoint(hf_model_dir("llama")[0])
 
 
-# Jitted, as the DPO step runs them: one program per batch shape instead of an op at a time.
-_pair_log_probs = jax.jit(dpo_step.pair_log_probs, static_argnums=0)
-
-
 def _layout_batch(pairs, packing, factor):
   return pair_batch(pairs, packing, int(factor * max_side(pairs)))
 
 
 def _dpo_loss(config, params, batch, reference, base=None):
-  policy = _pair_log_probs(config, params, batch, base=base)
+  policy = pair_log_probs(config, params, batch, base=base)
   per_pair, _, _ = dpo_step.dpo_loss(*policy, *reference, beta=0.5)
   return per_pair.mean() + 0.3 * dpo_step.length_normalized_nll(policy[0], batch["chosen_lengths"]).mean()
 
@@ -42,8 +38,8 @@ _dpo_loss_grad = jax.jit(jax.grad(_dpo_loss, argnums=1), static_argnums=0)
 def _assert_same_log_probs_and_gradients(config, params, expected_batch, batch, *, rtol, grad_rtol, grad_atol):
   """`batch` gives the (chosen, rejected) log-probs of `expected_batch` (rtol, atol 1e-5), and the
   same gradients of a DPO + NLL loss."""
-  expected = _pair_log_probs(config, params, expected_batch)
-  got = _pair_log_probs(config, params, batch)
+  expected = pair_log_probs(config, params, expected_batch)
+  got = pair_log_probs(config, params, batch)
   for a, b in zip(got, expected):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=1e-5)
   reference = [np.asarray(x) - 0.5 for x in expected]
@@ -132,7 +128,7 @@ def test_packed_sides_of_one_pair_can_land_in_different_rows(tiny):
   slots = batch["rows"]["answer_slots"]
   rows_of = lambda slot: set(np.nonzero((slots == slot).any(axis=1))[0])
   assert any(rows_of(2 * p) != rows_of(2 * p + 1) for p in range(len(pairs)))
-  for a, b in zip(_pair_log_probs(config, params, batch), _pair_log_probs(config, params, pair_batch(pairs))):
+  for a, b in zip(pair_log_probs(config, params, batch), pair_log_probs(config, params, pair_batch(pairs))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
@@ -163,7 +159,7 @@ def test_each_process_share_of_a_batch_gives_the_pairs_of_the_whole(tiny):
     for p in range(2)
   ]
   joined = jax.tree.map(lambda *x: np.concatenate(x), *halves)
-  for a, b in zip(_pair_log_probs(config, params, joined), _pair_log_probs(config, params, whole)):
+  for a, b in zip(pair_log_probs(config, params, joined), pair_log_probs(config, params, whole)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
@@ -176,7 +172,7 @@ def test_packed_pairs_equal_one_row_per_side_under_lora(hf_model_dir):
   pairs = random_pairs(8, seed=5)
   shared = lambda **kw: pair_batch(pairs, "shared_prompt", 2 * max_side(pairs), **kw)
   batches = [pair_batch(pairs), shared(), shared(answers=True)]  # the last: the output layer at answers alone
-  logps = [dpo_step.pair_log_probs(model.config, adapters, b, base=model.params) for b in batches]
+  logps = [pair_log_probs(model.config, adapters, b, base=model.params) for b in batches]
   for packed in logps[1:]:
     for a, b in zip(packed, logps[0]):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
@@ -281,13 +277,13 @@ def test_chosen_only_rows_give_the_chosen_log_probs_and_nll_gradients_of_whole_p
   chosen_only = pair_batch(pairs, packing, row_length, chosen_only=True)
   assert chosen_only["rows"]["tokens"].size < whole["rows"]["tokens"].size
   assert not np.any(chosen_only["rows"]["answer_slots"] % 2 == 1)  # no rejected answer in the rows
-  expected, _ = _pair_log_probs(config, params, whole)
-  got, rejected = _pair_log_probs(config, params, chosen_only)
+  expected, _ = pair_log_probs(config, params, whole)
+  got, rejected = pair_log_probs(config, params, chosen_only)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(rejected), 0.0)
 
   def nll(p, batch):
-    chosen, _ = dpo_step.pair_log_probs(config, p, batch)
+    chosen, _ = pair_log_probs(config, p, batch)
     return dpo_step.length_normalized_nll(chosen, batch["chosen_lengths"]).mean()
 
   grads = [jax.jit(jax.grad(nll))(params, batch) for batch in (whole, chosen_only)]

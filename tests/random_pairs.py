@@ -1,9 +1,15 @@
-"""Random preference pairs of uneven lengths, as token ids, and their batches in any layout."""
+"""Random preference pairs of uneven lengths, as token ids, their batches in any layout, and
+their log-probs."""
 
+import jax
 import numpy as np
 
 from srit_jax.data import pair_batches
 from srit_jax.data.sft_examples import TokenizedExample
+from srit_jax.training import dpo_step
+
+# Jitted, as the DPO step runs it: one program per batch shape instead of an op at a time.
+pair_log_probs = jax.jit(dpo_step.pair_log_probs, static_argnums=0)
 
 
 def random_pairs(n, *, vocab=128, seed=0, prompt=(4, 10), chosen=(2, 9), rejected=(1, 5)):
