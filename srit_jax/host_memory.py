@@ -2,8 +2,9 @@
 
 `reset_peak()` starts a new measurement (the kernel's high-water mark, VmHWM, is reset through
 /proc/self/clear_refs); `peak_bytes()` reads it. Elsewhere both do nothing and the peak is None.
-`release()` gives back what a finished phase leaves behind: compiled programs, the arrays only
-they kept alive, and the heap pages freed since (glibc keeps them otherwise).
+`release()` gives back what a finished phase leaves behind: compiled programs (unless the next
+phase runs them again), the arrays only they kept alive, and the heap pages freed since (glibc
+keeps them otherwise).
 `fewer_malloc_arenas()`: glibc gives each thread that allocates its own heap arena, and XLA's
 many threads then hold gigabytes of freed memory scattered over them; two arenas bound that
 (call it before JAX starts its threads). Both are no-ops where libc is not glibc.
@@ -59,9 +60,13 @@ def trim() -> None:
     libc.malloc_trim(0)
 
 
-def release() -> None:
+def release(programs: bool = True) -> None:
+  """Frees what nothing refers to any more; with `programs`, JAX's compiled and traced programs
+  too (and what they alone kept alive). Keep them (False) for a phase that runs the same programs
+  again: each would be traced and lowered anew (the persistent cache spares only the compile)."""
   import jax
 
-  jax.clear_caches()
+  if programs:
+    jax.clear_caches()
   gc.collect()  # after the caches: what they alone kept alive goes in the same pass
   trim()

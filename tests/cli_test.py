@@ -170,3 +170,36 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     ):
       pytest.fail("a second holder got the lock of a live one")
   assert not lock.exists()
+
+
+def test_commands_load_tokenizers_without_pytorch_and_encode_as_with_it(smollm2_dir, tiny_with_tokenizer):
+  """The console script hides PyTorch (transformers would import it to load a tokenizer): the
+  tokenizers it loads are the same classes and give the same ids as with PyTorch imported."""
+  pytest.importorskip("torch")
+  probe = (
+    "import json, sys\n"
+    "from srit_jax import cli\n"
+    "from srit_jax.conversion import loading\n"
+    "cli._without_pytorch() if sys.argv[1] == 'hidden' else __import__('torch')\n"
+    "found = {}\n"
+    "for directory in sys.argv[2:]:\n"
+    "  tokenizer = loading._tokenizer_in(__import__('pathlib').Path(directory))\n"
+    "  chat = [{'role': 'user', 'content': 'What is 12 + 30? Answer: 42.'}]\n"
+    "  text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)\n"
+    "  found[directory] = [type(tokenizer).__name__, text, tokenizer(text)['input_ids']]\n"
+    "print(json.dumps({'torch': sys.modules.get('torch') is not None, 'tokenizers': found}))\n"
+  )
+
+  def load(mode):
+    result = subprocess.run(
+      [sys.executable, "-c", probe, mode, str(smollm2_dir), str(tiny_with_tokenizer)],
+      capture_output=True, text=True, timeout=300, env=subprocess_env(1),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout.splitlines()[-1]), stderr=result.stderr)
+
+  hidden, imported = load("hidden"), load("imported")
+  assert not hidden["torch"] and imported["torch"]
+  assert hidden["tokenizers"] == imported["tokenizers"]
+  assert all(len(ids) > 5 for _, _, ids in hidden["tokenizers"].values())
+  assert "PyTorch" not in hidden["stderr"], hidden["stderr"]

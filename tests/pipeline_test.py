@@ -10,6 +10,7 @@ from conftest import load_tiny_pipeline_config
 
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
+from srit_jax.generation import sampler
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import phase_time, pipeline, status
 from srit_jax.tasks import registry
@@ -26,19 +27,30 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   config = _tiny_pipeline_config(tiny_student)
   config.demos.heldout_questions, config.sft.eval_every = 6, 1  # SFT's held-out loss on 6 untaught questions
   # While a stage is evaluated, its model is the only one resident: not the SFT phase's trained
-  # parameters, nor the model of the stage evaluated before it.
-  evaluate, resident = evaluation.evaluate, []
+  # parameters, nor the model of the stage evaluated before it. The stages after the first run
+  # the programs it traced (no prompt is prefilled in a trace of their own).
+  evaluate, prefilled = evaluation.evaluate, sampler._prefilled
+  resident, traces, traces_per_stage = [], [], []
+
+  def prefilled_and_count(*args, **kwargs):
+    traces.append(1)
+    return prefilled(*args, **kwargs)
 
   def evaluate_and_count(model, *args, **kwargs):
     model_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
     resident.append(sum(array.nbytes for array in jax.live_arrays()) / model_bytes)
-    return evaluate(model, *args, **kwargs)
+    traced_before = len(traces)
+    result = evaluate(model, *args, **kwargs)
+    traces_per_stage.append(len(traces) - traced_before)
+    return result
 
   monkeypatch.setattr(evaluation, "evaluate", evaluate_and_count)
+  monkeypatch.setattr(sampler, "_prefilled", prefilled_and_count)
   started = time.time()
   results = pipeline.run(config, tmp_path, progress=False)
   run_seconds = time.time() - started
   assert len(resident) == 3 and max(resident) < 1.5, resident  # models resident, in units of one
+  assert traces_per_stage[0] > 0 and traces_per_stage[1:] == [0, 0], traces_per_stage
   first = capsys.readouterr().out
   sft_metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in sft_metrics if "eval_loss" in line] == [1, 2, 3]

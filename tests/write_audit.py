@@ -40,7 +40,8 @@ def main() -> None:
   sys.addaudithook(hook)
   from srit_jax import cli
 
-  sys.exit(cli.main([sys.argv[0], *sys.argv[3:]]))
+  sys.argv = [sys.argv[0], *sys.argv[3:]]
+  cli.run()
 
 
 if __name__ == "__main__":

@@ -66,10 +66,12 @@ class Phase:
     self.marker = self.dir / "DONE.json"
     self.keep = keep
 
-  def done(self) -> bool:
+  def done(self, same_programs_as_last: bool = False) -> bool:
+    """Whether the phase is done. If not, it starts from what the phases before it gave back,
+    their compiled programs kept if it runs the same ones as the last phase that ran."""
     if self._done():
       return True
-    host_memory.release()
+    host_memory.release(programs=not same_programs_as_last)
     host_memory.reset_peak()
     phase_time.start_attempt(self.dir)
     return False
@@ -184,6 +186,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
   results, outcomes, majority_outcomes, eval_phases = {}, {}, {}, []
   sampled = evaluation.sampled_answers(config.eval)
+  evaluated_here = False  # an evaluation stage ran in this process: the next one runs its programs
   for stage in models:
     model_path, upstream = models[stage]
     stage_tasks = {t: d for t, d in tasks.items() if d == "in-domain"} if stage.startswith("srit_round_") else tasks
@@ -198,7 +201,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       upstream,
       config.student,
     )
-    if not phase.done():
+    if not phase.done(same_programs_as_last=evaluated_here):
       print(f"[{phase.name}] {model_path}")
       mesh = sharding.mesh_from_config(config.eval.mesh)
       model = loading.load_model(
@@ -222,6 +225,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       )
       del model  # else it would stay resident while the next stage's model loads
       phase.finish()
+      evaluated_here = True
     eval_phases.append(phase)
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
     outcomes[stage] = {task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.jsonl") for task in stage_tasks}
