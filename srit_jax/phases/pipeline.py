@@ -56,8 +56,9 @@ class Phase:
   change of DPO settings leaves valid). A phase about to run starts from what the phases before
   it gave back (their models, optimizer states and compiled programs, these kept from one
   evaluation stage to the next); its marker records its own peak resident memory and the wall
-  time it took over its attempts (`phase_time`). Settings blocks (dicts) are read without their neutral settings (fingerprint.NEUTRAL_SETTINGS), so a
-  phase made before a setting existed is still found done."""
+  time it took over its attempts (`phase_time`). Settings blocks (dicts) are read without their
+  neutral settings (fingerprint.NEUTRAL_SETTINGS), so a phase made before a setting existed is
+  still found done."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
     self.name, self.dir = name, workdir / name
