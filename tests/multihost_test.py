@@ -148,6 +148,7 @@ def _pipeline_args(model_dir, workdir) -> list[str]:
 ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.jsonl", "refine/pair_stats.json")
 
 
+@pytest.mark.long  # 4 minutes; each phase on two processes is checked by a quicker test
 def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_student, tmp_path):
   """Two processes killed during refine's sampling, then during its DPO steps, and started again
   each time: they end with the artifacts and parameters of one process run through, and process 1
@@ -192,6 +193,7 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are
   assert [w for w in writes[1] if "/checkpoints/" not in w] == []
 
 
+@pytest.mark.long  # 2 minutes; two processes ending SFT early are quicker
 def test_two_processes_stop_early_at_the_step_one_process_stops_and_keep_the_same_step(tiny_student, tmp_path):
   """Early stopping decided on every process from the same held-out losses: both stop together,
   at one process's step, keep its step of lowest held-out loss, and only process 0 writes."""

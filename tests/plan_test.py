@@ -100,6 +100,7 @@ def test_a_reference_free_loss_plans_no_reference_and_a_step_without_one(tiny_wi
   assert "(no reference;" in names[1][1]  # and no reference pass
 
 
+@pytest.mark.long  # 3 minutes; the tiny pipeline's plan compiles every kind of program
 @pytest.mark.slow
 @requires_libtpu
 def test_a_paper_variant_fits_its_slice():

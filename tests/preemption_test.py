@@ -136,7 +136,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tiny_with_t
   _preempt_and_resume(_sft_args(tiny_with_tokenizer, _records(tmp_path / "demos.jsonl")), tmp_path, processes=2)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.long)])  # [2]: 3.5 minutes
 def test_sigterm_in_the_reference_pass_then_in_dpo_keeps_what_each_reached_and_resumes_exactly(
   tiny_student, tmp_path, processes
 ):

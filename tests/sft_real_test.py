@@ -15,6 +15,7 @@ from srit_jax.phases import sft as sft_loop
 pytestmark = pytest.mark.slow  # the real SmolLM2 weights
 
 
+@pytest.mark.long  # 3 minutes; QLoRA on SmolLM2 learning is quicker
 def test_smollm2_overfits_4_teacher_demonstrations(smollm2_dir, optimized_programs, tmp_path):
   with open(TEACHER_MATH_FILE, encoding="utf-8") as f:
     demos = json.load(f)[:200]
