@@ -25,7 +25,7 @@ from srit_jax.generation.jsonl import Completion
 from srit_jax.phases import refine
 from srit_jax.tasks import prompts, synthetic
 from srit_jax.tasks.example import NUMBER, Example
-from srit_jax.training import pair_scoring
+from srit_jax.training import dpo_step, pair_scoring
 
 
 def _demos_file(path, n=16):
@@ -223,11 +223,24 @@ def test_label_smoothing_is_refused_for_a_loss_that_has_none(tiny_student, tmp_p
     refine.run(config, tmp_path / "run", progress=False)
 
 
-def test_ipo_held_out_loss_at_step_zero_is_its_closed_form(tiny_student, tmp_path):
+def test_ipo_held_out_loss_at_step_zero_is_its_closed_form_and_each_program_is_traced_once(
+  tiny_student, tmp_path, monkeypatch
+):
+  traced = []
+
+  def pair_log_probs_and_count(*args, **kwargs):
+    traced.append(sorted(args[2]))  # the batch's fields
+    return pair_log_probs(*args, **kwargs)
+
+  pair_log_probs = dpo_step.pair_log_probs
+  monkeypatch.setattr(dpo_step, "pair_log_probs", pair_log_probs_and_count)
   config = _tiny_config(tiny_student, _demos_file(tmp_path / "demos.jsonl"), loss_type="ipo", num_steps=1)
   summary = refine.run(config, tmp_path / "run", progress=False)
   # The policy is the reference: every margin is 0 and IPO's loss is (0 - 1/(2 beta))^2.
   assert summary["heldout_before"]["eval/loss"] == pytest.approx(1 / (4 * config.beta**2))
+  # The training pairs' reference pass, the held-out pairs' (their reference, then the policy at
+  # steps 0 and 1) and the DPO step's: one trace each, none after the programs are released.
+  assert sorted(summary["heldout_curve"]) == ["0", "1"] and len(traced) == 3, traced
 
 
 def test_the_reference_pass_shows_its_progress(tiny_student, tmp_path, capfd):

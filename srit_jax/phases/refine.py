@@ -328,6 +328,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       base,
       desc="reference log-probs" if progress else None,
     )
+  # The sampler's and the reference pass's programs go before training; the held-out pairs'
+  # program, which scores the reference here and the policy at every evaluation, stays.
+  host_memory.release()
   held_out_scorer = score(held_out) if held_out else None
   if held_out and reference_free:
     held_out_reference = (np.zeros(len(held_out), np.float32),) * 2  # unread
@@ -337,7 +340,6 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     )
   if precompute_reference or not reads_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none
-  host_memory.release()  # the sampler's and the reference pass's programs, before training
 
   iterator = pair_batches.PairBatchIterator(
     tokenized,
