@@ -148,7 +148,7 @@ def _pipeline_args(model_dir, workdir) -> list[str]:
 ARTIFACTS = ("demos/demos.jsonl", "refine/pairs.jsonl", "refine/heldout_pairs.jsonl", "refine/pair_stats.json")
 
 
-@pytest.mark.long  # 4 minutes; each phase on two processes is checked by a quicker test
+@pytest.mark.long  # 4-5 minutes; each phase on two processes is checked by a quicker test
 def test_pipeline_on_two_processes_equals_one_process_and_resumes_after_both_are_killed(tiny_student, tmp_path):
   """Two processes killed during refine's sampling, then during its DPO steps, and started again
   each time: they end with the artifacts and parameters of one process run through, and process 1

@@ -492,7 +492,7 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
     assert curves[1][step] == pytest.approx(values, rel=1e-6), step
 
 
-@pytest.mark.long  # 9 minutes; the tiny DPO tests and QLoRA on SmolLM2 learning are quick
+@pytest.mark.long  # 6-9 minutes; the tiny DPO tests and QLoRA on SmolLM2 learning are quick
 @pytest.mark.slow
 def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, optimized_programs, tmp_path):
   """Pairs from SmolLM2's own CommonsenseQA samples (a correct CoT answer over a direct answer):
