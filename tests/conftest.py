@@ -96,12 +96,18 @@ def pytest_collection_finish(session):
   gc.freeze()
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items):
-  """Each worker's slow tests first. pytest-xdist's work stealing deals the tests out in this
-  order, in one contiguous share per worker, and an idle worker takes the far end of another's
-  share: the slow tests are spread over the shares, each share starting with its own, so that
-  the quick ones fill the workers' last minutes instead of one worker running the slow tests
-  while the other idles."""
+  """A `long` test is `slow` too, marked before `-m` deselects (so the fast lane never runs one
+  that lacks the mark). Then, among the tests selected, each worker's slow tests first.
+  pytest-xdist's work stealing deals the tests out in this order, in one contiguous share per
+  worker, and an idle worker takes the far end of another's share: the slow tests are spread
+  over the shares, each share starting with its own, so that the quick ones fill the workers'
+  last minutes instead of one worker running the slow tests while the other idles."""
+  for item in items:
+    if item.get_closest_marker("long") and not item.get_closest_marker("slow"):
+      item.add_marker(pytest.mark.slow)
+  yield  # `-m` and `-k` deselect here
   slow = [item for item in items if item.get_closest_marker("slow")]
   quick = [item for item in items if not item.get_closest_marker("slow")]
   workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
