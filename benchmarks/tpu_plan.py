@@ -520,6 +520,9 @@ def planning_queue(results: dict) -> list[str]:
 
 def main(argv):
   del argv
+  from srit_jax import host_memory
+
+  host_memory.fewer_malloc_arenas()  # as the command line does, before XLA starts its threads
   options = flags.FLAGS
   results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
   recount(results)

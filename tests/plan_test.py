@@ -375,19 +375,24 @@ def test_plans_whose_cost_copies_compiled_otherwise_are_planned_again_last():
 def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_with_tokenizer, tmp_path, monkeypatch):
   """JAX cannot load a program compiled for a slice it is not on, so the plan keeps each
   program's figures by the lowered program's hash: the same program on the same devices is read
-  back, other devices are compiled; a refusal for lack of memory is kept, any other is not."""
+  back, other devices are compiled; a refusal for lack of memory is kept, any other is not. Each
+  compile gives the compiler's freed memory back to the system; a read-back compiles nothing."""
   import jax
   import jax.stages
 
-  from srit_jax import configs
+  from srit_jax import configs, host_memory
   from srit_jax.planning import programs
 
+  trims = []
+  real_trim = host_memory.trim
+  monkeypatch.setattr(host_memory, "trim", lambda: trims.append(1) or real_trim())
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 8
   plan = lambda devices: programs.programs(block, "sft", devices, prompt_length=16, figures_cache=tmp_path)[0]
   first = plan(jax.devices()[:1])
   assert not first.cached and not first.error and first.cost is not None
   assert len(list(tmp_path.glob("*.json"))) == 3  # the program and its two shallow copies
+  assert len(trims) == 3
 
   def refuse(message):
     def compile(self, *args, **kwargs):
@@ -397,7 +402,7 @@ def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_wit
 
   refuse("compiled again")
   again = plan(jax.devices()[:1])
-  assert again.cached and not again.error
+  assert again.cached and not again.error and len(trims) == 3
   for field in ("arguments", "temporaries", "outputs", "aliased", "compiled_flops", "compile_seconds", "cost"):
     assert getattr(again, field) == getattr(first, field), field
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import jax
 
-from srit_jax import io
+from srit_jax import host_memory, io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +179,10 @@ class Compiling:
 
   def figures(self, lower, arguments, what: str, compiler_options: dict | None = None) -> Compiled:
     figures = compile_figures(lower, arguments, self.figures_cache, compiler_options)
+    if not figures.cached:
+      # The compiler's freed working memory goes back to the system: glibc would keep it, and a
+      # paper-scale plan's compiles would then hold over 15 GB of a host by its fourth program.
+      host_memory.trim()
     if self.progress is not None:
       done = "figures read back" if figures.cached else f"compiled in {figures.seconds:.0f} s"
       self.progress(f"  {what}: {done}{' (refused)' if figures.error else ''}")
