@@ -124,14 +124,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs_after_each_module():
-  """Compiled programs and the arrays they keep alive would otherwise pile up over the whole run."""
+  """Compiled programs and the arrays they keep alive would otherwise pile up over the whole run
+  (and the heap pages they leave free stay with the worker unless given back)."""
   yield
-  import gc
+  from srit_jax import host_memory
 
-  import jax
-
-  jax.clear_caches()
-  gc.collect()
+  host_memory.release()
 
 
 # Real benchmark data and teacher outputs: shared/data beside the repository checkout.
