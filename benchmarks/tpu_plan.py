@@ -370,7 +370,7 @@ def write_doc(results: dict) -> None:
     "",
     "Both keep each compiled program's figures (`$SRIT_JAX_CACHE/xla/plan_figures`), so planning",
     "again compiles only the programs that changed. A compile needs host memory of its own: a few",
-    "GB for most programs, about 15 GB for Gemma 2 9B's refine sampler (benchmarks/RESULTS.md).",
+    "GB for most programs, up to about 15 GB for an 8B or 9B model's refine sampler (benchmarks/RESULTS.md).",
     "",
     "Methods: `full` (every parameter trains: float32 master weights, AdamW moments and gradients,",
     "16 bytes a parameter), `lora` (rank-8 adapters over a bfloat16 base), `qlora` (over an NF4",
