@@ -111,7 +111,6 @@ def test_demos_with_smollm2_as_a_local_teacher(smollm2_dir, tmp_path):
 
 
 @pytest.mark.long  # 2.5 minutes; the pipeline tests run the eval command on the tiny student
-@pytest.mark.slow
 def test_eval_command_end_to_end(smollm2_dir, tmp_path):
   workdir = tmp_path / "eval"
   command = [

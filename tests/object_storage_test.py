@@ -165,7 +165,6 @@ def _steps_saved(phase) -> list[int]:
 
 
 @pytest.mark.long  # 2.5 minutes; a kept step and two processes on gs:// are quicker
-@pytest.mark.slow
 def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_kill_and_matches_a_local_one(
   tiny_student, tmp_path, gcs_emulator
 ):

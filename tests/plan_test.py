@@ -101,7 +101,6 @@ def test_a_reference_free_loss_plans_no_reference_and_a_step_without_one(tiny_wi
 
 
 @pytest.mark.long  # 3 minutes; the tiny pipeline's plan compiles every kind of program
-@pytest.mark.slow
 @requires_libtpu
 def test_a_paper_variant_fits_its_slice():
   """A paper-scale training step as `plan` sees it: Mistral-7B's SFT step (full fine-tuning, 32

@@ -440,7 +440,6 @@ def test_early_stopping_needs_the_held_out_loss_and_its_best_step(tiny_student, 
 
 
 @pytest.mark.long  # 2 minutes; preemption_test resumes DPO exactly on one process
-@pytest.mark.slow
 def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, tmp_path):
   demos_file = _demos_file(tmp_path / "demos.jsonl")
   base = [
@@ -493,7 +492,6 @@ def test_killed_refine_resumes_to_the_same_parameters_bit_for_bit(tiny_student, 
 
 
 @pytest.mark.long  # 6-9 minutes; the tiny DPO tests and QLoRA on SmolLM2 learning are quick
-@pytest.mark.slow
 def test_smollm2_learns_to_prefer_its_own_correct_reasoning(smollm2_dir, optimized_programs, tmp_path):
   """Pairs from SmolLM2's own CommonsenseQA samples (a correct CoT answer over a direct answer):
   a short DPO run lifts held-out reward accuracy above 0.5 and the held-out margin grows."""

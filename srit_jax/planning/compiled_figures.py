@@ -181,7 +181,7 @@ class Compiling:
     figures = compile_figures(lower, arguments, self.figures_cache, compiler_options)
     if not figures.cached:
       # The compiler's freed working memory goes back to the system: glibc would keep it, and a
-      # paper-scale plan's compiles would then hold over 15 GB of a host by its fourth program.
+      # paper-scale plan then grew past 18 GB of a host over one variant's 15 compiles.
       host_memory.trim()
     if self.progress is not None:
       done = "figures read back" if figures.cached else f"compiled in {figures.seconds:.0f} s"
