@@ -280,7 +280,7 @@ def time_table(results: dict) -> list[str]:
     "| variant | chips | SFT h | refine h | eval h | run h | chip-hours | chip-hours at the bound |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  uncounted = replanned = uncompiled = uncosted = False
+  uncounted = replanned = unfit = uncosted = False
   for variant in timed:
     r = results[variant]
     stale = sizes_changed(variant, r)
@@ -291,11 +291,13 @@ def time_table(results: dict) -> list[str]:
         unknown.add(x["phase"])
       else:
         hours[x["phase"]] = hours.get(x["phase"], 0.0) + x["hours_bound"]
-    # A program that did not compile (out of HBM at its rows) has no cost to bound its phase by.
-    failed = {p["phase"] for p in r.get("programs", ()) if p.get("error")}
+    # A phase with a program that does not fit (✗ in the fit table: out of HBM at compile, or its
+    # figures over the chip's HBM) cannot run at these rows: no hours of its own. The run's figures
+    # still add every bound there is (a lower bound: the run would take at least that).
+    failed = {p["phase"] for p in r.get("programs", ()) if p.get("error") or not p.get("fits", True)}
     unbounded = uncosted_phases(r) - failed
     uncounted |= bool(unknown)
-    uncompiled |= bool(failed)
+    unfit |= bool(failed)
     uncosted |= bool(unbounded)
     total, chips = sum(hours.values()), r["devices"]
     at_least = "≥ " if unknown or failed or unbounded else ""
@@ -313,11 +315,12 @@ def time_table(results: dict) -> list[str]:
       "n/a: a phase reads a whole split whose size the plan does not know; the run's figures",
       "then count the other phases only (≥).",
     ]
-  if uncompiled:
+  if unfit:
     lines += [
       "",
-      "✗: one of the phase's programs does not compile on the slice (out of HBM at its rows: the",
-      "table above), so it has no bound; the run's figures count the other phases only (≥).",
+      "✗: one of the phase's programs does not compile on the slice, or does not fit its HBM (at its",
+      "rows: ✗ in the table above), so the phase has no hours of its own; the run's figures add the",
+      "bounds of every program that has one, that phase's others included (≥).",
     ]
   if uncosted:
     lines += [

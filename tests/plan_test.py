@@ -475,6 +475,33 @@ def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
   assert any(line.startswith("✗: one of the phase's programs does not compile") for line in table)
 
 
+def test_the_time_table_bounds_no_phase_whose_program_compiled_over_the_chips_hbm():
+  """A program XLA compiled whose figures are over the chip's HBM (✗ in the fit table) leaves its
+  phase without hours of its own, as one that did not compile does; the run's figures stay at
+  least the sum of every bound."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import tpu_plan
+
+  variant = tpu_plan.all_variants()[0]
+  estimates = [
+    {"phase": phase, "program": "p", "seconds_per_call": 1.0, "calls": 1, "hours_bound": hours, "assumption": ""}
+    for phase, hours in (("sft", 0.2), ("refine", 0.4), ("eval", 0.1))
+  ]
+  programs = [
+    {"phase": "sft", "name": "p (8 rows)", "error": "", "fits": True},
+    {"phase": "refine", "name": "p (16 rows)", "error": "", "fits": False},
+    {"phase": "eval", "name": "p (32 rows)", "error": "", "fits": True},
+  ]
+  results = {variant: {"devices": 4, "estimates": estimates, "programs": programs, **_planned_at(tpu_plan, variant)}}
+  table = tpu_plan.time_table(results)
+  (row,) = [line for line in table if line.startswith(f"| `{variant}`")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # refine marked, not timed; the run at least SFT's 0.2 h, refine's 0.4 h and eval's 0.1 h
+  assert cells[2:] == ["0.5", "✗", "0.25", "≥ 1.75", "≥ 7", "≥ 2.8"]
+  legend = "✗: one of the phase's programs does not compile on the slice, or does not fit its HBM"
+  assert any(line.startswith(legend) for line in table)
+
+
 def test_a_phase_whose_program_has_no_bound_is_marked_and_the_variant_planned_again():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan
