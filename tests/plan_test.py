@@ -453,6 +453,31 @@ def test_plans_time_report_counts_a_phase_whose_calls_are_open_as_at_least():
   assert "≥" not in run_time.estimate_report(estimates, chips=8)
 
 
+def test_plans_time_report_gives_no_hours_to_a_program_that_does_not_fit(monkeypatch):
+  from srit_jax.planning import run_time
+  from srit_jax.planning.compiled_figures import Cost
+  from srit_jax.planning.programs import ProgramPlan
+
+  def plan(phase, name, temporaries, error=""):
+    cost = Cost(flops=1e12, bytes=0.0)
+    return ProgramPlan(phase, name, "xla", temporaries=temporaries, error=error, cost=cost)
+
+  plans = [plan("sft", "SFT step (8 rows)", 10), plan("refine", "DPO step (8 pairs)", 30)]
+  monkeypatch.setattr(run_time, "count_calls", lambda *_: (100, ""))  # 100 calls of each program
+  monkeypatch.setattr(run_time.topology, "peaks", lambda _: (1e12, 1e12))  # 1 s a call at the bound
+  fitting = run_time.run_estimate(None, plans, ["chip"], hbm=40)
+  over = run_time.run_estimate(None, plans, ["chip"], hbm=20)  # the DPO step needs 30 of 20 bytes
+  refused = run_time.run_estimate(None, [plans[0], plan("refine", "DPO step", 0, error="out of HBM")], ["chip"])
+  assert [e.fits for e in fitting] == [True, True] and "✗" not in run_time.estimate_report(fitting, chips=8)
+  for estimates in (over, refused):
+    assert [e.fits for e in estimates] == [True, False]
+    report = run_time.estimate_report(estimates, chips=8)
+    # 100 calls of 1 s: 0.0278 h a program at the bound; the DPO step's row and phase get ✗, not hours
+    assert "| refine | DPO step | 1 | 100 | ✗ | ✗ | ✗ |" in report
+    assert "at 40%: sft 0.0694 h, refine ✗; the run ≥ 0.139 h" in report
+    assert "does not fit the slice" in report
+
+
 def test_the_time_table_bounds_no_phase_whose_program_did_not_compile():
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import tpu_plan

@@ -44,7 +44,7 @@ def run(
     progress=functools.partial(print, flush=True),
   )
   print(report(plans, hbm))
-  times = estimate_report(run_estimate(config, plans, devices), len(devices)) if time else ""
+  times = estimate_report(run_estimate(config, plans, devices, hbm), len(devices)) if time else ""
   if times:
     print("\n" + times)
   problems = failures(plans, hbm, config, command)

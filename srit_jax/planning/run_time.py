@@ -25,6 +25,7 @@ class Estimate:
   calls: float | None  # how often the run makes it; None when the config leaves it open
   assumption: str = ""
   per_call: int = 0  # rows of a sampler call, pairs of a reference pass, 0 for a training step
+  fits: bool = True  # False: the program does not compile on the slice or exceeds its HBM at these rows
 
   @property
   def hours(self) -> float | None:
@@ -166,10 +167,11 @@ def program_of(name: str) -> str:
   return name.split(" (")[0]
 
 
-def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
+def run_estimate(config, plans: list[ProgramPlan], devices, hbm: float = math.inf) -> list[Estimate]:
   """Each program's step-time bound on the slice (roofline: its FLOPs at the chip's peak or its
   bytes at full HBM bandwidth, whichever is slower, every layer counted) and how often the run
-  makes it. Empty off TPU (no peak to divide by)."""
+  makes it; a program that failed to compile or needs more than `hbm` bytes a chip is marked as
+  not fitting. Empty off TPU (no peak to divide by)."""
   peak, bandwidth = topology.peaks(devices[0])
   if not math.isfinite(peak):
     return []
@@ -180,7 +182,8 @@ def run_estimate(config, plans: list[ProgramPlan], devices) -> list[Estimate]:
     program = program_of(plan.name)
     calls, assumption = count_calls(config, plan.phase, program, plan.per_call)
     seconds = plan.cost.seconds(peak, bandwidth)
-    out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call))
+    fits = not plan.error and plan.total <= hbm
+    out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call, fits))
   return out
 
 
@@ -199,20 +202,33 @@ def estimate_report(estimates: list[Estimate], chips: int) -> str:
   for e in estimates:
     hours = e.hours
     calls = "?" if e.calls is None else f"{e.calls:,.0f}"
-    cells = ("?", "?", "?") if hours is None else (f"{hours:.3g}", f"{hours / MFU:.3g}", f"{hours / MFU * chips:.3g}")
+    if not e.fits:  # as the fit table: the phase cannot run at these rows, whatever its bound
+      cells = ("✗", "✗", "✗")
+    elif hours is None:
+      cells = ("?", "?", "?")
+    else:
+      cells = (f"{hours:.3g}", f"{hours / MFU:.3g}", f"{hours / MFU * chips:.3g}")
     lines.append(
       f"| {e.phase} | {e.program} | {e.seconds_per_call:.3g} | {calls} | {' | '.join(cells)} | {e.assumption} |"
     )
     if hours is not None:
       phases[e.phase] = phases.get(e.phase, 0.0) + hours
   open_phases = sorted({e.phase for e in estimates if e.hours is None})
-  at_least = "≥ " if open_phases else ""  # the programs whose calls are open are left out
+  unfit = sorted({e.phase for e in estimates if not e.fits})
+  at_least = "≥ " if open_phases or unfit else ""  # the programs whose calls are open are left out
   total = sum(phases.values())
   summary = ", ".join(
-    f"{phase} {'≥ ' if phase in open_phases else ''}{hours / MFU:.3g} h" for phase, hours in phases.items()
+    f"{phase} ✗" if phase in unfit else f"{phase} {'≥ ' if phase in open_phases else ''}{phases[phase] / MFU:.3g} h"
+    for phase in dict.fromkeys(e.phase for e in estimates)
+    if phase in phases or phase in unfit
   )
   lines += ["", f"at 40%: {summary}; the run {at_least}{total / MFU:.3g} h, {at_least}{total / MFU * chips:.3g} "
             f"chip-hours (bound {at_least}{total:.3g} h, {at_least}{total * chips:.3g} chip-hours)"]  # fmt: skip
   if open_phases:
     lines.append(f"(≥: without the programs of {', '.join(open_phases)} whose calls the config leaves open: '?' above)")
+  if unfit:
+    lines.append(
+      f"(✗: a program of {', '.join(unfit)} does not fit the slice at its rows (the table above), so that phase "
+      "cannot run as configured; the run's figures add every bound there is, a lower bound: ≥)"
+    )
   return "\n".join(lines)
