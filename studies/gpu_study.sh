@@ -21,6 +21,7 @@ ALL+=,cot_vs_direct_nll_new_questions,cot_vs_direct_nll_demos_100,rpo_seed_1,cot
 ALL+=,rpo_new_questions,rpo_demos_100,slip_corrected_nll_seed_1,cot_vs_direct_nll_new_questions_seed_1
 ALL+=,cot_vs_direct_nll_10_seed_1,cot_vs_direct_nll_demos_100_last_control,cot_vs_direct_nll_demos_100_seed_1
 ALL+=,sft_best_heldout,rpo_dpop,rpo_dpop_dpo_selection,cot_vs_direct_orpo,cot_vs_direct_nll_sampled
+ALL+=,cot_vs_direct_nll_10
 VARIANTS=${1:-$ALL}
 DOC=$ROOT_DIR/report/self_refinement_study.md
 mkdir -p "$OUT" "$ROOT_DIR/report"

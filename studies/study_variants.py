@@ -140,6 +140,13 @@ VARIANTS = {
     parent="cot_vs_direct_nll_seed_1",
     versus=("cot_vs_direct_nll_seed_1", "srit", "NLL weight 1's SRIT"),
   ),
+  "cot_vs_direct_nll_10": Variant(
+    "cot_vs_direct_nll_10_seed_1 drawn again with cot_vs_direct_nll's seed (its samples and pairs): the NLL term at "
+    "weight 10; with the compute-matched control",
+    (*(o for o in COT_VS_DIRECT_NLL if "nll_weight" not in o), "refine.nll_weight=10.0", "control=True"),
+    parent="cot_vs_direct_nll",
+    second_seed_of="cot_vs_direct_nll_10_seed_1",
+  ),
   "lora": Variant(
     "the base recipe with LoRA (rank 16 on every projection) in SFT and DPO",
     ("sft.lora.rank=16", "sft.optimizer.learning_rate=1e-3", "refine.optimizer.learning_rate=5e-5"),
