@@ -215,7 +215,7 @@ def estimate_report(estimates: list[Estimate], chips: int) -> str:
       phases[e.phase] = phases.get(e.phase, 0.0) + hours
   open_phases = sorted({e.phase for e in estimates if e.hours is None})
   unfit = sorted({e.phase for e in estimates if not e.fits})
-  at_least = "≥ " if open_phases or unfit else ""  # the programs whose calls are open are left out
+  at_least = "≥ " if open_phases or unfit else ""  # programs of open calls left out, or a phase that cannot run
   total = sum(phases.values())
   summary = ", ".join(
     f"{phase} ✗" if phase in unfit else f"{phase} {'≥ ' if phase in open_phases else ''}{phases[phase] / MFU:.3g} h"
