@@ -201,7 +201,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
         "outputs_gb": p.outputs / 1e9,
         "aliased_gb": p.aliased / 1e9,
         "total_gb": p.total / 1e9,
-        "fits": bool(not p.error and p.total <= hbm),
+        "fits": p.fits(hbm),
         "error": p.error,
         "compile_s": p.compile_seconds,
       }

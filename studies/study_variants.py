@@ -35,6 +35,15 @@ STOP_EARLY = ("refine.early_stopping_patience=4",)
 # and checkpoint choice.
 COT_VS_DIRECT_NLL = tuple(o for o in RPO if "strategy" not in o and "num_cot" not in o and "num_direct" not in o)
 
+# Under Adam, which is nearly indifferent to the loss's scale, DPO + 10 x NLL trains as
+# 0.1 x DPO + NLL: the preference at a tenth of the weight it has in cot_vs_direct_nll, between
+# it (1) and the control (0), on the same pairs and steps; with the compute-matched control.
+COT_VS_DIRECT_NLL_10 = (
+  *(o for o in COT_VS_DIRECT_NLL if "nll_weight" not in o),
+  "refine.nll_weight=10.0",
+  "control=True",
+)
+
 # cot_vs_direct_nll after SFT on 100 demonstrations, its control's last step exported: after
 # that SFT the control's held-out loss (the chosen answers' NLL) was flat, lowest at step 0 by
 # 7e-6, so best_heldout exported the SFT student as the control. The last step matches it to SRIT
@@ -125,25 +134,17 @@ VARIANTS = {
     parent="cot_vs_direct_nll_seed_1",
     second_seed_of="slip_corrected_nll",
   ),
-  # Under Adam, which is nearly indifferent to the loss's scale, DPO + 10 x NLL trains as
-  # 0.1 x DPO + NLL: the preference at a tenth of the weight it has in cot_vs_direct_nll, between
-  # it (1) and the control (0), on the same pairs and steps as cot_vs_direct_nll_seed_1.
   "cot_vs_direct_nll_10_seed_1": Variant(
     "cot_vs_direct_nll_seed_1 with the NLL term at weight 10 (the preference at a tenth of the NLL term's weight); "
     "with the compute-matched control",
-    (
-      *(o for o in COT_VS_DIRECT_NLL if "nll_weight" not in o),
-      "refine.nll_weight=10.0",
-      "control=True",
-      "refine.sampling_seed=1",
-    ),
+    (*COT_VS_DIRECT_NLL_10, "refine.sampling_seed=1"),
     parent="cot_vs_direct_nll_seed_1",
     versus=("cot_vs_direct_nll_seed_1", "srit", "NLL weight 1's SRIT"),
   ),
   "cot_vs_direct_nll_10": Variant(
     "cot_vs_direct_nll_10_seed_1 drawn again with cot_vs_direct_nll's seed (its samples and pairs): the NLL term at "
     "weight 10; with the compute-matched control",
-    (*(o for o in COT_VS_DIRECT_NLL if "nll_weight" not in o), "refine.nll_weight=10.0", "control=True"),
+    COT_VS_DIRECT_NLL_10,
     parent="cot_vs_direct_nll",
     second_seed_of="cot_vs_direct_nll_10_seed_1",
   ),

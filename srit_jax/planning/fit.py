@@ -80,7 +80,7 @@ def failures(plans: list[ProgramPlan], hbm: float, config, command: str) -> list
   """One line per program that does not fit: its shortfall and what would make it fit."""
   out = []
   for p in plans:
-    if p.error or p.total > hbm:
+    if not p.fits(hbm):
       block = config[p.phase] if "student" in config else config
       shortfall = f"needs {p.total / GB:.2f} GB of {hbm / GB:.2f} GB" if p.temporaries else p.error
       out.append(f"{p.phase} {p.name}: {shortfall}; would fit with: {'; '.join(suggestions(p, hbm, block))}")

@@ -57,6 +57,10 @@ class ProgramPlan:
   def total(self) -> int:
     return self.arguments + self.temporaries + self.outputs - self.aliased
 
+  def fits(self, hbm: float) -> bool:
+    """Whether the program compiled and needs at most `hbm` bytes a chip."""
+    return not self.error and self.total <= hbm
+
 
 def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -182,8 +182,7 @@ def run_estimate(config, plans: list[ProgramPlan], devices, hbm: float = math.in
     program = program_of(plan.name)
     calls, assumption = count_calls(config, plan.phase, program, plan.per_call)
     seconds = plan.cost.seconds(peak, bandwidth)
-    fits = not plan.error and plan.total <= hbm
-    out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call, fits))
+    out.append(Estimate(plan.phase, program, seconds, calls, assumption, plan.per_call, plan.fits(hbm)))
   return out
 
 
