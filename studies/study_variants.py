@@ -194,6 +194,14 @@ VARIANTS = {
     parent="cot_vs_direct_nll",
     versus=("cot_vs_direct_nll", "srit", "DPO's SRIT"),
   ),
+  "rpo_orpo": Variant(
+    "rpo's pairs and NLL term with ORPO's odds-ratio term (weight 0.1) in place of DPO's: on cot_vs_direct pairs the "
+    "odds ratio starts saturated (the direct answers already improbable) and hardly trains; here both sides are "
+    "the student's own samples; stopping early as rpo_3_rounds, with its control",
+    (*RPO, *STOP_EARLY, "refine.loss_type=orpo", "refine.beta=0.1", "control=True"),
+    parent="rpo_3_rounds",
+    versus=("rpo_3_rounds", "srit_round_1", "rpo's SRIT"),
+  ),
   "cot_vs_direct_nll_sampled": Variant(
     "cot_vs_direct_nll's SFT, SRIT and control students answering the first 300 in-domain test questions 8 times "
     "each by sampling (temperature 0.7): pass@1, pass@8 and the majority vote, the votes paired; does the "

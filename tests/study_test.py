@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -250,6 +252,26 @@ def test_the_gpu_script_runs_every_variant_of_the_study():
   names = [name for value in values for name in value.split(",") if name]
   assert names[0] == "base" and len(names) == len(set(names))
   assert set(names) == set(_study_module().VARIANTS)
+
+
+def test_every_variant_is_a_pipeline_command_line_whose_settings_pass_the_checks(tmp_path):
+  """A misspelt field or value in a queued variant fails here, not hours into the study."""
+  from srit_jax import cli
+  from srit_jax.configs import checks
+
+  study = _study_module()
+
+  def problems(overrides):
+    cli._parse(["srit-jax", "pipeline", f"--config={ROOT / study.CONFIG}", *overrides, f"--workdir={tmp_path}"])
+    return checks.problems(cli._CONFIG.value, "pipeline")
+
+  for name in study.VARIANTS:
+    assert problems(study.pipeline_overrides(name)) == [], name
+  assert problems(["--config.refine.loss_type=orpho"]) == [
+    "refine.loss_type = 'orpho': must be one of sigmoid, ipo, hinge, dpop, simpo, orpo, nll"
+  ]
+  with pytest.raises(cli.UsageError, match="no field 'num_epoch'"):
+    problems(["--config.refine.num_epoch=2"])
 
 
 def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_path):
