@@ -197,9 +197,10 @@ VARIANTS = {
   "rpo_orpo": Variant(
     "rpo's pairs and NLL term with ORPO's odds-ratio term (weight 0.1) in place of DPO's: on cot_vs_direct pairs the "
     "odds ratio starts saturated (the direct answers already improbable) and hardly trains; here both sides are "
-    "the student's own samples; stopping early as rpo_3_rounds, with its control",
+    "the student's own samples; stopping early as rpo_3_rounds; its control is rpo_dpop's (rpo_3_rounds' first "
+    "control round), taken from rpo_dpop_dpo_selection where that has trained it",
     (*RPO, *STOP_EARLY, "refine.loss_type=orpo", "refine.beta=0.1", "control=True"),
-    parent="rpo_3_rounds",
+    parent="rpo_dpop_dpo_selection",
     versus=("rpo_3_rounds", "srit_round_1", "rpo's SRIT"),
   ),
   "cot_vs_direct_nll_sampled": Variant(
