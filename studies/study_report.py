@@ -278,6 +278,7 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
   # A diagnostic variant's rounds are its parent's.
   shown = [name for name in summary if not (name in VARIANTS and VARIANTS[name].diagnostic)]
   colors = plt.get_cmap("tab20").colors  # one a variant; its rounds told apart by line style
+  point_markers = (".", "x", "+")  # past 20 variants the colours come round again, with other points
   round_styles = ("-", "--", ":", "-.")
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   for index, name in enumerate(shown):
@@ -290,7 +291,8 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
         points = [(step, values[column]) for step, values in curve if values[column] is not None]
         if not points:
           continue
-        ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None, **style)
+        marker = point_markers[index // len(colors) % len(point_markers)]
+        ax.plot(*zip(*points), label=label, marker=marker if len(points) < 30 else None, **style)
         kept = [p for p in points if p[0] == entry["selected_step"]]
         if kept:
           ax.plot(*kept[0], marker="o", markersize=8, fillstyle="none", color=style["color"])
