@@ -15,7 +15,6 @@ from study_variants import VARIANTS, shared_settings
 
 from srit_jax import statistics
 from srit_jax.tasks import arithmetic
-from srit_jax.training import dpo_step
 
 
 def _percent(x: float) -> str:
@@ -268,12 +267,6 @@ def largest_gains_allowed(summary: dict) -> str:
   return "The largest gain the 95% intervals allow, over every recipe and seed reported: " + "; ".join(parts) + "."
 
 
-def _reference_free(overrides) -> bool:
-  """Whether a variant's loss rewards each side by β times its mean log-prob per token (SimPO,
-  ORPO) rather than by β times its log-ratio to the reference."""
-  return any(o == f"refine.loss_type={loss}" for o in overrides for loss in dpo_step.REFERENCE_FREE_PREFERENCE)
-
-
 def learning_curves(summary: dict, path: pathlib.Path) -> None:
   """Held-out reward accuracy and margin over the DPO steps of every round of each variant, the
   kept step marked: what the preference training learned, beside the tables' greedy accuracy."""
@@ -292,7 +285,7 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
     rounds = summary[name]["rounds"]
     for entry in rounds:
       label = name if len(rounds) == 1 else f"{name}, round {entry['round']}"
-      if _reference_free(summary[name].get("overrides", ())):
+      if entry["reference"] is None:  # SimPO, ORPO: each side's mean log-prob, not its log-ratio to a reference
         label += " (rewards: β × mean log-prob)"
       style = dict(color=colors[index % len(colors)], linestyle=round_styles[(entry["round"] - 1) % len(round_styles)])
       curve = sorted((int(step), values) for step, values in entry["heldout_curve"].items())
