@@ -196,12 +196,32 @@ def _parse(argv: list[str]) -> list[str]:
   return remaining
 
 
+def command_line_problems(argv: list[str]) -> list[str]:
+  """What would stop the command line `argv` (as `main` takes it) before any work: a flag or
+  override it cannot parse, or every problem of its config for its command. Runs nothing, so
+  that a queue of command lines can be checked before the first one starts."""
+  from srit_jax.configs import checks
+
+  name = argv[1] if len(argv) > 1 else None
+  if name not in COMMANDS:
+    return [f"unknown command {name!r}; commands: {', '.join(COMMANDS)}"]
+  try:
+    _parse([argv[0], *argv[2:]])
+  except UsageError as e:
+    return [str(e)]
+  if not COMMANDS[name].module or _CONFIG.value is None:
+    return []
+  return checks.problems(_CONFIG.value, name)
+
+
 def _unknown_field(argv: list[str], error: str) -> str:
   """One line for an override of a field the config lacks (ml_collections' own hint kept)."""
   text = error.replace("\\'", "'").replace("\\n", "\n")
   names = re.findall(r"'([A-Za-z_]\w*)'", text)
   field = names[0] if names else text
-  override = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0]), "")
+  override = next(
+    (a.split("=", 1)[0] for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0].split(".")), ""
+  )  # the override with that field in its path, not one whose name merely contains it (num_epochs)
   hint = re.search(r'Did you mean "([^"]+)"', text)
   return f"{override or '--config.' + field}: the config has no field {field!r}" + (
     f"; did you mean {hint.group(1)}?" if hint else ""

@@ -131,6 +131,24 @@ def pipeline_overrides(name: str, extra: tuple[str, ...] = ()) -> list[str]:
   return [f"--config.{o}" for o in (*own, *extra)]
 
 
+def command_line(command: str, name: str, workdir: pathlib.Path, extra: tuple[str, ...] = ()) -> list[str]:
+  """`srit-jax COMMAND` on the variant's config and settings, in `workdir`."""
+  return ["srit-jax", command, f"--config={ROOT / CONFIG}", *pipeline_overrides(name, extra), f"--workdir={workdir}"]
+
+
+def queue_problems(root: pathlib.Path, names, extra: tuple[str, ...] = ()) -> list[str]:
+  """Every problem of the queued variants' pipeline command lines, each naming its variant, so
+  that a misspelt setting (a variant's, or one of --overrides) stops the study at launch rather
+  than when that variant's turn comes. Parses the pipeline's flags in this process."""
+  from srit_jax import cli
+
+  return [
+    f"[{name}] {p}"
+    for name in names
+    for p in cli.command_line_problems(command_line("pipeline", name, root / name, extra))
+  ]
+
+
 def print_status(root: pathlib.Path, names, extra: tuple[str, ...] = ()) -> None:
   """Where each variant stands: finished, queued, or its phases (`srit-jax status`)."""
   from srit_jax import cli
@@ -143,7 +161,7 @@ def print_status(root: pathlib.Path, names, extra: tuple[str, ...] = ()) -> None
       print(f"[{name}] queued")
     else:
       print(f"[{name}]")
-      cli.main(["srit-jax", "status", f"--config={CONFIG}", *pipeline_overrides(name, extra), f"--workdir={workdir}"])
+      cli.main(command_line("status", name, workdir, extra))
     print(flush=True)
 
 
@@ -164,8 +182,15 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep
     return
   # The pipeline runs this checkout's package, as the study itself does, whichever `srit-jax`
   # an editable install elsewhere would have put first on the PATH.
-  command = ["nice", "-n", "10", sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={CONFIG}"]
-  command += [*overrides, f"--workdir={workdir}"]
+  command = [
+    "nice",
+    "-n",
+    "10",
+    sys.executable,
+    "-m",
+    "srit_jax.cli",
+    *command_line("pipeline", name, workdir, extra)[1:],
+  ]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
@@ -178,20 +203,25 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep
 
 def main(argv):
   del argv
-  root = pathlib.Path(_ROOT_DIR.value).resolve()
+  # Read before anything parses the pipeline's flags in this process (which resets these).
+  root, names, extra = pathlib.Path(_ROOT_DIR.value).resolve(), list(_VARIANTS.value), tuple(_OVERRIDES.value)
+  doc, keep_checkpoints = pathlib.Path(_DOC.value), _KEEP_CHECKPOINTS.value
   root.mkdir(parents=True, exist_ok=True)
-  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  unknown = [v for v in names if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; variants: {', '.join(VARIANTS)}")
   if _STATUS.value:
-    print_status(root, _VARIANTS.value, tuple(_OVERRIDES.value))
+    print_status(root, names, extra)
     return
   if not _REPORT_ONLY.value:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    for name in _VARIANTS.value:
-      run_variant(root, name, tuple(_OVERRIDES.value), _KEEP_CHECKPOINTS.value)
-      report(root, pathlib.Path(_DOC.value))
-  report(root, pathlib.Path(_DOC.value))
+    problems = queue_problems(root, names, extra)
+    if problems:
+      raise app.UsageError("the queue cannot run as given (nothing was started):\n" + "\n".join(problems))
+    for name in names:
+      run_variant(root, name, extra, keep_checkpoints)
+      report(root, doc)
+  report(root, doc)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 ROOT = pathlib.Path(__file__).parents[1]
 
 
@@ -257,21 +255,33 @@ def test_the_gpu_script_runs_every_variant_of_the_study():
 def test_every_variant_is_a_pipeline_command_line_whose_settings_pass_the_checks(tmp_path):
   """A misspelt field or value in a queued variant fails here, not hours into the study."""
   from srit_jax import cli
-  from srit_jax.configs import checks
 
   study = _study_module()
+  assert study.queue_problems(tmp_path, list(study.VARIANTS)) == []
 
-  def problems(overrides):
-    cli._parse(["srit-jax", "pipeline", f"--config={ROOT / study.CONFIG}", *overrides, f"--workdir={tmp_path}"])
-    return checks.problems(cli._CONFIG.value, "pipeline")
+  def problems(*overrides):
+    return cli.command_line_problems(study.command_line("pipeline", "rpo", tmp_path, overrides))
 
-  for name in study.VARIANTS:
-    assert problems(study.pipeline_overrides(name)) == [], name
-  assert problems(["--config.refine.loss_type=orpho"]) == [
+  assert problems("refine.loss_type=orpho") == [
     "refine.loss_type = 'orpho': must be one of sigmoid, ipo, hinge, dpop, simpo, orpo, nll"
   ]
-  with pytest.raises(cli.UsageError, match="no field 'num_epoch'"):
-    problems(["--config.refine.num_epoch=2"])
+  # Named by its own override, not by the variant's --config.refine.num_epochs before it.
+  assert problems("refine.num_epoch=2") == [
+    "--config.refine.num_epoch: the config has no field 'num_epoch'; did you mean num_epochs?"
+  ]
+  assert cli.command_line_problems(["srit-jax", "pipelin"])[0].startswith("unknown command 'pipelin'")
+
+
+def test_a_misspelt_setting_stops_the_study_at_launch_naming_each_variant_and_starting_nothing(tmp_path):
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "studies" / "self_refinement.py"), f"--root={tmp_path}", "--variants=rpo,lora",
+     "--overrides=refine.loss_type=orpho", f"--doc={tmp_path / 'study.md'}"],
+    capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )  # fmt: skip
+  assert result.returncode != 0
+  for name in ("rpo", "lora"):
+    assert f"[{name}] refine.loss_type = 'orpho': must be one of" in result.stderr
+  assert list(tmp_path.iterdir()) == []  # no variant's workdir, no report
 
 
 def test_a_variant_taught_otherwise_is_paired_with_the_base_sft_student_too(tmp_path):
