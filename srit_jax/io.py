@@ -19,6 +19,8 @@ the same values and wait at a `barrier` wherever they are about to read what it 
   and field.
 - `to_host`: a (possibly multi-host) array as one NumPy array on every process.
 - `as_path` / `is_remote` / `local_copy` / `staged`: local and `gs://` places alike.
+- `link_files` / `link_tree`: files or a folder of another run taken over as hard links (copies on
+  object storage), never written through: whoever changes such a file writes a new one in its place.
 - `writing(what, path)`: a failed write (a full disk, a missing permission, a bucket over
   quota) becomes one `WriteError` naming what, where and the system's reason in plain words.
 """
@@ -231,21 +233,38 @@ def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tu
   if is_writer():
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
-      if not (source / name).exists():
-        continue
-      if is_remote(source) or is_remote(target):
-        with writing("a copy to", target / name):
-          (source / name).copy(target / name, overwrite=True)
-        continue
-      if (target / name).exists():
-        if os.path.samefile(source / name, target / name):
-          continue
-        (target / name).unlink()
-      try:
-        os.link(source / name, target / name)
-      except OSError:
-        shutil.copy2(source / name, target / name)
+      if (source / name).exists():
+        _link_file(source / name, target / name)
   barrier(f"linked files into {target}")
+
+
+def link_tree(source: str | pathlib.Path, target: str | pathlib.Path) -> None:
+  """`target` made a copy of the folder `source` whose files are hard links to the originals
+  (copies where links cannot be made, and on object storage); by the writing process, once."""
+  source, target = as_path(source), as_path(target)
+  if is_writer():
+    target.mkdir(parents=True, exist_ok=True)
+    for path in files_under(source):
+      _link_file(path, target / str(path)[len(str(source)) :].lstrip("/"))
+  barrier(f"linked {source} into {target}")
+
+
+def _link_file(source: pathlib.Path, target: pathlib.Path) -> None:
+  """`target` a hard link to `source` (a copy where a link cannot be made), in place of any other
+  file there."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(source) or is_remote(target):
+    with writing("a copy to", target):
+      source.copy(target, overwrite=True)
+    return
+  if target.exists():
+    if os.path.samefile(source, target):
+      return
+    target.unlink()
+  try:
+    os.link(source, target)
+  except OSError:
+    shutil.copy2(source, target)
 
 
 def complete_lines(path: str | pathlib.Path) -> list[bytes]:

@@ -12,10 +12,11 @@ then refined on its own samples of 200 training questions; 1,000 in-domain test 
 parent (the base, or the variant whose samples it shares), so it reruns only what it changes;
 a linked file is never written through (appends make their own copy first). Where the parent has
 not finished here (its rows may be reported from another machine), the variant starts from the
-nearest finished ancestor, and takes the phases every variant shares (demonstrations, SFT and
-its evaluation) from any other variant here that made them with the same settings: on a fresh
-machine the first variant run makes them for the rest, and neither the base nor a parent runs
-unless listed. Only the base evaluates the untuned student. Variants run one after another
+nearest finished ancestor. Besides, the pipeline takes over any phase that another variant here
+finished with the same inputs (`reuse_phases_from`, by the phase's fingerprint): the phases every
+variant shares (demonstrations, SFT and its evaluation), or a control that two variants' settings
+make alike. On a fresh machine the first variant run makes them for the rest, and neither the base
+nor a parent runs unless listed. Only the base evaluates the untuned student. Variants run one after another
 under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
@@ -36,7 +37,7 @@ import time
 
 from absl import app, flags
 from study_report import report
-from study_variants import CONFIG, VARIANTS, phase_settings
+from study_variants import CONFIG, VARIANTS
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -83,24 +84,15 @@ def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
 
 
 def start_from_finished_phases(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to finished phases: those of its
-  finished ancestors, each phase from the nearest one that has it (a parent that skipped the
-  untuned student's evaluation, say, leaves it to the base); then the shared phases still
-  missing, from the other variants here with the same shared settings, finished or not. The
-  pipeline reruns a linked phase whose fingerprint is not its own. Nothing to link: it starts empty."""
+  """The variant's workdir, first filled with hard links to the finished phases of its finished
+  ancestors, each phase from the nearest one that has it (a parent that skipped the untuned
+  student's evaluation, say, leaves it to the base). The pipeline reruns a linked phase whose
+  fingerprint is not its own, keeping the samples still valid (a changed DPO setting). Nothing
+  to link: it starts empty."""
   workdir = root / name
   if workdir.exists():
     return workdir
   sources = [(root / ancestor, _finished_phases(root / ancestor)) for ancestor in finished_ancestors(root, name)]
-  for other in VARIANTS:
-    if other != name and (root / other).is_dir():
-      shared = [
-        p
-        for p in _finished_phases(root / other)
-        if (phase := p.relative_to(root / other).as_posix()) in SHARED_PHASES
-        and phase_settings(other, phase) == phase_settings(name, phase)
-      ]
-      sources.append((root / other, shared))
   if not any(phases for _, phases in sources):
     return workdir
   partial = root / f"{name}.partial"
@@ -182,15 +174,12 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep
     return
   # The pipeline runs this checkout's package, as the study itself does, whichever `srit-jax`
   # an editable install elsewhere would have put first on the PATH.
-  command = [
-    "nice",
-    "-n",
-    "10",
-    sys.executable,
-    "-m",
-    "srit_jax.cli",
-    *command_line("pipeline", name, workdir, extra)[1:],
-  ]
+  # Any phase another variant here finished with the same inputs (its fingerprint) is linked from
+  # it, not run: the shared phases, or a control two variants' settings make alike. A location,
+  # not one of the variant's settings.
+  pipeline = command_line("pipeline", name, workdir, extra)[1:]
+  pipeline.insert(-1, f"--config.reuse_phases_from={root}")  # before --workdir, which stays last
+  command = ["nice", "-n", "10", sys.executable, "-m", "srit_jax.cli", *pipeline]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()

@@ -231,17 +231,6 @@ VARIANTS = {
 # variants that override none of them differently share those phases whichever ran first.
 SHARED_SETTINGS = ("student", "seed=", "train_task", "in_domain_tasks", "out_domain_tasks", "demos.", "sft.", "eval.")
 
-# Those each shared phase depends on: demonstrations and SFT not on what evaluation is asked.
-PHASE_SETTINGS = {
-  "demos": ("student", "seed=", "train_task", "demos."),
-  "sft": ("student", "seed=", "train_task", "demos.", "sft."),
-}
-
-
-def phase_settings(name: str, phase: str) -> list[str]:
-  """The variant's overrides that shared phase `phase` depends on."""
-  return sorted(o for o in VARIANTS[name].overrides if o.startswith(PHASE_SETTINGS.get(phase, SHARED_SETTINGS)))
-
 
 def shared_settings(name: str) -> list[str]:
   """The variant's overrides that the shared phases (demonstrations, SFT, its evaluation) depend on."""

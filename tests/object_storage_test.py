@@ -57,6 +57,11 @@ def test_files_of_a_run_directory_on_object_storage(remote):
   (remote / "round_2" / "samples.jsonl").write_text("stale\n")
   io.link_files(remote, remote / "round_2", ("samples.jsonl",))
   assert (remote / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
+  # Another run's finished phase, taken over whole: its files copied, folders and all.
+  io.link_tree(remote / "a", remote / "other_run" / "a")
+  assert json.loads((remote / "other_run" / "a" / "summary.json").read_text()) == {"x": 1}
+  io.link_tree(remote / "round_2", remote / "other_run" / "round_2")
+  assert (remote / "other_run" / "round_2" / "samples.jsonl").read_text() == (remote / "samples.jsonl").read_text()
   io.reset_directory(remote, keep=("samples.jsonl",))
   assert sorted(p.name for p in remote.iterdir()) == ["samples.jsonl"]
 

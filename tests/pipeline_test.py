@@ -2,6 +2,7 @@
 phase rerun with the phases after it."""
 
 import json
+import pathlib
 import time
 
 import jax
@@ -23,7 +24,9 @@ def _tiny_pipeline_config(model_dir):
 
 
 @pytest.mark.slow
-def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp_path, capsys, monkeypatch):
+def test_pipeline_writes_every_artifact_and_skips_what_is_done(
+  tiny_student, tmp_path, tmp_path_factory, capsys, monkeypatch
+):
   config = _tiny_pipeline_config(tiny_student)
   config.demos.heldout_questions, config.sft.eval_every = 6, 1  # SFT's held-out loss on 6 untaught questions
   # While a stage is evaluated, its model is the only one resident: not the SFT phase's trained
@@ -122,6 +125,22 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(tiny_student, tmp
   changed = [p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t]
   assert sorted(p.name for p in changed) == ["results.json", "results.md", "run_config.json"]  # the run's own
   assert json.loads((tmp_path / pipeline.RUN_CONFIG).read_text()) == json.loads(config.to_json())
+
+  # Another run of the same settings that may reuse this one's phases runs none of its own.
+  # (The student lies in this workdir, which the fingerprints name "$WORKDIR/tiny_student": the
+  # other run's own student lies in its own.)
+  assert tiny_student.parent == tmp_path
+  second_workdir = tmp_path_factory.mktemp("second")
+  (second_workdir / tiny_student.name).symlink_to(tiny_student, target_is_directory=True)
+  second = _tiny_pipeline_config(second_workdir / tiny_student.name)
+  second.demos.heldout_questions, second.sft.eval_every = config.demos.heldout_questions, config.sft.eval_every
+  second.reuse_phases_from = str(tmp_path)
+  reused = pipeline.run(second, second_workdir, progress=False)
+  linked = capsys.readouterr().out
+  for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
+    assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
+    assert (second_workdir / phase / "DONE.json").samefile(tmp_path / phase / "DONE.json")
+  assert reused["stages"] == saved["stages"] and reused["paired"] == saved["paired"]
 
   # A changed DPO setting reruns refine and the evaluation of its student, nothing else; the
   # student's samples, made by the same model with the same settings, are kept as they are.
@@ -264,6 +283,47 @@ def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tm
   assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["temperature"] == config.refine.temperature
   config.eval.sampled_answers = 4
   assert fingerprint.fingerprinted(config.eval.to_dict(), "eval")["sampled_answers"] == 4
+
+
+def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not_run(tmp_path, capsys):
+  study = tmp_path / "study"
+  other, here = study / "other", study / "here"
+
+  def finished(workdir, settings, text):
+    phase = pipeline.Phase(workdir, "refine", settings, str(workdir / "sft" / "export"))
+    assert not phase.done()
+    (phase.dir / "export").mkdir(parents=True)
+    (phase.dir / "export" / "model.safetensors").write_text(text)
+    phase.finish({"summary": {"made_in": str(workdir)}})
+    return phase
+
+  made = finished(other, {"beta": 0.1}, "weights")
+  for workdir in (other, here, study / "not_a_run"):
+    workdir.mkdir(parents=True, exist_ok=True)
+  for workdir in (other, here):
+    (workdir / pipeline.RUN_CONFIG).write_text("{}")
+  assert pipeline.other_runs(str(study), here) == (other,)  # the workdirs in a folder, this one left out
+  assert pipeline.other_runs(f"{other}, {study}", here) == (other, other)
+  assert pipeline.other_runs(str(other), other) == ()
+  # An interrupted run here gives way to the finished one: its files become links to that run's.
+  (here / "refine" / "checkpoints").mkdir(parents=True)
+  reused = pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export"), reuse_from=(other,))
+  assert reused.fingerprint == made.fingerprint  # the paths inside each workdir are its own
+  assert reused.done()
+  assert (
+    f"[refine] done with the same inputs in {other / 'refine'}: linked from there, not run" in capsys.readouterr().out
+  )
+  linked = sorted(p.relative_to(here / "refine") for p in (here / "refine").rglob("*") if p.is_file())
+  assert linked == sorted(p.relative_to(other / "refine") for p in (other / "refine").rglob("*") if p.is_file())
+  assert pathlib.Path("export/model.safetensors") in linked and pathlib.Path("checkpoints") not in linked
+  assert all((here / "refine" / p).samefile(other / "refine" / p) for p in linked)
+  assert reused.recorded()["summary"] == {"made_in": str(other)}
+  assert pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export")).done()  # now done here
+  # Other inputs: nothing linked, the phase runs.
+  third = tmp_path / "third"
+  assert not pipeline.Phase(third, "refine", {"beta": 0.1}, "another upstream", reuse_from=(other,)).done()
+  assert not pipeline.Phase(third, "refine", {"beta": 0.2}, str(third / "sft" / "export"), reuse_from=(other,)).done()
+  assert not (third / "refine" / "DONE.json").exists()
 
 
 def test_the_results_say_which_step_sft_kept_where_it_is_not_its_last():

@@ -148,41 +148,23 @@ def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the
   assert study.finished_ancestors(tmp_path, "base") == [] and not list(tmp_path.glob("*.partial"))
 
 
-def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_path):
+def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_path, monkeypatch):
   study = _study_module()
-  # Neither the base nor cot_vs_direct_nll has run here; slip_corrected_nll_seed_1 made the
-  # shared phases and a refine phase, and the variant with a quarter of the demonstrations its own.
-  for variant, phases in {
-    "slip_corrected_nll_seed_1": ("demos", "sft", "eval/sft", "refine"),
-    "cot_vs_direct_nll_demos_100": ("demos", "sft", "eval/sft"),
-  }.items():
-    for phase in phases:
-      (tmp_path / variant / phase).mkdir(parents=True)
-      (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
-  (tmp_path / "slip_corrected_nll_seed_1" / "eval" / "srit").mkdir(parents=True)  # unfinished: not linked
-  shared_settings = _study_part("study_variants").shared_settings
-  assert shared_settings("cot_vs_direct_nll_demos_100") == ["demos.limit=100"]
-  assert shared_settings("rpo_3_rounds") == shared_settings("slip_corrected_nll_seed_1") == []
+  # Neither the base nor cot_vs_direct_nll has run here: nothing of theirs to start from. The
+  # phases every variant shares (and a control two variants make alike) the pipeline takes from
+  # whichever variant here made them, by their fingerprints (pipeline.other_runs reads the root).
+  (tmp_path / "slip_corrected_nll_seed_1" / "sft").mkdir(parents=True)
+  (tmp_path / "slip_corrected_nll_seed_1" / "sft" / "DONE.json").write_text("{}")
+  assert not study.start_from_finished_phases(tmp_path, "rpo_3_rounds").exists()
+  commands = []
 
-  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
-  assert sorted(p.relative_to(workdir).as_posix() for p in workdir.glob("**/DONE.json")) == [
-    "demos/DONE.json",
-    "eval/sft/DONE.json",
-    "sft/DONE.json",
-  ]  # the shared phases only: another variant's refine phase is not this one's
-  for phase in ("demos", "sft", "eval/sft"):
-    assert json.loads((workdir / phase / "DONE.json").read_text()) == {"phase": f"slip_corrected_nll_seed_1/{phase}"}
-  workdir = study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100")
-  assert json.loads((workdir / "sft" / "DONE.json").read_text()) == {"phase": "cot_vs_direct_nll_demos_100/sft"}
-  # Other evaluation settings (a diagnostic's sampled answers): the same demonstrations and SFT.
-  workdir = study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_sampled")
-  assert sorted(p.relative_to(workdir).as_posix() for p in workdir.glob("**/DONE.json")) == [
-    "demos/DONE.json",
-    "sft/DONE.json",
-  ]
-  # Other demonstrations, other SFT: nothing to share, it starts empty.
-  (tmp_path / "cot_vs_direct_nll_demos_100").rename(tmp_path / "kept_aside")
-  assert not study.start_from_finished_phases(tmp_path, "cot_vs_direct_nll_demos_100").exists()
+  def pipeline(command, **kwargs):
+    commands.append(command)
+    pathlib.Path(command[-1].removeprefix("--workdir=")).mkdir()
+
+  monkeypatch.setattr(study.subprocess, "run", pipeline)
+  study.run_variant(tmp_path, "rpo_3_rounds")
+  assert commands[0][-2:] == [f"--config.reuse_phases_from={tmp_path}", f"--workdir={tmp_path / 'rpo_3_rounds'}"]
 
 
 def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(tmp_path, monkeypatch):
@@ -198,7 +180,7 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
 
   monkeypatch.setattr(study.subprocess, "run", pipeline)
   study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))
-  assert commands[0][-4:-1] == [
+  assert commands[0][-5:-2] == [
     "--config.refine.strategy=correct_vs_incorrect",
     "--config.eval_untuned=False",  # the base's to evaluate
     "--config.eval.batch_size=256",
@@ -207,14 +189,14 @@ def test_overrides_given_to_the_study_follow_each_variants_own_and_are_recorded(
   assert commands[0][3:6] == [sys.executable, "-m", "srit_jax.cli"]
   assert environments[0]["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
   marker = json.loads((tmp_path / "correct_vs_incorrect" / "STUDY_DONE").read_text())
-  assert marker["overrides"] == commands[0][-4:-1]
+  assert marker["overrides"] == commands[0][-5:-2]  # where the variant may take phases from is no setting
   study.run_variant(tmp_path, "base")
   assert not any("eval_untuned" in part for part in commands[1])
 
   study.run_variant(tmp_path, "correct_vs_incorrect", ("eval.batch_size=256",))  # finished with the same
   assert len(commands) == 2
   study.run_variant(tmp_path, "correct_vs_incorrect")  # other settings: it runs again
-  assert len(commands) == 3 and commands[2][-3] == "--config.refine.strategy=correct_vs_incorrect"
+  assert len(commands) == 3 and commands[2][-4] == "--config.refine.strategy=correct_vs_incorrect"
 
 
 def test_a_finished_variant_keeps_its_exports_and_loses_its_checkpoints(tmp_path, monkeypatch):

@@ -361,6 +361,8 @@ def problems(config: ConfigDict, command: str) -> list[str]:
     found += _task_problems(config.out_domain_tasks, "out_domain_tasks", required=False)
     if config.data_dir:
       _exists(config.data_dir, "data_dir", found, "directory")
+    for folder in filter(None, (f.strip() for f in config.reuse_phases_from.split(","))):
+      _exists(folder, "reuse_phases_from", found, "directory")
     found += command_problems(config.demos, "demos", "demos.", linked=("task", "data_dir"))
     held_out_demos = ("eval_file",) if config.demos.heldout_questions else ()
     if held_out_demos and config.sft.eval_file:

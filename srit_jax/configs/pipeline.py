@@ -46,6 +46,9 @@ def get_config(variant: str = ""):
   config.eval_rounds = False  # evaluate every round's student in-domain (a learning curve over rounds)
   config.eval_untuned = True  # evaluate the untuned student too (off where another run of it has: a study's variants)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
+  # Comma-separated workdirs of other runs, or folders of them (a study's root): a phase done
+  # there with the same inputs (its fingerprint) is taken over as hard links, not run again.
+  config.reuse_phases_from = ""
   return config
 
 

@@ -19,6 +19,10 @@ and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domai
 `eval_untuned` off, the untuned student is not (nor paired with the others). With
 `eval.sampled_answers`, every stage also samples that many CoT answers a question: pass@k and
 the majority vote per stage, and the stages' majority votes paired like their greedy answers.
+
+With `reuse_phases_from` (other runs' workdirs, or a folder of them), a phase that one of them
+finished with the same fingerprint is taken over as hard links rather than run again: a sweep
+whose runs share their demonstrations, SFT, evaluations or controls makes each once.
 """
 
 from __future__ import annotations
@@ -60,12 +64,13 @@ class Phase:
   neutral settings (fingerprint.NEUTRAL_SETTINGS), so a phase made before a setting existed is
   still found done."""
 
-  def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = ()):
+  def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = (), reuse_from: tuple = ()):
     self.name, self.dir = name, workdir / name
     inputs = [fingerprint.fingerprinted(i) if isinstance(i, dict) else i for i in inputs]
     self.fingerprint = fingerprint.digest(fingerprint.portable(inputs, workdir))
     self.marker = self.dir / "DONE.json"
     self.keep = keep
+    self.reuse_from = reuse_from  # other runs' workdirs (other_runs): where this phase may be done already
 
   def done(self, same_programs_as_last: bool = False) -> bool:
     """Whether the phase is done. If not, it starts from what the phases before it gave back,
@@ -78,13 +83,20 @@ class Phase:
     return False
 
   def _done(self) -> bool:
+    if self.marker.exists() and _fingerprint_of(self.dir) == self.fingerprint:
+      print(f"[{self.name}] done already, skipped")
+      return True
+    done_elsewhere = next((d for w in self.reuse_from if _fingerprint_of(d := w / self.name) == self.fingerprint), None)
+    if done_elsewhere is not None:
+      # Its files become hard links to that run's (never written through), in place of any here.
+      print(f"[{self.name}] done with the same inputs in {done_elsewhere}: linked from there, not run")
+      io.reset_directory(self.dir)
+      io.link_tree(done_elsewhere, self.dir)
+      return True
     if not self.marker.exists():
       if self.dir.exists():
         print(f"[{self.name}] resuming an interrupted run in {self.dir}")
       return False
-    if json.loads(self.marker.read_text(encoding="utf-8"))["fingerprint"] == self.fingerprint:
-      print(f"[{self.name}] done already, skipped")
-      return True
     kept = sorted(name for name in self.keep if (self.dir / name).exists())
     print(
       f"[{self.name}] its config or an earlier phase changed since it ran: running it again"
@@ -102,6 +114,25 @@ class Phase:
     """What the finished phase's marker holds: its peak resident memory ("peak_rss_bytes") and its
     wall time over its attempts ("seconds", "attempts"; absent where it finished before they were kept)."""
     return json.loads(self.marker.read_text(encoding="utf-8"))
+
+
+def _fingerprint_of(phase_dir) -> str | None:
+  """The fingerprint a finished phase's marker records; None where the phase has not finished."""
+  marker = phase_dir / "DONE.json"
+  return json.loads(marker.read_text(encoding="utf-8"))["fingerprint"] if marker.exists() else None
+
+
+def other_runs(folders: str, workdir) -> tuple:
+  """The pipeline workdirs (those holding a RUN_CONFIG) named in `folders`, comma-separated:
+  workdirs, or folders of them (a study's root); this run's own left out."""
+  found = []
+  for folder in (io.as_path(f.strip()) for f in folders.split(",") if f.strip()):
+    candidates = [folder] if (folder / RUN_CONFIG).exists() else sorted(folder.iterdir(), key=str)
+    # A path inside this workdir reads "$WORKDIR..." made portable.
+    found += [
+      c for c in candidates if (c / RUN_CONFIG).exists() and fingerprint.portable(str(c), workdir) != "$WORKDIR"
+    ]
+  return tuple(found)
 
 
 def _with(block, **fields):
@@ -123,7 +154,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Demonstrations.
   demos_config = _with(config.demos, task=config.train_task, **shared)
-  demos_phase = Phase(workdir, "demos", demos_config.to_dict())
+  reuse_from = other_runs(config.reuse_phases_from, workdir)
+  demos_phase = Phase(workdir, "demos", demos_config.to_dict(), reuse_from=reuse_from)
   if not demos_phase.done():
     print("[demos] teacher demonstrations")
     summary = demos.run(demos_config, demos_phase.dir, progress=progress)
@@ -133,7 +165,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   sft_config = _with(config.sft, model=config.student, train_file=str(demos_phase.dir / "demos.jsonl"), export=True)
   if config.demos.heldout_questions:  # SFT's held-out loss on the demonstrations of questions it never trains on
     sft_config = _with(sft_config, eval_file=str(demos_phase.dir / demos.HELD_OUT_FILE))
-  sft_phase = Phase(workdir, "sft", fingerprint.fingerprinted(sft_config.to_dict(), "sft"), demos_phase.fingerprint)
+  sft_inputs = fingerprint.fingerprinted(sft_config.to_dict(), "sft"), demos_phase.fingerprint
+  sft_phase = Phase(workdir, "sft", *sft_inputs, reuse_from=reuse_from)
   if not sft_phase.done():
     print("[sft] instruction tuning on the demonstrations")
     trained = sft_loop.train(sft_config, sft_phase.dir, check_memory=False)
@@ -143,7 +176,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
 
   # Self-refinement, in one or more rounds; and the compute-matched control beside it.
   refine_task = config.refine_task or config.train_task
-  refine_phases = _refine_rounds(config, workdir, "refine", sft_phase, demos_phase, refine_task, shared, progress)
+  refine_phases = _refine_rounds(
+    config, workdir, "refine", sft_phase, demos_phase, refine_task, shared, progress, reuse_from=reuse_from
+  )
   refine_phase = refine_phases[-1]
   control_phases = []
   if config.control:
@@ -157,6 +192,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       shared,
       progress,
       samples_from=refine_phases,
+      reuse_from=reuse_from,
     )
 
   # Evaluation of every stage.
@@ -201,6 +237,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       model_path,
       upstream,
       config.student,
+      reuse_from=reuse_from,
     )
     if not phase.done(same_programs_as_last=evaluated_here):
       print(f"[{phase.name}] {model_path}")
@@ -308,7 +345,7 @@ def phase_names(config) -> list[str]:
 
 
 def _refine_rounds(
-  config, workdir, prefix, sft_phase, demos_phase, task, shared, progress, samples_from=()
+  config, workdir, prefix, sft_phase, demos_phase, task, shared, progress, samples_from=(), reuse_from=()
 ) -> list[Phase]:
   """The phases WORKDIR/<prefix>, <prefix>_2, ...: `refine_iterations` rounds, each from the student
   the last one left. The control chain (`samples_from` the refined chain) trains on the chosen
@@ -354,6 +391,7 @@ def _refine_rounds(
       previous.fingerprint,
       sft_phase.fingerprint,
       keep=refine.SAMPLE_FILES,
+      reuse_from=reuse_from,
     )
     if not phase.done():
       if samples_from and round_ == 1:
