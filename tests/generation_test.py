@@ -466,6 +466,34 @@ def test_resumed_jsonl_run_equals_uninterrupted_run(tiny_with_tokenizer, tmp_pat
     jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(9), resumed_path, **kwargs)
 
 
+def test_samples_another_run_made_from_the_same_inputs_are_taken_over_not_generated(
+  tiny_with_tokenizer, tmp_path, monkeypatch
+):
+  from srit_jax.conversion import loading
+
+  model = loading.load_model(tiny_with_tokenizer)
+  kwargs = dict(max_new_tokens=4, settings=SamplingSettings(temperature=1.0), num_samples=2, seed=5, progress=False)
+  other = tmp_path / "other" / "samples.cot.jsonl"
+  jsonl.generate_to_jsonl(model.config, model.params, model.tokenizer, _records(3), other, **kwargs)
+  generated = []
+  real_generate_rows = jsonl.generate_rows
+  monkeypatch.setattr(jsonl, "generate_rows", lambda *a, **k: generated.append(1) or real_generate_rows(*a, **k))
+  here = tmp_path / "here" / "samples.cot.jsonl"
+  here.parent.mkdir()
+  here.write_text('{"stale": true}\n')  # made from other inputs before: replaced
+  jsonl.generate_to_jsonl(
+    model.config, model.params, model.tokenizer, _records(3), here, made_elsewhere=[other], **kwargs
+  )
+  assert generated == [] and here.samefile(other)
+  assert here.with_name(here.name + ".meta.json").samefile(other.with_name(other.name + ".meta.json"))
+  # Another seed: other inputs, generated here.
+  third = tmp_path / "third" / "samples.cot.jsonl"
+  jsonl.generate_to_jsonl(
+    model.config, model.params, model.tokenizer, _records(3), third, made_elsewhere=[other], **{**kwargs, "seed": 6}
+  )
+  assert generated and not third.samefile(other)
+
+
 def assert_same_generations(path, reference_path):
   """Both files hold the same generation lines (in any order), log-probs within rounding."""
   read = lambda p: sorted(

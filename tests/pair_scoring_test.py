@@ -48,3 +48,28 @@ def test_kept_reference_batches_of_other_pairs_or_another_batch_size_are_not_tak
   resumed = Scorer()  # the whole pass is saved: read, nothing scored
   assert pair_scoring.cached_log_probs(path, "pairs A", resumed, None, None)[0].tolist() == chosen.tolist()
   assert resumed.scored == []
+
+
+def test_a_reference_pass_another_run_made_for_the_same_pairs_and_model_is_taken_over(tmp_path):
+  class Scorer:
+    pairs, batch_size = [0, 1, 2], 4
+
+    def __init__(self):
+      self.calls = 0
+
+    def __call__(self, params, base=None, *, desc=None, done=((), ()), on_batch=None):
+      self.calls += 1
+      return np.asarray([-1.0, -2.0, -3.0]), np.asarray([-4.0, -5.0, -6.0])
+
+  other, here = tmp_path / "other" / "reference_logps.npz", tmp_path / "here" / "reference_logps.npz"
+  other.parent.mkdir()
+  made = Scorer()
+  pair_scoring.cached_log_probs(other, "pairs A", made, None, None)
+  taken = Scorer()
+  chosen, _ = pair_scoring.cached_log_probs(here, "pairs A", taken, None, None, made_elsewhere=[other])
+  assert taken.calls == 0 and chosen.tolist() == [-1.0, -2.0, -3.0] and here.samefile(other)
+  other_pairs = Scorer()  # made for other pairs (or another reference): computed here
+  pair_scoring.cached_log_probs(
+    tmp_path / "third" / other.name, "pairs B", other_pairs, None, None, made_elsewhere=[other]
+  )
+  assert other_pairs.calls == 1

@@ -141,6 +141,19 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
     assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
     assert (second_workdir / phase / "DONE.json").samefile(tmp_path / phase / "DONE.json")
   assert reused["stages"] == saved["stages"] and reused["paired"] == saved["paired"]
+  # One with another DPO setting runs its refine round, on the samples and reference log-probs
+  # made here from the same model and settings (a sweep of DPO settings samples once).
+  third_workdir = tmp_path_factory.mktemp("third")
+  (third_workdir / tiny_student.name).symlink_to(tiny_student, target_is_directory=True)
+  third = _tiny_pipeline_config(third_workdir / tiny_student.name)
+  third.demos.heldout_questions, third.sft.eval_every = config.demos.heldout_questions, config.sft.eval_every
+  third.reuse_phases_from, third.refine.beta = f"{tmp_path},{second_workdir}", 0.2
+  pipeline.run(third, third_workdir, progress=False)
+  out = capsys.readouterr().out
+  assert "[refine] self-refinement round 1" in out and "[eval/srit] done with the same inputs" not in out
+  for name in ("samples.cot.jsonl", "samples.direct.jsonl", "reference_logps.npz"):
+    assert f"{third_workdir / 'refine' / name}: taken over from {tmp_path / 'refine' / name}" in out
+    assert (third_workdir / "refine" / name).samefile(tmp_path / "refine" / name)
 
   # A changed DPO setting reruns refine and the evaluation of its student, nothing else; the
   # student's samples, made by the same model with the same settings, are kept as they are.

@@ -47,7 +47,8 @@ def get_config(variant: str = ""):
   config.eval_untuned = True  # evaluate the untuned student too (off where another run of it has: a study's variants)
   config.eval = phase_config("eval")  # generation settings and the per-task limit (tasks come from above)
   # Comma-separated workdirs of other runs, or folders of them (a study's root): a phase done
-  # there with the same inputs (its fingerprint) is taken over as hard links, not run again.
+  # there with the same inputs (its fingerprint) is taken over as hard links, not run again; a
+  # refine round that runs takes over their samples and reference log-probs of the same inputs.
   config.reuse_phases_from = ""
   return config
 

@@ -80,17 +80,31 @@ def _meta_path(out_path: pathlib.Path) -> pathlib.Path:
   return out_path.with_name(out_path.name + ".meta.json")
 
 
+def _saved_inputs(out_path: pathlib.Path) -> str | None:
+  """The fingerprint of the inputs the file was made from (its .meta.json), or None."""
+  meta = _meta_path(out_path)
+  return json.loads(meta.read_text(encoding="utf-8")).get("inputs") if meta.exists() else None
+
+
+def _take_over(out_path: pathlib.Path, inputs: str, made_elsewhere) -> None:
+  """The first of `made_elsewhere` (files named as `out_path`) made from `inputs`, linked in its place."""
+  for other in map(io.as_path, made_elsewhere):
+    if other.name == out_path.name and other.exists() and _saved_inputs(other) == inputs:
+      io.link_files(other.parent, out_path.parent, (other.name, _meta_path(other).name))
+      print(f"{out_path}: taken over from {other}, made from the same model, prompts and settings")
+      return
+
+
 def _trusted_lines(out_path: pathlib.Path, inputs: str, on_change: str) -> list[bytes]:
   """The lines of an earlier run with the same inputs, or none (after starting over, or an error)."""
   lines = io.complete_lines(out_path)
-  meta = _meta_path(out_path)
-  saved = json.loads(meta.read_text(encoding="utf-8")).get("inputs") if meta.exists() else None
+  saved = _saved_inputs(out_path)
   if not lines or saved == inputs:
     return lines
   if on_change == "error":
     raise StaleOutputError(
       f"{out_path}: holds generations made from other prompts, model or settings than this run's; "
-      f"remove it (and {meta.name}) or choose another output file"
+      f"remove it (and {_meta_path(out_path).name}) or choose another output file"
     )
   print(f"{out_path}: made from other prompts, model or settings; starting it over")
   return []
@@ -115,13 +129,16 @@ def generate_to_jsonl(
   on_change: str = "restart",
   progress: bool = True,
   adapters=None,
+  made_elsewhere: Sequence[str | pathlib.Path] = (),
 ) -> pathlib.Path:
   """Generates for every record (`{"prompt": ..., "id": ...}`) and appends one line per sample.
 
   Prompts start in order of token length, `batch_size` rows at a time, finished rows making
   room for the next (see `batched`). `model_identity` (a digest of the model's files) joins the
   fingerprint of the inputs; `on_change` says what happens to a file made from other inputs:
-  "restart" or "error".
+  "restart" or "error". `made_elsewhere`: files of the same name in other runs' folders; where
+  this one is absent or stale, one made from the same inputs is taken over (hard links, never
+  written through) and generated no further than it is missing.
   """
   if on_change not in ON_CHANGE:
     raise ValueError(f"on_change {on_change!r} is not one of {ON_CHANGE}")
@@ -148,6 +165,8 @@ def generate_to_jsonl(
     chat_template,
   )
   order = sorted(range(len(records)), key=lambda i: (len(prompts[i]), i))
+  if _saved_inputs(out_path) != inputs:
+    _take_over(out_path, inputs, made_elsewhere)
   lines = _trusted_lines(out_path, inputs, on_change)
   written = _written_rows(out_path, lines, len(records), num_samples)
   io.barrier(f"read {out_path}")  # every process has read the file before process 0 truncates it

@@ -21,8 +21,10 @@ and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domai
 the majority vote per stage, and the stages' majority votes paired like their greedy answers.
 
 With `reuse_phases_from` (other runs' workdirs, or a folder of them), a phase that one of them
-finished with the same fingerprint is taken over as hard links rather than run again: a sweep
-whose runs share their demonstrations, SFT, evaluations or controls makes each once.
+finished with the same fingerprint is taken over as hard links rather than run again, and a
+refine round that does run takes over their samples and reference log-probs made from the same
+inputs: a sweep makes its shared demonstrations, SFT, evaluations and controls once, and a sweep
+of DPO settings samples once.
 """
 
 from __future__ import annotations
@@ -399,7 +401,8 @@ def _refine_rounds(
       what = {"simpo": "SimPO", "orpo": "ORPO", "dpop": "DPO-Positive"}.get(refine_config.loss_type, "DPO")
       what = "the control: the same pairs, cross-entropy on the chosen answers" if samples_from else what
       print(f"[{name}] self-refinement round {round_}: the student's samples, preference pairs, {what}")
-      summary = refine.run(refine_config, phase.dir, progress=progress, check_memory=False)
+      elsewhere = [other / name for other in reuse_from]  # samples and reference log-probs of the same inputs
+      summary = refine.run(refine_config, phase.dir, progress=progress, check_memory=False, made_elsewhere=elsewhere)
       phase.finish({"summary": summary})
     phases.append(phase)
   return phases

@@ -133,7 +133,7 @@ def teacher_demonstrations(path: str) -> dict[tuple[str, str], str]:
   return demos
 
 
-def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: bool):
+def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: bool, made_elsewhere=()):
   """Scored samples of the student per style and example (CoT and direct), through resumable files."""
   settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
   counts = {prompts.COT: config.num_cot_samples, prompts.DIRECT: config.num_direct_samples}
@@ -163,12 +163,15 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       stop_strings=prompts.stop_strings(style, config.stop_strings),
       chat_template=config.use_chat_template,
       progress=progress,
+      made_elsewhere=[io.as_path(folder) / samples_file(style) for folder in made_elsewhere],
     )
     scored[style] = [preference_pairs.score_answers(e, c, style) for e, c in zip(examples, completions)]
   return scored
 
 
-def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, progress: bool) -> list[dict]:
+def sample_corrections(
+  model, examples, cot, workdir: pathlib.Path, config, *, progress: bool, made_elsewhere=()
+) -> list[dict]:
   """Per question {sample: scored answer}: the student's greedy continuation of each wrong CoT
   answer from its first wrong calculation, set right (`slip_corrected`), through a resumable file."""
   found = preference_pairs.slip_corrections(cot)
@@ -193,6 +196,7 @@ def sample_corrections(model, examples, cot, workdir: pathlib.Path, config, *, p
     stop_strings=prompts.stop_strings(prompts.COT, config.stop_strings),
     chat_template=config.use_chat_template,
     progress=progress,
+    made_elsewhere=[io.as_path(folder) / samples_file(CORRECTED) for folder in made_elsewhere],
   )
   for (index, sample, _), (completion,) in zip(found, completions, strict=True):
     (scored,) = preference_pairs.score_answers(examples[index], [completion], prompts.COT)
@@ -245,8 +249,12 @@ def _reference(config, model, mesh):
   return jax.tree.map(lambda x: x.astype(model.config.dtype).copy(), model.params), model.identity
 
 
-def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_memory: bool = True) -> dict:
-  """Self-refinement; on TPU its programs are first compiled and checked against HBM (`check_memory`)."""
+def run(
+  config, workdir: str | pathlib.Path, *, progress: bool = True, check_memory: bool = True, made_elsewhere=()
+) -> dict:
+  """Self-refinement; on TPU its programs are first compiled and checked against HBM (`check_memory`).
+  `made_elsewhere`: other runs' folders of this phase, whose samples and reference log-probs are
+  taken over where made from the same inputs (a sweep of DPO settings samples once)."""
   checks.check(config, "refine")
   if check_memory:
     fit.check_fits(config, "refine")
@@ -257,10 +265,13 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
 
   # 1. The student's own answers.
   examples = training_questions(config)
-  samples = sample_answers(model, examples, workdir, config, progress=progress)
+  samples = sample_answers(model, examples, workdir, config, progress=progress, made_elsewhere=made_elsewhere)
   corrections = None
   if config.strategy == "slip_corrected":
-    corrections = sample_corrections(model, examples, samples[prompts.COT], workdir, config, progress=progress)
+    cot = samples[prompts.COT]
+    corrections = sample_corrections(
+      model, examples, cot, workdir, config, progress=progress, made_elsewhere=made_elsewhere
+    )
 
   # 2. Pairs.
   pairs, stats = preference_pairs.build_pairs(
@@ -327,6 +338,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
       reference_params,
       base,
       desc="reference log-probs" if progress else None,
+      made_elsewhere=[io.as_path(folder) / "reference_logps.npz" for folder in made_elsewhere],
     )
   # The sampler's and the reference pass's programs go before training; the held-out pairs'
   # program, which scores the reference here and the policy at every evaluation, stays.
@@ -336,7 +348,12 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True, check_mem
     held_out_reference = (np.zeros(len(held_out), np.float32),) * 2  # unread
   elif held_out:
     held_out_reference = pair_scoring.cached_log_probs(
-      workdir / "heldout_reference_logps.npz", key, held_out_scorer, reference_params, base
+      workdir / "heldout_reference_logps.npz",
+      key,
+      held_out_scorer,
+      reference_params,
+      base,
+      made_elsewhere=[io.as_path(folder) / "heldout_reference_logps.npz" for folder in made_elsewhere],
     )
   if precompute_reference or not reads_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none

@@ -104,13 +104,20 @@ def _save(path: pathlib.Path, key: str, chosen: np.ndarray, rejected: np.ndarray
   io.write_bytes(path, arrays.getvalue())
 
 
-def cached_log_probs(path: pathlib.Path, key: str, scorer: PairScorer, params, base, *, desc=None):
+def cached_log_probs(path: pathlib.Path, key: str, scorer: PairScorer, params, base, *, desc=None, made_elsewhere=()):
   """`scorer`'s log-prob sums under `params`, read from `path` when made for `key`, else
   computed and saved there. A pass in progress keeps its finished batches in PATH.so_far.npz
-  every KEEP_EVERY_S and at a preemption notice (then raises Preempted); a rerun goes on from them."""
+  every KEEP_EVERY_S and at a preemption notice (then raises Preempted); a rerun goes on from them.
+  `made_elsewhere`: files of the same name in other runs' folders; one made for `key` is taken
+  over (a hard link) rather than computed."""
   saved = _saved(path, key)
   if saved is not None:
     return saved
+  for other in map(io.as_path, made_elsewhere):
+    if other.name == path.name and (saved := _saved(other, key)) is not None:
+      io.link_files(other.parent, path.parent, (other.name,))
+      print(f"{path}: taken over from {other}, made from the same model and pairs")
+      return saved
   so_far = path.with_name(path.name.removesuffix(".npz") + ".so_far.npz")
   so_far_key = f"{key} in batches of {scorer.batch_size}"  # whole batches of this pass's size
   done = _saved(so_far, so_far_key) or ((), ())
