@@ -64,7 +64,8 @@ class Phase:
   evaluation stage to the next); its marker records its own peak resident memory and the wall
   time it took over its attempts (`phase_time`). Settings blocks (dicts) are read without their
   neutral settings (fingerprint.NEUTRAL_SETTINGS), so a phase made before a setting existed is
-  still found done."""
+  still found done. A phase not done here that another run (`reuse_from`) finished with the same
+  fingerprint is taken over from it, its files hard links to that run's."""
 
   def __init__(self, workdir: pathlib.Path, name: str, *inputs, keep: tuple[str, ...] = (), reuse_from: tuple = ()):
     self.name, self.dir = name, workdir / name
@@ -85,7 +86,7 @@ class Phase:
     return False
 
   def _done(self) -> bool:
-    if self.marker.exists() and _fingerprint_of(self.dir) == self.fingerprint:
+    if _fingerprint_of(self.dir) == self.fingerprint:
       print(f"[{self.name}] done already, skipped")
       return True
     done_elsewhere = next((d for w in self.reuse_from if _fingerprint_of(d := w / self.name) == self.fingerprint), None)
