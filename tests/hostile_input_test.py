@@ -197,6 +197,7 @@ CASES = {
   "unknown keep": ([*DEMOS, "--config.keep=best"], "keep = 'best': must be one of correct, all, first_correct"),
   "pipeline task": ([*PIPELINE, "--config.train_task=gsm9k"], "train_task: unknown task 'gsm9k'"),
   "pipeline rounds": ([*PIPELINE, "--config.refine_iterations=0"], "refine_iterations = 0: must be an integer >= 1"),
+  "runs to reuse": ([*PIPELINE, "--config.reuse_phases_from=/no/runs"], "reuse_phases_from = '/no/runs': no such directory"),
   "control checkpoint": ([*PIPELINE, "--config.control_select_checkpoint=first"], "control_select_checkpoint = 'first': must be empty (as refine.select_checkpoint) or one of last, best_heldout"),
   # Files: JSON, encodings, fields.
   "records not JSON": ([*SFT[:3], f"--config.train_file={R}/not_json.jsonl"], f"{R}/not_json.jsonl:2: not valid JSON"),
