@@ -121,6 +121,24 @@ def test_a_remote_model_is_read_from_a_cached_copy_and_an_export_is_uploaded(rem
     io.local_copy(remote / "missing")
 
 
+def test_a_phase_another_run_finished_on_object_storage_is_copied_not_run(remote):
+  from srit_jax.phases import pipeline
+
+  other, here = remote / "other", remote / "here"
+  for workdir in (other, here):
+    io.write_json(workdir / pipeline.RUN_CONFIG, {})
+  made = pipeline.Phase(other, "sft", {"lr": 1e-4}, str(other / "demos"))
+  assert not made.done()
+  io.write_bytes(made.dir / "export" / "model.safetensors", b"weights")
+  made.finish()
+  assert pipeline.other_runs(str(remote), here) == (other,)
+  reused = pipeline.Phase(here, "sft", {"lr": 1e-4}, str(here / "demos"), reuse_from=(other,))
+  assert reused.done()
+  assert (here / "sft" / "export" / "model.safetensors").read_bytes() == b"weights"
+  assert reused.recorded()["fingerprint"] == made.fingerprint
+  assert not pipeline.Phase(here, "sft", {"lr": 2e-4}, str(here / "demos"), reuse_from=(other,)).done()
+
+
 def test_checkpoints_on_object_storage_save_and_restore(remote):
   state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(3)}
   manager = CheckpointManager(remote / "checkpoints", async_save=True)
