@@ -15,9 +15,10 @@ not finished here (its rows may be reported from another machine), the variant s
 nearest finished ancestor. Besides, the pipeline takes over any phase that another variant here
 finished with the same inputs (`reuse_phases_from`, by the phase's fingerprint): the phases every
 variant shares (demonstrations, SFT and its evaluation), or a control that two variants' settings
-make alike. On a fresh machine the first variant run makes them for the rest, and neither the base
-nor a parent runs unless listed. Only the base evaluates the untuned student. Variants run one after another
-under `nice`, in the order listed; a killed study resumes where it stopped. The report
+make alike; and a refine round's samples and reference log-probs made from the same model and
+settings. On a fresh machine the first variant run makes them for the rest, and neither the base
+nor a parent runs unless listed. Only the base evaluates the untuned student. Variants run one
+after another under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
 compute-matched control, the control with both. The variants are defined in
