@@ -482,14 +482,20 @@ def test_samples_another_run_made_from_the_same_inputs_are_taken_over_not_genera
   here.parent.mkdir()
   here.write_text('{"stale": true}\n')  # made from other inputs before: replaced
   jsonl.generate_to_jsonl(
-    model.config, model.params, model.tokenizer, _records(3), here, made_elsewhere=[other], **kwargs
+    model.config, model.params, model.tokenizer, _records(3), here, made_elsewhere=[other.parent], **kwargs
   )
   assert generated == [] and here.samefile(other)
   assert here.with_name(here.name + ".meta.json").samefile(other.with_name(other.name + ".meta.json"))
   # Another seed: other inputs, generated here.
   third = tmp_path / "third" / "samples.cot.jsonl"
   jsonl.generate_to_jsonl(
-    model.config, model.params, model.tokenizer, _records(3), third, made_elsewhere=[other], **{**kwargs, "seed": 6}
+    model.config,
+    model.params,
+    model.tokenizer,
+    _records(3),
+    third,
+    made_elsewhere=[other.parent],
+    **{**kwargs, "seed": 6},
   )
   assert generated and not third.samefile(other)
 

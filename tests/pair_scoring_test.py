@@ -66,10 +66,10 @@ def test_a_reference_pass_another_run_made_for_the_same_pairs_and_model_is_taken
   made = Scorer()
   pair_scoring.cached_log_probs(other, "pairs A", made, None, None)
   taken = Scorer()
-  chosen, _ = pair_scoring.cached_log_probs(here, "pairs A", taken, None, None, made_elsewhere=[other])
+  chosen, _ = pair_scoring.cached_log_probs(here, "pairs A", taken, None, None, made_elsewhere=[other.parent])
   assert taken.calls == 0 and chosen.tolist() == [-1.0, -2.0, -3.0] and here.samefile(other)
   other_pairs = Scorer()  # made for other pairs (or another reference): computed here
   pair_scoring.cached_log_probs(
-    tmp_path / "third" / other.name, "pairs B", other_pairs, None, None, made_elsewhere=[other]
+    tmp_path / "third" / other.name, "pairs B", other_pairs, None, None, made_elsewhere=[other.parent]
   )
   assert other_pairs.calls == 1

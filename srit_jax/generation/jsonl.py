@@ -87,9 +87,10 @@ def _saved_inputs(out_path: pathlib.Path) -> str | None:
 
 
 def _take_over(out_path: pathlib.Path, inputs: str, made_elsewhere) -> None:
-  """The first of `made_elsewhere` (files named as `out_path`) made from `inputs`, linked in its place."""
-  for other in map(io.as_path, made_elsewhere):
-    if other.name == out_path.name and other.exists() and _saved_inputs(other) == inputs:
+  """The file of `out_path`'s name in the first of the folders `made_elsewhere` that was made
+  from `inputs`, linked in its place."""
+  for other in (io.as_path(folder) / out_path.name for folder in made_elsewhere):
+    if other.exists() and _saved_inputs(other) == inputs:
       io.link_files(other.parent, out_path.parent, (other.name, _meta_path(other).name))
       print(f"{out_path}: taken over from {other}, made from the same model, prompts and settings")
       return
@@ -136,8 +137,8 @@ def generate_to_jsonl(
   Prompts start in order of token length, `batch_size` rows at a time, finished rows making
   room for the next (see `batched`). `model_identity` (a digest of the model's files) joins the
   fingerprint of the inputs; `on_change` says what happens to a file made from other inputs:
-  "restart" or "error". `made_elsewhere`: files of the same name in other runs' folders; where
-  this one is absent or stale, one made from the same inputs is taken over (hard links, never
+  "restart" or "error". `made_elsewhere`: other runs' folders; where this file is absent or
+  stale, one of its name there made from the same inputs is taken over (hard links, never
   written through) and generated no further than it is missing.
   """
   if on_change not in ON_CHANGE:

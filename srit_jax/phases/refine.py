@@ -163,7 +163,7 @@ def sample_answers(model, examples, workdir: pathlib.Path, config, *, progress: 
       stop_strings=prompts.stop_strings(style, config.stop_strings),
       chat_template=config.use_chat_template,
       progress=progress,
-      made_elsewhere=[io.as_path(folder) / samples_file(style) for folder in made_elsewhere],
+      made_elsewhere=made_elsewhere,
     )
     scored[style] = [preference_pairs.score_answers(e, c, style) for e, c in zip(examples, completions)]
   return scored
@@ -196,7 +196,7 @@ def sample_corrections(
     stop_strings=prompts.stop_strings(prompts.COT, config.stop_strings),
     chat_template=config.use_chat_template,
     progress=progress,
-    made_elsewhere=[io.as_path(folder) / samples_file(CORRECTED) for folder in made_elsewhere],
+    made_elsewhere=made_elsewhere,
   )
   for (index, sample, _), (completion,) in zip(found, completions, strict=True):
     (scored,) = preference_pairs.score_answers(examples[index], [completion], prompts.COT)
@@ -338,7 +338,7 @@ def run(
       reference_params,
       base,
       desc="reference log-probs" if progress else None,
-      made_elsewhere=[io.as_path(folder) / "reference_logps.npz" for folder in made_elsewhere],
+      made_elsewhere=made_elsewhere,
     )
   # The sampler's and the reference pass's programs go before training; the held-out pairs'
   # program, which scores the reference here and the policy at every evaluation, stays.
@@ -353,7 +353,7 @@ def run(
       held_out_scorer,
       reference_params,
       base,
-      made_elsewhere=[io.as_path(folder) / "heldout_reference_logps.npz" for folder in made_elsewhere],
+      made_elsewhere=made_elsewhere,
     )
   if precompute_reference or not reads_reference:
     reference_params = None  # the frozen tree is no longer needed: its log-probs are, or none

@@ -108,13 +108,13 @@ def cached_log_probs(path: pathlib.Path, key: str, scorer: PairScorer, params, b
   """`scorer`'s log-prob sums under `params`, read from `path` when made for `key`, else
   computed and saved there. A pass in progress keeps its finished batches in PATH.so_far.npz
   every KEEP_EVERY_S and at a preemption notice (then raises Preempted); a rerun goes on from them.
-  `made_elsewhere`: files of the same name in other runs' folders; one made for `key` is taken
+  `made_elsewhere`: other runs' folders; a file of `path`'s name there made for `key` is taken
   over (a hard link) rather than computed."""
   saved = _saved(path, key)
   if saved is not None:
     return saved
-  for other in map(io.as_path, made_elsewhere):
-    if other.name == path.name and (saved := _saved(other, key)) is not None:
+  for other in (io.as_path(folder) / path.name for folder in made_elsewhere):
+    if (saved := _saved(other, key)) is not None:
       io.link_files(other.parent, path.parent, (other.name,))
       print(f"{path}: taken over from {other}, made from the same model and pairs")
       return saved
