@@ -139,8 +139,12 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
   linked = capsys.readouterr().out
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
-    assert (second_workdir / phase / "DONE.json").samefile(tmp_path / phase / "DONE.json")
+    files = [f.relative_to(tmp_path / phase) for f in (tmp_path / phase).rglob("*") if f.is_file()]
+    assert all((second_workdir / phase / f).samefile(tmp_path / phase / f) for f in files if f.name != "DONE.json")
   assert reused["stages"] == saved["stages"] and reused["paired"] == saved["paired"]
+  assert reused["taken_over_from"] == {name: str(tmp_path / name) for name in reused["seconds"]}
+  assert reused["seconds"] == saved["seconds"]  # the time each phase took where it was made
+  assert "6 phases taken over from other runs, not run here" in linked and "wall time" not in linked
   # One with another DPO setting runs its refine round, on the samples and reference log-probs
   # made here from the same model and settings (a sweep of DPO settings samples once).
   third_workdir = tmp_path_factory.mktemp("third")
@@ -329,8 +333,17 @@ def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not
   linked = sorted(p.relative_to(here / "refine") for p in (here / "refine").rglob("*") if p.is_file())
   assert linked == sorted(p.relative_to(other / "refine") for p in (other / "refine").rglob("*") if p.is_file())
   assert pathlib.Path("export/model.safetensors") in linked and pathlib.Path("checkpoints") not in linked
-  assert all((here / "refine" / p).samefile(other / "refine" / p) for p in linked)
+  assert all((here / "refine" / p).samefile(other / "refine" / p) for p in linked if p.name != "DONE.json")
+  # The marker is this run's own file, saying where the phase was made; the other run's is untouched.
+  assert not (here / "refine" / "DONE.json").samefile(other / "refine" / "DONE.json")
+  assert reused.recorded() == {**made.recorded(), "taken_over_from": str(other / "refine")}
+  assert "taken_over_from" not in made.recorded()
   assert reused.recorded()["summary"] == {"made_in": str(other)}
+  assert "taken over from " + str(other / "refine") in status.phase_status(here / "refine", "refine").details
+  # Taken over again from here, it names the run that made it.
+  again = study / "again"
+  assert pipeline.Phase(again, "refine", {"beta": 0.1}, str(again / "sft" / "export"), reuse_from=(here,)).done()
+  assert json.loads((again / "refine" / "DONE.json").read_text())["taken_over_from"] == str(other / "refine")
   assert pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export")).done()  # now done here
   # Other inputs: nothing linked, the phase runs.
   third = tmp_path / "third"

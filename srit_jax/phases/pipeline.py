@@ -95,6 +95,11 @@ class Phase:
       print(f"[{self.name}] done with the same inputs in {done_elsewhere}: linked from there, not run")
       io.reset_directory(self.dir)
       io.link_tree(done_elsewhere, self.dir)
+      # Its marker its own file (written by rename, not through the link), saying where it was
+      # made: the time and memory it records are that run's, not this one's.
+      marker = json.loads(self.marker.read_text(encoding="utf-8"))
+      io.write_json(self.marker, {**marker, "taken_over_from": marker.get("taken_over_from", str(done_elsewhere))})
+      io.barrier(f"took over {self.marker}")
       return True
     if not self.marker.exists():
       if self.dir.exists():
@@ -115,7 +120,8 @@ class Phase:
 
   def recorded(self) -> dict:
     """What the finished phase's marker holds: its peak resident memory ("peak_rss_bytes") and its
-    wall time over its attempts ("seconds", "attempts"; absent where it finished before they were kept)."""
+    wall time over its attempts ("seconds", "attempts"; absent where it finished before they were
+    kept); for a phase taken over from another run, that run's, and its folder ("taken_over_from")."""
     return json.loads(self.marker.read_text(encoding="utf-8"))
 
 
@@ -300,6 +306,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "left_out_as_seen_in_training": removed,
     "peak_rss_bytes": {name: marker.get("peak_rss_bytes") for name, marker in markers.items()},
     "seconds": {name: marker.get("seconds") for name, marker in markers.items()},
+    # Phases taken over from other runs (reuse_phases_from): their time and memory above are those runs'.
+    "taken_over_from": {name: m["taken_over_from"] for name, m in markers.items() if "taken_over_from" in m},
   }
   io.write_json(workdir / "results.json", out)
   table = report.results_markdown(out)
@@ -315,13 +323,16 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   if peaks:
     name = max(peaks, key=peaks.get)
     print(f"peak resident memory {peaks[name] / 2**30:.1f} GiB (in {name}; each phase's in results.json)")
-  took = {name: seconds for name, seconds in out["seconds"].items() if seconds is not None}
+  taken_over = out["taken_over_from"]
+  took = {name: s for name, s in out["seconds"].items() if s is not None and name not in taken_over}
   if took:
     name = max(took, key=took.get)
     print(
       f"wall time {phase_time.duration(sum(took.values()))} over {len(took)} phases"
       f" (the longest: {name}, {phase_time.duration(took[name])}; each phase's in results.json)"
     )
+  if taken_over:
+    print(f"{len(taken_over)} phases taken over from other runs, not run here: {', '.join(taken_over)}")
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
 

@@ -33,7 +33,7 @@ class PhaseStatus:
   state: str  # DONE | UNDER_WAY | NOT_STARTED
   details: list[str] = dataclasses.field(default_factory=list)
   seconds_left: float | None = None  # a training phase under way, at its recent pace
-  seconds_taken: float | None = None  # a pipeline's phase done: its wall time over its attempts
+  seconds_taken: float | None = None  # a pipeline's phase done: its wall time over its attempts (0 taken over)
 
 
 def _json(path) -> dict | None:
@@ -154,7 +154,10 @@ def phase_status(directory, name: str) -> PhaseStatus:
     details = _generations(directory) + details
   marker = (_json(directory / "DONE.json") or {}) if done else {}
   taken = marker.get("seconds")
-  if taken is not None:  # a pipeline's phase: the wall time over its attempts
+  if "taken_over_from" in marker:  # made by another run: no time of this run's
+    details.append(f"taken over from {marker['taken_over_from']}")
+    taken = 0.0
+  elif taken is not None:  # a pipeline's phase: the wall time over its attempts
     attempts = marker.get("attempts", 1)
     details.append(f"took {phase_time.duration(taken)}" + (f" over {attempts} attempts" if attempts > 1 else ""))
   return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left, taken)
