@@ -8,16 +8,15 @@ the base recipe and the recipes that matter, with paired statistics.
 
 The base is `configs/wordmath.py` (SmolLM2-135M-Instruct taught 400 worked word problems,
 then refined on its own samples of 200 training questions; 1,000 in-domain test questions and
-500 per out-of-domain task). Every variant starts from hard links to the finished phases of its
-parent (the base, or the variant whose samples it shares), so it reruns only what it changes;
-a linked file is never written through (appends make their own copy first). Where the parent has
-not finished here (its rows may be reported from another machine), the variant starts from the
-nearest finished ancestor. Besides, the pipeline takes over any phase that another variant here
-finished with the same inputs (`reuse_phases_from`, by the phase's fingerprint): the phases every
-variant shares (demonstrations, SFT and its evaluation), or a control that two variants' settings
-make alike; and a refine round's samples and reference log-probs made from the same model and
-settings. On a fresh machine the first variant run makes them for the rest, and neither the base
-nor a parent runs unless listed. Only the base evaluates the untuned student. Variants run one
+500 per out-of-domain task). Every variant takes over, rather than runs, each phase another
+variant here finished with the same inputs (the pipeline's `reuse_phases_from`, by the phase's
+fingerprint), its files hard links that are never written through (appends make their own copy
+first): the phases every variant
+shares (demonstrations, SFT and its evaluation), a control two variants' settings make alike,
+and a refine round's samples and reference log-probs made from the same model and settings. So
+a variant reruns only what it changes, and on a fresh machine the first variant run makes the
+shared phases for the rest; neither the base nor the variant it changes one thing of runs
+unless listed. Only the base evaluates the untuned student. Variants run one
 after another under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
@@ -42,9 +41,6 @@ from study_variants import CONFIG, VARIANTS
 
 ROOT = pathlib.Path(__file__).parents[1]
 
-# Phases a variant may share with its parent; the pipeline reruns those whose settings differ.
-SHARED_PHASES = ("demos", "sft", "eval/untuned", "eval/sft")
-SHARED_PREFIXES = ("refine",)  # refine, refine_2, refine_control, ...
 # Added to every variant but the base: the untuned student is the same in all, and the report
 # pairs only SFT, SRIT and the control.
 VARIANT_SETTINGS = ("eval_untuned=False",)
@@ -65,57 +61,12 @@ _OVERRIDES = flags.DEFINE_list(
 )
 
 
-def _finished_phases(workdir: pathlib.Path) -> list[pathlib.Path]:
-  """Its finished phases that a child variant starts from: the shared ones, every refine round
-  and every stage's evaluation (a variant that reruns only the control keeps SRIT's)."""
-  shared = [workdir / name for name in SHARED_PHASES]
-  shared += [p for p in sorted(workdir.glob("*")) if p.name.startswith(SHARED_PREFIXES)]
-  shared += [p for p in sorted(workdir.glob("eval/*")) if p.relative_to(workdir).as_posix() not in SHARED_PHASES]
-  return [p for p in shared if (p / "DONE.json").exists()]
-
-
-def finished_ancestors(root: pathlib.Path, name: str) -> list[str]:
-  """The variants up `name`'s line of parents whose runs have finished under `root`, nearest first."""
-  found = []
-  while name != "base":
-    name = VARIANTS[name].parent
-    if (root / name / "STUDY_DONE").exists():
-      found.append(name)
-  return found
-
-
-def start_from_finished_phases(root: pathlib.Path, name: str) -> pathlib.Path:
-  """The variant's workdir, first filled with hard links to the finished phases of its finished
-  ancestors, each phase from the nearest one that has it (a parent that skipped the untuned
-  student's evaluation, say, leaves it to the base). The pipeline reruns a linked phase whose
-  fingerprint is not its own, keeping the samples still valid (a changed DPO setting). Nothing
-  to link: it starts empty."""
-  workdir = root / name
-  if workdir.exists():
-    return workdir
-  sources = [(root / ancestor, _finished_phases(root / ancestor)) for ancestor in finished_ancestors(root, name)]
-  if not any(phases for _, phases in sources):
-    return workdir
-  partial = root / f"{name}.partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  partial.mkdir(parents=True)
-  for parent, phases in sources:
-    for source in phases:
-      target = partial / source.relative_to(parent)
-      if target.exists():
-        continue  # a nearer one's
-      target.parent.mkdir(parents=True, exist_ok=True)
-      subprocess.run(["cp", "-al", str(source), str(target)], check=True)
-  partial.rename(workdir)
-  return workdir
-
-
 def drop_checkpoints(workdir: pathlib.Path) -> None:
   """A finished variant's training checkpoints: kept only to resume its phases, which later phases
   and variants read through exports (a variant's checkpoints take about 4 GB a training phase)."""
-  for phase in _finished_phases(workdir):
+  for marker in sorted(workdir.glob("**/DONE.json")):  # a phase not finished keeps them to resume
     for folder in ("checkpoints", "best_checkpoint"):
-      shutil.rmtree(phase / folder, ignore_errors=True)
+      shutil.rmtree(marker.parent / folder, ignore_errors=True)
 
 
 def pipeline_overrides(name: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -161,7 +112,7 @@ def print_status(root: pathlib.Path, names, extra: tuple[str, ...] = ()) -> None
 def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep_checkpoints: bool = False) -> None:
   """Runs the variant's pipeline: its own overrides, then `extra` (which win where both set a field).
   A finished variant's checkpoints are removed unless `keep_checkpoints`."""
-  workdir = start_from_finished_phases(root, name)
+  workdir = root / name
   overrides = pipeline_overrides(name, extra)
   # A finished variant whose definition has changed since runs again: the pipeline skips every
   # phase whose settings are unchanged and runs what is new (a control added, say). Markers
@@ -174,10 +125,8 @@ def run_variant(root: pathlib.Path, name: str, extra: tuple[str, ...] = (), keep
       drop_checkpoints(workdir)
     return
   # The pipeline runs this checkout's package, as the study itself does, whichever `srit-jax`
-  # an editable install elsewhere would have put first on the PATH.
-  # Any phase another variant here finished with the same inputs (its fingerprint) is linked from
-  # it, not run: the shared phases, or a control two variants' settings make alike. A location,
-  # not one of the variant's settings.
+  # an editable install elsewhere would have put first on the PATH. The other variants' workdirs
+  # (where phases of the same inputs are taken over) are a location, not one of its settings.
   pipeline = command_line("pipeline", name, workdir, extra)[1:]
   pipeline.insert(-1, f"--config.reuse_phases_from={root}")  # before --workdir, which stays last
   command = ["nice", "-n", "10", sys.executable, "-m", "srit_jax.cli", *pipeline]

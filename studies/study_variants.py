@@ -69,7 +69,7 @@ SFT_BEST_HELDOUT = (
 class Variant:
   what: str
   overrides: tuple[str, ...] = ()
-  parent: str = "base"  # whose finished phases it starts from
+  parent: str = "base"  # the variant it changes one thing of (what `what` compares it with)
   second_seed_of: str = ""  # the variant it draws again with another sampling seed
   replaced_by: str = ""  # a rerun that stands for it in the recipes' verdicts (a control redone)
   diagnostic: bool = False  # its parent's students evaluated again (sampled answers): its own table, no verdict

@@ -110,52 +110,14 @@ def _study_part(name: str):
   return importlib.import_module(name)
 
 
-def test_a_variant_starts_from_its_nearest_finished_ancestor_without_running_the_others(tmp_path):
-  study = _study_module()
-  assert study.VARIANTS["rpo_3_rounds_sft_reference"].parent == "rpo_3_rounds"
-  assert study.VARIANTS["rpo_3_rounds"].parent == "rpo"
-  for variant, phases in {
-    "base": ("sft", "refine"),
-    "rpo": ("sft", "refine", "refine_control", "eval/srit", "eval/control"),
-  }.items():
-    for phase in phases:
-      (tmp_path / variant / phase).mkdir(parents=True)
-      (tmp_path / variant / phase / "DONE.json").write_text(json.dumps({"phase": f"{variant}/{phase}"}))
-  (tmp_path / "base" / "STUDY_DONE").write_text("{}")
-
-  # rpo has not finished here (its rows may come from another machine): start from base.
-  assert study.finished_ancestors(tmp_path, "rpo_3_rounds_sft_reference") == ["base"]
-  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds_sft_reference")
-  assert sorted(p.name for p in workdir.iterdir()) == ["refine", "sft"]
-  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "base/refine"}
-  assert (workdir / "sft" / "DONE.json").stat().st_ino == (tmp_path / "base" / "sft" / "DONE.json").stat().st_ino
-
-  (tmp_path / "rpo" / "STUDY_DONE").write_text("{}")
-  workdir = study.start_from_finished_phases(tmp_path, "rpo_3_rounds")
-  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
-  assert (workdir / "refine_control").is_dir()
-  # Every stage's evaluation too (the pipeline reruns one whose student changed).
-  assert json.loads((workdir / "eval" / "control" / "DONE.json").read_text()) == {"phase": "rpo/eval/control"}
-  assert (workdir / "eval" / "srit").is_dir()
-
-  # A phase the nearest ancestor lacks (it skipped the untuned student) comes from further up.
-  (tmp_path / "base" / "eval" / "untuned").mkdir(parents=True)
-  (tmp_path / "base" / "eval" / "untuned" / "DONE.json").write_text(json.dumps({"phase": "base/eval/untuned"}))
-  assert study.VARIANTS["rpo_new_questions"].parent == "rpo"
-  workdir = study.start_from_finished_phases(tmp_path, "rpo_new_questions")
-  assert json.loads((workdir / "eval" / "untuned" / "DONE.json").read_text()) == {"phase": "base/eval/untuned"}
-  assert json.loads((workdir / "refine" / "DONE.json").read_text()) == {"phase": "rpo/refine"}
-  assert study.finished_ancestors(tmp_path, "base") == [] and not list(tmp_path.glob("*.partial"))
-
-
 def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_path, monkeypatch):
   study = _study_module()
-  # Neither the base nor cot_vs_direct_nll has run here: nothing of theirs to start from. The
-  # phases every variant shares (and a control two variants make alike) the pipeline takes from
-  # whichever variant here made them, by their fingerprints (pipeline.other_runs reads the root).
+  # Neither the base nor rpo (the variant rpo_3_rounds changes one thing of) has run here, and
+  # neither runs for it. The phases every variant shares (and a control two variants make
+  # alike) the pipeline takes from whichever variant here made them, by their fingerprints
+  # (pipeline.other_runs reads the root).
   (tmp_path / "slip_corrected_nll_seed_1" / "sft").mkdir(parents=True)
   (tmp_path / "slip_corrected_nll_seed_1" / "sft" / "DONE.json").write_text("{}")
-  assert not study.start_from_finished_phases(tmp_path, "rpo_3_rounds").exists()
   commands = []
 
   def pipeline(command, **kwargs):
@@ -164,6 +126,8 @@ def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_pat
 
   monkeypatch.setattr(study.subprocess, "run", pipeline)
   study.run_variant(tmp_path, "rpo_3_rounds")
+  assert len(commands) == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["rpo_3_rounds", "slip_corrected_nll_seed_1"]
   assert commands[0][-2:] == [f"--config.reuse_phases_from={tmp_path}", f"--workdir={tmp_path / 'rpo_3_rounds'}"]
 
 
