@@ -137,6 +137,7 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
   second.reuse_phases_from = str(tmp_path)
   reused = pipeline.run(second, second_workdir, progress=False)
   linked = capsys.readouterr().out
+  assert f"phases done with the same inputs are taken over from 1 other run ({tmp_path})" in linked
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
     files = [f.relative_to(tmp_path / phase) for f in (tmp_path / phase).rglob("*") if f.is_file()]

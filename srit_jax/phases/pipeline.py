@@ -164,6 +164,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   # Demonstrations.
   demos_config = _with(config.demos, task=config.train_task, **shared)
   reuse_from = other_runs(config.reuse_phases_from, workdir)
+  if config.reuse_phases_from:  # a folder that holds no run yet is fine (a study's first variant), but said
+    runs = f"{len(reuse_from)} other run" + ("" if len(reuse_from) == 1 else "s")
+    print(f"phases done with the same inputs are taken over from {runs} ({config.reuse_phases_from})")
   demos_phase = Phase(workdir, "demos", demos_config.to_dict(), reuse_from=reuse_from)
   if not demos_phase.done():
     print("[demos] teacher demonstrations")
