@@ -238,14 +238,17 @@ def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tu
   barrier(f"linked files into {target}")
 
 
-def link_tree(source: str | pathlib.Path, target: str | pathlib.Path) -> None:
+def link_tree(source: str | pathlib.Path, target: str | pathlib.Path, leave_out: tuple[str, ...] = ()) -> None:
   """`target` made a copy of the folder `source` whose files are hard links to the originals
-  (copies where links cannot be made, and on object storage); by the writing process, once."""
+  (copies where links cannot be made, and on object storage), but for the folders of `source`
+  named in `leave_out`; by the writing process, once."""
   source, target = as_path(source), as_path(target)
   if is_writer():
     target.mkdir(parents=True, exist_ok=True)
     for path in files_under(source):
-      _link_file(path, target / str(path)[len(str(source)) :].lstrip("/"))
+      relative = str(path)[len(str(source)) :].lstrip("/")
+      if relative.split("/", 1)[0] not in leave_out:
+        _link_file(path, target / relative)
   barrier(f"linked {source} into {target}")
 
 

@@ -129,12 +129,14 @@ def test_a_phase_another_run_finished_on_object_storage_is_copied_not_run(remote
     io.write_json(workdir / pipeline.RUN_CONFIG, {})
   made = pipeline.Phase(other, "sft", {"lr": 1e-4}, str(other / "demos"))
   assert not made.done()
-  io.write_bytes(made.dir / "export" / "model.safetensors", b"weights")
+  for folder in ("export", "checkpoints/20"):
+    io.write_bytes(made.dir / folder / "model.safetensors", b"weights")
   made.finish()
   assert pipeline.other_runs(str(remote), here) == (other,)
   reused = pipeline.Phase(here, "sft", {"lr": 1e-4}, str(here / "demos"), reuse_from=(other,))
   assert reused.done()
   assert (here / "sft" / "export" / "model.safetensors").read_bytes() == b"weights"
+  assert not (here / "sft" / "checkpoints").exists()  # its training state is not copied
   assert reused.recorded()["fingerprint"] == made.fingerprint
   assert not pipeline.Phase(here, "sft", {"lr": 2e-4}, str(here / "demos"), reuse_from=(other,)).done()
 

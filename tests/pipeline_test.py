@@ -141,7 +141,10 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
     files = [f.relative_to(tmp_path / phase) for f in (tmp_path / phase).rglob("*") if f.is_file()]
-    assert all((second_workdir / phase / f).samefile(tmp_path / phase / f) for f in files if f.name != "DONE.json")
+    state = [f for f in files if f.parts[0] in pipeline.TRAINING_STATE]  # only resumes the phase: not taken
+    assert bool(state) == (phase in ("sft", "refine")) and not any((second_workdir / phase / f).exists() for f in state)
+    shared = [f for f in files if f not in state and f.name != "DONE.json"]
+    assert all((second_workdir / phase / f).samefile(tmp_path / phase / f) for f in shared)
   assert reused["stages"] == saved["stages"] and reused["paired"] == saved["paired"]
   assert reused["taken_over_from"] == {name: str(tmp_path / name) for name in reused["seconds"]}
   assert reused["seconds"] == saved["seconds"]  # the time each phase took where it was made
@@ -310,8 +313,10 @@ def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not
   def finished(workdir, settings, text):
     phase = pipeline.Phase(workdir, "refine", settings, str(workdir / "sft" / "export"))
     assert not phase.done()
-    (phase.dir / "export").mkdir(parents=True)
-    (phase.dir / "export" / "model.safetensors").write_text(text)
+    for folder in ("export", "checkpoints/20", "best_checkpoint/10"):
+      (phase.dir / folder).mkdir(parents=True)
+      (phase.dir / folder / "model.safetensors").write_text(text)
+    (phase.dir / "best_checkpoint.json").write_text('{"step": 10}')
     phase.finish({"summary": {"made_in": str(workdir)}})
     return phase
 
@@ -324,7 +329,8 @@ def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not
   assert pipeline.other_runs(f"{other}, {study}", here) == (other, other)
   assert pipeline.other_runs(str(other), other) == ()
   # An interrupted run here gives way to the finished one: its files become links to that run's.
-  (here / "refine" / "checkpoints").mkdir(parents=True)
+  (here / "refine" / "checkpoints" / "5").mkdir(parents=True)
+  (here / "refine" / "checkpoints" / "5" / "model.safetensors").write_text("an interrupted run's")
   reused = pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export"), reuse_from=(other,))
   assert reused.fingerprint == made.fingerprint  # the paths inside each workdir are its own
   assert reused.done()
@@ -332,8 +338,11 @@ def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not
     f"[refine] done with the same inputs in {other / 'refine'}: linked from there, not run" in capsys.readouterr().out
   )
   linked = sorted(p.relative_to(here / "refine") for p in (here / "refine").rglob("*") if p.is_file())
-  assert linked == sorted(p.relative_to(other / "refine") for p in (other / "refine").rglob("*") if p.is_file())
-  assert pathlib.Path("export/model.safetensors") in linked and pathlib.Path("checkpoints") not in linked
+  # All but its training state (which only resumes it) and the checkpoints of the interrupted run here.
+  made_files = sorted(p.relative_to(other / "refine") for p in (other / "refine").rglob("*") if p.is_file())
+  assert linked == [p for p in made_files if p.parts[0] not in ("checkpoints", "best_checkpoint")]
+  assert pathlib.Path("export/model.safetensors") in linked and pathlib.Path("best_checkpoint.json") in linked
+  assert not (here / "refine" / "checkpoints").exists()
   assert all((here / "refine" / p).samefile(other / "refine" / p) for p in linked if p.name != "DONE.json")
   # The marker is this run's own file, saying where the phase was made; the other run's is untouched.
   assert not (here / "refine" / "DONE.json").samefile(other / "refine" / "DONE.json")

@@ -54,6 +54,10 @@ COMPARISONS = (("sft", "srit"), ("untuned", "sft"), ("untuned", "srit"))  # (fir
 CONTROL_COMPARISONS = (("sft", CONTROL), (CONTROL, "srit"))
 
 
+# A training phase's folders of checkpoints: what resumes it, not what later phases read.
+TRAINING_STATE = ("checkpoints", "best_checkpoint")
+
+
 class Phase:
   """A phase directory with a completion marker keyed by a fingerprint of its inputs.
 
@@ -91,10 +95,12 @@ class Phase:
       return True
     done_elsewhere = next((d for w in self.reuse_from if _fingerprint_of(d := w / self.name) == self.fingerprint), None)
     if done_elsewhere is not None:
-      # Its files become hard links to that run's (never written through), in place of any here.
+      # Its files become hard links to that run's (never written through), in place of any here;
+      # not its training state, which only resumes the phase (later phases read its export), and
+      # on object storage, where a link is a copy, would copy the weights and optimizer again.
       print(f"[{self.name}] done with the same inputs in {done_elsewhere}: linked from there, not run")
       io.reset_directory(self.dir)
-      io.link_tree(done_elsewhere, self.dir)
+      io.link_tree(done_elsewhere, self.dir, leave_out=TRAINING_STATE)
       # Its marker its own file (written by rename, not through the link), saying where it was
       # made: the time and memory it records are that run's, not this one's.
       marker = json.loads(self.marker.read_text(encoding="utf-8"))
