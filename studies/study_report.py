@@ -280,7 +280,8 @@ def learning_curves(summary: dict, path: pathlib.Path) -> None:
   colors = plt.get_cmap("tab20").colors  # one a variant; its rounds told apart by line style
   point_markers = (".", "x", "+")  # past 20 variants the colours come round again, with other points
   round_styles = ("-", "--", ":", "-.")
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  lines = sum(len(summary[name]["rounds"]) for name in shown)  # the legend's entries, one a line
+  fig, axes = plt.subplots(1, 2, figsize=(12, max(4.0, 0.5 + 0.16 * lines)))  # tall enough for the legend
   for index, name in enumerate(shown):
     rounds = summary[name]["rounds"]
     for entry in rounds:
