@@ -146,6 +146,11 @@ def test_the_phases_a_pipeline_makes_in_its_order_on_disk_and_still_to_come(tmp_
     (tmp_path / name / "DONE.json").write_text(json.dumps({"seconds": 900}))
   text = status.report(tmp_path, status.workdir_status(tmp_path))
   assert text.endswith("6 of 6 phases done, in 2.5 h of wall time")
+  # A phase taken over from another run: that run's time, none of this one's.
+  (tmp_path / "refine" / "DONE.json").write_text(json.dumps({"seconds": 3600, "taken_over_from": "/runs/a/refine"}))
+  text = status.report(tmp_path, status.workdir_status(tmp_path))
+  assert "| refine | done | taken over from /runs/a/refine |" in text
+  assert text.endswith("6 of 6 phases done, in 1.5 h of wall time (1 taken over from other runs)")
 
 
 def _lock(workdir, pid: int) -> None:

@@ -34,6 +34,7 @@ class PhaseStatus:
   details: list[str] = dataclasses.field(default_factory=list)
   seconds_left: float | None = None  # a training phase under way, at its recent pace
   seconds_taken: float | None = None  # a pipeline's phase done: its wall time over its attempts (0 taken over)
+  taken_over: bool = False  # done by another run and taken over (reuse_phases_from)
 
 
 def _json(path) -> dict | None:
@@ -153,14 +154,14 @@ def phase_status(directory, name: str) -> PhaseStatus:
   if not done or not details:
     details = _generations(directory) + details
   marker = (_json(directory / "DONE.json") or {}) if done else {}
-  taken = marker.get("seconds")
-  if "taken_over_from" in marker:  # made by another run: no time of this run's
+  taken, taken_over = marker.get("seconds"), "taken_over_from" in marker
+  if taken_over:  # made by another run: no time of this run's
     details.append(f"taken over from {marker['taken_over_from']}")
     taken = 0.0
   elif taken is not None:  # a pipeline's phase: the wall time over its attempts
     attempts = marker.get("attempts", 1)
     details.append(f"took {phase_time.duration(taken)}" + (f" over {attempts} attempts" if attempts > 1 else ""))
-  return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left, taken)
+  return PhaseStatus(name, DONE if done else UNDER_WAY, details, seconds_left, taken, taken_over)
 
 
 def _phase_order(name: str) -> tuple:
@@ -230,6 +231,9 @@ def report(workdir, status: dict) -> str:
     timed = f", in {phase_time.duration(sum(taken))} of wall time"
   elif taken:  # the others finished before their time was kept
     timed = f"; {len(taken)} of them took {phase_time.duration(sum(taken))} of wall time"
+  taken_over = sum(p.taken_over for p in phases)
+  if taken_over:
+    timed += f" ({taken_over} taken over from other runs)"
   lines += ["", f"{done} of {len(phases)} phases done{timed}"]
   results = io.as_path(workdir) / "results.md"
   if done == len(phases) and results.exists():  # a pipeline's table of every stage
