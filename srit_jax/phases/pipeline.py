@@ -341,7 +341,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       f" (the longest: {name}, {phase_time.duration(took[name])}; each phase's in results.json)"
     )
   if taken_over:
-    print(f"{len(taken_over)} phases taken over from other runs, not run here: {', '.join(taken_over)}")
+    print(f"taken over from other runs, not run here: {', '.join(taken_over)}")
   print(f"results in {workdir}: results.json, results.md, accuracy.png, training_curves.png")
   return out
 
