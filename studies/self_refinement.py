@@ -64,7 +64,7 @@ _OVERRIDES = flags.DEFINE_list(
 def drop_checkpoints(workdir: pathlib.Path) -> None:
   """A finished variant's training checkpoints: kept only to resume its phases, which later phases
   and variants read through exports (a variant's checkpoints take about 4 GB a training phase)."""
-  from srit_jax.phases.pipeline import TRAINING_STATE
+  from srit_jax.phases.phase import TRAINING_STATE
 
   for marker in sorted(workdir.glob("**/DONE.json")):  # a phase not finished keeps them to resume
     for folder in TRAINING_STATE:

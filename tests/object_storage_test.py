@@ -122,23 +122,23 @@ def test_a_remote_model_is_read_from_a_cached_copy_and_an_export_is_uploaded(rem
 
 
 def test_a_phase_another_run_finished_on_object_storage_is_copied_not_run(remote):
-  from srit_jax.phases import pipeline
+  from srit_jax.phases.phase import RUN_CONFIG, Phase, other_runs
 
   other, here = remote / "other", remote / "here"
   for workdir in (other, here):
-    io.write_json(workdir / pipeline.RUN_CONFIG, {})
-  made = pipeline.Phase(other, "sft", {"lr": 1e-4}, str(other / "demos"))
+    io.write_json(workdir / RUN_CONFIG, {})
+  made = Phase(other, "sft", {"lr": 1e-4}, str(other / "demos"))
   assert not made.done()
   for folder in ("export", "checkpoints/20"):
     io.write_bytes(made.dir / folder / "model.safetensors", b"weights")
   made.finish()
-  assert pipeline.other_runs(str(remote), here) == (other,)
-  reused = pipeline.Phase(here, "sft", {"lr": 1e-4}, str(here / "demos"), reuse_from=(other,))
+  assert other_runs(str(remote), here) == (other,)
+  reused = Phase(here, "sft", {"lr": 1e-4}, str(here / "demos"), reuse_from=(other,))
   assert reused.done()
   assert (here / "sft" / "export" / "model.safetensors").read_bytes() == b"weights"
   assert not (here / "sft" / "checkpoints").exists()  # its training state is not copied
   assert reused.recorded()["fingerprint"] == made.fingerprint
-  assert not pipeline.Phase(here, "sft", {"lr": 2e-4}, str(here / "demos"), reuse_from=(other,)).done()
+  assert not Phase(here, "sft", {"lr": 2e-4}, str(here / "demos"), reuse_from=(other,)).done()
 
 
 def test_checkpoints_on_object_storage_save_and_restore(remote):

@@ -2,7 +2,6 @@
 phase rerun with the phases after it."""
 
 import json
-import pathlib
 import time
 
 import jax
@@ -14,6 +13,7 @@ from srit_jax.data import fingerprint
 from srit_jax.generation import sampler
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import phase_time, pipeline, status
+from srit_jax.phases.phase import TRAINING_STATE, Phase
 from srit_jax.tasks import registry
 
 
@@ -141,7 +141,7 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
   for phase in ("demos", "sft", "refine", "eval/untuned", "eval/sft", "eval/srit"):
     assert f"[{phase}] done with the same inputs in {tmp_path / phase}: linked from there, not run" in linked
     files = [f.relative_to(tmp_path / phase) for f in (tmp_path / phase).rglob("*") if f.is_file()]
-    state = [f for f in files if f.parts[0] in pipeline.TRAINING_STATE]  # only resumes the phase: not taken
+    state = [f for f in files if f.parts[0] in TRAINING_STATE]  # only resumes the phase: not taken
     assert bool(state) == (phase in ("sft", "refine")) and not any((second_workdir / phase / f).exists() for f in state)
     shared = [f for f in files if f not in state and f.name != "DONE.json"]
     assert all((second_workdir / phase / f).samefile(tmp_path / phase / f) for f in shared)
@@ -279,14 +279,14 @@ def test_a_setting_at_its_neutral_value_leaves_the_fingerprint_of_runs_made_befo
   neutral = {k: v for k, v in fingerprint.NEUTRAL_SETTINGS[""].items() if k in config.refine}
   assert neutral and {**settings, **neutral} == config.refine.to_dict()
   # The phase made before the setting existed (its settings without it) is the same phase.
-  before = pipeline.Phase(tmp_path, "refine", settings, "upstream").fingerprint
-  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint == before
+  before = Phase(tmp_path, "refine", settings, "upstream").fingerprint
+  assert Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint == before
   config.refine.early_stopping_patience = 4  # another stopping rule is another phase
-  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
+  assert Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
   config.refine.early_stopping_patience = 0
   config.refine.sampling_seed = 1  # another draw is another phase
   assert fingerprint.fingerprinted(config.refine.to_dict())["sampling_seed"] == 1
-  assert pipeline.Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
+  assert Phase(tmp_path, "refine", config.refine.to_dict(), "upstream").fingerprint != before
 
 
 def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tmp_path):
@@ -305,62 +305,6 @@ def test_settings_neutral_in_one_block_stay_in_the_fingerprints_of_the_others(tm
   assert fingerprint.fingerprinted(config.refine.to_dict(), "refine")["temperature"] == config.refine.temperature
   config.eval.sampled_answers = 4
   assert fingerprint.fingerprinted(config.eval.to_dict(), "eval")["sampled_answers"] == 4
-
-
-def test_a_phase_another_run_finished_with_the_same_inputs_is_linked_from_it_not_run(tmp_path, capsys):
-  study = tmp_path / "study"
-  other, here = study / "other", study / "here"
-
-  def finished(workdir, settings, text):
-    phase = pipeline.Phase(workdir, "refine", settings, str(workdir / "sft" / "export"))
-    assert not phase.done()
-    for folder in ("export", "checkpoints/20", "best_checkpoint/10"):
-      (phase.dir / folder).mkdir(parents=True)
-      (phase.dir / folder / "model.safetensors").write_text(text)
-    (phase.dir / "best_checkpoint.json").write_text('{"step": 10}')
-    phase.finish({"summary": {"made_in": str(workdir)}})
-    return phase
-
-  made = finished(other, {"beta": 0.1}, "weights")
-  for workdir in (other, here, study / "not_a_run"):
-    workdir.mkdir(parents=True, exist_ok=True)
-  for workdir in (other, here):
-    (workdir / pipeline.RUN_CONFIG).write_text("{}")
-  assert pipeline.other_runs(str(study), here) == (other,)  # the workdirs in a folder, this one left out
-  assert pipeline.other_runs(f"{other}, {study}", here) == (other, other)
-  assert pipeline.other_runs(str(other), other) == ()
-  # An interrupted run here gives way to the finished one: its files become links to that run's.
-  (here / "refine" / "checkpoints" / "5").mkdir(parents=True)
-  (here / "refine" / "checkpoints" / "5" / "model.safetensors").write_text("an interrupted run's")
-  reused = pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export"), reuse_from=(other,))
-  assert reused.fingerprint == made.fingerprint  # the paths inside each workdir are its own
-  assert reused.done()
-  assert (
-    f"[refine] done with the same inputs in {other / 'refine'}: linked from there, not run" in capsys.readouterr().out
-  )
-  linked = sorted(p.relative_to(here / "refine") for p in (here / "refine").rglob("*") if p.is_file())
-  # All but its training state (which only resumes it) and the checkpoints of the interrupted run here.
-  made_files = sorted(p.relative_to(other / "refine") for p in (other / "refine").rglob("*") if p.is_file())
-  assert linked == [p for p in made_files if p.parts[0] not in ("checkpoints", "best_checkpoint")]
-  assert pathlib.Path("export/model.safetensors") in linked and pathlib.Path("best_checkpoint.json") in linked
-  assert not (here / "refine" / "checkpoints").exists()
-  assert all((here / "refine" / p).samefile(other / "refine" / p) for p in linked if p.name != "DONE.json")
-  # The marker is this run's own file, saying where the phase was made; the other run's is untouched.
-  assert not (here / "refine" / "DONE.json").samefile(other / "refine" / "DONE.json")
-  assert reused.recorded() == {**made.recorded(), "taken_over_from": str(other / "refine")}
-  assert "taken_over_from" not in made.recorded()
-  assert reused.recorded()["summary"] == {"made_in": str(other)}
-  assert "taken over from " + str(other / "refine") in status.phase_status(here / "refine", "refine").details
-  # Taken over again from here, it names the run that made it.
-  again = study / "again"
-  assert pipeline.Phase(again, "refine", {"beta": 0.1}, str(again / "sft" / "export"), reuse_from=(here,)).done()
-  assert json.loads((again / "refine" / "DONE.json").read_text())["taken_over_from"] == str(other / "refine")
-  assert pipeline.Phase(here, "refine", {"beta": 0.1}, str(here / "sft" / "export")).done()  # now done here
-  # Other inputs: nothing linked, the phase runs.
-  third = tmp_path / "third"
-  assert not pipeline.Phase(third, "refine", {"beta": 0.1}, "another upstream", reuse_from=(other,)).done()
-  assert not pipeline.Phase(third, "refine", {"beta": 0.2}, str(third / "sft" / "export"), reuse_from=(other,)).done()
-  assert not (third / "refine" / "DONE.json").exists()
 
 
 def test_the_results_say_which_step_sft_kept_where_it_is_not_its_last():

@@ -115,7 +115,7 @@ def test_on_a_fresh_machine_variants_share_the_phases_the_first_one_made(tmp_pat
   # Neither the base nor rpo (the variant rpo_3_rounds changes one thing of) has run here, and
   # neither runs for it. The phases every variant shares (and a control two variants make
   # alike) the pipeline takes from whichever variant here made them, by their fingerprints
-  # (pipeline.other_runs reads the root).
+  # (phase.other_runs reads the root).
   (tmp_path / "slip_corrected_nll_seed_1" / "sft").mkdir(parents=True)
   (tmp_path / "slip_corrected_nll_seed_1" / "sft" / "DONE.json").write_text("{}")
   commands = []
