@@ -172,14 +172,14 @@ def test_a_failed_saves_leftover_write_errors_are_not_printed_after_its_one_line
   import threading
   import types
 
-  from srit_jax import cli
+  from srit_jax.training import failed_saves
 
   printed = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(str(u.exc_value)))  # Python's printer
   monkeypatch.setattr(threading, "excepthook", lambda failure: printed.append(str(failure.exc_value)))
   absl_filters = list(logging.getLogger("absl").filters)
   asyncio_filters = list(logging.getLogger("asyncio").filters)
-  cli._quiet_background_tracebacks()
+  failed_saves.quiet_leftovers()
   try:
 
     def unraisable(error, obj=None):
