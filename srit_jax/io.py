@@ -240,8 +240,8 @@ def link_files(source: str | pathlib.Path, target: str | pathlib.Path, names: tu
 
 def link_tree(source: str | pathlib.Path, target: str | pathlib.Path, leave_out: tuple[str, ...] = ()) -> None:
   """`target` made a copy of the folder `source` whose files are hard links to the originals
-  (copies where links cannot be made, and on object storage), but for the folders of `source`
-  named in `leave_out`; by the writing process, once."""
+  (copies where links cannot be made, and on object storage), but for the files and folders at
+  the top of `source` named in `leave_out`; by the writing process, once."""
   source, target = as_path(source), as_path(target)
   if is_writer():
     target.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 import json
 import pathlib
 
+import pytest
+
 from srit_jax.phases import status
 from srit_jax.phases.phase import RUN_CONFIG, Phase, other_runs
 
@@ -84,3 +86,31 @@ def test_a_phase_is_skipped_when_done_resumed_when_interrupted_and_rerun_when_it
     assert rerun.fingerprint != made.fingerprint and not rerun.done()
     assert "running it again (keeping samples.cot.jsonl, remade if stale)" in capsys.readouterr().out
     assert sorted(p.name for p in made.dir.iterdir() if p.name != "attempts.json") == ["samples.cot.jsonl"]
+
+
+def test_a_takeover_killed_midway_is_not_found_done(tmp_path, monkeypatch):
+  from srit_jax import io
+
+  other, here = tmp_path / "other", tmp_path / "here"
+  made = Phase(other, "sft", {"lr": 1e-4}, "demos")
+  assert not made.done()
+  for name in ("export/model.safetensors", "export/config.json", "sft_summary.json"):
+    (made.dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (made.dir / name).write_text(name)
+  made.finish()
+  linked, link = [], io._link_file
+
+  def killed_after_two(source, target):
+    if len(linked) == 2:
+      raise KeyboardInterrupt("killed")
+    linked.append(target.name)
+    link(source, target)
+
+  monkeypatch.setattr(io, "_link_file", killed_after_two)
+  with pytest.raises(KeyboardInterrupt, match="killed"):
+    Phase(here, "sft", {"lr": 1e-4}, "demos", reuse_from=(other,)).done()
+  assert linked and "DONE.json" not in linked and not (here / "sft" / "DONE.json").exists()
+  monkeypatch.setattr(io, "_link_file", link)
+  assert Phase(here, "sft", {"lr": 1e-4}, "demos", reuse_from=(other,)).done()  # taken over whole now
+  files = lambda folder: sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+  assert files(here / "sft") == files(other / "sft")

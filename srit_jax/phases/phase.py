@@ -64,10 +64,10 @@ class Phase:
       # on object storage, where a link is a copy, would copy the weights and optimizer again.
       print(f"[{self.name}] done with the same inputs in {done_elsewhere}: linked from there, not run")
       io.reset_directory(self.dir)
-      io.link_tree(done_elsewhere, self.dir, leave_out=TRAINING_STATE)
-      # Its marker its own file (written by rename, not through the link), saying where it was
-      # made: the time and memory it records are that run's, not this one's.
-      marker = json.loads(self.marker.read_text(encoding="utf-8"))
+      io.link_tree(done_elsewhere, self.dir, leave_out=(*TRAINING_STATE, self.marker.name))
+      # The marker last (a takeover killed midway is not found done), its own file saying where the
+      # phase was made: the time and memory it records are that run's, not this one's.
+      marker = json.loads((done_elsewhere / self.marker.name).read_text(encoding="utf-8"))
       io.write_json(self.marker, {**marker, "taken_over_from": marker.get("taken_over_from", str(done_elsewhere))})
       io.barrier(f"took over {self.marker}")
       return True
