@@ -11,13 +11,12 @@ then refined on its own samples of 200 training questions; 1,000 in-domain test 
 500 per out-of-domain task). Every variant takes over, rather than runs, each phase another
 variant here finished with the same inputs (the pipeline's `reuse_phases_from`, by the phase's
 fingerprint), its files hard links that are never written through (appends make their own copy
-first): the phases every variant
-shares (demonstrations, SFT and its evaluation), a control two variants' settings make alike,
-and a refine round's samples and reference log-probs made from the same model and settings. So
-a variant reruns only what it changes, and on a fresh machine the first variant run makes the
-shared phases for the rest; neither the base nor the variant it changes one thing of runs
-unless listed. Only the base evaluates the untuned student. Variants run one
-after another under `nice`, in the order listed; a killed study resumes where it stopped. The report
+first): the phases every variant shares (demonstrations, SFT and its evaluation), a control two
+variants' settings make alike, and a refine round's samples and reference log-probs made from
+the same model and settings. So a variant reruns only what it changes, and on a fresh machine
+the first variant run makes the shared phases for the rest; neither the base nor the variant it
+changes one thing of runs unless listed. Only the base evaluates the untuned student. Variants
+run one after another under `nice`, in the order listed; a killed study resumes where it stopped. The report
 (docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
 pairs each variant's SRIT student with the SFT student, and where a variant trains the
 compute-matched control, the control with both. The variants are defined in
@@ -66,7 +65,8 @@ def drop_checkpoints(workdir: pathlib.Path) -> None:
   and variants read through exports (a variant's checkpoints take about 4 GB a training phase)."""
   from srit_jax.phases.phase import TRAINING_STATE
 
-  for marker in sorted(workdir.glob("**/DONE.json")):  # a phase not finished keeps them to resume
+  # Training phases sit at the top of the workdir; one not finished keeps its state to resume.
+  for marker in sorted(workdir.glob("*/DONE.json")):
     for folder in TRAINING_STATE:
       shutil.rmtree(marker.parent / folder, ignore_errors=True)
 
