@@ -289,6 +289,11 @@ def hf_model_dir(tmp_path):
   return make
 
 
+def random_tokens(batch: int, length: int, seed: int = 0, vocab: int = 128) -> np.ndarray:
+  """Token ids [batch, length] in 3..vocab-1 (clear of the tiny models' special ids)."""
+  return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
+
+
 def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
   import torch
 

@@ -1,4 +1,4 @@
-"""The decoder against transformers: logits, packing, the KV cache, remat and dtypes."""
+"""The decoder against transformers: logits, packing, other attention kernels, remat and dtypes."""
 
 import dataclasses
 
@@ -6,23 +6,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_HF_CONFIGS, torch_logits
+from conftest import TINY_HF_CONFIGS, random_tokens, torch_logits
 
 from srit_jax.conversion import hf_checkpoint
-from srit_jax.generation import batched as generation
 from srit_jax.model import decoder as model_lib
-from srit_jax.model import kv_cache
-
-
-def _tokens(batch, length, seed=0, vocab=128):
-  return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_HF_CONFIGS))
 def test_logits_match_transformers(hf_model_dir, family):
   directory, torch_model = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  tokens = _tokens(2, 13)
+  tokens = random_tokens(2, 13)
   ours = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens)))
   reference = torch_logits(torch_model, tokens)
   assert np.abs(reference).max() > 1.0, "reference logits too small to be a meaningful comparison"
@@ -34,7 +28,7 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir, family):
   directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   lengths = [5, 7, 4]
-  segments = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
+  segments = [random_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
   packed = np.concatenate([*segments, np.zeros(2, np.int32)])[None]  # two padding tokens at the end
   segment_ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)] + [np.zeros(2)])[None]
   positions = np.concatenate([np.arange(n) for n in lengths] + [np.arange(2)])[None]
@@ -48,59 +42,13 @@ def test_packed_rows_equal_segments_run_separately(hf_model_dir, family):
     offset += len(seg)
 
 
-@pytest.mark.parametrize(
-  "family, rows_per_chunk",
-  [
-    ("llama", None),
-    ("llama", 1),
-    ("mistral_sliding_window", None),
-    ("qwen2_bias", 1),
-    ("gemma2", None),
-    ("gemma3", 1),
-    ("qwen3", None),
-    ("phi3", None),
-  ],
-)
-def test_kv_cache_prefill_chunk_and_steps_equal_full_forward(hf_model_dir, family, rows_per_chunk):
-  directory, _ = hf_model_dir(family)
-  config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  # Two rows of different prompt lengths, left-padded; then a 3-token chunk, then 4 single steps.
-  prompts = [list(_tokens(1, 7, seed=1)[0]), list(_tokens(1, 4, seed=2)[0])]
-  continuation = _tokens(2, 7, seed=3)
-  tokens, mask = generation.left_pad(prompts, pad_id=0)
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-  cache = kv_cache.init_cache(config, 2, tokens.shape[1] + continuation.shape[1])
-  last_logits, cache = model_lib.prefill(config, params, tokens, positions, mask, cache, rows_per_chunk=rows_per_chunk)
-  layer_params = model_lib.unstack_layers(params)
-  outputs = [last_logits[:, None]]
-  chunks = [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
-  for start, stop in chunks:
-    chunk_positions = positions[:, -1:] + 1 + np.arange(start, stop)[None]
-    logits, cache = model_lib.decode(
-      config,
-      params,
-      layer_params,
-      continuation[:, start:stop],
-      chunk_positions,
-      np.ones((2, stop - start), np.int32),
-      cache,
-    )
-    outputs.append(logits)
-  assert int(cache.end) == tokens.shape[1] + continuation.shape[1]
-  ours_all = np.concatenate([np.asarray(o) for o in outputs], axis=1)
-  for row, prompt in enumerate(prompts):
-    full = np.concatenate([prompt, continuation[row]])[None]
-    reference = np.asarray(model_lib.forward(config, params, full))[0, len(prompt) - 1 :]
-    np.testing.assert_allclose(ours_all[row], reference, atol=2e-5, rtol=0)
-
-
 @pytest.mark.parametrize("kernel", ["splash", "blockwise"])
 def test_gemma_layers_under_other_kernels_equal_the_xla_path(hf_model_dir, kernel):
   # Sliding and global layers alternate under the layer scan (a traced switch per layer), with
   # soft-capped scores: every kernel takes both; splash needs whole 128-position rows.
   directory, _ = hf_model_dir("gemma2")
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  tokens = jnp.asarray(_tokens(1, 128))
+  tokens = jnp.asarray(random_tokens(1, 128))
   reference = np.asarray(model_lib.forward(dataclasses.replace(config, attention="xla"), params, tokens))
   ours = np.asarray(model_lib.forward(dataclasses.replace(config, attention=kernel), params, tokens))
   np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
@@ -111,7 +59,7 @@ def test_gemma_layers_under_other_kernels_equal_the_xla_path(hf_model_dir, kerne
 def test_remat_policies_leave_logits_and_gradients_unchanged(hf_model_dir, family):
   directory, _ = hf_model_dir(family)
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
-  tokens = jnp.asarray(_tokens(2, 8))
+  tokens = jnp.asarray(random_tokens(2, 8))
 
   def loss(params, config):
     return jnp.mean(model_lib.Transformer(config).apply({"params": params}, tokens) ** 2)
@@ -129,7 +77,7 @@ def test_bfloat16_compute_and_parameters_stay_close_to_float32(hf_model_dir):
   config, params = hf_checkpoint.load_hf_checkpoint(directory)
   bf16_config, bf16_params = hf_checkpoint.load_hf_checkpoint(directory, dtype="bfloat16", param_dtype="bfloat16")
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(bf16_params))
-  tokens = jnp.asarray(_tokens(2, 10))
+  tokens = jnp.asarray(random_tokens(2, 10))
   full = np.asarray(model_lib.forward(config, params, tokens))
   half = model_lib.forward(bf16_config, bf16_params, tokens)
   assert half.dtype == jnp.bfloat16
@@ -147,5 +95,5 @@ def test_init_params_carry_logical_axes_and_finite_logits():
   )
   assert names and all(all(isinstance(n, str) for n in leaf) for leaf in names)
   params = model_lib.init_params(config, jax.random.key(0))
-  logits = model_lib.forward(config, params, jnp.asarray(_tokens(1, 5, vocab=64)))
+  logits = model_lib.forward(config, params, jnp.asarray(random_tokens(1, 5, vocab=64)))
   assert np.isfinite(np.asarray(logits)).all()

@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from srit_jax.model import decoder as model_lib
-from srit_jax.model import kv_cache
+from srit_jax.model import decoding, kv_cache
 from srit_jax.model.config import ModelConfig
 
 STOP_LENGTH, STOP_EOS, STOP_SEQUENCE = 0, 1, 2  # why a row stopped
@@ -152,9 +151,7 @@ def prefix_cache(config: ModelConfig, params, tokens_1xL: jax.Array, *, adapters
   length = tokens_1xL.shape[1]
   positions = jnp.arange(length, dtype=jnp.int32)[None]
   cache = kv_cache.init_cache(config, 1, length)
-  _, cache = model_lib.prefill(
-    config, params, tokens_1xL, positions, jnp.ones_like(positions), cache, adapters=adapters
-  )
+  _, cache = decoding.prefill(config, params, tokens_1xL, positions, jnp.ones_like(positions), cache, adapters=adapters)
   return cache
 
 
@@ -178,7 +175,7 @@ def _prefilled(
   prompts, _ = tokens_UxP.shape
   batch = seeds_B.shape[0]
   positions_UxP = jnp.maximum(jnp.cumsum(mask_UxP, axis=1) - 1, 0)
-  # On CPU, a large batch's prefill runs faster a few rows at a time (see `model.prefill`).
+  # On CPU, a large batch's prefill runs faster a few rows at a time (see `decoding.prefill`).
   one_device = mesh is None or mesh.size == 1
   cpu = one_device and jax.default_backend() == "cpu" and prompts % _CPU_PREFILL_ROWS == 0
   rows_per_chunk = _CPU_PREFILL_ROWS if cpu else None
@@ -198,7 +195,7 @@ def _prefilled(
     )
   else:
     cache = kv_cache.init_cache(config, prompts, cache_length, mesh=mesh)
-    last_logits_UxV, cache = model_lib.prefill(
+    last_logits_UxV, cache = decoding.prefill(
       config,
       params,
       tokens_UxP,
@@ -232,25 +229,25 @@ def _after_prefix(
 ):
   """(last logits [U, V], cache) of prompts run as one chunk against a fresh cache of
   `cache_length` slots that starts with `prefix`; with `rows_per_chunk`, that many prompts at
-  a time (`model.map_row_chunks`, as `model.prefill` runs its rows on CPU)."""
+  a time (`decoding.map_row_chunks`, as `decoding.prefill` runs its rows on CPU)."""
   prompts = tokens_UxP.shape[0]
   rows = rows_per_chunk or prompts
   inputs = (tokens_UxP, positions_UxP, mask_UxP)
-  layer_params = model_lib.unstack_layers(params)
-  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+  layer_params = decoding.unstack_layers(params)
+  layer_adapters = decoding.unstack_layers(adapters) if adapters is not None else None
 
   def run(chunk):
     tokens_RxP, positions_RxP, mask_RxP = chunk
     cache = kv_cache.with_prefix(kv_cache.init_cache(config, rows, cache_length, mesh=mesh), prefix, mesh)
-    logits_Rx1xV, cache = model_lib.decode(
+    logits_Rx1xV, cache = decoding.decode(
       config, params, layer_params, tokens_RxP, positions_RxP, mask_RxP, cache, mesh, layer_adapters, last_only=True
     )
     return logits_Rx1xV[:, -1], cache
 
   if rows == prompts:
     return run(inputs)
-  logits_CxRxV, cache_C = model_lib.map_row_chunks(run, inputs, rows)
-  merge = model_lib.merge_row_chunks
+  logits_CxRxV, cache_C = decoding.map_row_chunks(run, inputs, rows)
+  merge = decoding.merge_row_chunks
   cache = kv_cache.KVCache(
     keys=tuple(map(merge, cache_C.keys)),
     values=tuple(map(merge, cache_C.values)),
@@ -270,8 +267,8 @@ def _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, *, settings,
   """Decode steps for every row until `stop_when_done` rows are done (or all are)."""
   batch = state.done_B.shape[0]
   stop_len = stops_MxQ.shape[1]
-  layer_params = model_lib.unstack_layers(params)
-  layer_adapters = model_lib.unstack_layers(adapters) if adapters is not None else None
+  layer_params = decoding.unstack_layers(params)
+  layer_adapters = decoding.unstack_layers(adapters) if adapters is not None else None
   columns = jnp.arange(stop_len + max_new_tokens, dtype=jnp.int32)[None]
 
   def cond(s):
@@ -291,7 +288,7 @@ def _run(config, params, state, eos_ids, stops_MxQ, stop_when_done, *, settings,
     hit_stop = _ends_with_stop(window_BxQ, stops_MxQ) & live_B & ~hit_eos
     reason_B = jnp.where(hit_eos, STOP_EOS, jnp.where(hit_stop, STOP_SEQUENCE, s.reason_B))
     step_B = s.step_B + live_B.astype(jnp.int32)
-    logits, cache = model_lib.decode(
+    logits, cache = decoding.decode(
       config,
       params,
       layer_params,
