@@ -3,7 +3,7 @@
 
     python benchmarks/plan_cost_effort.py --variant=llama2_7b,v5e-8 --depths=1,2
 
-For a configs/paper.py variant, its SFT step's shallow copy (`programs._shallow`, whole rows, as
+For a configs/paper.py variant, its SFT step's shallow copy (`cost_model.shallow`, whole rows, as
 `extrapolated_cost` compiles it) is compiled for the variant's TPU slice on this CPU host, once
 with the least-effort options and once at the default effort, at each depth: compile seconds,
 FLOPs, bytes accessed and temporaries of each. Nothing is cached.
@@ -28,7 +28,7 @@ _OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
 def main(argv):
   del argv
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, programs, topology
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])
@@ -36,7 +36,7 @@ def main(argv):
   build = programs.sft_build(config.sft, devices)
   figures = {}
   for depth in map(int, _DEPTHS.value):
-    lower, _ = build(programs._shallow(model_config, depth), whole_rows=True)
+    lower, _ = build(cost_model.shallow(model_config, depth), whole_rows=True)
     for effort, options in (("least", compiled_figures.COST_ONLY_OPTIONS), ("default", None)):
       start = time.perf_counter()
       compiled = lower().compile(compiler_options=options)

@@ -251,7 +251,7 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   import dataclasses
 
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size, block.num_microbatches = str(tiny_with_tokenizer), 16, 2
@@ -259,7 +259,7 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   model_config = programs._model_config(block, block.model)
   build = programs.sft_build(block, devices)
   scanned = compiled_figures.xla_cost(build(model_config)[0]().compile())
-  corrected = programs.extrapolated_cost(build, model_config)
+  corrected = cost_model.extrapolated_cost(build, model_config)
   # Every layer unrolled, whole rows and one pass: nothing under a loop, so XLA counts it all.
   unrolled = dataclasses.replace(model_config, scan_unroll=model_config.num_layers)
   truth = compiled_figures.xla_cost(build(unrolled, whole_rows=True)[0]().compile())
@@ -274,7 +274,7 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   rows give the cost of all of them: what the whole-row copies count, within the method's
   tolerance (FLOPs are linear in the rows; bytes nearly so)."""
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, programs, topology
 
   compiled = []
 
@@ -290,8 +290,8 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   devices, _ = topology.tpu_devices("v5e-8")
   model_config = programs._model_config(block, block.model)
   build = programs.sft_build(block, devices)
-  carried = programs.extrapolated_cost(build, model_config, WholeRowsRefused(), "SFT step")
-  truth = programs.extrapolated_cost(build, model_config)
+  carried = cost_model.extrapolated_cost(build, model_config, WholeRowsRefused(), "SFT step")
+  truth = cost_model.extrapolated_cost(build, model_config)
   assert [c.split(", ", 1)[1] for c in compiled] == [
     "1 unrolled layer (for its cost)",
     "1 unrolled layer, 1/2 of the rows (for its cost)",
@@ -301,7 +301,7 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   ]
   assert carried.flops == pytest.approx(truth.flops, rel=1e-6)
   assert carried.bytes == pytest.approx(truth.bytes, rel=0.01)
-  half = programs.extrapolated_cost(lambda cfg, whole_rows, share: build(cfg, whole_rows, 2 * share), model_config)
+  half = cost_model.extrapolated_cost(lambda cfg, whole_rows, share: build(cfg, whole_rows, 2 * share), model_config)
   assert half.flops < 0.6 * truth.flops  # the shares are of the rows: half of them, about half the work
 
 
@@ -309,14 +309,14 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
 def test_a_plan_without_time_compiles_each_program_once(tiny_with_tokenizer, monkeypatch):
   """`--notime` and the fit check before a TPU run need memory only: no shallow copies."""
   from srit_jax import configs
-  from srit_jax.planning import programs, topology
+  from srit_jax.planning import cost_model, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 8
   devices, _ = topology.tpu_devices("v5e-8")
   shallow = []
-  real = programs._shallow
-  monkeypatch.setattr(programs, "_shallow", lambda *a: shallow.append(a[1]) or real(*a))
+  real = cost_model.shallow
+  monkeypatch.setattr(cost_model, "shallow", lambda *a: shallow.append(a[1]) or real(*a))
   (plan,) = programs.programs(block, "sft", devices, prompt_length=16, cost=False)
   assert plan.total > 0 and not plan.error and plan.cost is None and shallow == []
   (plan,) = programs.programs(block, "sft", devices, prompt_length=16)
@@ -331,7 +331,7 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   of the compile time at paper scale); the program itself, whose memory the plan reads, at the
   default effort. Their FLOPs are the default effort's; bytes within the method's tolerance."""
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, programs, topology
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 16
@@ -348,7 +348,7 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   assert len(list(tmp_path.glob("*.json"))) == 3
 
   model_config = programs._model_config(block, block.model)
-  lower, arguments = programs.sft_build(block, devices)(programs._shallow(model_config, 2), whole_rows=True)
+  lower, arguments = programs.sft_build(block, devices)(cost_model.shallow(model_config, 2), whole_rows=True)
   least = real(lower, arguments, tmp_path, compiled_figures.COST_ONLY_OPTIONS)
   default = real(lower, arguments, tmp_path)
   assert least.cached and not default.cached  # the options are part of the figures' key

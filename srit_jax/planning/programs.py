@@ -8,8 +8,8 @@ decode loop) of self-refinement and of evaluation at their batch sizes and lengt
 are abstract (shapes, dtypes and shardings), so nothing is downloaded or allocated. For each
 program: per-chip bytes of arguments, temporaries and outputs (less what donation aliases),
 XLA's FLOPs beside the model-FLOPs formula, the attention kernel, the compile time, and with
-`cost` its FLOPs and bytes with every layer counted (for its time bound,
-srit_jax/planning/run_time.py).
+`cost` its FLOPs and bytes with every layer counted (srit_jax/planning/cost_model.py; for its
+time bound, srit_jax/planning/run_time.py).
 
 Each program's figures are compiled, or read where a `figures_cache` keeps them, by
 srit_jax/planning/compiled_figures.py.
@@ -23,13 +23,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from srit_jax import sharding
 from srit_jax.conversion import loading
 from srit_jax.model import attention, decoder
-from srit_jax.planning.compiled_figures import COST_ONLY_OPTIONS, Compiling, Cost
+from srit_jax.planning import cost_model
+from srit_jax.planning.compiled_figures import Compiling, Cost
 from srit_jax.training import dpo_step, flops, optimizer, sft_step
 from srit_jax.training.state import create_train_state, state_shardings
 
@@ -50,7 +50,7 @@ class ProgramPlan:
   compile_seconds: float = 0.0
   cached: bool = False  # figures read from a figures cache, not compiled here
   error: str = ""  # a compile failure, out of memory included
-  cost: Cost | None = None  # one call, every layer counted (see extrapolated_cost); None if unknown
+  cost: Cost | None = None  # one call, every layer counted (see cost_model.extrapolated_cost); None if unknown
   per_call: int = 0  # rows of a sampler call, pairs of a reference pass, 0 for a training step
 
   @property
@@ -96,103 +96,18 @@ def _trained_and_base(model_config, mesh):
   return _params(model_config, mesh), None
 
 
-def _per_device_bytes(tree) -> int:
-  """Bytes one device holds of a tree of sharded abstract arrays."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
-    total += int(np.prod(shape)) * jnp.dtype(leaf.dtype).itemsize
-  return total
-
-
 def _measure(plan: ProgramPlan, lower, arguments, how: Compiling) -> ProgramPlan:
   """Compiles `lower()` and records its memory and FLOPs; a program XLA refuses for lack of
   memory keeps what its report says (temporaries) and the size of its arguments."""
   figures = how.figures(lower, arguments, f"{plan.phase} {plan.name}")
   plan.compile_seconds, plan.cached, plan.error = figures.seconds, figures.cached, figures.error
   if figures.error:
-    plan.arguments, plan.temporaries = _per_device_bytes(arguments), figures.temporaries
+    plan.arguments, plan.temporaries = cost_model.per_device_bytes(arguments), figures.temporaries
     return plan
   plan.arguments, plan.temporaries = figures.arguments, figures.temporaries
   plan.outputs, plan.aliased = figures.outputs, figures.aliased
   plan.compiled_flops = figures.cost.flops
   return plan
-
-
-def _shallow(model_config, depth: int):
-  """The model with `depth` layers, all of them unrolled in one iteration of the layer scan."""
-  return dataclasses.replace(
-    model_config, num_layers=depth, scan_unroll=depth, layer_types=model_config.layer_types[:depth]
-  )
-
-
-class _OutOfMemory(RuntimeError):
-  """A cost copy XLA refused for lack of HBM."""
-
-
-MAX_ROW_SHARE = 64  # the smallest share of the rows a refused cost copy is compiled at: 1/64
-
-
-def extrapolated_cost(build, model_config, how: Compiling = Compiling(), what: str = "the program") -> Cost:
-  """One call's cost with every layer counted. XLA's cost analysis counts a loop body once, so a
-  program whose layers run under the scan counts one layer: the program is compiled again at
-  depth 1 and 2 with its layers unrolled; the difference is a layer (its forward, backward and
-  optimizer update alike), which the full depth has `num_layers` of. The output layer, which
-  the run projects in chunks of positions, and the microbatches of gradient accumulation (loops
-  too) take whole rows and one pass in those copies: the same work, counted whole. The copies
-  are compiled with `COST_ONLY_OPTIONS`.
-
-  Whole rows can need more HBM than the chip has where the program itself fits (the output
-  layer's logits of every position at once: a 152k vocabulary over 32 rows of 1024 a chip is
-  20 GB): then the copies are compiled at 1/2, 1/4, ... of the rows until they fit, and at half
-  that share again, and the cost, a fixed part (the optimizer's update, the weights read) plus a
-  part per row, is carried from those two shares to all the rows."""
-
-  def cost_at(depth, share):
-    lower, arguments = build(_shallow(model_config, depth), whole_rows=True, share=share)
-    label = f"{what}, {depth} unrolled layer{'s' if depth > 1 else ''}"
-    label += f", 1/{share} of the rows (for its cost)" if share > 1 else " (for its cost)"
-    figures = how.figures(lower, arguments, label, COST_ONLY_OPTIONS)
-    if figures.error:
-      raise (_OutOfMemory if figures.temporaries else RuntimeError)(figures.error)
-    return figures.cost
-
-  def every_layer(share):
-    one, two = cost_at(1, share), cost_at(2, share)
-    return one + (two - one) * (model_config.num_layers - 1)
-
-  share = 1
-  while True:
-    try:
-      cost = every_layer(share)
-      break
-    except _OutOfMemory:
-      if share >= MAX_ROW_SHARE:
-        raise
-      share *= 2
-  if share == 1:
-    return cost
-  # Linear in the share f of the rows: cost(1) = cost(1/s) + (cost(1/s) - cost(1/2s)) (2s - 2).
-  return cost + (cost - every_layer(2 * share)) * (2 * share - 2)
-
-
-def decode_step_cost(model_config, weights_tree, batch: int, cache_length: int, mesh) -> Cost:
-  """One decode step of `batch` rows, per device: the weights (in their stored dtype) and the KV
-  cache are each read once, 2 FLOPs per parameter per row and 4 per cached key per head per row.
-  Analytic: the sampler's decode loop is a loop, which XLA counts once."""
-  weights = _per_device_bytes(weights_tree)  # parameters (and adapters) as stored
-  devices = mesh.devices.size
-  itemsize = jnp.dtype(model_config.dtype).itemsize
-  kv = model_config.num_kv_heads * model_config.head_dim
-  cache = 2 * model_config.num_layers * batch * cache_length * kv * itemsize / devices
-  parameters = _parameter_count(model_config)
-  attention_flops = 4 * model_config.num_layers * batch * cache_length * model_config.num_heads * model_config.head_dim
-  return Cost((2 * parameters * batch + attention_flops) / devices, weights + cache)
-
-
-def _parameter_count(model_config) -> int:
-  shapes = nn.unbox(decoder.boxed_param_shapes(model_config))
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
 def _measured(plan: ProgramPlan, build, model_config, how: Compiling) -> ProgramPlan:
@@ -202,7 +117,7 @@ def _measured(plan: ProgramPlan, build, model_config, how: Compiling) -> Program
   plan = _measure(plan, lower, arguments, how)
   if how.cost and not plan.error:
     try:
-      plan.cost = extrapolated_cost(build, model_config, how, f"{plan.phase} {plan.name}")
+      plan.cost = cost_model.extrapolated_cost(build, model_config, how, f"{plan.phase} {plan.name}")
     except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
       plan.cost = None
   return plan
@@ -454,7 +369,7 @@ def sampler_program(
   plan = _measured(plan, build, model_config, how)
   if plan.cost is not None:  # the decode loop, counted once by XLA: the other new tokens' steps
     params, adapters, _ = build(model_config)[1]
-    step = decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
+    step = cost_model.decode_step_cost(model_config, (params, adapters), batch, width + max_new_tokens, mesh)
     plan.cost = plan.cost + step * (max_new_tokens - 1)
   return plan
 

@@ -1,6 +1,6 @@
 """How long a run takes on its slice: each program's roofline bound (its FLOPs at the chip's
 peak or its bytes at full HBM bandwidth, whichever is slower, every layer counted; see
-`programs.extrapolated_cost`) times how often the config's run makes it, per phase and for the
+`cost_model.extrapolated_cost`) times how often the config's run makes it, per phase and for the
 run, in hours and chip-hours at the bound and at a stated MFU. What `srit-jax plan` prints
 after its memory table, and benchmarks/tpu_plan.py's time columns.
 """
