@@ -22,7 +22,7 @@ from srit_jax import preemption
 from srit_jax.configs import checks
 from srit_jax.data.preference_pairs import ScoredAnswer
 from srit_jax.generation.jsonl import Completion
-from srit_jax.phases import refine
+from srit_jax.phases import refine, student_answers
 from srit_jax.tasks import prompts, synthetic
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.training import dpo_step, pair_scoring
@@ -321,17 +321,20 @@ def test_slip_corrections_continue_each_wrong_answer_from_its_slip_set_right(mon
     seen.update(records=records, out_path=out_path, options=options)
     return [[Completion(r["response_prefix"] + ". The answer is 7.", "eos")] for r in records]
 
-  monkeypatch.setattr(refine, "generate_texts", continue_with_seven)
+  monkeypatch.setattr(student_answers, "generate_texts", continue_with_seven)
   examples = [Example("arith", "0", "What is 3 + 4?", "7", NUMBER), Example("arith", "1", "And 4 + 5?", "9", NUMBER)]
   cot = [
     [ScoredAnswer("cot", 0, "3 + 4 = 8. The answer is 8.", "8", False)],
     [ScoredAnswer("cot", 0, "4 + 5 = 8. The answer is 9.", "9", True)],  # right in the end: left alone
   ]
   config = load_config("refine")
-  corrections = refine.sample_corrections(None, examples, cot, tmp_path, config, progress=False)
+  corrections = student_answers.sample_corrections(None, examples, cot, tmp_path, config, progress=False)
   (record,) = seen["records"]
   assert record == {"prompt": prompts.prompt(examples[0], "cot"), "response_prefix": "3 + 4 = 7", "id": "arith/0/0"}
-  assert seen["out_path"] == tmp_path / "samples.corrected.jsonl" and "samples.corrected.jsonl" in refine.SAMPLE_FILES
+  assert (
+    seen["out_path"] == tmp_path / "samples.corrected.jsonl"
+    and "samples.corrected.jsonl" in student_answers.SAMPLE_FILES
+  )
   assert seen["options"]["settings"].temperature == 0.0  # the student's own most likely way on
   assert corrections == [{0: ScoredAnswer("cot", 0, "3 + 4 = 7. The answer is 7.", "7", True)}, {}]
 
@@ -343,30 +346,30 @@ def test_another_draw_samples_the_same_questions_with_other_seeds(monkeypatch, t
     seeds.append(options["seed"])
     return [[Completion("The answer is 7.", "eos")] * options["num_samples"] for _ in records]
 
-  monkeypatch.setattr(refine, "generate_texts", record_seed)
+  monkeypatch.setattr(student_answers, "generate_texts", record_seed)
   config = load_config("refine")
   config.update(task="wordmath", limit=20, num_direct_samples=0)
-  questions = refine.training_questions(config)
-  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  questions = student_answers.training_questions(config)
+  student_answers.sample_answers(None, questions, tmp_path, config, progress=False)
   config.sampling_seed = 1
-  assert refine.training_questions(config) == questions  # the questions are the seed's
-  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  assert student_answers.training_questions(config) == questions  # the questions are the seed's
+  student_answers.sample_answers(None, questions, tmp_path, config, progress=False)
   assert seeds[0] == config.seed and seeds[1] != seeds[0]
   config.round = 2  # a later round draws apart from both
-  refine.sample_answers(None, questions, tmp_path, config, progress=False)
+  student_answers.sample_answers(None, questions, tmp_path, config, progress=False)
   assert len(set(seeds)) == 3
 
 
 def test_new_questions_are_training_questions_no_demonstration_answers(tmp_path):
   config = load_config("refine")
   config.update(task="arith", limit=8, new_questions=5, demos_file=str(_demos_file(tmp_path / "demos.jsonl", n=16)))
-  questions = refine.training_questions(config)
+  questions = student_answers.training_questions(config)
   taught = [e.id for e in synthetic.generate("arith", "train", size=16)]
   assert [q.id for q in questions[:8]] == taught[:8]
   new = [q.id for q in questions[8:]]
   assert len(new) == 5 and not set(new) & set(taught)
   config.new_questions = 0
-  assert len(refine.training_questions(config)) == 8
+  assert len(student_answers.training_questions(config)) == 8
 
 
 def _best_heldout_config(tiny_student, tmp_path, *, num_steps, learning_rate):

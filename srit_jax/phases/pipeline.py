@@ -36,7 +36,7 @@ from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.data import fingerprint
-from srit_jax.phases import demos, phase_time, refine, report
+from srit_jax.phases import demos, phase_time, refine, report, student_answers
 from srit_jax.phases import evaluate as evaluation
 from srit_jax.phases import sft as sft_loop
 from srit_jax.phases.phase import RUN_CONFIG, Phase, other_runs
@@ -317,12 +317,12 @@ def _refine_rounds(
       refine_config.to_dict(),
       previous.fingerprint,
       sft_phase.fingerprint,
-      keep=refine.SAMPLE_FILES,
+      keep=student_answers.SAMPLE_FILES,
       reuse_from=reuse_from,
     )
     if not phase.done():
       if samples_from and round_ == 1:
-        io.link_files(samples_from[0].dir, phase.dir, refine.SAMPLE_FILES)
+        io.link_files(samples_from[0].dir, phase.dir, student_answers.SAMPLE_FILES)
       what = {"simpo": "SimPO", "orpo": "ORPO", "dpop": "DPO-Positive"}.get(refine_config.loss_type, "DPO")
       what = "the control: the same pairs, cross-entropy on the chosen answers" if samples_from else what
       print(f"[{name}] self-refinement round {round_}: the student's samples, preference pairs, {what}")
