@@ -212,7 +212,7 @@ class DecoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Token ids in, logits out. The module-level `prefill` and `decode` run it against a `KVCache`."""
+  """Token ids in, logits out. decoding.py's `prefill` and `decode` run it against a `KVCache`."""
 
   config: ModelConfig
   mesh: Mesh | None = None
