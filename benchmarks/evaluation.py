@@ -60,7 +60,7 @@ def _rows(model):
 
 def _answer(model, rows, stop_strings, way: str):
   from srit_jax.generation import batched
-  from srit_jax.generation.sampler import SamplingSettings
+  from srit_jax.generation.next_token import SamplingSettings
 
   start = time.perf_counter()
   generations = batched.generate_rows(

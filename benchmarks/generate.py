@@ -40,7 +40,7 @@ def ours(model, prompts, new_tokens: int) -> float:
   import jax
 
   from srit_jax.generation import batched
-  from srit_jax.generation.sampler import SamplingSettings
+  from srit_jax.generation.next_token import SamplingSettings
 
   settings = SamplingSettings(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
 

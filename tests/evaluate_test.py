@@ -10,7 +10,7 @@ from srit_jax.configs import checks
 from srit_jax.configs.eval import get_config
 from srit_jax.conversion import loading
 from srit_jax.generation.jsonl import Completion
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.phases import evaluate
 from srit_jax.statistics import pass_at_k
 from srit_jax.tasks import load_examples

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from srit_jax import io, sharding
 from srit_jax.generation import sampler
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.model.config import ModelConfig
 
 STOP_REASONS = {sampler.STOP_LENGTH: "length", sampler.STOP_EOS: "eos", sampler.STOP_SEQUENCE: "stop"}

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from srit_jax import io, preemption
 from srit_jax.data import fingerprint
 from srit_jax.generation.batched import Generation, Row, generate_rows
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.model.config import ModelConfig
 
 ON_CHANGE = ("restart", "error")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.statistics import mean_interval, paired_comparison, pass_at_k, wilson_interval
 from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import NUMBER, Example

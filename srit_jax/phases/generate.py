@@ -8,7 +8,7 @@ from srit_jax import io, sharding
 from srit_jax.configs import checks
 from srit_jax.conversion import loading
 from srit_jax.generation.jsonl import generate_to_jsonl
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 
 
 def read_prompts(path: str | pathlib.Path) -> list[dict]:

@@ -16,7 +16,7 @@ from srit_jax import io
 from srit_jax.configs.refine import QUESTIONS
 from srit_jax.data import preference_pairs, records
 from srit_jax.generation.jsonl import generate_texts
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.tasks.registry import load_training_examples

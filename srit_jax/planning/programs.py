@@ -327,7 +327,7 @@ def sampler_program(
   max_new_tokens: int,
   how: Compiling = Compiling(),
 ) -> ProgramPlan:
-  from srit_jax.generation import batched, sampler
+  from srit_jax.generation import batched, next_token, sampler
 
   model_config = _model_config(block, model_source)
   mesh = sharding.mesh_from_config(block.mesh, devices)
@@ -338,7 +338,7 @@ def sampler_program(
     shape, dtype, sharding=sharding.logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
   )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  settings = sampler.SamplingSettings(temperature=block.get("temperature", 0.0), top_p=block.get("top_p", 1.0))
+  settings = next_token.SamplingSettings(temperature=block.get("temperature", 0.0), top_p=block.get("top_p", 1.0))
 
   def build(cfg, whole_rows=False, share=1):  # the sampler projects only each row's last position
     del whole_rows

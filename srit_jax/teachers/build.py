@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from srit_jax import io
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.teachers.base import Teacher
 
 KINDS = ("local", "openai", "precomputed", "reference")

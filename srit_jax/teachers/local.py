@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from srit_jax.conversion import loading
 from srit_jax.generation.jsonl import generate_texts
-from srit_jax.generation.sampler import SamplingSettings
+from srit_jax.generation.next_token import SamplingSettings
 from srit_jax.tasks import prompts
 from srit_jax.tasks.example import Example
 from srit_jax.teachers.base import Teacher, family_of
