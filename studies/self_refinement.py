@@ -16,12 +16,12 @@ variants' settings make alike, and a refine round's samples and reference log-pr
 the same model and settings. So a variant reruns only what it changes, and on a fresh machine
 the first variant run makes the shared phases for the rest; neither the base nor the variant it
 changes one thing of runs unless listed. Only the base evaluates the untuned student. Variants
-run one after another under `nice`, in the order listed; a killed study resumes where it stopped. The report
-(docs/self_refinement_study.md between its table markers, and docs/self_refinement_study.json)
-pairs each variant's SRIT student with the SFT student, and where a variant trains the
-compute-matched control, the control with both. The variants are defined in
-studies/study_variants.py, the report is written by studies/study_report.py; this script runs
-them.
+run one after another under `nice`, in the order listed; a killed study resumes where it
+stopped. The report (docs/self_refinement_study.md between its table markers, and
+docs/self_refinement_study.json) pairs each variant's SRIT student with the SFT student, and
+where a variant trains the compute-matched control, the control with both. The variants are
+defined in studies/study_variants.py, the report is written by studies/study_report.py; this
+script runs them.
 """
 
 from __future__ import annotations
