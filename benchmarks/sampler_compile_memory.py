@@ -11,7 +11,6 @@ effort, without the cost copies. `--layers=0` keeps every layer. Nothing is cach
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -30,7 +29,7 @@ _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "prompt tokens, as `
 def main(argv):
   del argv
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, programs, topology
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])
@@ -38,8 +37,7 @@ def main(argv):
 
   def cut(block, model_source, param_dtype=None):
     model_config = full_depth(block, model_source, param_dtype)
-    layers = _LAYERS.value or model_config.num_layers
-    return dataclasses.replace(model_config, num_layers=layers, layer_types=model_config.layer_types[:layers])
+    return cost_model.shallow(model_config, _LAYERS.value or model_config.num_layers, unrolled=False)
 
   programs._model_config = cut
   block = config.refine

@@ -770,3 +770,17 @@ def test_evaluation_plans_the_greedy_program_unless_it_samples_answers(monkeypat
   config.update(num_shots=4, max_new_tokens=256)
   programs._eval_program(config, config.model, [], 512, None)
   assert lengths == [512 + 4 * (512 + 256)]  # four worked examples, each a prompt and an answer, first
+
+
+def test_a_shallow_copy_keeps_the_first_layers_unrolled_or_under_the_scan():
+  """Cost copies unroll their layers (XLA then counts each); a cut model keeps the scan as it was."""
+  import dataclasses
+
+  from srit_jax.model.presets import get_preset
+  from srit_jax.planning import cost_model
+
+  gemma = dataclasses.replace(get_preset("gemma-2-2b"), scan_unroll=1)  # sliding and global layers alternate
+  unrolled, scanned = cost_model.shallow(gemma, 3), cost_model.shallow(gemma, 3, unrolled=False)
+  assert unrolled.num_layers == scanned.num_layers == 3
+  assert unrolled.layer_types == scanned.layer_types == gemma.layer_types[:3]
+  assert (unrolled.scan_unroll, scanned.scan_unroll) == (3, 1)

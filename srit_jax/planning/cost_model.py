@@ -28,10 +28,12 @@ def per_device_bytes(tree) -> int:
   return total
 
 
-def shallow(model_config, depth: int):
-  """The model with `depth` layers, all of them unrolled in one iteration of the layer scan."""
+def shallow(model_config, depth: int, unrolled: bool = True):
+  """The model's first `depth` layers, all of them unrolled in one iteration of the layer scan
+  (with `unrolled`, as the cost copies take them) or under the scan as the model has them."""
+  unroll = depth if unrolled else model_config.scan_unroll
   return dataclasses.replace(
-    model_config, num_layers=depth, scan_unroll=depth, layer_types=model_config.layer_types[:depth]
+    model_config, num_layers=depth, scan_unroll=unroll, layer_types=model_config.layer_types[:depth]
   )
 
 
