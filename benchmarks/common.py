@@ -168,8 +168,10 @@ def torch_model(config):
   import torch
   import transformers
 
+  from srit_jax.conversion import hf_config
+
   torch.set_num_threads(os.cpu_count() or 1)
-  hf = transformers.AutoConfig.for_model(**config.to_hf_config())
+  hf = transformers.AutoConfig.for_model(**hf_config.config_json(config))
   model = transformers.AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa", dtype=torch.float32)
   return model.to(torch_device())
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import make_hf_model, torch_logits
 
-from srit_jax.conversion import gguf_checkpoint, hf_checkpoint
+from srit_jax.conversion import gguf_checkpoint, hf_checkpoint, hf_config
 from srit_jax.model import decoder as model_lib
-from srit_jax.model.config import ModelConfig, UnsupportedModelError
+from srit_jax.model.config import UnsupportedModelError
 
 TOKENS = np.random.default_rng(0).integers(3, 128, size=(2, 11)).astype(np.int32)
 
@@ -271,7 +271,7 @@ def test_config_that_is_not_json_names_the_file(hf_model_dir):
   directory, _ = hf_model_dir("llama")
   (directory / "config.json").write_text('{"model_type": "llama",')
   with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
-    ModelConfig.from_hf_config(directory)
+    hf_config.read(directory)
 
 
 def test_missing_config_field_is_named(hf_model_dir):
@@ -280,7 +280,7 @@ def test_missing_config_field_is_named(hf_model_dir):
   del config["intermediate_size"]
   (directory / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"config\.json: field 'intermediate_size' is missing"):
-    ModelConfig.from_hf_config(directory)
+    hf_config.read(directory)
 
 
 def test_pickle_checkpoints_are_never_read(hf_model_dir):

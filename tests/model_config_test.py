@@ -4,28 +4,29 @@ import dataclasses
 
 import pytest
 
-from srit_jax.model.config import ModelConfig, RopeScaling, UnsupportedModelError
+from srit_jax.conversion import hf_config
+from srit_jax.model.config import RopeScaling, UnsupportedModelError
 from srit_jax.model.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_round_trip_through_hf_config(name):
   config = PRESETS[name]
-  assert ModelConfig.from_hf_config(config.to_hf_config()) == config
+  assert hf_config.read(hf_config.config_json(config)) == config
 
 
 def test_transformers_5_rope_parameters_are_read():
-  hf = get_preset("llama3.2-1b").to_hf_config()
+  hf = hf_config.config_json(get_preset("llama3.2-1b"))
   rope = dict(hf.pop("rope_scaling"), rope_theta=hf.pop("rope_theta"))
   hf["rope_parameters"] = rope
-  config = ModelConfig.from_hf_config(hf)
+  config = hf_config.read(hf)
   assert config.rope_theta == 500_000.0
   assert config.rope_scaling == RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
 
 
 def test_qwen2_has_qkv_bias_and_mistral_keeps_its_window():
-  assert ModelConfig.from_hf_config(PRESETS["qwen2.5-0.5b"].to_hf_config()).qkv_bias
-  assert ModelConfig.from_hf_config(PRESETS["mistral-7b"].to_hf_config()).sliding_window == 4096
+  assert hf_config.read(hf_config.config_json(PRESETS["qwen2.5-0.5b"])).qkv_bias
+  assert hf_config.read(hf_config.config_json(PRESETS["mistral-7b"])).sliding_window == 4096
 
 
 @pytest.mark.parametrize(
@@ -38,9 +39,9 @@ def test_qwen2_has_qkv_bias_and_mistral_keeps_its_window():
   ],
 )
 def test_unsupported_features_are_refused(change, message):
-  hf = dict(PRESETS["llama2-7b"].to_hf_config(), **change)
+  hf = dict(hf_config.config_json(PRESETS["llama2-7b"]), **change)
   with pytest.raises(UnsupportedModelError, match=message):
-    ModelConfig.from_hf_config(hf)
+    hf_config.read(hf)
 
 
 @pytest.mark.parametrize(
@@ -56,29 +57,29 @@ def test_unsupported_features_are_refused(change, message):
   ],
 )
 def test_new_families_refuse_what_they_do_not_implement_by_field(preset, change, message):
-  hf = dict(PRESETS[preset].to_hf_config(), **change)
+  hf = dict(hf_config.config_json(PRESETS[preset]), **change)
   with pytest.raises(UnsupportedModelError, match=message):
-    ModelConfig.from_hf_config(hf)
+    hf_config.read(hf)
 
 
 @pytest.mark.parametrize(
   "name", ["gemma-2-2b", "gemma-2-9b", "gemma-3-1b", "gemma-3-4b", "qwen3-0.6b", "qwen3-8b", "phi-3-mini"]
 )
 def test_new_presets_survive_their_config_json(name):
-  assert ModelConfig.from_hf_config(PRESETS[name].to_hf_config()) == PRESETS[name]
+  assert hf_config.read(hf_config.config_json(PRESETS[name])) == PRESETS[name]
 
 
 def test_gemma3_text_config_reads_flat_and_nested_rope_settings():
-  nested = PRESETS["gemma-3-4b"].to_hf_config()
+  nested = hf_config.config_json(PRESETS["gemma-3-4b"])
   flat = {k: v for k, v in nested.items() if k != "rope_parameters"}
   flat.update(
     rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling={"rope_type": "linear", "factor": 8.0}
   )
   del flat["layer_types"]
   flat["sliding_window_pattern"] = 6  # configs before transformers listed layer types
-  assert ModelConfig.from_hf_config(flat) == ModelConfig.from_hf_config(nested) == PRESETS["gemma-3-4b"]
+  assert hf_config.read(flat) == hf_config.read(nested) == PRESETS["gemma-3-4b"]
   multimodal = {"model_type": "gemma3", "text_config": {k: v for k, v in nested.items() if k != "model_type"}}
-  assert ModelConfig.from_hf_config(multimodal) == PRESETS["gemma-3-4b"]
+  assert hf_config.read(multimodal) == PRESETS["gemma-3-4b"]
 
 
 def test_bad_options_are_refused():

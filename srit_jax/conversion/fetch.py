@@ -25,7 +25,7 @@ import zipfile
 import safetensors.numpy
 
 from srit_jax import io
-from srit_jax.conversion import gguf_checkpoint, hf_checkpoint
+from srit_jax.conversion import gguf_checkpoint, hf_checkpoint, hf_config
 
 _COMPLETE_MARKER = ".srit_jax_complete"
 
@@ -136,5 +136,5 @@ def convert_gguf_to_hf(path: pathlib.Path, directory: pathlib.Path) -> None:
   source = gguf_checkpoint.GgufSource(file, config)
   tensors = {name: source.read(name) for name in source.names()}
   safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-  (directory / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2) + "\n", encoding="utf-8")
+  (directory / "config.json").write_text(json.dumps(hf_config.config_json(config), indent=2) + "\n", encoding="utf-8")
   hf_checkpoint.save_tokenizer(gguf_checkpoint.build_tokenizer(file), directory)

@@ -15,7 +15,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from srit_jax.conversion.hf_checkpoint import CheckpointError
-from srit_jax.model.config import ModelConfig, check_architecture
+from srit_jax.conversion.hf_config import check_architecture
+from srit_jax.model.config import ModelConfig
 
 _GLOBAL_NAMES = {
   "token_embd.weight": "model.embed_tokens.weight",

@@ -25,7 +25,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from srit_jax import io, sharding
-from srit_jax.conversion import mapping
+from srit_jax.conversion import hf_config, mapping
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
 
@@ -231,7 +231,7 @@ def load_params(
 
 def load_hf_checkpoint(directory: str | pathlib.Path, mesh: Mesh | None = None, progress=False, **config_overrides):
   """(config, params) from a Hugging Face directory: config.json plus safetensors."""
-  config = ModelConfig.from_hf_config(directory, **config_overrides)
+  config = hf_config.read(directory, **config_overrides)
   source = SafetensorsSource(directory)
   return config, load_params(source, config, mesh, where=str(directory), progress=progress)
 
@@ -326,8 +326,8 @@ def _write_metadata(directory, config: ModelConfig, dtype: str, tokenizer, files
   if num_shards > 1:
     index = {"metadata": {"total_size": total_bytes}, "weight_map": {n: files[i] for n, i in shard_of.items()}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-  hf_config = dict(config.to_hf_config(), torch_dtype=dtype)
-  (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+  config_json = dict(hf_config.config_json(config), torch_dtype=dtype)
+  (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
   if tokenizer is not None:
     save_tokenizer(tokenizer, directory)
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from srit_jax import io, sharding
-from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint
+from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint, hf_config
 from srit_jax.data import fingerprint
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
@@ -173,10 +173,10 @@ def model_config_of(source: str | pathlib.Path, **overrides) -> ModelConfig:
   source_str = str(source)
   path = io.as_path(source_str)
   if io.is_remote(path) and path.is_dir():
-    return ModelConfig.from_hf_config(io.local_copy(path / "config.json"), **overrides)
+    return hf_config.read(io.local_copy(path / "config.json"), **overrides)
   path = io.local_copy(path) if io.is_remote(path) and path.is_file() else path
   if path.is_dir():
-    return ModelConfig.from_hf_config(path, **overrides)
+    return hf_config.read(path, **overrides)
   if path.suffix == ".gguf" and path.is_file():
     return gguf_checkpoint.GgufFile(path).model_config(**overrides)
   preset = PRESET_OF_SOURCE.get(source_str.split("@")[0], source_str if source_str in PRESETS else None)
@@ -187,7 +187,7 @@ def model_config_of(source: str | pathlib.Path, **overrides) -> ModelConfig:
 
     repo_id, _, revision = source_str.partition("@")
     try:
-      return ModelConfig.from_hf_config(hf_hub_download(repo_id, "config.json", revision=revision or None), **overrides)
+      return hf_config.read(hf_hub_download(repo_id, "config.json", revision=revision or None), **overrides)
     except Exception as e:  # offline, missing, gated
       raise FileNotFoundError(f"{source_str}: its config.json could not be had from the hub or its cache: {e}") from e
   raise FileNotFoundError(f"{source_str}: not a directory, a .gguf file, a preset or a hub id")
