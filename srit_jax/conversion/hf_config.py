@@ -88,7 +88,8 @@ def check_architecture(fields: dict[str, Any], where: str, names: dict[str, str]
 
 
 def read(source: str | pathlib.Path | dict[str, Any], **overrides) -> ModelConfig:
-  """Reads a `config.json` (a path, a directory holding one, or its parsed dict)."""
+  """The `ModelConfig` of a `config.json` (a path, a directory holding one, or its parsed dict);
+  `overrides` set the fields that are not architecture (numerics, adapters)."""
   where = "config dict"
   if not isinstance(source, dict):
     path = pathlib.Path(source)
