@@ -8,6 +8,8 @@
 - `paired_comparison`: all of it for two stages' per-question outcomes, keyed by question.
 - `pass_at_k` and `mean_interval`: sampled answers' pass@k per question (the unbiased estimator
   of Chen et al., 2021) and a bootstrap interval of its mean over questions.
+- `paired_mean_difference`: two stages' per-question values (pass@1: the share of a question's
+  sampled answers that is right) on the same questions, their difference with a paired interval.
 """
 
 from __future__ import annotations
@@ -130,3 +132,20 @@ def mean_interval(values, *, resamples: int = 10_000, seed: int = 0, level: floa
   tail = (1 - level) / 2 * 100
   low, high = np.percentile(means, [tail, 100 - tail])
   return float(values.mean()), float(low), float(high)
+
+
+def paired_mean_difference(first: Mapping[str, float], second: Mapping[str, float], *, seed: int = 0) -> dict:
+  """Two stages' per-question values (in [0, 1]) on the questions both answered: their means and
+  `difference` (second − first) with a 95% interval by resampling questions (paired), as
+  `paired_comparison` gives for right-or-wrong outcomes."""
+  ids = sorted(set(first) & set(second))
+  a = np.asarray([float(first[i]) for i in ids])
+  b = np.asarray([float(second[i]) for i in ids])
+  difference, low, high = bootstrap_difference(a, b, seed=seed)
+  return {
+    "n": len(ids),
+    "first_mean": float(a.mean()) if ids else 0.0,
+    "second_mean": float(b.mean()) if ids else 0.0,
+    "difference": difference,
+    "ci95": [low, high],
+  }

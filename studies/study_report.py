@@ -40,6 +40,21 @@ COMPARISONS = (
 )
 
 
+def _sampled_pairs_row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
+  """pass@1 and pass@k of two stages' sampled answers, paired (`evaluate.paired_samples`)."""
+  one, reached = paired["pass@1"], paired.get("pass@k")
+
+  def difference(entry):
+    low, high = entry["ci95"]
+    return f"{100 * entry['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})"
+
+  cells = [difference(one), "—", "—", "—"]
+  if reached:
+    counts = f"{reached['only_first_correct']} / {reached['only_second_correct']}"
+    cells[1:] = [difference(reached), counts, f"{reached['mcnemar_p']:.3f}"]
+  return f"| {variant} | {comparison} | {task} ({domain}) | {one['n']} | " + " | ".join(cells) + " |"
+
+
 def _sampled_rows(name: str, variant: dict) -> list[str]:
   """Per task and stage (SFT, SRIT, control): pass@1, pass@k (k the answers sampled) and the
   majority vote's accuracy."""
@@ -315,6 +330,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
   json_path = doc.with_suffix(".json")
   reported = json.loads(json_path.read_text()) if json_path.exists() else {}
   rows, round_rows, arithmetic_rows, sampled_rows, majority_rows, summary = [], [], [], [], [], {}
+  sampled_pair_rows = []
   base_sft = _base_sft_evaluation(root)
   for name, variant in VARIANTS.items():
     results_path = root / name / "results.json"
@@ -345,6 +361,7 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         "arithmetic": _arithmetic(root / name, results),
         "seconds": json.loads((root / name / "STUDY_DONE").read_text())["seconds"],
         **({"paired_majority": results["paired_majority"]} if "paired_majority" in results else {}),
+        **({"paired_sampled": results["paired_sampled"]} if "paired_sampled" in results else {}),
       }
     elif name in reported:
       summary[name] = reported[name]
@@ -356,6 +373,9 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         for task, domain in summary[name]["domains"].items():
           if key in summary[name].get("paired_majority", {}).get(task, {}):
             majority_rows.append(_row(name, label, task, domain, summary[name]["paired_majority"][task][key]))
+          if key in summary[name].get("paired_sampled", {}).get(task, {}):
+            entry = summary[name]["paired_sampled"][task][key]
+            sampled_pair_rows.append(_sampled_pairs_row(name, label, task, domain, entry))
       continue
     versus = ((VERSUS, f"SRIT − {variant.versus[2]}"),) if variant.versus else ()
     for key, label in (*COMPARISONS, *((key, label) for key, label, _ in BASE_SFT_COMPARISONS), *versus):
@@ -422,6 +442,21 @@ def report(root: pathlib.Path, doc: pathlib.Path) -> dict:
         "| only first / only second right | McNemar p | detectable, points |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *majority_rows,
+        *(
+          [
+            "",
+            "pass@1 (each question's share of right answers) and pass@k (any of its k answers right) paired on "
+            "the same questions: points, 95% bootstrap interval; for pass@k the questions only one stage reaches "
+            "and the exact McNemar test:",
+            "",
+            "| variant | comparison | task | n | pass@1 difference (95% CI) | pass@k difference (95% CI) "
+            "| only first / only second reach | McNemar p |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+            *sampled_pair_rows,
+          ]
+          if sampled_pair_rows
+          else []
+        ),
       ]
       if sampled_rows
       else []

@@ -6,6 +6,7 @@ import json
 import pytest
 from conftest import SHARED_DATA, TINY_TOKENIZER, load_tiny_pipeline_config
 
+from srit_jax import io
 from srit_jax.configs import checks
 from srit_jax.configs.eval import get_config
 from srit_jax.conversion import loading
@@ -46,6 +47,31 @@ def test_sampled_answers_score_pass_at_k_and_the_majority_vote():
   table = evaluate.sampled_table({"t": entry})
   assert "| pass@1 | pass@2 | pass@4 | majority vote |" in table and "| t | 4 | 4 (0.7) | 43.8% (" in table
   assert evaluate.SampledAnswers(6, SamplingSettings(temperature=1.0)).ks() == [1, 2, 4, 6]
+
+
+def test_sampled_answers_pair_pass_at_1_and_pass_at_k_by_question(tmp_path):
+  examples = [Example("t", str(i), "q", gold, NUMBER) for i, gold in enumerate(["4", "10", "7", "1"])]
+  before = [_answers("4", "5"), _answers("9", "9"), _answers("", ""), _answers("1", "1")]
+  after = [_answers("4", "4"), _answers("9", "10"), _answers("", ""), _answers("2", "2")]
+  before, after = evaluate.score_samples(examples, before), evaluate.score_samples(examples, after)
+  files = []
+  for name, rows in (("before", before), ("after", reversed(after))):  # another order: paired by id
+    files.append(tmp_path / f"{name}.cot.sampled.jsonl")
+    io.write_jsonl(files[-1], list(rows))
+  first, second = (evaluate.per_question_samples(f) for f in files)
+  assert first == {"0": [True, False], "1": [False, False], "2": [False, False], "3": [True, True]}
+  paired = evaluate.paired_samples(first, second)
+  # pass@1 per question: 1/2, 0, 0, 1 before; 1, 1/2, 0, 0 after.
+  one = paired["pass@1"]
+  assert one["first_mean"] == pytest.approx(0.375) and one["second_mean"] == pytest.approx(0.375)
+  assert one["difference"] == pytest.approx(0.0) and one["ci95"][0] < 0 < one["ci95"][1]
+  # pass@2: questions 0 and 3 reached before, 0 and 1 after; 3 only before, 1 only after.
+  reached = paired["pass@k"]
+  assert reached["k"] == 2 and (reached["first_correct"], reached["second_correct"]) == (2, 2)
+  assert (reached["only_first_correct"], reached["only_second_correct"]) == (1, 1) and reached["mcnemar_p"] == 1.0
+  # Different answer counts: pass@1 still pairs; pass@k, whose k would differ, is left out.
+  fewer = {i: c[:1] for i, c in second.items()}
+  assert set(evaluate.paired_samples(first, fewer)) == {"pass@1"}
 
 
 def test_sampled_answers_need_a_temperature():
@@ -92,7 +118,11 @@ def test_an_evaluation_with_sampled_answers_keeps_its_greedy_answers(tiny_studen
 
 def _write_answers(path, correct: dict[str, bool], key: str = "correct"):
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(json.dumps({"id": i, key: c}) + "\n" for i, c in correct.items()))
+  if key == "majority_correct":  # a sampled answers file: two answers a question, right as the vote
+    rows = ({"id": i, key: c, "correct": [c, False]} for i, c in correct.items())
+  else:
+    rows = ({"id": i, key: c} for i, c in correct.items())
+  path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def test_answers_pair_with_another_evaluation_on_the_questions_both_answered(tmp_path):
@@ -106,8 +136,13 @@ def test_answers_pair_with_another_evaluation_on_the_questions_both_answered(tmp
   assert set(paired) == {"arith"} and greedy["n"] == 3 and greedy["difference"] == pytest.approx(1 / 3)
   assert (greedy["only_first_correct"], greedy["only_second_correct"]) == (0, 1)  # first: the other one
   assert majority["difference"] == pytest.approx(-1 / 3)
+  # Each question's answers: [vote, wrong]; pass@1 half the votes' difference, pass@2 the votes'.
+  assert paired["arith"]["pass@1"]["difference"] == pytest.approx(-1 / 6)
+  assert paired["arith"]["pass@2"]["difference"] == pytest.approx(-1 / 3) and paired["arith"]["pass@2"]["k"] == 2
   table = evaluate.paired_table(paired, other)
   assert "| arith | greedy | 3 | +33.3 (" in table and "| arith | majority vote | 3 | -33.3 (" in table
+  assert "| arith | pass@1 | 3 | -16.7 (" in table and "| — | — | — |" in table
+  assert "| arith | pass@2 | 3 | -33.3 (" in table
   with pytest.raises(ValueError, match=r"paired_with = '.*empty': holds no answers to the questions of arith"):
     evaluate.paired_with({"arith": {}}, this, tmp_path / "empty")
 

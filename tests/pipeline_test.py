@@ -5,6 +5,7 @@ import json
 import time
 
 import jax
+import numpy as np
 import pytest
 from conftest import load_tiny_pipeline_config
 
@@ -213,9 +214,22 @@ def test_pipeline_writes_every_artifact_and_skips_what_is_done(
   majority = results["paired_majority"]["arith"]["srit_vs_sft"]
   assert majority["only_first_correct"] == sum(votes["sft"][i] and not votes["srit"][i] for i in votes["sft"])
   assert majority["second_correct"] == sum(votes["srit"].values()) and majority["n"] == 4
+  # pass@1 and pass@2 paired from the same files: each question's share of right answers, and any right.
+  samples = {
+    stage: evaluation.per_question_samples(tmp_path / "eval" / stage / "arith.cot.sampled.jsonl")
+    for stage in ("sft", "srit")
+  }
+  paired = results["paired_sampled"]["arith"]["srit_vs_sft"]
+  shares = {stage: [sum(c) / len(c) for c in samples[stage].values()] for stage in samples}
+  assert paired["pass@1"]["difference"] == pytest.approx(np.mean(shares["srit"]) - np.mean(shares["sft"]))
+  assert paired["pass@k"]["k"] == 2 and paired["pass@k"]["second_correct"] == sum(map(any, samples["srit"].values()))
+  stage_entry = results["stages"]["srit"]["arith"]["cot"]["sampled"]["pass_at"]
+  assert paired["pass@1"]["second_mean"] == pytest.approx(stage_entry["1"]["value"])
+  assert paired["pass@k"]["second_correct"] / 4 == pytest.approx(stage_entry["2"]["value"])
   table = (tmp_path / "results.md").read_text()
   assert "2 CoT answers sampled a question (temperature 0.7, top-p 1): pass@1 / pass@2 / majority-vote" in table
   assert "majority-vote accuracy points of the sampled answers" in table
+  assert "| task | domain | n | pass@1 | pass@2 | only SFT reaches | only SRIT reaches | McNemar p |" in table
 
 
 @pytest.mark.slow

@@ -103,3 +103,20 @@ def test_mean_interval_over_questions():
   half = 1.96 * values.std() / np.sqrt(len(values))  # the normal interval, which the bootstrap approaches
   assert low == pytest.approx(mean - half, abs=0.2 * half) and high == pytest.approx(mean + half, abs=0.2 * half)
   assert statistics.mean_interval(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
+
+
+def test_paired_mean_difference_pairs_per_question_values_by_id():
+  first = {"a": 0.5, "b": 0.0, "c": 1.0, "x": 1.0}
+  second = {"c": 0.75, "a": 1.0, "b": 0.25, "y": 0.0}  # x and y are not shared; order differs
+  d = statistics.paired_mean_difference(first, second)
+  assert d["n"] == 3 and d["first_mean"] == pytest.approx(0.5) and d["second_mean"] == pytest.approx(2 / 3)
+  assert d["difference"] == pytest.approx(1 / 6)
+  # Every question moves by the same amount: every resample has that difference.
+  shifted = {k: v + 0.125 for k, v in first.items()}
+  assert statistics.paired_mean_difference(first, shifted)["ci95"] == pytest.approx([0.125, 0.125])
+  # Paired, not pooled: large spread between questions, a small steady gain within each.
+  rng = np.random.default_rng(0)
+  base = {str(i): v for i, v in enumerate(rng.uniform(0, 0.9, size=500))}
+  gained = {k: v + 0.02 + rng.normal(0, 0.01) for k, v in base.items()}
+  low, high = statistics.paired_mean_difference(base, gained)["ci95"]
+  assert 0.015 < low < 0.02 < high < 0.025

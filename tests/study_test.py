@@ -394,6 +394,15 @@ def test_sampled_answers_of_a_parents_students_have_their_own_tables_and_no_verd
     "stages": {stage: {"wordmath": {"cot": {"accuracy": v[0], "sampled": sampled(*v)}}} for stage, v in stages.items()},
     "paired": {"wordmath": {"srit_vs_sft": _paired(30, 40)}},
     "paired_majority": {"wordmath": {"srit_vs_sft": _paired(35, 42), "srit_vs_control": _paired(45, 42)}},
+    "paired_sampled": {
+      "wordmath": {
+        "srit_vs_sft": {
+          "pass@1": {"n": 100, "difference": 0.1, "ci95": [0.06, 0.14]},
+          "pass@k": {"k": 8, **_paired(60, 55)},
+        },
+        "srit_vs_control": {"pass@1": {"n": 100, "difference": -0.02, "ci95": [-0.04, 0.0]}},  # counts differed
+      }
+    },
     "pairs": {"pairs": 12},
     "rounds": [{"pairs": 12, "num_steps": 20, "heldout_curve": {"10": {"eval/rewards/accuracies": 0.75}}}],
   }
@@ -409,6 +418,10 @@ def test_sampled_answers_of_a_parents_students_have_their_own_tables_and_no_verd
   assert "| base |" in verdicts and name not in verdicts  # a diagnostic, not a recipe
   assert "| cot_vs_direct_nll_sampled | SRIT − SFT | wordmath (in-domain) | 100 | 30.0 | 40.0" not in text
   assert summary[name]["paired_majority"] == results["paired_majority"]
+  reach = majority.split("only first / only second reach | McNemar p |")[1]
+  assert "| cot_vs_direct_nll_sampled | SRIT − SFT | wordmath (in-domain) | 100 | +10.0 (+6.0, +14.0) | -5.0 (" in reach
+  assert "| SRIT − control | wordmath (in-domain) | 100 | -2.0 (-4.0, +0.0) | — | — | — |" in reach
+  assert summary[name]["paired_sampled"] == results["paired_sampled"]
 
 
 def test_the_status_of_the_study_says_which_variants_finished_which_are_queued_and_where_one_stands(tmp_path):

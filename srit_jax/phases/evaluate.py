@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from srit_jax import io
 from srit_jax.generation.jsonl import Completion, generate_texts
 from srit_jax.generation.next_token import SamplingSettings
-from srit_jax.statistics import mean_interval, paired_comparison, pass_at_k, wilson_interval
+from srit_jax.statistics import mean_interval, paired_comparison, paired_mean_difference, pass_at_k, wilson_interval
 from srit_jax.tasks import answers, arithmetic, prompts
 from srit_jax.tasks.example import NUMBER, Example
 from srit_jax.tasks.registry import get_task, load_examples, load_training_examples, task_names
@@ -97,6 +97,33 @@ def per_question_outcomes(answers: str | pathlib.Path) -> dict[str, bool]:
   outcome = "majority_correct" if pathlib.PurePath(str(answers)).name.endswith(".sampled.jsonl") else "correct"
   rows = io.read_records(answers, required={"id": (str, int), outcome: bool})
   return {str(row["id"]): row[outcome] for _, row in rows}
+
+
+def per_question_samples(answers: str | pathlib.Path) -> dict[str, list[bool]]:
+  """Question id -> whether each of its sampled answers is right, from a sampled answers file
+  (TASK.cot.sampled.jsonl): what `paired_samples` compares."""
+  rows = io.read_records(answers, required={"id": (str, int), "correct": list})
+  return {str(row["id"]): [bool(c) for c in row["correct"]] for _, row in rows}
+
+
+def paired_samples(first: dict[str, list[bool]], second: dict[str, list[bool]], *, seed: int = 0) -> dict:
+  """Two stages' sampled answers on the questions both answered (second against first): pass@1,
+  each question's share of right answers, paired by bootstrap; and where every question has the
+  same number k of answers in both, pass@k, whether any of a question's answers is right, paired
+  like greedy answers (`paired_comparison`: McNemar) with its `k`. Whether a refinement makes
+  the student right more often on what it could already answer (pass@1) or changes what it can
+  answer at all (pass@k)."""
+  shared = set(first) & set(second)
+
+  def share_right(samples):
+    return {i: sum(samples[i]) / len(samples[i]) for i in shared}
+
+  out = {"pass@1": paired_mean_difference(share_right(first), share_right(second), seed=seed)}
+  counts = {len(first[i]) for i in shared} | {len(second[i]) for i in shared}
+  if len(counts) == 1:
+    reached = paired_comparison({i: any(first[i]) for i in shared}, {i: any(second[i]) for i in shared}, seed=seed)
+    out["pass@k"] = {"k": counts.pop(), **reached}
+  return out
 
 
 def accuracy_entry(rows: list[dict]) -> dict:
@@ -311,7 +338,8 @@ PAIRED_FILES = (("greedy", "{task}.cot.jsonl"), ("majority vote", "{task}.cot.sa
 def paired_with(summary: dict, out_dir: str | pathlib.Path, other_dir: str | pathlib.Path) -> dict:
   """Per task of `summary` that another evaluation (`other_dir`, an earlier eval workdir) also
   answered: this evaluation's CoT answers paired with its answers on the questions both answered
-  (second − first is this − other), and the majority votes too where both sampled answers."""
+  (second − first is this − other), and where both sampled answers, their majority votes, pass@1
+  and pass@k too (`paired_samples`)."""
   out_dir, other_dir = io.as_path(out_dir), io.as_path(other_dir)
   paired = {}
   for task in summary:
@@ -321,6 +349,11 @@ def paired_with(summary: dict, out_dir: str | pathlib.Path, other_dir: str | pat
         comparison = paired_comparison(per_question_outcomes(theirs), per_question_outcomes(mine))
         if comparison["n"]:
           paired.setdefault(task, {})[answers_kind] = comparison
+        if answers_kind == "majority vote" and comparison["n"]:
+          samples = paired_samples(per_question_samples(theirs), per_question_samples(mine))
+          paired[task]["pass@1"] = samples["pass@1"]
+          if "pass@k" in samples:
+            paired[task][f"pass@{samples['pass@k']['k']}"] = samples["pass@k"]
   if not paired:
     raise ValueError(
       f"paired_with = {str(other_dir)!r}: holds no answers to the questions of {', '.join(summary)} "
@@ -340,8 +373,11 @@ def paired_table(paired: dict, other_dir) -> str:
   for task, kinds in paired.items():
     for answers_kind, c in kinds.items():
       low, high = c["ci95"]
+      counts = "— | — | —"  # pass@1 is a share of each question's answers: no right-or-wrong to count or test
+      if "mcnemar_p" in c:
+        counts = f"{c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g}"
       lines.append(
         f"| {task} | {answers_kind} | {c['n']} | {100 * c['difference']:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) "
-        f"| {c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |"
+        f"| {counts} |"
       )
   return "\n".join(lines)

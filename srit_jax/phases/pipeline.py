@@ -18,7 +18,9 @@ cross-entropy on the chosen answers only (loss_type "nll"), evaluated and paired
 and SRIT. With `eval_rounds`, every round's student is evaluated on the in-domain tasks; with
 `eval_untuned` off, the untuned student is not (nor paired with the others). With
 `eval.sampled_answers`, every stage also samples that many CoT answers a question: pass@k and
-the majority vote per stage, and the stages' majority votes paired like their greedy answers.
+the majority vote per stage, and the stages paired on them: their majority votes like their
+greedy answers, their pass@1 (each question's share of right answers) and pass@k (whether any is
+right).
 
 With `reuse_phases_from` (other runs' workdirs, or a folder of them), a phase that one of them
 finished with the same fingerprint is taken over as hard links rather than run again, and a
@@ -143,7 +145,7 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   for task, count in removed.items():
     if count:
       print(f"[eval] {task}: {count} questions also among the training questions, left out")
-  results, outcomes, majority_outcomes, eval_phases = {}, {}, {}, []
+  results, outcomes, majority_outcomes, sample_outcomes, eval_phases = {}, {}, {}, {}, []
   sampled = evaluation.sampled_answers(config.eval)
   evaluated_here = False  # an evaluation stage ran in this process: the next one runs its programs
   for stage in models:
@@ -193,6 +195,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
       majority_outcomes[stage] = {
         task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
       }
+      sample_outcomes[stage] = {
+        task: evaluation.per_question_samples(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
+      }
 
   markers = {p.name: p.recorded() for p in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)}
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
@@ -211,6 +216,11 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     "stages": results,
     "paired": _paired(outcomes, comparisons, tasks, config.seed),
     **({"paired_majority": _paired(majority_outcomes, comparisons, tasks, config.seed)} if sampled else {}),
+    **(
+      {"paired_sampled": _paired(sample_outcomes, comparisons, tasks, config.seed, evaluation.paired_samples)}
+      if sampled
+      else {}
+    ),
     "teacher_accuracy": teacher["tasks"],
     "pairs": json.loads((refine_phase.dir / "pair_stats.json").read_text(encoding="utf-8")),
     "sft": markers[sft_phase.name].get("summary", {}),  # steps run and kept
@@ -333,12 +343,12 @@ def _refine_rounds(
   return phases
 
 
-def _paired(outcomes: dict, comparisons, tasks, seed: int) -> dict:
+def _paired(outcomes: dict, comparisons, tasks, seed: int, compare=paired_comparison) -> dict:
   """Per task, each comparison (first, second) of two evaluated stages: paired statistics of their
-  per-question outcomes (second against first)."""
+  per-question outcomes (second against first), by `compare`."""
   return {
     task: {
-      f"{second}_vs_{first}": paired_comparison(outcomes[first][task], outcomes[second][task], seed=seed)
+      f"{second}_vs_{first}": compare(outcomes[first][task], outcomes[second][task], seed=seed)
       for first, second in comparisons
       if task in outcomes.get(first, {}) and task in outcomes.get(second, {})
     }

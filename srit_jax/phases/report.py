@@ -59,6 +59,7 @@ def results_markdown(results: dict) -> str:
   lines += sampled_markdown(results)
   lines += paired_markdown(results)
   lines += paired_markdown(results, "paired_majority")
+  lines += paired_sampled_markdown(results)
   sft = results.get("sft") or {}
   if sft.get("selected_step", sft.get("steps_run")) != sft.get("steps_run"):
     lines += ["", f"SFT kept step {sft['selected_step']} of the {sft['steps_run']} it ran (its lowest held-out loss)."]
@@ -135,15 +136,7 @@ def paired_markdown(results: dict, which: str = "paired") -> list[str]:
     return []
   measure = "CoT accuracy points" if which == "paired" else "majority-vote accuracy points of the sampled answers"
   lines = []
-  keys = {key for task in paired.values() for key in task}
-  tables = [("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")]
-  tables += [("srit_vs_control", "control", "SRIT"), ("control_vs_sft", "SFT", "control")]
-  tables += [
-    (key, "SFT", stage_label(key.removesuffix("_vs_sft"))) for key in sorted(keys) if key.startswith("srit_round_")
-  ]
-  for key, first, second in tables:
-    if key not in keys:
-      continue
+  for key, first, second in _comparisons(paired):
     lines += [
       "",
       f"{second} − {first}, paired on the same questions ({measure}, 95% bootstrap interval; exact McNemar test):",
@@ -156,9 +149,8 @@ def paired_markdown(results: dict, which: str = "paired") -> list[str]:
       if key not in paired[task]:
         continue
       c = paired[task][key]
-      low, high = c["ci95"]
       lines.append(
-        f"| {task} | {domain} | {c['n']} | {_points(c['difference'])} ({_points(low)} to {_points(high)}) "
+        f"| {task} | {domain} | {c['n']} | {_difference(c)} "
         f"| {c['only_first_correct']} | {c['only_second_correct']} | {c['mcnemar_p']:.3g} |"
       )
   if which != "paired":
@@ -181,6 +173,51 @@ def paired_markdown(results: dict, which: str = "paired") -> list[str]:
       f"questions and disagreements) on {', '.join(unresolved)}."
     )
   return lines
+
+
+def _comparisons(paired: dict) -> list[tuple[str, str, str]]:
+  """(key, first stage's label, second's) of each comparison that `paired` holds, in the tables' order."""
+  keys = {key for task in paired.values() for key in task}
+  tables = [("srit_vs_sft", "SFT", "SRIT"), ("sft_vs_untuned", "untuned", "SFT")]
+  tables += [("srit_vs_control", "control", "SRIT"), ("control_vs_sft", "SFT", "control")]
+  tables += [
+    (key, "SFT", stage_label(key.removesuffix("_vs_sft"))) for key in sorted(keys) if key.startswith("srit_round_")
+  ]
+  return [(key, first, second) for key, first, second in tables if key in keys]
+
+
+def paired_sampled_markdown(results: dict) -> list[str]:
+  """Of the sampled answers, each comparison's pass@1 (how often a question is answered right) and
+  pass@k (whether it is answered right at all in k tries) paired on the same questions: whether a
+  stage answers more often what the other could already answer, or answers other questions."""
+  paired = results.get("paired_sampled")
+  if not paired:
+    return []
+  lines = []
+  for key, first, second in _comparisons(paired):
+    entries = [(task, domain, paired[task][key]) for task, domain in results["domains"].items() if key in paired[task]]
+    k = next((e["pass@k"]["k"] for _, _, e in entries if "pass@k" in e), None)
+    lines += [
+      "",
+      f"{second} − {first}, sampled answers paired on the same questions (points, 95% bootstrap interval; "
+      f"pass@{k or 'k'}: exact McNemar test):",
+      "",
+      f"| task | domain | n | pass@1 | pass@{k or 'k'} | only {first} reaches | only {second} reaches | McNemar p |",
+      "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task, domain, entry in entries:
+      one, reached = entry["pass@1"], entry.get("pass@k")
+      cells = [_difference(one), "—", "—", "—", "—"]
+      if reached:
+        only_first, only_second = reached["only_first_correct"], reached["only_second_correct"]
+        cells[1:] = [_difference(reached), str(only_first), str(only_second), f"{reached['mcnemar_p']:.3g}"]
+      lines.append(f"| {task} | {domain} | {one['n']} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _difference(entry: dict) -> str:
+  low, high = entry["ci95"]
+  return f"{_points(entry['difference'])} ({_points(low)} to {_points(high)})"
 
 
 def accuracy_chart(results: dict, path: str | pathlib.Path) -> None:
