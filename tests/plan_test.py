@@ -49,8 +49,9 @@ def _rows(stdout: str) -> list[list[str]]:
 
 
 @requires_libtpu
-def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_hours(tiny_with_tokenizer):
-  result = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_hours(tiny_with_tokenizer, tmp_path):
+  args = (f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+  result = _plan(*args, f"--compilation_cache={tmp_path}")  # an empty cache: every program compiled here
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
   assert result.stdout.startswith("planning pipeline for v5e-8 (8 devices, TPU v5 lite)")
   assert "E0000" not in result.stderr and "could not determine TPU" not in result.stderr  # libtpu kept quiet
@@ -65,6 +66,13 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
   assert all(r[8] == "yes" and float(r[7]) > 0 for r in rows)
   assert rows[0][2] == "splash"  # 128-position rows on TPU: the splash kernel
   assert "every program fits" in result.stdout
+  # Each compile's host memory at its peak: in its progress line and the table, the largest named.
+  host_gb = [float(r[-1]) for r in rows]
+  assert all(0.1 < gb < 24 for gb in host_gb) and result.stdout.count("GB of host memory at most") == 15
+  assert result.stdout.count("compiled in") == 15
+  largest = re.search(r"host memory: the largest compile, (\w+) (.+), held ([\d.]+) GB at its peak", result.stdout)
+  assert largest and float(largest[3]) == max(host_gb), result.stdout
+  assert [largest[1], largest[2], largest[3]] in [[r[0], r[1], r[-1]] for r in rows]
 
   # The time table: the same programs, each with its bound per call, its calls and their hours.
   assert "time on 8 chips: roofline bounds" in result.stdout
@@ -78,12 +86,13 @@ def test_a_tiny_pipeline_fits_a_v5e_8_with_each_programs_time_and_the_runs_chip_
 
   # Planned again (another process): every program's figures read back, none compiled; each of
   # its 15 compiles (a program and its two shallow copies) said so as it ended.
-  again = _plan(f"--config={TINY_PIPELINE_CONFIG}", f"--config.student={tiny_with_tokenizer}", "--topology=v5e-8")
+  again = _plan(*args, f"--compilation_cache={tmp_path}")
   assert again.returncode == 0, again.stdout + again.stderr[-3000:]
   assert again.stdout.count(": figures read back\n") == 15 and "compiled in" not in again.stdout, again.stdout
   assert "  sft SFT step: figures read back\n  sft SFT step, 1 unrolled layer (for its cost)" in again.stdout
-  assert all(r[-1].endswith("(cached)") for r in _rows(again.stdout)), again.stdout
-  assert [r[:-1] for r in _rows(again.stdout)] == [r[:-1] for r in rows] and _tables(again.stdout)[1] == times
+  assert all(r[-2].endswith("(cached)") for r in _rows(again.stdout)), again.stdout
+  assert [r[:-2] + r[-1:] for r in _rows(again.stdout)] == [r[:-2] + r[-1:] for r in rows]  # host memory kept too
+  assert _tables(again.stdout)[1] == times
 
 
 @pytest.mark.slow
@@ -402,7 +411,9 @@ def test_a_second_plan_of_a_program_reads_its_figures_without_compiling(tiny_wit
   refuse("compiled again")
   again = plan(jax.devices()[:1])
   assert again.cached and not again.error and len(trims) == 3
-  for field in ("arguments", "temporaries", "outputs", "aliased", "compiled_flops", "compile_seconds", "cost"):
+  assert first.compile_host_bytes > 0
+  fields = ("arguments", "temporaries", "outputs", "aliased", "compiled_flops", "compile_seconds", "compile_host_bytes")
+  for field in (*fields, "cost"):
     assert getattr(again, field) == getattr(first, field), field
 
   other = plan(jax.devices()[:2])  # other devices: another program

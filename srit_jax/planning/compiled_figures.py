@@ -67,6 +67,7 @@ class Compiled:
   aliased: int = 0
   cost: Cost = Cost()  # XLA's count (a loop body once)
   seconds: float = 0.0  # the compile's wall time
+  host_bytes: int = 0  # this process's resident memory at most while lowering and compiling (0: unknown)
   error: str = ""
   cached: bool = False
 
@@ -135,18 +136,22 @@ def compile_figures(
   memory: any other failure may not recur)."""
   start, entry = time.perf_counter(), None
   try:
-    lowered = lower()
-    if figures_cache is not None:
-      entry = figures_cache / f"{_figures_key(lowered, arguments, compiler_options)}.json"
-      if (cached := _cached_figures(entry)) is not None:
-        return cached
-    compiled = lowered.compile(compiler_options=compiler_options)
+    with host_memory.sampled_peak() as host:  # a paper-scale sampler's compile takes gigabytes of the host
+      lowered = lower()
+      if figures_cache is not None:
+        entry = figures_cache / f"{_figures_key(lowered, arguments, compiler_options)}.json"
+        if (cached := _cached_figures(entry)) is not None:
+          return cached
+      compiled = lowered.compile(compiler_options=compiler_options)
   except Exception as e:  # XLA refuses a program that cannot fit: its report is the finding
     text = str(e)
     found, allocation = _TEMPORARIES.search(text), _ALLOCATION.search(text)
     temporaries = int(float(found.group(1)) * 2**30) if found else int(allocation.group(1)) if allocation else 0
     figures = Compiled(
-      temporaries=temporaries, seconds=time.perf_counter() - start, error=text.strip().splitlines()[0][:400]
+      temporaries=temporaries,
+      seconds=time.perf_counter() - start,
+      host_bytes=host.bytes or 0,
+      error=text.strip().splitlines()[0][:400],
     )
     if not temporaries:
       return figures
@@ -159,6 +164,7 @@ def compile_figures(
       memory.alias_size_in_bytes,
       xla_cost(compiled),
       time.perf_counter() - start,
+      host.bytes or 0,
     )
   if entry is not None:
     stored = dataclasses.asdict(figures)
@@ -185,5 +191,7 @@ class Compiling:
       host_memory.trim()
     if self.progress is not None:
       done = "figures read back" if figures.cached else f"compiled in {figures.seconds:.0f} s"
+      if figures.host_bytes and not figures.cached:
+        done += f", {figures.host_bytes / 1e9:.1f} GB of host memory at most"
       self.progress(f"  {what}: {done}{' (refused)' if figures.error else ''}")
     return figures

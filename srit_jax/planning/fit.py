@@ -59,8 +59,8 @@ def report(plans: list[ProgramPlan], hbm: float) -> str:
     f"per chip, HBM {hbm / GB:.2f} GB",
     "",
     "| phase | program | attention | arguments | temporaries | outputs | aliased | total | fits | XLA TFLOP | "
-    "model TFLOP | compile s |",
-    "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    "model TFLOP | compile s | compile host GB |",
+    "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
   ]
   for p in plans:
     if p.error and not p.temporaries:
@@ -71,8 +71,16 @@ def report(plans: list[ProgramPlan], hbm: float) -> str:
       sizes = "".join(f"| {_gb(x)} " for x in (p.arguments, p.temporaries, p.outputs, p.aliased, p.total))
     lines.append(
       f"| {p.phase} | {p.name} | {p.attention} {sizes}| {fits} | {p.compiled_flops / 1e12:.3g} "
-      f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f}{' (cached)' if p.cached else ''} |"
+      f"| {p.model_flops / 1e12:.3g} | {p.compile_seconds:.1f}{' (cached)' if p.cached else ''} "
+      f"| {f'{p.compile_host_bytes / GB:.1f}' if p.compile_host_bytes else '–'} |"
     )
+  largest = max(plans, key=lambda p: p.compile_host_bytes, default=None)
+  if largest is not None and largest.compile_host_bytes:
+    lines += [
+      "",
+      f"host memory: the largest compile, {largest.phase} {largest.name}, held "
+      f"{largest.compile_host_bytes / GB:.1f} GB at its peak (this process's resident memory while it compiled)",
+    ]
   return "\n".join(lines)
 
 

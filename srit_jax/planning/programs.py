@@ -48,6 +48,7 @@ class ProgramPlan:
   compiled_flops: float = 0.0  # per device, XLA's count
   model_flops: float = 0.0  # per device, our formula
   compile_seconds: float = 0.0
+  compile_host_bytes: int = 0  # this host's resident memory at most while compiling it (0: unknown)
   cached: bool = False  # figures read from a figures cache, not compiled here
   error: str = ""  # a compile failure, out of memory included
   cost: Cost | None = None  # one call, every layer counted (see cost_model.extrapolated_cost); None if unknown
@@ -101,6 +102,7 @@ def _measure(plan: ProgramPlan, lower, arguments, how: Compiling) -> ProgramPlan
   memory keeps what its report says (temporaries) and the size of its arguments."""
   figures = how.figures(lower, arguments, f"{plan.phase} {plan.name}")
   plan.compile_seconds, plan.cached, plan.error = figures.seconds, figures.cached, figures.error
+  plan.compile_host_bytes = figures.host_bytes
   if figures.error:
     plan.arguments, plan.temporaries = cost_model.per_device_bytes(arguments), figures.temporaries
     return plan
