@@ -204,6 +204,7 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
         "fits": p.fits(hbm),
         "error": p.error,
         "compile_s": p.compile_seconds,
+        **({"compile_host_gb": p.compile_host_bytes / 1e9} if p.compile_host_bytes else {}),
       }
       for p in plans
     ],
