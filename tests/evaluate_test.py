@@ -69,6 +69,9 @@ def test_sampled_answers_pair_pass_at_1_and_pass_at_k_by_question(tmp_path):
   reached = paired["pass@k"]
   assert reached["k"] == 2 and (reached["first_correct"], reached["second_correct"]) == (2, 2)
   assert (reached["only_first_correct"], reached["only_second_correct"]) == (1, 1) and reached["mcnemar_p"] == 1.0
+  files[0].write_text(files[0].read_text() + '{"id": "9", "correct": [true, "false"]}\n')
+  with pytest.raises(io.DataError, match=r"before.cot.sampled.jsonl:5: field 'correct' must be a non-empty list"):
+    evaluate.per_question_samples(files[0])
   # Different answer counts: pass@1 still pairs; pass@k, whose k would differ, is left out.
   fewer = {i: c[:1] for i, c in second.items()}
   assert set(evaluate.paired_samples(first, fewer)) == {"pass@1"}

@@ -102,8 +102,12 @@ def per_question_outcomes(answers: str | pathlib.Path) -> dict[str, bool]:
 def per_question_samples(answers: str | pathlib.Path) -> dict[str, list[bool]]:
   """Question id -> whether each of its sampled answers is right, from a sampled answers file
   (TASK.cot.sampled.jsonl): what `paired_samples` compares."""
-  rows = io.read_records(answers, required={"id": (str, int), "correct": list})
-  return {str(row["id"]): [bool(c) for c in row["correct"]] for _, row in rows}
+  samples = {}
+  for line, row in io.read_records(answers, required={"id": (str, int), "correct": list}):
+    if not row["correct"] or not all(isinstance(c, bool) for c in row["correct"]):
+      raise io.DataError(f"{answers}:{line}: field 'correct' must be a non-empty list of true and false")
+    samples[str(row["id"])] = row["correct"]
+  return samples
 
 
 def paired_samples(first: dict[str, list[bool]], second: dict[str, list[bool]], *, seed: int = 0) -> dict:
