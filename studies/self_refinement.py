@@ -35,10 +35,14 @@ import sys
 import time
 
 from absl import app, flags
-from study_report import report
-from study_variants import CONFIG, VARIANTS
 
 ROOT = pathlib.Path(__file__).parents[1]
+# This checkout's srit_jax, ahead of any other one installed: the report imports it (some of it
+# late, after hours of running), and the pipelines it starts run this checkout's too.
+sys.path.insert(0, str(ROOT))
+
+from study_report import report  # noqa: E402
+from study_variants import CONFIG, VARIANTS  # noqa: E402
 
 # Added to every variant but the base: the untuned student is the same in all, and the report
 # pairs only SFT, SRIT and the control.
@@ -166,5 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, str(ROOT))
   app.run(main)

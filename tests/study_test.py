@@ -482,3 +482,22 @@ def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_c
     "SRIT − control in-domain +1.7 points (cot_vs_direct_nll_demos_100_last_control); "
     "SRIT − SFT out of domain +2.6 points (cot_vs_direct_nll_demos_100_last_control, wordmath_hard)."
   )
+
+
+def test_the_study_script_imports_the_srit_jax_of_its_own_checkout(tmp_path):
+  """The study runs from a worktree for hours while another checkout is installed: its report
+  (some of it imported late) must read the worktree's package, as its pipelines do."""
+  import shutil
+
+  checkout = tmp_path / "checkout"
+  shutil.copytree(ROOT / "studies", checkout / "studies", ignore=shutil.ignore_patterns("__pycache__"))
+  (checkout / "srit_jax").mkdir()
+  (checkout / "srit_jax" / "__init__.py").write_text('raise ImportError("the checkout\'s own srit_jax")\n')
+  result = subprocess.run(
+    [sys.executable, str(checkout / "studies" / "self_refinement.py"), "--report_only", f"--root={tmp_path}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+  )
+  assert result.returncode != 0 and "the checkout's own srit_jax" in result.stderr, result.stderr[-2000:]
