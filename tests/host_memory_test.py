@@ -39,6 +39,6 @@ def test_a_sampled_peak_sees_memory_held_in_the_block_and_leaves_the_high_water_
   assert sample.bytes >= start + 200 * 2**20
   assert host_memory.resident_bytes() < start + 100 * 2**20  # given back before the block ended
   assert host_memory.peak_bytes() >= start + 200 * 2**20  # the phase's own peak still holds it
-  with host_memory.sampled_peak() as quiet:
-    pass
-  assert quiet.bytes is not None and quiet.bytes < start + 100 * 2**20
+  with host_memory.sampled_peak() as quiet:  # nothing held: the peak is what is resident already
+    resident = host_memory.resident_bytes()
+  assert quiet.bytes is not None and resident - 50 * 2**20 <= quiet.bytes < start + 100 * 2**20
