@@ -58,6 +58,7 @@ def main(argv):
     "program": plan.name,
     "compile_s": round(time.perf_counter() - start, 1),
     "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # ru_maxrss: KiB on Linux
+    "compile_host_gb": plan.compile_host_bytes / 1e9,  # what `srit-jax plan` prints: sampled over the compile
     "temporaries_gb": plan.temporaries / 1e9,
     "error": plan.error,
   }
