@@ -336,7 +336,8 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
   return summary
 
 
-PAIRED_FILES = (("greedy", "{task}.cot.jsonl"), ("majority vote", "{task}.cot.sampled.jsonl"))
+SAMPLED_FILE = "{task}.cot.sampled.jsonl"
+PAIRED_FILES = (("greedy", "{task}.cot.jsonl"), ("majority vote", SAMPLED_FILE))
 
 
 def paired_with(summary: dict, out_dir: str | pathlib.Path, other_dir: str | pathlib.Path) -> dict:
@@ -353,11 +354,12 @@ def paired_with(summary: dict, out_dir: str | pathlib.Path, other_dir: str | pat
         comparison = paired_comparison(per_question_outcomes(theirs), per_question_outcomes(mine))
         if comparison["n"]:
           paired.setdefault(task, {})[answers_kind] = comparison
-        if answers_kind == "majority vote" and comparison["n"]:
-          samples = paired_samples(per_question_samples(theirs), per_question_samples(mine))
-          paired[task]["pass@1"] = samples["pass@1"]
-          if "pass@k" in samples:
-            paired[task][f"pass@{samples['pass@k']['k']}"] = samples["pass@k"]
+    if "majority vote" in paired.get(task, {}):  # both sampled answers to shared questions
+      sampled = SAMPLED_FILE.format(task=task)
+      samples = paired_samples(per_question_samples(other_dir / sampled), per_question_samples(out_dir / sampled))
+      paired[task]["pass@1"] = samples["pass@1"]
+      if "pass@k" in samples:
+        paired[task][f"pass@{samples['pass@k']['k']}"] = samples["pass@k"]
   if not paired:
     raise ValueError(
       f"paired_with = {str(other_dir)!r}: holds no answers to the questions of {', '.join(summary)} "

@@ -192,12 +192,9 @@ def run(config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
     results[stage] = json.loads((phase.dir / "summary.json").read_text(encoding="utf-8"))
     outcomes[stage] = {task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.jsonl") for task in stage_tasks}
     if sampled:
-      majority_outcomes[stage] = {
-        task: evaluation.per_question_outcomes(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
-      }
-      sample_outcomes[stage] = {
-        task: evaluation.per_question_samples(phase.dir / f"{task}.cot.sampled.jsonl") for task in stage_tasks
-      }
+      files = {task: phase.dir / evaluation.SAMPLED_FILE.format(task=task) for task in stage_tasks}
+      majority_outcomes[stage] = {task: evaluation.per_question_outcomes(f) for task, f in files.items()}
+      sample_outcomes[stage] = {task: evaluation.per_question_samples(f) for task, f in files.items()}
 
   markers = {p.name: p.recorded() for p in (demos_phase, sft_phase, *refine_phases, *control_phases, *eval_phases)}
   comparisons = list(COMPARISONS) + (list(CONTROL_COMPARISONS) if control_phases else [])
