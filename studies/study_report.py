@@ -21,13 +21,18 @@ def _percent(x: float) -> str:
   return f"{100 * x:.1f}"
 
 
-def _row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
+def _with_interval(paired: dict) -> str:
+  """A paired difference in points with its 95% interval: "+5.0 (+2.7, +7.4)"."""
   low, high = paired["ci95"]
+  return f"{100 * paired['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})"
+
+
+def _row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
   detectable = paired.get("detectable_difference", float("inf"))
   return (
     f"| {variant} | {comparison} | {task} ({domain}) | {paired['n']} "
     f"| {_percent(paired['first_correct'] / paired['n'])} | {_percent(paired['second_correct'] / paired['n'])} "
-    f"| {100 * paired['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) "
+    f"| {_with_interval(paired)} "
     f"| {paired['only_first_correct']} / {paired['only_second_correct']} | {paired['mcnemar_p']:.3f} "
     f"| {100 * detectable:.1f} |"
   )
@@ -43,15 +48,10 @@ COMPARISONS = (
 def _sampled_pairs_row(variant: str, comparison: str, task: str, domain: str, paired: dict) -> str:
   """pass@1 and pass@k of two stages' sampled answers, paired (`evaluate.paired_samples`)."""
   one, reached = paired["pass@1"], paired.get("pass@k")
-
-  def difference(entry):
-    low, high = entry["ci95"]
-    return f"{100 * entry['difference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})"
-
-  cells = [difference(one), "—", "—", "—"]
+  cells = [_with_interval(one), "—", "—", "—"]
   if reached:
     counts = f"{reached['only_first_correct']} / {reached['only_second_correct']}"
-    cells[1:] = [difference(reached), counts, f"{reached['mcnemar_p']:.3f}"]
+    cells[1:] = [_with_interval(reached), counts, f"{reached['mcnemar_p']:.3f}"]
   return f"| {variant} | {comparison} | {task} ({domain}) | {one['n']} | " + " | ".join(cells) + " |"
 
 
