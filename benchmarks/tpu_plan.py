@@ -159,7 +159,7 @@ def recount(results: dict) -> None:
 def plan_variant(variant: str, prompt_length: int) -> dict:
   import jax
 
-  from srit_jax import configs, io
+  from srit_jax import configs, host_cache
   from srit_jax.configs import paper
   from srit_jax.planning import compiled_figures, programs, run_time, topology
 
@@ -172,7 +172,8 @@ def plan_variant(variant: str, prompt_length: int) -> dict:
     "pipeline",
     devices,
     prompt_length=prompt_length,
-    figures_cache=compiled_figures.figures_cache_in(io.compilation_cache_dir()),  # where `srit-jax plan` keeps them
+    # where `srit-jax plan` keeps them
+    figures_cache=compiled_figures.figures_cache_in(host_cache.compilation_cache_dir()),
     progress=lambda line: print(line, flush=True),
   )
   estimates = run_time.run_estimate(config, plans, devices)

@@ -230,12 +230,12 @@ def _unknown_field(argv: list[str], error: str) -> str:
 
 def _compilation_cache():
   """The folder of `--compilation_cache` (None for 'none')."""
-  from srit_jax import io
+  from srit_jax import host_cache, io
 
   folder = _COMPILATION_CACHE.value
   if folder == "none":
     return None
-  return io.compilation_cache_dir() if folder is None else io.as_path(folder)
+  return host_cache.compilation_cache_dir() if folder is None else io.as_path(folder)
 
 
 def _use_compilation_cache() -> None:

@@ -5,7 +5,7 @@ A run directory, a model or a data file may be local or on object storage (`gs:/
 write below does what is safe where it lands. An object is only ever seen whole once written, so
 remote writes need no rename (a rename there is a copy and a delete); a remote append composes
 each batch onto the object's end; models and adapters are read from a local copy
-(`local_copy`) and exports staged locally, then uploaded (`staged`).
+(`host_cache.local_copy`) and exports staged locally, then uploaded (`host_cache.staged`).
 
 On a multi-process run (a TPU pod) every process runs the same code over one shared workdir.
 Every file is written by exactly one process, process 0 (`is_writer()`); the others compute
@@ -18,7 +18,7 @@ the same values and wait at a `barrier` wherever they are about to read what it 
 - `read_records`: the objects of a JSON Lines file or a JSON list, each error naming file:line
   and field.
 - `to_host`: a (possibly multi-host) array as one NumPy array on every process.
-- `as_path` / `is_remote` / `local_copy` / `staged`: local and `gs://` places alike.
+- `as_path` / `is_remote`: local and `gs://` places alike.
 - `link_files` / `link_tree`: files or a folder of another run taken over as hard links (copies on
   object storage), never written through: whoever changes such a file writes a new one in its place.
 - `writing(what, path)`: a failed write (a full disk, a missing permission, a bucket over
@@ -28,13 +28,11 @@ the same values and wait at a `barrier` wherever they are about to read what it 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -418,96 +416,6 @@ def check_field(obj: dict, field: str, kind: type | tuple[type, ...], where: str
     raise DataError(f"{where}: field {field!r} must be {names}, got {type(value).__name__}")
   if isinstance(value, str) and not value.strip():
     raise DataError(f"{where}: field {field!r} is empty")
-
-
-def cache_root() -> pathlib.Path:
-  """This host's cache: fetched models, local copies of remote ones (`SRIT_JAX_CACHE`)."""
-  return pathlib.Path(os.environ.get("SRIT_JAX_CACHE", pathlib.Path.home() / ".cache" / "srit_jax"))
-
-
-def compilation_cache_dir() -> pathlib.Path:
-  """Where the command line keeps compiled programs unless told otherwise (--compilation_cache)."""
-  return cache_root() / "xla"
-
-
-_LISTING = ".remote_listing.json"
-_CHUNK = 16 << 20
-
-
-def _listing(remote) -> dict[str, list]:
-  """Every object under a remote directory (or the one object) with its size and version (its
-  generation on Cloud Storage: a new one with every write)."""
-  import fsspec
-
-  fs, root = fsspec.core.url_to_fs(str(remote))
-  found = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
-  listing = {}
-  for key, info in found.items():
-    name = remote.name if key == root else key[len(root) :].lstrip("/")
-    version = info.get("generation") or info.get("ETag") or info.get("mtime")
-    listing[name] = [int(info["size"]), str(version)]
-  return listing
-
-
-def _cache_entry(remote) -> pathlib.Path:
-  return cache_root() / "remote" / hashlib.sha256(str(remote).encode()).hexdigest()[:16]
-
-
-def local_copy(place) -> pathlib.Path:
-  """A local path to read `place` from: itself when local; for a remote file or directory (a
-  model, an adapter) a copy in this host's cache, fetched again only when an object changed."""
-  if not is_remote(place):
-    return pathlib.Path(place)
-  remote = as_path(place)
-  if not remote.exists():
-    raise FileNotFoundError(f"{remote}: no such file or directory")
-  entry, listing = _cache_entry(remote), _listing(remote)
-  local = entry / remote.name if remote.is_file() else entry
-  if (entry / _LISTING).exists() and json.loads((entry / _LISTING).read_text(encoding="utf-8")) == listing:
-    return local
-  entry.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{entry.name}-", ignore_cleanup_errors=True) as scratch:
-    scratch = pathlib.Path(scratch)
-    for name in listing:
-      source = remote if remote.is_file() else remote / name
-      (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-      with source.open("rb") as src, open(scratch / name, "wb") as dst:
-        shutil.copyfileobj(src, dst, _CHUNK)
-    _adopt(scratch, entry, listing)
-  return local
-
-
-def _adopt(scratch: pathlib.Path, entry: pathlib.Path, listing: dict) -> None:
-  """Makes the files in `scratch` the cache entry `entry` (replacing an older one)."""
-  (scratch / _LISTING).write_text(json.dumps(listing), encoding="utf-8")
-  stale = entry.with_name(f".{entry.name}-stale-{os.getpid()}")
-  with contextlib.suppress(FileNotFoundError):
-    entry.rename(stale)
-  with contextlib.suppress(OSError):  # another process on this host made it first: theirs is as good
-    scratch.rename(entry)
-  shutil.rmtree(stale, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staged(directory, what: str = "the files to"):
-  """A local directory to write `directory`'s files in: `directory` itself when local; for a
-  remote one a local directory whose files the writing process uploads there when the block
-  ends (kept as the cache's copy, so the next phase does not fetch them again)."""
-  if not is_remote(directory):
-    yield pathlib.Path(directory)
-    return
-  remote = as_path(directory)
-  entry = _cache_entry(remote)
-  entry.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{entry.name}-", ignore_cleanup_errors=True) as scratch:
-    scratch = pathlib.Path(scratch)
-    yield scratch
-    if is_writer():
-      with writing(what, remote):
-        for file in sorted(p for p in scratch.rglob("*") if p.is_file()):
-          with open(file, "rb") as src, (remote / str(file.relative_to(scratch))).open("wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-      _adopt(scratch, entry, _listing(remote))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -75,9 +75,9 @@ topology.single_threaded_ops_on_emulated_devices()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import jax
 
-  from srit_jax import io
+  from srit_jax import host_cache
 
-  jax.config.update("jax_compilation_cache_dir", str(io.compilation_cache_dir()))
+  jax.config.update("jax_compilation_cache_dir", str(host_cache.compilation_cache_dir()))
 
 # Compiling for a TPU slice on this host needs libtpu, which the tpu extra brings.
 requires_libtpu = pytest.mark.skipif(

@@ -110,7 +110,7 @@ def test_two_processes_train_like_one_with_the_same_mfu_terms(tiny_with_tokenize
 
 def test_two_processes_share_a_gs_workdir_like_a_local_one(tiny_with_tokenizer, tmp_path, gcs_emulator):
   """On object storage too: one lock, one writer, the same losses and parameters."""
-  from srit_jax import io
+  from srit_jax import host_cache, io
 
   bucket, _ = gcs_emulator
   workdir = io.as_path(f"{bucket}/two-processes-{tmp_path.name}")
@@ -131,7 +131,7 @@ def test_two_processes_share_a_gs_workdir_like_a_local_one(tiny_with_tokenizer, 
 
   np.testing.assert_allclose(losses(workdir / "metrics.jsonl"), losses(tmp_path / "one" / "metrics.jsonl"), rtol=1e-6)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
-  _assert_same_parameters(tmp_path / "one" / "export", io.local_copy(workdir / "export"), atol=1e-6)
+  _assert_same_parameters(tmp_path / "one" / "export", host_cache.local_copy(workdir / "export"), atol=1e-6)
   assert not (workdir / ".srit_jax.lock").exists()
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srit_jax import io
+from srit_jax import host_cache, io
 from srit_jax.phases import status, workdir_lock
 from srit_jax.training.checkpointing import CheckpointManager
 
@@ -106,19 +106,19 @@ def test_an_append_on_object_storage_uploads_its_batch_alone_and_composes_it_on(
 
 def test_a_remote_model_is_read_from_a_cached_copy_and_an_export_is_uploaded(remote, tmp_path, monkeypatch):
   monkeypatch.setenv("SRIT_JAX_CACHE", str(tmp_path / "cache"))
-  with io.staged(remote / "export") as local:
+  with host_cache.staged(remote / "export") as local:
     assert not io.is_remote(local)
     (local / "config.json").write_text('{"a": 1}')
     (local / "sub").mkdir()
     (local / "sub" / "w.bin").write_bytes(b"123")
   assert (remote / "export" / "sub" / "w.bin").read_bytes() == b"123"
-  copy = io.local_copy(remote / "export")  # the staged files, kept as the cache's copy: nothing fetched
+  copy = host_cache.local_copy(remote / "export")  # the staged files, kept as the cache's copy: nothing fetched
   assert (copy / "config.json").read_text() == '{"a": 1}' and (copy / "sub" / "w.bin").read_bytes() == b"123"
   (remote / "export" / "config.json").write_text('{"a": 2}')  # changed remotely: fetched again
-  assert (io.local_copy(remote / "export") / "config.json").read_text() == '{"a": 2}'
-  assert io.local_copy(remote / "export" / "sub" / "w.bin").read_bytes() == b"123"
+  assert (host_cache.local_copy(remote / "export") / "config.json").read_text() == '{"a": 2}'
+  assert host_cache.local_copy(remote / "export" / "sub" / "w.bin").read_bytes() == b"123"
   with pytest.raises(FileNotFoundError, match="no such file"):
-    io.local_copy(remote / "missing")
+    host_cache.local_copy(remote / "missing")
 
 
 def test_a_phase_another_run_finished_on_object_storage_is_copied_not_run(remote):
@@ -199,7 +199,7 @@ def test_the_tiny_pipeline_on_a_gs_workdir_is_held_by_one_run_resumes_after_a_ki
   workdir = io.as_path(f"{bucket}/pipeline-{uuid.uuid4().hex[:8]}")
   # Copies of remote files in a cache of the test's own; compiled programs in the suite's.
   env = {**os.environ, **emulator, "SRIT_JAX_CACHE": str(tmp_path / "cache")}
-  compiled = io.compilation_cache_dir()
+  compiled = host_cache.compilation_cache_dir()
   command = [
     sys.executable, "-m", "srit_jax.cli", "pipeline", f"--config={TINY_PIPELINE_CONFIG}",
     f"--config.student={tiny_student}", *LIGHT_EVALUATION, f"--compilation_cache={compiled}",
@@ -283,6 +283,6 @@ def test_a_kept_best_step_on_object_storage_is_the_local_runs(remote, tiny_with_
   assert (on_bucket.steps_run, on_bucket.selected_step) == (local.steps_run, local.selected_step)
   assert local.steps_run < 24 and local.selected_step < local.steps_run
   assert json.loads((remote / "sft" / "best_checkpoint.json").read_text())["step"] == local.selected_step
-  exported = load_file(str(io.local_copy(remote / "sft" / "export") / "model.safetensors"))
+  exported = load_file(str(host_cache.local_copy(remote / "sft" / "export") / "model.safetensors"))
   for name, value in load_file(str(tmp_path / "local" / "export" / "model.safetensors")).items():
     np.testing.assert_array_equal(exported[name], value, err_msg=name)

@@ -24,7 +24,7 @@ import zipfile
 
 import safetensors.numpy
 
-from srit_jax import io
+from srit_jax import host_cache
 from srit_jax.conversion import gguf_checkpoint, hf_checkpoint, hf_config
 
 _COMPLETE_MARKER = ".srit_jax_complete"
@@ -47,7 +47,7 @@ KNOWN_MODELS: dict[str, PyPIModel] = {
 
 
 def default_model_dir(name: str) -> pathlib.Path:
-  return io.cache_root() / "models" / name
+  return host_cache.cache_root() / "models" / name
 
 
 def is_complete(directory: pathlib.Path) -> bool:

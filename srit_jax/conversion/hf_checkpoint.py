@@ -24,7 +24,7 @@ import tqdm
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from srit_jax import io, sharding
+from srit_jax import host_cache, io, sharding
 from srit_jax.conversion import hf_config, mapping
 from srit_jax.model import decoder as model_lib
 from srit_jax.model.config import ModelConfig
@@ -301,7 +301,7 @@ def save_hf_checkpoint(
   ]
   with (
     io.writing("the model to", directory, also=(safetensors.SafetensorError,)),
-    io.staged(directory, "the model to") as local,
+    host_cache.staged(directory, "the model to") as local,
   ):
     if is_writer:
       local.mkdir(parents=True, exist_ok=True)

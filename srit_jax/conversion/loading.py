@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from srit_jax import io, sharding
+from srit_jax import host_cache, io, sharding
 from srit_jax.conversion import fetch, gguf_checkpoint, hf_checkpoint, hf_config
 from srit_jax.data import fingerprint
 from srit_jax.model import decoder as model_lib
@@ -118,7 +118,7 @@ def _load_plain(source, mesh, progress, overrides):
   source_str = str(source)
   if source_str in fetch.KNOWN_MODELS and not pathlib.Path(source_str).exists():
     source = fetch.fetch_model(source_str)
-  path = io.local_copy(source)  # a gs:// model: this host's cached copy
+  path = host_cache.local_copy(source)  # a gs:// model: this host's cached copy
   if not path.exists() and is_hub_id(source_str):
     path = download_from_hub(source_str)
   if path.suffix == ".gguf":
@@ -173,8 +173,8 @@ def model_config_of(source: str | pathlib.Path, **overrides) -> ModelConfig:
   source_str = str(source)
   path = io.as_path(source_str)
   if io.is_remote(path) and path.is_dir():
-    return hf_config.read(io.local_copy(path / "config.json"), **overrides)
-  path = io.local_copy(path) if io.is_remote(path) and path.is_file() else path
+    return hf_config.read(host_cache.local_copy(path / "config.json"), **overrides)
+  path = host_cache.local_copy(path) if io.is_remote(path) and path.is_file() else path
   if path.is_dir():
     return hf_config.read(path, **overrides)
   if path.suffix == ".gguf" and path.is_file():
