@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from srit_jax.tasks import answers, load_examples, word_problems
+from srit_jax.tasks import answers, load_examples, word_problem_kinds, word_problems
 
 SPLITS = [("wordmath", "train"), ("wordmath", "test"), ("wordmath_ood", "test"), ("wordmath_hard", "test")]
 
@@ -31,9 +31,9 @@ def test_splits_share_no_question():
 def _template(question: str) -> str:
   """A question with its names, items and numbers blanked: what its phrasing is."""
   text = re.sub(r"\d+", "N", question)
-  for name in word_problems.NAMES:
+  for name in word_problem_kinds.NAMES:
     text = re.sub(rf"\b{name}\b", "P", text)
-  for item, _ in word_problems.ITEMS:
+  for item, _ in word_problem_kinds.ITEMS:
     text = text.replace(item, "I").replace(item[:-1], "I")
   return text
 
