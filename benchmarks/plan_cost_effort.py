@@ -28,12 +28,12 @@ _OUT = flags.DEFINE_string("out", None, "write the figures as JSON here too")
 def main(argv):
   del argv
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, cost_model, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, program_plan, topology, training_programs
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])
-  model_config = programs._model_config(config.sft, config.student)
-  build = programs.sft_build(config.sft, devices)
+  model_config = program_plan.block_model_config(config.sft, config.student)
+  build = training_programs.sft_build(config.sft, devices)
   figures = {}
   for depth in map(int, _DEPTHS.value):
     lower, _ = build(cost_model.shallow(model_config, depth), whole_rows=True)

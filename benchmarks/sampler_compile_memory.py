@@ -29,17 +29,17 @@ _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 512, "prompt tokens, as `
 def main(argv):
   del argv
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, cost_model, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, program_plan, programs, topology
 
   config = configs.load("paper", _VARIANT.value)
   devices, _ = topology.tpu_devices(_VARIANT.value.split(",")[1])
-  full_depth = programs._model_config
+  full_depth = program_plan.block_model_config
 
   def cut(block, model_source, param_dtype=None):
     model_config = full_depth(block, model_source, param_dtype)
     return cost_model.shallow(model_config, _LAYERS.value or model_config.num_layers, unrolled=False)
 
-  programs._model_config = cut
+  program_plan.block_model_config = cut
   block = config.refine
   start = time.perf_counter()
   plan = programs.sampler_program(

@@ -366,7 +366,7 @@ def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_sta
 
   from srit_jax import configs
   from srit_jax.configs import checks
-  from srit_jax.planning import compiled_figures, programs, run_time, topology
+  from srit_jax.planning import compiled_figures, program_plan, run_time, topology
 
   config = configs.load("csqa_palm", "full")
   checks.check(config, "pipeline")
@@ -375,8 +375,8 @@ def test_the_paper_setting_on_whole_test_sets_answers_every_question_in_four_sta
   devices, _ = topology.tpu_devices("v5e-8")
   one = compiled_figures.Cost(1e12, 1e9)
   plans = [
-    programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
-    programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    program_plan.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    program_plan.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
   ]
   calls = {(e.phase, e.program): e.calls for e in run_time.run_estimate(config, plans, devices)}
   # Untuned, SFT, SRIT and the control on CSQA dev, OBQA test and ARC-Challenge test, whole.

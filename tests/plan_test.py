@@ -173,7 +173,7 @@ def test_on_a_tpu_a_training_phase_refuses_a_step_that_cannot_fit_before_any_wor
 @requires_libtpu
 def test_an_sft_with_a_held_out_loss_plans_its_forward_pass_beside_the_step(tiny_with_tokenizer):
   from srit_jax import configs
-  from srit_jax.planning import programs, topology
+  from srit_jax.planning import program_plan, programs, topology
   from srit_jax.training import flops
 
   devices, hbm = topology.tpu_devices("v5e-8")
@@ -186,7 +186,7 @@ def test_an_sft_with_a_held_out_loss_plans_its_forward_pass_beside_the_step(tiny
   assert held_out.name == "SFT held-out loss" and held_out.per_call == config.batch_size
   assert 0 < held_out.total < step.total <= hbm  # the parameters alone: no gradients, no optimizer state
   assert held_out.arguments < step.arguments / 2 and held_out.temporaries < step.temporaries
-  model_config = programs._model_config(config, config.model)
+  model_config = program_plan.block_model_config(config, config.model)
   assert held_out.model_flops == pytest.approx(flops.forward_flops(model_config, 8, 256) / 8)
   assert held_out.compiled_flops > 0
 
@@ -194,11 +194,11 @@ def test_an_sft_with_a_held_out_loss_plans_its_forward_pass_beside_the_step(tiny
 def test_what_would_make_a_program_fit_follows_what_the_program_is():
   import ml_collections
 
-  from srit_jax.planning import fit, programs
+  from srit_jax.planning import fit, program_plan
 
   gb = fit.GB
   block = ml_collections.ConfigDict(dict(batch_size=64, num_microbatches=1, remat_policy="none", chunk_size=128))
-  too_big = lambda phase, name: programs.ProgramPlan(phase, name, "splash", arguments=4 * gb, temporaries=36 * gb)
+  too_big = lambda phase, name: program_plan.ProgramPlan(phase, name, "splash", arguments=4 * gb, temporaries=36 * gb)
   # 16 GB of HBM, 4 of them the arguments: the temporaries need 3x the room.
   step = fit.suggestions(too_big("sft", "SFT step"), 16 * gb, block)
   assert step == ["num_microbatches=4 (temporaries scale with the microbatch)", "remat_policy=full "
@@ -260,13 +260,13 @@ def test_the_scanned_layer_correction_matches_an_unrolled_compile(tiny_with_toke
   import dataclasses
 
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, cost_model, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, program_plan, topology, training_programs
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size, block.num_microbatches = str(tiny_with_tokenizer), 16, 2
   devices, _ = topology.tpu_devices("v5e-8")
-  model_config = programs._model_config(block, block.model)
-  build = programs.sft_build(block, devices)
+  model_config = program_plan.block_model_config(block, block.model)
+  build = training_programs.sft_build(block, devices)
   scanned = compiled_figures.xla_cost(build(model_config)[0]().compile())
   corrected = cost_model.extrapolated_cost(build, model_config)
   # Every layer unrolled, whole rows and one pass: nothing under a loop, so XLA counts it all.
@@ -283,7 +283,7 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   rows give the cost of all of them: what the whole-row copies count, within the method's
   tolerance (FLOPs are linear in the rows; bytes nearly so)."""
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, cost_model, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, program_plan, topology, training_programs
 
   compiled = []
 
@@ -297,8 +297,8 @@ def test_cost_copies_too_large_for_the_chip_are_carried_from_shares_of_the_rows(
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 32
   devices, _ = topology.tpu_devices("v5e-8")
-  model_config = programs._model_config(block, block.model)
-  build = programs.sft_build(block, devices)
+  model_config = program_plan.block_model_config(block, block.model)
+  build = training_programs.sft_build(block, devices)
   carried = cost_model.extrapolated_cost(build, model_config, WholeRowsRefused(), "SFT step")
   truth = cost_model.extrapolated_cost(build, model_config)
   assert [c.split(", ", 1)[1] for c in compiled] == [
@@ -340,7 +340,7 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   of the compile time at paper scale); the program itself, whose memory the plan reads, at the
   default effort. Their FLOPs are the default effort's; bytes within the method's tolerance."""
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, cost_model, programs, topology
+  from srit_jax.planning import compiled_figures, cost_model, program_plan, programs, topology, training_programs
 
   block = configs.load("sft", "tiny")
   block.model, block.batch_size = str(tiny_with_tokenizer), 16
@@ -356,8 +356,8 @@ def test_the_cost_copies_compile_at_the_least_effort_and_count_what_the_default_
   assert compiled_with == [None, compiled_figures.COST_ONLY_OPTIONS, compiled_figures.COST_ONLY_OPTIONS]
   assert len(list(tmp_path.glob("*.json"))) == 3
 
-  model_config = programs._model_config(block, block.model)
-  lower, arguments = programs.sft_build(block, devices)(cost_model.shallow(model_config, 2), whole_rows=True)
+  model_config = program_plan.block_model_config(block, block.model)
+  lower, arguments = training_programs.sft_build(block, devices)(cost_model.shallow(model_config, 2), whole_rows=True)
   least = real(lower, arguments, tmp_path, compiled_figures.COST_ONLY_OPTIONS)
   default = real(lower, arguments, tmp_path)
   assert least.cached and not default.cached  # the options are part of the figures' key
@@ -467,7 +467,7 @@ def test_plans_time_report_counts_a_phase_whose_calls_are_open_as_at_least():
 def test_plans_time_report_gives_no_hours_to_a_program_that_does_not_fit(monkeypatch):
   from srit_jax.planning import run_time
   from srit_jax.planning.compiled_figures import Cost
-  from srit_jax.planning.programs import ProgramPlan
+  from srit_jax.planning.program_plan import ProgramPlan
 
   def plan(phase, name, temporaries, error=""):
     cost = Cost(flops=1e12, bytes=0.0)
@@ -599,16 +599,16 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   import math
 
   from srit_jax import configs
-  from srit_jax.planning import compiled_figures, programs, run_time, topology
+  from srit_jax.planning import compiled_figures, program_plan, run_time, topology
 
   config = configs.load("paper", "llama2_7b,v5e-8")  # limit 0 everywhere; the hub's splits
   devices, _ = topology.tpu_devices("v5e-8")
   one = compiled_figures.Cost(1e12, 1e9)
   plans = [
-    programs.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
-    programs.ProgramPlan("refine", "DPO step", "splash", cost=one),
-    programs.ProgramPlan("refine", "reference log-probs (16 pairs)", "splash", cost=one, per_call=16),
-    programs.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    program_plan.ProgramPlan("refine", "sampler (64 rows)", "splash", cost=one, per_call=64),
+    program_plan.ProgramPlan("refine", "DPO step", "splash", cost=one),
+    program_plan.ProgramPlan("refine", "reference log-probs (16 pairs)", "splash", cost=one, per_call=16),
+    program_plan.ProgramPlan("eval", "sampler (64 rows)", "splash", cost=one, per_call=64),
   ]
 
   def calls():
@@ -625,12 +625,14 @@ def test_whole_splits_count_at_their_published_sizes_and_rounds_as_they_run():
   (stopping,) = [e for e in run_time.run_estimate(config, plans, devices) if e.program == "DPO step"]
   assert stopping.calls == config.refine.num_steps and "at most: it stops early" in stopping.assumption
   config.refine.update(select_checkpoint="last", early_stopping_patience=0)
-  sft_plan = programs.ProgramPlan("sft", "SFT step", "splash", cost=one)
+  sft_plan = program_plan.ProgramPlan("sft", "SFT step", "splash", cost=one)
   sft_estimate = lambda: next(e for e in run_time.run_estimate(config, [sft_plan], devices) if e.phase == "sft")
   assert sft_estimate().calls == config.sft.num_steps and "held-out" not in sft_estimate().assumption
   # SFT's held-out loss, a program of its own: 40 solutions at most, a row each, at steps 50, 100, ...
   config.demos.heldout_questions, config.sft.eval_every = 40, 50
-  held_out_plan = programs.ProgramPlan("sft", "SFT held-out loss", "splash", cost=one, per_call=config.sft.batch_size)
+  held_out_plan = program_plan.ProgramPlan(
+    "sft", "SFT held-out loss", "splash", cost=one, per_call=config.sft.batch_size
+  )
   (held_out,) = [e for e in run_time.run_estimate(config, [held_out_plan], devices)]
   evaluations = config.sft.num_steps // 50
   assert held_out.calls == evaluations * math.ceil(40 / config.sft.batch_size) and evaluations > 1

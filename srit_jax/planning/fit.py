@@ -10,7 +10,8 @@ import os
 import jax
 
 from srit_jax.planning import topology
-from srit_jax.planning.programs import ProgramPlan, programs
+from srit_jax.planning.program_plan import ProgramPlan
+from srit_jax.planning.programs import programs
 
 GB = 1e9
 

@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from srit_jax.planning import topology
-from srit_jax.planning.programs import SFT_HELD_OUT, ProgramPlan
+from srit_jax.planning.program_plan import SFT_HELD_OUT, ProgramPlan
 from srit_jax.tasks import registry
 
 MFU = 0.4  # the stated utilisation beside the bound: 40% of the roofline
