@@ -103,7 +103,7 @@ def _study_module():
 
 
 def _study_part(name: str):
-  """One of the modules the study's script imports from beside it (study_variants, study_report)."""
+  """One of the modules the study's script imports from beside it (study_variants, study_report, study_verdicts)."""
   import importlib
 
   _study_module()
@@ -446,7 +446,7 @@ def test_the_status_of_the_study_says_which_variants_finished_which_are_queued_a
 
 
 def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_comparison():
-  study_report = _study_part("study_report")
+  study_verdicts = _study_part("study_verdicts")
 
   def paired(high: float) -> dict:
     return {"ci95": [high - 0.05, high], "difference": high - 0.025, "mcnemar_p": 0.5}
@@ -476,7 +476,7 @@ def test_the_largest_gain_the_intervals_allow_is_the_highest_upper_end_of_each_c
   for variant in summary.values():
     for task in domains:
       variant["paired"].setdefault(task, {})
-  assert study_report.largest_gains_allowed(summary) == (
+  assert study_verdicts.largest_gains_allowed(summary) == (
     "The largest gain the 95% intervals allow, over every recipe and seed reported: "
     "SRIT − SFT in-domain +7.4 points (cot_vs_direct_nll); "
     "SRIT − control in-domain +1.7 points (cot_vs_direct_nll_demos_100_last_control); "
