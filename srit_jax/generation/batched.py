@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from srit_jax import io, sharding
 from srit_jax.generation import sampler
 from srit_jax.generation.next_token import SamplingSettings
+from srit_jax.generation.stop_strings import cut_at_stop_strings, stop_token_sequences, stop_token_table
 from srit_jax.model.config import ModelConfig
 
 STOP_REASONS = {sampler.STOP_LENGTH: "length", sampler.STOP_EOS: "eos", sampler.STOP_SEQUENCE: "stop"}
@@ -128,42 +129,6 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
   return int(np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _stop_token_table(stop_token_sequences: Sequence[Sequence[int]]) -> np.ndarray:
-  """[M, Q] right-aligned stop sequences padded with -1 (a single never-matching row if none)."""
-  sequences = [list(s) for s in stop_token_sequences if len(s)]
-  if not sequences:
-    return np.full((1, 1), -1, np.int32)
-  width = max(len(s) for s in sequences)
-  table = np.full((len(sequences), width), -1, np.int32)
-  for row, seq in enumerate(sequences):
-    table[row, width - len(seq) :] = seq
-  return table
-
-
-def stop_token_sequences(tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
-  """Token sequences that end generation early on device; the text cut on the host is exact."""
-  sequences = []
-  for stop in stop_strings:
-    for variant in (stop, " " + stop):
-      ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
-      if ids and ids not in sequences:
-        sequences.append(ids)
-  return sequences
-
-
-def cut_at_stop_strings(tokenizer, tokens: list[int], logprobs: list[float], stop_strings: Sequence[str]):
-  """(tokens, logprobs, text, stopped): the shortest token prefix whose text holds a stop string."""
-  text = tokenizer.decode(tokens, skip_special_tokens=True)
-  positions = [text.find(s) for s in stop_strings if s and s in text]
-  if not positions:
-    return tokens, logprobs, text, False
-  cut = min(positions)
-  for n in range(1, len(tokens) + 1):
-    if len(tokenizer.decode(tokens[:n], skip_special_tokens=True)) > cut:
-      return tokens[:n], logprobs[:n], text[:cut], True
-  return tokens, logprobs, text[:cut], True
-
-
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One generation to make: sample `sample_index` of prompt `prompt_index`."""
@@ -250,7 +215,7 @@ def generate_rows(
     seed,
     limit,
     eos=np.asarray(tuple(config.eos_token_ids if eos_ids is None else eos_ids) or (-1,), np.int32),
-    stops=_stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else []),
+    stops=stop_token_table(stop_token_sequences(tokenizer, stop_strings) if stop_strings else []),
     tokenizer=tokenizer,
     stop_strings=tuple(stop_strings),
     prefix=_shared_prefix(config, params, adapters, mesh, rows) if share_prefix else None,
