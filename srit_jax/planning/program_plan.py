@@ -48,10 +48,12 @@ class ProgramPlan:
 
 
 def abstract(tree, shardings):
+  """`tree`'s arrays as shapes and dtypes with the given shardings: arguments of a compile."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def block_model_config(block, model_source: str, param_dtype: str | None = None):
+  """The model config a phase block runs `model_source` with: its dtypes, remat, attention, LoRA."""
   lora = {k: v for k, v in loading.lora_settings(block.get("lora")).items() if k != "init_adapter"}
   return loading.model_config_of(
     model_source,
@@ -110,4 +112,5 @@ def measured(plan: ProgramPlan, build, model_config, how: Compiling) -> ProgramP
 
 
 def is_tpu(devices) -> bool:
+  """Whether the plan compiles for TPU chips (the attention kernel follows)."""
   return devices[0].platform == "tpu"
