@@ -109,8 +109,3 @@ def measured(plan: ProgramPlan, build, model_config, how: Compiling) -> ProgramP
     except Exception:  # the estimate is extra: a shallow copy that does not compile leaves it unknown
       plan.cost = None
   return plan
-
-
-def is_tpu(devices) -> bool:
-  """Whether the plan compiles for TPU chips (the attention kernel follows)."""
-  return devices[0].platform == "tpu"

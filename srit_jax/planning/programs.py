@@ -27,7 +27,7 @@ from srit_jax import sharding
 from srit_jax.model import attention
 from srit_jax.planning import cost_model
 from srit_jax.planning.compiled_figures import Compiling
-from srit_jax.planning.program_plan import ProgramPlan, block_model_config, is_tpu, measured, trained_and_base
+from srit_jax.planning.program_plan import ProgramPlan, block_model_config, measured, trained_and_base
 from srit_jax.planning.training_programs import dpo_programs, sft_held_out_program, sft_holds_out, sft_program
 from srit_jax.training import flops
 
@@ -77,7 +77,7 @@ def sampler_program(
   plan = ProgramPlan(
     phase,
     f"sampler ({batch} rows, {width}-token prompts, {max_new_tokens} new; decode loop counted once)",
-    attention.kernel_for(model_config, "tpu" if is_tpu(devices) else "cpu", width),
+    attention.kernel_for(model_config, devices[0].platform, width),
     model_flops=(flops.forward_flops(model_config, batch, width) + flops.forward_flops(model_config, batch, 1))
     / len(devices),
   )

@@ -18,7 +18,6 @@ from srit_jax.planning.program_plan import (
   abstract,
   abstract_params,
   block_model_config,
-  is_tpu,
   measured,
   trained_and_base,
 )
@@ -54,7 +53,7 @@ def sft_program(block, model_source: str, devices, how: Compiling = Compiling())
   plan = ProgramPlan(
     "sft",
     "SFT step",
-    attention.kernel_for(model_config, "tpu" if is_tpu(devices) else "cpu", rows[1]),
+    attention.kernel_for(model_config, devices[0].platform, rows[1]),
     model_flops=flops.train_step_flops(model_config, *rows) / len(devices),
   )
   return measured(plan, build, model_config, how)
@@ -100,7 +99,7 @@ def sft_held_out_program(block, model_source: str, devices, how: Compiling = Com
   plan = ProgramPlan(
     "sft",
     SFT_HELD_OUT,
-    attention.kernel_for(model_config, "tpu" if is_tpu(devices) else "cpu", rows[1]),
+    attention.kernel_for(model_config, devices[0].platform, rows[1]),
     model_flops=flops.forward_flops(model_config, *rows) / len(devices),
     per_call=block.batch_size,
   )
@@ -164,7 +163,7 @@ def dpo_programs(block, model_source: str, devices, how: Compiling = Compiling()
     )
     return (lambda: step.lower(state, reference, step_batch, base)), (state, reference, step_batch, base)
 
-  kernel = attention.kernel_for(model_config, "tpu" if is_tpu(devices) else "cpu", layout.row_length)
+  kernel = attention.kernel_for(model_config, devices[0].platform, layout.row_length)
   mode = "reference precomputed" if precomputed else "reference in the step" if reads_reference else "no reference"
   plans = [
     measured(
